@@ -1,0 +1,108 @@
+package main
+
+import (
+	"cmp"
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/peakdesk/peakdesk/ingest"
+	"github.com/peakdesk/peakdesk/storage"
+)
+
+// runServe runs `dev` or `serve` until ctx is cancelled.
+func runServe(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string, dev bool) error {
+	name := map[bool]string{true: "dev", false: "serve"}[dev]
+	cfg, err := parseFlags(name, args, stderr, getenv, dev)
+	if err != nil {
+		return err
+	}
+	p := NewProgram(cfg, stderr)
+	if err := p.Start(ctx); err != nil {
+		return err
+	}
+	defer p.Stop()
+	if dev {
+		printDevBanner(stdout, p.Addr(), cmp.Or(cfg.JWTSecret, devSecret))
+	}
+	return p.Wait(ctx)
+}
+
+func printDevBanner(w io.Writer, addr, secret string) {
+	tok, err := ingest.NewToken([]byte(secret), "demo", "alice", []string{ingest.ScopeUrgent}, 24*time.Hour)
+	if err != nil {
+		fmt.Fprintln(w, "could not mint a dev token:", err)
+		return
+	}
+	fmt.Fprintf(w, `
+peakdesk dev is up on http://%[1]s (shop "demo", user "alice"; token valid 24 h)
+
+  export TOKEN=%[2]s
+  curl -s -X POST 'http://%[1]s/v1/messages?wait=5s' -H "Authorization: Bearer $TOKEN" \
+       -H 'Content-Type: application/json' -d '{"text":"双11满减怎么算？"}'
+
+Press Ctrl-C to stop.
+`, addr, tok)
+}
+
+func runMigrate(ctx context.Context, args []string, stderr io.Writer, getenv func(string) string) error {
+	fs := flag.NewFlagSet("migrate", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	dbURL := fs.String("database-url", cmp.Or(getenv("DATABASE_URL"),
+		"postgres://peakdesk:peakdesk@127.0.0.1:5432/peakdesk?sslmode=disable"), "Postgres URL (env DATABASE_URL)")
+	shop := fs.String("ensure-shop", "", "also create this shop id if missing (e.g. demo)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	db, err := storage.Open(ctx, *dbURL, 2)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	if err := db.Migrate(ctx); err != nil {
+		return err
+	}
+	if *shop != "" {
+		if err := db.EnsureShop(ctx, *shop, *shop); err != nil {
+			return err
+		}
+	}
+	u, _ := url.Parse(*dbURL)
+	if u != nil {
+		u.User = nil
+		fmt.Fprintln(stderr, "migrations applied to", u.Redacted())
+	}
+	return nil
+}
+
+func runToken(args []string, stdout, stderr io.Writer, getenv func(string) string) error {
+	fs := flag.NewFlagSet("token", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	shop := fs.String("shop", "demo", "shop (tenant) id; * for a platform operator")
+	sub := fs.String("sub", "", "subject: end-user id, service or operator name (required)")
+	scope := fs.String("scope", "", "space- or comma-separated scopes, e.g. priority:urgent, service, ops, ops:write")
+	ttl := fs.Duration("ttl", 24*time.Hour, "validity")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *sub == "" {
+		return fmt.Errorf("token: --sub is required")
+	}
+	secret := getenv("PEAKDESK_JWT_SECRET")
+	if secret == "" {
+		fmt.Fprintln(stderr, "token: PEAKDESK_JWT_SECRET is unset; signing with the dev-only secret")
+		secret = devSecret
+	}
+	tok, err := ingest.NewToken([]byte(secret), *shop, *sub, strings.FieldsFunc(*scope, func(r rune) bool {
+		return r == ' ' || r == ','
+	}), *ttl)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, tok)
+	return nil
+}

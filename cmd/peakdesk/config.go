@@ -1,0 +1,171 @@
+package main
+
+import (
+	"cmp"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// devSecret signs tokens in dev mode when PEAKDESK_JWT_SECRET is unset. It is
+// public, so dev mode says so loudly and serve refuses to run without a secret.
+const devSecret = "peakdesk-dev-secret-do-not-use-in-production"
+
+// Roles a process can run.
+const (
+	roleIngest = "ingest"
+	roleWorker = "worker"
+)
+
+var allRoles = []string{roleIngest, roleWorker}
+
+// Config is the whole configuration of a peakdesk process. Environment
+// variables set the defaults; flags override them.
+type Config struct {
+	Dev   bool
+	Roles []string
+
+	DatabaseURL string
+	RedisURL    string
+	// NATSURL empty in dev starts an embedded server.
+	NATSURL string
+	// NATSSyncAlways makes the embedded JetStream fsync before every ack.
+	NATSSyncAlways bool
+	HTTPAddr       string
+	DataDir        string
+	JWTSecret      string
+
+	// LLMBaseURL empty in dev starts the built-in simulated LLM.
+	LLMBaseURL string
+	LLMAPIKey  string
+	LLMModel   string
+	LLMTimeout time.Duration
+
+	ShopAPIURL string
+
+	WorkerConcurrency int
+	AckWait           time.Duration
+	SoftStop          time.Duration
+	DBMaxConns        int
+	LogLevel          string
+	// Migrate applies migrations at start (always in dev).
+	Migrate bool
+}
+
+// envDefaults fills the configuration from the environment.
+func envDefaults(getenv func(string) string, dev bool) Config {
+	env := func(name, def string) string { return cmp.Or(getenv(name), def) }
+	c := Config{
+		Dev:               dev,
+		DatabaseURL:       env("DATABASE_URL", "postgres://peakdesk:peakdesk@127.0.0.1:5432/peakdesk?sslmode=disable"),
+		RedisURL:          env("REDIS_URL", "redis://127.0.0.1:6379/0"),
+		NATSURL:           getenv("NATS_URL"),
+		NATSSyncAlways:    getenv("PEAKDESK_NATS_SYNC_ALWAYS") == "true",
+		HTTPAddr:          env("PEAKDESK_HTTP_ADDR", "127.0.0.1:8080"),
+		DataDir:           env("PEAKDESK_DATA_DIR", ".peakdesk"),
+		JWTSecret:         getenv("PEAKDESK_JWT_SECRET"),
+		LLMBaseURL:        getenv("PEAKDESK_LLM_BASE_URL"),
+		LLMAPIKey:         getenv("PEAKDESK_LLM_API_KEY"),
+		LLMModel:          env("PEAKDESK_LLM_MODEL", "peakdesk-sim"),
+		LLMTimeout:        envDuration(getenv("PEAKDESK_LLM_TIMEOUT"), 30*time.Second),
+		ShopAPIURL:        getenv("PEAKDESK_SHOP_API_URL"),
+		WorkerConcurrency: envInt(getenv("PEAKDESK_WORKER_CONCURRENCY"), 64),
+		AckWait:           envDuration(getenv("PEAKDESK_ACK_WAIT"), 30*time.Second),
+		SoftStop:          envDuration(getenv("PEAKDESK_SOFT_STOP"), 10*time.Second),
+		DBMaxConns:        envInt(getenv("PEAKDESK_DB_MAX_CONNS"), 20),
+		LogLevel:          env("PEAKDESK_LOG_LEVEL", "info"),
+		Roles:             splitRoles(env("PEAKDESK_ROLES", strings.Join(allRoles, ","))),
+	}
+	return c
+}
+
+func envInt(s string, def int) int {
+	if n, err := strconv.Atoi(s); err == nil {
+		return n
+	}
+	return def
+}
+
+func envDuration(s string, def time.Duration) time.Duration {
+	if d, err := time.ParseDuration(s); err == nil {
+		return d
+	}
+	return def
+}
+
+func splitRoles(s string) []string {
+	var roles []string
+	for r := range strings.SplitSeq(s, ",") {
+		if r = strings.TrimSpace(r); r != "" {
+			roles = append(roles, r)
+		}
+	}
+	return roles
+}
+
+// parseFlags returns the configuration: environment first, then flags.
+func parseFlags(name string, args []string, stderr io.Writer, getenv func(string) string, dev bool) (Config, error) {
+	c := envDefaults(getenv, dev)
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	roles := strings.Join(c.Roles, ",")
+	if !dev {
+		fs.StringVar(&roles, "roles", roles, "comma-separated roles to run: "+strings.Join(allRoles, ", ")+" (env PEAKDESK_ROLES)")
+	}
+	fs.StringVar(&c.DatabaseURL, "database-url", c.DatabaseURL, "Postgres URL (env DATABASE_URL)")
+	fs.StringVar(&c.RedisURL, "redis-url", c.RedisURL, "Redis URL (env REDIS_URL)")
+	fs.StringVar(&c.NATSURL, "nats-url", c.NATSURL, "NATS URL; empty in dev = embedded server (env NATS_URL)")
+	fs.BoolVar(&c.NATSSyncAlways, "nats-sync-always", c.NATSSyncAlways, "embedded JetStream fsyncs before every ack (env PEAKDESK_NATS_SYNC_ALWAYS)")
+	fs.StringVar(&c.HTTPAddr, "http-addr", c.HTTPAddr, "HTTP listen address (env PEAKDESK_HTTP_ADDR)")
+	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "local data directory (env PEAKDESK_DATA_DIR)")
+	fs.StringVar(&c.LLMBaseURL, "llm-base-url", c.LLMBaseURL, "OpenAI-compatible base URL; empty in dev = simulator (env PEAKDESK_LLM_BASE_URL)")
+	fs.StringVar(&c.LLMModel, "llm-model", c.LLMModel, "LLM model (env PEAKDESK_LLM_MODEL)")
+	fs.DurationVar(&c.LLMTimeout, "llm-timeout", c.LLMTimeout, "timeout of one LLM call (env PEAKDESK_LLM_TIMEOUT)")
+	fs.IntVar(&c.WorkerConcurrency, "worker-concurrency", c.WorkerConcurrency, "messages one worker process answers at once (env PEAKDESK_WORKER_CONCURRENCY)")
+	fs.DurationVar(&c.AckWait, "ack-wait", c.AckWait, "JetStream AckWait of the worker consumers (env PEAKDESK_ACK_WAIT)")
+	fs.DurationVar(&c.SoftStop, "soft-stop", c.SoftStop, "how long a stopping worker lets in-flight messages finish (env PEAKDESK_SOFT_STOP)")
+	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error (env PEAKDESK_LOG_LEVEL)")
+	fs.BoolVar(&c.Migrate, "migrate", c.Migrate || dev, "apply database migrations at start")
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("%s: unexpected argument %q", name, fs.Arg(0))
+	}
+	c.Roles = splitRoles(roles)
+	return c, c.validate()
+}
+
+func (c *Config) validate() error {
+	if len(c.Roles) == 0 {
+		return errors.New("config: --roles: name at least one role")
+	}
+	for _, r := range c.Roles {
+		if !slices.Contains(allRoles, r) {
+			return fmt.Errorf("config: --roles: unknown role %q (have %s)", r, strings.Join(allRoles, ", "))
+		}
+	}
+	if !c.Dev {
+		switch {
+		case c.JWTSecret == "":
+			return errors.New("config: PEAKDESK_JWT_SECRET is required by serve")
+		case len(c.JWTSecret) < 32:
+			return errors.New("config: PEAKDESK_JWT_SECRET must be at least 32 bytes")
+		case c.NATSURL == "":
+			return errors.New("config: NATS_URL is required by serve")
+		case c.LLMBaseURL == "" && c.hasRole(roleWorker):
+			return errors.New("config: PEAKDESK_LLM_BASE_URL is required by the worker role")
+		}
+	}
+	if c.WorkerConcurrency < 1 {
+		return errors.New("config: --worker-concurrency must be at least 1")
+	}
+	return nil
+}
+
+func (c *Config) hasRole(r string) bool { return slices.Contains(c.Roles, r) }

@@ -1,0 +1,74 @@
+// Command peakdesk is the one peakdesk binary: the service roles, dev mode,
+// migrations, tokens, the simulators and the load generator.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr, os.Getenv)
+	stop()
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+	case err != nil:
+		fmt.Fprintln(os.Stderr, "peakdesk:", err)
+		os.Exit(1)
+	}
+}
+
+const usage = `peakdesk keeps an AI customer-service desk answering through peak sales.
+
+Usage: peakdesk <command> [flags]
+
+Commands:
+  dev       run every role in one process with embedded NATS and simulators
+  serve     run the roles named by --roles against external services
+  migrate   apply the database migrations
+  token     print a signed bearer token
+  mockllm   serve the simulated LLM provider
+  mockshop  serve the simulated shop API
+  loadtest  offer load to a peakdesk URL and report what happened
+
+Run "peakdesk <command> -h" for a command's flags.
+`
+
+// run dispatches a command. getenv is os.Getenv in production and a map in
+// tests; nothing else reads the environment.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return errors.New("no command given")
+	}
+	cmd, rest := args[0], args[1:]
+	switch cmd {
+	case "dev":
+		return runServe(ctx, rest, stdout, stderr, getenv, true)
+	case "serve":
+		return runServe(ctx, rest, stdout, stderr, getenv, false)
+	case "migrate":
+		return runMigrate(ctx, rest, stderr, getenv)
+	case "token":
+		return runToken(rest, stdout, stderr, getenv)
+	case "mockllm":
+		return runMockLLM(ctx, rest, stdout)
+	case "mockshop":
+		return runMockShop(ctx, rest, stdout)
+	case "loadtest":
+		return runLoadtest(ctx, rest, stdout)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	default:
+		fmt.Fprint(stderr, usage)
+		return fmt.Errorf("unknown command %q", cmd)
+	}
+}

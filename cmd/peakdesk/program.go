@@ -1,0 +1,268 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/peakdesk/peakdesk/ingest"
+	"github.com/peakdesk/peakdesk/loadtest"
+	"github.com/peakdesk/peakdesk/storage"
+	"github.com/peakdesk/peakdesk/workers"
+	"github.com/peakdesk/peakdesk/workers/llm"
+)
+
+// Program is one running peakdesk process: its connections, its roles and
+// its HTTP server. Tests run it in-process on :0 ports.
+type Program struct {
+	Config Config
+	Log    *slog.Logger
+
+	registry *prometheus.Registry
+	natsSrv  *server.Server
+	nc       *nats.Conn
+	js       jetstream.JetStream
+	db       *storage.DB
+	rdb      *redis.Client
+	llmSrv   *http.Server
+	edge     *ingest.Edge
+	worker   *workers.Worker
+	httpSrv  *http.Server
+	listener net.Listener
+	serveErr chan error
+
+	stopOnce sync.Once
+}
+
+// NewProgram returns a Program for cfg that logs to logw.
+func NewProgram(cfg Config, logw io.Writer) *Program {
+	level := slog.LevelInfo
+	_ = level.UnmarshalText([]byte(cfg.LogLevel))
+	log := slog.New(slog.NewJSONHandler(logw, &slog.HandlerOptions{Level: level}))
+	return &Program{Config: cfg, Log: log, serveErr: make(chan error, 1)}
+}
+
+// Addr is the address the HTTP server listens on, once started.
+func (p *Program) Addr() string { return p.listener.Addr().String() }
+
+// Start connects to the services, starts the configured roles and the HTTP
+// server, and returns once all of them are up. On failure it undoes what it
+// started.
+func (p *Program) Start(ctx context.Context) (err error) {
+	defer func() {
+		if err != nil {
+			p.Stop()
+		}
+	}()
+	cfg := &p.Config
+	p.registry = prometheus.NewRegistry()
+	p.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	// Queue: external NATS, or in dev an embedded server.
+	natsURL := cfg.NATSURL
+	if natsURL == "" {
+		p.natsSrv, err = storage.StartNATS(storage.NATSServerConfig{
+			StoreDir: filepath.Join(cfg.DataDir, "jetstream"), Port: -1, SyncAlways: cfg.NATSSyncAlways,
+		})
+		if err != nil {
+			return err
+		}
+		natsURL = p.natsSrv.ClientURL()
+		p.Log.Info("embedded NATS JetStream started", "url", natsURL, "store", filepath.Join(cfg.DataDir, "jetstream"),
+			"sync_always", cfg.NATSSyncAlways)
+	}
+	p.nc, err = nats.Connect(natsURL, nats.Name("peakdesk"), nats.MaxReconnects(-1),
+		nats.ReconnectWait(250*time.Millisecond))
+	if err != nil {
+		return fmt.Errorf("connect nats: %w", err)
+	}
+	if p.js, err = jetstream.New(p.nc); err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	topo, err := storage.EnsureTopology(ctx, p.js, storage.Topology{AckWait: cfg.AckWait})
+	if err != nil {
+		return err
+	}
+
+	// Postgres and Redis.
+	if p.db, err = storage.Open(ctx, cfg.DatabaseURL, int32(cfg.DBMaxConns)); err != nil {
+		return err
+	}
+	if cfg.Migrate {
+		if err := p.db.Migrate(ctx); err != nil {
+			return err
+		}
+	}
+	if cfg.Dev {
+		if err := p.db.EnsureShop(ctx, "demo", "Demo Shop"); err != nil {
+			return err
+		}
+	}
+	if p.rdb, err = storage.OpenRedis(cfg.RedisURL); err != nil {
+		return err
+	}
+	secret := []byte(cfg.JWTSecret)
+	if len(secret) == 0 {
+		p.Log.Warn("PEAKDESK_JWT_SECRET is unset: dev mode signs tokens with a public dev-only secret")
+		secret = []byte(devSecret)
+	}
+
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("GET /readyz", p.ready)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(p.registry, promhttp.HandlerOpts{Registry: p.registry}))
+
+	if cfg.hasRole(roleIngest) {
+		p.edge, err = ingest.New(ingest.Config{
+			Secret: secret, DB: p.db, Redis: p.rdb, NATS: p.nc, JS: p.js,
+			Logger: p.Log, Registerer: p.registry,
+		})
+		if err != nil {
+			return err
+		}
+		if err := p.edge.Start(ctx); err != nil {
+			return err
+		}
+		p.edge.Register(mux)
+	}
+	if cfg.hasRole(roleWorker) {
+		client, err := p.llmClient()
+		if err != nil {
+			return err
+		}
+		p.worker, err = workers.New(workers.Config{
+			JS: p.js, DB: p.db, LLM: client,
+			Memory:      &storage.Memory{DB: p.db, Redis: p.rdb},
+			Logger:      p.Log,
+			Registerer:  p.registry,
+			Concurrency: cfg.WorkerConcurrency,
+			AckWait:     topo.AckWait,
+			SoftStop:    cfg.SoftStop,
+		})
+		if err != nil {
+			return err
+		}
+		if err := p.worker.Start(ctx); err != nil {
+			return err
+		}
+	}
+
+	if p.listener, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
+		return fmt.Errorf("listen %s: %w", cfg.HTTPAddr, err)
+	}
+	p.httpSrv = &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(p.Log.Handler(), slog.LevelWarn),
+	}
+	go func() { p.serveErr <- p.httpSrv.Serve(p.listener) }()
+	p.Log.Info("peakdesk started", "addr", p.Addr(), "roles", strings.Join(cfg.Roles, ","), "dev", cfg.Dev)
+	return nil
+}
+
+// llmClient returns the LLM client: the configured provider, or in dev the
+// built-in simulator behind a loopback listener, so the real client code path
+// is the same in both.
+func (p *Program) llmClient() (*llm.Client, error) {
+	base := p.Config.LLMBaseURL
+	if base == "" {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("simulated llm: %w", err)
+		}
+		sim := loadtest.NewLLMSim(loadtest.LLMFaults{Latency: 300 * time.Millisecond, LatencyJitter: 100 * time.Millisecond})
+		p.llmSrv = &http.Server{Handler: sim, ReadHeaderTimeout: 5 * time.Second}
+		go func() { _ = p.llmSrv.Serve(ln) }()
+		base = "http://" + ln.Addr().String() + "/v1"
+		p.Log.Info("using the built-in simulated LLM (set PEAKDESK_LLM_BASE_URL for a real provider)", "url", base)
+	}
+	return llm.New(llm.Config{BaseURL: base, APIKey: p.Config.LLMAPIKey, Model: p.Config.LLMModel,
+		Timeout: p.Config.LLMTimeout})
+}
+
+func (p *Program) ready(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	var problems []string
+	if p.nc.Status() != nats.CONNECTED {
+		problems = append(problems, "nats: "+p.nc.Status().String())
+	}
+	if err := p.db.Ping(ctx); err != nil {
+		problems = append(problems, "postgres: unreachable")
+	}
+	if len(problems) > 0 {
+		http.Error(w, strings.Join(problems, "\n"), http.StatusServiceUnavailable)
+		return
+	}
+	fmt.Fprintln(w, "ready")
+}
+
+// Wait blocks until ctx is done or the HTTP server fails.
+func (p *Program) Wait(ctx context.Context) error {
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-p.serveErr:
+		if errors.Is(err, http.ErrServerClosed) {
+			return nil
+		}
+		return fmt.Errorf("http server: %w", err)
+	}
+}
+
+// Stop shuts down in dependency order: stop taking requests, let workers
+// finish or release their messages, then close connections. Idempotent.
+func (p *Program) Stop() {
+	p.stopOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		if p.edge != nil {
+			p.edge.Stop()
+		}
+		if p.httpSrv != nil {
+			_ = p.httpSrv.Shutdown(ctx)
+		}
+		if p.worker != nil {
+			p.worker.Stop()
+		}
+		if p.llmSrv != nil {
+			_ = p.llmSrv.Shutdown(ctx)
+		}
+		if p.nc != nil {
+			_ = p.nc.Drain()
+			for p.nc.IsDraining() && ctx.Err() == nil {
+				time.Sleep(10 * time.Millisecond)
+			}
+			p.nc.Close()
+		}
+		if p.natsSrv != nil {
+			p.natsSrv.Shutdown()
+			p.natsSrv.WaitForShutdown()
+		}
+		if p.db != nil {
+			p.db.Close()
+		}
+		if p.rdb != nil {
+			_ = p.rdb.Close()
+		}
+		p.Log.Info("peakdesk stopped")
+	})
+}

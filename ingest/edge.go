@@ -1,0 +1,573 @@
+// Package ingest is peakdesk's HTTP edge: it authenticates, validates and
+// classifies chat messages, publishes them durably to JetStream and delivers
+// replies back by polling, waiting and server-sent events.
+package ingest
+
+import (
+	"cmp"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/peakdesk/peakdesk"
+	"github.com/peakdesk/peakdesk/storage"
+)
+
+// Config configures the Edge. DB, NATS, JS and Secret are required.
+type Config struct {
+	// Secret verifies bearer tokens and signs ids.
+	Secret []byte
+	DB     *storage.DB
+	// Redis caches the state of queued messages for GET; optional.
+	Redis *redis.Client
+	NATS  *nats.Conn
+	JS    jetstream.JetStream
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+	// Registerer receives the edge's metrics; defaults to a private registry.
+	Registerer prometheus.Registerer
+	// Rules classify messages; defaults to DefaultRules.
+	Rules []Rule
+	// MaxWait caps ?wait=. Default 10 s.
+	MaxWait time.Duration
+	// PublishTimeout bounds one JetStream publish. Default 5 s.
+	PublishTimeout time.Duration
+	// SSEHeartbeat is the interval of keep-alive comments on event streams.
+	// Default 15 s.
+	SSEHeartbeat time.Duration
+}
+
+func (c *Config) setDefaults() {
+	c.Logger = cmp.Or(c.Logger, slog.Default())
+	if c.Registerer == nil {
+		c.Registerer = prometheus.NewRegistry()
+	}
+	if c.Rules == nil {
+		c.Rules = DefaultRules
+	}
+	c.MaxWait = cmp.Or(c.MaxWait, 10*time.Second)
+	c.PublishTimeout = cmp.Or(c.PublishTimeout, 5*time.Second)
+	c.SSEHeartbeat = cmp.Or(c.SSEHeartbeat, 15*time.Second)
+}
+
+func (c *Config) validate() error {
+	switch {
+	case len(c.Secret) == 0:
+		return errors.New("ingest: config: Secret is required")
+	case c.DB == nil:
+		return errors.New("ingest: config: DB is required")
+	case c.NATS == nil || c.JS == nil:
+		return errors.New("ingest: config: NATS and JS are required")
+	}
+	return nil
+}
+
+// Edge serves the chat API of DESIGN.md §4.
+type Edge struct {
+	cfg     Config
+	log     *slog.Logger
+	auth    *Authenticator
+	ids     idSigner
+	metrics *edgeMetrics
+	hub     *replyHub
+	shops   shopCache
+
+	stopOnce sync.Once
+	closing  chan struct{} // closed by Stop: event streams end
+	streams  sync.WaitGroup
+}
+
+// New returns an Edge for cfg.
+func New(cfg Config) (*Edge, error) {
+	cfg.setDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	m, err := newEdgeMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, fmt.Errorf("ingest: metrics: %w", err)
+	}
+	return &Edge{
+		cfg:     cfg,
+		log:     cfg.Logger.With("component", "ingest"),
+		auth:    NewAuthenticator(cfg.Secret),
+		ids:     newIDSigner(cfg.Secret),
+		metrics: m,
+		hub:     newReplyHub(),
+		shops:   shopCache{db: cfg.DB, entries: map[string]shopEntry{}},
+		closing: make(chan struct{}),
+	}, nil
+}
+
+// Start subscribes to reply events for ?wait= requests. It returns once the
+// subscription is in place.
+func (e *Edge) Start(ctx context.Context) error {
+	if err := e.hub.start(e.cfg.NATS); err != nil {
+		return fmt.Errorf("ingest: start: %w", err)
+	}
+	return nil
+}
+
+// Stop ends open event streams and waits for them, then drops the reply
+// subscription. Call it before shutting the HTTP server down. It is
+// idempotent.
+func (e *Edge) Stop() {
+	e.stopOnce.Do(func() {
+		close(e.closing)
+		e.streams.Wait()
+		e.hub.stop()
+	})
+}
+
+// Register mounts the edge's routes on mux.
+func (e *Edge) Register(mux *http.ServeMux) {
+	mux.Handle("POST /v1/messages", e.instrument("post_message", e.postMessage))
+	mux.Handle("GET /v1/messages/{id}", e.instrument("get_message", e.getMessage))
+	mux.Handle("GET /v1/conversations/{id}", e.instrument("get_conversation", e.getConversation))
+	mux.Handle("GET /v1/conversations/{id}/events", e.instrument("conversation_events", e.conversationEvents))
+}
+
+// handlerFunc is an HTTP handler that returns its error for instrument to
+// write in the error format.
+type handlerFunc func(w http.ResponseWriter, r *http.Request) error
+
+func (e *Edge) instrument(route string, h handlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		trace := traceFromHeader(r.Header.Get("traceparent"))
+		r = r.WithContext(withTrace(r.Context(), trace))
+		w.Header().Set("traceparent", trace.header)
+		start := time.Now()
+		err := h(w, r)
+		if err != nil {
+			writeError(w, r, e.log.With("trace_id", trace.id), err)
+		}
+		code := cmp.Or(peakdesk.ErrorCode(err), "ok")
+		e.metrics.requests.WithLabelValues(route, code).Inc()
+		e.metrics.duration.WithLabelValues(route).Observe(time.Since(start).Seconds())
+	})
+}
+
+// accepted is the answer to POST /v1/messages.
+type accepted struct {
+	MessageID      string                 `json:"message_id"`
+	ConversationID string                 `json:"conversation_id"`
+	Priority       peakdesk.Priority      `json:"priority"`
+	Status         peakdesk.MessageStatus `json:"status"`
+	Reply          *peakdesk.Reply        `json:"reply,omitempty"`
+}
+
+func (e *Edge) postMessage(w http.ResponseWriter, r *http.Request) error {
+	ctx := r.Context()
+	claims, err := e.auth.Authenticate(r)
+	if err != nil {
+		return err
+	}
+	body, err := readBody(r, peakdesk.MaxBodyBytes)
+	if err != nil {
+		return err
+	}
+	req, err := decodePostRequest(body)
+	if err != nil {
+		return err
+	}
+	wait, err := parseWait(r.URL.Query().Get("wait"), e.cfg.MaxWait)
+	if err != nil {
+		return err
+	}
+	key, err := idempotencyKey(r.Header.Get("Idempotency-Key"), req.ClientMsgID)
+	if err != nil {
+		return err
+	}
+	shop, user := claims.Shop, claims.Subject
+	if req.UserID != "" && req.UserID != user {
+		if !claims.HasScope(ScopeService) {
+			return &peakdesk.Error{Code: peakdesk.EPermissionDenied, Field: "user_id",
+				Message: "user_id may differ from the token subject only with the service scope"}
+		}
+		user = req.UserID
+	}
+	if shop == "*" {
+		return peakdesk.Errorf(peakdesk.EPermissionDenied, "operator tokens cannot post messages")
+	}
+	if ok, err := e.shops.exists(ctx, shop); err != nil {
+		return err
+	} else if !ok {
+		return peakdesk.Errorf(peakdesk.EPermissionDenied, "shop is not provisioned")
+	}
+
+	conv := req.ConversationID
+	if conv == "" {
+		conv = e.ids.New("conv", shop, user, key)
+	} else if err := e.checkConversation(ctx, shop, user, conv); err != nil {
+		return err
+	}
+	prio, err := e.priority(claims, req)
+	if err != nil {
+		return err
+	}
+	m := &peakdesk.Message{
+		ID:             e.ids.New("msg", shop, user, key),
+		ShopID:         shop,
+		ConversationID: conv,
+		UserID:         user,
+		Text:           req.Text,
+		Channel:        req.Channel,
+		Priority:       prio,
+		ClientMsgID:    key,
+		Metadata:       req.Metadata,
+		AcceptedAt:     time.Now().UTC(),
+	}
+	// Listen for the reply before publishing, so it cannot slip past.
+	var replies <-chan *peakdesk.Reply
+	if wait > 0 {
+		ch, cancel := e.hub.wait(m.ID)
+		defer cancel()
+		replies = ch
+	}
+	if err := e.publish(ctx, m); err != nil {
+		return err
+	}
+	e.metrics.accepted.WithLabelValues(string(prio)).Inc()
+	e.rememberQueued(ctx, m)
+
+	res := accepted{MessageID: m.ID, ConversationID: conv, Priority: prio, Status: peakdesk.StatusQueued}
+	if wait > 0 {
+		if reply := e.awaitReply(ctx, replies, wait, shop, m.ID); reply != nil {
+			res.Status, res.Reply = peakdesk.StatusAnswered, reply
+			writeJSON(w, http.StatusOK, res)
+			return nil
+		}
+	}
+	writeJSON(w, http.StatusAccepted, res)
+	return nil
+}
+
+// priority classifies the message and applies the client's hint: a hint can
+// raise the priority, never lower it below what the shop's rules say, and
+// p0 needs the priority:urgent scope.
+func (e *Edge) priority(claims *Claims, req *postRequest) (peakdesk.Priority, error) {
+	prio := Classify(e.cfg.Rules, req.Text)
+	if req.Priority == "" {
+		return prio, nil
+	}
+	hint, err := peakdesk.ParsePriority(req.Priority)
+	if err != nil {
+		return "", err
+	}
+	if hint == peakdesk.P0 && !claims.HasScope(ScopeUrgent) {
+		return "", &peakdesk.Error{Code: peakdesk.EPermissionDenied, Field: "priority",
+			Message: "priority p0 needs the priority:urgent scope"}
+	}
+	if hint.Rank() < prio.Rank() {
+		prio = hint
+	}
+	return prio, nil
+}
+
+// publish stores m in CHAT_IN and returns once JetStream has acked it.
+func (e *Edge) publish(ctx context.Context, m *peakdesk.Message) error {
+	data, err := json.Marshal(m)
+	if err != nil {
+		return fmt.Errorf("ingest: encode message: %w", err)
+	}
+	msg := nats.NewMsg(storage.InSubject(m.Priority, m.ShopID))
+	msg.Data = data
+	msg.Header.Set("traceparent", traceOf(ctx).header)
+	msg.Header.Set(jetstream.MsgIDHeader, m.ID)
+	ctx, cancel := context.WithTimeout(ctx, e.cfg.PublishTimeout)
+	defer cancel()
+	start := time.Now()
+	ack, err := e.cfg.JS.PublishMsg(ctx, msg)
+	e.metrics.publish.Observe(time.Since(start).Seconds())
+	if err != nil {
+		// The message may or may not be stored; either way the client is
+		// told to retry, and a retry with its idempotency key is safe.
+		e.log.WarnContext(ctx, "publish failed", "trace_id", traceOf(ctx).id, "shop", m.ShopID,
+			"message_id", m.ID, "err", err)
+		return &peakdesk.Error{Code: peakdesk.EOverloaded, Message: "the message queue is unavailable or full, retry later",
+			RetryAfter: time.Second}
+	}
+	if ack.Duplicate {
+		// A repeat within the duplicate window: its id is derived from the
+		// idempotency key, so the caller gets the first message's id.
+		e.metrics.duplicates.Inc()
+	}
+	return nil
+}
+
+// queuedState is what the edge remembers in Redis about a message it
+// published, so GET can describe it before a worker stores it.
+type queuedState struct {
+	Shop     string            `json:"s"`
+	User     string            `json:"u"`
+	Conv     string            `json:"c"`
+	Priority peakdesk.Priority `json:"p"`
+}
+
+func queuedKey(id string) string { return "pd:queued:" + id }
+
+func (e *Edge) rememberQueued(ctx context.Context, m *peakdesk.Message) {
+	if e.cfg.Redis == nil {
+		return
+	}
+	b, _ := json.Marshal(queuedState{Shop: m.ShopID, User: m.UserID, Conv: m.ConversationID, Priority: m.Priority})
+	ctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	// Best effort: without it a queued message still reads as queued.
+	if err := e.cfg.Redis.Set(ctx, queuedKey(m.ID), b, 24*time.Hour).Err(); err != nil {
+		e.metrics.redisErrors.Inc()
+	}
+}
+
+// awaitReply waits up to d for the reply to message id, then looks in
+// Postgres once more in case the event went by unseen.
+func (e *Edge) awaitReply(ctx context.Context, replies <-chan *peakdesk.Reply, d time.Duration, shop, id string) *peakdesk.Reply {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case r := <-replies:
+		return r
+	case <-t.C:
+	case <-ctx.Done():
+		return nil
+	}
+	r, err := e.cfg.DB.ReplyFor(ctx, shop, id)
+	if err != nil {
+		return nil
+	}
+	return r
+}
+
+func (e *Edge) getMessage(w http.ResponseWriter, r *http.Request) error {
+	ctx := r.Context()
+	claims, err := e.auth.Authenticate(r)
+	if err != nil {
+		return err
+	}
+	id := r.PathValue("id")
+	notFound := peakdesk.Errorf(peakdesk.ENotFound, "message not found")
+	if !isHexID(id) {
+		return notFound
+	}
+	rec, err := e.cfg.DB.Message(ctx, claims.Shop, id)
+	switch {
+	case err == nil:
+		if !mayRead(claims, rec.UserID) {
+			return notFound
+		}
+		writeJSON(w, http.StatusOK, rec.MessageState)
+		return nil
+	case !errors.Is(err, storage.ErrNotFound):
+		return err
+	}
+	// Not stored yet: is it a message this edge queued for this caller?
+	state := peakdesk.MessageState{ID: id, Status: peakdesk.StatusQueued}
+	if q, ok := e.queued(ctx, id); ok && q.Shop == claims.Shop && mayRead(claims, q.User) {
+		state.ConversationID, state.Priority = q.Conv, q.Priority
+	} else if !e.ids.Valid("msg", claims.Shop, claims.Subject, id) {
+		return notFound
+	}
+	writeJSON(w, http.StatusOK, state)
+	return nil
+}
+
+func (e *Edge) queued(ctx context.Context, id string) (queuedState, bool) {
+	var q queuedState
+	if e.cfg.Redis == nil {
+		return q, false
+	}
+	ctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	b, err := e.cfg.Redis.Get(ctx, queuedKey(id)).Bytes()
+	if err != nil || json.Unmarshal(b, &q) != nil {
+		return q, false
+	}
+	return q, true
+}
+
+// mayRead reports whether the caller may read data of end user owner in the
+// caller's shop: the user themself, or a service of the shop.
+func mayRead(c *Claims, owner string) bool {
+	return c.Subject == owner || c.HasScope(ScopeService)
+}
+
+// checkConversation makes sure conversation conv may take a message from
+// user in shop: either the edge issued it to them, or it is stored as theirs.
+func (e *Edge) checkConversation(ctx context.Context, shop, user, conv string) error {
+	if e.ids.Valid("conv", shop, user, conv) {
+		return nil
+	}
+	owner, err := e.cfg.DB.ConversationOwner(ctx, shop, conv)
+	switch {
+	case errors.Is(err, storage.ErrNotFound) || (err == nil && owner != user):
+		return &peakdesk.Error{Code: peakdesk.ENotFound, Field: "conversation_id", Message: "conversation not found"}
+	case err != nil:
+		return err
+	}
+	return nil
+}
+
+// readableConversation returns the stored conversation conv if the caller
+// may read it, an empty one if the edge issued it to the caller and nothing
+// is stored yet, or not_found.
+func (e *Edge) readableConversation(ctx context.Context, claims *Claims, conv string) (*peakdesk.Conversation, error) {
+	notFound := peakdesk.Errorf(peakdesk.ENotFound, "conversation not found")
+	if !isHexID(conv) {
+		return nil, notFound
+	}
+	c, err := e.cfg.DB.Conversation(ctx, claims.Shop, conv)
+	switch {
+	case err == nil:
+		if !mayRead(claims, c.UserID) {
+			return nil, notFound
+		}
+		return c, nil
+	case !errors.Is(err, storage.ErrNotFound):
+		return nil, err
+	case e.ids.Valid("conv", claims.Shop, claims.Subject, conv):
+		return &peakdesk.Conversation{ID: conv, UserID: claims.Subject,
+			Messages: []peakdesk.MessageState{}, Replies: []peakdesk.Reply{}}, nil
+	}
+	return nil, notFound
+}
+
+func (e *Edge) getConversation(w http.ResponseWriter, r *http.Request) error {
+	claims, err := e.auth.Authenticate(r)
+	if err != nil {
+		return err
+	}
+	c, err := e.readableConversation(r.Context(), claims, r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, c)
+	return nil
+}
+
+// parseWait reads ?wait=: a Go duration ("2s") or seconds ("2"), up to max.
+func parseWait(s string, limit time.Duration) (time.Duration, error) {
+	if s == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		secs, ferr := strconv.ParseFloat(s, 64)
+		if ferr != nil {
+			return 0, peakdesk.FieldError("wait", "wait must be a duration such as 5s")
+		}
+		d = time.Duration(secs * float64(time.Second))
+	}
+	if d < 0 || d > limit {
+		return 0, peakdesk.FieldError("wait", "wait must be between 0s and %s", limit)
+	}
+	return d, nil
+}
+
+// idempotencyKey returns the request's idempotency key: the header, or
+// client_msg_id; when both are given they must agree.
+func idempotencyKey(header, clientMsgID string) (string, error) {
+	header = strings.TrimSpace(header)
+	switch {
+	case header != "" && !printableASCII(header, maxKeyLen):
+		return "", peakdesk.FieldError("Idempotency-Key", "Idempotency-Key must be 1..%d printable ASCII characters", maxKeyLen)
+	case header != "" && clientMsgID != "" && header != clientMsgID:
+		return "", peakdesk.FieldError("client_msg_id", "client_msg_id and Idempotency-Key differ")
+	}
+	return cmp.Or(header, clientMsgID), nil
+}
+
+// shopCache remembers which shops exist, so the hot path reads Postgres
+// about a shop at most once a minute.
+type shopCache struct {
+	db      *storage.DB
+	mu      sync.Mutex
+	entries map[string]shopEntry
+}
+
+type shopEntry struct {
+	exists bool
+	until  time.Time
+}
+
+func (c *shopCache) exists(ctx context.Context, shop string) (bool, error) {
+	now := time.Now()
+	c.mu.Lock()
+	ent, ok := c.entries[shop]
+	c.mu.Unlock()
+	if ok && now.Before(ent.until) {
+		return ent.exists, nil
+	}
+	exists, err := c.db.ShopExists(ctx, shop)
+	if err != nil {
+		if ok { // Postgres is down: trust what we knew.
+			return ent.exists, nil
+		}
+		return false, err
+	}
+	ttl := time.Minute
+	if !exists {
+		ttl = 5 * time.Second
+	}
+	c.mu.Lock()
+	c.entries[shop] = shopEntry{exists: exists, until: now.Add(ttl)}
+	c.mu.Unlock()
+	return exists, nil
+}
+
+// trace is the W3C trace context of a request.
+type trace struct {
+	id     string // 32 hex trace id
+	header string // traceparent to pass on
+}
+
+type traceKey struct{}
+
+func withTrace(ctx context.Context, t trace) context.Context {
+	return context.WithValue(ctx, traceKey{}, t)
+}
+
+func traceOf(ctx context.Context) trace {
+	t, _ := ctx.Value(traceKey{}).(trace)
+	return t
+}
+
+// traceFromHeader continues the caller's trace when its traceparent is well
+// formed, and starts a new one otherwise; either way with a new span id.
+func traceFromHeader(h string) trace {
+	parts := strings.Split(strings.TrimSpace(h), "-")
+	traceID, flags := "", "01"
+	if len(parts) == 4 && len(parts[0]) == 2 && len(parts[1]) == 32 && len(parts[2]) == 16 && len(parts[3]) == 2 &&
+		isLowerHex(parts[1]) && isLowerHex(parts[2]) && isLowerHex(parts[3]) && parts[0] != "ff" &&
+		strings.Trim(parts[1], "0") != "" {
+		traceID, flags = parts[1], parts[3]
+	}
+	var b [24]byte
+	_, _ = rand.Read(b[:])
+	if traceID == "" {
+		traceID = hex.EncodeToString(b[:16])
+	}
+	return trace{id: traceID, header: "00-" + traceID + "-" + hex.EncodeToString(b[16:]) + "-" + flags}
+}
+
+func isLowerHex(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}

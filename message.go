@@ -1,0 +1,134 @@
+package peakdesk
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// Priority orders the work: p0 is answered first.
+type Priority string
+
+// Priorities, most urgent first.
+const (
+	// P0 is urgent: after-sale, refunds, payment failures, complaints.
+	P0 Priority = "p0"
+	// P1 is normal: orders and logistics.
+	P1 Priority = "p1"
+	// P2 is low: pre-sale and general questions.
+	P2 Priority = "p2"
+)
+
+// Priorities lists every priority, most urgent first.
+var Priorities = []Priority{P0, P1, P2}
+
+// ParsePriority returns the priority named by s, or an invalid_argument error.
+func ParsePriority(s string) (Priority, error) {
+	switch p := Priority(s); p {
+	case P0, P1, P2:
+		return p, nil
+	}
+	return "", FieldError("priority", "priority must be one of p0, p1, p2")
+}
+
+// Rank returns 0 for p0, 1 for p1 and 2 for p2; lower is more urgent.
+func (p Priority) Rank() int {
+	switch p {
+	case P0:
+		return 0
+	case P1:
+		return 1
+	default:
+		return 2
+	}
+}
+
+// MessageStatus is where a message is on its way to an answer.
+type MessageStatus string
+
+// Message statuses.
+const (
+	StatusQueued     MessageStatus = "queued"
+	StatusProcessing MessageStatus = "processing"
+	StatusAnswered   MessageStatus = "answered"
+	StatusFailed     MessageStatus = "failed"
+)
+
+// Limits on what a client may send.
+const (
+	MaxTextRunes     = 2000
+	MaxBodyBytes     = 64 << 10
+	MaxMetadataBytes = 4 << 10
+)
+
+// Message is one customer chat message as accepted by the ingest edge and
+// carried through the queue to a worker.
+type Message struct {
+	ID             string          `json:"message_id"`
+	ShopID         string          `json:"shop"`
+	ConversationID string          `json:"conversation_id"`
+	UserID         string          `json:"user_id"`
+	Text           string          `json:"text"`
+	Channel        string          `json:"channel,omitempty"`
+	Priority       Priority        `json:"priority"`
+	ClientMsgID    string          `json:"client_msg_id,omitempty"`
+	Metadata       json.RawMessage `json:"metadata,omitempty"`
+	AcceptedAt     time.Time       `json:"accepted_at"`
+}
+
+// Reply sources: which step of the graded fallback produced an answer.
+const (
+	SourceLLM          = "llm"
+	SourceLLMSecondary = "llm_secondary"
+	SourceFAQ          = "faq"
+	SourceHandoff      = "handoff"
+	SourceCache        = "cache"
+)
+
+// Reply is one answer on a conversation. It answers one or more messages.
+type Reply struct {
+	ID               string    `json:"reply_id"`
+	ShopID           string    `json:"-"`
+	ConversationID   string    `json:"conversation_id"`
+	MessageIDs       []string  `json:"message_ids"`
+	Text             string    `json:"text"`
+	Source           string    `json:"source"`
+	Model            string    `json:"model,omitempty"`
+	PromptTokens     int       `json:"prompt_tokens,omitempty"`
+	CompletionTokens int       `json:"completion_tokens,omitempty"`
+	CreatedAt        time.Time `json:"created_at"`
+}
+
+// Answers reports whether r answers the message with the given id.
+func (r *Reply) Answers(messageID string) bool {
+	for _, id := range r.MessageIDs {
+		if id == messageID {
+			return true
+		}
+	}
+	return false
+}
+
+// MessageState is a message as a client sees it: its status and, once
+// answered, its reply.
+type MessageState struct {
+	ID             string        `json:"message_id"`
+	ConversationID string        `json:"conversation_id"`
+	Priority       Priority      `json:"priority"`
+	Status         MessageStatus `json:"status"`
+	Text           string        `json:"text,omitempty"`
+	CreatedAt      time.Time     `json:"created_at,omitzero"`
+	Reply          *Reply        `json:"reply,omitempty"`
+}
+
+// Conversation is a chat between one end user and a shop.
+type Conversation struct {
+	ID        string         `json:"conversation_id"`
+	ShopID    string         `json:"-"`
+	UserID    string         `json:"user_id"`
+	Handoff   bool           `json:"handoff"`
+	CreatedAt time.Time      `json:"created_at"`
+	Messages  []MessageState `json:"messages"`
+	// Replies holds every reply in order, including those that answer no
+	// single message (follow-ups).
+	Replies []Reply `json:"replies"`
+}

@@ -1,0 +1,178 @@
+package storage_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/peakdesk/peakdesk"
+	"github.com/peakdesk/peakdesk/storage"
+	"github.com/peakdesk/peakdesk/storage/storagetest"
+)
+
+func hexID(prefix string, n int) string { return fmt.Sprintf("%s%0*x", prefix, 32-len(prefix), n) }
+
+func newMessage(shop, conv, user string, n int) *peakdesk.Message {
+	return &peakdesk.Message{
+		ID: hexID("a", n), ShopID: shop, ConversationID: conv, UserID: user,
+		Text: fmt.Sprintf("question %d", n), Priority: peakdesk.P2, AcceptedAt: time.Now().UTC(),
+	}
+}
+
+func setupDB(t *testing.T) *storage.DB {
+	t.Helper()
+	db := storagetest.DB(t)
+	for _, s := range []string{"shop1", "shop2"} {
+		if err := db.EnsureShop(context.Background(), s, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return db
+}
+
+func TestBeginMessageIsIdempotentAndReturnsTheExistingReply(t *testing.T) {
+	t.Parallel()
+	db := setupDB(t)
+	ctx := context.Background()
+	m := newMessage("shop1", hexID("c", 1), "u1", 1)
+	for range 2 {
+		got, err := db.BeginMessage(ctx, m)
+		if err != nil || got != nil {
+			t.Fatalf("begin: reply %v err %v, want neither", got, err)
+		}
+	}
+	r := &peakdesk.Reply{ID: "r1", ShopID: "shop1", ConversationID: m.ConversationID,
+		MessageIDs: []string{m.ID}, Text: "answer", Source: peakdesk.SourceLLM}
+	if err := db.SaveReply(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	got, err := db.BeginMessage(ctx, m)
+	if err != nil || got == nil || got.ID != "r1" || !got.Answers(m.ID) {
+		t.Fatalf("begin after reply: %+v, %v", got, err)
+	}
+}
+
+func TestSaveReplyStoresExactlyOneOfConcurrentAnswers(t *testing.T) {
+	t.Parallel()
+	db := setupDB(t)
+	ctx := context.Background()
+	conv := hexID("c", 2)
+	msgs := []*peakdesk.Message{newMessage("shop1", conv, "u1", 10), newMessage("shop1", conv, "u1", 11)}
+	for _, m := range msgs {
+		if _, err := db.BeginMessage(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const racers = 8
+	var wg sync.WaitGroup
+	errs := make([]error, racers)
+	for i := range racers {
+		wg.Go(func() {
+			errs[i] = db.SaveReply(ctx, &peakdesk.Reply{ID: fmt.Sprintf("race-%d", i), ShopID: "shop1",
+				ConversationID: conv, MessageIDs: []string{msgs[0].ID, msgs[1].ID}, Text: "t", Source: peakdesk.SourceLLM})
+		})
+	}
+	wg.Wait()
+	won := 0
+	for _, err := range errs {
+		switch {
+		case err == nil:
+			won++
+		case !errors.Is(err, storage.ErrAlreadyAnswered):
+			t.Fatalf("unexpected error: %v", err)
+		}
+	}
+	if won != 1 {
+		t.Fatalf("%d replies stored, want exactly 1", won)
+	}
+	c, err := db.Conversation(ctx, "shop1", conv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Replies) != 1 || len(c.Replies[0].MessageIDs) != 2 {
+		t.Fatalf("conversation replies %+v", c.Replies)
+	}
+	for _, m := range c.Messages {
+		if m.Status != peakdesk.StatusAnswered || m.Reply == nil || m.Reply.ID != c.Replies[0].ID {
+			t.Fatalf("message %+v", m)
+		}
+	}
+}
+
+func TestReadsAreScopedByShop(t *testing.T) {
+	t.Parallel()
+	db := setupDB(t)
+	ctx := context.Background()
+	m := newMessage("shop1", hexID("c", 3), "u1", 20)
+	if _, err := db.BeginMessage(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Message(ctx, "shop2", m.ID); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("Message from another shop: %v, want ErrNotFound", err)
+	}
+	if _, err := db.Conversation(ctx, "shop2", m.ConversationID); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("Conversation from another shop: %v, want ErrNotFound", err)
+	}
+	if _, err := db.ConversationOwner(ctx, "shop2", m.ConversationID); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("ConversationOwner from another shop: %v, want ErrNotFound", err)
+	}
+	// A message naming another shop's conversation is refused, not answered.
+	intruder := newMessage("shop2", m.ConversationID, "u1", 21)
+	if _, err := db.BeginMessage(ctx, intruder); !errors.Is(err, storage.ErrForeignConversation) {
+		t.Errorf("BeginMessage into another shop's conversation: %v, want ErrForeignConversation", err)
+	}
+	if _, err := db.Message(ctx, "shop2", intruder.ID); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("the intruding message was stored: %v", err)
+	}
+	// Same for another user of the same shop.
+	other := newMessage("shop1", m.ConversationID, "u2", 22)
+	if _, err := db.BeginMessage(ctx, other); !errors.Is(err, storage.ErrForeignConversation) {
+		t.Errorf("BeginMessage into another user's conversation: %v, want ErrForeignConversation", err)
+	}
+}
+
+func TestMemoryRebuildsFromPostgresAndAppends(t *testing.T) {
+	t.Parallel()
+	db := setupDB(t)
+	rdb, err := storage.OpenRedis(storagetest.RedisURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rdb.Close() })
+	ctx := context.Background()
+	conv := fmt.Sprintf("%032x", time.Now().UnixNano())
+	mem := &storage.Memory{DB: db, Redis: rdb, Turns: 3}
+	t.Cleanup(func() { rdb.Del(context.Background(), "pd:mem:shop1:"+conv) })
+
+	m1 := newMessage("shop1", conv, "u1", 30)
+	m1.AcceptedAt = time.Now().Add(-time.Minute).UTC()
+	if _, err := db.BeginMessage(ctx, m1); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.SaveReply(ctx, &peakdesk.Reply{ID: "mem-r1", ShopID: "shop1", ConversationID: conv,
+		MessageIDs: []string{m1.ID}, Text: "answer 1", Source: peakdesk.SourceLLM}); err != nil {
+		t.Fatal(err)
+	}
+	m2 := newMessage("shop1", conv, "u1", 31)
+	if _, err := db.BeginMessage(ctx, m2); err != nil {
+		t.Fatal(err)
+	}
+	turns, err := mem.Load(ctx, "shop1", conv, []string{m2.ID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(turns) != 2 || turns[0].Text != m1.Text || turns[1].Text != "answer 1" {
+		t.Fatalf("rebuilt turns %+v", turns)
+	}
+	mem.Append(ctx, "shop1", conv, storage.Turn{Role: "user", Text: m2.Text}, storage.Turn{Role: "assistant", Text: "answer 2"})
+	turns, err = mem.Load(ctx, "shop1", conv, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(turns) != 3 || turns[0].Text != "answer 1" || turns[2].Text != "answer 2" {
+		t.Fatalf("cached turns after append (keep 3) %+v", turns)
+	}
+}

@@ -1,0 +1,175 @@
+package storage
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/peakdesk/peakdesk"
+)
+
+// JetStream topology (DESIGN.md §5).
+const (
+	// StreamIn holds accepted chat messages until a worker answers them.
+	StreamIn = "CHAT_IN"
+	// StreamEvents holds reply events for SSE delivery and replay.
+	StreamEvents = "CHAT_EVENTS"
+	// StreamDLQ holds messages that used up their delivery attempts.
+	StreamDLQ = "CHAT_DLQ"
+)
+
+// InSubject is the subject a message of priority p for shop is published on.
+func InSubject(p peakdesk.Priority, shop string) string {
+	return "chat.in." + string(p) + "." + shop
+}
+
+// EventSubject is the subject of reply events of one conversation.
+func EventSubject(shop, conv string) string {
+	return "chat.events." + shop + "." + conv
+}
+
+// ConsumerName is the durable consumer the workers pull priority p from.
+func ConsumerName(p peakdesk.Priority) string { return "workers-" + string(p) }
+
+// Topology sizes the streams and consumers. Zero fields take the defaults.
+type Topology struct {
+	// Replicas per stream: 1 for a single server, 3 in a production cluster.
+	Replicas int
+	// MaxMessages bounds CHAT_IN; beyond it publishes fail (discard new) and
+	// the edge answers 503 overloaded. Default 2,000,000.
+	MaxMessages int64
+	// MaxBytes bounds CHAT_IN. Default 2 GiB.
+	MaxBytes int64
+	// DuplicateWindow is CHAT_IN's idempotency window. Default 15 min.
+	DuplicateWindow time.Duration
+	// EventsMaxAge is how long reply events stay replayable. Default 24 h.
+	EventsMaxAge time.Duration
+	// AckWait is how long a worker may hold a message without a heartbeat
+	// before it is redelivered. Default 30 s.
+	AckWait time.Duration
+	// MaxDeliver is the number of delivery attempts per message. Default 6.
+	MaxDeliver int
+}
+
+func (t Topology) withDefaults() Topology {
+	t.Replicas = max(t.Replicas, 1)
+	if t.MaxMessages <= 0 {
+		t.MaxMessages = 2_000_000
+	}
+	if t.MaxBytes <= 0 {
+		t.MaxBytes = 2 << 30
+	}
+	if t.DuplicateWindow <= 0 {
+		t.DuplicateWindow = 15 * time.Minute
+	}
+	if t.EventsMaxAge <= 0 {
+		t.EventsMaxAge = 24 * time.Hour
+	}
+	if t.AckWait <= 0 {
+		t.AckWait = 30 * time.Second
+	}
+	if t.MaxDeliver <= 0 {
+		t.MaxDeliver = 6
+	}
+	return t
+}
+
+// EnsureTopology creates or updates the streams and the worker consumers.
+func EnsureTopology(ctx context.Context, js jetstream.JetStream, t Topology) (Topology, error) {
+	t = t.withDefaults()
+	streams := []jetstream.StreamConfig{{
+		Name:        StreamIn,
+		Description: "accepted chat messages, by priority and shop",
+		Subjects:    []string{"chat.in.>"},
+		Retention:   jetstream.WorkQueuePolicy,
+		Storage:     jetstream.FileStorage,
+		Replicas:    t.Replicas,
+		MaxMsgs:     t.MaxMessages,
+		MaxBytes:    t.MaxBytes,
+		MaxMsgSize:  peakdesk.MaxBodyBytes + 16<<10,
+		Discard:     jetstream.DiscardNew,
+		Duplicates:  t.DuplicateWindow,
+	}, {
+		Name:        StreamEvents,
+		Description: "reply events, by shop and conversation",
+		Subjects:    []string{"chat.events.>"},
+		Retention:   jetstream.LimitsPolicy,
+		Storage:     jetstream.FileStorage,
+		Replicas:    t.Replicas,
+		MaxAge:      t.EventsMaxAge,
+		Discard:     jetstream.DiscardOld,
+		Duplicates:  2 * time.Minute,
+	}, {
+		Name:        StreamDLQ,
+		Description: "messages that used up their delivery attempts",
+		Subjects:    []string{"chat.dlq.>"},
+		Retention:   jetstream.LimitsPolicy,
+		Storage:     jetstream.FileStorage,
+		Replicas:    t.Replicas,
+		MaxAge:      14 * 24 * time.Hour,
+	}}
+	for _, cfg := range streams {
+		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
+			return t, fmt.Errorf("storage: stream %s: %w", cfg.Name, err)
+		}
+	}
+	for _, p := range peakdesk.Priorities {
+		_, err := js.CreateOrUpdateConsumer(ctx, StreamIn, jetstream.ConsumerConfig{
+			Durable:       ConsumerName(p),
+			Description:   "workers pulling " + string(p) + " messages",
+			FilterSubject: "chat.in." + string(p) + ".>",
+			AckPolicy:     jetstream.AckExplicitPolicy,
+			AckWait:       t.AckWait,
+			MaxDeliver:    t.MaxDeliver,
+			MaxAckPending: 100_000,
+			Replicas:      t.Replicas,
+		})
+		if err != nil {
+			return t, fmt.Errorf("storage: consumer %s: %w", ConsumerName(p), err)
+		}
+	}
+	return t, nil
+}
+
+// NATSServerConfig configures the embedded NATS server.
+type NATSServerConfig struct {
+	// StoreDir is where JetStream keeps its files.
+	StoreDir string
+	// Host and Port to listen on; Port -1 picks a free port.
+	Host string
+	Port int
+	// SyncAlways makes JetStream fsync every write before it acks.
+	SyncAlways bool
+}
+
+// StartNATS starts an in-process NATS server with JetStream and waits until
+// it accepts connections.
+func StartNATS(cfg NATSServerConfig) (*server.Server, error) {
+	opts := &server.Options{
+		ServerName: "peakdesk-embedded",
+		Host:       cfg.Host,
+		Port:       cfg.Port,
+		JetStream:  true,
+		StoreDir:   cfg.StoreDir,
+		SyncAlways: cfg.SyncAlways,
+		NoSigs:     true,
+		NoLog:      true,
+		MaxPayload: 1 << 20,
+	}
+	if opts.Host == "" {
+		opts.Host = "127.0.0.1"
+	}
+	ns, err := server.NewServer(opts)
+	if err != nil {
+		return nil, fmt.Errorf("storage: nats server: %w", err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		ns.Shutdown()
+		return nil, fmt.Errorf("storage: nats server not ready in 10s")
+	}
+	return ns, nil
+}

@@ -1,0 +1,115 @@
+// Package storagetest gives tests real services: a fresh, migrated Postgres
+// database per call, the Redis URL, and an embedded JetStream server.
+// Postgres and Redis must be running (make test starts them); nothing here
+// is a mock.
+package storagetest
+
+import (
+	"cmp"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"net/url"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/peakdesk/peakdesk/storage"
+)
+
+// AdminURL is the database tests connect to in order to create their own.
+func AdminURL() string {
+	return cmp.Or(os.Getenv("TEST_DATABASE_URL"),
+		"postgres://peakdesk:peakdesk@127.0.0.1:5432/peakdesk?sslmode=disable")
+}
+
+// DatabaseURL creates a new database with every migration applied, drops it
+// when the test ends, and returns its URL.
+func DatabaseURL(t testing.TB) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	admin := AdminURL()
+	conn, err := pgx.Connect(ctx, admin)
+	if err != nil {
+		t.Fatalf("storagetest: connect %s: %v (is Postgres running? make test starts it)", redact(admin), err)
+	}
+	defer conn.Close(ctx)
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	name := "peakdesk_test_" + hex.EncodeToString(b[:])
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name); err != nil {
+		t.Fatalf("storagetest: create database: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		conn, err := pgx.Connect(ctx, admin)
+		if err != nil {
+			t.Errorf("storagetest: drop database: %v", err)
+			return
+		}
+		defer conn.Close(ctx)
+		if _, err := conn.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)"); err != nil {
+			t.Errorf("storagetest: drop database: %v", err)
+		}
+	})
+	u, err := url.Parse(admin)
+	if err != nil {
+		t.Fatalf("storagetest: parse %s: %v", redact(admin), err)
+	}
+	u.Path = "/" + name
+	dbURL := u.String()
+	db, err := storage.Open(ctx, dbURL, 2)
+	if err != nil {
+		t.Fatalf("storagetest: %v", err)
+	}
+	defer db.Close()
+	if err := db.Migrate(ctx); err != nil {
+		t.Fatalf("storagetest: %v", err)
+	}
+	return dbURL
+}
+
+// DB opens a fresh migrated database, closed when the test ends.
+func DB(t testing.TB) *storage.DB {
+	t.Helper()
+	db, err := storage.Open(context.Background(), DatabaseURL(t), 8)
+	if err != nil {
+		t.Fatalf("storagetest: %v", err)
+	}
+	t.Cleanup(db.Close)
+	return db
+}
+
+// RedisURL is the Redis tests use. Keys of different tests do not collide:
+// they are named after random ids.
+func RedisURL() string {
+	return cmp.Or(os.Getenv("TEST_REDIS_URL"), "redis://127.0.0.1:6379/0")
+}
+
+// NATS starts an embedded JetStream server on a free port with its store in
+// a temporary directory, shut down when the test ends.
+func NATS(t testing.TB) *server.Server {
+	t.Helper()
+	ns, err := storage.StartNATS(storage.NATSServerConfig{StoreDir: t.TempDir(), Port: -1})
+	if err != nil {
+		t.Fatalf("storagetest: %v", err)
+	}
+	t.Cleanup(func() {
+		ns.Shutdown()
+		ns.WaitForShutdown()
+	})
+	return ns
+}
+
+func redact(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparseable URL)"
+	}
+	return u.Redacted()
+}
