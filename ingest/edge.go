@@ -27,14 +27,13 @@ import (
 	"github.com/peakdesk/peakdesk/storage"
 )
 
-// Config configures the Edge. DB, NATS, JS and Secret are required.
+// Config configures the Edge. DB, JS and Secret are required.
 type Config struct {
 	// Secret verifies bearer tokens and signs ids.
 	Secret []byte
 	DB     *storage.DB
 	// Redis caches the state of queued messages for GET; optional.
 	Redis *redis.Client
-	NATS  *nats.Conn
 	JS    jetstream.JetStream
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
@@ -70,8 +69,8 @@ func (c *Config) validate() error {
 		return errors.New("ingest: config: Secret is required")
 	case c.DB == nil:
 		return errors.New("ingest: config: DB is required")
-	case c.NATS == nil || c.JS == nil:
-		return errors.New("ingest: config: NATS and JS are required")
+	case c.JS == nil:
+		return errors.New("ingest: config: JS is required")
 	}
 	return nil
 }
@@ -85,6 +84,7 @@ type Edge struct {
 	metrics *edgeMetrics
 	hub     *replyHub
 	shops   shopCache
+	events  jetstream.Stream // CHAT_EVENTS, for replay by direct get
 
 	stopOnce sync.Once
 	closing  chan struct{} // closed by Stop: event streams end
@@ -113,17 +113,21 @@ func New(cfg Config) (*Edge, error) {
 	}, nil
 }
 
-// Start subscribes to reply events for ?wait= requests. It returns once the
-// subscription is in place.
+// Start begins reading reply events for waiting requests and event streams.
+// It returns once the reader is in place.
 func (e *Edge) Start(ctx context.Context) error {
-	if err := e.hub.start(e.cfg.NATS); err != nil {
+	var err error
+	if e.events, err = e.cfg.JS.Stream(ctx, storage.StreamEvents); err != nil {
+		return fmt.Errorf("ingest: start: %w", err)
+	}
+	if err := e.hub.start(ctx, e.cfg.JS); err != nil {
 		return fmt.Errorf("ingest: start: %w", err)
 	}
 	return nil
 }
 
-// Stop ends open event streams and waits for them, then drops the reply
-// subscription. Call it before shutting the HTTP server down. It is
+// Stop ends open event streams and waits for them, then stops the reply
+// reader. Call it before shutting the HTTP server down. It is
 // idempotent.
 func (e *Edge) Stop() {
 	e.stopOnce.Do(func() {

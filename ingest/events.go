@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"cmp"
+	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -13,15 +14,10 @@ import (
 	"github.com/peakdesk/peakdesk/storage"
 )
 
-// sseEvent is one reply event read from CHAT_EVENTS.
-type sseEvent struct {
-	seq  uint64
-	data []byte
-}
-
 // conversationEvents streams a conversation's reply events as server-sent
-// events. Each event's id is its CHAT_EVENTS sequence, so a client that
-// reconnects with Last-Event-ID resumes right after what it saw; any edge
+// events. Each event's id is its CHAT_EVENTS sequence: the stream first
+// replays the stored events after Last-Event-ID (or all of them) with direct
+// gets, then follows the live ones from the process's reply hub. Any edge
 // node can serve any conversation because the events live in JetStream.
 func (e *Edge) conversationEvents(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
@@ -33,41 +29,21 @@ func (e *Edge) conversationEvents(w http.ResponseWriter, r *http.Request) error 
 	if _, err := e.readableConversation(ctx, claims, conv); err != nil {
 		return err
 	}
-	cfg := jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{storage.EventSubject(claims.Shop, conv)},
-		DeliverPolicy:  jetstream.DeliverAllPolicy,
-	}
-	if last := cmp.Or(r.Header.Get("Last-Event-ID"), r.URL.Query().Get("last_event_id")); last != "" {
-		seq, err := strconv.ParseUint(last, 10, 64)
-		if err != nil {
+	var last uint64 // the last sequence the client has seen
+	if id := cmp.Or(r.Header.Get("Last-Event-ID"), r.URL.Query().Get("last_event_id")); id != "" {
+		if last, err = strconv.ParseUint(id, 10, 64); err != nil {
 			return peakdesk.FieldError("Last-Event-ID", "Last-Event-ID must be an event id from this stream")
 		}
-		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, seq+1
 	}
 	flusher, ok := w.(http.Flusher)
 	if !ok {
 		return fmt.Errorf("ingest: events: response writer cannot flush")
 	}
-	cons, err := e.cfg.JS.OrderedConsumer(ctx, storage.StreamEvents, cfg)
-	if err != nil {
-		return fmt.Errorf("ingest: events: consumer: %w", err)
-	}
-	events := make(chan sseEvent, 64)
-	cc, err := cons.Consume(func(msg jetstream.Msg) {
-		meta, err := msg.Metadata()
-		if err != nil {
-			return
-		}
-		select {
-		case events <- sseEvent{seq: meta.Sequence.Stream, data: msg.Data()}:
-		case <-ctx.Done():
-		}
-	})
-	if err != nil {
-		return fmt.Errorf("ingest: events: consume: %w", err)
-	}
-	defer cc.Stop()
+	subject := storage.EventSubject(claims.Shop, conv)
 
+	// Listen before replaying, so no event falls between the two.
+	l := e.hub.listen(subject)
+	defer e.hub.unlisten(subject, l)
 	e.streams.Add(1)
 	defer e.streams.Done()
 	e.metrics.sseStreams.Inc()
@@ -79,22 +55,47 @@ func (e *Edge) conversationEvents(w http.ResponseWriter, r *http.Request) error 
 	h.Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
 	fmt.Fprint(w, "retry: 2000\n\n")
+
+	write := func(seq uint64, data []byte) bool {
+		_, err := fmt.Fprintf(w, "event: reply\nid: %d\ndata: %s\n\n", seq, data)
+		return err == nil
+	}
+	for {
+		msg, err := e.events.GetMsg(ctx, last+1, jetstream.WithGetMsgSubject(subject))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			break
+		}
+		if err != nil {
+			e.log.WarnContext(ctx, "event replay failed", "trace_id", traceOf(ctx).id, "err", err)
+			return nil // the client reconnects with its Last-Event-ID
+		}
+		if !write(msg.Sequence, msg.Data) {
+			return nil
+		}
+		last = msg.Sequence
+	}
 	flusher.Flush()
 
 	heartbeat := time.NewTicker(e.cfg.SSEHeartbeat)
 	defer heartbeat.Stop()
 	for {
 		select {
-		case ev := <-events:
-			if _, err := fmt.Fprintf(w, "event: reply\nid: %d\ndata: %s\n\n", ev.seq, ev.data); err != nil {
+		case ev := <-l.ch:
+			if ev.seq <= last {
+				continue // already replayed
+			}
+			if !write(ev.seq, ev.data) {
 				return nil
 			}
+			last = ev.seq
 			flusher.Flush()
 		case <-heartbeat.C:
 			if _, err := fmt.Fprint(w, ": keep-alive\n\n"); err != nil {
 				return nil
 			}
 			flusher.Flush()
+		case <-l.gone:
+			return nil // fell behind; the client resumes from its Last-Event-ID
 		case <-ctx.Done():
 			return nil
 		case <-e.closing:

@@ -1,48 +1,74 @@
 package ingest
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"sync"
 	"sync/atomic"
 
-	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/peakdesk/peakdesk"
+	"github.com/peakdesk/peakdesk/storage"
 )
 
-// replyHub hands reply events to requests waiting for them (?wait=). One
-// core NATS subscription per process sees every reply event; it decodes
-// them only while someone waits.
+// replyHub is the one reader of CHAT_EVENTS in an edge process. An ordered
+// consumer delivers every new reply event, with its stream sequence, to the
+// requests waiting for it: ?wait= requests by message id and event streams
+// by conversation. One consumer per process, not one per client, so the
+// number of open event streams is bounded by memory, not by JetStream's
+// consumer limits.
 type replyHub struct {
-	mu      sync.Mutex
-	waiters map[string][]chan *peakdesk.Reply
-	count   atomic.Int64
-	sub     *nats.Subscription
+	mu       sync.Mutex
+	waiters  map[string][]chan *peakdesk.Reply // by message id
+	nwaiters atomic.Int64
+	streams  map[string]map[*eventListener]struct{} // by event subject
+	cc       jetstream.ConsumeContext
 }
+
+// hubEvent is one reply event with its CHAT_EVENTS sequence.
+type hubEvent struct {
+	seq  uint64
+	data []byte
+}
+
+// eventListener receives the live events of one conversation. If it falls
+// too far behind, the hub drops it and closes gone: the client reconnects
+// with Last-Event-ID and loses nothing.
+type eventListener struct {
+	ch   chan hubEvent
+	gone chan struct{}
+}
+
+const listenerBuffer = 256
 
 func newReplyHub() *replyHub {
-	return &replyHub{waiters: map[string][]chan *peakdesk.Reply{}}
+	return &replyHub{
+		waiters: map[string][]chan *peakdesk.Reply{},
+		streams: map[string]map[*eventListener]struct{}{},
+	}
 }
 
-func (h *replyHub) start(nc *nats.Conn) error {
-	sub, err := nc.Subscribe("chat.events.>", h.onEvent)
+func (h *replyHub) start(ctx context.Context, js jetstream.JetStream) error {
+	cons, err := js.OrderedConsumer(ctx, storage.StreamEvents, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{"chat.events.>"},
+		DeliverPolicy:  jetstream.DeliverNewPolicy,
+	})
 	if err != nil {
-		return fmt.Errorf("subscribe reply events: %w", err)
+		return fmt.Errorf("reply events consumer: %w", err)
 	}
-	// A waiter that misses an event still finds the reply in Postgres, so
-	// a slow hub may drop events rather than stall the connection.
-	if err := sub.SetPendingLimits(1<<16, 64<<20); err != nil {
-		_ = sub.Unsubscribe()
-		return fmt.Errorf("subscribe reply events: %w", err)
+	h.cc, err = cons.Consume(h.onEvent)
+	if err != nil {
+		return fmt.Errorf("reply events consume: %w", err)
 	}
-	h.sub = sub
 	return nil
 }
 
 func (h *replyHub) stop() {
-	if h.sub != nil {
-		_ = h.sub.Unsubscribe()
+	if h.cc != nil {
+		h.cc.Stop()
+		<-h.cc.Closed()
 	}
 }
 
@@ -53,7 +79,7 @@ func (h *replyHub) wait(id string) (<-chan *peakdesk.Reply, func()) {
 	h.mu.Lock()
 	h.waiters[id] = append(h.waiters[id], ch)
 	h.mu.Unlock()
-	h.count.Add(1)
+	h.nwaiters.Add(1)
 	return ch, func() {
 		h.mu.Lock()
 		defer h.mu.Unlock()
@@ -61,7 +87,7 @@ func (h *replyHub) wait(id string) (<-chan *peakdesk.Reply, func()) {
 		for i, c := range list {
 			if c == ch {
 				list = append(list[:i], list[i+1:]...)
-				h.count.Add(-1)
+				h.nwaiters.Add(-1)
 				break
 			}
 		}
@@ -73,16 +99,61 @@ func (h *replyHub) wait(id string) (<-chan *peakdesk.Reply, func()) {
 	}
 }
 
-func (h *replyHub) onEvent(msg *nats.Msg) {
-	if h.count.Load() == 0 {
+// listen registers a listener for the events on subject; unlisten must be
+// called when the stream ends.
+func (h *replyHub) listen(subject string) *eventListener {
+	l := &eventListener{ch: make(chan hubEvent, listenerBuffer), gone: make(chan struct{})}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.streams[subject] == nil {
+		h.streams[subject] = map[*eventListener]struct{}{}
+	}
+	h.streams[subject][l] = struct{}{}
+	return l
+}
+
+func (h *replyHub) unlisten(subject string, l *eventListener) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.dropLocked(subject, l)
+}
+
+func (h *replyHub) dropLocked(subject string, l *eventListener) {
+	set := h.streams[subject]
+	if _, ok := set[l]; !ok {
+		return
+	}
+	delete(set, l)
+	if len(set) == 0 {
+		delete(h.streams, subject)
+	}
+	close(l.gone)
+}
+
+func (h *replyHub) onEvent(msg jetstream.Msg) {
+	meta, err := msg.Metadata()
+	if err != nil {
+		return
+	}
+	ev := hubEvent{seq: meta.Sequence.Stream, data: msg.Data()}
+	subject := msg.Subject()
+
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for l := range h.streams[subject] {
+		select {
+		case l.ch <- ev:
+		default:
+			h.dropLocked(subject, l)
+		}
+	}
+	if h.nwaiters.Load() == 0 {
 		return
 	}
 	var r peakdesk.Reply
-	if json.Unmarshal(msg.Data, &r) != nil {
+	if json.Unmarshal(ev.data, &r) != nil {
 		return
 	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
 	for _, id := range r.MessageIDs {
 		for _, ch := range h.waiters[id] {
 			select {

@@ -102,6 +102,8 @@ func EnsureTopology(ctx context.Context, js jetstream.JetStream, t Topology) (To
 		MaxAge:      t.EventsMaxAge,
 		Discard:     jetstream.DiscardOld,
 		Duplicates:  2 * time.Minute,
+		// Event streams replay a conversation with direct gets by subject.
+		AllowDirect: true,
 	}, {
 		Name:        StreamDLQ,
 		Description: "messages that used up their delivery attempts",

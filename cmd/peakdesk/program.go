@@ -130,7 +130,7 @@ func (p *Program) Start(ctx context.Context) (err error) {
 
 	if cfg.hasRole(roleIngest) {
 		p.edge, err = ingest.New(ingest.Config{
-			Secret: secret, DB: p.db, Redis: p.rdb, NATS: p.nc, JS: p.js,
+			Secret: secret, DB: p.db, Redis: p.rdb, JS: p.js,
 			Logger: p.Log, Registerer: p.registry,
 		})
 		if err != nil {
