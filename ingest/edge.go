@@ -48,6 +48,25 @@ type Config struct {
 	// SSEHeartbeat is the interval of keep-alive comments on event streams.
 	// Default 15 s.
 	SSEHeartbeat time.Duration
+	// Limits are the default request limits of shops without their own.
+	Limits Limits
+	// Admission sets when the edge sheds load.
+	Admission AdmissionConfig
+	// BatchPublish gathers concurrent publishes into atomic batches (group
+	// commit); use it when JetStream fsyncs every write (sync_interval:
+	// always). Otherwise publishes are pipelined asynchronously.
+	BatchPublish bool
+	// MaxBatch caps an atomic batch. Default 256.
+	MaxBatch int
+	// MaxPending caps asynchronous publishes in flight. Default 8192.
+	MaxPending int
+	// FAQ answers shed messages instantly when it is confident; optional.
+	FAQ FAQ
+}
+
+// FAQ answers a question from a shop's FAQ when it is confident enough.
+type FAQ interface {
+	Answer(ctx context.Context, shop, question string) (answer string, ok bool)
 }
 
 func (c *Config) setDefaults() {
@@ -61,6 +80,11 @@ func (c *Config) setDefaults() {
 	c.MaxWait = cmp.Or(c.MaxWait, 10*time.Second)
 	c.PublishTimeout = cmp.Or(c.PublishTimeout, 5*time.Second)
 	c.SSEHeartbeat = cmp.Or(c.SSEHeartbeat, 15*time.Second)
+	if c.Limits == (Limits{}) {
+		c.Limits = DefaultLimits
+	}
+	c.MaxBatch = cmp.Or(c.MaxBatch, 256)
+	c.MaxPending = cmp.Or(c.MaxPending, 8192)
 }
 
 func (c *Config) validate() error {
@@ -83,12 +107,17 @@ type Edge struct {
 	ids     idSigner
 	metrics *edgeMetrics
 	hub     *replyHub
-	shops   shopCache
+	shops   *shopDirectory
+	limiter *rateLimiter
+	admit   *admission
+	pub     publisher
+	queuedW *queuedWriter
 	events  jetstream.Stream // CHAT_EVENTS, for replay by direct get
 
-	stopOnce sync.Once
-	closing  chan struct{} // closed by Stop: event streams end
-	streams  sync.WaitGroup
+	stopOnce  sync.Once
+	closeOnce sync.Once
+	closing   chan struct{} // closed by CloseStreams: event streams end
+	streams   sync.WaitGroup
 }
 
 // New returns an Edge for cfg.
@@ -108,7 +137,10 @@ func New(cfg Config) (*Edge, error) {
 		ids:     newIDSigner(cfg.Secret),
 		metrics: m,
 		hub:     newReplyHub(),
-		shops:   shopCache{db: cfg.DB, entries: map[string]shopEntry{}},
+		shops: &shopDirectory{db: cfg.DB, defaults: cfg.Limits, rules: cfg.Rules, ttl: 30 * time.Second,
+			entries: map[string]shopEntry{}},
+		limiter: newRateLimiter(cfg.Redis, m.rateFallbacks, m.rateDegraded),
+		admit:   newAdmission(cfg.Admission, cfg.JS, m),
 		closing: make(chan struct{}),
 	}, nil
 }
@@ -120,20 +152,48 @@ func (e *Edge) Start(ctx context.Context) error {
 	if e.events, err = e.cfg.JS.Stream(ctx, storage.StreamEvents); err != nil {
 		return fmt.Errorf("ingest: start: %w", err)
 	}
-	if err := e.hub.start(ctx, e.cfg.JS); err != nil {
+	// The edge's own JetStream context bounds its asynchronous publishes.
+	js, err := jetstream.New(e.cfg.JS.Conn(),
+		jetstream.WithPublishAsyncMaxPending(e.cfg.MaxPending),
+		jetstream.WithPublishAsyncTimeout(e.cfg.PublishTimeout))
+	if err != nil {
 		return fmt.Errorf("ingest: start: %w", err)
 	}
+	if e.cfg.BatchPublish {
+		e.pub = newBatchPublisher(js, e.cfg.MaxBatch, 4)
+	} else {
+		e.pub = asyncPublisher{js: js}
+	}
+	if err := e.hub.start(ctx, e.cfg.JS); err != nil {
+		e.pub.stop()
+		return fmt.Errorf("ingest: start: %w", err)
+	}
+	e.queuedW = newQueuedWriter(e.cfg.Redis, e.metrics.redisErrors)
+	e.admit.start()
 	return nil
 }
 
-// Stop ends open event streams and waits for them, then stops the reply
-// reader. Call it before shutting the HTTP server down. It is
-// idempotent.
+// CloseStreams ends open event streams and waits for them. Register it with
+// http.Server.RegisterOnShutdown: Shutdown does not end streaming requests.
+func (e *Edge) CloseStreams() {
+	e.closeOnce.Do(func() { close(e.closing) })
+	e.streams.Wait()
+}
+
+// Stop ends event streams, then stops publishing and the background work.
+// Call it after the HTTP server has shut down, so requests in flight finish
+// their publishes. It is idempotent.
 func (e *Edge) Stop() {
 	e.stopOnce.Do(func() {
-		close(e.closing)
-		e.streams.Wait()
+		e.CloseStreams()
+		if e.pub != nil {
+			e.pub.stop()
+		}
 		e.hub.stop()
+		e.admit.stop()
+		if e.queuedW != nil {
+			e.queuedW.stop()
+		}
 	})
 }
 
@@ -207,10 +267,15 @@ func (e *Edge) postMessage(w http.ResponseWriter, r *http.Request) error {
 	if shop == "*" {
 		return peakdesk.Errorf(peakdesk.EPermissionDenied, "operator tokens cannot post messages")
 	}
-	if ok, err := e.shops.exists(ctx, shop); err != nil {
+	info, err := e.shops.lookup(ctx, shop)
+	if err != nil {
 		return err
-	} else if !ok {
+	}
+	if !info.exists {
 		return peakdesk.Errorf(peakdesk.EPermissionDenied, "shop is not provisioned")
+	}
+	if err := e.limiter.allow(ctx, shop, user, info.limits); err != nil {
+		return err
 	}
 
 	conv := req.ConversationID
@@ -219,7 +284,7 @@ func (e *Edge) postMessage(w http.ResponseWriter, r *http.Request) error {
 	} else if err := e.checkConversation(ctx, shop, user, conv); err != nil {
 		return err
 	}
-	prio, err := e.priority(claims, req)
+	prio, err := e.priority(claims, req, info.rules)
 	if err != nil {
 		return err
 	}
@@ -234,6 +299,19 @@ func (e *Edge) postMessage(w http.ResponseWriter, r *http.Request) error {
 		ClientMsgID:    key,
 		Metadata:       req.Metadata,
 		AcceptedAt:     time.Now().UTC(),
+	}
+	// Shed load lowest priority first: an instant FAQ answer when one fits,
+	// else 429 with the time the backlog needs to drain.
+	if retry, ok := e.admit.check(prio); !ok {
+		if reply := e.answerFromFAQ(ctx, m); reply != nil {
+			e.metrics.shed.WithLabelValues(string(prio), "faq").Inc()
+			writeJSON(w, http.StatusOK, accepted{MessageID: m.ID, ConversationID: conv, Priority: prio,
+				Status: peakdesk.StatusAnswered, Reply: reply})
+			return nil
+		}
+		e.metrics.shed.WithLabelValues(string(prio), "rejected").Inc()
+		return &peakdesk.Error{Code: peakdesk.ERateLimited, RetryAfter: retry,
+			Message: "the desk is very busy right now, retry later"}
 	}
 	// Listen for the reply before publishing, so it cannot slip past.
 	var replies <-chan *peakdesk.Reply
@@ -263,8 +341,8 @@ func (e *Edge) postMessage(w http.ResponseWriter, r *http.Request) error {
 // priority classifies the message and applies the client's hint: a hint can
 // raise the priority, never lower it below what the shop's rules say, and
 // p0 needs the priority:urgent scope.
-func (e *Edge) priority(claims *Claims, req *postRequest) (peakdesk.Priority, error) {
-	prio := Classify(e.cfg.Rules, req.Text)
+func (e *Edge) priority(claims *Claims, req *postRequest, rules []Rule) (peakdesk.Priority, error) {
+	prio := Classify(rules, req.Text)
 	if req.Priority == "" {
 		return prio, nil
 	}
@@ -295,7 +373,7 @@ func (e *Edge) publish(ctx context.Context, m *peakdesk.Message) error {
 	ctx, cancel := context.WithTimeout(ctx, e.cfg.PublishTimeout)
 	defer cancel()
 	start := time.Now()
-	ack, err := e.cfg.JS.PublishMsg(ctx, msg)
+	duplicate, err := e.pub.publish(ctx, msg)
 	e.metrics.publish.Observe(time.Since(start).Seconds())
 	if err != nil {
 		// The message may or may not be stored; either way the client is
@@ -305,7 +383,7 @@ func (e *Edge) publish(ctx context.Context, m *peakdesk.Message) error {
 		return &peakdesk.Error{Code: peakdesk.EOverloaded, Message: "the message queue is unavailable or full, retry later",
 			RetryAfter: time.Second}
 	}
-	if ack.Duplicate {
+	if duplicate {
 		// A repeat within the duplicate window: its id is derived from the
 		// idempotency key, so the caller gets the first message's id.
 		e.metrics.duplicates.Inc()
@@ -324,17 +402,9 @@ type queuedState struct {
 
 func queuedKey(id string) string { return "pd:queued:" + id }
 
-func (e *Edge) rememberQueued(ctx context.Context, m *peakdesk.Message) {
-	if e.cfg.Redis == nil {
-		return
-	}
+func (e *Edge) rememberQueued(_ context.Context, m *peakdesk.Message) {
 	b, _ := json.Marshal(queuedState{Shop: m.ShopID, User: m.UserID, Conv: m.ConversationID, Priority: m.Priority})
-	ctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
-	defer cancel()
-	// Best effort: without it a queued message still reads as queued.
-	if err := e.cfg.Redis.Set(ctx, queuedKey(m.ID), b, 24*time.Hour).Err(); err != nil {
-		e.metrics.redisErrors.Inc()
-	}
+	e.queuedW.add(queuedKey(m.ID), b)
 }
 
 // awaitReply waits up to d for the reply to message id, then looks in
@@ -492,44 +562,6 @@ func idempotencyKey(header, clientMsgID string) (string, error) {
 		return "", peakdesk.FieldError("client_msg_id", "client_msg_id and Idempotency-Key differ")
 	}
 	return cmp.Or(header, clientMsgID), nil
-}
-
-// shopCache remembers which shops exist, so the hot path reads Postgres
-// about a shop at most once a minute.
-type shopCache struct {
-	db      *storage.DB
-	mu      sync.Mutex
-	entries map[string]shopEntry
-}
-
-type shopEntry struct {
-	exists bool
-	until  time.Time
-}
-
-func (c *shopCache) exists(ctx context.Context, shop string) (bool, error) {
-	now := time.Now()
-	c.mu.Lock()
-	ent, ok := c.entries[shop]
-	c.mu.Unlock()
-	if ok && now.Before(ent.until) {
-		return ent.exists, nil
-	}
-	exists, err := c.db.ShopExists(ctx, shop)
-	if err != nil {
-		if ok { // Postgres is down: trust what we knew.
-			return ent.exists, nil
-		}
-		return false, err
-	}
-	ttl := time.Minute
-	if !exists {
-		ttl = 5 * time.Second
-	}
-	c.mu.Lock()
-	c.entries[shop] = shopEntry{exists: exists, until: now.Add(ttl)}
-	c.mu.Unlock()
-	return exists, nil
 }
 
 // trace is the W3C trace context of a request.

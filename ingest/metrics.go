@@ -10,6 +10,12 @@ type edgeMetrics struct {
 	publish     prometheus.Histogram
 	redisErrors prometheus.Counter
 	sseStreams  prometheus.Gauge
+
+	rateFallbacks prometheus.Counter
+	rateDegraded  prometheus.Gauge
+	backlog       *prometheus.GaugeVec
+	drain         prometheus.Gauge
+	shed          *prometheus.CounterVec
 }
 
 func newEdgeMetrics(reg prometheus.Registerer) (*edgeMetrics, error) {
@@ -44,8 +50,29 @@ func newEdgeMetrics(reg prometheus.Registerer) (*edgeMetrics, error) {
 			Name: "peakdesk_ingest_sse_streams",
 			Help: "Open server-sent event streams.",
 		}),
+		rateFallbacks: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "peakdesk_ingest_ratelimit_redis_failures_total",
+			Help: "Rate-limit checks that found Redis unreachable and fell back to local limits.",
+		}),
+		rateDegraded: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "peakdesk_ingest_ratelimit_local",
+			Help: "1 while rate limits are enforced locally because Redis is unreachable.",
+		}),
+		backlog: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "peakdesk_ingest_backlog",
+			Help: "CHAT_IN backlog (pending + unacked) by priority, as the edge's admission control sees it.",
+		}, []string{"priority"}),
+		drain: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "peakdesk_ingest_drain_rate",
+			Help: "Messages per second the workers take off CHAT_IN (smoothed), as admission control sees it.",
+		}),
+		shed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "peakdesk_ingest_shed_total",
+			Help: "Messages shed by admission control, by priority and outcome (faq answer or rejected).",
+		}, []string{"priority", "outcome"}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.accepted, m.duplicates, m.publish, m.redisErrors, m.sseStreams} {
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.accepted, m.duplicates, m.publish,
+		m.redisErrors, m.sseStreams, m.rateFallbacks, m.rateDegraded, m.backlog, m.drain, m.shed} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

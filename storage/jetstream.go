@@ -92,6 +92,8 @@ func EnsureTopology(ctx context.Context, js jetstream.JetStream, t Topology) (To
 		MaxMsgSize:  peakdesk.MaxBodyBytes + 16<<10,
 		Discard:     jetstream.DiscardNew,
 		Duplicates:  t.DuplicateWindow,
+		// The edge may group concurrent publishes into atomic batches.
+		AllowAtomicPublish: true,
 	}, {
 		Name:        StreamEvents,
 		Description: "reply events, by shop and conversation",

@@ -36,6 +36,9 @@ type Config struct {
 	NATSURL string
 	// NATSSyncAlways makes the embedded JetStream fsync before every ack.
 	NATSSyncAlways bool
+	// PublishBatch makes the edge group concurrent publishes into atomic
+	// batches (group commit), for JetStream with sync_interval: always.
+	PublishBatch bool
 	HTTPAddr       string
 	DataDir        string
 	JWTSecret      string
@@ -66,6 +69,7 @@ func envDefaults(getenv func(string) string, dev bool) Config {
 		RedisURL:          env("REDIS_URL", "redis://127.0.0.1:6379/0"),
 		NATSURL:           getenv("NATS_URL"),
 		NATSSyncAlways:    getenv("PEAKDESK_NATS_SYNC_ALWAYS") == "true",
+		PublishBatch:      getenv("PEAKDESK_PUBLISH_BATCH") == "true",
 		HTTPAddr:          env("PEAKDESK_HTTP_ADDR", "127.0.0.1:8080"),
 		DataDir:           env("PEAKDESK_DATA_DIR", ".peakdesk"),
 		JWTSecret:         getenv("PEAKDESK_JWT_SECRET"),
@@ -121,6 +125,7 @@ func parseFlags(name string, args []string, stderr io.Writer, getenv func(string
 	fs.StringVar(&c.RedisURL, "redis-url", c.RedisURL, "Redis URL (env REDIS_URL)")
 	fs.StringVar(&c.NATSURL, "nats-url", c.NATSURL, "NATS URL; empty in dev = embedded server (env NATS_URL)")
 	fs.BoolVar(&c.NATSSyncAlways, "nats-sync-always", c.NATSSyncAlways, "embedded JetStream fsyncs before every ack (env PEAKDESK_NATS_SYNC_ALWAYS)")
+	fs.BoolVar(&c.PublishBatch, "publish-batch", c.PublishBatch, "group concurrent publishes into atomic batches; use with fsync-always JetStream (env PEAKDESK_PUBLISH_BATCH)")
 	fs.StringVar(&c.HTTPAddr, "http-addr", c.HTTPAddr, "HTTP listen address (env PEAKDESK_HTTP_ADDR)")
 	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "local data directory (env PEAKDESK_DATA_DIR)")
 	fs.StringVar(&c.LLMBaseURL, "llm-base-url", c.LLMBaseURL, "OpenAI-compatible base URL; empty in dev = simulator (env PEAKDESK_LLM_BASE_URL)")

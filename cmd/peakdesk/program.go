@@ -132,6 +132,7 @@ func (p *Program) Start(ctx context.Context) (err error) {
 		p.edge, err = ingest.New(ingest.Config{
 			Secret: secret, DB: p.db, Redis: p.rdb, JS: p.js,
 			Logger: p.Log, Registerer: p.registry,
+			BatchPublish: cfg.PublishBatch,
 		})
 		if err != nil {
 			return err
@@ -172,6 +173,9 @@ func (p *Program) Start(ctx context.Context) (err error) {
 		ReadTimeout:       30 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(p.Log.Handler(), slog.LevelWarn),
+	}
+	if p.edge != nil {
+		p.httpSrv.RegisterOnShutdown(p.edge.CloseStreams)
 	}
 	go func() { p.serveErr <- p.httpSrv.Serve(p.listener) }()
 	p.Log.Info("peakdesk started", "addr", p.Addr(), "roles", strings.Join(cfg.Roles, ","), "dev", cfg.Dev)
@@ -234,11 +238,11 @@ func (p *Program) Stop() {
 	p.stopOnce.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 		defer cancel()
+		if p.httpSrv != nil {
+			_ = p.httpSrv.Shutdown(ctx) // ends event streams, waits for requests in flight
+		}
 		if p.edge != nil {
 			p.edge.Stop()
-		}
-		if p.httpSrv != nil {
-			_ = p.httpSrv.Shutdown(ctx)
 		}
 		if p.worker != nil {
 			p.worker.Stop()

@@ -1,0 +1,129 @@
+package ingest
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-redis/redis_rate/v10"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/time/rate"
+
+	"github.com/peakdesk/peakdesk"
+)
+
+// Limits are the request rates one shop and each of its end users may post
+// at (GCRA: a rate and a burst).
+type Limits struct {
+	ShopPerSecond int
+	ShopBurst     int
+	UserPerMinute int
+	UserBurst     int
+}
+
+// DefaultLimits apply to shops without their own.
+var DefaultLimits = Limits{ShopPerSecond: 5000, ShopBurst: 10000, UserPerMinute: 60, UserBurst: 20}
+
+// rateLimiter enforces Limits across every edge process through Redis
+// (GCRA, redis_rate). When Redis fails it never fails closed: it switches to
+// in-process limiters for a while and says so in a metric.
+type rateLimiter struct {
+	redis     *redis_rate.Limiter
+	degraded  atomic.Int64 // unix nanos until which Redis is skipped
+	retryWait time.Duration
+
+	mu    sync.Mutex
+	local map[string]*localLimiter
+
+	fallbacks prometheus.Counter
+	mode      prometheus.Gauge
+}
+
+type localLimiter struct {
+	lim  *rate.Limiter
+	used time.Time
+}
+
+func newRateLimiter(rdb *redis.Client, fallbacks prometheus.Counter, mode prometheus.Gauge) *rateLimiter {
+	l := &rateLimiter{retryWait: time.Second, local: map[string]*localLimiter{}, fallbacks: fallbacks, mode: mode}
+	if rdb != nil {
+		l.redis = redis_rate.NewLimiter(rdb)
+	}
+	return l
+}
+
+// allow checks the user's and then the shop's budget for one message. It
+// returns a rate_limited error with Retry-After when either is spent.
+func (l *rateLimiter) allow(ctx context.Context, shop, user string, lim Limits) error {
+	checks := []struct {
+		key   string
+		limit redis_rate.Limit
+	}{
+		{"u:" + shop + ":" + user, redis_rate.Limit{Rate: lim.UserPerMinute, Burst: lim.UserBurst, Period: time.Minute}},
+		{"s:" + shop, redis_rate.Limit{Rate: lim.ShopPerSecond, Burst: lim.ShopBurst, Period: time.Second}},
+	}
+	for _, c := range checks {
+		if c.limit.Rate <= 0 {
+			continue
+		}
+		if wait, ok := l.check(ctx, c.key, c.limit); !ok {
+			return &peakdesk.Error{Code: peakdesk.ERateLimited, Message: "too many messages, retry later",
+				RetryAfter: max(wait, time.Second)}
+		}
+	}
+	return nil
+}
+
+func (l *rateLimiter) check(ctx context.Context, key string, limit redis_rate.Limit) (time.Duration, bool) {
+	if l.redis != nil && time.Now().UnixNano() >= l.degraded.Load() {
+		ctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+		res, err := l.redis.Allow(ctx, key, limit)
+		cancel()
+		if err == nil {
+			l.mode.Set(0)
+			return res.RetryAfter, res.Allowed > 0
+		}
+		// Redis is unreachable or slow: keep accepting under local limits
+		// and stop paying Redis timeouts for a while.
+		l.degraded.Store(time.Now().Add(l.retryWait).UnixNano())
+		l.fallbacks.Inc()
+		l.mode.Set(1)
+	}
+	return l.checkLocal(key, limit)
+}
+
+func (l *rateLimiter) checkLocal(key string, limit redis_rate.Limit) (time.Duration, bool) {
+	now := time.Now()
+	l.mu.Lock()
+	ll := l.local[key]
+	if ll == nil {
+		if len(l.local) > 100_000 {
+			l.pruneLocked(now)
+		}
+		every := rate.Every(limit.Period / time.Duration(limit.Rate))
+		ll = &localLimiter{lim: rate.NewLimiter(every, max(limit.Burst, 1))}
+		l.local[key] = ll
+	}
+	ll.used = now
+	l.mu.Unlock()
+	r := ll.lim.ReserveN(now, 1)
+	if !r.OK() {
+		return limit.Period, false
+	}
+	if d := r.DelayFrom(now); d > 0 {
+		r.CancelAt(now)
+		return d, false
+	}
+	return 0, true
+}
+
+// pruneLocked forgets local limiters unused for a minute.
+func (l *rateLimiter) pruneLocked(now time.Time) {
+	for k, ll := range l.local {
+		if now.Sub(ll.used) > time.Minute {
+			delete(l.local, k)
+		}
+	}
+}

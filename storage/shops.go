@@ -1,0 +1,102 @@
+package storage
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/peakdesk/peakdesk"
+)
+
+// ShopSettings are the per-shop settings the ingest edge needs. Zero limits
+// mean "use the default".
+type ShopSettings struct {
+	ID                string
+	RatePerSecond     int
+	RateBurst         int
+	UserRatePerMinute int
+	UserRateBurst     int
+	Rules             []PriorityRule
+}
+
+// PriorityRule is one keyword that gives a message a priority.
+type PriorityRule struct {
+	Priority peakdesk.Priority
+	Keyword  string
+}
+
+// ShopSettings returns the settings of shop id, or ErrNotFound.
+func (db *DB) ShopSettings(ctx context.Context, id string) (*ShopSettings, error) {
+	s := ShopSettings{ID: id}
+	var rate, burst, userRate, userBurst *int
+	err := db.pool.QueryRow(ctx, `SELECT rate_per_second, rate_burst, user_rate_per_minute, user_rate_burst
+		FROM shops WHERE id = $1`, id).Scan(&rate, &burst, &userRate, &userBurst)
+	switch {
+	case noRows(err):
+		return nil, ErrNotFound
+	case err != nil:
+		return nil, fmt.Errorf("storage: shop settings: %w", err)
+	}
+	for _, p := range []struct {
+		dst *int
+		src *int
+	}{{&s.RatePerSecond, rate}, {&s.RateBurst, burst}, {&s.UserRatePerMinute, userRate}, {&s.UserRateBurst, userBurst}} {
+		if p.src != nil {
+			*p.dst = *p.src
+		}
+	}
+	rows, err := db.pool.Query(ctx, `SELECT priority, keyword FROM priority_rules
+		WHERE shop_id = $1 ORDER BY priority, keyword`, id)
+	if err != nil {
+		return nil, fmt.Errorf("storage: priority rules: %w", err)
+	}
+	s.Rules, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (PriorityRule, error) {
+		var r PriorityRule
+		var p string
+		err := row.Scan(&p, &r.Keyword)
+		r.Priority = peakdesk.Priority(p)
+		return r, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("storage: priority rules: %w", err)
+	}
+	return &s, nil
+}
+
+// SetPriorityRules replaces shop's priority keywords.
+func (db *DB) SetPriorityRules(ctx context.Context, shop string, rules []PriorityRule) error {
+	err := pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `DELETE FROM priority_rules WHERE shop_id = $1`, shop); err != nil {
+			return err
+		}
+		for _, r := range rules {
+			if _, err := tx.Exec(ctx, `INSERT INTO priority_rules (shop_id, priority, keyword) VALUES ($1, $2, $3)
+				ON CONFLICT DO NOTHING`, shop, string(r.Priority), r.Keyword); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("storage: set priority rules: %w", err)
+	}
+	return nil
+}
+
+// SetShopLimits sets shop's request limits; zero values restore defaults.
+func (db *DB) SetShopLimits(ctx context.Context, shop string, ratePerSecond, burst, userPerMinute, userBurst int) error {
+	nullable := func(v int) *int {
+		if v <= 0 {
+			return nil
+		}
+		return &v
+	}
+	_, err := db.pool.Exec(ctx, `UPDATE shops SET rate_per_second = $2, rate_burst = $3,
+		user_rate_per_minute = $4, user_rate_burst = $5 WHERE id = $1`,
+		shop, nullable(ratePerSecond), nullable(burst), nullable(userPerMinute), nullable(userBurst))
+	if err != nil {
+		return fmt.Errorf("storage: set shop limits: %w", err)
+	}
+	return nil
+}
