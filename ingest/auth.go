@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -65,11 +66,19 @@ func NewToken(secret []byte, shop, sub string, scopes []string, ttl time.Duratio
 	return s, nil
 }
 
-// Authenticator checks bearer tokens.
+// Authenticator checks bearer tokens. It remembers tokens it has verified
+// (a client sends the same token with every message) so the signature is
+// checked once per token, not once per request; expiry is checked every time.
 type Authenticator struct {
 	secret []byte
 	parser *jwt.Parser
+
+	mu       sync.Mutex
+	verified map[string]*Claims
 }
+
+// maxVerified bounds the verified-token cache; when full it starts over.
+const maxVerified = 100_000
 
 // NewAuthenticator returns an Authenticator for HS256 tokens signed with secret.
 func NewAuthenticator(secret []byte) *Authenticator {
@@ -80,6 +89,7 @@ func NewAuthenticator(secret []byte) *Authenticator {
 			jwt.WithExpirationRequired(),
 			jwt.WithLeeway(5*time.Second),
 		),
+		verified: map[string]*Claims{},
 	}
 }
 
@@ -91,8 +101,18 @@ func (a *Authenticator) Authenticate(r *http.Request) (*Claims, error) {
 	if !ok || strings.TrimSpace(raw) == "" {
 		return nil, peakdesk.Errorf(peakdesk.EUnauthenticated, "missing bearer token")
 	}
+	raw = strings.TrimSpace(raw)
+	a.mu.Lock()
+	cached := a.verified[raw]
+	a.mu.Unlock()
+	if cached != nil {
+		if time.Now().After(cached.ExpiresAt.Add(5 * time.Second)) {
+			return nil, peakdesk.Errorf(peakdesk.EUnauthenticated, "token expired")
+		}
+		return cached, nil
+	}
 	var c Claims
-	_, err := a.parser.ParseWithClaims(strings.TrimSpace(raw), &c, func(*jwt.Token) (any, error) {
+	_, err := a.parser.ParseWithClaims(raw, &c, func(*jwt.Token) (any, error) {
 		return a.secret, nil
 	})
 	switch {
@@ -105,6 +125,12 @@ func (a *Authenticator) Authenticate(r *http.Request) (*Claims, error) {
 	case !validShopID(c.Shop) && c.Shop != "*":
 		return nil, peakdesk.Errorf(peakdesk.EUnauthenticated, "token shop claim is malformed")
 	}
+	a.mu.Lock()
+	if len(a.verified) >= maxVerified {
+		clear(a.verified)
+	}
+	a.verified[raw] = &c
+	a.mu.Unlock()
 	return &c, nil
 }
 

@@ -34,8 +34,9 @@ type rateLimiter struct {
 	degraded  atomic.Int64 // unix nanos until which Redis is skipped
 	retryWait time.Duration
 
-	mu    sync.Mutex
-	local map[string]*localLimiter
+	mu     sync.Mutex
+	local  map[string]*localLimiter
+	leases map[string]*shopLease
 
 	fallbacks prometheus.Counter
 	mode      prometheus.Gauge
@@ -47,7 +48,8 @@ type localLimiter struct {
 }
 
 func newRateLimiter(rdb *redis.Client, fallbacks prometheus.Counter, mode prometheus.Gauge) *rateLimiter {
-	l := &rateLimiter{retryWait: time.Second, local: map[string]*localLimiter{}, fallbacks: fallbacks, mode: mode}
+	l := &rateLimiter{retryWait: time.Second, local: map[string]*localLimiter{}, leases: map[string]*shopLease{},
+		fallbacks: fallbacks, mode: mode}
 	if rdb != nil {
 		l.redis = redis_rate.NewLimiter(rdb)
 	}
@@ -57,23 +59,75 @@ func newRateLimiter(rdb *redis.Client, fallbacks prometheus.Counter, mode promet
 // allow checks the user's and then the shop's budget for one message. It
 // returns a rate_limited error with Retry-After when either is spent.
 func (l *rateLimiter) allow(ctx context.Context, shop, user string, lim Limits) error {
-	checks := []struct {
-		key   string
-		limit redis_rate.Limit
-	}{
-		{"u:" + shop + ":" + user, redis_rate.Limit{Rate: lim.UserPerMinute, Burst: lim.UserBurst, Period: time.Minute}},
-		{"s:" + shop, redis_rate.Limit{Rate: lim.ShopPerSecond, Burst: lim.ShopBurst, Period: time.Second}},
+	limited := func(wait time.Duration) error {
+		return &peakdesk.Error{Code: peakdesk.ERateLimited, Message: "too many messages, retry later",
+			RetryAfter: max(wait, time.Second)}
 	}
-	for _, c := range checks {
-		if c.limit.Rate <= 0 {
-			continue
+	if lim.UserPerMinute > 0 {
+		userLimit := redis_rate.Limit{Rate: lim.UserPerMinute, Burst: lim.UserBurst, Period: time.Minute}
+		if wait, ok := l.check(ctx, "u:"+shop+":"+user, userLimit); !ok {
+			return limited(wait)
 		}
-		if wait, ok := l.check(ctx, c.key, c.limit); !ok {
-			return &peakdesk.Error{Code: peakdesk.ERateLimited, Message: "too many messages, retry later",
-				RetryAfter: max(wait, time.Second)}
+	}
+	if lim.ShopPerSecond > 0 {
+		if wait, ok := l.takeShop(ctx, shop, lim); !ok {
+			return limited(wait)
 		}
 	}
 	return nil
+}
+
+// shopLease holds shop tokens this process took from Redis in one go.
+type shopLease struct {
+	mu     sync.Mutex
+	tokens int
+}
+
+// takeShop spends one token of the shop's budget. The shop budget is large
+// and hot, so each process takes tokens from Redis in chunks of about 20 ms
+// worth and spends them locally: one Redis call per chunk instead of one
+// per message. The user budget, small and per user, is checked every time.
+func (l *rateLimiter) takeShop(ctx context.Context, shop string, lim Limits) (time.Duration, bool) {
+	limit := redis_rate.Limit{Rate: lim.ShopPerSecond, Burst: lim.ShopBurst, Period: time.Second}
+	l.mu.Lock()
+	lease := l.leases[shop]
+	if lease == nil {
+		lease = &shopLease{}
+		l.leases[shop] = lease
+	}
+	l.mu.Unlock()
+
+	lease.mu.Lock()
+	defer lease.mu.Unlock()
+	if lease.tokens > 0 {
+		lease.tokens--
+		return 0, true
+	}
+	if l.redis == nil || time.Now().UnixNano() < l.degraded.Load() {
+		return l.checkLocal("s:"+shop, limit)
+	}
+	chunk := max(1, lim.ShopPerSecond/50)
+	rctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	res, err := l.redis.AllowAtMost(rctx, "s:"+shop, limit, chunk)
+	cancel()
+	if err != nil {
+		l.degrade()
+		return l.checkLocal("s:"+shop, limit)
+	}
+	l.mode.Set(0)
+	if res.Allowed == 0 {
+		return res.RetryAfter, false
+	}
+	lease.tokens = res.Allowed - 1
+	return 0, true
+}
+
+// degrade skips Redis for a while after a failure, so requests do not each
+// pay a Redis timeout, and says so in the metrics.
+func (l *rateLimiter) degrade() {
+	l.degraded.Store(time.Now().Add(l.retryWait).UnixNano())
+	l.fallbacks.Inc()
+	l.mode.Set(1)
 }
 
 func (l *rateLimiter) check(ctx context.Context, key string, limit redis_rate.Limit) (time.Duration, bool) {
@@ -85,11 +139,8 @@ func (l *rateLimiter) check(ctx context.Context, key string, limit redis_rate.Li
 			l.mode.Set(0)
 			return res.RetryAfter, res.Allowed > 0
 		}
-		// Redis is unreachable or slow: keep accepting under local limits
-		// and stop paying Redis timeouts for a while.
-		l.degraded.Store(time.Now().Add(l.retryWait).UnixNano())
-		l.fallbacks.Inc()
-		l.mode.Set(1)
+		// Redis is unreachable or slow: keep accepting under local limits.
+		l.degrade()
 	}
 	return l.checkLocal(key, limit)
 }

@@ -16,7 +16,9 @@ var files embed.FS
 
 // Up applies every pending migration to db.
 func Up(ctx context.Context, db *sql.DB) error {
-	p, err := goose.NewProvider(goose.DialectPostgres, db, files)
+	// Issues land in parallel, so a later-numbered migration may be applied
+	// before an earlier one exists; each migration stands on its own.
+	p, err := goose.NewProvider(goose.DialectPostgres, db, files, goose.WithAllowOutofOrder(true))
 	if err != nil {
 		return fmt.Errorf("migrations: %w", err)
 	}

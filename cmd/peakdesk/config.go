@@ -39,9 +39,9 @@ type Config struct {
 	// PublishBatch makes the edge group concurrent publishes into atomic
 	// batches (group commit), for JetStream with sync_interval: always.
 	PublishBatch bool
-	HTTPAddr       string
-	DataDir        string
-	JWTSecret      string
+	HTTPAddr     string
+	DataDir      string
+	JWTSecret    string
 
 	// LLMBaseURL empty in dev starts the built-in simulated LLM.
 	LLMBaseURL string
@@ -58,6 +58,8 @@ type Config struct {
 	LogLevel          string
 	// Migrate applies migrations at start (always in dev).
 	Migrate bool
+	// AdmissionDisabled turns the edge's load shedding off (benchmarks).
+	AdmissionDisabled bool
 }
 
 // envDefaults fills the configuration from the environment.

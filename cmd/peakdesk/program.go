@@ -133,6 +133,7 @@ func (p *Program) Start(ctx context.Context) (err error) {
 			Secret: secret, DB: p.db, Redis: p.rdb, JS: p.js,
 			Logger: p.Log, Registerer: p.registry,
 			BatchPublish: cfg.PublishBatch,
+			Admission:    ingest.AdmissionConfig{Disabled: cfg.AdmissionDisabled},
 		})
 		if err != nil {
 			return err

@@ -1,0 +1,330 @@
+package main
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"runtime"
+	"runtime/pprof"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/peakdesk/peakdesk"
+	"github.com/peakdesk/peakdesk/ingest"
+	"github.com/peakdesk/peakdesk/storage"
+)
+
+// benchRow is one line of the bench report: a measurement next to its
+// baseline from the same run, and the target ratio of DESIGN.md §11.
+type benchRow struct {
+	Scenario string  `json:"scenario"`
+	Measured string  `json:"measured"`
+	Value    float64 `json:"value"`
+	Baseline string  `json:"baseline"`
+	Base     float64 `json:"baseline_value"`
+	Unit     string  `json:"unit"`
+	Ratio    float64 `json:"ratio"`
+	Target   float64 `json:"target_ratio"`
+	Pass     bool    `json:"pass"`
+}
+
+type benchReport struct {
+	Date    string     `json:"date"`
+	Machine string     `json:"machine"`
+	Mode    string     `json:"mode"`
+	Rows    []benchRow `json:"rows"`
+}
+
+// runBench runs the DESIGN.md §11 scenarios that exist so far, each side by
+// side with its baseline in the same process, and prints the ratios.
+func runBench(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	short := fs.Bool("short", false, "quick check: fewer messages")
+	jsonOut := fs.String("json", "", "also write the report as JSON to this file")
+	conc := fs.Int("concurrency", 128, "concurrent HTTP clients for the ingest scenarios")
+	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	n, naiveN := 50_000, 5_000
+	mode := "full"
+	if *short {
+		n, naiveN, mode = 5_000, 1_000, "short"
+	}
+	rep := benchReport{Date: time.Now().UTC().Format(time.RFC3339), Machine: machine(), Mode: mode}
+
+	for _, syncAlways := range []bool{false, true} {
+		row, err := benchIngest(ctx, getenv, stderr, syncAlways, n, naiveN, *conc)
+		if err != nil {
+			return err
+		}
+		rep.Rows = append(rep.Rows, row)
+	}
+
+	tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(stdout, "peakdesk bench (%s) %s on %s\n\n", rep.Mode, rep.Date, rep.Machine)
+	fmt.Fprintln(tw, "scenario\tmeasured\t\tbaseline\t\tratio\ttarget\t")
+	for _, r := range rep.Rows {
+		verdict := "ok"
+		if !r.Pass {
+			verdict = "BELOW TARGET"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%.0f %s\t%s\t%.0f %s\t%.2f\t≥ %.1f %s\t\n", r.Scenario, r.Measured, r.Value, r.Unit,
+			r.Baseline, r.Base, r.Unit, r.Ratio, r.Target, verdict)
+	}
+	tw.Flush()
+	if *jsonOut != "" {
+		b, _ := json.MarshalIndent(rep, "", "  ")
+		if err := os.WriteFile(*jsonOut, b, 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func machine() string {
+	host, _ := os.Hostname()
+	model := ""
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for line := range strings.SplitSeq(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "model name"); ok {
+				model = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), ":"))
+				break
+			}
+		}
+	}
+	return fmt.Sprintf("%s, %d CPUs %s, %s/%s %s", host, runtime.NumCPU(), model, runtime.GOOS, runtime.GOARCH, runtime.Version())
+}
+
+// benchIngest measures the edge's accepted messages/s against a raw
+// JetStream baseline on the same embedded server: async publish of the same
+// payloads with the default fsync, naive one-at-a-time publish when JetStream
+// fsyncs every write (where the edge groups publishes into atomic batches).
+func benchIngest(ctx context.Context, getenv func(string) string, logw io.Writer, syncAlways bool, n, naiveN, conc int) (benchRow, error) {
+	dir, err := os.MkdirTemp("", "peakdesk-bench-")
+	if err != nil {
+		return benchRow{}, err
+	}
+	defer os.RemoveAll(dir)
+	ns, err := storage.StartNATS(storage.NATSServerConfig{StoreDir: dir, Port: -1, SyncAlways: syncAlways})
+	if err != nil {
+		return benchRow{}, err
+	}
+	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
+
+	cfg := envDefaults(getenv, false)
+	cfg.Roles = []string{roleIngest}
+	cfg.NATSURL = ns.ClientURL()
+	cfg.HTTPAddr = "127.0.0.1:0"
+	cfg.DataDir = dir
+	cfg.JWTSecret = cmp.Or(cfg.JWTSecret, devSecret)
+	cfg.Migrate = true
+	cfg.LogLevel = "error"
+	cfg.PublishBatch = syncAlways
+	cfg.AdmissionDisabled = true // no workers here: the backlog only grows
+	p := NewProgram(cfg, logw)
+	if err := p.Start(ctx); err != nil {
+		return benchRow{}, err
+	}
+	defer p.Stop()
+	if err := p.db.EnsureShop(ctx, "bench", "bench"); err != nil {
+		return benchRow{}, err
+	}
+	if err := p.db.SetShopLimits(ctx, "bench", 10_000_000, 10_000_000, 10_000_000, 10_000_000); err != nil {
+		return benchRow{}, err
+	}
+
+	// Baseline first, on a fresh stream.
+	payload := benchPayload()
+	var base float64
+	var baseName string
+	if syncAlways {
+		baseName = "naive publish, one at a time"
+		base, err = benchNaivePublish(ctx, p.js, payload, naiveN)
+	} else {
+		baseName = "raw async publish"
+		base, err = benchAsyncPublish(ctx, p.js, payload, n)
+	}
+	if err != nil {
+		return benchRow{}, err
+	}
+	if err := purgeIn(ctx, p.js); err != nil {
+		return benchRow{}, err
+	}
+	rate, err := benchHTTPIngest(ctx, "http://"+p.Addr(), []byte(cfg.JWTSecret), n, conc)
+	if err != nil {
+		return benchRow{}, err
+	}
+	if !syncAlways {
+		// What this machine's HTTP stack gives a handler that does nothing,
+		// with the same client: the edge's ceiling here.
+		ceiling, err := benchHTTPCeiling(ctx, []byte(cfg.JWTSecret), n, conc)
+		if err != nil {
+			return benchRow{}, err
+		}
+		fmt.Fprintf(logw, "bench: HTTP no-op ceiling %.0f req/s; edge reaches %.0f%% of it\n", ceiling, 100*rate/ceiling)
+		benchCeiling = ceiling
+	}
+	row := benchRow{Measured: "ingest accepted", Value: rate, Baseline: baseName, Base: base, Unit: "msg/s",
+		Ratio: rate / base}
+	if syncAlways {
+		row.Scenario, row.Target = "ingest, fsync always", 5
+	} else {
+		row.Scenario, row.Target = "ingest, default fsync", 0.4
+	}
+	row.Pass = row.Ratio >= row.Target
+	return row, nil
+}
+
+func benchPayload() []byte {
+	m := peakdesk.Message{ID: strings.Repeat("a", 32), ShopID: "bench", ConversationID: strings.Repeat("b", 32),
+		UserID: "user-0001", Text: "双11满减怎么算？买两件能叠加优惠券吗？", Priority: peakdesk.P2, AcceptedAt: time.Now().UTC()}
+	b, _ := json.Marshal(m)
+	return b
+}
+
+func benchMsg(payload []byte, i int) *nats.Msg {
+	msg := nats.NewMsg(storage.InSubject(peakdesk.P2, "bench"))
+	msg.Data = payload
+	msg.Header.Set(jetstream.MsgIDHeader, "bench-"+strconv.Itoa(i))
+	return msg
+}
+
+func benchAsyncPublish(ctx context.Context, js0 jetstream.JetStream, payload []byte, n int) (float64, error) {
+	js, err := jetstream.New(js0.Conn(), jetstream.WithPublishAsyncMaxPending(8192))
+	if err != nil {
+		return 0, err
+	}
+	start := time.Now()
+	for i := range n {
+		if _, err := js.PublishMsgAsync(benchMsg(payload, i)); err != nil {
+			return 0, err
+		}
+	}
+	select {
+	case <-js.PublishAsyncComplete():
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+	return float64(n) / time.Since(start).Seconds(), nil
+}
+
+func benchNaivePublish(ctx context.Context, js jetstream.JetStream, payload []byte, n int) (float64, error) {
+	start := time.Now()
+	for i := range n {
+		if _, err := js.PublishMsg(ctx, benchMsg(payload, i)); err != nil {
+			return 0, err
+		}
+	}
+	return float64(n) / time.Since(start).Seconds(), nil
+}
+
+func purgeIn(ctx context.Context, js jetstream.JetStream) error {
+	s, err := js.Stream(ctx, storage.StreamIn)
+	if err != nil {
+		return err
+	}
+	return s.Purge(ctx)
+}
+
+// benchCeiling is the last measured HTTP no-op ceiling, for the report.
+var benchCeiling float64
+
+// benchHTTPCeiling measures the same client against a handler that only
+// reads the body and answers 202.
+func benchHTTPCeiling(ctx context.Context, secret []byte, n, conc int) (float64, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusAccepted)
+		_, _ = w.Write([]byte(`{"status":"queued"}`))
+	}), ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	defer srv.Close()
+	return benchHTTPIngest(ctx, "http://"+ln.Addr().String(), secret, n, conc)
+}
+
+// benchHTTPIngest posts n messages with conc concurrent clients and returns
+// accepted (202) messages per second. Anything but 202 fails the bench.
+func benchHTTPIngest(ctx context.Context, base string, secret []byte, n, conc int) (float64, error) {
+	const users = 1000
+	tokens := make([]string, users)
+	for i := range tokens {
+		tok, err := ingest.NewToken(secret, "bench", fmt.Sprintf("user-%04d", i), nil, time.Hour)
+		if err != nil {
+			return 0, err
+		}
+		tokens[i] = "Bearer " + tok
+	}
+	body := []byte(`{"text":"双11满减怎么算？买两件能叠加优惠券吗？"}`)
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.MaxIdleConnsPerHost = conc
+	client := &http.Client{Transport: tr, Timeout: 30 * time.Second}
+	defer tr.CloseIdleConnections()
+
+	var next, accepted atomic.Int64
+	var firstErr error
+	var errOnce sync.Once
+	var wg sync.WaitGroup
+	start := time.Now()
+	for range conc {
+		wg.Go(func() {
+			for {
+				i := next.Add(1) - 1
+				if i >= int64(n) || ctx.Err() != nil {
+					return
+				}
+				req, _ := http.NewRequestWithContext(ctx, "POST", base+"/v1/messages", bytes.NewReader(body))
+				req.Header.Set("Authorization", tokens[i%users])
+				req.Header.Set("Content-Type", "application/json")
+				resp, err := client.Do(req)
+				if err != nil {
+					errOnce.Do(func() { firstErr = err })
+					return
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusAccepted {
+					errOnce.Do(func() { firstErr = fmt.Errorf("bench: POST answered %d", resp.StatusCode) })
+					return
+				}
+				accepted.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	if firstErr != nil {
+		return 0, firstErr
+	}
+	return float64(accepted.Load()) / time.Since(start).Seconds(), nil
+}
