@@ -1,0 +1,486 @@
+package ingest
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/peakdesk/peakdesk"
+	"github.com/peakdesk/peakdesk/storage"
+	"github.com/peakdesk/peakdesk/storage/storagetest"
+)
+
+var testSecret = []byte("ingest-test-secret-0123456789abcdef012345")
+
+// testBundle is an Edge on real services: embedded JetStream, a fresh
+// Postgres database with shops "shop1" and "shop2", and Redis.
+type testBundle struct {
+	edge *Edge
+	srv  *httptest.Server
+	db   *storage.DB
+	js   jetstream.JetStream
+	reg  *prometheus.Registry
+	// salt makes user names unique per test: rate-limit state lives in the
+	// shared Redis, keyed by shop and user.
+	salt string
+}
+
+func setup(t *testing.T, topo storage.Topology, mod func(*Config)) *testBundle {
+	t.Helper()
+	ctx := context.Background()
+	ns := storagetest.NATS(t)
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := storage.EnsureTopology(ctx, js, topo); err != nil {
+		t.Fatal(err)
+	}
+	db := storagetest.DB(t)
+	for _, s := range []string{"shop1", "shop2"} {
+		if err := db.EnsureShop(ctx, s, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rdb, err := storage.OpenRedis(storagetest.RedisURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rdb.Close() })
+	reg := prometheus.NewRegistry()
+	cfg := Config{Secret: testSecret, DB: db, Redis: rdb, JS: js, Registerer: reg, SSEHeartbeat: time.Second}
+	if mod != nil {
+		mod(&cfg)
+	}
+	e, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	e.Register(mux)
+	srv := httptest.NewUnstartedServer(mux)
+	srv.Config.RegisterOnShutdown(e.CloseStreams)
+	srv.Start()
+	t.Cleanup(func() { srv.Close(); e.Stop() })
+	return &testBundle{edge: e, srv: srv, db: db, js: js, reg: reg, salt: fmt.Sprintf("%x-", time.Now().UnixNano())}
+}
+
+func tok(t *testing.T, shop, sub string, scopes ...string) string {
+	t.Helper()
+	s, err := NewToken(testSecret, shop, sub, scopes, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+type result struct {
+	status int
+	header http.Header
+	body   map[string]any
+	raw    []byte
+}
+
+func (b *testBundle) do(t *testing.T, method, path, token, body string, headers ...string) result {
+	t.Helper()
+	req, _ := http.NewRequest(method, b.srv.URL+path, strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+token)
+	for i := 0; i+1 < len(headers); i += 2 {
+		req.Header.Set(headers[i], headers[i+1])
+	}
+	resp, err := b.srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	r := result{status: resp.StatusCode, header: resp.Header, raw: raw}
+	_ = json.Unmarshal(raw, &r.body)
+	return r
+}
+
+func errCode(r result) string {
+	e, _ := r.body["error"].(map[string]any)
+	s, _ := e["code"].(string)
+	return s
+}
+
+// takeMessage reads the next message from a priority's consumer, as a
+// worker would, and acks it.
+func (b *testBundle) takeMessage(t *testing.T, p peakdesk.Priority) (*peakdesk.Message, jetstream.Msg) {
+	t.Helper()
+	c, err := b.js.Consumer(context.Background(), storage.StreamIn, storage.ConsumerName(p))
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, err := c.Next(jetstream.FetchMaxWait(5 * time.Second))
+	if err != nil {
+		t.Fatalf("no %s message: %v", p, err)
+	}
+	var m peakdesk.Message
+	if err := json.Unmarshal(msg.Data(), &m); err != nil {
+		t.Fatal(err)
+	}
+	_ = msg.Ack()
+	return &m, msg
+}
+
+// answer stores a reply to m and publishes its event, as a worker would.
+func (b *testBundle) answer(t *testing.T, m *peakdesk.Message, text string) *peakdesk.Reply {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := b.db.BeginMessage(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	r := &peakdesk.Reply{ID: "r-" + m.ID, ShopID: m.ShopID, ConversationID: m.ConversationID,
+		MessageIDs: []string{m.ID}, Text: text, Source: peakdesk.SourceLLM}
+	if err := b.db.SaveReply(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	data, _ := json.Marshal(r)
+	msg := nats.NewMsg(storage.EventSubject(m.ShopID, m.ConversationID))
+	msg.Data = data
+	if _, err := b.js.PublishMsg(ctx, msg); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func TestPriorityRulesHintsAndTraceContext(t *testing.T) {
+	t.Parallel()
+	b := setup(t, storage.Topology{}, nil)
+	ctx := context.Background()
+	if err := b.db.SetPriorityRules(ctx, "shop2", []storage.PriorityRule{{Priority: peakdesk.P0, Keyword: "秒杀失败"}}); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		shop, text, hint string
+		scopes           []string
+		want             peakdesk.Priority
+	}{
+		{"shop1", "我要退款", "", nil, peakdesk.P0},
+		{"shop1", "我的快递到哪了", "", nil, peakdesk.P1},
+		{"shop1", "有什么优惠", "", nil, peakdesk.P2},
+		{"shop1", "有什么优惠", "p1", nil, peakdesk.P1},                   // a hint raises
+		{"shop1", "我要退款", "p2", nil, peakdesk.P0},                    // never lowers
+		{"shop1", "有什么优惠", "p0", []string{ScopeUrgent}, peakdesk.P0}, // p0 with scope
+		{"shop2", "秒杀失败了怎么办", "", nil, peakdesk.P0},                  // the shop's own rule
+		{"shop2", "我要退款", "", nil, peakdesk.P2},                      // shop rules replace the defaults
+	}
+	for i, tc := range cases {
+		body := fmt.Sprintf(`{"text":%q,"priority":%q}`, tc.text, tc.hint)
+		if tc.hint == "" {
+			body = fmt.Sprintf(`{"text":%q}`, tc.text)
+		}
+		trace := fmt.Sprintf("00-%032x-00f067aa0ba902b7-01", i+1)
+		r := b.do(t, "POST", "/v1/messages", tok(t, tc.shop, b.salt+"u1", tc.scopes...), body, "traceparent", trace)
+		if r.status != http.StatusAccepted || r.body["priority"] != string(tc.want) {
+			t.Fatalf("%s %q hint %q: %d %s, want priority %s", tc.shop, tc.text, tc.hint, r.status, r.raw, tc.want)
+		}
+		m, msg := b.takeMessage(t, tc.want)
+		if m.ID != r.body["message_id"] {
+			t.Fatalf("queued message %s, want %s", m.ID, r.body["message_id"])
+		}
+		if got := msg.Headers().Get("traceparent"); !strings.HasPrefix(got, fmt.Sprintf("00-%032x-", i+1)) {
+			t.Errorf("traceparent in NATS %q, want the caller's trace id", got)
+		}
+	}
+}
+
+func TestRateLimitsPerUserAndShop(t *testing.T) {
+	t.Parallel()
+	b := setup(t, storage.Topology{}, nil)
+	if err := b.db.SetShopLimits(context.Background(), "shop1", 1000, 1000, 2, 2); err != nil {
+		t.Fatal(err)
+	}
+	user := fmt.Sprintf("rl-%d", time.Now().UnixNano())
+	for i := range 2 {
+		if r := b.do(t, "POST", "/v1/messages", tok(t, "shop1", user), `{"text":"hi"}`); r.status != http.StatusAccepted {
+			t.Fatalf("message %d: %d %s", i, r.status, r.raw)
+		}
+	}
+	r := b.do(t, "POST", "/v1/messages", tok(t, "shop1", user), `{"text":"hi"}`)
+	if r.status != http.StatusTooManyRequests || errCode(r) != peakdesk.ERateLimited {
+		t.Fatalf("third message: %d %s, want 429 rate_limited", r.status, r.raw)
+	}
+	if s, err := strconv.Atoi(r.header.Get("Retry-After")); err != nil || s < 1 || s > 60 {
+		t.Errorf("Retry-After %q", r.header.Get("Retry-After"))
+	}
+	// Another user of the shop is not affected.
+	if r := b.do(t, "POST", "/v1/messages", tok(t, "shop1", user+"-other"), `{"text":"hi"}`); r.status != http.StatusAccepted {
+		t.Errorf("another user: %d %s", r.status, r.raw)
+	}
+}
+
+func TestRedisDownTheEdgeStillAccepts(t *testing.T) {
+	t.Parallel()
+	down, err := storage.OpenRedis("redis://127.0.0.1:1/0") // nothing listens there
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { down.Close() })
+	b := setup(t, storage.Topology{}, func(c *Config) { c.Redis = down })
+	for i := range 5 {
+		r := b.do(t, "POST", "/v1/messages", tok(t, "shop1", b.salt+"u1"), fmt.Sprintf(`{"text":"message %d"}`, i))
+		if r.status != http.StatusAccepted {
+			t.Fatalf("with Redis down: %d %s", r.status, r.raw)
+		}
+		// And a queued message still reads as queued.
+		if g := b.do(t, "GET", "/v1/messages/"+r.body["message_id"].(string), tok(t, "shop1", b.salt+"u1"), ""); g.body["status"] != "queued" {
+			t.Fatalf("GET with Redis down: %d %s", g.status, g.raw)
+		}
+	}
+	if got := testutil.ToFloat64(b.edge.metrics.rateDegraded); got != 1 {
+		t.Errorf("peakdesk_ingest_ratelimit_local = %v, want 1", got)
+	}
+	if got := testutil.ToFloat64(b.edge.metrics.rateFallbacks); got < 1 {
+		t.Errorf("peakdesk_ingest_ratelimit_redis_failures_total = %v, want ≥ 1", got)
+	}
+}
+
+func TestAFullStreamAnswers503(t *testing.T) {
+	t.Parallel()
+	b := setup(t, storage.Topology{MaxMessages: 3}, nil)
+	for i := range 3 {
+		if r := b.do(t, "POST", "/v1/messages", tok(t, "shop1", b.salt+"u1"), fmt.Sprintf(`{"text":"m%d"}`, i)); r.status != http.StatusAccepted {
+			t.Fatalf("message %d: %d %s", i, r.status, r.raw)
+		}
+	}
+	r := b.do(t, "POST", "/v1/messages", tok(t, "shop1", b.salt+"u1"), `{"text":"one too many"}`)
+	if r.status != http.StatusServiceUnavailable || errCode(r) != peakdesk.EOverloaded || r.header.Get("Retry-After") == "" {
+		t.Fatalf("full stream: %d %s %v, want 503 overloaded with Retry-After", r.status, r.raw, r.header)
+	}
+}
+
+// fixedFAQ stands in for the shop's FAQ engine (it arrives with the
+// LLM-resilience work): it knows one question.
+type fixedFAQ struct{}
+
+func (fixedFAQ) Answer(_ context.Context, _, q string) (string, bool) {
+	if strings.Contains(q, "满减") {
+		return "满300减50，可与店铺券叠加。", true
+	}
+	return "", false
+}
+
+func TestAdmissionShedsLowPriorityFirst(t *testing.T) {
+	t.Parallel()
+	b := setup(t, storage.Topology{}, func(c *Config) {
+		c.FAQ = fixedFAQ{}
+		c.Admission = AdmissionConfig{MinBacklog: 5, Refresh: 50 * time.Millisecond,
+			MaxWait: map[peakdesk.Priority]time.Duration{peakdesk.P0: time.Hour, peakdesk.P1: time.Hour, peakdesk.P2: time.Second}}
+	})
+	u := tok(t, "shop1", b.salt+"u1")
+	// Build a p2 backlog no worker drains.
+	for i := range 6 {
+		if r := b.do(t, "POST", "/v1/messages", u, fmt.Sprintf(`{"text":"随便问问 %d"}`, i)); r.status != http.StatusAccepted {
+			t.Fatalf("backlog %d: %d %s", i, r.status, r.raw)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	var shed result
+	for {
+		shed = b.do(t, "POST", "/v1/messages", u, `{"text":"还有别的活动吗"}`)
+		if shed.status != http.StatusAccepted || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if shed.status != http.StatusTooManyRequests || errCode(shed) != peakdesk.ERateLimited {
+		t.Fatalf("p2 over the threshold: %d %s, want 429", shed.status, shed.raw)
+	}
+	if s, _ := strconv.Atoi(shed.header.Get("Retry-After")); s < 1 {
+		t.Errorf("Retry-After %q", shed.header.Get("Retry-After"))
+	}
+	// A p2 question the FAQ knows is answered at once instead.
+	faq := b.do(t, "POST", "/v1/messages", u, `{"text":"双11满减怎么算？"}`)
+	reply, _ := faq.body["reply"].(map[string]any)
+	if faq.status != http.StatusOK || faq.body["status"] != "answered" || reply["source"] != peakdesk.SourceFAQ {
+		t.Fatalf("FAQ shed: %d %s", faq.status, faq.raw)
+	}
+	if g := b.do(t, "GET", "/v1/messages/"+faq.body["message_id"].(string), u, ""); g.body["status"] != "answered" {
+		t.Errorf("the FAQ answer is not stored: %s", g.raw)
+	}
+	// p1 and p0 still get in.
+	for _, text := range []string{"我的快递到哪了", "我要退款"} {
+		if r := b.do(t, "POST", "/v1/messages", u, fmt.Sprintf(`{"text":%q}`, text)); r.status != http.StatusAccepted {
+			t.Errorf("%q while p2 is shed: %d %s", text, r.status, r.raw)
+		}
+	}
+}
+
+// SSE replays stored events, resumes after Last-Event-ID without repeats,
+// and follows live ones.
+func TestEventStreamReplayAndResume(t *testing.T) {
+	t.Parallel()
+	b := setup(t, storage.Topology{}, nil)
+	u := tok(t, "shop1", b.salt+"u1")
+	first := b.do(t, "POST", "/v1/messages", u, `{"text":"第一个问题"}`)
+	conv := first.body["conversation_id"].(string)
+	m1, _ := b.takeMessage(t, peakdesk.P2)
+	r1 := b.answer(t, m1, "answer 1")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	open := func(last string) (*bufio.Reader, func()) {
+		req, _ := http.NewRequestWithContext(ctx, "GET", b.srv.URL+"/v1/conversations/"+conv+"/events", nil)
+		req.Header.Set("Authorization", "Bearer "+u)
+		if last != "" {
+			req.Header.Set("Last-Event-ID", last)
+		}
+		resp, err := b.srv.Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("events: %d", resp.StatusCode)
+		}
+		return bufio.NewReader(resp.Body), func() { resp.Body.Close() }
+	}
+	next := func(rd *bufio.Reader) (id string, r peakdesk.Reply) {
+		for {
+			line, err := rd.ReadString('\n')
+			if err != nil {
+				t.Fatalf("reading events: %v", err)
+			}
+			line = strings.TrimRight(line, "\n")
+			switch {
+			case strings.HasPrefix(line, "id: "):
+				id = strings.TrimPrefix(line, "id: ")
+			case strings.HasPrefix(line, "data: "):
+				if err := json.Unmarshal([]byte(strings.TrimPrefix(line, "data: ")), &r); err != nil {
+					t.Fatal(err)
+				}
+				return id, r
+			}
+		}
+	}
+
+	rd, closeStream := open("")
+	id1, got := next(rd)
+	if got.ID != r1.ID {
+		t.Fatalf("replayed %s, want %s", got.ID, r1.ID)
+	}
+	// A live event arrives on the open stream.
+	second := b.do(t, "POST", "/v1/messages", u, fmt.Sprintf(`{"text":"第二个问题","conversation_id":%q}`, conv))
+	if second.status != http.StatusAccepted {
+		t.Fatalf("second: %d %s", second.status, second.raw)
+	}
+	m2, _ := b.takeMessage(t, peakdesk.P2)
+	r2 := b.answer(t, m2, "answer 2")
+	id2, got := next(rd)
+	if got.ID != r2.ID {
+		t.Fatalf("live event %s, want %s", got.ID, r2.ID)
+	}
+	closeStream()
+
+	// Reconnect after the first event: only the second comes again.
+	rd, closeStream = open(id1)
+	defer closeStream()
+	id, got := next(rd)
+	if got.ID != r2.ID || id != id2 {
+		t.Fatalf("resumed with %s (id %s), want %s (id %s)", got.ID, id, r2.ID, id2)
+	}
+}
+
+func TestIdempotentRepeats(t *testing.T) {
+	t.Parallel()
+	b := setup(t, storage.Topology{DuplicateWindow: time.Second}, nil)
+	u := tok(t, "shop1", b.salt+"u1")
+	first := b.do(t, "POST", "/v1/messages", u, `{"text":"hello","client_msg_id":"k-1"}`)
+	again := b.do(t, "POST", "/v1/messages", u, `{"text":"hello"}`, "Idempotency-Key", "k-1")
+	if first.status != http.StatusAccepted || again.status != http.StatusAccepted ||
+		again.body["message_id"] != first.body["message_id"] || again.body["conversation_id"] != first.body["conversation_id"] {
+		t.Fatalf("repeat within the window: %s then %s", first.raw, again.raw)
+	}
+	if got := testutil.ToFloat64(b.edge.metrics.duplicates); got != 1 {
+		t.Errorf("duplicates metric %v, want 1", got)
+	}
+	// Only one copy was queued.
+	s, _ := b.js.Stream(context.Background(), storage.StreamIn)
+	info, _ := s.Info(context.Background())
+	if info.State.Msgs != 1 {
+		t.Errorf("CHAT_IN holds %d messages, want 1", info.State.Msgs)
+	}
+	// After the window the same key still maps to the same message id; the
+	// worker finds it answered and does not answer again (tested end to end
+	// in cmd/peakdesk).
+	m, _ := b.takeMessage(t, peakdesk.P2)
+	b.answer(t, m, "answer")
+	time.Sleep(1500 * time.Millisecond) // let the 1 s duplicate window pass
+	late := b.do(t, "POST", "/v1/messages?wait=1s", u, `{"text":"hello","client_msg_id":"k-1"}`)
+	if late.body["message_id"] != first.body["message_id"] {
+		t.Fatalf("repeat after the window: %s, want message %s", late.raw, first.body["message_id"])
+	}
+	if late.status != http.StatusOK || late.body["status"] != "answered" {
+		t.Errorf("a repeat of an answered message with ?wait= should return its answer: %d %s", late.status, late.raw)
+	}
+}
+
+func TestShopIsolation(t *testing.T) {
+	t.Parallel()
+	b := setup(t, storage.Topology{}, nil)
+	alice := tok(t, "shop1", b.salt+"alice")
+	r := b.do(t, "POST", "/v1/messages", alice, `{"text":"我的订单"}`)
+	id, conv := r.body["message_id"].(string), r.body["conversation_id"].(string)
+	m, _ := b.takeMessage(t, peakdesk.P1)
+	b.answer(t, m, "answer")
+	strangers := map[string]string{
+		"another shop, same user": tok(t, "shop2", b.salt+"alice"),
+		"another shop, service":   tok(t, "shop2", b.salt+"svc", ScopeService),
+		"same shop, another user": tok(t, "shop1", b.salt+"bob"),
+	}
+	for name, token := range strangers {
+		for _, path := range []string{"/v1/messages/" + id, "/v1/conversations/" + conv, "/v1/conversations/" + conv + "/events"} {
+			if g := b.do(t, "GET", path, token, ""); g.status != http.StatusNotFound || errCode(g) != peakdesk.ENotFound {
+				t.Errorf("%s GET %s: %d %s, want 404", name, path, g.status, g.raw)
+			}
+		}
+		body := fmt.Sprintf(`{"text":"hi","conversation_id":%q}`, conv)
+		if p := b.do(t, "POST", "/v1/messages", token, body); p.status != http.StatusNotFound {
+			t.Errorf("%s POST into the conversation: %d %s, want 404", name, p.status, p.raw)
+		}
+	}
+	// The shop's own service may read it.
+	if g := b.do(t, "GET", "/v1/conversations/"+conv, tok(t, "shop1", b.salt+"svc", ScopeService), ""); g.status != http.StatusOK {
+		t.Errorf("the shop's service: %d %s", g.status, g.raw)
+	}
+}
+
+// Every error the edge can give has the documented shape.
+func TestErrorFormat(t *testing.T) {
+	t.Parallel()
+	b := setup(t, storage.Topology{}, nil)
+	r := b.do(t, "POST", "/v1/messages", "garbage", `{"text":"hi"}`)
+	var body struct {
+		Error struct {
+			Code, Message, Field string
+		}
+	}
+	if err := json.NewDecoder(bytes.NewReader(r.raw)).Decode(&body); err != nil || body.Error.Code != peakdesk.EUnauthenticated ||
+		body.Error.Message == "" || r.header.Get("Content-Type") != "application/json; charset=utf-8" {
+		t.Fatalf("error body %s (%v), headers %v", r.raw, err, r.header)
+	}
+}
