@@ -3,7 +3,7 @@ SHELL := /bin/bash
 GO    ?= go
 PKGS  ?= ./...
 
-.PHONY: run test services build vet fmt nats clean
+.PHONY: run test bench services build vet fmt nats clean
 
 ## run: start Postgres and Redis, then every role in one process (dev mode).
 run: services
@@ -15,6 +15,12 @@ test: services
 	@unformatted="$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))"; \
 	  if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
 	$(GO) test -race -count=1 -timeout 15m $(PKGS)
+
+## bench: the DESIGN.md §11 scenarios, each beside its baseline from the same
+## run, with ratios. BENCH_FLAGS=--short for a quick check.
+BENCH_FLAGS ?=
+bench: services
+	$(GO) run ./cmd/peakdesk bench $(BENCH_FLAGS)
 
 ## services: install (Debian packages) and start Postgres and Redis; idempotent.
 services:
