@@ -59,6 +59,11 @@ type batchPublisher struct {
 	quit     chan struct{}
 	wg       sync.WaitGroup
 	stopOnce sync.Once
+
+	// mu orders enqueueing before stopping: once stopped is set no request
+	// enters reqs, so the loop's final drain answers every queued one.
+	mu      sync.RWMutex
+	stopped bool
 }
 
 type batchReq struct {
@@ -87,12 +92,17 @@ func newBatchPublisher(js jetstream.JetStream, maxBatch, inflight int) *batchPub
 
 func (p *batchPublisher) publish(ctx context.Context, msg *nats.Msg) (bool, error) {
 	req := &batchReq{ctx: ctx, msg: msg, res: make(chan batchRes, 1)}
+	p.mu.RLock()
+	if p.stopped {
+		p.mu.RUnlock()
+		return false, errPublisherStopped
+	}
 	select {
 	case p.reqs <- req:
+		p.mu.RUnlock()
 	case <-ctx.Done():
+		p.mu.RUnlock()
 		return false, ctx.Err()
-	case <-p.quit:
-		return false, errPublisherStopped
 	}
 	select {
 	case r := <-req.res:
@@ -106,6 +116,9 @@ func (p *batchPublisher) publish(ctx context.Context, msg *nats.Msg) (bool, erro
 // stop commits what is queued and waits for every batch in flight.
 func (p *batchPublisher) stop() {
 	p.stopOnce.Do(func() {
+		p.mu.Lock()
+		p.stopped = true
+		p.mu.Unlock()
 		close(p.quit)
 		p.wg.Wait()
 	})
