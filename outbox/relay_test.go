@@ -1,0 +1,503 @@
+package outbox_test
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/peakdesk/peakdesk"
+	"github.com/peakdesk/peakdesk/loadtest"
+	"github.com/peakdesk/peakdesk/outbox"
+	"github.com/peakdesk/peakdesk/storage"
+)
+
+func TestLinearBackOff(t *testing.T) {
+	t.Parallel()
+	b := &outbox.Linear{Step: 10 * time.Second, Max: 35 * time.Second}
+	for i, want := range []time.Duration{10 * time.Second, 20 * time.Second, 30 * time.Second, 35 * time.Second} {
+		if got := b.NextBackOff(); got != want {
+			t.Fatalf("wait %d: %v, want %v", i+1, got, want)
+		}
+	}
+	b.Reset()
+	if got := b.NextBackOff(); got != 10*time.Second {
+		t.Fatalf("after reset: %v", got)
+	}
+	jittered := outbox.Linear{Step: time.Second, Jitter: 0.5, Rand: func() float64 { return 0.5 }}
+	if got := outbox.LinearAfter(jittered, 4); got != 5*time.Second {
+		t.Fatalf("4th wait with jitter 0.5 at 0.5: %v, want 5s", got)
+	}
+	for n := 1; n <= 20; n++ {
+		got := outbox.LinearAfter(outbox.Linear{Step: time.Second, Jitter: 0.2}, n)
+		if low, high := time.Duration(n)*time.Second, time.Duration(float64(n)*1.2*float64(time.Second)); got < low || got > high {
+			t.Fatalf("wait %d = %v outside [%v, %v]", n, got, low, high)
+		}
+	}
+}
+
+// The shop is down for a while: every action retries on the linear schedule
+// (step·n plus at most 10 % jitter) and succeeds once the shop is back, with
+// exactly one effect each.
+func TestShopOutageRetriesOnTheLinearScheduleThenSucceedsExactlyOnce(t *testing.T) {
+	t.Parallel()
+	e := setup(t, loadtest.ShopFaults{Down: true})
+	var actions []peakdesk.Action
+	for i := range 10 {
+		actions = append(actions, e.coupon(i), e.refund(i))
+	}
+	e.enqueue(t, actions...)
+	reg := prometheus.NewRegistry()
+	cfg := e.relayConfig(t)
+	cfg.Registerer = reg
+	r := e.startRelay(t, cfg)
+
+	// Attempt n fails at the clock's now; the next is due step·n later.
+	for n := 1; n <= 3; n++ {
+		failedAt := e.clock.Now()
+		waitFor(t, 10*time.Second, "failed attempt", func() bool {
+			return e.all(t, func(a peakdesk.Action) bool { return a.Attempts == n && a.State == peakdesk.ActionRetrying })
+		})
+		low := time.Duration(n) * 10 * time.Second
+		high := low + low/10
+		for _, a := range e.actions(t) {
+			if wait := a.NextAttemptAt.Sub(failedAt); wait < low || wait > high {
+				t.Fatalf("after attempt %d, action %d waits %v, want within [%v, %v]", n, a.ID, wait, low, high)
+			}
+			if a.LastHTTPStatus != 503 || a.LastError == "" {
+				t.Fatalf("action after a 503: %+v", a)
+			}
+		}
+		if n == 3 {
+			e.sim.SetFaults(loadtest.ShopFaults{}) // the shop is back
+		}
+		// Nothing is due until the clock reaches the earliest next attempt.
+		e.clock.Advance(high)
+	}
+	waitFor(t, 10*time.Second, "every action succeeded", func() bool {
+		return e.all(t, func(a peakdesk.Action) bool { return a.State == peakdesk.ActionSucceeded })
+	})
+
+	effects := e.effectsByKey()
+	if len(effects) != len(actions) {
+		t.Fatalf("%d distinct effects, want %d", len(effects), len(actions))
+	}
+	for _, a := range e.actions(t) {
+		if effects[a.IdempotencyKey] != 1 {
+			t.Errorf("action %s: %d effects, want 1", a.IdempotencyKey, effects[a.IdempotencyKey])
+		}
+		if a.Attempts != 4 || len(a.Result) == 0 || a.CompletedAt.IsZero() || a.LeaseOwner != "" {
+			t.Errorf("succeeded action: %+v", a)
+		}
+		at := e.attempts(t, a.ID)
+		if len(at) != 4 {
+			t.Fatalf("action %d has %d attempt rows, want 4", a.ID, len(at))
+		}
+		for i, want := range []int{503, 503, 503, 201} {
+			if at[i].HTTPStatus != want || at[i].Relay != r.ID() || at[i].EndedAt.IsZero() {
+				t.Errorf("attempt %d: %+v, want status %d", i+1, at[i], want)
+			}
+		}
+	}
+	if got := outbox.AttemptsMetric(r, "coupon.issue", peakdesk.AttemptFailed); got != 30 {
+		t.Errorf("failed coupon attempts metric = %v, want 30", got)
+	}
+	if got, err := outbox.ActionsGauge(context.Background(), r, "succeeded", "refund.request"); err != nil || got != 10 {
+		t.Errorf("succeeded refunds gauge = %v, %v; want 10", got, err)
+	}
+}
+
+// A relay dies mid-batch, leaving leased actions behind: nobody touches them
+// until the leases expire, then another relay finishes them, one effect each.
+func TestKilledRelaysLeasesExpireAndAnotherRelayFinishes(t *testing.T) {
+	t.Parallel()
+	e := setup(t, loadtest.ShopFaults{LatencyMS: 200, LatencyJitterMS: 400})
+	const n = 40
+	var actions []peakdesk.Action
+	for i := range n {
+		actions = append(actions, e.coupon(i))
+	}
+	e.enqueue(t, actions...)
+	cfg := e.relayConfig(t)
+	cfg.Concurrency = n
+	first := e.startRelay(t, cfg)
+	waitFor(t, 10*time.Second, "some effects applied", func() bool { return len(e.sim.Effects()) >= 3 })
+	outbox.Kill(first)
+
+	var stranded int
+	for _, a := range e.actions(t) {
+		if a.State == peakdesk.ActionRunning {
+			stranded++
+			if a.LeaseOwner != first.ID() {
+				t.Fatalf("running action leased by %q", a.LeaseOwner)
+			}
+		}
+	}
+	if stranded == 0 {
+		t.Fatal("the killed relay left no action behind; the test proves nothing")
+	}
+	if got, err := e.db.ClaimActions(context.Background(), "probe", e.clock.Now(), time.Minute, n); err != nil || len(got) != 0 {
+		t.Fatalf("actions under a live lease were claimable: %d, %v", len(got), err)
+	}
+
+	e.clock.Advance(cfg.Lease + time.Second)
+	second := e.startRelay(t, e.relayConfig(t))
+	waitFor(t, 20*time.Second, "every action succeeded", func() bool {
+		return e.all(t, func(a peakdesk.Action) bool { return a.State == peakdesk.ActionSucceeded })
+	})
+	effects := e.effectsByKey()
+	if len(effects) != n {
+		t.Fatalf("%d distinct effects, want %d", len(effects), n)
+	}
+	var reclaimed int
+	for _, a := range e.actions(t) {
+		if effects[a.IdempotencyKey] != 1 {
+			t.Errorf("action %s: %d effects, want 1", a.IdempotencyKey, effects[a.IdempotencyKey])
+		}
+		at := e.attempts(t, a.ID)
+		if a.Attempts == 2 {
+			reclaimed++
+			if at[0].Outcome != peakdesk.AttemptAbandoned || at[0].Relay != first.ID() ||
+				at[1].Outcome != peakdesk.AttemptSucceeded || at[1].Relay != second.ID() {
+				t.Errorf("re-claimed action %d attempts: %+v", a.ID, at)
+			}
+		}
+	}
+	if reclaimed != stranded {
+		t.Errorf("%d actions were re-claimed, %d were stranded", reclaimed, stranded)
+	}
+}
+
+// Two relays drain one table concurrently: every action is attempted once,
+// so the shop never sees a key twice (no replays, no conflicts).
+func TestTwoRelaysNeverClaimTheSameAction(t *testing.T) {
+	t.Parallel()
+	e := setup(t, loadtest.ShopFaults{LatencyJitterMS: 2})
+	const n = 400
+	var actions []peakdesk.Action
+	for i := range n {
+		if i%2 == 0 {
+			actions = append(actions, e.coupon(i))
+		} else {
+			actions = append(actions, e.refund(i))
+		}
+	}
+	var relays []*outbox.Relay
+	for range 2 {
+		cfg := e.relayConfig(t)
+		cfg.Concurrency = 16
+		relays = append(relays, e.startRelay(t, cfg))
+	}
+	e.enqueue(t, actions...)
+	waitFor(t, 30*time.Second, "every action succeeded", func() bool {
+		return e.all(t, func(a peakdesk.Action) bool { return a.State == peakdesk.ActionSucceeded })
+	})
+	byRelay := map[string]int{}
+	for _, a := range e.actions(t) {
+		at := e.attempts(t, a.ID)
+		if a.Attempts != 1 || len(at) != 1 {
+			t.Fatalf("action %d attempted %d times (%d rows)", a.ID, a.Attempts, len(at))
+		}
+		byRelay[at[0].Relay]++
+	}
+	st := e.sim.Stats()
+	if len(e.sim.Effects()) != n || st.Replays != 0 || st.Conflicts != 0 {
+		t.Fatalf("effects %d (want %d), replays %d, conflicts %d", len(e.sim.Effects()), n, st.Replays, st.Conflicts)
+	}
+	t.Logf("actions by relay: %v", byRelay)
+}
+
+// A 4xx validation answer is final: the action is dead after one attempt.
+// An operator retry after the fix uses a new key generation (the shop keeps
+// its 422 under the old key, like Stripe) and succeeds, once.
+func TestValidationFailureIsDeadUntilAnOperatorRetriesAfterTheFix(t *testing.T) {
+	t.Parallel()
+	e := setup(t, loadtest.ShopFaults{ValidationFail: true})
+	e.enqueue(t, e.coupon(1))
+	e.startRelay(t, e.relayConfig(t))
+	ops, err := outbox.NewOps(outbox.OpsConfig{DB: e.db, Now: e.clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	op := outbox.Operator{ID: "alice", Shop: "demo"}
+	dead := func(attempts int) peakdesk.Action {
+		t.Helper()
+		var a peakdesk.Action
+		waitFor(t, 10*time.Second, "dead action", func() bool {
+			a = e.actions(t)[0]
+			return a.State == peakdesk.ActionDead && a.Attempts == attempts
+		})
+		if !a.Rejected || a.LastHTTPStatus != 422 || !strings.Contains(a.LastError, "validation_failed") {
+			t.Fatalf("dead action: %+v", a)
+		}
+		return a
+	}
+	a := dead(1)
+
+	// Retrying before the fix just fails again, under generation 1.
+	if _, err := ops.Retry(context.Background(), op, a.ID); err != nil {
+		t.Fatal(err)
+	}
+	dead(2)
+	e.sim.SetFaults(loadtest.ShopFaults{}) // the fix
+	retried, err := ops.Retry(context.Background(), op, a.ID)
+	if err != nil || retried.KeyGeneration != 2 || retried.State != peakdesk.ActionPending {
+		t.Fatalf("retry: %+v, %v", retried, err)
+	}
+	waitFor(t, 10*time.Second, "success after the fix", func() bool {
+		return e.actions(t)[0].State == peakdesk.ActionSucceeded
+	})
+	effects := e.sim.Effects()
+	if len(effects) != 1 || effects[0].IdempotencyKey != a.IdempotencyKey+"-g2" {
+		t.Fatalf("effects: %+v", effects)
+	}
+	at := e.attempts(t, a.ID)
+	if len(at) != 3 || at[0].Key != a.IdempotencyKey || at[1].Key != a.IdempotencyKey+"-g1" ||
+		at[0].Outcome != peakdesk.AttemptRejected || at[2].Outcome != peakdesk.AttemptSucceeded {
+		t.Fatalf("attempts: %+v", at)
+	}
+	audit, err := e.db.AuditLog(context.Background(), "demo", 0, 10)
+	if err != nil || len(audit) != 2 || audit[0].Actor != "alice" || audit[0].Action != "outbox.retry" {
+		t.Fatalf("audit: %+v, %v", audit, err)
+	}
+}
+
+// An action that ran out of attempts on transient failures may have been
+// applied under its key, so an operator retry keeps the key.
+func TestExhaustedActionIsDeadAndAnOperatorRetryKeepsItsKey(t *testing.T) {
+	t.Parallel()
+	e := setup(t, loadtest.ShopFaults{Down: true})
+	a := e.refund(1)
+	a.MaxAttempts = 2
+	e.enqueue(t, a)
+	e.startRelay(t, e.relayConfig(t))
+	waitFor(t, 10*time.Second, "first failure", func() bool {
+		a := e.actions(t)[0]
+		return a.Attempts == 1 && a.State == peakdesk.ActionRetrying
+	})
+	e.clock.Advance(11 * time.Second)
+	var got peakdesk.Action
+	waitFor(t, 10*time.Second, "dead after max attempts", func() bool {
+		got = e.actions(t)[0]
+		return got.State == peakdesk.ActionDead
+	})
+	if got.Attempts != 2 || got.Rejected || !strings.HasPrefix(got.LastError, "gave up after 2 attempts") {
+		t.Fatalf("dead action: %+v", got)
+	}
+	e.sim.SetFaults(loadtest.ShopFaults{})
+	ops, _ := outbox.NewOps(outbox.OpsConfig{DB: e.db, Now: e.clock.Now})
+	retried, err := ops.Retry(context.Background(), outbox.Operator{ID: "bob", Shop: "*"}, got.ID)
+	if err != nil || retried.KeyGeneration != 0 || retried.RunAttempts != 0 {
+		t.Fatalf("retry: %+v, %v", retried, err)
+	}
+	waitFor(t, 10*time.Second, "success", func() bool { return e.actions(t)[0].State == peakdesk.ActionSucceeded })
+	if ef := e.sim.Effects(); len(ef) != 1 || ef[0].IdempotencyKey != a.IdempotencyKey {
+		t.Fatalf("effects: %+v", ef)
+	}
+}
+
+// Stop lets attempts finish for SoftStop, then cuts them short and records
+// them as aborted, due again at once and not counted against the budget.
+func TestStopRecordsAbortedAttempts(t *testing.T) {
+	t.Parallel()
+	e := setup(t, loadtest.ShopFaults{LatencyMS: 5000})
+	e.enqueue(t, e.coupon(1))
+	cfg := e.relayConfig(t)
+	cfg.SoftStop = 50 * time.Millisecond
+	r := e.startRelay(t, cfg)
+	waitFor(t, 10*time.Second, "claimed", func() bool { return e.actions(t)[0].State == peakdesk.ActionRunning })
+	r.Stop()
+	r.Stop()
+	a := e.actions(t)[0]
+	if a.State != peakdesk.ActionRetrying || a.Attempts != 1 || a.RunAttempts != 0 || !a.NextAttemptAt.Equal(e.clock.Now()) {
+		t.Fatalf("after stop: %+v", a)
+	}
+	if at := e.attempts(t, a.ID); len(at) != 1 || at[0].Outcome != peakdesk.AttemptAborted {
+		t.Fatalf("attempts: %+v", at)
+	}
+}
+
+// A webhook is signed with the shop's secret; a bad secret is a final 401
+// until the shop's settings are fixed and an operator retries.
+func TestReplyWebhookIsSignedAndRetriedAfterTheSecretIsFixed(t *testing.T) {
+	t.Parallel()
+	e := setup(t, loadtest.ShopFaults{})
+	ctx := context.Background()
+	settings := storage.ShopAPISettings{ShopID: "demo", WebhookURL: e.url + "/webhooks/replies", WebhookSecret: "wrong"}
+	if err := e.db.PutShopAPISettings(ctx, settings); err != nil {
+		t.Fatal(err)
+	}
+	reply := &peakdesk.Reply{ID: "r1", ShopID: "demo", ConversationID: strings.Repeat("c", 32),
+		MessageIDs: []string{strings.Repeat("a", 32)}, Text: "您好，订单已发货", Source: peakdesk.SourceLLM,
+		CreatedAt: time.Now().UTC()}
+	a, err := outbox.ReplyWebhook(reply)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := outbox.ReplyWebhook(reply); again.IdempotencyKey != a.IdempotencyKey {
+		t.Fatal("the webhook of one reply must have one key")
+	}
+	a.NextAttemptAt = e.clock.Now()
+	if n, err := e.db.EnqueueActions(ctx, []peakdesk.Action{a}); err != nil || n != 1 {
+		t.Fatal(n, err)
+	}
+	e.startRelay(t, e.relayConfig(t))
+	var dead peakdesk.Action
+	waitFor(t, 10*time.Second, "dead on 401", func() bool {
+		dead = e.actions(t)[0]
+		return dead.State == peakdesk.ActionDead
+	})
+	if dead.LastHTTPStatus != 401 {
+		t.Fatalf("dead webhook: %+v", dead)
+	}
+	settings.WebhookSecret = testWebhookSecret
+	if err := e.db.PutShopAPISettings(ctx, settings); err != nil {
+		t.Fatal(err)
+	}
+	ops, _ := outbox.NewOps(outbox.OpsConfig{DB: e.db, Now: e.clock.Now})
+	if _, err := ops.Retry(ctx, outbox.Operator{ID: "alice", Shop: "demo"}, dead.ID); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "delivered", func() bool { return e.actions(t)[0].State == peakdesk.ActionSucceeded })
+	var good []loadtest.ShopWebhook
+	for _, wh := range e.sim.Webhooks() {
+		if wh.SignatureValid {
+			good = append(good, wh)
+		}
+	}
+	if len(good) != 1 || good[0].EventID != a.IdempotencyKey || good[0].Duplicate || good[0].Shop != "demo" ||
+		!strings.Contains(string(good[0].Body), "订单已发货") {
+		t.Fatalf("valid deliveries: %+v", good)
+	}
+}
+
+// A slow order lookup becomes an order.followup: it retries until the shop
+// answers and pushes the second reply once; a follow-up that runs out of
+// attempts hands the conversation to a human.
+func TestOrderFollowUpPushesTheSecondReplyOrHandsOver(t *testing.T) {
+	t.Parallel()
+	e := setup(t, loadtest.ShopFaults{Down: true})
+	ok := e.action(peakdesk.ActionOrderFollowUp, "ord_ok", outbox.FollowUpPayload{OrderID: "1234567", UserID: "u7", MessageID: "m1"})
+	ok.MaxAttempts = 5
+	lost := e.action(peakdesk.ActionOrderFollowUp, "ord_lost", outbox.FollowUpPayload{OrderID: "7654321", UserID: "u1"})
+	lost.MaxAttempts = 2
+	e.enqueue(t, ok, lost)
+
+	var mu sync.Mutex
+	var followUps []outbox.FollowUpResult
+	var handoffs []string
+	var calls atomic.Int32
+	cfg := e.relayConfig(t)
+	cfg.OnFollowUp = func(_ context.Context, a peakdesk.Action, r outbox.FollowUpResult) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if calls.Add(1) == 1 {
+			return context.DeadlineExceeded // the first push fails: the follow-up retries it
+		}
+		followUps = append(followUps, r)
+		return nil
+	}
+	cfg.OnHandoff = func(_ context.Context, a peakdesk.Action, reason string) error {
+		mu.Lock()
+		defer mu.Unlock()
+		handoffs = append(handoffs, a.IdempotencyKey+": "+reason)
+		return nil
+	}
+	e.startRelay(t, cfg)
+	waitFor(t, 10*time.Second, "first failures", func() bool {
+		return e.all(t, func(a peakdesk.Action) bool { return a.Attempts == 1 && a.State == peakdesk.ActionRetrying })
+	})
+	e.clock.Advance(6 * time.Second)
+	waitFor(t, 10*time.Second, "lost follow-up handed over", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(handoffs) == 1
+	})
+	if !strings.HasPrefix(handoffs[0], "ord_lost: gave up after 2 attempts") {
+		t.Fatalf("handoff: %q", handoffs[0])
+	}
+	// ok failed its second attempt (next in 10..11 s); now the shop is back
+	// but the first push of the reply fails (next in 15..16.5 s).
+	waitFor(t, 10*time.Second, "second failure", func() bool {
+		a := e.find(t, "ord_ok")
+		return a.Attempts == 2 && a.State == peakdesk.ActionRetrying
+	})
+	e.sim.SetFaults(loadtest.ShopFaults{})
+	e.clock.Advance(11 * time.Second)
+	waitFor(t, 10*time.Second, "failed push recorded", func() bool {
+		a := e.find(t, "ord_ok")
+		return a.Attempts == 3 && a.State == peakdesk.ActionRetrying
+	})
+	if calls.Load() != 1 {
+		t.Fatalf("%d pushes, want 1", calls.Load())
+	}
+	e.clock.Advance(17 * time.Second)
+	waitFor(t, 10*time.Second, "follow-up succeeded", func() bool {
+		return e.find(t, "ord_ok").State == peakdesk.ActionSucceeded
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if len(followUps) != 1 || followUps[0].Order.ID != "1234567" ||
+		!strings.Contains(followUps[0].Text, "Order 1234567") || len(handoffs) != 1 {
+		t.Fatalf("follow-ups %+v, handoffs %v", followUps, handoffs)
+	}
+}
+
+func TestRelayConfigValidation(t *testing.T) {
+	t.Parallel()
+	e := &testEnv{db: &storage.DB{}, shop: &outbox.ShopClient{}}
+	base := func() outbox.Config {
+		c := outbox.Config{DB: e.db, Shop: e.shop,
+			OnFollowUp: func(context.Context, peakdesk.Action, outbox.FollowUpResult) error { return nil },
+			OnHandoff:  func(context.Context, peakdesk.Action, string) error { return nil }}
+		return c
+	}
+	tests := []struct {
+		name string
+		mod  func(*outbox.Config)
+		want string
+	}{
+		{"no DB", func(c *outbox.Config) { c.DB = nil }, "DB"},
+		{"no shop", func(c *outbox.Config) { c.Shop = nil }, "Shop"},
+		{"no follow-up hook", func(c *outbox.Config) { c.OnFollowUp = nil }, "OnFollowUp"},
+		{"no handoff hook", func(c *outbox.Config) { c.OnHandoff = nil }, "OnHandoff"},
+		{"short lease", func(c *outbox.Config) { c.Lease, c.AttemptTimeout = time.Minute, 40*time.Second }, "Lease"},
+		{"jitter", func(c *outbox.Config) { c.Jitter = 2 }, "Jitter"},
+	}
+	for _, tc := range tests {
+		c := base()
+		tc.mod(&c)
+		if _, err := outbox.NewRelay(c); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want an error naming %s", tc.name, err, tc.want)
+		}
+	}
+	if _, err := outbox.NewRelay(base()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// With polling out of the picture, LISTEN/NOTIFY alone wakes the relay for
+// new actions and for operator retries.
+func TestRelayWakesOnNotify(t *testing.T) {
+	t.Parallel()
+	e := setup(t, loadtest.ShopFaults{ValidationFail: true})
+	cfg := e.relayConfig(t)
+	cfg.PollInterval = time.Hour
+	e.startRelay(t, cfg)
+	e.enqueue(t, e.coupon(1))
+	waitFor(t, 10*time.Second, "the new action attempted", func() bool {
+		return e.actions(t)[0].State == peakdesk.ActionDead
+	})
+	e.sim.SetFaults(loadtest.ShopFaults{})
+	ops, _ := outbox.NewOps(outbox.OpsConfig{DB: e.db, Now: e.clock.Now})
+	if _, err := ops.Retry(context.Background(), outbox.Operator{ID: "alice", Shop: "*"}, e.actions(t)[0].ID); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the retried action succeeded", func() bool {
+		return e.actions(t)[0].State == peakdesk.ActionSucceeded
+	})
+}

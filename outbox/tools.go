@@ -1,0 +1,448 @@
+package outbox
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/peakdesk/peakdesk"
+	"github.com/peakdesk/peakdesk/storage"
+)
+
+// Tool names offered to the LLM.
+const (
+	ToolLookupOrder   = "lookup_order"
+	ToolIssueCoupon   = "issue_coupon"
+	ToolRequestRefund = "request_refund"
+	ToolHandoff       = "handoff_to_human"
+)
+
+// Built-in policy caps, used when a shop's settings leave them unset.
+const (
+	DefaultCouponMaxCents = 2000  // 20.00
+	DefaultRefundMaxCents = 50000 // 500.00
+)
+
+// maxReasonRunes bounds the reason carried to the shop.
+const maxReasonRunes = 200
+
+var orderIDRe = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+
+// ToolsConfig configures Tools. DB and Shop are required.
+type ToolsConfig struct {
+	DB   *storage.DB
+	Shop *ShopClient
+	// LookupBudget bounds a shop lookup made while answering (the message's
+	// own deadline bounds it too). Default 2 s.
+	LookupBudget time.Duration
+	// MaxAttempts is the budget of coupon and refund actions. Default
+	// DefaultMaxAttempts.
+	MaxAttempts int
+	// FollowUpMaxAttempts is the budget of order follow-ups. Default
+	// DefaultFollowUpMaxAttempts.
+	FollowUpMaxAttempts int
+}
+
+func (c *ToolsConfig) setDefaults() {
+	c.LookupBudget = cmp.Or(c.LookupBudget, 2*time.Second)
+	c.MaxAttempts = cmp.Or(c.MaxAttempts, DefaultMaxAttempts)
+	c.FollowUpMaxAttempts = cmp.Or(c.FollowUpMaxAttempts, DefaultFollowUpMaxAttempts)
+}
+
+func (c *ToolsConfig) validate() error {
+	switch {
+	case c.DB == nil:
+		return errors.New("outbox: tools config: DB is required")
+	case c.Shop == nil:
+		return errors.New("outbox: tools config: Shop is required")
+	case c.MaxAttempts < 1 || c.FollowUpMaxAttempts < 1:
+		return errors.New("outbox: tools config: MaxAttempts and FollowUpMaxAttempts must be at least 1")
+	}
+	return nil
+}
+
+// Tools are the functions the LLM may call while answering. Each call is
+// checked against the shop's policy before anything is promised; effects are
+// not carried out inline but returned as actions for the caller to insert
+// in the reply's transaction.
+type Tools struct {
+	cfg ToolsConfig
+}
+
+// NewTools returns Tools for cfg.
+func NewTools(cfg ToolsConfig) (*Tools, error) {
+	cfg.setDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	return &Tools{cfg: cfg}, nil
+}
+
+// ToolDef describes one tool to the LLM: a name, what it is for, and a JSON
+// schema of its arguments.
+type ToolDef struct {
+	Name        string          `json:"name"`
+	Description string          `json:"description"`
+	Parameters  json.RawMessage `json:"parameters"`
+}
+
+// Definitions returns the tools to offer the LLM.
+func (t *Tools) Definitions() []ToolDef {
+	return []ToolDef{
+		{
+			Name: ToolLookupOrder,
+			Description: "Look up one of the customer's orders: status, amount, items and where the parcel is. " +
+				"Use it when the customer asks about an order, a delivery or a parcel and gives an order number.",
+			Parameters: json.RawMessage(`{"type":"object","properties":{` +
+				`"order_id":{"type":"string","description":"the order number the customer gave"}},` +
+				`"required":["order_id"],"additionalProperties":false}`),
+		},
+		{
+			Name: ToolIssueCoupon,
+			Description: "Issue a coupon to the customer as an apology, e.g. for a late or damaged parcel. " +
+				"The shop caps the amount; a coupon is issued at most once per conversation and per order.",
+			Parameters: json.RawMessage(`{"type":"object","properties":{` +
+				`"order_id":{"type":"string","description":"the order the apology is for, if any"},` +
+				`"amount_cents":{"type":"integer","minimum":1,"description":"coupon value in cents"},` +
+				`"reason":{"type":"string","description":"why the coupon is issued"}},` +
+				`"required":["amount_cents","reason"],"additionalProperties":false}`),
+		},
+		{
+			Name: ToolRequestRefund,
+			Description: "Request a refund of one of the customer's orders. Without amount_cents the whole " +
+				"order is refunded. Refunds above the shop's automatic limit go to a human agent.",
+			Parameters: json.RawMessage(`{"type":"object","properties":{` +
+				`"order_id":{"type":"string","description":"the order to refund"},` +
+				`"amount_cents":{"type":"integer","minimum":1,"description":"amount to refund in cents; omit for the whole order"},` +
+				`"reason":{"type":"string","description":"why the customer wants a refund"}},` +
+				`"required":["order_id","reason"],"additionalProperties":false}`),
+		},
+		{
+			Name:        ToolHandoff,
+			Description: "Hand the conversation to a human agent, when the customer asks for a person or the request is beyond what you may do.",
+			Parameters: json.RawMessage(`{"type":"object","properties":{` +
+				`"reason":{"type":"string","description":"why a human is needed"}},` +
+				`"required":["reason"],"additionalProperties":false}`),
+		},
+	}
+}
+
+// ToolCall is one call of a tool by the LLM, in the context of the message
+// being answered.
+type ToolCall struct {
+	Shop           string
+	User           string
+	ConversationID string
+	// MessageID is the message being answered; it makes the actions'
+	// idempotency keys deterministic, so a repeated call is one action.
+	MessageID string
+	Name      string
+	Args      json.RawMessage
+}
+
+// ToolResult is what a tool call gives back.
+type ToolResult struct {
+	// Text is the tool's answer for the LLM. A refusal says why, so the
+	// reply can explain it.
+	Text string
+	// Actions are to be inserted with the reply (storage.InsertActions in
+	// its transaction); nothing has been carried out yet.
+	Actions []peakdesk.Action
+	// Refused is true when policy refused the request.
+	Refused bool
+	// Handoff asks for the conversation to be marked for a human agent.
+	Handoff bool
+}
+
+// Call runs one tool call. A refusal is a result, not an error; the error
+// is for failures of peakdesk itself (e.g. Postgres unreachable).
+func (t *Tools) Call(ctx context.Context, c ToolCall) (ToolResult, error) {
+	switch c.Name {
+	case ToolLookupOrder:
+		return t.lookupOrder(ctx, c)
+	case ToolIssueCoupon:
+		return t.issueCoupon(ctx, c)
+	case ToolRequestRefund:
+		return t.requestRefund(ctx, c)
+	case ToolHandoff:
+		return ToolResult{Handoff: true,
+			Text: "The conversation is handed to a human agent. Tell the customer a colleague will join shortly."}, nil
+	}
+	return refused("There is no tool named %q.", c.Name), nil
+}
+
+func refused(format string, args ...any) ToolResult {
+	return ToolResult{Refused: true, Text: "Refused: " + fmt.Sprintf(format, args...)}
+}
+
+func decodeArgs(name string, raw json.RawMessage, v any) *ToolResult {
+	if len(bytes.TrimSpace(raw)) == 0 {
+		raw = json.RawMessage(`{}`)
+	}
+	if err := json.Unmarshal(raw, v); err != nil {
+		r := refused("the arguments of %s are not valid: %v.", name, err)
+		return &r
+	}
+	return nil
+}
+
+// lookupResult is what a lookup within the answer's budget found out.
+type lookupResult struct {
+	order     *Order
+	logistics *Logistics
+	// mine is false when the order is unknown or someone else's; the two
+	// are told apart to nobody.
+	mine bool
+	// unavailable is set when the shop did not answer in time or failed.
+	unavailable error
+}
+
+// lookup asks the shop for order id within the lookup budget.
+func (t *Tools) lookup(ctx context.Context, shop, user, id string, withLogistics bool) (lookupResult, error) {
+	ctx, cancel := context.WithTimeout(ctx, t.cfg.LookupBudget)
+	defer cancel()
+	o, err := t.cfg.Shop.Order(ctx, shop, id, "")
+	if err != nil {
+		return classifyLookup(err)
+	}
+	if o.UserID != user {
+		return lookupResult{}, nil
+	}
+	res := lookupResult{order: o, mine: true}
+	if withLogistics {
+		l, err := t.cfg.Shop.Logistics(ctx, shop, id, "")
+		if err != nil {
+			r, ferr := classifyLookup(err)
+			if ferr != nil || r.unavailable != nil {
+				return r, ferr
+			}
+			res.mine = false // the order vanished between the two calls
+			return res, nil
+		}
+		res.logistics = l
+	}
+	return res, nil
+}
+
+// classifyLookup sorts a failed lookup: a final 4xx means "not yours or not
+// there"; timeouts, network errors and transient statuses mean the shop is
+// unavailable; the settings table being unreadable is our own failure.
+func classifyLookup(err error) (lookupResult, error) {
+	var se *ShopError
+	switch {
+	case errors.As(err, &se) && !se.Transient():
+		return lookupResult{}, nil
+	case errors.As(err, &se), errors.Is(err, ErrUnavailable):
+		return lookupResult{unavailable: err}, nil
+	}
+	return lookupResult{}, err
+}
+
+func (t *Tools) lookupOrder(ctx context.Context, c ToolCall) (ToolResult, error) {
+	var args struct {
+		OrderID string `json:"order_id"`
+	}
+	if r := decodeArgs(c.Name, c.Args, &args); r != nil {
+		return *r, nil
+	}
+	id := strings.TrimSpace(args.OrderID)
+	if !orderIDRe.MatchString(id) {
+		return refused("%q is not an order number.", args.OrderID), nil
+	}
+	res, err := t.lookup(ctx, c.Shop, c.User, id, true)
+	switch {
+	case err != nil:
+		return ToolResult{}, fmt.Errorf("outbox: lookup_order: %w", err)
+	case res.unavailable != nil:
+		// Answer now, and push the facts later in a second reply.
+		a, err := newAction(peakdesk.ActionOrderFollowUp, c.Shop, c.ConversationID, t.cfg.FollowUpMaxAttempts,
+			FollowUpPayload{OrderID: id, UserID: c.User, MessageID: c.MessageID}, c.MessageID, id)
+		if err != nil {
+			return ToolResult{}, err
+		}
+		return ToolResult{Actions: []peakdesk.Action{a},
+			Text: fmt.Sprintf("The shop's order system is slow right now. Tell the customer we are checking order %s "+
+				"and will send the details in this conversation shortly.", id)}, nil
+	case !res.mine:
+		return refused("order %s was not found for this customer; ask them to check the order number.", id), nil
+	}
+	return ToolResult{Text: DescribeOrder(res.order, res.logistics)}, nil
+}
+
+func (t *Tools) issueCoupon(ctx context.Context, c ToolCall) (ToolResult, error) {
+	var args struct {
+		OrderID     string `json:"order_id"`
+		AmountCents int64  `json:"amount_cents"`
+		Reason      string `json:"reason"`
+	}
+	if r := decodeArgs(c.Name, c.Args, &args); r != nil {
+		return *r, nil
+	}
+	id := strings.TrimSpace(args.OrderID)
+	settings, err := t.cfg.Shop.Settings(ctx, c.Shop)
+	if err != nil {
+		return ToolResult{}, fmt.Errorf("outbox: issue_coupon: %w", err)
+	}
+	capCents := capOr(settings.CouponMaxCents, DefaultCouponMaxCents)
+	switch {
+	case args.AmountCents <= 0:
+		return refused("a coupon needs a positive amount_cents."), nil
+	case args.AmountCents > capCents:
+		return refused("a coupon can be at most %s in this shop; offer at most that, or hand the customer to a human agent.",
+			money(capCents)), nil
+	case id != "" && !orderIDRe.MatchString(id):
+		return refused("%q is not an order number.", args.OrderID), nil
+	}
+	exists, err := t.cfg.DB.LiveActionExists(ctx, c.Shop, peakdesk.ActionCouponIssue, c.ConversationID, id)
+	if err != nil {
+		return ToolResult{}, fmt.Errorf("outbox: issue_coupon: %w", err)
+	}
+	if exists {
+		return refused("a coupon was already issued in this conversation or for this order; only one is allowed."), nil
+	}
+	if id != "" {
+		res, err := t.lookup(ctx, c.Shop, c.User, id, false)
+		switch {
+		case err != nil:
+			return ToolResult{}, fmt.Errorf("outbox: issue_coupon: %w", err)
+		case res.unavailable != nil:
+			return refused("the shop's order system did not answer, so order %s could not be checked; "+
+				"tell the customer to try again in a few minutes or offer a human agent.", id), nil
+		case !res.mine:
+			return refused("order %s was not found for this customer.", id), nil
+		}
+	}
+	a, err := newAction(peakdesk.ActionCouponIssue, c.Shop, c.ConversationID, t.cfg.MaxAttempts,
+		CouponPayload{OrderID: id, UserID: c.User, AmountCents: args.AmountCents, Reason: truncate(args.Reason, maxReasonRunes)},
+		c.MessageID, id, strconv.FormatInt(args.AmountCents, 10))
+	if err != nil {
+		return ToolResult{}, err
+	}
+	text := fmt.Sprintf("A coupon of %s will be issued to the customer", money(args.AmountCents))
+	if id != "" {
+		text += " for order " + id
+	}
+	return ToolResult{Actions: []peakdesk.Action{a},
+		Text: text + "; it appears in their account within a few minutes."}, nil
+}
+
+func (t *Tools) requestRefund(ctx context.Context, c ToolCall) (ToolResult, error) {
+	var args struct {
+		OrderID     string `json:"order_id"`
+		AmountCents *int64 `json:"amount_cents"`
+		Reason      string `json:"reason"`
+	}
+	if r := decodeArgs(c.Name, c.Args, &args); r != nil {
+		return *r, nil
+	}
+	id := strings.TrimSpace(args.OrderID)
+	switch {
+	case !orderIDRe.MatchString(id):
+		return refused("a refund needs the order number; ask the customer for it."), nil
+	case args.AmountCents != nil && *args.AmountCents <= 0:
+		return refused("a refund amount must be positive."), nil
+	}
+	exists, err := t.cfg.DB.LiveActionExists(ctx, c.Shop, peakdesk.ActionRefundRequest, "", id)
+	if err != nil {
+		return ToolResult{}, fmt.Errorf("outbox: request_refund: %w", err)
+	}
+	if exists {
+		return refused("a refund of order %s was already requested; the customer is notified when it completes.", id), nil
+	}
+	res, err := t.lookup(ctx, c.Shop, c.User, id, false)
+	switch {
+	case err != nil:
+		return ToolResult{}, fmt.Errorf("outbox: request_refund: %w", err)
+	case res.unavailable != nil:
+		return refused("the shop's order system did not answer, so order %s could not be checked; "+
+			"tell the customer to try again in a few minutes or offer a human agent.", id), nil
+	case !res.mine:
+		return refused("order %s was not found for this customer.", id), nil
+	}
+	amount := res.order.AmountCents
+	if args.AmountCents != nil {
+		amount = *args.AmountCents
+	}
+	if amount > res.order.AmountCents {
+		return refused("%s is more than order %s cost (%s).", money(amount), id, money(res.order.AmountCents)), nil
+	}
+	settings, err := t.cfg.Shop.Settings(ctx, c.Shop)
+	if err != nil {
+		return ToolResult{}, fmt.Errorf("outbox: request_refund: %w", err)
+	}
+	if limit := capOr(settings.RefundMaxCents, DefaultRefundMaxCents); amount > limit {
+		return ToolResult{Refused: true, Handoff: true,
+			Text: fmt.Sprintf("A refund of %s is above the %s this desk may approve; the conversation is handed to a "+
+				"human agent who will decide. Tell the customer so.", money(amount), money(limit))}, nil
+	}
+	a, err := newAction(peakdesk.ActionRefundRequest, c.Shop, c.ConversationID, t.cfg.MaxAttempts,
+		RefundPayload{OrderID: id, UserID: c.User, AmountCents: amount, Reason: truncate(args.Reason, maxReasonRunes)},
+		c.MessageID, id)
+	if err != nil {
+		return ToolResult{}, err
+	}
+	return ToolResult{Actions: []peakdesk.Action{a},
+		Text: fmt.Sprintf("A refund of %s for order %s has been requested; the shop processes it and the customer "+
+			"is notified when it completes.", money(amount), id)}, nil
+}
+
+// DescribeOrder is a short English account of an order and its parcel, for
+// the LLM or a follow-up reply.
+func DescribeOrder(o *Order, l *Logistics) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "Order %s: %s, total %s", o.ID, o.Status, money(o.AmountCents))
+	if o.Currency != "" && o.Currency != "CNY" {
+		fmt.Fprintf(&b, " (%s)", o.Currency)
+	}
+	if len(o.Items) > 0 {
+		names := make([]string, 0, len(o.Items))
+		for _, it := range o.Items {
+			names = append(names, fmt.Sprintf("%s ×%d", it.Name, it.Quantity))
+		}
+		b.WriteString("; items: " + strings.Join(names, ", "))
+	}
+	b.WriteString(".")
+	if l != nil {
+		status := strings.ReplaceAll(l.Status, "_", " ")
+		if l.TrackingNo != "" {
+			fmt.Fprintf(&b, " Parcel %s %s: %s.", l.Carrier, l.TrackingNo, status)
+		} else {
+			fmt.Fprintf(&b, " Parcel: %s.", status)
+		}
+		if n := len(l.Events); n > 0 {
+			ev := l.Events[n-1]
+			fmt.Fprintf(&b, " Latest: %s, %s — %s.", ev.At.Format("2006-01-02 15:04 MST"), ev.Location, ev.Description)
+		}
+	}
+	return b.String()
+}
+
+func money(cents int64) string {
+	return fmt.Sprintf("CNY %d.%02d", cents/100, cents%100)
+}
+
+func capOr(v *int64, def int64) int64 {
+	if v != nil {
+		return *v
+	}
+	return def
+}
+
+func truncate(s string, runes int) string {
+	s = strings.TrimSpace(s)
+	i := 0
+	for pos := range s {
+		if i == runes {
+			return s[:pos]
+		}
+		i++
+	}
+	return s
+}

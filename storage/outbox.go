@@ -1,0 +1,652 @@
+package storage
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/peakdesk/peakdesk"
+)
+
+// AllShops is the scope of a platform operator: every shop.
+const AllShops = "*"
+
+// OutboxChannel is the LISTEN/NOTIFY channel that wakes the relays when
+// actions are written or retried.
+const OutboxChannel = "peakdesk_outbox"
+
+// ErrActionState is returned (wrapped, with the current state) when an
+// operator operation does not apply to the action's state, e.g. cancelling
+// an action that is running or succeeded.
+var ErrActionState = errors.New("storage: action state does not allow this")
+
+// Tx runs fn in a transaction, committed when fn returns nil.
+func (db *DB) Tx(ctx context.Context, fn func(tx pgx.Tx) error) error {
+	return pgx.BeginFunc(ctx, db.pool, fn)
+}
+
+// --- shop API settings ------------------------------------------------------
+
+// ShopAPISettings is how peakdesk reaches one shop's own systems and the
+// policy it applies before promising anything. Empty strings and nil caps
+// mean "use the default".
+type ShopAPISettings struct {
+	ShopID string
+	// BaseURL of the shop API; empty = the global default.
+	BaseURL string
+	// Secret is sent as a bearer token to the shop API.
+	Secret string
+	// WebhookURL receives every reply; empty = no reply webhooks.
+	WebhookURL    string
+	WebhookSecret string
+	// CouponMaxCents caps one coupon; nil = the built-in default.
+	CouponMaxCents *int64
+	// RefundMaxCents caps one automatic refund; nil = the built-in default.
+	RefundMaxCents *int64
+}
+
+// LogValue keeps the secrets out of logs.
+func (s ShopAPISettings) LogValue() slog.Value {
+	return slog.GroupValue(slog.String("shop", s.ShopID), slog.String("base_url", s.BaseURL),
+		slog.String("webhook_url", s.WebhookURL), slog.Bool("has_secret", s.Secret != ""),
+		slog.Bool("has_webhook_secret", s.WebhookSecret != ""))
+}
+
+// ShopAPISettings returns shop's settings; a shop without a row gets the
+// zero settings (every default).
+func (db *DB) ShopAPISettings(ctx context.Context, shop string) (ShopAPISettings, error) {
+	s := ShopAPISettings{ShopID: shop}
+	err := db.pool.QueryRow(ctx, `SELECT base_url, secret, webhook_url, webhook_secret,
+			coupon_max_cents, refund_max_cents
+		FROM shop_api_settings WHERE shop_id = $1`, shop).Scan(
+		&s.BaseURL, &s.Secret, &s.WebhookURL, &s.WebhookSecret, &s.CouponMaxCents, &s.RefundMaxCents)
+	if err != nil && !noRows(err) {
+		return s, fmt.Errorf("storage: shop api settings: %w", err)
+	}
+	return s, nil
+}
+
+// PutShopAPISettings creates or replaces the settings of s.ShopID.
+func (db *DB) PutShopAPISettings(ctx context.Context, s ShopAPISettings) error {
+	_, err := db.pool.Exec(ctx, `INSERT INTO shop_api_settings (shop_id, base_url, secret, webhook_url,
+			webhook_secret, coupon_max_cents, refund_max_cents)
+		VALUES ($1, $2, $3, $4, $5, $6, $7)
+		ON CONFLICT (shop_id) DO UPDATE SET base_url = EXCLUDED.base_url, secret = EXCLUDED.secret,
+			webhook_url = EXCLUDED.webhook_url, webhook_secret = EXCLUDED.webhook_secret,
+			coupon_max_cents = EXCLUDED.coupon_max_cents, refund_max_cents = EXCLUDED.refund_max_cents,
+			updated_at = now()`,
+		s.ShopID, s.BaseURL, s.Secret, s.WebhookURL, s.WebhookSecret, s.CouponMaxCents, s.RefundMaxCents)
+	if err != nil {
+		return fmt.Errorf("storage: put shop api settings: %w", err)
+	}
+	return nil
+}
+
+// --- writing actions --------------------------------------------------------
+
+// InsertActions writes actions in tx, the transaction of the reply that
+// promises them, and returns how many were new. An action whose idempotency
+// key is already stored is the same action and is skipped. Each action
+// needs ShopID, Kind, Payload, IdempotencyKey and MaxAttempts;
+// ConversationID, ReplyID and NextAttemptAt (zero = now) are optional.
+// Inserting wakes the relays once the transaction commits.
+func InsertActions(ctx context.Context, tx pgx.Tx, actions []peakdesk.Action) (int, error) {
+	if len(actions) == 0 {
+		return 0, nil
+	}
+	n := len(actions)
+	shops, convs, replies, kinds := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	payloads, keys := make([]string, n), make([]string, n)
+	maxAttempts := make([]int32, n)
+	next := make([]*time.Time, n)
+	for i := range actions {
+		a := &actions[i]
+		if err := checkNewAction(a); err != nil {
+			return 0, err
+		}
+		shops[i], convs[i], replies[i], kinds[i] = a.ShopID, a.ConversationID, a.ReplyID, string(a.Kind)
+		payloads[i], keys[i], maxAttempts[i] = string(a.Payload), a.IdempotencyKey, int32(a.MaxAttempts)
+		if !a.NextAttemptAt.IsZero() {
+			next[i] = &a.NextAttemptAt
+		}
+	}
+	tag, err := tx.Exec(ctx, `INSERT INTO outbox_actions (shop_id, conversation_id, reply_id, kind, payload,
+			idempotency_key, max_attempts, next_attempt_at)
+		SELECT s, c, r, k, p::jsonb, ik, m, coalesce(na, now())
+		FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[],
+			$8::timestamptz[]) AS t(s, c, r, k, p, ik, m, na)
+		ON CONFLICT (idempotency_key) DO NOTHING`,
+		shops, convs, replies, kinds, payloads, keys, maxAttempts, next)
+	if err != nil {
+		return 0, fmt.Errorf("storage: insert actions: %w", err)
+	}
+	return int(tag.RowsAffected()), nil
+}
+
+func checkNewAction(a *peakdesk.Action) error {
+	switch {
+	case a.ShopID == "":
+		return errors.New("storage: insert actions: ShopID is required")
+	case a.IdempotencyKey == "":
+		return errors.New("storage: insert actions: IdempotencyKey is required")
+	case a.MaxAttempts < 1:
+		return errors.New("storage: insert actions: MaxAttempts must be at least 1")
+	case !json.Valid(a.Payload):
+		return errors.New("storage: insert actions: Payload must be JSON")
+	}
+	if _, err := peakdesk.ParseActionKind("kind", string(a.Kind)); err != nil {
+		return fmt.Errorf("storage: insert actions: unknown kind %q", a.Kind)
+	}
+	return nil
+}
+
+// InsertReplyWebhook writes a webhook.deliver action in tx if the action's
+// shop has a webhook URL configured, and reports whether it did (a shop
+// without one gets no webhooks; a repeat of the key is not inserted twice).
+func InsertReplyWebhook(ctx context.Context, tx pgx.Tx, a peakdesk.Action) (bool, error) {
+	if a.Kind != peakdesk.ActionWebhookDeliver {
+		return false, fmt.Errorf("storage: insert reply webhook: kind is %q", a.Kind)
+	}
+	if err := checkNewAction(&a); err != nil {
+		return false, err
+	}
+	tag, err := tx.Exec(ctx, `INSERT INTO outbox_actions (shop_id, conversation_id, reply_id, kind, payload,
+			idempotency_key, max_attempts)
+		SELECT $1, $2, $3, $4, $5, $6, $7
+		WHERE EXISTS (SELECT 1 FROM shop_api_settings WHERE shop_id = $1 AND webhook_url <> '')
+		ON CONFLICT (idempotency_key) DO NOTHING`,
+		a.ShopID, a.ConversationID, a.ReplyID, string(a.Kind), []byte(a.Payload), a.IdempotencyKey, a.MaxAttempts)
+	if err != nil {
+		return false, fmt.Errorf("storage: insert reply webhook: %w", err)
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
+// EnqueueActions writes actions in a transaction of their own (follow-ups
+// and tests; a reply's actions go through InsertActions in its transaction).
+func (db *DB) EnqueueActions(ctx context.Context, actions []peakdesk.Action) (int, error) {
+	var n int
+	err := db.Tx(ctx, func(tx pgx.Tx) error {
+		var err error
+		n, err = InsertActions(ctx, tx, actions)
+		return err
+	})
+	return n, err
+}
+
+// LiveActionExists reports whether shop has an action of kind that is not
+// dead or canceled and concerns order orderID or conversation conv (an
+// empty value matches nothing). The tools' policy checks use it to promise
+// one refund per order and one coupon per conversation and order.
+func (db *DB) LiveActionExists(ctx context.Context, shop string, kind peakdesk.ActionKind, conv, orderID string) (bool, error) {
+	var ok bool
+	err := db.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM outbox_actions
+		WHERE shop_id = $1 AND kind = $2 AND state NOT IN ('dead', 'canceled')
+		AND (($3 <> '' AND conversation_id = $3) OR ($4 <> '' AND payload ->> 'order_id' = $4)))`,
+		shop, string(kind), conv, orderID).Scan(&ok)
+	if err != nil {
+		return false, fmt.Errorf("storage: live action exists: %w", err)
+	}
+	return ok, nil
+}
+
+// --- relay --------------------------------------------------------------------
+
+const actionColumns = `id, shop_id, conversation_id, reply_id, kind, payload, idempotency_key, key_generation,
+	state, attempts, run_attempts, max_attempts, next_attempt_at, lease_owner, lease_expires_at, last_error,
+	last_http_status, rejected, result, created_at, updated_at, completed_at`
+
+func scanAction(row pgx.Row) (peakdesk.Action, error) {
+	var a peakdesk.Action
+	var kind, state string
+	var leaseOwner *string
+	var leaseExpires, completed *time.Time
+	var status *int
+	var payload, result []byte
+	err := row.Scan(&a.ID, &a.ShopID, &a.ConversationID, &a.ReplyID, &kind, &payload, &a.IdempotencyKey,
+		&a.KeyGeneration, &state, &a.Attempts, &a.RunAttempts, &a.MaxAttempts, &a.NextAttemptAt, &leaseOwner,
+		&leaseExpires, &a.LastError, &status, &a.Rejected, &result, &a.CreatedAt, &a.UpdatedAt, &completed)
+	if err != nil {
+		return a, err
+	}
+	a.Kind, a.State = peakdesk.ActionKind(kind), peakdesk.ActionState(state)
+	a.Payload = payload
+	if len(result) > 0 {
+		a.Result = result
+	}
+	if leaseOwner != nil {
+		a.LeaseOwner = *leaseOwner
+	}
+	if leaseExpires != nil {
+		a.LeaseExpiresAt = *leaseExpires
+	}
+	if status != nil {
+		a.LastHTTPStatus = *status
+	}
+	if completed != nil {
+		a.CompletedAt = *completed
+	}
+	return a, nil
+}
+
+func collectActions(rows pgx.Rows) ([]peakdesk.Action, error) {
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (peakdesk.Action, error) { return scanAction(row) })
+}
+
+// ClaimActions leases up to limit actions to relay owner until now+lease:
+// due pending and retrying ones, and running ones whose lease expired (their
+// relay vanished). Rows locked by another relay are skipped, so concurrent
+// relays never claim the same action. Each claim counts an attempt and opens
+// its attempt row; an expired attempt left open is closed as abandoned.
+func (db *DB) ClaimActions(ctx context.Context, owner string, now time.Time, lease time.Duration, limit int) ([]peakdesk.Action, error) {
+	if limit < 1 {
+		return nil, nil
+	}
+	rows, err := db.pool.Query(ctx, `WITH due AS (
+			SELECT id FROM outbox_actions
+			WHERE state IN ('pending', 'retrying') AND next_attempt_at <= $1
+			ORDER BY next_attempt_at LIMIT $2
+			FOR UPDATE SKIP LOCKED
+		), expired AS (
+			SELECT id FROM outbox_actions
+			WHERE state = 'running' AND lease_expires_at <= $1
+			ORDER BY lease_expires_at LIMIT $2
+			FOR UPDATE SKIP LOCKED
+		), picked AS (
+			SELECT id FROM expired UNION ALL SELECT id FROM due LIMIT $2
+		), claimed AS (
+			UPDATE outbox_actions a
+			SET state = 'running', attempts = a.attempts + 1, run_attempts = a.run_attempts + 1,
+				lease_owner = $3, lease_expires_at = $4, updated_at = $1
+			FROM picked WHERE a.id = picked.id
+			RETURNING a.*
+		), closed AS (
+			UPDATE outbox_attempts t
+			SET ended_at = $1, outcome = 'abandoned',
+				error = 'the relay running this attempt vanished; its lease expired and the action was re-claimed'
+			FROM claimed c WHERE t.action_id = c.id AND t.ended_at IS NULL
+		), opened AS (
+			INSERT INTO outbox_attempts (action_id, n, relay, idempotency_key, started_at)
+			SELECT id, attempts, $3,
+				CASE WHEN key_generation = 0 THEN idempotency_key ELSE idempotency_key || '-g' || key_generation END,
+				$1
+			FROM claimed
+		)
+		SELECT `+actionColumns+` FROM claimed ORDER BY next_attempt_at, id`,
+		now, limit, owner, now.Add(lease))
+	if err != nil {
+		return nil, fmt.Errorf("storage: claim actions: %w", err)
+	}
+	actions, err := collectActions(rows)
+	if err != nil {
+		return nil, fmt.Errorf("storage: claim actions: %w", err)
+	}
+	return actions, nil
+}
+
+// AttemptResult is how one attempt of a claimed action ended and what
+// becomes of the action.
+type AttemptResult struct {
+	ActionID int64
+	// N is the attempt's number (the action's Attempts when claimed).
+	N int
+	// Owner is the relay that claimed the action.
+	Owner string
+	// State is the action's next state: retrying, succeeded or dead.
+	State peakdesk.ActionState
+	// NextAttemptAt is when a retrying action is due again.
+	NextAttemptAt time.Time
+	// Outcome is one of the peakdesk.Attempt* outcomes.
+	Outcome    string
+	HTTPStatus int
+	// Error is the attempt's error; LastError the action's (it may add why
+	// the action is dead).
+	Error     string
+	LastError string
+	Excerpt   string
+	// Result is the shop's JSON answer to a successful attempt.
+	Result json.RawMessage
+	// Rejected marks a final refusal by the shop.
+	Rejected bool
+	// Uncount gives the attempt back to the run's budget (an attempt cut
+	// short by a stopping relay).
+	Uncount bool
+	EndedAt time.Time
+}
+
+const finishAttemptSQL = `WITH act AS (
+		UPDATE outbox_actions
+		SET state = $4, next_attempt_at = coalesce($5, next_attempt_at), lease_owner = NULL,
+			lease_expires_at = NULL, last_error = $6, last_http_status = $7, rejected = $8,
+			result = coalesce($9::jsonb, result), run_attempts = run_attempts - $10, updated_at = $11::timestamptz,
+			completed_at = CASE WHEN $4::text IN ('succeeded', 'dead') THEN $11::timestamptz END
+		WHERE id = $1 AND state = 'running' AND lease_owner = $2 AND attempts = $3
+		RETURNING 1
+	), att AS (
+		UPDATE outbox_attempts
+		SET ended_at = $11::timestamptz, outcome = $12, http_status = $7, response_excerpt = $13,
+			error = CASE WHEN EXISTS (SELECT 1 FROM act) THEN $14
+				ELSE ltrim($14 || '; lease lost: the action was re-claimed before this result was recorded', '; ') END
+		WHERE action_id = $1 AND n = $3
+	)
+	SELECT EXISTS (SELECT 1 FROM act)`
+
+func (r *AttemptResult) args() []any {
+	var status *int
+	if r.HTTPStatus != 0 {
+		status = &r.HTTPStatus
+	}
+	var result any
+	if len(r.Result) > 0 {
+		result = []byte(r.Result)
+	}
+	var next *time.Time
+	if r.State == peakdesk.ActionRetrying {
+		next = &r.NextAttemptAt
+	}
+	uncount := 0
+	if r.Uncount {
+		uncount = 1
+	}
+	return []any{r.ActionID, r.Owner, r.N, string(r.State), next, r.LastError, status, r.Rejected, result, uncount,
+		r.EndedAt, r.Outcome, r.Excerpt, r.Error}
+}
+
+// FinishAttempt records r: it closes the attempt row and, if owner still
+// holds the action's lease, moves the action to its next state. It reports
+// whether the action was updated; false means the lease was lost (expired
+// and re-claimed) and the attempt row says so.
+func (db *DB) FinishAttempt(ctx context.Context, r AttemptResult) (bool, error) {
+	var applied bool
+	if err := db.pool.QueryRow(ctx, finishAttemptSQL, r.args()...).Scan(&applied); err != nil {
+		return false, fmt.Errorf("storage: finish attempt: %w", err)
+	}
+	return applied, nil
+}
+
+// ActionListener receives the outbox notifications on a connection of its
+// own. It is not safe for concurrent use.
+type ActionListener struct {
+	conn *pgx.Conn
+}
+
+// ListenActions opens a dedicated connection that listens on OutboxChannel.
+func (db *DB) ListenActions(ctx context.Context) (*ActionListener, error) {
+	conn, err := pgx.ConnectConfig(ctx, db.pool.Config().ConnConfig)
+	if err != nil {
+		return nil, fmt.Errorf("storage: listen actions: %w", err)
+	}
+	if _, err := conn.Exec(ctx, "LISTEN "+OutboxChannel); err != nil {
+		_ = conn.Close(context.WithoutCancel(ctx))
+		return nil, fmt.Errorf("storage: listen actions: %w", err)
+	}
+	return &ActionListener{conn: conn}, nil
+}
+
+// Wait returns when a notification arrives, or with an error when ctx ends
+// or the connection fails (then Close it and listen again).
+func (l *ActionListener) Wait(ctx context.Context) error {
+	if _, err := l.conn.WaitForNotification(ctx); err != nil {
+		return fmt.Errorf("storage: wait for actions: %w", err)
+	}
+	return nil
+}
+
+// Close closes the listening connection.
+func (l *ActionListener) Close() {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_ = l.conn.Close(ctx)
+}
+
+// ActionCount is the number of actions in one state and kind.
+type ActionCount struct {
+	State peakdesk.ActionState
+	Kind  peakdesk.ActionKind
+	Count int64
+}
+
+// ActionCounts counts the actions by state and kind, for metrics.
+func (db *DB) ActionCounts(ctx context.Context) ([]ActionCount, error) {
+	rows, err := db.pool.Query(ctx, `SELECT state, kind, count(*) FROM outbox_actions GROUP BY state, kind`)
+	if err != nil {
+		return nil, fmt.Errorf("storage: action counts: %w", err)
+	}
+	counts, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (ActionCount, error) {
+		var c ActionCount
+		var state, kind string
+		err := row.Scan(&state, &kind, &c.Count)
+		c.State, c.Kind = peakdesk.ActionState(state), peakdesk.ActionKind(kind)
+		return c, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("storage: action counts: %w", err)
+	}
+	return counts, nil
+}
+
+// OldestDue returns the due time of the longest-waiting action that is due
+// at now (pending or retrying), and false when none is.
+func (db *DB) OldestDue(ctx context.Context, now time.Time) (time.Time, bool, error) {
+	var oldest *time.Time
+	err := db.pool.QueryRow(ctx, `SELECT min(next_attempt_at) FROM outbox_actions
+		WHERE state IN ('pending', 'retrying') AND next_attempt_at <= $1`, now).Scan(&oldest)
+	if err != nil {
+		return time.Time{}, false, fmt.Errorf("storage: oldest due: %w", err)
+	}
+	if oldest == nil {
+		return time.Time{}, false, nil
+	}
+	return *oldest, true, nil
+}
+
+// --- operators ----------------------------------------------------------------
+
+// ActionFilter selects actions for operators. Empty fields match everything.
+type ActionFilter struct {
+	State peakdesk.ActionState `json:"state,omitempty"`
+	Kind  peakdesk.ActionKind  `json:"kind,omitempty"`
+	Shop  string               `json:"shop,omitempty"`
+	// Q matches text anywhere in the payload or the last error
+	// (case-insensitive), or an idempotency key or conversation id exactly.
+	Q string `json:"q,omitempty"`
+}
+
+// Empty reports whether f matches every action.
+func (f ActionFilter) Empty() bool {
+	return f.State == "" && f.Kind == "" && f.Shop == "" && f.Q == ""
+}
+
+// where returns the SQL condition of f within scope, appending its
+// arguments to args.
+func (f ActionFilter) where(scope string, args *[]any) string {
+	arg := func(v any) string {
+		*args = append(*args, v)
+		return "$" + strconv.Itoa(len(*args))
+	}
+	conds := []string{"true"}
+	if scope != AllShops {
+		conds = append(conds, "shop_id = "+arg(scope))
+	}
+	if f.Shop != "" {
+		conds = append(conds, "shop_id = "+arg(f.Shop))
+	}
+	if f.State != "" {
+		conds = append(conds, "state = "+arg(string(f.State)))
+	}
+	if f.Kind != "" {
+		conds = append(conds, "kind = "+arg(string(f.Kind)))
+	}
+	if f.Q != "" {
+		like := arg("%" + escapeLike(f.Q) + "%")
+		exact := arg(f.Q)
+		conds = append(conds, "(payload::text ILIKE "+like+" OR last_error ILIKE "+like+
+			" OR idempotency_key = "+exact+" OR conversation_id = "+exact+")")
+	}
+	return strings.Join(conds, " AND ")
+}
+
+func escapeLike(s string) string {
+	return strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`).Replace(s)
+}
+
+// ListActions returns up to limit actions of scope (a shop id or AllShops)
+// that match f, newest first, with ids below before (0 = from the newest).
+func (db *DB) ListActions(ctx context.Context, scope string, f ActionFilter, before int64, limit int) ([]peakdesk.Action, error) {
+	var args []any
+	where := f.where(scope, &args)
+	if before > 0 {
+		args = append(args, before)
+		where += " AND id < $" + strconv.Itoa(len(args))
+	}
+	args = append(args, limit)
+	rows, err := db.pool.Query(ctx, `SELECT `+actionColumns+` FROM outbox_actions WHERE `+where+
+		` ORDER BY id DESC LIMIT $`+strconv.Itoa(len(args)), args...)
+	if err != nil {
+		return nil, fmt.Errorf("storage: list actions: %w", err)
+	}
+	actions, err := collectActions(rows)
+	if err != nil {
+		return nil, fmt.Errorf("storage: list actions: %w", err)
+	}
+	return actions, nil
+}
+
+// Action returns action id if it is in scope, or ErrNotFound.
+func (db *DB) Action(ctx context.Context, scope string, id int64) (peakdesk.Action, error) {
+	a, err := scanAction(db.pool.QueryRow(ctx, `SELECT `+actionColumns+` FROM outbox_actions
+		WHERE id = $1 AND ($2 = '*' OR shop_id = $2)`, id, scope))
+	switch {
+	case noRows(err):
+		return a, ErrNotFound
+	case err != nil:
+		return a, fmt.Errorf("storage: action: %w", err)
+	}
+	return a, nil
+}
+
+// ActionAttempts returns the attempts of action id of shop, in order.
+func (db *DB) ActionAttempts(ctx context.Context, shop string, id int64) ([]peakdesk.ActionAttempt, error) {
+	rows, err := db.pool.Query(ctx, `SELECT t.action_id, t.n, t.relay, t.idempotency_key, t.started_at,
+			t.ended_at, t.outcome, t.http_status, t.error, t.response_excerpt
+		FROM outbox_attempts t JOIN outbox_actions a ON a.id = t.action_id
+		WHERE t.action_id = $1 AND a.shop_id = $2 ORDER BY t.n`, id, shop)
+	if err != nil {
+		return nil, fmt.Errorf("storage: action attempts: %w", err)
+	}
+	attempts, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (peakdesk.ActionAttempt, error) {
+		var t peakdesk.ActionAttempt
+		var ended *time.Time
+		var status *int
+		err := row.Scan(&t.ActionID, &t.N, &t.Relay, &t.Key, &t.StartedAt, &ended, &t.Outcome, &status,
+			&t.Error, &t.ResponseExcerpt)
+		if ended != nil {
+			t.EndedAt = *ended
+		}
+		if status != nil {
+			t.HTTPStatus = *status
+		}
+		return t, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("storage: action attempts: %w", err)
+	}
+	return attempts, nil
+}
+
+// The operator updates. Retry makes an action due now: a dead or canceled
+// one starts a new run (run_attempts = 0) and, if the shop had rejected it,
+// a new key generation, since the shop keeps its refusal under the old key.
+// Cancel gives up on an action that has not run to success; a running action
+// can be neither (its attempt is in flight at the shop).
+const (
+	retryableStates   = `('pending', 'retrying', 'dead', 'canceled')`
+	cancelableStates  = `('pending', 'retrying', 'dead')`
+	retrySetStatement = `state = CASE WHEN state = 'retrying' THEN 'retrying' ELSE 'pending' END,
+		next_attempt_at = $1, updated_at = $1, completed_at = NULL,
+		run_attempts = CASE WHEN state IN ('dead', 'canceled') THEN 0 ELSE run_attempts END,
+		key_generation = key_generation + CASE WHEN rejected THEN 1 ELSE 0 END,
+		rejected = false`
+	cancelSetStatement = `state = 'canceled', updated_at = $1, completed_at = $1`
+)
+
+// RetryAction makes action id of scope due at now, in tx, and returns it. It
+// returns ErrNotFound, or ErrActionState when the action is running or
+// succeeded. It wakes the relays when tx commits.
+func RetryAction(ctx context.Context, tx pgx.Tx, scope string, id int64, now time.Time) (peakdesk.Action, error) {
+	return updateAction(ctx, tx, scope, id, now, retrySetStatement, retryableStates, true)
+}
+
+// CancelAction cancels action id of scope in tx and returns it. It returns
+// ErrNotFound, or ErrActionState when the action is running, succeeded or
+// canceled already.
+func CancelAction(ctx context.Context, tx pgx.Tx, scope string, id int64, now time.Time) (peakdesk.Action, error) {
+	return updateAction(ctx, tx, scope, id, now, cancelSetStatement, cancelableStates, false)
+}
+
+func updateAction(ctx context.Context, tx pgx.Tx, scope string, id int64, now time.Time, set, states string, notify bool) (peakdesk.Action, error) {
+	a, err := scanAction(tx.QueryRow(ctx, `UPDATE outbox_actions SET `+set+`
+		WHERE id = $2 AND ($3 = '*' OR shop_id = $3) AND state IN `+states+`
+		RETURNING `+actionColumns, now, id, scope))
+	if noRows(err) {
+		var state string
+		err := tx.QueryRow(ctx, `SELECT state FROM outbox_actions WHERE id = $1 AND ($2 = '*' OR shop_id = $2)`,
+			id, scope).Scan(&state)
+		switch {
+		case noRows(err):
+			return a, ErrNotFound
+		case err != nil:
+			return a, fmt.Errorf("storage: update action: %w", err)
+		}
+		return a, fmt.Errorf("%w: the action is %s", ErrActionState, state)
+	}
+	if err != nil {
+		return a, fmt.Errorf("storage: update action: %w", err)
+	}
+	if notify {
+		if err := notifyRelays(ctx, tx); err != nil {
+			return a, err
+		}
+	}
+	return a, nil
+}
+
+// BulkRetryActions retries, in one statement in tx, every action of scope
+// matching f that can be retried, and returns how many it retried.
+func BulkRetryActions(ctx context.Context, tx pgx.Tx, scope string, f ActionFilter, now time.Time) (int64, error) {
+	n, err := bulkUpdate(ctx, tx, scope, f, now, retrySetStatement, retryableStates)
+	if err == nil && n > 0 {
+		err = notifyRelays(ctx, tx)
+	}
+	return n, err
+}
+
+// BulkCancelActions cancels, in one statement in tx, every action of scope
+// matching f that can be canceled, and returns how many it canceled.
+func BulkCancelActions(ctx context.Context, tx pgx.Tx, scope string, f ActionFilter, now time.Time) (int64, error) {
+	return bulkUpdate(ctx, tx, scope, f, now, cancelSetStatement, cancelableStates)
+}
+
+func bulkUpdate(ctx context.Context, tx pgx.Tx, scope string, f ActionFilter, now time.Time, set, states string) (int64, error) {
+	args := []any{now}
+	where := f.where(scope, &args)
+	tag, err := tx.Exec(ctx, `UPDATE outbox_actions SET `+set+` WHERE `+where+` AND state IN `+states, args...)
+	if err != nil {
+		return 0, fmt.Errorf("storage: bulk update actions: %w", err)
+	}
+	return tag.RowsAffected(), nil
+}
+
+func notifyRelays(ctx context.Context, tx pgx.Tx) error {
+	if _, err := tx.Exec(ctx, `SELECT pg_notify($1, '')`, OutboxChannel); err != nil {
+		return fmt.Errorf("storage: notify relays: %w", err)
+	}
+	return nil
+}
