@@ -9,12 +9,14 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"net/url"
 	"os"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/nats-io/nats-server/v2/server"
 
 	"github.com/peakdesk/peakdesk/storage"
@@ -44,19 +46,7 @@ func DatabaseURL(t testing.TB) string {
 	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name); err != nil {
 		t.Fatalf("storagetest: create database: %v", err)
 	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		conn, err := pgx.Connect(ctx, admin)
-		if err != nil {
-			t.Errorf("storagetest: drop database: %v", err)
-			return
-		}
-		defer conn.Close(ctx)
-		if _, err := conn.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)"); err != nil {
-			t.Errorf("storagetest: drop database: %v", err)
-		}
-	})
+	t.Cleanup(func() { dropDatabase(t, admin, name) })
 	u, err := url.Parse(admin)
 	if err != nil {
 		t.Fatalf("storagetest: parse %s: %v", redact(admin), err)
@@ -72,6 +62,34 @@ func DatabaseURL(t testing.TB) string {
 		t.Fatalf("storagetest: %v", err)
 	}
 	return dbURL
+}
+
+// dropDatabase drops a test database. DROP ... WITH (FORCE) may fail with
+// insufficient_privilege (42501) while an autovacuum worker is in the
+// database, which the unprivileged peakdesk role may not end; that passes
+// within moments, so it is retried.
+func dropDatabase(t testing.TB, admin, name string) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, admin)
+	if err != nil {
+		t.Errorf("storagetest: drop database: %v", err)
+		return
+	}
+	defer conn.Close(ctx)
+	for attempt := 1; ; attempt++ {
+		_, err := conn.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
+		var pgErr *pgconn.PgError
+		switch {
+		case err == nil:
+			return
+		case errors.As(err, &pgErr) && pgErr.Code == "42501" && attempt < 50:
+			time.Sleep(100 * time.Millisecond)
+		default:
+			t.Errorf("storagetest: drop database %s: %v", name, err)
+			return
+		}
+	}
 }
 
 // DB opens a fresh migrated database, closed when the test ends.
