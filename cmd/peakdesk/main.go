@@ -42,6 +42,7 @@ Commands:
   mockllm   serve the simulated LLM provider
   mockshop  serve the simulated shop API
   loadtest  offer load to a peakdesk URL and report what happened
+  faq       import a shop's FAQ entries (faq import --shop S FILE)
   bench     measure the performance targets side by side with their baselines
 
 Run "peakdesk <command> -h" for a command's flags.
@@ -72,6 +73,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		return runLoadtest(ctx, rest, stdout)
 	case "bench":
 		return runBench(ctx, rest, stdout, stderr, getenv)
+	case "faq":
+		return runFAQ(ctx, rest, stdout, stderr, getenv)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil

@@ -1,0 +1,123 @@
+package storage
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// LLMSettings are a shop's own LLM provider settings. Empty fields inherit the
+// process-wide default.
+type LLMSettings struct {
+	ShopID string
+	// BaseURL of an OpenAI-compatible API; empty = the default provider.
+	BaseURL string
+	// APIKey for BaseURL; never logged. Empty = the default key.
+	APIKey string
+	// Models is the chain to try in order (primary, secondary, ...); empty =
+	// the default chain.
+	Models    []string
+	UpdatedAt time.Time
+}
+
+// ShopLLMSettings returns shop's LLM settings, or ErrNotFound when the shop
+// uses the defaults.
+func (db *DB) ShopLLMSettings(ctx context.Context, shop string) (*LLMSettings, error) {
+	s := &LLMSettings{}
+	err := db.pool.QueryRow(ctx, `SELECT shop_id, base_url, api_key, models, updated_at
+		FROM shop_llm_settings WHERE shop_id = $1`, shop).
+		Scan(&s.ShopID, &s.BaseURL, &s.APIKey, &s.Models, &s.UpdatedAt)
+	switch {
+	case noRows(err):
+		return nil, ErrNotFound
+	case err != nil:
+		return nil, fmt.Errorf("storage: shop llm settings: %w", err)
+	}
+	return s, nil
+}
+
+// SetShopLLMSettings stores s for s.ShopID, replacing earlier settings.
+func (db *DB) SetShopLLMSettings(ctx context.Context, s LLMSettings) error {
+	models := s.Models
+	if models == nil {
+		models = []string{}
+	}
+	_, err := db.pool.Exec(ctx, `INSERT INTO shop_llm_settings (shop_id, base_url, api_key, models)
+		VALUES ($1, $2, $3, $4)
+		ON CONFLICT (shop_id) DO UPDATE SET base_url = EXCLUDED.base_url, api_key = EXCLUDED.api_key,
+			models = EXCLUDED.models, updated_at = now()`,
+		s.ShopID, s.BaseURL, s.APIKey, models)
+	if err != nil {
+		return fmt.Errorf("storage: set shop llm settings: %w", err)
+	}
+	return nil
+}
+
+// PIIAudit is the audit record of one answer: how many values of each kind
+// of personal data were masked (keys "phone", "id_card", "bank_card",
+// "email"). The values themselves are never stored.
+type PIIAudit struct {
+	ShopID         string
+	ConversationID string
+	// MessageIDs are the messages answered; the first one keys the record.
+	MessageIDs []string
+	Counts     map[string]int
+	CreatedAt  time.Time
+}
+
+// RecordPIIAudit stores a. A second record for the same first message (a
+// redelivery answered again) replaces the first. Records without message ids
+// or without any masking are not stored.
+func (db *DB) RecordPIIAudit(ctx context.Context, a PIIAudit) error {
+	if len(a.MessageIDs) == 0 || len(a.Counts) == 0 {
+		return nil
+	}
+	_, err := db.pool.Exec(ctx, `INSERT INTO pii_audit (shop_id, message_id, conversation_id, message_ids,
+			phone, id_card, bank_card, email)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+		ON CONFLICT (shop_id, message_id) DO UPDATE SET conversation_id = EXCLUDED.conversation_id,
+			message_ids = EXCLUDED.message_ids, phone = EXCLUDED.phone, id_card = EXCLUDED.id_card,
+			bank_card = EXCLUDED.bank_card, email = EXCLUDED.email, created_at = now()`,
+		a.ShopID, a.MessageIDs[0], a.ConversationID, a.MessageIDs,
+		a.Counts["phone"], a.Counts["id_card"], a.Counts["bank_card"], a.Counts["email"])
+	if err != nil {
+		return fmt.Errorf("storage: record pii audit: %w", err)
+	}
+	return nil
+}
+
+// PIIAudits returns shop's audit records for the given first message id
+// (empty = all), newest first, at most limit (≤ 0 = 100).
+func (db *DB) PIIAudits(ctx context.Context, shop, messageID string, limit int) ([]PIIAudit, error) {
+	if limit <= 0 {
+		limit = 100
+	}
+	rows, err := db.pool.Query(ctx, `SELECT shop_id, conversation_id, message_ids, phone, id_card, bank_card,
+			email, created_at
+		FROM pii_audit WHERE shop_id = $1 AND ($2 = '' OR message_id = $2)
+		ORDER BY created_at DESC LIMIT $3`, shop, messageID, limit)
+	if err != nil {
+		return nil, fmt.Errorf("storage: pii audits: %w", err)
+	}
+	defer rows.Close()
+	var out []PIIAudit
+	for rows.Next() {
+		var a PIIAudit
+		var phone, id, card, email int
+		if err := rows.Scan(&a.ShopID, &a.ConversationID, &a.MessageIDs, &phone, &id, &card, &email,
+			&a.CreatedAt); err != nil {
+			return nil, fmt.Errorf("storage: pii audits: %w", err)
+		}
+		a.Counts = map[string]int{}
+		for k, v := range map[string]int{"phone": phone, "id_card": id, "bank_card": card, "email": email} {
+			if v > 0 {
+				a.Counts[k] = v
+			}
+		}
+		out = append(out, a)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("storage: pii audits: %w", err)
+	}
+	return out, nil
+}

@@ -1,0 +1,444 @@
+package llm_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/redis/go-redis/v9"
+	"github.com/sony/gobreaker/v2"
+
+	"github.com/peakdesk/peakdesk/loadtest"
+	"github.com/peakdesk/peakdesk/storage"
+	"github.com/peakdesk/peakdesk/storage/storagetest"
+	"github.com/peakdesk/peakdesk/workers/llm"
+)
+
+// recClock is a Clock whose Sleep records the wait and moves its time on at
+// once, so the retry schedule is asserted, never slept.
+type recClock struct {
+	mu     sync.Mutex
+	now    time.Time
+	sleeps []time.Duration
+}
+
+func newRecClock() *recClock { return &recClock{now: time.Now()} }
+
+func (c *recClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *recClock) Sleep(ctx context.Context, d time.Duration) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.sleeps = append(c.sleeps, d)
+	c.now = c.now.Add(d)
+	return ctx.Err()
+}
+
+func (c *recClock) Sleeps() []time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]time.Duration(nil), c.sleeps...)
+}
+
+// testBundle is what one test's Caller talks to.
+type testBundle struct {
+	sim    *loadtest.LLMSim
+	url    string
+	clock  *recClock
+	rdb    *redis.Client
+	prefix string
+	reg    *prometheus.Registry
+}
+
+// setup starts a simulated provider with faults f and returns a Caller on
+// it with its own Redis key prefix (so tests never share a breaker).
+func setup(t *testing.T, f loadtest.LLMFaults, mod func(*llm.CallerConfig)) (*llm.Caller, *testBundle) {
+	t.Helper()
+	b := &testBundle{sim: loadtest.NewLLMSim(f), clock: newRecClock(), prefix: randomPrefix()}
+	srv := httptest.NewServer(b.sim)
+	t.Cleanup(srv.Close)
+	b.url = srv.URL + "/v1"
+	b.rdb = openRedis(t)
+	c, reg := newCaller(t, b, b.rdb, mod)
+	b.reg = reg
+	return c, b
+}
+
+func newCaller(t *testing.T, b *testBundle, rdb *redis.Client, mod func(*llm.CallerConfig)) (*llm.Caller, *prometheus.Registry) {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	cfg := llm.CallerConfig{Redis: rdb, KeyPrefix: b.prefix, Clock: b.clock, Registerer: reg,
+		CallTimeout: 5 * time.Second, RetryStep: time.Second}
+	if mod != nil {
+		mod(&cfg)
+	}
+	c, err := llm.NewCaller(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, reg
+}
+
+func openRedis(t testing.TB) *redis.Client {
+	t.Helper()
+	rdb, err := storage.OpenRedis(storagetest.RedisURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = rdb.Close() })
+	if err := rdb.Ping(context.Background()).Err(); err != nil {
+		t.Fatalf("redis: %v (make test starts it)", err)
+	}
+	return rdb
+}
+
+func randomPrefix() string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return "pdtest:" + hex.EncodeToString(b[:]) + ":"
+}
+
+func call(b *testBundle, model string) llm.Call {
+	return llm.Call{BaseURL: b.url, Model: model, Deadline: b.clock.Now().Add(30 * time.Second),
+		Turns: []llm.Turn{{Role: llm.RoleUser, Text: "双11满减怎么算？"}}}
+}
+
+func TestCallRetriesEachStatusClassAsSpecified(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name    string
+		faults  loadtest.LLMFaults
+		calls   int64
+		outcome string
+	}{
+		{"408 request timeout", errorsOf(408), 3, llm.OutcomeTimeout},
+		{"429 rate limited", errorsOf(429), 3, llm.OutcomeRateLimited},
+		{"500", errorsOf(500), 3, llm.OutcomeServerError},
+		{"502", errorsOf(502), 3, llm.OutcomeServerError},
+		{"503", errorsOf(503), 3, llm.OutcomeServerError},
+		{"504", errorsOf(504), 3, llm.OutcomeServerError},
+		{"529 overloaded", errorsOf(529), 3, llm.OutcomeOverloaded},
+		{"400", errorsOf(400), 1, llm.OutcomeRejected},
+		{"401", errorsOf(401), 1, llm.OutcomeRejected},
+		{"403", errorsOf(403), 1, llm.OutcomeRejected},
+		{"404 unknown model", errorsOf(404), 1, llm.OutcomeRejected},
+		{"429 insufficient_quota", loadtest.LLMFaults{InsufficientQuota: true}, 1, llm.OutcomeQuota},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			c, b := setup(t, tc.faults, func(cfg *llm.CallerConfig) { cfg.BreakerFailures = 10 })
+			_, err := c.Do(context.Background(), call(b, "m1"))
+			if err == nil {
+				t.Fatal("call succeeded against a failing provider")
+			}
+			if got := b.sim.Stats().Requests; got != tc.calls {
+				t.Errorf("provider saw %d calls, want %d", got, tc.calls)
+			}
+			if got := testutil.ToFloat64(counter(t, b.reg, "m1", tc.outcome)); got != float64(tc.calls) {
+				t.Errorf("peakdesk_llm_calls_total{outcome=%q} = %v, want %d", tc.outcome, got, tc.calls)
+			}
+			if n := len(b.clock.Sleeps()); n != int(tc.calls-1) {
+				t.Errorf("%d waits, want %d", n, tc.calls-1)
+			}
+		})
+	}
+}
+
+func errorsOf(status int) loadtest.LLMFaults {
+	return loadtest.LLMFaults{ErrorRate: 1, ErrorStatuses: map[int]float64{status: 1}}
+}
+
+func counter(t *testing.T, reg *prometheus.Registry, model, outcome string) prometheus.Collector {
+	t.Helper()
+	v := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "peakdesk_llm_calls_total",
+		Help: "LLM calls by model and outcome."}, []string{"model", "outcome"})
+	existing, err := llm.Register(reg, v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return existing.WithLabelValues(model, outcome)
+}
+
+func TestCallWaitsFollowTheLinearSchedule(t *testing.T) {
+	t.Parallel()
+	c, b := setup(t, errorsOf(500), func(cfg *llm.CallerConfig) {
+		cfg.MaxAttempts, cfg.BreakerFailures = 4, 10
+	})
+	if _, err := c.Do(context.Background(), call(b, "m1")); err == nil {
+		t.Fatal("call succeeded against a failing provider")
+	}
+	sleeps := b.clock.Sleeps()
+	if len(sleeps) != 3 {
+		t.Fatalf("waits %v, want 3", sleeps)
+	}
+	for i, d := range sleeps {
+		// Step 1 s: the n-th wait is n s ± 20 % jitter.
+		want := time.Duration(i+1) * time.Second
+		if d < want*8/10 || d > want*12/10 {
+			t.Errorf("wait %d = %v, want %v ± 20%%", i+1, d, want)
+		}
+	}
+	t.Logf("linear waits: %v", sleeps)
+}
+
+func TestCallHonoursRetryAfterInFull(t *testing.T) {
+	t.Parallel()
+	f := errorsOf(429)
+	f.RetryAfter = 1500 * time.Millisecond
+	c, b := setup(t, f, func(cfg *llm.CallerConfig) { cfg.BreakerFailures = 10 })
+	if _, err := c.Do(context.Background(), call(b, "m1")); err == nil {
+		t.Fatal("call succeeded against a rate-limited provider")
+	}
+	// retry-after-ms (1500) wins over the coarser Retry-After (2 s) and
+	// over the linear schedule (1 s, 2 s).
+	want := []time.Duration{1500 * time.Millisecond, 1500 * time.Millisecond}
+	if got := b.clock.Sleeps(); !equalDurations(got, want) {
+		t.Errorf("waits %v, want %v", got, want)
+	}
+}
+
+func TestCallFallsBackAtOnceWhenRetryAfterMissesTheDeadline(t *testing.T) {
+	t.Parallel()
+	f := errorsOf(429)
+	f.RetryAfter = 20 * time.Second
+	c, b := setup(t, f, nil)
+	cl := call(b, "m1")
+	cl.Deadline = b.clock.Now().Add(10 * time.Second)
+	_, err := c.Do(context.Background(), cl)
+	if err == nil || !strings.Contains(err.Error(), "miss the deadline") {
+		t.Fatalf("err = %v, want a 429 that would miss the deadline", err)
+	}
+	if got := b.sim.Stats().Requests; got != 1 {
+		t.Errorf("provider saw %d calls, want 1", got)
+	}
+	if s := b.clock.Sleeps(); len(s) != 0 {
+		t.Errorf("waited %v, want no wait", s)
+	}
+}
+
+func equalDurations(a, b []time.Duration) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func TestBreakerOpensAfterThreeFailuresRefusesWithoutWaitingAndRecovers(t *testing.T) {
+	t.Parallel()
+	c, b := setup(t, loadtest.LLMFaults{Outage: true}, func(cfg *llm.CallerConfig) {
+		cfg.MaxAttempts = 5
+		cfg.BreakerOpen = 300 * time.Millisecond
+	})
+	ctx := context.Background()
+
+	// Three consecutive 503s open it: the fourth attempt is not made.
+	_, err := c.Do(ctx, call(b, "m1"))
+	if err == nil {
+		t.Fatal("call succeeded during an outage")
+	}
+	if got := b.sim.Stats().Requests; got != 3 {
+		t.Errorf("provider saw %d calls, want 3 (the breaker opens after the third failure)", got)
+	}
+	if got := c.BreakerState(ctx, b.url, "m1"); got != gobreaker.StateOpen {
+		t.Fatalf("breaker %v, want open", got)
+	}
+	waits := len(b.clock.Sleeps())
+
+	// While open: refused at once, no call, no wait.
+	for range 5 {
+		if _, err := c.Do(ctx, call(b, "m1")); !errors.Is(err, llm.ErrBreakerOpen) {
+			t.Fatalf("err = %v, want ErrBreakerOpen", err)
+		}
+	}
+	if got := b.sim.Stats().Requests; got != 3 {
+		t.Errorf("provider saw %d calls while the breaker was open, want none", got-3)
+	}
+	if got := len(b.clock.Sleeps()); got != waits {
+		t.Errorf("an open breaker cost %d waits", got-waits)
+	}
+	// Another model of the same provider has its own breaker.
+	b.sim.SetFaults(loadtest.LLMFaults{Latency: 200 * time.Millisecond})
+	if _, err := c.Do(ctx, call(b, "m2")); err != nil {
+		t.Fatalf("m2: %v", err)
+	}
+
+	// Half-open after BreakerOpen: one probe goes through, the rest are
+	// refused until it has succeeded; then it is closed.
+	waitFor(t, 5*time.Second, func() bool { return c.BreakerState(ctx, b.url, "m1") == gobreaker.StateHalfOpen })
+	b.sim.ResetStats()
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	refused := 0
+	for range 8 {
+		wg.Go(func() {
+			if _, err := c.Do(ctx, call(b, "m1")); errors.Is(err, llm.ErrBreakerOpen) {
+				mu.Lock()
+				refused++
+				mu.Unlock()
+			} else if err != nil {
+				t.Errorf("probe: %v", err)
+			}
+		})
+	}
+	wg.Wait()
+	if got := b.sim.Stats().Requests; got != 1 || refused != 7 {
+		t.Errorf("half-open let %d calls through and refused %d, want 1 probe and 7 refused", got, refused)
+	}
+	if got := c.BreakerState(ctx, b.url, "m1"); got != gobreaker.StateClosed {
+		t.Errorf("breaker %v after a good probe, want closed", got)
+	}
+	if _, err := c.Do(ctx, call(b, "m1")); err != nil {
+		t.Errorf("after recovery: %v", err)
+	}
+}
+
+func TestBreakerOpenedByOneProcessRefusesInAnother(t *testing.T) {
+	t.Parallel()
+	c1, b := setup(t, loadtest.LLMFaults{Outage: true}, nil)
+	// A second process: its own Redis client, registry and clock, the
+	// same Redis and the same provider.
+	clock2 := newRecClock()
+	b2 := *b
+	b2.clock = clock2
+	c2, _ := newCaller(t, &b2, openRedis(t), nil)
+	ctx := context.Background()
+
+	if _, err := c1.Do(ctx, call(b, "m1")); err == nil {
+		t.Fatal("call succeeded during an outage")
+	}
+	before := b.sim.Stats().Requests
+	_, err := c2.Do(ctx, call(&b2, "m1"))
+	if !errors.Is(err, llm.ErrBreakerOpen) {
+		t.Fatalf("second process: err = %v, want ErrBreakerOpen", err)
+	}
+	if got := b.sim.Stats().Requests; got != before {
+		t.Errorf("second process called the provider %d times", got-before)
+	}
+	if s := clock2.Sleeps(); len(s) != 0 {
+		t.Errorf("second process waited %v", s)
+	}
+}
+
+func TestBreakerIgnoresErrorsOfTheRequestOrAccount(t *testing.T) {
+	t.Parallel()
+	c, b := setup(t, errorsOf(401), nil)
+	ctx := context.Background()
+	for range 5 {
+		if _, err := c.Do(ctx, call(b, "m1")); err == nil || errors.Is(err, llm.ErrBreakerOpen) {
+			t.Fatalf("err = %v, want the provider's 401", err)
+		}
+	}
+	if got := c.BreakerState(ctx, b.url, "m1"); got != gobreaker.StateClosed {
+		t.Errorf("breaker %v after bad-key errors, want closed: one shop's key must not cut off the others", got)
+	}
+}
+
+func TestBreakerFallsBackToLocalWhenRedisIsDown(t *testing.T) {
+	t.Parallel()
+	// Nothing listens on port 1.
+	dead := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", DialTimeout: 50 * time.Millisecond, MaxRetries: -1})
+	t.Cleanup(func() { _ = dead.Close() })
+	sim := loadtest.NewLLMSim(loadtest.LLMFaults{Outage: true})
+	srv := httptest.NewServer(sim)
+	t.Cleanup(srv.Close)
+	b := &testBundle{sim: sim, url: srv.URL + "/v1", clock: newRecClock(), prefix: randomPrefix()}
+	c, _ := newCaller(t, b, dead, nil)
+	ctx := context.Background()
+	start := time.Now()
+	for range 3 {
+		_, _ = c.Do(ctx, call(b, "m1"))
+	}
+	if _, err := c.Do(ctx, call(b, "m1")); !errors.Is(err, llm.ErrBreakerOpen) {
+		t.Fatalf("err = %v, want the local breaker open", err)
+	}
+	if got := sim.Stats().Requests; got != 3 {
+		t.Errorf("provider saw %d calls, want 3", got)
+	}
+	// Not a timing assertion on speed: a guard against gobreaker's 5 s
+	// lock retry loop, which a failing store must never enter.
+	if took := time.Since(start); took > 4*time.Second {
+		t.Errorf("calls with Redis down took %v", took)
+	}
+}
+
+func TestStreamDeliversDeltasAndReportsABreak(t *testing.T) {
+	t.Parallel()
+	c, b := setup(t, loadtest.LLMFaults{}, nil)
+	ctx := context.Background()
+	var got strings.Builder
+	cl := call(b, "m1")
+	cl.OnDelta = func(s string) { got.WriteString(s) }
+	comp, err := c.Do(ctx, cl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.String() != comp.Text || !strings.Contains(comp.Text, "双11满减怎么算") {
+		t.Errorf("deltas %q, completion %q", got.String(), comp.Text)
+	}
+	if comp.PromptTokens == 0 || comp.CompletionTokens == 0 {
+		t.Errorf("stream usage not reported: %+v", comp)
+	}
+
+	b.sim.SetFaults(loadtest.LLMFaults{StreamCutRate: 1})
+	b.sim.ResetStats()
+	got.Reset()
+	_, err = c.Do(ctx, cl)
+	if !errors.Is(err, llm.ErrStreamBroken) {
+		t.Fatalf("err = %v, want ErrStreamBroken", err)
+	}
+	if st := b.sim.Stats(); st.Requests != 1 || st.StreamsCut != 1 {
+		t.Errorf("stats %+v: a broken stream with text shown must not be retried", st)
+	}
+	if got.Len() == 0 {
+		t.Error("no partial text before the cut")
+	}
+}
+
+func TestBreakerStateMetric(t *testing.T) {
+	t.Parallel()
+	c, b := setup(t, loadtest.LLMFaults{Outage: true}, nil)
+	_, _ = c.Do(context.Background(), call(b, "m1"))
+	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "peakdesk_llm_breaker_state",
+		Help: "LLM circuit breaker state by provider and model as this process saw it last: 0 closed, 1 half-open, 2 open."},
+		[]string{"provider", "model"})
+	g, err := llm.Register(b.reg, g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	host := strings.TrimPrefix(strings.TrimSuffix(b.url, "/v1"), "http://")
+	if got := testutil.ToFloat64(g.WithLabelValues(host, "m1")); got != float64(gobreaker.StateOpen) {
+		t.Errorf("peakdesk_llm_breaker_state = %v, want %d (open)", got, gobreaker.StateOpen)
+	}
+}
+
+func waitFor(t *testing.T, limit time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met within %v", limit)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+var _ http.Handler = (*loadtest.LLMSim)(nil)
