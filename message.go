@@ -82,6 +82,9 @@ const (
 	SourceFAQ          = "faq"
 	SourceHandoff      = "handoff"
 	SourceCache        = "cache"
+	// SourceFollowUp marks a reply pushed later on a conversation, such as
+	// the facts of an order lookup that was too slow for the first answer.
+	SourceFollowUp = "followup"
 )
 
 // Reply is one answer on a conversation. It answers one or more messages.

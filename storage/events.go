@@ -1,0 +1,29 @@
+package storage
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/peakdesk/peakdesk"
+)
+
+// PublishReplyEvent publishes r to CHAT_EVENTS on its conversation's
+// subject, after r is committed in Postgres. The reply id is the Nats-Msg-Id,
+// so a re-publish within the stream's duplicate window is a no-op.
+func PublishReplyEvent(ctx context.Context, js jetstream.JetStream, r *peakdesk.Reply) error {
+	data, err := json.Marshal(r)
+	if err != nil {
+		return fmt.Errorf("storage: encode reply event: %w", err)
+	}
+	msg := nats.NewMsg(EventSubject(r.ShopID, r.ConversationID))
+	msg.Data = data
+	msg.Header.Set(jetstream.MsgIDHeader, r.ID)
+	if _, err := js.PublishMsg(ctx, msg); err != nil {
+		return fmt.Errorf("storage: publish reply event: %w", err)
+	}
+	return nil
+}
