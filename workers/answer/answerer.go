@@ -7,12 +7,14 @@
 //
 // The worker calls Answer once per conversation turn and stores what it
 // returns; Answer returns an answer for every request unless its context is
-// cancelled.
+// cancelled. When the request offers tools, the model answering may call
+// them (see Request.Tools and tools.go).
 package answer
 
 import (
 	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -242,9 +244,30 @@ type Request struct {
 	// Question is the customer's text (several queued messages: joined).
 	Question string
 	// OnDelta, when set, receives the answer's text piece by piece as the
-	// primary model streams it. If the stream breaks, the Answer that
-	// follows replaces the pieces (StreamBroken is set).
+	// model streams it. If the stream breaks, the Answer that follows
+	// replaces the pieces (StreamBroken is set).
 	OnDelta func(text string)
+	// Tools are offered to the model that answers; CallTool runs the calls
+	// it makes, one after the other in the model's order, for at most
+	// MaxToolRounds rounds. A request with tools is never coalesced with
+	// others nor answered from the cache: its answer depends on the
+	// customer's own orders and may have effects.
+	Tools []llm.Tool
+	// CallTool runs one tool call: name is one of Tools, args are the
+	// model's arguments as it wrote them (not masked, not checked: the tool
+	// checks them). Its outcome's Text goes back to the model; an error is
+	// for failures of peakdesk itself, the model is told the tool failed
+	// and the answer goes on. ctx ends at the request's deadline. Required
+	// when Tools are offered.
+	CallTool func(ctx context.Context, name string, args json.RawMessage) (ToolOutcome, error)
+}
+
+// ToolOutcome is what one tool call gave back.
+type ToolOutcome struct {
+	// Text is the tool's result for the model.
+	Text string
+	// Handoff means the conversation must be marked for a human agent.
+	Handoff bool
 }
 
 // Answer is the reply to a Request.
@@ -254,10 +277,12 @@ type Answer struct {
 	// Source is the step that answered: peakdesk.SourceLLM,
 	// SourceLLMSecondary, SourceFAQ, SourceHandoff or SourceCache.
 	Source string
-	// Model is the model that wrote the text (for cache, the original one).
+	// Model is the model that wrote the text (for cache, the original one;
+	// for a fallback after tool rounds, the last model that ran one).
 	Model string
 	// PromptTokens and CompletionTokens are what this answer cost at the
-	// provider (0 for FAQ, handoff and cache).
+	// provider, every round of tool calls included (0 for cache, and for
+	// FAQ and handoff unless tool rounds ran before the LLM failed).
 	PromptTokens, CompletionTokens int
 	// CostMicroUSD is the tokens' price from the price table.
 	CostMicroUSD int64
@@ -265,10 +290,18 @@ type Answer struct {
 	// by kind (pii.Phone, pii.IDCard, pii.BankCard, pii.Email); the
 	// Answerer has written the audit record already.
 	Masked map[string]int
-	// Handoff means the conversation must be marked for a human agent.
+	// Handoff means the conversation must be marked for a human agent: the
+	// answer is the handoff reply, or a tool asked for one.
 	Handoff bool
-	// StreamBroken means partial text went to OnDelta from a stream that
-	// broke; Text replaces it and the client must be told so.
+	// ToolCalls names the tools CallTool ran, in order, for logs and
+	// metrics. When it is not empty and Source is SourceHandoff, the LLM
+	// failed after tools ran: their effects (the actions CallTool's caller
+	// collected) stand, and the handoff reply tells the customer a human
+	// follows up.
+	ToolCalls []string
+	// StreamBroken means text went to OnDelta that is not the answer (a
+	// stream broke, or the LLM failed after a round of tool calls); Text
+	// replaces it and the client must be told so.
 	StreamBroken bool
 }
 
@@ -277,6 +310,9 @@ type Answer struct {
 func (a *Answerer) Answer(ctx context.Context, req Request) (*Answer, error) {
 	if req.Shop == "" {
 		return nil, errors.New("answer: request names no shop")
+	}
+	if len(req.Tools) > 0 && req.CallTool == nil {
+		return nil, errors.New("answer: request offers tools without CallTool")
 	}
 	start := time.Now()
 	deadline := req.Deadline
@@ -290,8 +326,8 @@ func (a *Answerer) Answer(ctx context.Context, req Request) (*Answer, error) {
 	question, asked := pii.Mask(strings.TrimSpace(req.Question))
 	history := make([]llm.Turn, len(req.History))
 	for i, t := range req.History {
-		text, _ := pii.Mask(t.Text)
-		history[i] = llm.Turn{Role: t.Role, Text: text}
+		history[i] = t
+		history[i].Text, _ = pii.Mask(t.Text)
 	}
 	t := turn{req: req, question: question, history: history, deadline: deadline, log: log}
 
@@ -336,7 +372,6 @@ func (a *Answerer) compose(ctx context.Context, t turn) *Answer {
 			hints = append(hints, m)
 		}
 	}
-	turns := a.prompt(t, hints)
 	// The shop's own contacts quoted from its FAQ are published; they stay.
 	keep := map[string]bool{}
 	for _, m := range hints {
@@ -345,28 +380,31 @@ func (a *Answerer) compose(ctx context.Context, t turn) *Answer {
 		}
 	}
 
-	// 1. The model chain, streaming to the client while nothing broke.
+	// 1. The model chain, streaming to the client while nothing broke. The
+	// models share one conversation: a model that takes over from a failed
+	// one continues it, the tool calls made and their results included, so
+	// that no tool runs twice for one answer.
+	cv := &conversation{turns: a.prompt(t, hints)}
 	broken := false
 	for i, model := range route.Models {
 		if !a.cfg.Clock.Now().Before(t.deadline) {
 			t.log.Warn("answer deadline passed; skipping the rest of the model chain", "model", model)
 			break
 		}
-		var onDelta func(string)
+		var stream func(string)
 		if t.req.OnDelta != nil && !broken {
-			onDelta = t.req.OnDelta
+			stream = t.req.OnDelta
 		}
-		c, err := a.caller.Do(ctx, llm.Call{BaseURL: route.BaseURL, APIKey: route.APIKey, Model: model,
-			Turns: turns, OnDelta: onDelta, Deadline: t.deadline})
+		c, err := a.converse(ctx, t, route, model, cv, stream)
 		if err == nil {
-			text, masked := pii.MaskExcept(c.Text, keep)
+			text, masked := pii.MaskExcept(cv.text(c.Text), keep)
 			source := peakdesk.SourceLLM
 			if i > 0 {
 				source = peakdesk.SourceLLMSecondary
 			}
-			return &Answer{Text: text, Source: source, Model: c.Model, PromptTokens: c.PromptTokens,
-				CompletionTokens: c.CompletionTokens, CostMicroUSD: a.cost(model, c),
-				Masked: masked, StreamBroken: broken}
+			return &Answer{Text: text, Source: source, Model: c.Model, PromptTokens: cv.promptTokens,
+				CompletionTokens: cv.completionTokens, CostMicroUSD: cv.cost, Masked: addCounts(cv.masked, masked),
+				Handoff: cv.handoff, ToolCalls: cv.called, StreamBroken: broken}
 		}
 		if ctx.Err() != nil {
 			return nil
@@ -378,23 +416,36 @@ func (a *Answerer) compose(ctx context.Context, t turn) *Answer {
 		if errors.Is(err, llm.ErrBreakerOpen) {
 			t.log.Debug("llm model skipped: breaker open", "model", model)
 		} else {
-			t.log.Warn("llm model failed; falling back", "model", model, "err", err)
+			t.log.Warn("llm model failed; falling back", "model", model, "tool_calls", cv.called, "err", err)
 		}
 	}
 
-	// 2. The FAQ, when an entry is confident enough.
-	if len(top) > 0 && top[0].Confidence >= a.faq.Threshold() {
-		return &Answer{Text: top[0].Answer, Source: peakdesk.SourceFAQ, StreamBroken: broken}
-	}
-	if a.cfg.FAQContext <= 0 {
-		if m, ok := a.faq.Search(ctx, t.req.Shop, t.question); ok {
-			return &Answer{Text: m.Answer, Source: peakdesk.SourceFAQ, StreamBroken: broken}
+	// What the model chain cost and did stays accounted whatever answers.
+	ans := &Answer{Model: cv.model, PromptTokens: cv.promptTokens, CompletionTokens: cv.completionTokens,
+		CostMicroUSD: cv.cost, Masked: cv.masked, Handoff: cv.handoff, ToolCalls: cv.called,
+		StreamBroken: broken || cv.shown}
+
+	// 2. The FAQ, when an entry is confident enough — unless tools ran. A
+	// tool's effects (a refund requested, a coupon promised) are collected
+	// by the caller, which inserts them with the reply; a FAQ text would
+	// not say what was done, the handoff reply tells the customer a human
+	// follows up and the agent sees the actions.
+	if len(cv.called) == 0 {
+		if len(top) > 0 && top[0].Confidence >= a.faq.Threshold() {
+			ans.Text, ans.Source = top[0].Answer, peakdesk.SourceFAQ
+			return ans
+		}
+		if a.cfg.FAQContext <= 0 {
+			if m, ok := a.faq.Search(ctx, t.req.Shop, t.question); ok {
+				ans.Text, ans.Source = m.Answer, peakdesk.SourceFAQ
+				return ans
+			}
 		}
 	}
 
 	// 3. A human.
-	return &Answer{Text: handoffText(t.req.Question), Source: peakdesk.SourceHandoff, Handoff: true,
-		StreamBroken: broken}
+	ans.Text, ans.Source, ans.Handoff = handoffText(t.req.Question), peakdesk.SourceHandoff, true
+	return ans
 }
 
 // prompt builds the turns sent to the LLM: the system message with the FAQ

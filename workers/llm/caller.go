@@ -153,6 +153,10 @@ type Call struct {
 	BaseURL, APIKey, Model string
 	// Turns is the prompt, oldest first.
 	Turns []Turn
+	// Tools are offered to the model; NoToolCall asks for a text answer
+	// while they stay declared (see Request).
+	Tools      []Tool
+	NoToolCall bool
 	// OnDelta, when set, makes the call stream (see Request.OnDelta). A
 	// stream that breaks after text was delivered is not retried.
 	OnDelta func(text string)
@@ -197,7 +201,8 @@ func (c *Caller) Do(ctx context.Context, call Call) (*Completion, error) {
 		}
 		actx, cancel := context.WithTimeout(ctx, timeout)
 		start := time.Now()
-		comp, err := client.Do(actx, Request{Model: call.Model, Turns: call.Turns, OnDelta: call.OnDelta})
+		comp, err := client.Do(actx, Request{Model: call.Model, Turns: call.Turns, Tools: call.Tools,
+			NoToolCall: call.NoToolCall, OnDelta: call.OnDelta})
 		cancel()
 		c.metrics.seconds.Observe(time.Since(start).Seconds())
 		v := classify(err)
@@ -220,6 +225,7 @@ func (c *Caller) Do(ctx context.Context, call Call) (*Completion, error) {
 		}
 		open := br.record(context.WithoutCancel(ctx), t, outcome)
 		if err == nil {
+			c.countToolCalls(call.Tools, comp.ToolCalls)
 			return comp, nil
 		}
 		if !v.retry || open || ctx.Err() != nil {
@@ -241,6 +247,21 @@ func (c *Caller) Do(ctx context.Context, call Call) (*Completion, error) {
 		if err := c.cfg.Clock.Sleep(ctx, wait); err != nil {
 			return nil, err
 		}
+	}
+}
+
+// countToolCalls counts the calls the model asked for by tool; a name that
+// was not offered counts as "unknown", so a model cannot mint labels.
+func (c *Caller) countToolCalls(offered []Tool, calls []ToolCall) {
+	for _, tc := range calls {
+		name := "unknown"
+		for _, t := range offered {
+			if t.Name == tc.Name {
+				name = t.Name
+				break
+			}
+		}
+		c.metrics.toolCalls.WithLabelValues(name).Inc()
 	}
 }
 
@@ -293,9 +314,10 @@ func providerLabel(baseURL string) string {
 }
 
 type callerMetrics struct {
-	calls   *prometheus.CounterVec
-	seconds prometheus.Histogram
-	breaker *prometheus.GaugeVec
+	calls     *prometheus.CounterVec
+	seconds   prometheus.Histogram
+	breaker   *prometheus.GaugeVec
+	toolCalls *prometheus.CounterVec
 }
 
 func newCallerMetrics(reg prometheus.Registerer) (*callerMetrics, error) {
@@ -315,6 +337,10 @@ func newCallerMetrics(reg prometheus.Registerer) (*callerMetrics, error) {
 			Name: "peakdesk_llm_breaker_state",
 			Help: "LLM circuit breaker state by provider and model as this process saw it last: 0 closed, 1 half-open, 2 open.",
 		}, []string{"provider", "model"}),
+		toolCalls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "peakdesk_llm_tool_calls_total",
+			Help: "Tool calls the LLM asked for, by tool (\"unknown\" for a name that was not offered).",
+		}, []string{"tool"}),
 	}
 	var err error
 	if m.calls, err = Register(reg, m.calls); err != nil {
@@ -324,6 +350,9 @@ func newCallerMetrics(reg prometheus.Registerer) (*callerMetrics, error) {
 		return nil, err
 	}
 	if m.breaker, err = Register(reg, m.breaker); err != nil {
+		return nil, err
+	}
+	if m.toolCalls, err = Register(reg, m.toolCalls); err != nil {
 		return nil, err
 	}
 	return m, nil

@@ -2,6 +2,10 @@
 // official openai-go client, with the client's own retries off: peakdesk's
 // backoff and circuit breaker (Caller) are the only retry loop.
 //
+// A call may offer tools (function calling): the Completion then carries the
+// calls the model asked for, and the next call's Turns carry them back with
+// their results. The package runs no tools itself.
+//
 // Client is one provider endpoint; Caller wraps calls to one model of one
 // provider in the linear retry schedule and the provider+model circuit
 // breaker shared by all processes through Redis; Prices turns token usage
@@ -9,16 +13,18 @@
 package llm
 
 import (
+	"bytes"
 	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
+	"github.com/openai/openai-go/v3/shared"
 )
 
 // Config configures a Client.
@@ -84,17 +90,53 @@ const (
 	RoleSystem    Role = "system"
 	RoleUser      Role = "user"
 	RoleAssistant Role = "assistant"
+	// RoleTool is the result of a tool call, sent back to the model.
+	RoleTool Role = "tool"
 )
 
 // Turn is one message of the prompt.
 type Turn struct {
 	Role Role
+	// Text is the message; for RoleTool, the tool's result. An assistant
+	// turn with ToolCalls may have none.
 	Text string
+	// ToolCalls are the calls an assistant turn asked for; the RoleTool
+	// turns that answer them follow it, one per call.
+	ToolCalls []ToolCall
+	// ToolCallID is the ToolCall.ID a RoleTool turn answers.
+	ToolCallID string
 }
 
-// Completion is the provider's answer.
+// Tool is a function the model may call.
+type Tool struct {
+	// Name is what the model calls it by: a-z, A-Z, 0-9, _ and -, at most
+	// 64 characters.
+	Name string
+	// Description tells the model what the tool is for and when to use it.
+	Description string
+	// Parameters is the JSON schema of the arguments, an object schema.
+	// Empty means the tool takes none.
+	Parameters json.RawMessage
+}
+
+// ToolCall is the model's request to call a tool.
+type ToolCall struct {
+	// ID pairs the call with its result (Turn.ToolCallID).
+	ID string
+	// Name is the tool's name as the model wrote it: not necessarily one
+	// that was offered.
+	Name string
+	// Args are the arguments as the model wrote them: normally a JSON
+	// object ({} when it wrote none), but not guaranteed to be valid JSON.
+	Args json.RawMessage
+}
+
+// Completion is the provider's answer: text, tool calls, or both.
 type Completion struct {
-	Text             string
+	// Text is the answer; it may be empty when ToolCalls is not.
+	Text string
+	// ToolCalls are the tools the model wants called before it answers.
+	ToolCalls        []ToolCall
 	Model            string
 	PromptTokens     int
 	CompletionTokens int
@@ -106,8 +148,15 @@ type Request struct {
 	Model string
 	// Turns is the prompt, oldest first.
 	Turns []Turn
+	// Tools are offered to the model (OpenAI function tools).
+	Tools []Tool
+	// NoToolCall asks the model to answer in text (tool_choice "none")
+	// while Tools stay declared, so that the earlier calls in Turns make
+	// sense to it. A model may disobey; the caller must cope.
+	NoToolCall bool
 	// OnDelta, when set, makes the call stream: it receives each piece of
-	// text as it arrives, from the calling goroutine.
+	// text as it arrives, from the calling goroutine. Tool calls are
+	// gathered from the stream and only returned in the Completion.
 	OnDelta func(text string)
 }
 
@@ -126,9 +175,17 @@ func (c *Client) Do(ctx context.Context, req Request) (*Completion, error) {
 	if model == "" {
 		return nil, errors.New("llm: no model named")
 	}
+	tools, err := toolParams(req.Tools)
+	if err != nil {
+		return nil, fmt.Errorf("llm: %s: %w", model, err)
+	}
 	params := openai.ChatCompletionNewParams{
 		Model:    model,
 		Messages: messages(req.Turns),
+		Tools:    tools,
+	}
+	if req.NoToolCall && len(tools) > 0 {
+		params.ToolChoice = openai.ChatCompletionToolChoiceOptionUnionParam{OfAuto: openai.String("none")}
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
 	defer cancel()
@@ -139,23 +196,37 @@ func (c *Client) Do(ctx context.Context, req Request) (*Completion, error) {
 	if err != nil {
 		return nil, fmt.Errorf("llm: %s: %w", model, err)
 	}
-	if len(resp.Choices) == 0 || resp.Choices[0].Message.Content == "" {
+	if len(resp.Choices) == 0 {
 		return nil, fmt.Errorf("llm: %s: %w", model, errEmpty)
 	}
-	return &Completion{
-		Text:             resp.Choices[0].Message.Content,
+	msg := resp.Choices[0].Message
+	out := &Completion{
+		Text:             msg.Content,
+		ToolCalls:        toolCalls(msg.ToolCalls),
 		Model:            cmp.Or(resp.Model, model),
 		PromptTokens:     int(resp.Usage.PromptTokens),
 		CompletionTokens: int(resp.Usage.CompletionTokens),
-	}, nil
+	}
+	if out.Text == "" && len(out.ToolCalls) == 0 {
+		return nil, fmt.Errorf("llm: %s: %w", model, errEmpty)
+	}
+	return out, nil
 }
 
-// errEmpty is a completion without text: the provider misbehaved.
+// errEmpty is a completion without text or tool calls: the provider
+// misbehaved.
 var errEmpty = errors.New("empty completion")
 
 // errStreamEnded is a stream that ended without a finish reason or error
 // before any text arrived.
 var errStreamEnded = errors.New("stream ended before the answer")
+
+// errBadChunk is a stream chunk that does not continue the ones before it.
+var errBadChunk = errors.New("stream chunk does not fit the stream")
+
+// errBadRequest is a request we cannot send as asked (a tool's schema is
+// not JSON): our fault, never the provider's, and asking again won't help.
+var errBadRequest = errors.New("bad request")
 
 func (c *Client) stream(ctx context.Context, model string, params openai.ChatCompletionNewParams,
 	onDelta func(string)) (*Completion, error) {
@@ -163,23 +234,32 @@ func (c *Client) stream(ctx context.Context, model string, params openai.ChatCom
 	s := c.client.Chat.Completions.NewStreaming(ctx, params)
 	defer s.Close()
 	var (
-		text     strings.Builder
-		out      = Completion{Model: model}
+		// The accumulator puts the tool calls' pieces together (they come
+		// by index, the name first, then the arguments in pieces) and sums
+		// the usage; the text goes to onDelta as it comes.
+		acc      openai.ChatCompletionAccumulator
+		shown    int // bytes of text passed to onDelta
 		finished bool
+		err      error
 	)
 	for s.Next() {
 		chunk := s.Current()
-		out.Model = cmp.Or(chunk.Model, out.Model)
-		if chunk.Usage.PromptTokens > 0 || chunk.Usage.CompletionTokens > 0 {
-			out.PromptTokens = int(chunk.Usage.PromptTokens)
-			out.CompletionTokens = int(chunk.Usage.CompletionTokens)
+		if acc.ID != "" {
+			// The accumulator refuses a chunk whose id differs from the
+			// first one's; some OpenAI-compatible servers vary or drop it,
+			// and we have no use for it.
+			chunk.ID = acc.ID
+		}
+		if !acc.AddChunk(chunk) {
+			err = errBadChunk
+			break
 		}
 		for _, ch := range chunk.Choices {
 			if ch.Index != 0 {
 				continue
 			}
 			if ch.Delta.Content != "" {
-				text.WriteString(ch.Delta.Content)
+				shown += len(ch.Delta.Content)
 				onDelta(ch.Delta.Content)
 			}
 			if ch.FinishReason != "" {
@@ -187,20 +267,28 @@ func (c *Client) stream(ctx context.Context, model string, params openai.ChatCom
 			}
 		}
 	}
-	err := s.Err()
+	err = cmp.Or(err, s.Err())
+	out := Completion{
+		Model:            cmp.Or(acc.Model, model),
+		PromptTokens:     int(acc.Usage.PromptTokens),
+		CompletionTokens: int(acc.Usage.CompletionTokens),
+	}
+	if len(acc.Choices) > 0 {
+		out.Text = acc.Choices[0].Message.Content
+		out.ToolCalls = toolCalls(acc.Choices[0].Message.ToolCalls)
+	}
 	switch {
-	case err == nil && finished && text.Len() > 0:
-		out.Text = text.String()
+	case err == nil && finished && (out.Text != "" || len(out.ToolCalls) > 0):
 		return &out, nil
 	case err == nil && finished:
 		err = errEmpty
 	case err == nil:
 		err = errStreamEnded
 	}
-	if text.Len() > 0 {
+	if shown > 0 {
 		// The customer has seen part of an answer: retrying here would show
 		// a second one, so the caller falls back instead.
-		return nil, fmt.Errorf("llm: %s: %w after %d bytes: %w", model, ErrStreamBroken, text.Len(), err)
+		return nil, fmt.Errorf("llm: %s: %w after %d bytes: %w", model, ErrStreamBroken, shown, err)
 	}
 	return nil, fmt.Errorf("llm: %s: %w", model, err)
 }
@@ -212,10 +300,66 @@ func messages(turns []Turn) []openai.ChatCompletionMessageParamUnion {
 		case RoleSystem:
 			msgs = append(msgs, openai.SystemMessage(t.Text))
 		case RoleAssistant:
-			msgs = append(msgs, openai.AssistantMessage(t.Text))
+			if len(t.ToolCalls) == 0 {
+				msgs = append(msgs, openai.AssistantMessage(t.Text))
+				continue
+			}
+			m := openai.ChatCompletionAssistantMessageParam{}
+			if t.Text != "" {
+				m.Content.OfString = openai.String(t.Text)
+			}
+			for _, tc := range t.ToolCalls {
+				m.ToolCalls = append(m.ToolCalls, openai.ChatCompletionMessageToolCallUnionParam{
+					OfFunction: &openai.ChatCompletionMessageFunctionToolCallParam{
+						ID:       tc.ID,
+						Function: openai.ChatCompletionMessageFunctionToolCallFunctionParam{Name: tc.Name, Arguments: string(tc.Args)},
+					},
+				})
+			}
+			msgs = append(msgs, openai.ChatCompletionMessageParamUnion{OfAssistant: &m})
+		case RoleTool:
+			msgs = append(msgs, openai.ToolMessage(t.Text, t.ToolCallID))
 		default:
 			msgs = append(msgs, openai.UserMessage(t.Text))
 		}
 	}
 	return msgs
+}
+
+// toolParams turns tools into OpenAI function tools.
+func toolParams(tools []Tool) ([]openai.ChatCompletionToolUnionParam, error) {
+	if len(tools) == 0 {
+		return nil, nil
+	}
+	out := make([]openai.ChatCompletionToolUnionParam, 0, len(tools))
+	for _, t := range tools {
+		def := shared.FunctionDefinitionParam{Name: t.Name}
+		if t.Description != "" {
+			def.Description = openai.String(t.Description)
+		}
+		if len(bytes.TrimSpace(t.Parameters)) > 0 {
+			if err := json.Unmarshal(t.Parameters, &def.Parameters); err != nil {
+				return nil, fmt.Errorf("%w: tool %s: parameters: %w", errBadRequest, t.Name, err)
+			}
+		}
+		out = append(out, openai.ChatCompletionFunctionTool(def))
+	}
+	return out, nil
+}
+
+// toolCalls returns the function calls among calls (custom tools are never
+// offered, so their calls are dropped).
+func toolCalls(calls []openai.ChatCompletionMessageToolCallUnion) []ToolCall {
+	var out []ToolCall
+	for _, c := range calls {
+		if (c.Type != "" && c.Type != "function") || c.Function.Name == "" {
+			continue
+		}
+		args := json.RawMessage(c.Function.Arguments)
+		if len(bytes.TrimSpace(args)) == 0 {
+			args = json.RawMessage(`{}`)
+		}
+		out = append(out, ToolCall{ID: c.ID, Name: c.Function.Name, Args: args})
+	}
+	return out
 }

@@ -46,6 +46,8 @@ func classify(err error) verdict {
 		return verdict{outcome: OutcomeOK}
 	case errors.Is(err, context.Canceled):
 		return verdict{outcome: OutcomeCanceled}
+	case errors.Is(err, errBadRequest):
+		return verdict{outcome: OutcomeRejected}
 	case errors.Is(err, ErrStreamBroken):
 		return verdict{outcome: OutcomeStreamCut, fault: true}
 	case errors.As(err, &apiErr):
