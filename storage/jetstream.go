@@ -19,7 +19,21 @@ const (
 	StreamEvents = "CHAT_EVENTS"
 	// StreamDLQ holds messages that used up their delivery attempts.
 	StreamDLQ = "CHAT_DLQ"
+	// StreamAdvisories keeps the server's max-deliveries advisories of
+	// CHAT_IN until a worker has moved the message to CHAT_DLQ, so an
+	// advisory published while no worker listens, or whose handler died, is
+	// not lost (a core NATS subscription would lose it).
+	StreamAdvisories = "CHAT_ADVISORIES"
+	// ConsumerDeadLetters is the durable consumer of StreamAdvisories.
+	ConsumerDeadLetters = "dead-letters"
 )
+
+// MaxDeliveriesAdvisories is the subject of the server's advisories for
+// CHAT_IN messages that reached MaxDeliver, one token per consumer.
+const MaxDeliveriesAdvisories = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." + StreamIn + ".*"
+
+// DLQSubject is the CHAT_DLQ subject of shop's dead letters.
+func DLQSubject(shop string) string { return "chat.dlq." + shop }
 
 // InSubject is the subject a message of priority p for shop is published on.
 func InSubject(p peakdesk.Priority, shop string) string {
@@ -114,11 +128,34 @@ func EnsureTopology(ctx context.Context, js jetstream.JetStream, t Topology) (To
 		Storage:     jetstream.FileStorage,
 		Replicas:    t.Replicas,
 		MaxAge:      14 * 24 * time.Hour,
+		// A copy is published with a Nats-Msg-Id derived from its CHAT_IN
+		// sequence, so an advisory handled twice leaves one copy.
+		Duplicates: time.Hour,
+	}, {
+		Name:        StreamAdvisories,
+		Description: "max-deliveries advisories of CHAT_IN, until moved to CHAT_DLQ",
+		Subjects:    []string{MaxDeliveriesAdvisories},
+		Retention:   jetstream.WorkQueuePolicy,
+		Storage:     jetstream.FileStorage,
+		Replicas:    t.Replicas,
+		MaxAge:      14 * 24 * time.Hour,
 	}}
 	for _, cfg := range streams {
 		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
 			return t, fmt.Errorf("storage: stream %s: %w", cfg.Name, err)
 		}
+	}
+	_, err := js.CreateOrUpdateConsumer(ctx, StreamAdvisories, jetstream.ConsumerConfig{
+		Durable:       ConsumerDeadLetters,
+		Description:   "workers moving dead letters to CHAT_DLQ",
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       30 * time.Second,
+		MaxDeliver:    -1, // a dead letter is never dropped; failures retry with a delay
+		MaxAckPending: 1000,
+		Replicas:      t.Replicas,
+	})
+	if err != nil {
+		return t, fmt.Errorf("storage: consumer %s: %w", ConsumerDeadLetters, err)
 	}
 	for _, p := range peakdesk.Priorities {
 		_, err := js.CreateOrUpdateConsumer(ctx, StreamIn, jetstream.ConsumerConfig{

@@ -1,6 +1,10 @@
 // Package workers answers the chat messages queued in JetStream: it pulls
-// them by priority, asks the LLM, stores each reply exactly once in
-// Postgres, publishes the reply event and only then acks.
+// them by priority within an adaptive concurrency limit, answers each
+// conversation one turn at a time (messages that queue up meanwhile are
+// answered together), keeps the LLM calls of all processes within the
+// provider's rate limits, stores each reply exactly once in Postgres,
+// publishes the reply event and only then acks. Messages that use up their
+// deliveries are moved to the dead-letter queue.
 package workers
 
 import (
@@ -13,11 +17,13 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
-	"github.com/nats-io/nats.go"
+	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/storage"
@@ -36,27 +42,69 @@ type Config struct {
 	DB     *storage.DB
 	Memory *storage.Memory
 	LLM    Completer
+	// Redis holds the provider budget shared by all worker processes;
+	// defaults to Memory.Redis.
+	Redis *redis.Client
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 	// Registerer receives the worker's metrics; defaults to a private registry.
 	Registerer prometheus.Registerer
-	// Concurrency is how many messages one process answers at once.
-	// Default 64.
+
+	// Concurrency is the most messages one process answers at once: the
+	// ceiling of the adaptive limit. Default 64.
 	Concurrency int
+	// MinConcurrency is the floor the adaptive limit backs off to when the
+	// provider shows distress (429, 503, 529, timeouts, rising latency).
+	// Default Concurrency/8, at least 1.
+	MinConcurrency int
+	// P1Weight and P2Weight share the slots p0 leaves between p1 and p2
+	// while both have work. Defaults 4 and 1.
+	P1Weight, P2Weight int
+	// ProviderRPM and ProviderTPM are the LLM provider's requests and tokens
+	// per minute for all worker processes together; 0 = unlimited.
+	ProviderRPM, ProviderTPM int
+	// ProviderKey names that budget in Redis (one per provider account and
+	// model). Default "default".
+	ProviderKey string
+	// LLMTransport, when set, is the transport of the LLM client's HTTP
+	// client: the budget and the adaptive limit then apply to every HTTP
+	// call the client makes (retries, fallback models). Without it they
+	// apply around the one LLM call of compose.
+	LLMTransport *LLMTransport
+
 	// AckWait must match the consumers' AckWait; heartbeats go out at a
-	// third of it. Default 30 s.
+	// third of it, and a conversation's hold lasts as long. Default 30 s.
 	AckWait time.Duration
-	// IdlePoll is how long the fetch loop rests when every queue is empty.
-	// Default 20 ms.
-	IdlePoll time.Duration
-	// LLMAttempts is how many deliveries may fail at the LLM before the
-	// message is answered with a handoff to a human. Default 3.
+	// IdleWait is how long an idle worker's blocking pulls wait before they
+	// are renewed (and at most how long Stop waits for them). Default 1 s.
+	IdleWait time.Duration
+	// LLMAttempts is how many turns may fail at the LLM before the messages
+	// are answered with a handoff to a human. Default 3.
 	LLMAttempts int
 	// SoftStop is how long Stop lets in-flight messages finish before it
 	// releases them for redelivery. Default 10 s.
 	SoftStop time.Duration
-	// HistoryTurns is how many earlier turns the LLM sees. Default 10.
+	// HistoryTurns is how many earlier turns the LLM sees. Default 10; it
+	// is also Memory.Turns when that is unset.
 	HistoryTurns int
+	// MaxBatch is the most messages of one conversation answered by one
+	// reply. Default 20.
+	MaxBatch int
+	// GatherWait is how long a worker that just took a conversation waits
+	// for more of its messages before answering: messages sent in quick
+	// succession reach different workers at about the same time, and
+	// whichever claims first answers them all, in order. A message that
+	// reaches its worker later than that after a later one of its
+	// conversation is answered in the next turn. Only a worker with free
+	// slots waits. Default 50 ms; negative = do not wait.
+	GatherWait time.Duration
+	// SweepInterval is how often the sweeper looks for conversations nobody
+	// holds that have unanswered messages, and for unpublished reply events.
+	// Default 1 s.
+	SweepInterval time.Duration
+	// SweepGrace is how old such a message or reply must be before the
+	// sweeper takes it. Default 5 s.
+	SweepGrace time.Duration
 }
 
 func (c *Config) setDefaults() {
@@ -64,12 +112,26 @@ func (c *Config) setDefaults() {
 	if c.Registerer == nil {
 		c.Registerer = prometheus.NewRegistry()
 	}
+	if c.Redis == nil && c.Memory != nil {
+		c.Redis = c.Memory.Redis
+	}
+	c.HistoryTurns = cmp.Or(c.HistoryTurns, 10)
+	if c.Memory != nil && c.Memory.Turns == 0 {
+		// Memory keeps one turn unless told; keep what the LLM is shown.
+		c.Memory.Turns = c.HistoryTurns
+	}
 	c.Concurrency = cmp.Or(c.Concurrency, 64)
+	c.MinConcurrency = cmp.Or(c.MinConcurrency, max(c.Concurrency/8, 1))
+	c.P1Weight = cmp.Or(c.P1Weight, 4)
+	c.P2Weight = cmp.Or(c.P2Weight, 1)
 	c.AckWait = cmp.Or(c.AckWait, 30*time.Second)
-	c.IdlePoll = cmp.Or(c.IdlePoll, 20*time.Millisecond)
+	c.IdleWait = cmp.Or(c.IdleWait, time.Second)
 	c.LLMAttempts = cmp.Or(c.LLMAttempts, 3)
 	c.SoftStop = cmp.Or(c.SoftStop, 10*time.Second)
-	c.HistoryTurns = cmp.Or(c.HistoryTurns, 10)
+	c.MaxBatch = cmp.Or(c.MaxBatch, 20)
+	c.GatherWait = cmp.Or(c.GatherWait, 50*time.Millisecond)
+	c.SweepInterval = cmp.Or(c.SweepInterval, time.Second)
+	c.SweepGrace = cmp.Or(c.SweepGrace, 5*time.Second)
 }
 
 func (c *Config) validate() error {
@@ -84,6 +146,16 @@ func (c *Config) validate() error {
 		return errors.New("workers: config: LLM is required")
 	case c.Concurrency < 1:
 		return errors.New("workers: config: Concurrency must be at least 1")
+	case c.MinConcurrency < 1 || c.MinConcurrency > c.Concurrency:
+		return errors.New("workers: config: MinConcurrency must be within 1..Concurrency")
+	case c.P1Weight < 1 || c.P2Weight < 1:
+		return errors.New("workers: config: P1Weight and P2Weight must be at least 1")
+	case c.ProviderRPM < 0 || c.ProviderTPM < 0:
+		return errors.New("workers: config: ProviderRPM and ProviderTPM must not be negative")
+	case c.IdleWait < time.Millisecond:
+		return errors.New("workers: config: IdleWait must be at least 1 ms")
+	case c.MaxBatch < 1:
+		return errors.New("workers: config: MaxBatch must be at least 1")
 	}
 	return nil
 }
@@ -94,13 +166,18 @@ type Worker struct {
 	log       *slog.Logger
 	metrics   *workerMetrics
 	consumers []jetstream.Consumer // by priority, most urgent first
-
-	slots chan struct{} // one token per message in flight
+	deadCons  jetstream.Consumer
+	aimd      *AIMD
+	limiter   *ProviderLimiter
+	slots     *slots
+	claims    claimLine
+	pulls     atomic.Int64 // pull requests sent to the priority consumers
 
 	startOnce, stopOnce sync.Once
-	fetchCancel         context.CancelFunc // stops fetching
+	fetchCancel         context.CancelFunc // stops fetching, sweeping, dead letters
 	workCancel          context.CancelFunc // cancels work in flight
 	fetchDone           chan struct{}
+	bg                  sync.WaitGroup // parked pulls, sweeper, dead letters
 	inflight            sync.WaitGroup
 }
 
@@ -114,37 +191,72 @@ func New(cfg Config) (*Worker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("workers: metrics: %w", err)
 	}
-	m.limit.Set(float64(cfg.Concurrency))
-	return &Worker{
+	w := &Worker{
 		cfg:       cfg,
 		log:       cfg.Logger.With("component", "worker"),
 		metrics:   m,
-		slots:     make(chan struct{}, cfg.Concurrency),
+		aimd:      NewAIMD(AIMDConfig{Min: cfg.MinConcurrency, Max: cfg.Concurrency}),
+		slots:     newSlots(cfg.Concurrency),
 		fetchDone: make(chan struct{}),
-	}, nil
+	}
+	w.limiter = NewProviderLimiter(ProviderLimitConfig{
+		Redis: cfg.Redis, Key: cfg.ProviderKey, RPM: cfg.ProviderRPM, TPM: cfg.ProviderTPM, Logger: w.log,
+	})
+	w.limiter.Waited = func(p peakdesk.Priority, d time.Duration) {
+		m.rateWait.WithLabelValues(string(p)).Observe(d.Seconds())
+	}
+	w.limiter.Degraded = func(local bool) {
+		m.rateLocal.Set(map[bool]float64{false: 0, true: 1}[local])
+	}
+	m.limit.Set(float64(cfg.Concurrency))
+	if cfg.LLMTransport != nil {
+		cfg.LLMTransport.w.Store(w)
+	}
+	return w, nil
 }
 
-// Start binds to the priority consumers and starts fetching. It returns once
-// the consumers are found, or fails fast.
+// observeCall feeds one LLM call to the adaptive limit.
+func (w *Worker) observeCall(took time.Duration, s Signal) {
+	w.metrics.llmSeconds.Observe(took.Seconds())
+	inflight, _ := w.slots.counts()
+	limit := w.aimd.Observe(took, s, inflight)
+	w.slots.setLimit(limit)
+	w.metrics.limit.Set(float64(limit))
+}
+
+// Start binds to the priority consumers and the dead-letter consumer and
+// starts fetching, sweeping and moving dead letters. It returns once the
+// consumers are found, or fails fast.
 func (w *Worker) Start(ctx context.Context) error {
+	var consumers []jetstream.Consumer
 	for _, p := range peakdesk.Priorities {
 		c, err := w.cfg.JS.Consumer(ctx, storage.StreamIn, storage.ConsumerName(p))
 		if err != nil {
 			return fmt.Errorf("workers: consumer %s: %w", storage.ConsumerName(p), err)
 		}
-		w.consumers = append(w.consumers, c)
+		consumers = append(consumers, c)
+	}
+	dead, err := w.cfg.JS.Consumer(ctx, storage.StreamAdvisories, storage.ConsumerDeadLetters)
+	if err != nil {
+		return fmt.Errorf("workers: consumer %s: %w", storage.ConsumerDeadLetters, err)
 	}
 	w.startOnce.Do(func() {
+		w.consumers, w.deadCons = consumers, dead
+		w.metrics.backlog.bind(consumers)
 		fetchCtx, fetchCancel := context.WithCancel(context.Background())
 		workCtx, workCancel := context.WithCancel(context.Background())
 		w.fetchCancel, w.workCancel = fetchCancel, workCancel
-		go w.fetchLoop(fetchCtx, workCtx)
+		go newScheduler(w).fetchLoop(fetchCtx, workCtx)
+		w.bg.Add(2)
+		go func() { defer w.bg.Done(); w.sweep(fetchCtx, workCtx) }()
+		go func() { defer w.bg.Done(); w.moveDeadLetters(fetchCtx) }()
 	})
 	return nil
 }
 
 // Stop stops fetching, lets in-flight messages finish for up to SoftStop,
-// then cancels the rest, which are released for redelivery. It waits for
+// then cancels the rest, which are released for redelivery (their
+// conversations are released at once for other workers). It waits for
 // everything it started and is idempotent.
 func (w *Worker) Stop() {
 	w.stopOnce.Do(func() {
@@ -153,6 +265,7 @@ func (w *Worker) Stop() {
 		}
 		w.fetchCancel()
 		<-w.fetchDone
+		w.bg.Wait()
 		done := make(chan struct{})
 		go func() { w.inflight.Wait(); close(done) }()
 		select {
@@ -166,64 +279,75 @@ func (w *Worker) Stop() {
 	})
 }
 
-// fetchLoop pulls only as many messages as there are free slots, always
-// from the most urgent priority first, so nothing waits in a client buffer
-// aging against its AckWait.
-func (w *Worker) fetchLoop(fetchCtx, workCtx context.Context) {
-	defer close(w.fetchDone)
-	idle := time.NewTimer(0)
-	defer idle.Stop()
-	for {
-		// Wait for at least one free slot.
-		select {
-		case w.slots <- struct{}{}:
-			<-w.slots
-		case <-fetchCtx.Done():
-			return
+// start runs fn in a new goroutine in a slot the caller has taken.
+func (w *Worker) startWork(fn func()) {
+	w.inflight.Add(1)
+	w.metrics.inflight.Set(float64(w.inflightCount()))
+	go func() {
+		defer func() {
+			w.slots.release()
+			w.metrics.inflight.Set(float64(w.inflightCount()))
+			w.inflight.Done()
+		}()
+		fn()
+	}()
+}
+
+// start answers msg in a slot the caller has taken. Its claim on its
+// conversation waits for the claims of the same conversation's messages
+// started before it in this process, so messages fetched together are
+// claimed in queue order.
+func (w *Worker) start(ctx context.Context, msg jetstream.Msg) {
+	var key struct {
+		Shop string `json:"shop"`
+		Conv string `json:"conversation_id"`
+	}
+	_ = json.Unmarshal(msg.Data(), &key)
+	after, claimed := w.claims.enter(key.Shop + "/" + key.Conv)
+	w.startWork(func() { w.handle(ctx, msg, after, claimed) })
+}
+
+// claimLine orders the claims of one conversation's messages within this
+// process: a message's claim waits until the one started before it is done.
+type claimLine struct {
+	mu    sync.Mutex
+	tails map[string]chan struct{}
+}
+
+// enter joins key's line: after is closed when the previous claim is done
+// (nil if none), done must be called once this claim is.
+func (c *claimLine) enter(key string) (after <-chan struct{}, done func()) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.tails == nil {
+		c.tails = map[string]chan struct{}{}
+	}
+	prev, mine := c.tails[key], make(chan struct{})
+	c.tails[key] = mine
+	return prev, func() {
+		c.mu.Lock()
+		if c.tails[key] == mine {
+			delete(c.tails, key)
 		}
-		got := 0
-		for i, c := range w.consumers {
-			free := cap(w.slots) - len(w.slots)
-			if free == 0 {
-				break
-			}
-			batch, err := c.FetchNoWait(free)
-			if err != nil {
-				w.log.Warn("fetch failed", "priority", peakdesk.Priorities[i], "err", err)
-				continue
-			}
-			for msg := range batch.Messages() {
-				w.slots <- struct{}{}
-				w.inflight.Add(1)
-				got++
-				go func() {
-					defer func() { <-w.slots; w.inflight.Done() }()
-					w.handle(workCtx, msg)
-				}()
-			}
-			if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
-				w.log.Warn("fetch batch failed", "priority", peakdesk.Priorities[i], "err", err)
-			}
-		}
-		w.metrics.inflight.Set(float64(len(w.slots)))
-		if got > 0 {
-			continue
-		}
-		idle.Reset(w.cfg.IdlePoll)
-		select {
-		case <-idle.C:
-		case <-fetchCtx.Done():
-			return
-		}
+		c.mu.Unlock()
+		close(mine)
 	}
 }
 
-// handle answers one message. Its outcome decides the message's fate: ack
-// once the reply is stored and its event published, nak with a delay to
-// retry, term for a message that can never be answered.
-func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
+func (w *Worker) inflightCount() int {
+	n, _ := w.slots.counts()
+	return n
+}
+
+// handle takes one queued message. What it returns to JetStream decides the
+// message's fate: ack once its answer is stored and published (or once it is
+// stored to wait for its conversation), nak with a delay to retry, term for
+// a message that can never be answered.
+func (w *Worker) handle(ctx context.Context, msg jetstream.Msg, after <-chan struct{}, claimed func()) {
+	claimDone := sync.OnceFunc(claimed)
+	defer claimDone()
 	var m peakdesk.Message
-	if err := json.Unmarshal(msg.Data(), &m); err != nil || m.ID == "" || m.ShopID == "" {
+	if err := json.Unmarshal(msg.Data(), &m); err != nil || m.ID == "" || m.ShopID == "" || m.ConversationID == "" {
 		w.log.Error("undecodable message terminated", "subject", msg.Subject(), "err", err)
 		_ = msg.Term()
 		return
@@ -236,33 +360,203 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 		_ = msg.Nak()
 		return
 	}
-	stopBeat := w.heartbeat(msg)
-	defer stopBeat()
+	ka := w.keepAlive(ctx, msg)
+	defer ka.stop()
 
-	err = w.answer(ctx, log, &m, meta)
-	var retry *retryError
-	switch {
-	case err == nil:
-		// Ack only after the reply is committed and its event published.
-		if err := msg.DoubleAck(context.WithoutCancel(ctx)); err != nil {
-			log.Warn("ack failed; the redelivery will find the reply stored", "err", err)
+	if after != nil {
+		select {
+		case <-after:
+		case <-ctx.Done():
 		}
+	}
+	claim, err := w.cfg.DB.ClaimMessage(ctx, &m, newID(), w.cfg.AckWait, w.cfg.MaxBatch)
+	claimDone()
+	switch {
 	case errors.Is(err, storage.ErrForeignConversation):
 		log.Error("message names another user's conversation; terminated", "err", err)
 		_ = msg.Term()
-	case ctx.Err() != nil:
-		// Stopping: release the message at once for another worker.
+	case err != nil && ctx.Err() != nil:
 		_ = msg.Nak()
-	case errors.As(err, &retry):
-		log.Warn("answer failed; will retry", "delivery", meta.NumDelivered, "err", err)
-		_ = msg.NakWithDelay(retry.after)
+	case err != nil:
+		log.Error("storing the message failed; will retry", "delivery", meta.NumDelivered, "err", err)
+		_ = msg.NakWithDelay(retryDelay(int(meta.NumDelivered)))
+	case claim.Reply != nil:
+		// A redelivery of an answered message: tell the client again, no
+		// second answer.
+		w.metrics.redelivered.Inc()
+		if err := w.publishEvent(ctx, claim.Reply); err != nil {
+			log.Warn("re-publishing a reply event failed; will retry", "err", err)
+			_ = msg.NakWithDelay(retryDelay(int(meta.NumDelivered)))
+			return
+		}
+		w.ack(log, msg)
+	case claim.Failed:
+		log.Warn("message was dead-lettered before; dropping this delivery")
+		w.ack(log, msg)
+	case claim.Waiting:
+		// Another worker holds the conversation: the message is stored and
+		// answered in that worker's next turn (or by the sweeper should it
+		// die). Acking now means waiting costs no delivery attempts.
+		w.metrics.waited.Inc()
+		w.ack(log, msg)
 	default:
-		log.Error("answer failed; will retry", "delivery", meta.NumDelivered, "err", err)
-		_ = msg.NakWithDelay(retryDelay(meta.NumDelivered))
+		w.gather(ctx, log, claim.Hold)
+		w.runTurns(ctx, log, ka, claim.Hold, msg)
 	}
 }
 
-// retryError asks for redelivery after a delay.
+// gather waits GatherWait and adds the conversation's messages that came in
+// meanwhile to hold. A saturated worker does not wait: its slots are what
+// the backlog waits for, and a backlog spreads one customer's messages out
+// (those fetched together are claimed in order anyway, see claimLine).
+func (w *Worker) gather(ctx context.Context, log *slog.Logger, hold *storage.Hold) {
+	if w.cfg.GatherWait <= 0 || len(hold.Messages) >= w.cfg.MaxBatch || w.slots.free() == 0 {
+		return
+	}
+	sleepCtx(ctx, w.cfg.GatherWait)
+	if ctx.Err() != nil {
+		return
+	}
+	if err := w.cfg.DB.TopUpHold(ctx, hold, w.cfg.MaxBatch); err != nil {
+		log.Warn("gathering more messages failed; answering those held", "err", err)
+	}
+}
+
+func (w *Worker) ack(log *slog.Logger, msg jetstream.Msg) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := msg.DoubleAck(ctx); err != nil {
+		log.Warn("ack failed; a redelivery will find the work done", "err", err)
+	}
+}
+
+// runTurns answers hold's messages, then whatever queued up in the
+// conversation meanwhile, one turn after another, until nothing is left (the
+// hold is given up in the same transaction that finds nothing). head is the
+// queued message that got the hold (nil for the sweeper); it is acked after
+// the first turn is stored.
+func (w *Worker) runTurns(ctx context.Context, log *slog.Logger, ka *keepAlive, hold *storage.Hold, head jetstream.Msg) {
+	var headID string
+	if head != nil {
+		var m peakdesk.Message
+		_ = json.Unmarshal(head.Data(), &m)
+		headID = m.ID
+	}
+	for hold != nil {
+		turnCtx := ka.hold(ctx, hold)
+		ans, err := w.compose(turnCtx, log, hold)
+		if err != nil && errors.Is(context.Cause(turnCtx), storage.ErrTurnLost) {
+			err = storage.ErrTurnLost
+		}
+		var next *storage.Hold
+		var reply *peakdesk.Reply
+		// A reply no queued message stands behind is published by the
+		// sweeper should this worker die before it publishes it.
+		eventPending := head == nil || !hold.Includes(headID)
+		if err == nil {
+			// From here on the work is done and must be recorded even if we
+			// are asked to stop.
+			reply = ans.Reply
+			saveCtx, cancel := context.WithTimeout(context.WithoutCancel(turnCtx), 10*time.Second)
+			next, err = w.cfg.DB.SaveTurn(saveCtx, hold, storage.TurnReply{
+				Reply: reply, EventPending: eventPending, InTx: ans.inTx(),
+			}, w.cfg.AckWait, w.cfg.MaxBatch)
+			cancel()
+		}
+		ka.hold(ctx, nil)
+		if err != nil {
+			w.turnFailed(ctx, log, hold, head, err)
+			return
+		}
+		w.answered(ctx, hold, reply)
+		pubCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		err = w.publishEvent(pubCtx, reply)
+		if err == nil && eventPending {
+			err = w.cfg.DB.EventPublished(pubCtx, reply.ShopID, reply.ID)
+		}
+		cancel()
+		if err != nil {
+			log.Warn("publishing a reply event failed; it will be re-published", "reply_id", reply.ID, "err", err)
+		}
+		if head != nil {
+			if err != nil && !eventPending {
+				// The redelivery re-publishes it.
+				_ = head.NakWithDelay(time.Second)
+			} else {
+				w.ack(log, head)
+			}
+			head = nil
+			ka.message(nil)
+		}
+		if next != nil && ctx.Err() != nil {
+			// Stopping: hand the conversation over at once.
+			relCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			_ = w.cfg.DB.ReleaseHold(relCtx, next)
+			cancel()
+			return
+		}
+		hold = next
+	}
+}
+
+// answered records a stored reply in the metrics and the conversation memory.
+func (w *Worker) answered(ctx context.Context, hold *storage.Hold, reply *peakdesk.Reply) {
+	w.metrics.turnSize.Observe(float64(len(hold.Messages)))
+	turns := make([]storage.Turn, 0, len(hold.Messages)+1)
+	for _, m := range hold.Messages {
+		w.metrics.answers.WithLabelValues(string(m.Priority), reply.Source).Inc()
+		w.metrics.latency.WithLabelValues(string(m.Priority), reply.Source).
+			Observe(reply.CreatedAt.Sub(m.AcceptedAt).Seconds())
+		turns = append(turns, storage.Turn{Role: "user", Text: m.Text, At: m.AcceptedAt})
+	}
+	turns = append(turns, storage.Turn{Role: "assistant", Text: reply.Text, At: reply.CreatedAt})
+	memCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer cancel()
+	w.cfg.Memory.Append(memCtx, hold.ShopID, hold.ConversationID, turns...)
+}
+
+// turnFailed decides what a failed turn means for its messages and the
+// queued message behind it.
+func (w *Worker) turnFailed(ctx context.Context, log *slog.Logger, hold *storage.Hold, head jetstream.Msg, err error) {
+	bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	var retry *retryError
+	switch {
+	case ctx.Err() != nil:
+		// Stopping: release both at once for another worker.
+		_ = w.cfg.DB.ReleaseHold(bg, hold)
+		if head != nil {
+			_ = head.Nak()
+		}
+	case errors.Is(err, storage.ErrTurnLost):
+		// Our hold expired and another worker took the conversation; it
+		// answers these messages. A short delay lets the redelivery find
+		// them answered.
+		log.Warn("conversation hold lost; dropping this turn", "err", err)
+		if head != nil {
+			_ = head.NakWithDelay(time.Second)
+		}
+	case errors.As(err, &retry):
+		log.Warn("answer failed; will retry", "attempts", maxAttempts(hold), "err", err)
+		if err := w.cfg.DB.FailTurn(bg, hold, retry.after, err.Error()); err != nil {
+			log.Warn("recording the failed turn failed; the hold expires by itself", "err", err)
+		}
+		if head != nil {
+			_ = head.NakWithDelay(retry.after)
+		}
+	default:
+		log.Error("answer failed; will retry", "attempts", maxAttempts(hold), "err", err)
+		delay := retryDelay(maxAttempts(hold))
+		if err := w.cfg.DB.FailTurn(bg, hold, delay, err.Error()); err != nil {
+			log.Warn("recording the failed turn failed; the hold expires by itself", "err", err)
+		}
+		if head != nil {
+			_ = head.NakWithDelay(delay)
+		}
+	}
+}
+
+// retryError asks for a retry after a delay.
 type retryError struct {
 	after time.Duration
 	err   error
@@ -271,132 +565,216 @@ type retryError struct {
 func (e *retryError) Error() string { return e.err.Error() }
 func (e *retryError) Unwrap() error { return e.err }
 
-// retryDelay is the linear redelivery schedule: 1 s per delivery so far,
-// at most 30 s.
-func retryDelay(delivered uint64) time.Duration {
-	return min(time.Duration(delivered)*time.Second, 30*time.Second)
+// retryDelay is the linear retry schedule: 1 s per attempt so far, at most
+// 30 s.
+func retryDelay(attempts int) time.Duration {
+	return min(time.Duration(max(attempts, 1))*time.Second, 30*time.Second)
 }
 
-func (w *Worker) answer(ctx context.Context, log *slog.Logger, m *peakdesk.Message, meta *jetstream.MsgMetadata) error {
-	// 1. Record that we hold the message; a redelivery of an answered one
-	// only re-publishes its event.
-	existing, err := w.cfg.DB.BeginMessage(ctx, m)
-	if err != nil {
-		return err
+func maxAttempts(hold *storage.Hold) int {
+	n := 0
+	for _, m := range hold.Messages {
+		n = max(n, m.Attempts)
 	}
-	if existing != nil {
-		w.metrics.redelivered.Inc()
-		return w.publishEvent(ctx, existing)
-	}
+	return n
+}
 
-	// 2. Ask the LLM with the conversation's recent turns.
-	reply, err := w.compose(ctx, log, m, meta)
-	if err != nil {
-		return err
-	}
+// turnAnswer is what compose produced for a turn.
+type turnAnswer struct {
+	// Reply is the one reply to the turn's messages.
+	Reply *peakdesk.Reply
+	// Actions are the outbox actions the reply promises; they are stored
+	// in the reply's transaction (ReplyID and ConversationID filled in).
+	Actions []peakdesk.Action
+}
 
-	// 3. Store the reply exactly once; from here on the work is done and
-	// must be recorded even if we are asked to stop.
-	saveCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer cancel()
-	switch err := w.cfg.DB.SaveReply(saveCtx, reply); {
-	case errors.Is(err, storage.ErrAlreadyAnswered):
-		w.metrics.redelivered.Inc()
-		if reply, err = w.cfg.DB.ReplyFor(saveCtx, m.ShopID, m.ID); err != nil {
-			return err
+// inTx stores a's actions in the reply's transaction.
+func (a *turnAnswer) inTx() func(context.Context, pgx.Tx, *peakdesk.Reply) error {
+	if len(a.Actions) == 0 {
+		return nil
+	}
+	return func(ctx context.Context, tx pgx.Tx, r *peakdesk.Reply) error {
+		for i := range a.Actions {
+			a.Actions[i].ReplyID = r.ID
+			a.Actions[i].ConversationID = cmp.Or(a.Actions[i].ConversationID, r.ConversationID)
 		}
-	case err != nil:
+		_, err := storage.InsertActions(ctx, tx, a.Actions)
 		return err
-	default:
-		w.metrics.answers.WithLabelValues(string(m.Priority), reply.Source).Inc()
-		w.metrics.latency.WithLabelValues(string(m.Priority), reply.Source).
-			Observe(reply.CreatedAt.Sub(m.AcceptedAt).Seconds())
-		w.cfg.Memory.Append(saveCtx, m.ShopID, m.ConversationID,
-			storage.Turn{Role: "user", Text: m.Text, At: m.AcceptedAt},
-			storage.Turn{Role: "assistant", Text: reply.Text, At: reply.CreatedAt})
 	}
-
-	// 4. Tell the client.
-	return w.publishEvent(saveCtx, reply)
 }
 
-// compose produces the reply to m: the LLM's answer, or after LLMAttempts
-// failed deliveries a handoff to a human, so no message goes unanswered.
-func (w *Worker) compose(ctx context.Context, log *slog.Logger, m *peakdesk.Message, meta *jetstream.MsgMetadata) (*peakdesk.Reply, error) {
+// compose produces the one reply to hold's messages: the LLM's answer to all
+// of them together, or, once a message has failed LLMAttempts turns, a
+// handoff to a human, so no message goes unanswered. This is the single
+// place that turns messages into a reply (and the actions it promises).
+func (w *Worker) compose(ctx context.Context, log *slog.Logger, hold *storage.Hold) (*turnAnswer, error) {
+	msgs := hold.Messages
+	last := msgs[len(msgs)-1]
 	reply := &peakdesk.Reply{
 		ID:             newID(),
-		ShopID:         m.ShopID,
-		ConversationID: m.ConversationID,
-		MessageIDs:     []string{m.ID},
+		ShopID:         hold.ShopID,
+		ConversationID: hold.ConversationID,
+		MessageIDs:     hold.MessageIDs(),
 	}
-	history, err := w.cfg.Memory.Load(ctx, m.ShopID, m.ConversationID, []string{m.ID})
+	history, err := w.cfg.Memory.Load(ctx, hold.ShopID, hold.ConversationID, reply.MessageIDs)
 	if err != nil {
 		return nil, err
 	}
-	turns := make([]llm.Turn, 0, len(history)+2)
-	turns = append(turns, llm.Turn{Role: llm.RoleSystem, Text: systemPrompt(m.ShopID)})
+	if len(history) > w.cfg.HistoryTurns {
+		history = history[len(history)-w.cfg.HistoryTurns:]
+	}
+	turns := make([]llm.Turn, 0, len(history)+len(msgs)+1)
+	turns = append(turns, llm.Turn{Role: llm.RoleSystem, Text: systemPrompt(hold.ShopID)})
 	for _, t := range history {
 		turns = append(turns, llm.Turn{Role: llm.Role(t.Role), Text: t.Text})
 	}
-	turns = append(turns, llm.Turn{Role: llm.RoleUser, Text: m.Text})
+	prio := peakdesk.P2
+	for _, m := range msgs {
+		turns = append(turns, llm.Turn{Role: llm.RoleUser, Text: m.Text})
+		if m.Priority.Rank() < prio.Rank() {
+			prio = m.Priority
+		}
+	}
 
+	// The provider budget and the adaptive limit: in the LLM client's
+	// transport when it has ours (every HTTP call), else around this call.
+	ctx = withPriority(ctx, prio)
+	permit := &Permit{}
+	if w.cfg.LLMTransport == nil {
+		if permit, err = w.limiter.Wait(ctx, prio, estimateTokens(turns)); err != nil {
+			return nil, err
+		}
+	}
 	start := time.Now()
 	c, err := w.cfg.LLM.Complete(ctx, turns)
-	w.metrics.llmSeconds.Observe(time.Since(start).Seconds())
+	if w.cfg.LLMTransport == nil {
+		w.observeCall(time.Since(start), signalOf(err))
+	}
 	if err == nil {
+		permit.Done(c.PromptTokens + c.CompletionTokens)
 		w.metrics.llmCalls.WithLabelValues(c.Model, "ok").Inc()
 		reply.Text, reply.Source, reply.Model = c.Text, peakdesk.SourceLLM, c.Model
 		reply.PromptTokens, reply.CompletionTokens = c.PromptTokens, c.CompletionTokens
-		return reply, nil
+		return &turnAnswer{Reply: reply}, nil
 	}
-	w.metrics.llmCalls.WithLabelValues("", "error").Inc()
+	permit.Done(0)
+	w.metrics.llmCalls.WithLabelValues("", outcomeOf(err)).Inc()
 	if ctx.Err() != nil {
 		return nil, ctx.Err()
 	}
-	if int(meta.NumDelivered) < w.cfg.LLMAttempts {
-		return nil, &retryError{after: retryDelay(meta.NumDelivered), err: err}
+	if attempts := maxAttempts(hold); attempts < w.cfg.LLMAttempts {
+		return nil, &retryError{after: retryDelay(attempts), err: err}
 	}
-	log.Warn("LLM failed on every attempt; handing off to a human", "attempts", meta.NumDelivered, "err", err)
-	reply.Text, reply.Source = handoffText(m.Text), peakdesk.SourceHandoff
-	return reply, nil
+	log.Warn("LLM failed on every attempt; handing off to a human", "attempts", maxAttempts(hold), "err", err)
+	reply.Text, reply.Source = handoffText(last.Text), peakdesk.SourceHandoff
+	return &turnAnswer{Reply: reply}, nil
+}
+
+// estimateTokens guesses a prompt's tokens before the call: about one per
+// CJK character and one per four other bytes, plus the reply to come. The
+// provider limiter corrects the guess with what calls really use.
+func estimateTokens(turns []llm.Turn) int {
+	n := 0
+	for _, t := range turns {
+		n += 4 // per-message overhead
+		for _, r := range t.Text {
+			if r >= 0x2E80 {
+				n += 4
+			} else {
+				n++
+			}
+		}
+	}
+	return n/4 + 150
 }
 
 // publishEvent publishes r on its conversation's event subject. The reply id
 // is the Nats-Msg-Id, so a re-publish within the window is deduplicated.
 func (w *Worker) publishEvent(ctx context.Context, r *peakdesk.Reply) error {
-	data, err := json.Marshal(r)
-	if err != nil {
-		return fmt.Errorf("workers: encode reply: %w", err)
-	}
-	msg := nats.NewMsg(storage.EventSubject(r.ShopID, r.ConversationID))
-	msg.Data = data
-	msg.Header.Set(jetstream.MsgIDHeader, r.ID)
-	if _, err := w.cfg.JS.PublishMsg(ctx, msg); err != nil {
-		return fmt.Errorf("workers: publish reply event: %w", err)
-	}
-	return nil
+	return storage.PublishReplyEvent(ctx, w.cfg.JS, r)
 }
 
-// heartbeat tells JetStream we are still working on msg every third of its
-// AckWait, so a long LLM call is not redelivered to another worker.
-func (w *Worker) heartbeat(msg jetstream.Msg) (stop func()) {
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
+// keepAlive keeps a handler's claims alive while it works: InProgress on the
+// queued message every third of AckWait, so a long LLM call is not
+// redelivered elsewhere, and the conversation hold renewed as often; if the
+// hold is lost (renewal found another owner) the turn's context is
+// cancelled with ErrTurnLost.
+type keepAlive struct {
+	w    *Worker
+	mu   sync.Mutex
+	msg  jetstream.Msg
+	cur  *storage.Hold
+	lost context.CancelCauseFunc
+	done chan struct{}
+	wg   sync.WaitGroup
+}
+
+func (w *Worker) keepAlive(ctx context.Context, msg jetstream.Msg) *keepAlive {
+	ka := &keepAlive{w: w, msg: msg, done: make(chan struct{})}
+	ka.wg.Add(1)
 	go func() {
-		defer wg.Done()
+		defer ka.wg.Done()
 		t := time.NewTicker(w.cfg.AckWait / 3)
 		defer t.Stop()
 		for {
 			select {
 			case <-t.C:
-				_ = msg.InProgress()
-			case <-done:
+				ka.beat(ctx)
+			case <-ka.done:
 				return
 			}
 		}
 	}()
-	return func() { close(done); wg.Wait() }
+	return ka
+}
+
+func (ka *keepAlive) beat(ctx context.Context) {
+	ka.mu.Lock()
+	msg, hold, lost := ka.msg, ka.cur, ka.lost
+	ka.mu.Unlock()
+	if msg != nil {
+		_ = msg.InProgress()
+	}
+	if hold == nil {
+		return
+	}
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ka.w.cfg.AckWait/3)
+	defer cancel()
+	if err := ka.w.cfg.DB.RenewHold(rctx, hold, ka.w.cfg.AckWait); errors.Is(err, storage.ErrTurnLost) {
+		lost(storage.ErrTurnLost)
+	} else if err != nil {
+		ka.w.log.Warn("renewing a conversation hold failed", "conversation_id", hold.ConversationID, "err", err)
+	}
+}
+
+// hold starts keeping h alive and returns the context its turn runs in;
+// hold(ctx, nil) stops.
+func (ka *keepAlive) hold(ctx context.Context, h *storage.Hold) context.Context {
+	ka.mu.Lock()
+	defer ka.mu.Unlock()
+	if ka.lost != nil {
+		ka.lost(nil)
+		ka.lost = nil
+	}
+	ka.cur = h
+	if h == nil {
+		return ctx
+	}
+	turnCtx, cancel := context.WithCancelCause(ctx)
+	ka.lost = cancel
+	return turnCtx
+}
+
+func (ka *keepAlive) message(msg jetstream.Msg) {
+	ka.mu.Lock()
+	ka.msg = msg
+	ka.mu.Unlock()
+}
+
+func (ka *keepAlive) stop() {
+	ka.hold(context.Background(), nil)
+	close(ka.done)
+	ka.wg.Wait()
 }
 
 func newID() string {
@@ -416,7 +794,8 @@ func traceID(traceparent string) string {
 func systemPrompt(shop string) string {
 	return "You are the customer-service assistant of the online shop " + shop +
 		". Answer briefly and politely in the customer's language. " +
-		"Never invent order facts, prices or promises."
+		"Never invent order facts, prices or promises. " +
+		"When the customer sent several messages in a row, answer them together."
 }
 
 func handoffText(question string) string {

@@ -56,6 +56,21 @@ type Config struct {
 	SoftStop          time.Duration
 	DBMaxConns        int
 	LogLevel          string
+
+	// WorkerMinConcurrency is the floor of the adaptive limit; 0 = 1/8 of
+	// WorkerConcurrency.
+	WorkerMinConcurrency int
+	// WorkerWeights shares the slots p0 leaves between p1 and p2, "p1:p2".
+	WorkerWeights string
+	// WorkerGather is how long a worker gathers a conversation's quick
+	// successive messages before answering them together.
+	WorkerGather time.Duration
+	// LLMRPM and LLMTPM are the provider's limits for all workers together.
+	LLMRPM, LLMTPM int
+	// StreamReplicas is the JetStream replication of every stream (3 in a
+	// production cluster).
+	StreamReplicas int
+
 	// Migrate applies migrations at start (always in dev).
 	Migrate bool
 	// AdmissionDisabled turns the edge's load shedding off (benchmarks).
@@ -87,6 +102,13 @@ func envDefaults(getenv func(string) string, dev bool) Config {
 		LogLevel:          env("PEAKDESK_LOG_LEVEL", "info"),
 		Roles:             splitRoles(env("PEAKDESK_ROLES", strings.Join(allRoles, ","))),
 	}
+	// Worker scheduling, turns and the provider budget.
+	c.WorkerMinConcurrency = envInt(getenv("PEAKDESK_WORKER_MIN_CONCURRENCY"), 0)
+	c.WorkerWeights = env("PEAKDESK_WORKER_WEIGHTS", "4:1")
+	c.WorkerGather = envDuration(getenv("PEAKDESK_WORKER_GATHER"), 50*time.Millisecond)
+	c.LLMRPM = envInt(getenv("PEAKDESK_LLM_RPM"), 0)
+	c.LLMTPM = envInt(getenv("PEAKDESK_LLM_TPM"), 0)
+	c.StreamReplicas = envInt(getenv("PEAKDESK_STREAM_REPLICAS"), 1)
 	return c
 }
 
@@ -134,6 +156,12 @@ func parseFlags(name string, args []string, stderr io.Writer, getenv func(string
 	fs.StringVar(&c.LLMModel, "llm-model", c.LLMModel, "LLM model (env PEAKDESK_LLM_MODEL)")
 	fs.DurationVar(&c.LLMTimeout, "llm-timeout", c.LLMTimeout, "timeout of one LLM call (env PEAKDESK_LLM_TIMEOUT)")
 	fs.IntVar(&c.WorkerConcurrency, "worker-concurrency", c.WorkerConcurrency, "messages one worker process answers at once (env PEAKDESK_WORKER_CONCURRENCY)")
+	fs.IntVar(&c.WorkerMinConcurrency, "worker-min-concurrency", c.WorkerMinConcurrency, "floor of the adaptive concurrency limit; 0 = 1/8 of --worker-concurrency (env PEAKDESK_WORKER_MIN_CONCURRENCY)")
+	fs.StringVar(&c.WorkerWeights, "worker-weights", c.WorkerWeights, "p1:p2 share of the slots p0 leaves when both are backlogged (env PEAKDESK_WORKER_WEIGHTS)")
+	fs.DurationVar(&c.WorkerGather, "worker-gather", c.WorkerGather, "how long a worker gathers a conversation's quick successive messages to answer them together (env PEAKDESK_WORKER_GATHER)")
+	fs.IntVar(&c.LLMRPM, "llm-rpm", c.LLMRPM, "LLM provider requests per minute for all workers together; 0 = unlimited (env PEAKDESK_LLM_RPM)")
+	fs.IntVar(&c.LLMTPM, "llm-tpm", c.LLMTPM, "LLM provider tokens per minute for all workers together; 0 = unlimited (env PEAKDESK_LLM_TPM)")
+	fs.IntVar(&c.StreamReplicas, "stream-replicas", c.StreamReplicas, "JetStream replicas per stream: 1, or 3 in a cluster (env PEAKDESK_STREAM_REPLICAS)")
 	fs.DurationVar(&c.AckWait, "ack-wait", c.AckWait, "JetStream AckWait of the worker consumers (env PEAKDESK_ACK_WAIT)")
 	fs.DurationVar(&c.SoftStop, "soft-stop", c.SoftStop, "how long a stopping worker lets in-flight messages finish (env PEAKDESK_SOFT_STOP)")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error (env PEAKDESK_LOG_LEVEL)")
@@ -172,7 +200,30 @@ func (c *Config) validate() error {
 	if c.WorkerConcurrency < 1 {
 		return errors.New("config: --worker-concurrency must be at least 1")
 	}
+	if c.WorkerMinConcurrency < 0 || c.WorkerMinConcurrency > c.WorkerConcurrency {
+		return errors.New("config: --worker-min-concurrency must be within 0..--worker-concurrency")
+	}
+	if _, _, err := c.workerWeights(); err != nil {
+		return err
+	}
+	if c.LLMRPM < 0 || c.LLMTPM < 0 {
+		return errors.New("config: --llm-rpm and --llm-tpm must not be negative")
+	}
+	if c.StreamReplicas != 1 && c.StreamReplicas != 3 && c.StreamReplicas != 5 {
+		return errors.New("config: --stream-replicas must be 1, 3 or 5")
+	}
 	return nil
 }
 
 func (c *Config) hasRole(r string) bool { return slices.Contains(c.Roles, r) }
+
+// workerWeights parses WorkerWeights, "p1:p2" (e.g. "4:1").
+func (c *Config) workerWeights() (p1, p2 int, err error) {
+	a, b, ok := strings.Cut(c.WorkerWeights, ":")
+	p1, err1 := strconv.Atoi(strings.TrimSpace(a))
+	p2, err2 := strconv.Atoi(strings.TrimSpace(b))
+	if !ok || err1 != nil || err2 != nil || p1 < 1 || p2 < 1 {
+		return 0, 0, fmt.Errorf("config: --worker-weights: want p1:p2 with whole numbers ≥ 1, like 4:1, got %q", c.WorkerWeights)
+	}
+	return p1, p2, nil
+}

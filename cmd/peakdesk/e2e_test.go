@@ -264,19 +264,26 @@ func TestEndToEndExactlyOnceAcrossWorkerRestart(t *testing.T) {
 		t.Fatalf("accepted %d messages, want %d", len(all), convs*perConv)
 	}
 
+	textOf := map[string]string{}
+	for _, m := range all {
+		textOf[m.id] = m.text
+	}
 	deadline := time.Now().Add(90 * time.Second)
 	for _, m := range all {
 		st := waitAnswered(t, base, token(t, "demo", m.user), m.id, deadline)
 		if st.Reply == nil || !st.Reply.Answers(m.id) {
 			t.Fatalf("message %s: reply %+v does not name it", m.id, st.Reply)
 		}
-		if !strings.Contains(st.Reply.Text, m.text) {
-			t.Errorf("message %s: reply %q does not quote %q", m.id, st.Reply.Text, m.text)
+		// Messages that queued up while their conversation was answered are
+		// answered together; the simulator quotes the turn's last question.
+		last := st.Reply.MessageIDs[len(st.Reply.MessageIDs)-1]
+		if !strings.Contains(st.Reply.Text, textOf[last]) {
+			t.Errorf("message %s: reply %q does not quote %q", m.id, st.Reply.Text, textOf[last])
 		}
 	}
 
 	// Exactly once: one distinct reply per message in the event stream, and
-	// one stored reply per message in Postgres.
+	// every message answered in Postgres by at most one reply per turn.
 	events := replyEvents(t, b.natsURL)
 	for _, m := range all {
 		if n := len(events[m.id]); n != 1 {
@@ -293,11 +300,12 @@ func TestEndToEndExactlyOnceAcrossWorkerRestart(t *testing.T) {
 		(SELECT count(*) FROM messages WHERE status = 'answered')`).Scan(&replies, &answered); err != nil {
 		t.Fatal(err)
 	}
-	if replies != len(all) || answered != len(all) {
-		t.Errorf("stored %d replies for %d answered messages, want %d each", replies, answered, len(all))
+	if answered != len(all) || replies > len(all) || replies == 0 {
+		t.Errorf("stored %d replies for %d answered messages, want %d answered and at most as many replies",
+			replies, answered, len(all))
 	}
-	if got := b.llm.Stats().Requests; got < int64(len(all)) {
-		t.Errorf("simulated LLM saw %d requests, want at least %d", got, len(all))
+	if got := b.llm.Stats().Requests; got < int64(replies) {
+		t.Errorf("simulated LLM saw %d requests for %d replies", got, replies)
 	}
 }
 

@@ -95,7 +95,7 @@ func (p *Program) Start(ctx context.Context) (err error) {
 	if p.js, err = jetstream.New(p.nc); err != nil {
 		return fmt.Errorf("jetstream: %w", err)
 	}
-	topo, err := storage.EnsureTopology(ctx, p.js, storage.Topology{AckWait: cfg.AckWait})
+	topo, err := storage.EnsureTopology(ctx, p.js, storage.Topology{AckWait: cfg.AckWait, Replicas: cfg.StreamReplicas})
 	if err != nil {
 		return err
 	}
@@ -142,12 +142,17 @@ func (p *Program) Start(ctx context.Context) (err error) {
 			return err
 		}
 		p.edge.Register(mux)
+		ingest.RegisterOpsDLQ(mux, ingest.NewAuthenticator(secret), p.db, p.js, p.Log)
 	}
 	if cfg.hasRole(roleWorker) {
-		client, err := p.llmClient()
+		// Every LLM HTTP call goes through the worker's transport: the
+		// provider budget and the adaptive concurrency limit.
+		llmTransport := workers.NewLLMTransport(nil)
+		client, err := p.llmClient(&http.Client{Transport: llmTransport})
 		if err != nil {
 			return err
 		}
+		p1Weight, p2Weight, _ := cfg.workerWeights() // validated
 		p.worker, err = workers.New(workers.Config{
 			JS: p.js, DB: p.db, LLM: client,
 			Memory:      &storage.Memory{DB: p.db, Redis: p.rdb},
@@ -156,6 +161,16 @@ func (p *Program) Start(ctx context.Context) (err error) {
 			Concurrency: cfg.WorkerConcurrency,
 			AckWait:     topo.AckWait,
 			SoftStop:    cfg.SoftStop,
+			// Adaptive concurrency, p1:p2 weights, turn gathering and the
+			// provider budget shared through Redis (issue 5).
+			MinConcurrency: cfg.WorkerMinConcurrency,
+			P1Weight:       p1Weight,
+			P2Weight:       p2Weight,
+			GatherWait:     cfg.WorkerGather,
+			ProviderRPM:    cfg.LLMRPM,
+			ProviderTPM:    cfg.LLMTPM,
+			ProviderKey:    cfg.LLMModel,
+			LLMTransport:   llmTransport,
 		})
 		if err != nil {
 			return err
@@ -186,7 +201,7 @@ func (p *Program) Start(ctx context.Context) (err error) {
 // llmClient returns the LLM client: the configured provider, or in dev the
 // built-in simulator behind a loopback listener, so the real client code path
 // is the same in both.
-func (p *Program) llmClient() (*llm.Client, error) {
+func (p *Program) llmClient(hc *http.Client) (*llm.Client, error) {
 	base := p.Config.LLMBaseURL
 	if base == "" {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -200,7 +215,7 @@ func (p *Program) llmClient() (*llm.Client, error) {
 		p.Log.Info("using the built-in simulated LLM (set PEAKDESK_LLM_BASE_URL for a real provider)", "url", base)
 	}
 	return llm.New(llm.Config{BaseURL: base, APIKey: p.Config.LLMAPIKey, Model: p.Config.LLMModel,
-		Timeout: p.Config.LLMTimeout})
+		Timeout: p.Config.LLMTimeout, HTTPClient: hc})
 }
 
 func (p *Program) ready(w http.ResponseWriter, r *http.Request) {

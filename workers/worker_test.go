@@ -1,0 +1,324 @@
+package workers
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/peakdesk/peakdesk"
+	"github.com/peakdesk/peakdesk/loadtest"
+	"github.com/peakdesk/peakdesk/storage"
+	"github.com/peakdesk/peakdesk/storage/storagetest"
+	"github.com/peakdesk/peakdesk/workers/llm"
+)
+
+// testBundle is the real services one test's workers share: an embedded
+// JetStream server with peakdesk's topology, a fresh Postgres database with
+// shop "demo", Redis, and the simulated LLM behind a recorder that notes
+// every call in arrival order.
+type testBundle struct {
+	js      jetstream.JetStream
+	db      *storage.DB
+	pool    *pgxpool.Pool // for assertions
+	rdb     *redis.Client
+	sim     *loadtest.LLMSim
+	llm     *llm.Client
+	calls   *callLog
+	ackWait time.Duration
+	key     string // provider budget key, unique per test
+	// transport is the LLM client's transport, when bundleOpts.transport.
+	transport *LLMTransport
+}
+
+type bundleOpts struct {
+	faults     loadtest.LLMFaults
+	ackWait    time.Duration
+	maxDeliver int
+	dbConns    int32
+	// transport puts the LLM client on an LLMTransport (b.transport), which
+	// the test's workers must be given.
+	transport bool
+}
+
+func setup(t testing.TB, o bundleOpts) *testBundle {
+	t.Helper()
+	ctx := context.Background()
+	ns := storagetest.NATS(t)
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.ackWait == 0 {
+		o.ackWait = 3 * time.Second
+	}
+	if _, err := storage.EnsureTopology(ctx, js, storage.Topology{AckWait: o.ackWait, MaxDeliver: o.maxDeliver}); err != nil {
+		t.Fatal(err)
+	}
+	dbURL := storagetest.DatabaseURL(t)
+	db, err := storage.Open(ctx, dbURL, max(o.dbConns, 16))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(db.Close)
+	if err := db.EnsureShop(ctx, "demo", "Demo"); err != nil {
+		t.Fatal(err)
+	}
+	pool, err := pgxpool.New(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	rdb, err := storage.OpenRedis(storagetest.RedisURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = rdb.Close() })
+
+	sim := loadtest.NewLLMSim(o.faults)
+	calls := &callLog{active: map[string]int{}, maxActive: map[string]int{}}
+	srv := httptest.NewServer(calls.wrap(sim))
+	t.Cleanup(srv.Close)
+	llmCfg := llm.Config{BaseURL: srv.URL + "/v1", Model: "sim", Timeout: 10 * time.Second}
+	var tr *LLMTransport
+	if o.transport {
+		tr = NewLLMTransport(nil)
+		llmCfg.HTTPClient = &http.Client{Transport: tr}
+	}
+	client, err := llm.New(llmCfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &testBundle{js: js, db: db, pool: pool, rdb: rdb, sim: sim, llm: client, calls: calls,
+		ackWait: o.ackWait, key: "test-" + newID(), transport: tr}
+}
+
+// start runs a Worker with test defaults changed by mod; it stops when the
+// test ends.
+func (b *testBundle) start(t testing.TB, mod func(*Config)) *Worker {
+	t.Helper()
+	cfg := Config{
+		JS: b.js, DB: b.db, LLM: b.llm,
+		Memory:        &storage.Memory{DB: b.db, Redis: b.rdb},
+		Logger:        testLogger(t),
+		Concurrency:   8,
+		AckWait:       b.ackWait,
+		SoftStop:      2 * time.Second,
+		SweepInterval: 200 * time.Millisecond,
+		SweepGrace:    500 * time.Millisecond,
+		ProviderKey:   b.key,
+		LLMTransport:  b.transport,
+	}
+	if mod != nil {
+		mod(&cfg)
+	}
+	w, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(w.Stop)
+	return w
+}
+
+func testLogger(t testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(b []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(b)))
+	return len(b), nil
+}
+
+// message returns a message of a new conversation unless conv is given.
+// Its text starts with a tag the call log reads: [prio c:conv] text.
+func message(prio peakdesk.Priority, conv, text string) peakdesk.Message {
+	if conv == "" {
+		conv = newID()
+	}
+	return peakdesk.Message{
+		ID: newID(), ShopID: "demo", ConversationID: conv, UserID: "u-" + conv[:8],
+		Text:     fmt.Sprintf("[%s c:%s] %s", prio, conv, text),
+		Priority: prio, AcceptedAt: time.Now(),
+	}
+}
+
+// publish queues msgs as the edge would, waiting for JetStream's acks.
+func (b *testBundle) publish(t testing.TB, msgs ...peakdesk.Message) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var futures []jetstream.PubAckFuture
+	for _, m := range msgs {
+		data, err := json.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		nm := nats.NewMsg(storage.InSubject(m.Priority, m.ShopID))
+		nm.Data = data
+		nm.Header.Set(jetstream.MsgIDHeader, m.ShopID+":"+m.ID)
+		f, err := b.js.PublishMsgAsync(nm)
+		if err != nil {
+			t.Fatal(err)
+		}
+		futures = append(futures, f)
+	}
+	select {
+	case <-b.js.PublishAsyncComplete():
+	case <-ctx.Done():
+		t.Fatal("publish: no acks in time")
+	}
+	for _, f := range futures {
+		select {
+		case err := <-f.Err():
+			t.Fatalf("publish: %v", err)
+		default:
+		}
+	}
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t testing.TB, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// answered counts the messages among ids that have a reply.
+func (b *testBundle) answered(t testing.TB, ids []string) int {
+	t.Helper()
+	var n int
+	if err := b.pool.QueryRow(context.Background(),
+		`SELECT count(*) FROM messages WHERE id = ANY($1) AND reply_id IS NOT NULL`, ids).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func ids(msgs []peakdesk.Message) []string {
+	out := make([]string, len(msgs))
+	for i, m := range msgs {
+		out[i] = m.ID
+	}
+	return out
+}
+
+// callLog records the simulated LLM's calls in arrival order, and how many
+// calls of each conversation (by the tag in the text) ran at once.
+type callLog struct {
+	mu        sync.Mutex
+	calls     []llmCall
+	active    map[string]int
+	maxActive map[string]int
+}
+
+type llmCall struct {
+	// users are the user turns after the last assistant turn: the messages
+	// being answered; history is everything before them.
+	users   []string
+	history []string
+	conv    string
+	prio    string
+}
+
+var tagRE = regexp.MustCompile(`^\[(p[0-2]) c:([0-9a-f]+)\]`)
+
+func (l *callLog) wrap(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/v1/chat/completions" {
+			next.ServeHTTP(w, r)
+			return
+		}
+		body, _ := io.ReadAll(r.Body)
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		var req struct {
+			Messages []struct {
+				Role    string `json:"role"`
+				Content string `json:"content"`
+			} `json:"messages"`
+		}
+		_ = json.Unmarshal(body, &req)
+		var c llmCall
+		for _, m := range req.Messages {
+			switch m.Role {
+			case "user":
+				c.users = append(c.users, m.Content)
+			case "assistant":
+				c.history = append(c.history, c.users...)
+				c.history = append(c.history, "assistant: "+m.Content)
+				c.users = nil
+			}
+		}
+		if len(c.users) > 0 {
+			if sm := tagRE.FindStringSubmatch(c.users[len(c.users)-1]); sm != nil {
+				c.prio, c.conv = sm[1], sm[2]
+			}
+		}
+		l.mu.Lock()
+		l.calls = append(l.calls, c)
+		l.active[c.conv]++
+		l.maxActive[c.conv] = max(l.maxActive[c.conv], l.active[c.conv])
+		l.mu.Unlock()
+		defer func() {
+			l.mu.Lock()
+			l.active[c.conv]--
+			l.mu.Unlock()
+		}()
+		next.ServeHTTP(w, r)
+	})
+}
+
+func (l *callLog) snapshot() []llmCall {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]llmCall(nil), l.calls...)
+}
+
+func (l *callLog) len() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.calls)
+}
+
+func (l *callLog) max(conv string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.maxActive[conv]
+}
+
+func mustJSON(t testing.TB, v any) []byte {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
