@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/peakdesk/peakdesk/workers/llm"
 )
 
 // devSecret signs tokens in dev mode when PEAKDESK_JWT_SECRET is unset. It is
@@ -20,9 +22,10 @@ const devSecret = "peakdesk-dev-secret-do-not-use-in-production"
 const (
 	roleIngest = "ingest"
 	roleWorker = "worker"
+	roleRelay  = "relay"
 )
 
-var allRoles = []string{roleIngest, roleWorker}
+var allRoles = []string{roleIngest, roleWorker, roleRelay}
 
 // Config is the whole configuration of a peakdesk process. Environment
 // variables set the defaults; flags override them.
@@ -71,6 +74,13 @@ type Config struct {
 	// production cluster).
 	StreamReplicas int
 
+	// RelayConcurrency is how many outbox actions one relay carries out at
+	// once.
+	RelayConcurrency int
+	// LLMPrices is the price table, "model=in/out,…" in USD per million
+	// tokens.
+	LLMPrices string
+
 	// Migrate applies migrations at start (always in dev).
 	Migrate bool
 	// AdmissionDisabled turns the edge's load shedding off (benchmarks).
@@ -109,6 +119,8 @@ func envDefaults(getenv func(string) string, dev bool) Config {
 	c.LLMRPM = envInt(getenv("PEAKDESK_LLM_RPM"), 0)
 	c.LLMTPM = envInt(getenv("PEAKDESK_LLM_TPM"), 0)
 	c.StreamReplicas = envInt(getenv("PEAKDESK_STREAM_REPLICAS"), 1)
+	c.RelayConcurrency = envInt(getenv("PEAKDESK_RELAY_CONCURRENCY"), 32)
+	c.LLMPrices = getenv("PEAKDESK_LLM_PRICES")
 	return c
 }
 
@@ -161,6 +173,8 @@ func parseFlags(name string, args []string, stderr io.Writer, getenv func(string
 	fs.DurationVar(&c.WorkerGather, "worker-gather", c.WorkerGather, "how long a worker gathers a conversation's quick successive messages to answer them together (env PEAKDESK_WORKER_GATHER)")
 	fs.IntVar(&c.LLMRPM, "llm-rpm", c.LLMRPM, "LLM provider requests per minute for all workers together; 0 = unlimited (env PEAKDESK_LLM_RPM)")
 	fs.IntVar(&c.LLMTPM, "llm-tpm", c.LLMTPM, "LLM provider tokens per minute for all workers together; 0 = unlimited (env PEAKDESK_LLM_TPM)")
+	fs.IntVar(&c.RelayConcurrency, "relay-concurrency", c.RelayConcurrency, "outbox actions one relay carries out at once (env PEAKDESK_RELAY_CONCURRENCY)")
+	fs.StringVar(&c.ShopAPIURL, "shop-api-url", c.ShopAPIURL, "default shop API base URL; empty in dev = simulator (env PEAKDESK_SHOP_API_URL)")
 	fs.IntVar(&c.StreamReplicas, "stream-replicas", c.StreamReplicas, "JetStream replicas per stream: 1, or 3 in a cluster (env PEAKDESK_STREAM_REPLICAS)")
 	fs.DurationVar(&c.AckWait, "ack-wait", c.AckWait, "JetStream AckWait of the worker consumers (env PEAKDESK_ACK_WAIT)")
 	fs.DurationVar(&c.SoftStop, "soft-stop", c.SoftStop, "how long a stopping worker lets in-flight messages finish (env PEAKDESK_SOFT_STOP)")
@@ -195,6 +209,8 @@ func (c *Config) validate() error {
 			return errors.New("config: NATS_URL is required by serve")
 		case c.LLMBaseURL == "" && c.hasRole(roleWorker):
 			return errors.New("config: PEAKDESK_LLM_BASE_URL is required by the worker role")
+		case c.ShopAPIURL == "" && (c.hasRole(roleRelay) || c.hasRole(roleWorker)):
+			return errors.New("config: PEAKDESK_SHOP_API_URL is required by the worker and relay roles")
 		}
 	}
 	if c.WorkerConcurrency < 1 {
@@ -208,6 +224,12 @@ func (c *Config) validate() error {
 	}
 	if c.LLMRPM < 0 || c.LLMTPM < 0 {
 		return errors.New("config: --llm-rpm and --llm-tpm must not be negative")
+	}
+	if _, err := llm.ParsePrices(c.LLMPrices); err != nil {
+		return fmt.Errorf("config: PEAKDESK_LLM_PRICES: %w", err)
+	}
+	if c.RelayConcurrency < 1 {
+		return errors.New("config: --relay-concurrency must be at least 1")
 	}
 	if c.StreamReplicas != 1 && c.StreamReplicas != 3 && c.StreamReplicas != 5 {
 		return errors.New("config: --stream-replicas must be 1, 3 or 5")

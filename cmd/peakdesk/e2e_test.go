@@ -35,6 +35,8 @@ type testBundle struct {
 	dbURL   string
 	llm     *loadtest.LLMSim
 	llmURL  string
+	shop    *loadtest.ShopSim
+	shopURL string
 }
 
 func setup(t *testing.T, faults loadtest.LLMFaults) *testBundle {
@@ -54,7 +56,11 @@ func setup(t *testing.T, faults loadtest.LLMFaults) *testBundle {
 	sim := loadtest.NewLLMSim(faults)
 	srv := httptest.NewServer(sim)
 	t.Cleanup(srv.Close)
-	return &testBundle{natsURL: ns.ClientURL(), dbURL: dbURL, llm: sim, llmURL: srv.URL + "/v1"}
+	shop := loadtest.NewShopSim(loadtest.ShopFaults{}, []byte("e2e-webhook-secret"))
+	shopSrv := httptest.NewServer(shop)
+	t.Cleanup(shopSrv.Close)
+	return &testBundle{natsURL: ns.ClientURL(), dbURL: dbURL, llm: sim, llmURL: srv.URL + "/v1",
+		shop: shop, shopURL: shopSrv.URL}
 }
 
 // start runs a Program with the given roles on a free port.
@@ -68,6 +74,7 @@ func (b *testBundle) start(t *testing.T, roles []string, mod func(*Config)) *Pro
 		"PEAKDESK_DATA_DIR":     t.TempDir(),
 		"PEAKDESK_JWT_SECRET":   testSecret,
 		"PEAKDESK_LLM_BASE_URL": b.llmURL,
+		"PEAKDESK_SHOP_API_URL": b.shopURL,
 		"PEAKDESK_LOG_LEVEL":    "warn",
 	}
 	cfg := envDefaults(func(k string) string { return env[k] }, false)

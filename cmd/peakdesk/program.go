@@ -23,8 +23,10 @@ import (
 
 	"github.com/peakdesk/peakdesk/ingest"
 	"github.com/peakdesk/peakdesk/loadtest"
+	"github.com/peakdesk/peakdesk/outbox"
 	"github.com/peakdesk/peakdesk/storage"
 	"github.com/peakdesk/peakdesk/workers"
+	"github.com/peakdesk/peakdesk/workers/faq"
 	"github.com/peakdesk/peakdesk/workers/llm"
 )
 
@@ -41,6 +43,10 @@ type Program struct {
 	db       *storage.DB
 	rdb      *redis.Client
 	llmSrv   *http.Server
+	shopSrv  *http.Server // the simulated shop API in dev
+	faq      *faq.Engine
+	shop     *outbox.ShopClient
+	relay    *outbox.Relay
 	edge     *ingest.Edge
 	worker   *workers.Worker
 	httpSrv  *http.Server
@@ -123,6 +129,25 @@ func (p *Program) Start(ctx context.Context) (err error) {
 		secret = []byte(devSecret)
 	}
 
+	// The shop API (the simulator in dev) and the FAQ engine, shared by the
+	// edge's load shedding and the workers' fallback.
+	if err := p.startShopAPI(ctx); err != nil {
+		return err
+	}
+	if cfg.Dev {
+		if err := seedDemo(ctx, p.db); err != nil {
+			return err
+		}
+	}
+	if cfg.hasRole(roleIngest) || cfg.hasRole(roleWorker) {
+		if p.faq, err = faq.New(faq.Config{DB: p.db, Logger: p.Log, Registerer: p.registry}); err != nil {
+			return err
+		}
+		if err := p.faq.Start(ctx); err != nil {
+			return err
+		}
+	}
+
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /readyz", p.ready)
@@ -133,6 +158,7 @@ func (p *Program) Start(ctx context.Context) (err error) {
 			Secret: secret, DB: p.db, Redis: p.rdb, JS: p.js,
 			Logger: p.Log, Registerer: p.registry,
 			BatchPublish: cfg.PublishBatch,
+			FAQ:          edgeFAQ{p.faq},
 			Admission:    ingest.AdmissionConfig{Disabled: cfg.AdmissionDisabled},
 		})
 		if err != nil {
@@ -176,6 +202,12 @@ func (p *Program) Start(ctx context.Context) (err error) {
 			return err
 		}
 		if err := p.worker.Start(ctx); err != nil {
+			return err
+		}
+	}
+
+	if cfg.hasRole(roleRelay) {
+		if err := p.startRelay(ctx, mux, ingest.NewAuthenticator(secret)); err != nil {
 			return err
 		}
 	}
@@ -262,6 +294,15 @@ func (p *Program) Stop() {
 		}
 		if p.worker != nil {
 			p.worker.Stop()
+		}
+		if p.relay != nil {
+			p.relay.Stop()
+		}
+		if p.faq != nil {
+			p.faq.Stop()
+		}
+		if p.shopSrv != nil {
+			_ = p.shopSrv.Shutdown(ctx)
 		}
 		if p.llmSrv != nil {
 			_ = p.llmSrv.Shutdown(ctx)

@@ -58,6 +58,7 @@ func (b *testBundle) startChildWorker(t *testing.T, name string, env ...string) 
 		"PEAKDESK_HTTP_ADDR=127.0.0.1:0",
 		"PEAKDESK_JWT_SECRET="+testSecret,
 		"PEAKDESK_LLM_BASE_URL="+b.llmURL,
+		"PEAKDESK_SHOP_API_URL="+b.shopURL,
 		"PEAKDESK_LOG_LEVEL=info",
 	)
 	cmd.Env = append(cmd.Env, env...)
