@@ -484,3 +484,61 @@ func TestErrorFormat(t *testing.T) {
 		t.Fatalf("error body %s (%v), headers %v", r.raw, err, r.header)
 	}
 }
+
+// A streaming answer's partial text reaches open event streams as
+// `event: partial`, without an id.
+func TestEventStreamForwardsPartials(t *testing.T) {
+	t.Parallel()
+	b := setup(t, storage.Topology{}, nil)
+	u := tok(t, "shop1", b.salt+"u1")
+	first := b.do(t, "POST", "/v1/messages", u, `{"text":"你好"}`)
+	conv := first.body["conversation_id"].(string)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", b.srv.URL+"/v1/conversations/"+conv+"/events", nil)
+	req.Header.Set("Authorization", "Bearer "+u)
+	resp, err := b.srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	rd := bufio.NewReader(resp.Body)
+	if _, err := rd.ReadString('\n'); err != nil { // "retry: …" — the stream is open
+		t.Fatal(err)
+	}
+	// The listener is registered before the response starts; publish until
+	// the partial arrives (core NATS has no replay).
+	nc := b.js.Conn()
+	done := make(chan struct{})
+	go func() {
+		for {
+			_ = nc.Publish("chat.partial.shop1."+conv, []byte(`{"text":"您好，关于"}`))
+			select {
+			case <-done:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}()
+	defer close(done)
+	var event, data string
+	for data == "" {
+		line, err := rd.ReadString('\n')
+		if err != nil {
+			t.Fatalf("reading events: %v", err)
+		}
+		line = strings.TrimRight(line, "\n")
+		switch {
+		case strings.HasPrefix(line, "id: "):
+			t.Fatalf("a partial carries an id: %q", line)
+		case strings.HasPrefix(line, "event: "):
+			event = strings.TrimPrefix(line, "event: ")
+		case strings.HasPrefix(line, "data: "):
+			data = strings.TrimPrefix(line, "data: ")
+		}
+	}
+	if event != "partial" || data != `{"text":"您好，关于"}` {
+		t.Fatalf("got event %q data %q", event, data)
+	}
+}

@@ -19,6 +19,8 @@ import (
 // replays the stored events after Last-Event-ID (or all of them) with direct
 // gets, then follows the live ones from the process's reply hub. Any edge
 // node can serve any conversation because the events live in JetStream.
+// While a worker streams an answer, `event: partial` carries the text so far
+// (live only, never replayed); the final `event: reply` supersedes it.
 func (e *Edge) conversationEvents(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
 	claims, err := e.auth.Authenticate(r)
@@ -81,6 +83,14 @@ func (e *Edge) conversationEvents(w http.ResponseWriter, r *http.Request) error 
 	for {
 		select {
 		case ev := <-l.ch:
+			if ev.partial {
+				// Streamed text so far; no id, so resuming is unaffected.
+				if _, err := fmt.Fprintf(w, "event: partial\ndata: %s\n\n", ev.data); err != nil {
+					return nil
+				}
+				flusher.Flush()
+				continue
+			}
 			if ev.seq <= last {
 				continue // already replayed
 			}

@@ -4,9 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/peakdesk/peakdesk"
@@ -25,12 +27,15 @@ type replyHub struct {
 	nwaiters atomic.Int64
 	streams  map[string]map[*eventListener]struct{} // by event subject
 	cc       jetstream.ConsumeContext
+	partials *nats.Subscription
 }
 
-// hubEvent is one reply event with its CHAT_EVENTS sequence.
+// hubEvent is one reply event with its CHAT_EVENTS sequence, or a partial
+// reply (streamed text so far), which has no sequence and is not replayable.
 type hubEvent struct {
-	seq  uint64
-	data []byte
+	seq     uint64
+	data    []byte
+	partial bool
 }
 
 // eventListener receives the live events of one conversation. If it falls
@@ -62,13 +67,37 @@ func (h *replyHub) start(ctx context.Context, js jetstream.JetStream) error {
 	if err != nil {
 		return fmt.Errorf("reply events consume: %w", err)
 	}
+	// Partial replies of streaming answers travel on core NATS only.
+	h.partials, err = js.Conn().Subscribe("chat.partial.>", h.onPartial)
+	if err != nil {
+		h.cc.Stop()
+		return fmt.Errorf("partial replies: %w", err)
+	}
 	return nil
 }
 
 func (h *replyHub) stop() {
+	if h.partials != nil {
+		_ = h.partials.Unsubscribe()
+	}
 	if h.cc != nil {
 		h.cc.Stop()
 		<-h.cc.Closed()
+	}
+}
+
+// onPartial hands a partial reply to the conversation's open streams. A
+// listener that is behind skips it: the final reply event follows anyway.
+func (h *replyHub) onPartial(msg *nats.Msg) {
+	subject := "chat.events." + strings.TrimPrefix(msg.Subject, "chat.partial.")
+	ev := hubEvent{data: msg.Data, partial: true}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for l := range h.streams[subject] {
+		select {
+		case l.ch <- ev:
+		default:
+		}
 	}
 }
 
