@@ -3,7 +3,7 @@ SHELL := /bin/bash
 GO    ?= go
 PKGS  ?= ./...
 
-.PHONY: run test bench services build vet fmt nats clean
+.PHONY: run test bench bench-short services build vet fmt nats clean
 
 ## run: start Postgres and Redis, then every role in one process (dev mode).
 run: services
@@ -17,10 +17,18 @@ test: services
 	$(GO) test -race -count=1 -timeout 15m $(PKGS)
 
 ## bench: the DESIGN.md §11 scenarios, each beside its baseline from the same
-## run, with ratios. BENCH_FLAGS=--short for a quick check.
-BENCH_FLAGS ?=
+## run, with ratios; then the worker, LLM-resilience and relay benchmarks.
+## bench-short: the same with fewer messages, for a quick check.
+BENCH_N ?= 1
 bench: services
 	$(GO) run ./cmd/peakdesk bench $(BENCH_FLAGS)
+	$(GO) test -run '^$$' -bench . -benchtime 1x ./workers/
+	$(GO) test -run '^$$' -bench AnswerLLMDown -benchtime $$((5000*$(BENCH_N)))x ./workers/answer/
+	$(GO) test -run '^$$' -bench Coalesce1000 -benchtime $$((5*$(BENCH_N)))x ./workers/answer/
+	$(GO) test -run '^$$' -bench Relay -benchtime $$((5000*$(BENCH_N)))x ./outbox/
+
+bench-short:
+	$(MAKE) bench BENCH_FLAGS=--short
 
 ## services: install (Debian packages) and start Postgres and Redis; idempotent.
 services:
