@@ -89,16 +89,23 @@ const (
 
 // Reply is one answer on a conversation. It answers one or more messages.
 type Reply struct {
-	ID               string    `json:"reply_id"`
-	ShopID           string    `json:"-"`
-	ConversationID   string    `json:"conversation_id"`
-	MessageIDs       []string  `json:"message_ids"`
-	Text             string    `json:"text"`
-	Source           string    `json:"source"`
-	Model            string    `json:"model,omitempty"`
-	PromptTokens     int       `json:"prompt_tokens,omitempty"`
-	CompletionTokens int       `json:"completion_tokens,omitempty"`
-	CreatedAt        time.Time `json:"created_at"`
+	ID               string   `json:"reply_id"`
+	ShopID           string   `json:"-"`
+	ConversationID   string   `json:"conversation_id"`
+	MessageIDs       []string `json:"message_ids"`
+	Text             string   `json:"text"`
+	Source           string   `json:"source"`
+	Model            string   `json:"model,omitempty"`
+	PromptTokens     int      `json:"prompt_tokens,omitempty"`
+	CompletionTokens int      `json:"completion_tokens,omitempty"`
+	// CostMicroUSD is what the answer cost at the LLM provider, in
+	// millionths of a US dollar.
+	CostMicroUSD int64     `json:"cost_micro_usd,omitempty"`
+	CreatedAt    time.Time `json:"created_at"`
+	// ReplacesPartial tells a client that showed the partial text of a
+	// streamed answer that this reply replaces it (the stream broke, or the
+	// answer fell back after text was shown). Only the live event carries it.
+	ReplacesPartial bool `json:"replaces_partial,omitempty"`
 }
 
 // Answers reports whether r answers the message with the given id.

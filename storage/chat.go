@@ -622,10 +622,10 @@ func (db *DB) SaveTurn(ctx context.Context, h *Hold, tr TurnReply, lease time.Du
 			WHERE id = $1 AND shop_id = $2 AND turn_owner = $3`,
 			h.ConversationID, h.ShopID, h.Owner, lease, r.Source == peakdesk.SourceHandoff)
 		b.Queue(`INSERT INTO replies (id, shop_id, conversation_id, text, source, model,
-				prompt_tokens, completion_tokens, event_pending)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING created_at`,
+				prompt_tokens, completion_tokens, cost_micro_usd, event_pending)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING created_at`,
 			r.ID, r.ShopID, r.ConversationID, r.Text, r.Source, r.Model,
-			r.PromptTokens, r.CompletionTokens, tr.EventPending)
+			r.PromptTokens, r.CompletionTokens, r.CostMicroUSD, tr.EventPending)
 		b.Queue(`UPDATE messages
 			SET status = 'answered', reply_id = $1, answered_at = now(), last_error = NULL
 			WHERE id = ANY($2) AND shop_id = $3 AND conversation_id = $4 AND reply_id IS NULL`,

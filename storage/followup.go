@@ -30,8 +30,7 @@ func (db *DB) SaveFollowUp(ctx context.Context, r *peakdesk.Reply, webhook func(
 		}
 		stored = true
 		if handoff {
-			if _, err := tx.Exec(ctx, `UPDATE conversations SET handoff = true, updated_at = now()
-				WHERE id = $1 AND shop_id = $2`, r.ConversationID, r.ShopID); err != nil {
+			if err := MarkHandoff(ctx, tx, r.ShopID, r.ConversationID); err != nil {
 				return err
 			}
 		}
@@ -58,4 +57,15 @@ func (db *DB) SaveFollowUp(ctx context.Context, r *peakdesk.Reply, webhook func(
 		*r = *stored2
 	}
 	return stored, nil
+}
+
+// MarkHandoff marks conversation conv of shop for a human agent, in tx (the
+// transaction of the reply that hands it over).
+func MarkHandoff(ctx context.Context, tx pgx.Tx, shop, conv string) error {
+	_, err := tx.Exec(ctx, `UPDATE conversations SET handoff = true, updated_at = now()
+		WHERE id = $1 AND shop_id = $2`, conv, shop)
+	if err != nil {
+		return fmt.Errorf("storage: mark handoff: %w", err)
+	}
+	return nil
 }

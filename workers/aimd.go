@@ -1,13 +1,8 @@
 package workers
 
 import (
-	"context"
-	"errors"
-	"net/http"
 	"sync"
 	"time"
-
-	"github.com/openai/openai-go/v3"
 )
 
 // Signal is what one LLM call says about the provider's capacity.
@@ -179,46 +174,4 @@ func (s *slots) signal() {
 	case s.freed <- struct{}{}:
 	default:
 	}
-}
-
-// signalOf tells what an LLM call's error says about the provider's
-// capacity.
-func signalOf(err error) Signal {
-	var apiErr *openai.Error
-	switch {
-	case err == nil:
-		return SignalOK
-	case errors.Is(err, context.Canceled):
-		return SignalIgnore
-	case errors.As(err, &apiErr):
-		switch apiErr.StatusCode {
-		case http.StatusTooManyRequests, http.StatusServiceUnavailable, http.StatusRequestTimeout, 529:
-			if apiErr.Code == "insufficient_quota" || apiErr.Type == "insufficient_quota" {
-				return SignalIgnore // the account, not the load
-			}
-			return SignalOverload
-		}
-		return SignalIgnore
-	case errors.Is(err, context.DeadlineExceeded):
-		return SignalOverload
-	}
-	return SignalIgnore
-}
-
-// outcomeOf labels a failed LLM call for peakdesk_llm_calls_total.
-func outcomeOf(err error) string {
-	var apiErr *openai.Error
-	switch {
-	case errors.Is(err, context.Canceled):
-		return "canceled"
-	case errors.As(err, &apiErr) && apiErr.StatusCode == http.StatusTooManyRequests:
-		return "rate_limited"
-	case errors.As(err, &apiErr) && apiErr.StatusCode >= 500:
-		return "server_error"
-	case errors.As(err, &apiErr):
-		return "rejected"
-	case errors.Is(err, context.DeadlineExceeded):
-		return "timeout"
-	}
-	return "error"
 }

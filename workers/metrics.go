@@ -16,8 +16,6 @@ type workerMetrics struct {
 	inflight    prometheus.Gauge
 	answers     *prometheus.CounterVec
 	latency     *prometheus.HistogramVec
-	llmCalls    *prometheus.CounterVec
-	llmSeconds  prometheus.Histogram
 	redelivered prometheus.Counter
 	turnSize    prometheus.Histogram
 	waited      prometheus.Counter
@@ -47,15 +45,6 @@ func newWorkerMetrics(reg prometheus.Registerer) (*workerMetrics, error) {
 			Help:    "Time from acceptance at the edge to the stored reply, by priority and source.",
 			Buckets: prometheus.ExponentialBuckets(0.01, 2, 14),
 		}, []string{"priority", "source"}),
-		llmCalls: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "peakdesk_llm_calls_total",
-			Help: "LLM calls by model and outcome.",
-		}, []string{"model", "outcome"}),
-		llmSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "peakdesk_llm_call_seconds",
-			Help:    "LLM call duration.",
-			Buckets: prometheus.ExponentialBuckets(0.01, 2, 14),
-		}),
 		redelivered: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "peakdesk_worker_already_answered_total",
 			Help: "Deliveries of messages that already had a reply (event re-published, no LLM call).",
@@ -90,8 +79,8 @@ func newWorkerMetrics(reg prometheus.Registerer) (*workerMetrics, error) {
 			"Messages queued per priority and not answered yet (consumer num_pending + num_ack_pending; cached for 2 s).",
 			[]string{"priority"}, nil)},
 	}
-	for _, c := range []prometheus.Collector{m.limit, m.inflight, m.answers, m.latency, m.llmCalls, m.llmSeconds,
-		m.redelivered, m.turnSize, m.waited, m.swept, m.deadLetters, m.rateWait, m.rateLocal, m.backlog} {
+	for _, c := range []prometheus.Collector{m.limit, m.inflight, m.answers, m.latency, m.redelivered,
+		m.turnSize, m.waited, m.swept, m.deadLetters, m.rateWait, m.rateLocal, m.backlog} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -10,14 +10,15 @@ import (
 	"github.com/peakdesk/peakdesk/loadtest"
 )
 
-// With the LLM client on the worker's transport, every HTTP call (here:
-// each failed attempt) feeds the adaptive limit: a provider answering 429
-// makes the worker back off.
+// With the Answerer's HTTP client on the worker's transport, every HTTP
+// call (here: each attempt of the caller's retries) feeds the adaptive
+// limit: a provider answering 429 makes the worker back off, and the
+// customer gets the fallback.
 func TestLLMTransportBacksOffOnOverload(t *testing.T) {
 	t.Parallel()
 	b := setup(t, bundleOpts{transport: true, faults: loadtest.LLMFaults{
 		ErrorRate: 1, ErrorStatuses: map[int]float64{429: 1}, RetryAfter: 10 * time.Millisecond}})
-	w := b.start(t, func(c *Config) { c.Concurrency, c.MinConcurrency, c.LLMAttempts = 16, 2, 2 })
+	w := b.start(t, func(c *Config) { c.Concurrency, c.MinConcurrency = 16, 2 })
 	m := message(peakdesk.P1, "", "hello")
 	b.publish(t, m)
 	waitFor(t, "the handoff", 20*time.Second, func() bool { return b.answered(t, []string{m.ID}) == 1 })
@@ -29,7 +30,7 @@ func TestLLMTransportBacksOffOnOverload(t *testing.T) {
 	}
 }
 
-// With the LLM client on the worker's transport, the provider's budget holds
+// With the Answerer's HTTP client on the worker's transport, the provider's budget holds
 // for every call: the simulator, limited to 10 requests/s, refuses none.
 func TestLLMTransportKeepsTheBudget(t *testing.T) {
 	t.Parallel()

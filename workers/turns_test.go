@@ -60,15 +60,16 @@ func checkInOrder(t *testing.T, replies []storedReply, msgs []peakdesk.Message) 
 // A customer sends five messages in a row while the first is being answered,
 // and two workers share the queue: the answers come in order, never two at
 // once, and the four that queued up are answered together by one reply that
-// the LLM wrote seeing all four (and the first turn as history). Waiting
-// for the conversation cost them no delivery attempts.
+// the LLM wrote seeing all four, in order, as one question (and the first
+// turn as history). Waiting for the conversation cost them no delivery
+// attempts.
 func TestConversationAnsweredInOrderOneTurnAtATime(t *testing.T) {
 	t.Parallel()
 	b := setup(t, bundleOpts{faults: loadtest.LLMFaults{Latency: 500 * time.Millisecond}})
 	for range 2 {
 		b.start(t, nil)
 	}
-	conv := newID()
+	conv := newConvID()
 	var msgs []peakdesk.Message
 	for i := range 5 {
 		msgs = append(msgs, message(peakdesk.P1, conv, "question "+string(rune('1'+i))))
@@ -92,7 +93,7 @@ func TestConversationAnsweredInOrderOneTurnAtATime(t *testing.T) {
 		t.Fatalf("%d LLM calls, want 2", len(calls))
 	}
 	second := calls[1]
-	want := []string{msgs[1].Text, msgs[2].Text, msgs[3].Text, msgs[4].Text}
+	want := []string{strings.Join([]string{msgs[1].Text, msgs[2].Text, msgs[3].Text, msgs[4].Text}, "\n")}
 	if !slices.Equal(second.users, want) {
 		t.Fatalf("second call answered %q, want %q", second.users, want)
 	}
@@ -132,7 +133,7 @@ func TestBurstOfOneConversationAcrossWorkers(t *testing.T) {
 		b.start(t, func(c *Config) { c.GatherWait = 300 * time.Millisecond })
 	}
 	for round := range 3 {
-		conv := newID()
+		conv := newConvID()
 		var msgs []peakdesk.Message
 		for i := range 5 {
 			msgs = append(msgs, message(peakdesk.P2, conv, "burst "+string(rune('1'+i))))
@@ -212,12 +213,12 @@ func TestRedeliveryOfAnAnsweredMessage(t *testing.T) {
 	}
 }
 
-// An LLM that keeps failing gets the messages a handoff reply after
-// LLMAttempts turns, instead of silence.
-func TestLLMFailuresEndInHandoff(t *testing.T) {
+// An LLM that is down gets the message a handoff reply (the shop has no
+// FAQ) in its first turn, instead of silence or retries.
+func TestLLMOutageEndsInHandoff(t *testing.T) {
 	t.Parallel()
 	b := setup(t, bundleOpts{faults: loadtest.LLMFaults{Outage: true}})
-	b.start(t, func(c *Config) { c.LLMAttempts = 2 })
+	b.start(t, nil)
 	m := message(peakdesk.P0, "", "退款失败了")
 	b.publish(t, m)
 	waitFor(t, "the handoff", 20*time.Second, func() bool { return b.answered(t, []string{m.ID}) == 1 })
@@ -225,11 +226,35 @@ func TestLLMFailuresEndInHandoff(t *testing.T) {
 	if len(r) != 1 || r[0].source != peakdesk.SourceHandoff || !strings.Contains(r[0].text, "人工") {
 		t.Fatalf("replies %+v, want one handoff in Chinese", r)
 	}
-	var handoff bool
-	_ = b.pool.QueryRow(context.Background(), `SELECT handoff FROM conversations WHERE id = $1`, m.ConversationID).Scan(&handoff)
-	if !handoff {
+	if !b.handedOff(t, m.ConversationID) {
 		t.Fatal("conversation not marked for a human")
 	}
+	if n := b.attempts(t, m.ID); n != 1 {
+		t.Fatalf("answered in turn %d, want the first", n)
+	}
+	if n := b.sim.Stats().ByStatus[503]; n == 0 {
+		t.Fatal("the LLM was not asked")
+	}
+}
+
+func (b *testBundle) handedOff(t testing.TB, conv string) bool {
+	t.Helper()
+	var handoff bool
+	if err := b.pool.QueryRow(context.Background(), `SELECT handoff FROM conversations WHERE id = $1`,
+		conv).Scan(&handoff); err != nil {
+		t.Fatal(err)
+	}
+	return handoff
+}
+
+// attempts returns the turns that took message id.
+func (b *testBundle) attempts(t testing.TB, id string) int {
+	t.Helper()
+	var n int
+	if err := b.pool.QueryRow(context.Background(), `SELECT attempts FROM messages WHERE id = $1`, id).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
 
 // A message that used up its deliveries is copied to CHAT_DLQ with the

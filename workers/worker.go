@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -26,22 +27,29 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/peakdesk/peakdesk"
+	"github.com/peakdesk/peakdesk/outbox"
 	"github.com/peakdesk/peakdesk/storage"
+	"github.com/peakdesk/peakdesk/workers/answer"
 	"github.com/peakdesk/peakdesk/workers/llm"
 )
 
-// Completer is the LLM seam: the real client in production, the same client
-// pointed at the simulator in dev and tests.
-type Completer interface {
-	Complete(ctx context.Context, turns []llm.Turn) (*llm.Completion, error)
-}
-
-// Config configures a Worker. JS, DB, Memory and LLM are required.
+// Config configures a Worker. JS, DB, Memory and Answerer are required.
 type Config struct {
 	JS     jetstream.JetStream
 	DB     *storage.DB
 	Memory *storage.Memory
-	LLM    Completer
+	// Answerer answers each turn with graded fallback (primary model,
+	// secondary, FAQ, handoff); it answers unless the turn is cancelled.
+	Answerer *answer.Answerer
+	// Tools, when set, are offered to the LLM (lookup_order, issue_coupon,
+	// request_refund, handoff_to_human); the actions they promise are
+	// stored in the reply's transaction. Nil offers none.
+	Tools *outbox.Tools
+	// Budgets is the time an answer may take, by priority, counted from
+	// when its turn starts (not from acceptance: after a backlog the queued
+	// messages still get the LLM's answer rather than a fallback). A
+	// priority left out gets its default: p0 15 s, p1 25 s, p2 40 s.
+	Budgets map[peakdesk.Priority]time.Duration
 	// Redis holds the provider budget shared by all worker processes;
 	// defaults to Memory.Redis.
 	Redis *redis.Client
@@ -66,10 +74,11 @@ type Config struct {
 	// ProviderKey names that budget in Redis (one per provider account and
 	// model). Default "default".
 	ProviderKey string
-	// LLMTransport, when set, is the transport of the LLM client's HTTP
-	// client: the budget and the adaptive limit then apply to every HTTP
-	// call the client makes (retries, fallback models). Without it they
-	// apply around the one LLM call of compose.
+	// LLMTransport must be the transport of the Answerer's HTTP client for
+	// the provider budget and the adaptive limit to apply: they then apply
+	// to every HTTP call it makes (retries, fallback models, tool rounds).
+	// Without it the concurrency stays at Concurrency, and ProviderRPM and
+	// ProviderTPM must be 0.
 	LLMTransport *LLMTransport
 
 	// AckWait must match the consumers' AckWait; heartbeats go out at a
@@ -78,9 +87,6 @@ type Config struct {
 	// IdleWait is how long an idle worker's blocking pulls wait before they
 	// are renewed (and at most how long Stop waits for them). Default 1 s.
 	IdleWait time.Duration
-	// LLMAttempts is how many turns may fail at the LLM before the messages
-	// are answered with a handoff to a human. Default 3.
-	LLMAttempts int
 	// SoftStop is how long Stop lets in-flight messages finish before it
 	// releases them for redelivery. Default 10 s.
 	SoftStop time.Duration
@@ -126,12 +132,18 @@ func (c *Config) setDefaults() {
 	c.P2Weight = cmp.Or(c.P2Weight, 1)
 	c.AckWait = cmp.Or(c.AckWait, 30*time.Second)
 	c.IdleWait = cmp.Or(c.IdleWait, time.Second)
-	c.LLMAttempts = cmp.Or(c.LLMAttempts, 3)
 	c.SoftStop = cmp.Or(c.SoftStop, 10*time.Second)
 	c.MaxBatch = cmp.Or(c.MaxBatch, 20)
 	c.GatherWait = cmp.Or(c.GatherWait, 50*time.Millisecond)
 	c.SweepInterval = cmp.Or(c.SweepInterval, time.Second)
 	c.SweepGrace = cmp.Or(c.SweepGrace, 5*time.Second)
+	budgets := map[peakdesk.Priority]time.Duration{
+		peakdesk.P0: 15 * time.Second, peakdesk.P1: 25 * time.Second, peakdesk.P2: 40 * time.Second,
+	}
+	for p, d := range c.Budgets {
+		budgets[p] = d
+	}
+	c.Budgets = budgets
 }
 
 func (c *Config) validate() error {
@@ -142,8 +154,8 @@ func (c *Config) validate() error {
 		return errors.New("workers: config: DB is required")
 	case c.Memory == nil:
 		return errors.New("workers: config: Memory is required")
-	case c.LLM == nil:
-		return errors.New("workers: config: LLM is required")
+	case c.Answerer == nil:
+		return errors.New("workers: config: Answerer is required")
 	case c.Concurrency < 1:
 		return errors.New("workers: config: Concurrency must be at least 1")
 	case c.MinConcurrency < 1 || c.MinConcurrency > c.Concurrency:
@@ -152,10 +164,20 @@ func (c *Config) validate() error {
 		return errors.New("workers: config: P1Weight and P2Weight must be at least 1")
 	case c.ProviderRPM < 0 || c.ProviderTPM < 0:
 		return errors.New("workers: config: ProviderRPM and ProviderTPM must not be negative")
+	case (c.ProviderRPM > 0 || c.ProviderTPM > 0) && c.LLMTransport == nil:
+		return errors.New("workers: config: ProviderRPM and ProviderTPM need LLMTransport")
 	case c.IdleWait < time.Millisecond:
 		return errors.New("workers: config: IdleWait must be at least 1 ms")
 	case c.MaxBatch < 1:
 		return errors.New("workers: config: MaxBatch must be at least 1")
+	}
+	for p, d := range c.Budgets {
+		if _, err := peakdesk.ParsePriority(string(p)); err != nil {
+			return fmt.Errorf("workers: config: Budgets: unknown priority %q", p)
+		}
+		if d <= 0 {
+			return fmt.Errorf("workers: config: Budgets: the budget of %s must be positive", p)
+		}
 	}
 	return nil
 }
@@ -172,6 +194,7 @@ type Worker struct {
 	slots     *slots
 	claims    claimLine
 	pulls     atomic.Int64 // pull requests sent to the priority consumers
+	tools     []llm.Tool   // Config.Tools as offered to the LLM
 
 	startOnce, stopOnce sync.Once
 	fetchCancel         context.CancelFunc // stops fetching, sweeping, dead letters
@@ -209,6 +232,11 @@ func New(cfg Config) (*Worker, error) {
 		m.rateLocal.Set(map[bool]float64{false: 0, true: 1}[local])
 	}
 	m.limit.Set(float64(cfg.Concurrency))
+	if cfg.Tools != nil {
+		for _, d := range cfg.Tools.Definitions() {
+			w.tools = append(w.tools, llm.Tool{Name: d.Name, Description: d.Description, Parameters: d.Parameters})
+		}
+	}
 	if cfg.LLMTransport != nil {
 		cfg.LLMTransport.w.Store(w)
 	}
@@ -217,7 +245,6 @@ func New(cfg Config) (*Worker, error) {
 
 // observeCall feeds one LLM call to the adaptive limit.
 func (w *Worker) observeCall(took time.Duration, s Signal) {
-	w.metrics.llmSeconds.Observe(took.Seconds())
 	inflight, _ := w.slots.counts()
 	limit := w.aimd.Observe(took, s, inflight)
 	w.slots.setLimit(limit)
@@ -520,7 +547,6 @@ func (w *Worker) answered(ctx context.Context, hold *storage.Hold, reply *peakde
 func (w *Worker) turnFailed(ctx context.Context, log *slog.Logger, hold *storage.Hold, head jetstream.Msg, err error) {
 	bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	var retry *retryError
 	switch {
 	case ctx.Err() != nil:
 		// Stopping: release both at once for another worker.
@@ -536,14 +562,6 @@ func (w *Worker) turnFailed(ctx context.Context, log *slog.Logger, hold *storage
 		if head != nil {
 			_ = head.NakWithDelay(time.Second)
 		}
-	case errors.As(err, &retry):
-		log.Warn("answer failed; will retry", "attempts", maxAttempts(hold), "err", err)
-		if err := w.cfg.DB.FailTurn(bg, hold, retry.after, err.Error()); err != nil {
-			log.Warn("recording the failed turn failed; the hold expires by itself", "err", err)
-		}
-		if head != nil {
-			_ = head.NakWithDelay(retry.after)
-		}
 	default:
 		log.Error("answer failed; will retry", "attempts", maxAttempts(hold), "err", err)
 		delay := retryDelay(maxAttempts(hold))
@@ -555,15 +573,6 @@ func (w *Worker) turnFailed(ctx context.Context, log *slog.Logger, hold *storage
 		}
 	}
 }
-
-// retryError asks for a retry after a delay.
-type retryError struct {
-	after time.Duration
-	err   error
-}
-
-func (e *retryError) Error() string { return e.err.Error() }
-func (e *retryError) Unwrap() error { return e.err }
 
 // retryDelay is the linear retry schedule: 1 s per attempt so far, at most
 // 30 s.
@@ -583,30 +592,77 @@ func maxAttempts(hold *storage.Hold) int {
 type turnAnswer struct {
 	// Reply is the one reply to the turn's messages.
 	Reply *peakdesk.Reply
-	// Actions are the outbox actions the reply promises; they are stored
-	// in the reply's transaction (ReplyID and ConversationID filled in).
-	Actions []peakdesk.Action
+	// Handoff marks the conversation for a human agent: a tool asked for
+	// one, or the reply is the handoff reply.
+	Handoff bool
+
+	mu sync.Mutex
+	// actions are the outbox actions the reply promises (the tools'); they
+	// are stored in the reply's transaction (ReplyID and ConversationID
+	// filled in).
+	actions []peakdesk.Action
 }
 
-// inTx stores a's actions in the reply's transaction.
+// inTx stores what comes with a's reply in its transaction: the actions the
+// tools promised, the reply webhook (for shops with a webhook URL), and the
+// handoff a tool asked for.
 func (a *turnAnswer) inTx() func(context.Context, pgx.Tx, *peakdesk.Reply) error {
-	if len(a.Actions) == 0 {
+	return func(ctx context.Context, tx pgx.Tx, r *peakdesk.Reply) error {
+		a.mu.Lock()
+		actions := a.actions
+		a.mu.Unlock()
+		for i := range actions {
+			actions[i].ReplyID = r.ID
+			actions[i].ConversationID = cmp.Or(actions[i].ConversationID, r.ConversationID)
+		}
+		if _, err := storage.InsertActions(ctx, tx, actions); err != nil {
+			return err
+		}
+		// The webhook tells the shop what its customer was told; whether a
+		// partial text preceded it is the chat client's business.
+		hooked := *r
+		hooked.ReplacesPartial = false
+		wh, err := outbox.ReplyWebhook(&hooked)
+		if err != nil {
+			return err
+		}
+		if _, err := storage.InsertReplyWebhook(ctx, tx, wh); err != nil {
+			return err
+		}
+		if a.Handoff && r.Source != peakdesk.SourceHandoff {
+			// SaveTurn marks handoff replies itself; a tool's handoff comes
+			// with the LLM's reply.
+			return storage.MarkHandoff(ctx, tx, r.ShopID, r.ConversationID)
+		}
 		return nil
 	}
-	return func(ctx context.Context, tx pgx.Tx, r *peakdesk.Reply) error {
-		for i := range a.Actions {
-			a.Actions[i].ReplyID = r.ID
-			a.Actions[i].ConversationID = cmp.Or(a.Actions[i].ConversationID, r.ConversationID)
+}
+
+// callTool returns the Request.CallTool of a turn: it runs the tool for
+// call's shop, user, conversation and message and keeps the actions the
+// tool promised for the reply's transaction. They are kept even if the LLM
+// fails afterwards and the turn ends in a fallback: the tool checked them
+// and the customer is told a human follows up.
+func (a *turnAnswer) callTool(tools *outbox.Tools, call outbox.ToolCall) func(context.Context, string, json.RawMessage) (answer.ToolOutcome, error) {
+	return func(ctx context.Context, name string, args json.RawMessage) (answer.ToolOutcome, error) {
+		c := call
+		c.Name, c.Args = name, args
+		res, err := tools.Call(ctx, c)
+		if err != nil {
+			return answer.ToolOutcome{}, err
 		}
-		_, err := storage.InsertActions(ctx, tx, a.Actions)
-		return err
+		a.mu.Lock()
+		a.actions = append(a.actions, res.Actions...)
+		a.mu.Unlock()
+		return answer.ToolOutcome{Text: res.Text, Handoff: res.Handoff}, nil
 	}
 }
 
-// compose produces the one reply to hold's messages: the LLM's answer to all
-// of them together, or, once a message has failed LLMAttempts turns, a
-// handoff to a human, so no message goes unanswered. This is the single
-// place that turns messages into a reply (and the actions it promises).
+// compose produces the one reply to hold's messages: the Answerer's answer
+// to all of them together (the LLM's, or its fallback: FAQ, handoff), so no
+// message goes unanswered. This is the single place that turns messages
+// into a reply (and the actions it promises). It fails only when ctx ends
+// or the conversation memory cannot be read.
 func (w *Worker) compose(ctx context.Context, log *slog.Logger, hold *storage.Hold) (*turnAnswer, error) {
 	msgs := hold.Messages
 	last := msgs[len(msgs)-1]
@@ -623,69 +679,80 @@ func (w *Worker) compose(ctx context.Context, log *slog.Logger, hold *storage.Ho
 	if len(history) > w.cfg.HistoryTurns {
 		history = history[len(history)-w.cfg.HistoryTurns:]
 	}
-	turns := make([]llm.Turn, 0, len(history)+len(msgs)+1)
-	turns = append(turns, llm.Turn{Role: llm.RoleSystem, Text: systemPrompt(hold.ShopID)})
-	for _, t := range history {
-		turns = append(turns, llm.Turn{Role: llm.Role(t.Role), Text: t.Text})
-	}
 	prio := peakdesk.P2
-	for _, m := range msgs {
-		turns = append(turns, llm.Turn{Role: llm.RoleUser, Text: m.Text})
+	texts := make([]string, len(msgs))
+	for i, m := range msgs {
+		texts[i] = m.Text
 		if m.Priority.Rank() < prio.Rank() {
 			prio = m.Priority
 		}
 	}
+	req := answer.Request{
+		Shop:           hold.ShopID,
+		ConversationID: hold.ConversationID,
+		MessageIDs:     reply.MessageIDs,
+		Priority:       prio,
+		// The budget counts from now, not from acceptance: after a backlog
+		// the queued messages still get the LLM's answer.
+		Deadline: time.Now().Add(w.cfg.Budgets[prio]),
+		History:  make([]llm.Turn, len(history)),
+		Question: strings.Join(texts, "\n"),
+	}
+	for i, t := range history {
+		req.History[i] = llm.Turn{Role: llm.Role(t.Role), Text: t.Text}
+	}
+	ta := &turnAnswer{Reply: reply}
+	if len(w.tools) > 0 && offerTools(prio, len(history) > 0, req.Question) {
+		req.Tools = w.tools
+		req.CallTool = ta.callTool(w.cfg.Tools, outbox.ToolCall{Shop: hold.ShopID, User: last.UserID,
+			ConversationID: hold.ConversationID, MessageID: last.ID})
+	}
+	// Urgent answers stream to the client as they are written; p2, the
+	// bulk of a peak and mostly general questions, arrives whole.
+	var stream *partials
+	if prio != peakdesk.P2 {
+		stream = w.newPartials(reply)
+		req.OnDelta = stream.add
+	}
 
-	// The provider budget and the adaptive limit: in the LLM client's
-	// transport when it has ours (every HTTP call), else around this call.
-	ctx = withPriority(ctx, prio)
-	permit := &Permit{}
-	if w.cfg.LLMTransport == nil {
-		if permit, err = w.limiter.Wait(ctx, prio, estimateTokens(turns)); err != nil {
-			return nil, err
-		}
+	// The provider budget and the adaptive limit apply in the LLM client's
+	// transport, to every call the Answerer makes for this priority.
+	ans, err := w.cfg.Answerer.Answer(withPriority(ctx, prio), req)
+	if err != nil {
+		return nil, err
 	}
-	start := time.Now()
-	c, err := w.cfg.LLM.Complete(ctx, turns)
-	if w.cfg.LLMTransport == nil {
-		w.observeCall(time.Since(start), signalOf(err))
-	}
-	if err == nil {
-		permit.Done(c.PromptTokens + c.CompletionTokens)
-		w.metrics.llmCalls.WithLabelValues(c.Model, "ok").Inc()
-		reply.Text, reply.Source, reply.Model = c.Text, peakdesk.SourceLLM, c.Model
-		reply.PromptTokens, reply.CompletionTokens = c.PromptTokens, c.CompletionTokens
-		return &turnAnswer{Reply: reply}, nil
-	}
-	permit.Done(0)
-	w.metrics.llmCalls.WithLabelValues("", outcomeOf(err)).Inc()
-	if ctx.Err() != nil {
-		return nil, ctx.Err()
-	}
-	if attempts := maxAttempts(hold); attempts < w.cfg.LLMAttempts {
-		return nil, &retryError{after: retryDelay(attempts), err: err}
-	}
-	log.Warn("LLM failed on every attempt; handing off to a human", "attempts", maxAttempts(hold), "err", err)
-	reply.Text, reply.Source = handoffText(last.Text), peakdesk.SourceHandoff
-	return &turnAnswer{Reply: reply}, nil
+	reply.Text, reply.Source, reply.Model = ans.Text, ans.Source, ans.Model
+	reply.PromptTokens, reply.CompletionTokens = ans.PromptTokens, ans.CompletionTokens
+	reply.CostMicroUSD = ans.CostMicroUSD
+	reply.ReplacesPartial = ans.StreamBroken && stream.shown()
+	ta.Handoff = ans.Handoff || ans.Source == peakdesk.SourceHandoff
+	log.Debug("answered", "source", ans.Source, "tools", ans.ToolCalls, "handoff", ta.Handoff)
+	return ta, nil
 }
 
-// estimateTokens guesses a prompt's tokens before the call: about one per
-// CJK character and one per four other bytes, plus the reply to come. The
-// provider limiter corrects the guess with what calls really use.
-func estimateTokens(turns []llm.Turn) int {
-	n := 0
-	for _, t := range turns {
-		n += 4 // per-message overhead
-		for _, r := range t.Text {
-			if r >= 0x2E80 {
-				n += 4
-			} else {
-				n++
+// offerTools decides whether a turn is offered the tools. A request with
+// tools is never coalesced with identical questions nor answered from the
+// cache, so a general question — p2 (pre-sale, general), opening its
+// conversation, without an order-like number — goes without them: those
+// are the bursts coalescing exists for. Urgent turns (refunds, orders,
+// logistics) and turns that continue a conversation get them.
+func offerTools(prio peakdesk.Priority, hasHistory bool, question string) bool {
+	return prio != peakdesk.P2 || hasHistory || hasDigitRun(question, 5)
+}
+
+// hasDigitRun reports whether s has n ASCII or full-width digits in a row.
+func hasDigitRun(s string, n int) bool {
+	run := 0
+	for _, r := range s {
+		if (r >= '0' && r <= '9') || (r >= '０' && r <= '９') {
+			if run++; run >= n {
+				return true
 			}
+		} else {
+			run = 0
 		}
 	}
-	return n/4 + 150
+	return false
 }
 
 // publishEvent publishes r on its conversation's event subject. The reply id
@@ -789,20 +856,6 @@ func traceID(traceparent string) string {
 		return traceparent[3:35]
 	}
 	return ""
-}
-
-func systemPrompt(shop string) string {
-	return "You are the customer-service assistant of the online shop " + shop +
-		". Answer briefly and politely in the customer's language. " +
-		"Never invent order facts, prices or promises. " +
-		"When the customer sent several messages in a row, answer them together."
-}
-
-func handoffText(question string) string {
-	if hasCJK(question) {
-		return "抱歉，智能客服暂时无法回答您的问题，已为您转接人工客服，请稍候。"
-	}
-	return "Sorry, our assistant cannot answer right now. A human agent will get back to you shortly."
 }
 
 func hasCJK(s string) bool {

@@ -12,37 +12,43 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/loadtest"
+	"github.com/peakdesk/peakdesk/outbox"
 	"github.com/peakdesk/peakdesk/storage"
 	"github.com/peakdesk/peakdesk/storage/storagetest"
+	"github.com/peakdesk/peakdesk/workers/answer"
 	"github.com/peakdesk/peakdesk/workers/llm"
 )
 
 // testBundle is the real services one test's workers share: an embedded
 // JetStream server with peakdesk's topology, a fresh Postgres database with
-// shop "demo", Redis, and the simulated LLM behind a recorder that notes
-// every call in arrival order.
+// shop "demo", Redis, the simulated LLM behind a recorder that notes every
+// call in arrival order, and the simulated shop API with the tools on it.
 type testBundle struct {
 	js      jetstream.JetStream
 	db      *storage.DB
 	pool    *pgxpool.Pool // for assertions
 	rdb     *redis.Client
 	sim     *loadtest.LLMSim
-	llm     *llm.Client
+	llmURL  string
 	calls   *callLog
+	shop    *loadtest.ShopSim
+	tools   *outbox.Tools // offered when a test sets Config.Tools
 	ackWait time.Duration
-	key     string // provider budget key, unique per test
-	// transport is the LLM client's transport, when bundleOpts.transport.
-	transport *LLMTransport
+	key     string // provider budget and Redis key prefix, unique per test
+	// transport gives each worker's Answerer an LLMTransport.
+	transport bool
 }
 
 type bundleOpts struct {
@@ -50,10 +56,13 @@ type bundleOpts struct {
 	ackWait    time.Duration
 	maxDeliver int
 	dbConns    int32
-	// transport puts the LLM client on an LLMTransport (b.transport), which
-	// the test's workers must be given.
+	// transport puts each worker's LLM calls on its own LLMTransport, as
+	// in production (the provider budget and the adaptive limit).
 	transport bool
 }
+
+// testPrices prices the simulator's model, so that replies have a cost.
+var testPrices = llm.Prices{"sim": {InputPerMTok: 1, OutputPerMTok: 2}}
 
 func setup(t testing.TB, o bundleOpts) *testBundle {
 	t.Helper()
@@ -98,35 +107,65 @@ func setup(t testing.TB, o bundleOpts) *testBundle {
 	calls := &callLog{active: map[string]int{}, maxActive: map[string]int{}}
 	srv := httptest.NewServer(calls.wrap(sim))
 	t.Cleanup(srv.Close)
-	llmCfg := llm.Config{BaseURL: srv.URL + "/v1", Model: "sim", Timeout: 10 * time.Second}
-	var tr *LLMTransport
-	if o.transport {
-		tr = NewLLMTransport(nil)
-		llmCfg.HTTPClient = &http.Client{Transport: tr}
-	}
-	client, err := llm.New(llmCfg)
+
+	shopSim := loadtest.NewShopSim(loadtest.ShopFaults{}, []byte("whsec-test"))
+	shopSrv := httptest.NewServer(shopSim)
+	t.Cleanup(shopSrv.Close)
+	shop, err := outbox.NewShopClient(outbox.ShopClientConfig{DB: db, DefaultBaseURL: shopSrv.URL, Timeout: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &testBundle{js: js, db: db, pool: pool, rdb: rdb, sim: sim, llm: client, calls: calls,
-		ackWait: o.ackWait, key: "test-" + newID(), transport: tr}
+	tools, err := outbox.NewTools(outbox.ToolsConfig{DB: db, Shop: shop})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &testBundle{js: js, db: db, pool: pool, rdb: rdb, sim: sim, llmURL: srv.URL + "/v1", calls: calls,
+		shop: shopSim, tools: tools, ackWait: o.ackWait, key: "test-" + newID(), transport: o.transport}
 }
 
-// start runs a Worker with test defaults changed by mod; it stops when the
-// test ends.
+// start runs a Worker, with an Answerer of its own on the simulated LLM, as
+// one worker process would; mod changes the test defaults. It stops when
+// the test ends.
 func (b *testBundle) start(t testing.TB, mod func(*Config)) *Worker {
 	t.Helper()
+	// One registry per worker process, shared by its Answerer as in
+	// production.
+	reg := prometheus.NewRegistry()
+	var tr *LLMTransport
+	hc := llm.NewHTTPClient()
+	if b.transport {
+		tr = NewLLMTransport(nil)
+		hc = &http.Client{Transport: tr}
+	}
+	ans, err := answer.New(answer.Config{
+		DB: b.db, Redis: b.rdb,
+		Provider:   llm.Provider{BaseURL: b.llmURL, Models: []string{"sim"}},
+		Prices:     testPrices,
+		HTTPClient: hc,
+		LLM:        llm.CallerConfig{CallTimeout: 10 * time.Second},
+		KeyPrefix:  "pd:" + b.key + ":",
+		Logger:     testLogger(t),
+		Registerer: reg,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ans.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ans.Stop) // after the worker's Stop (cleanups run last first)
 	cfg := Config{
-		JS: b.js, DB: b.db, LLM: b.llm,
+		JS: b.js, DB: b.db, Answerer: ans,
 		Memory:        &storage.Memory{DB: b.db, Redis: b.rdb},
 		Logger:        testLogger(t),
+		Registerer:    reg,
 		Concurrency:   8,
 		AckWait:       b.ackWait,
 		SoftStop:      2 * time.Second,
 		SweepInterval: 200 * time.Millisecond,
 		SweepGrace:    500 * time.Millisecond,
 		ProviderKey:   b.key,
-		LLMTransport:  b.transport,
+		LLMTransport:  tr,
 	}
 	if mod != nil {
 		mod(&cfg)
@@ -157,12 +196,23 @@ func (w testWriter) Write(b []byte) (int, error) {
 // Its text starts with a tag the call log reads: [prio c:conv] text.
 func message(prio peakdesk.Priority, conv, text string) peakdesk.Message {
 	if conv == "" {
-		conv = newID()
+		conv = newConvID()
 	}
 	return peakdesk.Message{
 		ID: newID(), ShopID: "demo", ConversationID: conv, UserID: "u-" + conv[:8],
 		Text:     fmt.Sprintf("[%s c:%s] %s", prio, conv, text),
 		Priority: prio, AcceptedAt: time.Now(),
+	}
+}
+
+// newConvID returns a new conversation id without five digits in a row:
+// the tag of a test message must reach the LLM as it is, not taken for a
+// phone or card number and masked.
+func newConvID() string {
+	for {
+		if id := newID(); !hasDigitRun(id, 5) {
+			return id
+		}
 	}
 }
 
@@ -238,6 +288,9 @@ type callLog struct {
 	calls     []llmCall
 	active    map[string]int
 	maxActive map[string]int
+	// failAfterTools answers 503 to every call that carries tool results:
+	// the LLM fails once its tools have run.
+	failAfterTools atomic.Bool
 }
 
 type llmCall struct {
@@ -268,6 +321,10 @@ func (l *callLog) wrap(next http.Handler) http.Handler {
 		_ = json.Unmarshal(body, &req)
 		var c llmCall
 		for _, m := range req.Messages {
+			if m.Role == "tool" && l.failAfterTools.Load() {
+				http.Error(w, `{"error":{"message":"down after tools","type":"server_error"}}`, http.StatusServiceUnavailable)
+				return
+			}
 			switch m.Role {
 			case "user":
 				c.users = append(c.users, m.Content)

@@ -26,6 +26,7 @@ import (
 	"github.com/peakdesk/peakdesk/outbox"
 	"github.com/peakdesk/peakdesk/storage"
 	"github.com/peakdesk/peakdesk/workers"
+	"github.com/peakdesk/peakdesk/workers/answer"
 	"github.com/peakdesk/peakdesk/workers/faq"
 	"github.com/peakdesk/peakdesk/workers/llm"
 )
@@ -49,6 +50,7 @@ type Program struct {
 	relay    *outbox.Relay
 	edge     *ingest.Edge
 	worker   *workers.Worker
+	answerer *answer.Answerer
 	httpSrv  *http.Server
 	listener net.Listener
 	serveErr chan error
@@ -174,13 +176,39 @@ func (p *Program) Start(ctx context.Context) (err error) {
 		// Every LLM HTTP call goes through the worker's transport: the
 		// provider budget and the adaptive concurrency limit.
 		llmTransport := workers.NewLLMTransport(nil)
-		client, err := p.llmClient(&http.Client{Transport: llmTransport})
+		base, err := p.llmBaseURL()
+		if err != nil {
+			return err
+		}
+		prices, err := llm.ParsePrices(cfg.LLMPrices) // validated
+		if err != nil {
+			return err
+		}
+		// One Answerer per process: the model chain, the FAQ fallback shared
+		// with the edge, the breakers and burst coalescing shared in Redis.
+		p.answerer, err = answer.New(answer.Config{
+			DB: p.db, Redis: p.rdb,
+			Provider:   llm.Provider{BaseURL: base, APIKey: cfg.LLMAPIKey, Models: llm.ParseModels(cfg.LLMModel)},
+			Prices:     prices,
+			FAQ:        p.faq,
+			HTTPClient: &http.Client{Transport: llmTransport},
+			LLM:        llm.CallerConfig{CallTimeout: cfg.LLMTimeout},
+			Logger:     p.Log,
+			Registerer: p.registry,
+		})
+		if err != nil {
+			return err
+		}
+		if err := p.answerer.Start(ctx); err != nil {
+			return err
+		}
+		tools, err := outbox.NewTools(outbox.ToolsConfig{DB: p.db, Shop: p.shop})
 		if err != nil {
 			return err
 		}
 		p1Weight, p2Weight, _ := cfg.workerWeights() // validated
 		p.worker, err = workers.New(workers.Config{
-			JS: p.js, DB: p.db, LLM: client,
+			JS: p.js, DB: p.db, Answerer: p.answerer, Tools: tools,
 			Memory:      &storage.Memory{DB: p.db, Redis: p.rdb},
 			Logger:      p.Log,
 			Registerer:  p.registry,
@@ -230,24 +258,23 @@ func (p *Program) Start(ctx context.Context) (err error) {
 	return nil
 }
 
-// llmClient returns the LLM client: the configured provider, or in dev the
-// built-in simulator behind a loopback listener, so the real client code path
-// is the same in both.
-func (p *Program) llmClient(hc *http.Client) (*llm.Client, error) {
-	base := p.Config.LLMBaseURL
-	if base == "" {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("simulated llm: %w", err)
-		}
-		sim := loadtest.NewLLMSim(loadtest.LLMFaults{Latency: 300 * time.Millisecond, LatencyJitter: 100 * time.Millisecond})
-		p.llmSrv = &http.Server{Handler: sim, ReadHeaderTimeout: 5 * time.Second}
-		go func() { _ = p.llmSrv.Serve(ln) }()
-		base = "http://" + ln.Addr().String() + "/v1"
-		p.Log.Info("using the built-in simulated LLM (set PEAKDESK_LLM_BASE_URL for a real provider)", "url", base)
+// llmBaseURL returns the LLM provider's base URL: the configured one, or in
+// dev the built-in simulator's behind a loopback listener, so the real
+// client code path is the same in both.
+func (p *Program) llmBaseURL() (string, error) {
+	if base := p.Config.LLMBaseURL; base != "" {
+		return base, nil
 	}
-	return llm.New(llm.Config{BaseURL: base, APIKey: p.Config.LLMAPIKey, Model: p.Config.LLMModel,
-		Timeout: p.Config.LLMTimeout, HTTPClient: hc})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", fmt.Errorf("simulated llm: %w", err)
+	}
+	sim := loadtest.NewLLMSim(loadtest.LLMFaults{Latency: 300 * time.Millisecond, LatencyJitter: 100 * time.Millisecond})
+	p.llmSrv = &http.Server{Handler: sim, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = p.llmSrv.Serve(ln) }()
+	base := "http://" + ln.Addr().String() + "/v1"
+	p.Log.Info("using the built-in simulated LLM (set PEAKDESK_LLM_BASE_URL for a real provider)", "url", base)
+	return base, nil
 }
 
 func (p *Program) ready(w http.ResponseWriter, r *http.Request) {
@@ -294,6 +321,9 @@ func (p *Program) Stop() {
 		}
 		if p.worker != nil {
 			p.worker.Stop()
+		}
+		if p.answerer != nil {
+			p.answerer.Stop()
 		}
 		if p.relay != nil {
 			p.relay.Stop()

@@ -1,0 +1,90 @@
+package workers
+
+import (
+	"encoding/json"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/peakdesk/peakdesk"
+	"github.com/peakdesk/peakdesk/workers/pii"
+)
+
+// PartialSubject is the core NATS subject of a conversation's partial
+// replies: the text of an answer being streamed, so far. No stream captures
+// it; a client not listening misses nothing, the reply event follows.
+func PartialSubject(shop, conv string) string {
+	return "chat.partial." + shop + "." + conv
+}
+
+// PartialReply is the body of a partial reply.
+type PartialReply struct {
+	ConversationID string   `json:"conversation_id"`
+	MessageIDs     []string `json:"message_ids"`
+	// Text is the answer so far; the reply event's text supersedes it.
+	Text string `json:"text"`
+}
+
+// partialEvery is the least time between two partial replies of an answer.
+const partialEvery = 100 * time.Millisecond
+
+// partials publishes the text of one answer as it streams, at most every
+// partialEvery. It is best effort: a partial that cannot be sent is
+// skipped.
+type partials struct {
+	w       *Worker
+	subject string
+	reply   *peakdesk.Reply
+
+	mu   sync.Mutex
+	text strings.Builder
+	last time.Time // when the last partial went out
+	sent bool
+}
+
+func (w *Worker) newPartials(r *peakdesk.Reply) *partials {
+	return &partials{w: w, subject: PartialSubject(r.ShopID, r.ConversationID), reply: r}
+}
+
+// add is the Answerer's OnDelta.
+func (p *partials) add(delta string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.text.WriteString(delta)
+	now := time.Now()
+	if p.sent && now.Sub(p.last) < partialEvery {
+		return
+	}
+	// The reply is masked once complete; mask what is shown of it too, and
+	// hold back a trailing run of digits that may be the start of a number
+	// the mask would catch once complete.
+	text, _ := pii.Mask(strings.TrimRightFunc(p.text.String(), maybeNumber))
+	if text == "" {
+		return
+	}
+	data, err := json.Marshal(PartialReply{ConversationID: p.reply.ConversationID, MessageIDs: p.reply.MessageIDs,
+		Text: text})
+	if err != nil {
+		return
+	}
+	if err := p.w.cfg.JS.Conn().Publish(p.subject, data); err != nil {
+		return
+	}
+	p.last, p.sent = now, true
+}
+
+// shown reports whether any partial reply went out (false for nil).
+func (p *partials) shown() bool {
+	if p == nil {
+		return false
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.sent
+}
+
+// maybeNumber reports whether r may be part of a phone, ID-card or card
+// number.
+func maybeNumber(r rune) bool {
+	return r >= '0' && r <= '9' || r == ' ' || r == '-'
+}
