@@ -42,11 +42,11 @@ func (db *DB) ShopExists(ctx context.Context, id string) (bool, error) {
 	return ok, nil
 }
 
-// BeginMessage records that a worker has taken message m: it creates the
-// conversation and the message row (status processing) when absent. If the
-// message was answered already (a redelivery), it returns that reply and the
-// caller must not answer again. It is idempotent.
-func (db *DB) BeginMessage(ctx context.Context, m *peakdesk.Message) (*peakdesk.Reply, error) {
+// queueMessageInsert queues the upsert of m's conversation (returning its
+// shop and user, which the caller scans first) and the insert of m with
+// status unless it is stored already. The message goes in only if the
+// conversation is the same shop's and user's.
+func queueMessageInsert(b *pgx.Batch, m *peakdesk.Message, status string) {
 	var clientMsgID *string
 	if m.ClientMsgID != "" {
 		clientMsgID = &m.ClientMsgID
@@ -55,19 +55,27 @@ func (db *DB) BeginMessage(ctx context.Context, m *peakdesk.Message) (*peakdesk.
 	if len(m.Metadata) > 0 {
 		metadata = m.Metadata
 	}
-	// One pipeline, one implicit transaction: upsert the conversation, insert
-	// the message unless present, then read back who holds what.
-	b := &pgx.Batch{}
 	b.Queue(`INSERT INTO conversations (id, shop_id, user_id) VALUES ($1, $2, $3)
 		ON CONFLICT (id) DO UPDATE SET updated_at = now()
 		RETURNING shop_id, user_id`, m.ConversationID, m.ShopID, m.UserID)
 	b.Queue(`INSERT INTO messages (id, shop_id, conversation_id, user_id, text, channel, priority,
 			client_msg_id, metadata, status, accepted_at)
-		SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, 'processing', $10
+		SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $11, $10
 		WHERE EXISTS (SELECT 1 FROM conversations WHERE id = $3 AND shop_id = $2 AND user_id = $4)
 		ON CONFLICT DO NOTHING`,
 		m.ID, m.ShopID, m.ConversationID, m.UserID, m.Text, m.Channel, string(m.Priority),
-		clientMsgID, metadata, m.AcceptedAt)
+		clientMsgID, metadata, m.AcceptedAt, status)
+}
+
+// BeginMessage records that a worker has taken message m: it creates the
+// conversation and the message row (status processing) when absent. If the
+// message was answered already (a redelivery), it returns that reply and the
+// caller must not answer again. It is idempotent.
+func (db *DB) BeginMessage(ctx context.Context, m *peakdesk.Message) (*peakdesk.Reply, error) {
+	// One pipeline, one implicit transaction: upsert the conversation, insert
+	// the message unless present, then read back who holds what.
+	b := &pgx.Batch{}
+	queueMessageInsert(b, m, "processing")
 	b.Queue(`SELECT shop_id, reply_id FROM messages WHERE id = $1`, m.ID)
 
 	var convShop, convUser, gotShop string
@@ -441,28 +449,11 @@ func collectTurn(rows pgx.Rows, shop, conv, owner string) (*Hold, error) {
 // the conversation, the turn holds up to maxBatch of its oldest unanswered
 // messages (m among them unless older ones are waiting).
 func (db *DB) ClaimMessage(ctx context.Context, m *peakdesk.Message, owner string, lease time.Duration, maxBatch int) (*Claim, error) {
-	var clientMsgID *string
-	if m.ClientMsgID != "" {
-		clientMsgID = &m.ClientMsgID
-	}
-	var metadata []byte
-	if len(m.Metadata) > 0 {
-		metadata = m.Metadata
-	}
 	// One pipeline, one implicit transaction. The upsert locks the
 	// conversation row, so claims and the holder's end of turn serialise: a
 	// message is either seen waiting by the holder or finds it gone.
 	b := &pgx.Batch{}
-	b.Queue(`INSERT INTO conversations (id, shop_id, user_id) VALUES ($1, $2, $3)
-		ON CONFLICT (id) DO UPDATE SET updated_at = now()
-		RETURNING shop_id, user_id`, m.ConversationID, m.ShopID, m.UserID)
-	b.Queue(`INSERT INTO messages (id, shop_id, conversation_id, user_id, text, channel, priority,
-			client_msg_id, metadata, status, accepted_at)
-		SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, 'waiting', $10
-		WHERE EXISTS (SELECT 1 FROM conversations WHERE id = $3 AND shop_id = $2 AND user_id = $4)
-		ON CONFLICT DO NOTHING`,
-		m.ID, m.ShopID, m.ConversationID, m.UserID, m.Text, m.Channel, string(m.Priority),
-		clientMsgID, metadata, m.AcceptedAt)
+	queueMessageInsert(b, m, "waiting")
 	b.Queue(`UPDATE conversations SET turn_owner = $4, turn_until = now() + $5::interval, next_turn_at = NULL
 		WHERE id = $1 AND shop_id = $2 AND user_id = $3 AND (turn_owner IS NULL OR turn_until < now())
 		AND EXISTS (SELECT 1 FROM messages WHERE id = $6 AND shop_id = $2 AND reply_id IS NULL
