@@ -4,11 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"time"
-
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/storage"
@@ -27,34 +23,25 @@ func (e *Edge) answerFromFAQ(ctx context.Context, m *peakdesk.Message) *peakdesk
 	if !ok {
 		return nil
 	}
-	existing, err := e.cfg.DB.BeginMessage(ctx, m)
-	if err != nil {
-		e.log.WarnContext(ctx, "storing a shed message failed", "trace_id", traceOf(ctx).id, "err", err)
-		return nil
-	}
-	if existing != nil { // an idempotent repeat of a message already answered
-		return existing
-	}
 	var b [16]byte
 	_, _ = rand.Read(b[:])
 	reply := &peakdesk.Reply{ID: hex.EncodeToString(b[:]), ShopID: m.ShopID, ConversationID: m.ConversationID,
 		MessageIDs: []string{m.ID}, Text: text, Source: peakdesk.SourceFAQ}
-	if err := e.cfg.DB.SaveReply(ctx, reply); err != nil {
-		if r, err := e.cfg.DB.ReplyFor(ctx, m.ShopID, m.ID); err == nil {
-			return r
-		}
+	// Message and answer commit together, so no worker sees the message
+	// unanswered.
+	stored, existed, err := e.cfg.DB.SaveAnsweredMessage(ctx, m, reply)
+	switch {
+	case err != nil:
 		e.log.WarnContext(ctx, "storing a shed answer failed", "trace_id", traceOf(ctx).id, "err", err)
 		return nil
+	case existed:
+		return stored // an idempotent repeat: its answer, or nil while it is still queued
 	}
-	data, _ := json.Marshal(reply)
-	msg := nats.NewMsg(storage.EventSubject(m.ShopID, m.ConversationID))
-	msg.Data = data
-	msg.Header.Set(jetstream.MsgIDHeader, reply.ID)
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	if _, err := e.cfg.JS.PublishMsg(pctx, msg); err != nil {
+	if err := storage.PublishReplyEvent(pctx, e.cfg.JS, stored); err != nil {
 		// The answer is stored and returned inline; only SSE misses it.
 		e.log.WarnContext(ctx, "publishing a shed answer's event failed", "trace_id", traceOf(ctx).id, "err", err)
 	}
-	return reply
+	return stored
 }

@@ -176,3 +176,43 @@ func TestMemoryRebuildsFromPostgresAndAppends(t *testing.T) {
 		t.Fatalf("cached turns after append (keep 3) %+v", turns)
 	}
 }
+
+func TestSaveAnsweredMessageIsAtomicAndIdempotent(t *testing.T) {
+	t.Parallel()
+	db := setupDB(t)
+	ctx := context.Background()
+	m := newMessage("shop1", hexID("c", 40), "u1", 40)
+	r := &peakdesk.Reply{ID: "shed-1", ShopID: "shop1", ConversationID: m.ConversationID,
+		MessageIDs: []string{m.ID}, Text: "faq answer", Source: peakdesk.SourceFAQ}
+	got, existed, err := db.SaveAnsweredMessage(ctx, m, r)
+	if err != nil || existed || got.ID != "shed-1" {
+		t.Fatalf("first save: %+v existed=%v err=%v", got, existed, err)
+	}
+	rec, err := db.Message(ctx, "shop1", m.ID)
+	if err != nil || rec.Status != peakdesk.StatusAnswered || rec.Reply == nil || rec.Reply.ID != "shed-1" {
+		t.Fatalf("stored message %+v, %v", rec, err)
+	}
+	// A repeat stores nothing and returns the first answer.
+	again := &peakdesk.Reply{ID: "shed-2", ShopID: "shop1", ConversationID: m.ConversationID,
+		MessageIDs: []string{m.ID}, Text: "other", Source: peakdesk.SourceFAQ}
+	got, existed, err = db.SaveAnsweredMessage(ctx, m, again)
+	if err != nil || !existed || got == nil || got.ID != "shed-1" {
+		t.Fatalf("repeat: %+v existed=%v err=%v", got, existed, err)
+	}
+	// A message already queued and taken by a worker is not answered here.
+	queued := newMessage("shop1", m.ConversationID, "u1", 41)
+	if _, err := db.BeginMessage(ctx, queued); err != nil {
+		t.Fatal(err)
+	}
+	got, existed, err = db.SaveAnsweredMessage(ctx, queued, &peakdesk.Reply{ID: "shed-3", ShopID: "shop1",
+		ConversationID: m.ConversationID, MessageIDs: []string{queued.ID}, Text: "x", Source: peakdesk.SourceFAQ})
+	if err != nil || !existed || got != nil {
+		t.Fatalf("queued message: %+v existed=%v err=%v", got, existed, err)
+	}
+	// Another user's conversation is refused.
+	intruder := newMessage("shop1", m.ConversationID, "u2", 42)
+	if _, _, err := db.SaveAnsweredMessage(ctx, intruder, &peakdesk.Reply{ID: "shed-4", ShopID: "shop1",
+		ConversationID: m.ConversationID, MessageIDs: []string{intruder.ID}, Text: "x", Source: peakdesk.SourceFAQ}); !errors.Is(err, storage.ErrForeignConversation) {
+		t.Fatalf("intruder: %v", err)
+	}
+}

@@ -2,6 +2,7 @@ package storage
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
@@ -68,4 +69,69 @@ func MarkHandoff(ctx context.Context, tx pgx.Tx, shop, conv string) error {
 		return fmt.Errorf("storage: mark handoff: %w", err)
 	}
 	return nil
+}
+
+// SaveAnsweredMessage stores message m already answered by r — the edge's
+// instant FAQ answer to a shed message — in one transaction, so no worker
+// ever sees m unanswered. If m is stored already (an idempotent repeat), it
+// stores nothing and returns m's reply (nil while m is still being
+// answered) with existed = true.
+func (db *DB) SaveAnsweredMessage(ctx context.Context, m *peakdesk.Message, r *peakdesk.Reply) (stored *peakdesk.Reply, existed bool, err error) {
+	var clientMsgID *string
+	if m.ClientMsgID != "" {
+		clientMsgID = &m.ClientMsgID
+	}
+	err = pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
+		var convShop, convUser string
+		if err := tx.QueryRow(ctx, `INSERT INTO conversations (id, shop_id, user_id) VALUES ($1, $2, $3)
+			ON CONFLICT (id) DO UPDATE SET updated_at = now()
+			RETURNING shop_id, user_id`, m.ConversationID, m.ShopID, m.UserID).Scan(&convShop, &convUser); err != nil {
+			return err
+		}
+		if convShop != m.ShopID || convUser != m.UserID {
+			return ErrForeignConversation
+		}
+		var exists bool
+		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM messages WHERE id = $1)`, m.ID).Scan(&exists); err != nil {
+			return err
+		}
+		if exists {
+			existed = true
+			return nil
+		}
+		if err := tx.QueryRow(ctx, `INSERT INTO replies (id, shop_id, conversation_id, text, source, model)
+			VALUES ($1, $2, $3, $4, $5, $6) RETURNING created_at`,
+			r.ID, r.ShopID, r.ConversationID, r.Text, r.Source, r.Model).Scan(&r.CreatedAt); err != nil {
+			return err
+		}
+		var metadata []byte
+		if len(m.Metadata) > 0 {
+			metadata = m.Metadata
+		}
+		_, err := tx.Exec(ctx, `INSERT INTO messages (id, shop_id, conversation_id, user_id, text, channel, priority,
+				client_msg_id, metadata, status, reply_id, accepted_at, answered_at)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'answered', $10, $11, now())`,
+			m.ID, m.ShopID, m.ConversationID, m.UserID, m.Text, m.Channel, string(m.Priority),
+			clientMsgID, metadata, r.ID, m.AcceptedAt)
+		return err
+	})
+	switch {
+	case errors.Is(err, ErrForeignConversation):
+		return nil, false, err
+	case isUniqueViolation(err):
+		existed = true // a racing copy of the same message got in first
+	case err != nil:
+		return nil, false, fmt.Errorf("storage: save answered message: %w", err)
+	}
+	if !existed {
+		return r, false, nil
+	}
+	prev, err := db.ReplyFor(ctx, m.ShopID, m.ID)
+	if errors.Is(err, ErrNotFound) {
+		return nil, true, nil
+	}
+	if err != nil {
+		return nil, true, fmt.Errorf("storage: save answered message: %w", err)
+	}
+	return prev, true, nil
 }
