@@ -147,22 +147,16 @@ func (b *testBundle) takeMessage(t *testing.T, p peakdesk.Priority) (*peakdesk.M
 	return &m, msg
 }
 
-// answer stores a reply to m and publishes its event, as a worker would.
+// answer stores m answered and publishes the reply event, as a worker would.
 func (b *testBundle) answer(t *testing.T, m *peakdesk.Message, text string) *peakdesk.Reply {
 	t.Helper()
 	ctx := context.Background()
-	if _, err := b.db.BeginMessage(ctx, m); err != nil {
-		t.Fatal(err)
-	}
 	r := &peakdesk.Reply{ID: "r-" + m.ID, ShopID: m.ShopID, ConversationID: m.ConversationID,
 		MessageIDs: []string{m.ID}, Text: text, Source: peakdesk.SourceLLM}
-	if err := b.db.SaveReply(ctx, r); err != nil {
+	if _, _, err := b.db.SaveAnsweredMessage(ctx, m, r); err != nil {
 		t.Fatal(err)
 	}
-	data, _ := json.Marshal(r)
-	msg := nats.NewMsg(storage.EventSubject(m.ShopID, m.ConversationID))
-	msg.Data = data
-	if _, err := b.js.PublishMsg(ctx, msg); err != nil {
+	if err := storage.PublishReplyEvent(ctx, b.js, r); err != nil {
 		t.Fatal(err)
 	}
 	return r

@@ -14,11 +14,11 @@ import (
 	"github.com/peakdesk/peakdesk"
 )
 
-// ErrAlreadyAnswered is returned by SaveReply when another reply got to one
+// ErrAlreadyAnswered is returned by SaveTurn when another reply got to one
 // of the messages first; the caller's reply was not stored.
 var ErrAlreadyAnswered = errors.New("storage: message already answered")
 
-// ErrForeignConversation is returned by BeginMessage when the conversation id
+// ErrForeignConversation is returned by ClaimMessage when the conversation id
 // is already held by another shop or user. The message must not be answered.
 var ErrForeignConversation = errors.New("storage: conversation belongs to someone else")
 
@@ -65,94 +65,6 @@ func queueMessageInsert(b *pgx.Batch, m *peakdesk.Message, status string) {
 		ON CONFLICT DO NOTHING`,
 		m.ID, m.ShopID, m.ConversationID, m.UserID, m.Text, m.Channel, string(m.Priority),
 		clientMsgID, metadata, m.AcceptedAt, status)
-}
-
-// BeginMessage records that a worker has taken message m: it creates the
-// conversation and the message row (status processing) when absent. If the
-// message was answered already (a redelivery), it returns that reply and the
-// caller must not answer again. It is idempotent.
-func (db *DB) BeginMessage(ctx context.Context, m *peakdesk.Message) (*peakdesk.Reply, error) {
-	// One pipeline, one implicit transaction: upsert the conversation, insert
-	// the message unless present, then read back who holds what.
-	b := &pgx.Batch{}
-	queueMessageInsert(b, m, "processing")
-	b.Queue(`SELECT shop_id, reply_id FROM messages WHERE id = $1`, m.ID)
-
-	var convShop, convUser, gotShop string
-	var replyID *string
-	err := func() error {
-		br := db.pool.SendBatch(ctx, b)
-		defer br.Close()
-		if err := br.QueryRow().Scan(&convShop, &convUser); err != nil {
-			return err
-		}
-		if _, err := br.Exec(); err != nil {
-			return err
-		}
-		return br.QueryRow().Scan(&gotShop, &replyID)
-	}()
-	switch {
-	case convShop != "" && (convShop != m.ShopID || convUser != m.UserID):
-		return nil, ErrForeignConversation
-	case noRows(err):
-		return nil, fmt.Errorf("storage: begin message: message row missing after insert")
-	case err != nil:
-		return nil, fmt.Errorf("storage: begin message: %w", err)
-	case gotShop != m.ShopID:
-		return nil, ErrForeignConversation
-	case replyID == nil:
-		return nil, nil
-	}
-	r, err := db.reply(ctx, m.ShopID, *replyID)
-	if err != nil {
-		return nil, fmt.Errorf("storage: begin message: %w", err)
-	}
-	return r, nil
-}
-
-// SaveReply stores r and marks every message in r.MessageIDs answered by it,
-// in one transaction. If any of them already has a reply, nothing is stored
-// and ErrAlreadyAnswered is returned.
-func (db *DB) SaveReply(ctx context.Context, r *peakdesk.Reply) error {
-	err := pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
-		err := tx.QueryRow(ctx, `INSERT INTO replies (id, shop_id, conversation_id, text, source, model,
-				prompt_tokens, completion_tokens)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING created_at`,
-			r.ID, r.ShopID, r.ConversationID, r.Text, r.Source, r.Model,
-			r.PromptTokens, r.CompletionTokens).Scan(&r.CreatedAt)
-		if err != nil {
-			return err
-		}
-		if r.Source == peakdesk.SourceHandoff {
-			if _, err := tx.Exec(ctx, `UPDATE conversations SET handoff = true, updated_at = now()
-				WHERE id = $1 AND shop_id = $2`, r.ConversationID, r.ShopID); err != nil {
-				return err
-			}
-		}
-		if len(r.MessageIDs) == 0 {
-			return nil
-		}
-		tag, err := tx.Exec(ctx, `UPDATE messages
-			SET status = 'answered', reply_id = $1, answered_at = now()
-			WHERE id = ANY($2) AND shop_id = $3 AND conversation_id = $4 AND reply_id IS NULL`,
-			r.ID, r.MessageIDs, r.ShopID, r.ConversationID)
-		if err != nil {
-			return err
-		}
-		if int(tag.RowsAffected()) != len(r.MessageIDs) {
-			return ErrAlreadyAnswered
-		}
-		return nil
-	})
-	switch {
-	case errors.Is(err, ErrAlreadyAnswered):
-		return err
-	case isUniqueViolation(err):
-		return ErrAlreadyAnswered
-	case err != nil:
-		return fmt.Errorf("storage: save reply: %w", err)
-	}
-	return nil
 }
 
 // ReplyFor returns the reply that answers message id in shop.

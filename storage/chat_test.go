@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"testing"
 	"time"
 
@@ -22,6 +21,16 @@ func newMessage(shop, conv, user string, n int) *peakdesk.Message {
 	}
 }
 
+// answered stores m answered by a reply with the given id and text.
+func answered(t *testing.T, db *storage.DB, m *peakdesk.Message, id, text string) {
+	t.Helper()
+	r := &peakdesk.Reply{ID: id, ShopID: m.ShopID, ConversationID: m.ConversationID,
+		MessageIDs: []string{m.ID}, Text: text, Source: peakdesk.SourceLLM}
+	if _, existed, err := db.SaveAnsweredMessage(context.Background(), m, r); err != nil || existed {
+		t.Fatalf("store answered message: existed=%v err=%v", existed, err)
+	}
+}
+
 func setupDB(t *testing.T) *storage.DB {
 	t.Helper()
 	db := storagetest.DB(t)
@@ -33,83 +42,12 @@ func setupDB(t *testing.T) *storage.DB {
 	return db
 }
 
-func TestBeginMessageIsIdempotentAndReturnsTheExistingReply(t *testing.T) {
-	t.Parallel()
-	db := setupDB(t)
-	ctx := context.Background()
-	m := newMessage("shop1", hexID("c", 1), "u1", 1)
-	for range 2 {
-		got, err := db.BeginMessage(ctx, m)
-		if err != nil || got != nil {
-			t.Fatalf("begin: reply %v err %v, want neither", got, err)
-		}
-	}
-	r := &peakdesk.Reply{ID: "r1", ShopID: "shop1", ConversationID: m.ConversationID,
-		MessageIDs: []string{m.ID}, Text: "answer", Source: peakdesk.SourceLLM}
-	if err := db.SaveReply(ctx, r); err != nil {
-		t.Fatal(err)
-	}
-	got, err := db.BeginMessage(ctx, m)
-	if err != nil || got == nil || got.ID != "r1" || !got.Answers(m.ID) {
-		t.Fatalf("begin after reply: %+v, %v", got, err)
-	}
-}
-
-func TestSaveReplyStoresExactlyOneOfConcurrentAnswers(t *testing.T) {
-	t.Parallel()
-	db := setupDB(t)
-	ctx := context.Background()
-	conv := hexID("c", 2)
-	msgs := []*peakdesk.Message{newMessage("shop1", conv, "u1", 10), newMessage("shop1", conv, "u1", 11)}
-	for _, m := range msgs {
-		if _, err := db.BeginMessage(ctx, m); err != nil {
-			t.Fatal(err)
-		}
-	}
-	const racers = 8
-	var wg sync.WaitGroup
-	errs := make([]error, racers)
-	for i := range racers {
-		wg.Go(func() {
-			errs[i] = db.SaveReply(ctx, &peakdesk.Reply{ID: fmt.Sprintf("race-%d", i), ShopID: "shop1",
-				ConversationID: conv, MessageIDs: []string{msgs[0].ID, msgs[1].ID}, Text: "t", Source: peakdesk.SourceLLM})
-		})
-	}
-	wg.Wait()
-	won := 0
-	for _, err := range errs {
-		switch {
-		case err == nil:
-			won++
-		case !errors.Is(err, storage.ErrAlreadyAnswered):
-			t.Fatalf("unexpected error: %v", err)
-		}
-	}
-	if won != 1 {
-		t.Fatalf("%d replies stored, want exactly 1", won)
-	}
-	c, err := db.Conversation(ctx, "shop1", conv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(c.Replies) != 1 || len(c.Replies[0].MessageIDs) != 2 {
-		t.Fatalf("conversation replies %+v", c.Replies)
-	}
-	for _, m := range c.Messages {
-		if m.Status != peakdesk.StatusAnswered || m.Reply == nil || m.Reply.ID != c.Replies[0].ID {
-			t.Fatalf("message %+v", m)
-		}
-	}
-}
-
 func TestReadsAreScopedByShop(t *testing.T) {
 	t.Parallel()
 	db := setupDB(t)
 	ctx := context.Background()
 	m := newMessage("shop1", hexID("c", 3), "u1", 20)
-	if _, err := db.BeginMessage(ctx, m); err != nil {
-		t.Fatal(err)
-	}
+	answered(t, db, m, "scoped-1", "answer")
 	if _, err := db.Message(ctx, "shop2", m.ID); !errors.Is(err, storage.ErrNotFound) {
 		t.Errorf("Message from another shop: %v, want ErrNotFound", err)
 	}
@@ -121,16 +59,16 @@ func TestReadsAreScopedByShop(t *testing.T) {
 	}
 	// A message naming another shop's conversation is refused, not answered.
 	intruder := newMessage("shop2", m.ConversationID, "u1", 21)
-	if _, err := db.BeginMessage(ctx, intruder); !errors.Is(err, storage.ErrForeignConversation) {
-		t.Errorf("BeginMessage into another shop's conversation: %v, want ErrForeignConversation", err)
+	if _, err := db.ClaimMessage(ctx, intruder, "w1", time.Minute, 20); !errors.Is(err, storage.ErrForeignConversation) {
+		t.Errorf("ClaimMessage into another shop's conversation: %v, want ErrForeignConversation", err)
 	}
 	if _, err := db.Message(ctx, "shop2", intruder.ID); !errors.Is(err, storage.ErrNotFound) {
 		t.Errorf("the intruding message was stored: %v", err)
 	}
 	// Same for another user of the same shop.
 	other := newMessage("shop1", m.ConversationID, "u2", 22)
-	if _, err := db.BeginMessage(ctx, other); !errors.Is(err, storage.ErrForeignConversation) {
-		t.Errorf("BeginMessage into another user's conversation: %v, want ErrForeignConversation", err)
+	if _, err := db.ClaimMessage(ctx, other, "w1", time.Minute, 20); !errors.Is(err, storage.ErrForeignConversation) {
+		t.Errorf("ClaimMessage into another user's conversation: %v, want ErrForeignConversation", err)
 	}
 }
 
@@ -149,17 +87,8 @@ func TestMemoryRebuildsFromPostgresAndAppends(t *testing.T) {
 
 	m1 := newMessage("shop1", conv, "u1", 30)
 	m1.AcceptedAt = time.Now().Add(-time.Minute).UTC()
-	if _, err := db.BeginMessage(ctx, m1); err != nil {
-		t.Fatal(err)
-	}
-	if err := db.SaveReply(ctx, &peakdesk.Reply{ID: "mem-r1", ShopID: "shop1", ConversationID: conv,
-		MessageIDs: []string{m1.ID}, Text: "answer 1", Source: peakdesk.SourceLLM}); err != nil {
-		t.Fatal(err)
-	}
+	answered(t, db, m1, "mem-r1", "answer 1")
 	m2 := newMessage("shop1", conv, "u1", 31)
-	if _, err := db.BeginMessage(ctx, m2); err != nil {
-		t.Fatal(err)
-	}
 	turns, err := mem.Load(ctx, "shop1", conv, []string{m2.ID})
 	if err != nil {
 		t.Fatal(err)
@@ -201,7 +130,7 @@ func TestSaveAnsweredMessageIsAtomicAndIdempotent(t *testing.T) {
 	}
 	// A message already queued and taken by a worker is not answered here.
 	queued := newMessage("shop1", m.ConversationID, "u1", 41)
-	if _, err := db.BeginMessage(ctx, queued); err != nil {
+	if _, err := db.ClaimMessage(ctx, queued, "w1", time.Minute, 20); err != nil {
 		t.Fatal(err)
 	}
 	got, existed, err = db.SaveAnsweredMessage(ctx, queued, &peakdesk.Reply{ID: "shed-3", ShopID: "shop1",
