@@ -117,6 +117,8 @@ type Edge struct {
 	stopOnce  sync.Once
 	closeOnce sync.Once
 	closing   chan struct{} // closed by CloseStreams: event streams end
+	streamsMu sync.Mutex    // orders streams.Add before CloseStreams' Wait
+	closed    bool
 	streams   sync.WaitGroup
 }
 
@@ -176,8 +178,24 @@ func (e *Edge) Start(ctx context.Context) error {
 // CloseStreams ends open event streams and waits for them. Register it with
 // http.Server.RegisterOnShutdown: Shutdown does not end streaming requests.
 func (e *Edge) CloseStreams() {
-	e.closeOnce.Do(func() { close(e.closing) })
+	e.closeOnce.Do(func() {
+		e.streamsMu.Lock()
+		e.closed = true
+		close(e.closing)
+		e.streamsMu.Unlock()
+	})
 	e.streams.Wait()
+}
+
+// openStream counts an event stream in, unless the edge is closing.
+func (e *Edge) openStream() bool {
+	e.streamsMu.Lock()
+	defer e.streamsMu.Unlock()
+	if e.closed {
+		return false
+	}
+	e.streams.Add(1)
+	return true
 }
 
 // Stop ends event streams, then stops publishing and the background work.

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"strconv"
 	"time"
@@ -33,7 +34,7 @@ func (e *Edge) conversationEvents(w http.ResponseWriter, r *http.Request) error 
 	}
 	var last uint64 // the last sequence the client has seen
 	if id := cmp.Or(r.Header.Get("Last-Event-ID"), r.URL.Query().Get("last_event_id")); id != "" {
-		if last, err = strconv.ParseUint(id, 10, 64); err != nil {
+		if last, err = strconv.ParseUint(id, 10, 64); err != nil || last == math.MaxUint64 {
 			return peakdesk.FieldError("Last-Event-ID", "Last-Event-ID must be an event id from this stream")
 		}
 	}
@@ -46,7 +47,10 @@ func (e *Edge) conversationEvents(w http.ResponseWriter, r *http.Request) error 
 	// Listen before replaying, so no event falls between the two.
 	l := e.hub.listen(subject)
 	defer e.hub.unlisten(subject, l)
-	e.streams.Add(1)
+	if !e.openStream() {
+		return &peakdesk.Error{Code: peakdesk.EOverloaded, Message: "the server is shutting down, reconnect",
+			RetryAfter: time.Second}
+	}
 	defer e.streams.Done()
 	e.metrics.sseStreams.Inc()
 	defer e.metrics.sseStreams.Dec()

@@ -20,6 +20,11 @@ type queuedWriter struct {
 	errors prometheus.Counter
 	wg     sync.WaitGroup
 	once   sync.Once
+
+	// mu orders add before stop: a handler that outlives the HTTP server's
+	// shutdown must not send on the closed channel.
+	mu      sync.RWMutex
+	stopped bool
 }
 
 type queuedEntry struct {
@@ -42,6 +47,11 @@ func (w *queuedWriter) add(key string, val []byte) {
 	if w.rdb == nil {
 		return
 	}
+	w.mu.RLock()
+	defer w.mu.RUnlock()
+	if w.stopped {
+		return
+	}
 	select {
 	case w.ch <- queuedEntry{key, val}:
 	default:
@@ -51,7 +61,10 @@ func (w *queuedWriter) add(key string, val []byte) {
 
 func (w *queuedWriter) stop() {
 	w.once.Do(func() {
+		w.mu.Lock()
+		w.stopped = true
 		close(w.ch)
+		w.mu.Unlock()
 		w.wg.Wait()
 	})
 }

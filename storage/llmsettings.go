@@ -3,6 +3,7 @@ package storage
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"time"
 )
 
@@ -18,6 +19,12 @@ type LLMSettings struct {
 	// the default chain.
 	Models    []string
 	UpdatedAt time.Time
+}
+
+// LogValue keeps the API key out of logs.
+func (s LLMSettings) LogValue() slog.Value {
+	return slog.GroupValue(slog.String("shop", s.ShopID), slog.String("base_url", s.BaseURL),
+		slog.Any("models", s.Models), slog.Bool("has_api_key", s.APIKey != ""))
 }
 
 // ShopLLMSettings returns shop's LLM settings, or ErrNotFound when the shop

@@ -45,6 +45,18 @@ if ! pg_isready -q -h 127.0.0.1 -p 5432; then
 fi
 
 psql_admin() { as_root su postgres -c "psql -v ON_ERROR_STOP=1 -qtAX $*"; }
+
+# The test suite runs packages in parallel, each with its own databases and
+# pools: 100 connections (the default) is not enough.
+if [ "$(psql_admin "-c 'SHOW max_connections'")" -lt 400 ]; then
+  log "raising PostgreSQL max_connections to 400 (restart)"
+  psql_admin "-c 'ALTER SYSTEM SET max_connections = 400'"
+  as_root pg_ctlcluster "$pg_version" main restart
+  for _ in $(seq 1 60); do
+    pg_isready -q -h 127.0.0.1 -p 5432 && break
+    sleep 0.5
+  done
+fi
 if [ "$(psql_admin "-c \"SELECT 1 FROM pg_roles WHERE rolname = 'peakdesk'\"")" != 1 ]; then
   log "creating role peakdesk"
   psql_admin "-c \"CREATE ROLE peakdesk LOGIN CREATEDB PASSWORD 'peakdesk'\""
