@@ -153,7 +153,7 @@ func (b *testBundle) answer(t *testing.T, m *peakdesk.Message, text string) *pea
 	ctx := context.Background()
 	r := &peakdesk.Reply{ID: "r-" + m.ID, ShopID: m.ShopID, ConversationID: m.ConversationID,
 		MessageIDs: []string{m.ID}, Text: text, Source: peakdesk.SourceLLM}
-	if _, _, err := b.db.SaveAnsweredMessage(ctx, m, r); err != nil {
+	if _, _, err := b.db.SaveAnsweredMessage(ctx, m, r, nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := storage.PublishReplyEvent(ctx, b.js, r); err != nil {
@@ -287,6 +287,10 @@ func TestAdmissionShedsLowPriorityFirst(t *testing.T) {
 			MaxWait: map[peakdesk.Priority]time.Duration{peakdesk.P0: time.Hour, peakdesk.P1: time.Hour, peakdesk.P2: time.Second}}
 	})
 	u := tok(t, "shop1", b.salt+"u1")
+	if err := b.db.PutShopAPISettings(context.Background(), storage.ShopAPISettings{ShopID: "shop1",
+		WebhookURL: "http://127.0.0.1:9/webhooks"}); err != nil {
+		t.Fatal(err)
+	}
 	// Build a p2 backlog no worker drains.
 	for i := range 6 {
 		if r := b.do(t, "POST", "/v1/messages", u, fmt.Sprintf(`{"text":"随便问问 %d"}`, i)); r.status != http.StatusAccepted {
@@ -316,6 +320,11 @@ func TestAdmissionShedsLowPriorityFirst(t *testing.T) {
 	}
 	if g := b.do(t, "GET", "/v1/messages/"+faq.body["message_id"].(string), u, ""); g.body["status"] != "answered" {
 		t.Errorf("the FAQ answer is not stored: %s", g.raw)
+	}
+	// Like every reply, it goes to the shop's webhook through the outbox.
+	hooks, err := b.db.ListActions(context.Background(), "shop1", storage.ActionFilter{Kind: peakdesk.ActionWebhookDeliver}, 0, 10)
+	if err != nil || len(hooks) != 1 || hooks[0].ReplyID != reply["reply_id"] {
+		t.Errorf("webhook actions %+v (%v), want one for reply %v", hooks, err, reply["reply_id"])
 	}
 	// p1 and p0 still get in.
 	for _, text := range []string{"我的快递到哪了", "我要退款"} {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/peakdesk/peakdesk"
+	"github.com/peakdesk/peakdesk/outbox"
 	"github.com/peakdesk/peakdesk/storage"
 )
 
@@ -29,7 +30,7 @@ func (e *Edge) answerFromFAQ(ctx context.Context, m *peakdesk.Message) *peakdesk
 		MessageIDs: []string{m.ID}, Text: text, Source: peakdesk.SourceFAQ}
 	// Message and answer commit together, so no worker sees the message
 	// unanswered.
-	stored, existed, err := e.cfg.DB.SaveAnsweredMessage(ctx, m, reply)
+	stored, existed, err := e.cfg.DB.SaveAnsweredMessage(ctx, m, reply, outbox.ReplyWebhook)
 	switch {
 	case err != nil:
 		e.log.WarnContext(ctx, "storing a shed answer failed", "trace_id", traceOf(ctx).id, "err", err)

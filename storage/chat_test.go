@@ -26,7 +26,7 @@ func answered(t *testing.T, db *storage.DB, m *peakdesk.Message, id, text string
 	t.Helper()
 	r := &peakdesk.Reply{ID: id, ShopID: m.ShopID, ConversationID: m.ConversationID,
 		MessageIDs: []string{m.ID}, Text: text, Source: peakdesk.SourceLLM}
-	if _, existed, err := db.SaveAnsweredMessage(context.Background(), m, r); err != nil || existed {
+	if _, existed, err := db.SaveAnsweredMessage(context.Background(), m, r, nil); err != nil || existed {
 		t.Fatalf("store answered message: existed=%v err=%v", existed, err)
 	}
 }
@@ -113,7 +113,7 @@ func TestSaveAnsweredMessageIsAtomicAndIdempotent(t *testing.T) {
 	m := newMessage("shop1", hexID("c", 40), "u1", 40)
 	r := &peakdesk.Reply{ID: "shed-1", ShopID: "shop1", ConversationID: m.ConversationID,
 		MessageIDs: []string{m.ID}, Text: "faq answer", Source: peakdesk.SourceFAQ}
-	got, existed, err := db.SaveAnsweredMessage(ctx, m, r)
+	got, existed, err := db.SaveAnsweredMessage(ctx, m, r, nil)
 	if err != nil || existed || got.ID != "shed-1" {
 		t.Fatalf("first save: %+v existed=%v err=%v", got, existed, err)
 	}
@@ -124,7 +124,7 @@ func TestSaveAnsweredMessageIsAtomicAndIdempotent(t *testing.T) {
 	// A repeat stores nothing and returns the first answer.
 	again := &peakdesk.Reply{ID: "shed-2", ShopID: "shop1", ConversationID: m.ConversationID,
 		MessageIDs: []string{m.ID}, Text: "other", Source: peakdesk.SourceFAQ}
-	got, existed, err = db.SaveAnsweredMessage(ctx, m, again)
+	got, existed, err = db.SaveAnsweredMessage(ctx, m, again, nil)
 	if err != nil || !existed || got == nil || got.ID != "shed-1" {
 		t.Fatalf("repeat: %+v existed=%v err=%v", got, existed, err)
 	}
@@ -134,14 +134,14 @@ func TestSaveAnsweredMessageIsAtomicAndIdempotent(t *testing.T) {
 		t.Fatal(err)
 	}
 	got, existed, err = db.SaveAnsweredMessage(ctx, queued, &peakdesk.Reply{ID: "shed-3", ShopID: "shop1",
-		ConversationID: m.ConversationID, MessageIDs: []string{queued.ID}, Text: "x", Source: peakdesk.SourceFAQ})
+		ConversationID: m.ConversationID, MessageIDs: []string{queued.ID}, Text: "x", Source: peakdesk.SourceFAQ}, nil)
 	if err != nil || !existed || got != nil {
 		t.Fatalf("queued message: %+v existed=%v err=%v", got, existed, err)
 	}
 	// Another user's conversation is refused.
 	intruder := newMessage("shop1", m.ConversationID, "u2", 42)
 	if _, _, err := db.SaveAnsweredMessage(ctx, intruder, &peakdesk.Reply{ID: "shed-4", ShopID: "shop1",
-		ConversationID: m.ConversationID, MessageIDs: []string{intruder.ID}, Text: "x", Source: peakdesk.SourceFAQ}); !errors.Is(err, storage.ErrForeignConversation) {
+		ConversationID: m.ConversationID, MessageIDs: []string{intruder.ID}, Text: "x", Source: peakdesk.SourceFAQ}, nil); !errors.Is(err, storage.ErrForeignConversation) {
 		t.Fatalf("intruder: %v", err)
 	}
 }

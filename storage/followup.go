@@ -76,7 +76,12 @@ func MarkHandoff(ctx context.Context, tx pgx.Tx, shop, conv string) error {
 // ever sees m unanswered. If m is stored already (an idempotent repeat), it
 // stores nothing and returns m's reply (nil while m is still being
 // answered) with existed = true.
-func (db *DB) SaveAnsweredMessage(ctx context.Context, m *peakdesk.Message, r *peakdesk.Reply) (stored *peakdesk.Reply, existed bool, err error) {
+//
+// webhook builds the reply's webhook action from the stored reply (nil:
+// none); it is inserted in the same transaction when the shop has a
+// webhook URL.
+func (db *DB) SaveAnsweredMessage(ctx context.Context, m *peakdesk.Message, r *peakdesk.Reply,
+	webhook func(*peakdesk.Reply) (peakdesk.Action, error)) (stored *peakdesk.Reply, existed bool, err error) {
 	var clientMsgID *string
 	if m.ClientMsgID != "" {
 		clientMsgID = &m.ClientMsgID
@@ -113,6 +118,14 @@ func (db *DB) SaveAnsweredMessage(ctx context.Context, m *peakdesk.Message, r *p
 			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'answered', $10, $11, now())`,
 			m.ID, m.ShopID, m.ConversationID, m.UserID, m.Text, m.Channel, string(m.Priority),
 			clientMsgID, metadata, r.ID, m.AcceptedAt)
+		if err != nil || webhook == nil {
+			return err
+		}
+		a, err := webhook(r)
+		if err != nil {
+			return err
+		}
+		_, err = InsertReplyWebhook(ctx, tx, a)
 		return err
 	})
 	switch {
