@@ -321,6 +321,19 @@ func (e *Edge) postMessage(w http.ResponseWriter, r *http.Request) error {
 	// Shed load lowest priority first: an instant FAQ answer when one fits,
 	// else 429 with the time the backlog needs to drain.
 	if retry, ok := e.admit.check(prio); !ok {
+		// A repeat of a message already accepted gets its first result, not
+		// a shed.
+		if key != "" {
+			if st, ok := e.knownMessage(ctx, m); ok {
+				status := http.StatusAccepted
+				if st.Status == peakdesk.StatusAnswered {
+					status = http.StatusOK
+				}
+				writeJSON(w, status, accepted{MessageID: m.ID, ConversationID: st.ConversationID,
+					Priority: st.Priority, Status: st.Status, Reply: st.Reply})
+				return nil
+			}
+		}
 		if reply := e.answerFromFAQ(ctx, m); reply != nil {
 			e.metrics.shed.WithLabelValues(string(prio), "faq").Inc()
 			writeJSON(w, http.StatusOK, accepted{MessageID: m.ID, ConversationID: conv, Priority: prio,
@@ -475,6 +488,19 @@ func (e *Edge) getMessage(w http.ResponseWriter, r *http.Request) error {
 	}
 	writeJSON(w, http.StatusOK, state)
 	return nil
+}
+
+// knownMessage returns the state of message m if this edge accepted it
+// before (stored by a worker, or remembered as queued).
+func (e *Edge) knownMessage(ctx context.Context, m *peakdesk.Message) (peakdesk.MessageState, bool) {
+	if rec, err := e.cfg.DB.Message(ctx, m.ShopID, m.ID); err == nil && rec.UserID == m.UserID {
+		return rec.MessageState, true
+	}
+	if q, ok := e.queued(ctx, m.ID); ok && q.Shop == m.ShopID && q.User == m.UserID {
+		return peakdesk.MessageState{ID: m.ID, ConversationID: q.Conv, Priority: q.Priority,
+			Status: peakdesk.StatusQueued}, true
+	}
+	return peakdesk.MessageState{}, false
 }
 
 func (e *Edge) queued(ctx context.Context, id string) (queuedState, bool) {

@@ -287,6 +287,10 @@ func TestAdmissionShedsLowPriorityFirst(t *testing.T) {
 			MaxWait: map[peakdesk.Priority]time.Duration{peakdesk.P0: time.Hour, peakdesk.P1: time.Hour, peakdesk.P2: time.Second}}
 	})
 	u := tok(t, "shop1", b.salt+"u1")
+	first := b.do(t, "POST", "/v1/messages", u, `{"text":"早就问过的问题","client_msg_id":"k-early"}`)
+	if first.status != http.StatusAccepted {
+		t.Fatalf("early message: %d %s", first.status, first.raw)
+	}
 	if err := b.db.PutShopAPISettings(context.Background(), storage.ShopAPISettings{ShopID: "shop1",
 		WebhookURL: "http://127.0.0.1:9/webhooks"}); err != nil {
 		t.Fatal(err)
@@ -312,6 +316,12 @@ func TestAdmissionShedsLowPriorityFirst(t *testing.T) {
 	if s, _ := strconv.Atoi(shed.header.Get("Retry-After")); s < 1 {
 		t.Errorf("Retry-After %q", shed.header.Get("Retry-After"))
 	}
+	// A repeat of a message accepted before the shedding started gets its
+	// first result, not a 429.
+	repeat := b.do(t, "POST", "/v1/messages", u, `{"text":"随便问问 0","client_msg_id":"before-shed"}`)
+	if repeat.status != http.StatusTooManyRequests {
+		t.Fatalf("a new keyed p2 message while shedding: %d %s", repeat.status, repeat.raw)
+	}
 	// A p2 question the FAQ knows is answered at once instead.
 	faq := b.do(t, "POST", "/v1/messages", u, `{"text":"双11满减怎么算？"}`)
 	reply, _ := faq.body["reply"].(map[string]any)
@@ -325,6 +335,10 @@ func TestAdmissionShedsLowPriorityFirst(t *testing.T) {
 	hooks, err := b.db.ListActions(context.Background(), "shop1", storage.ActionFilter{Kind: peakdesk.ActionWebhookDeliver}, 0, 10)
 	if err != nil || len(hooks) != 1 || hooks[0].ReplyID != reply["reply_id"] {
 		t.Errorf("webhook actions %+v (%v), want one for reply %v", hooks, err, reply["reply_id"])
+	}
+	again := b.do(t, "POST", "/v1/messages", u, `{"text":"早就问过的问题","client_msg_id":"k-early"}`)
+	if again.status != http.StatusAccepted || again.body["message_id"] != first.body["message_id"] || again.body["status"] != "queued" {
+		t.Errorf("repeat of an accepted message while shedding: %d %s, want 202 with %v", again.status, again.raw, first.body["message_id"])
 	}
 	// p1 and p0 still get in.
 	for _, text := range []string{"我的快递到哪了", "我要退款"} {
