@@ -529,9 +529,13 @@ func (db *DB) SaveTurn(ctx context.Context, h *Hold, tr TurnReply, lease time.Du
 			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING created_at`,
 			r.ID, r.ShopID, r.ConversationID, r.Text, r.Source, r.Model,
 			r.PromptTokens, r.CompletionTokens, r.CostMicroUSD, tr.EventPending)
+		// A message dead-lettered meanwhile (status failed; its customer was
+		// told a human takes over) is not answered here: the count below
+		// comes up short and the turn is retried without it.
 		b.Queue(`UPDATE messages
 			SET status = 'answered', reply_id = $1, answered_at = now(), last_error = NULL
-			WHERE id = ANY($2) AND shop_id = $3 AND conversation_id = $4 AND reply_id IS NULL`,
+			WHERE id = ANY($2) AND shop_id = $3 AND conversation_id = $4 AND reply_id IS NULL
+				AND status <> 'failed'`,
 			r.ID, r.MessageIDs, r.ShopID, r.ConversationID)
 		b.Queue(takeBatch, h.ConversationID, h.ShopID, h.Owner, maxBatch)
 		b.Queue(releaseIfDone, h.ConversationID, h.ShopID, h.Owner)
