@@ -32,16 +32,6 @@ func (db *DB) EnsureShop(ctx context.Context, id, name string) error {
 	return nil
 }
 
-// ShopExists reports whether shop id is provisioned.
-func (db *DB) ShopExists(ctx context.Context, id string) (bool, error) {
-	var ok bool
-	err := db.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM shops WHERE id = $1)`, id).Scan(&ok)
-	if err != nil {
-		return false, fmt.Errorf("storage: shop exists: %w", err)
-	}
-	return ok, nil
-}
-
 // queueMessageInsert queues the upsert of m's conversation (returning its
 // shop and user, which the caller scans first) and the insert of m with
 // status unless it is stored already. The message goes in only if the

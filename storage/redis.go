@@ -44,7 +44,12 @@ type Memory struct {
 
 func (m *Memory) key(shop, conv string) string { return "pd:mem:" + shop + ":" + conv }
 
-func (m *Memory) turns() int { return max(m.Turns, 1) }
+func (m *Memory) turns() int {
+	if m.Turns <= 0 {
+		return 10
+	}
+	return m.Turns
+}
 
 func (m *Memory) ttl() time.Duration { return cmpDuration(m.TTL, 30*time.Minute) }
 

@@ -90,8 +90,8 @@ type Config struct {
 	// SoftStop is how long Stop lets in-flight messages finish before it
 	// releases them for redelivery. Default 10 s.
 	SoftStop time.Duration
-	// HistoryTurns is how many earlier turns the LLM sees. Default 10; it
-	// is also Memory.Turns when that is unset.
+	// HistoryTurns is how many earlier turns the LLM sees, at most
+	// Memory.Turns (both default 10).
 	HistoryTurns int
 	// MaxBatch is the most messages of one conversation answered by one
 	// reply. Default 20.
@@ -122,10 +122,6 @@ func (c *Config) setDefaults() {
 		c.Redis = c.Memory.Redis
 	}
 	c.HistoryTurns = cmp.Or(c.HistoryTurns, 10)
-	if c.Memory != nil && c.Memory.Turns == 0 {
-		// Memory keeps one turn unless told; keep what the LLM is shown.
-		c.Memory.Turns = c.HistoryTurns
-	}
 	c.Concurrency = cmp.Or(c.Concurrency, 64)
 	c.MinConcurrency = cmp.Or(c.MinConcurrency, max(c.Concurrency/8, 1))
 	c.P1Weight = cmp.Or(c.P1Weight, 4)
