@@ -162,7 +162,7 @@ func (e *Edge) Start(ctx context.Context) error {
 		return fmt.Errorf("ingest: start: %w", err)
 	}
 	if e.cfg.BatchPublish {
-		e.pub = newBatchPublisher(js, e.cfg.MaxBatch, 4)
+		e.pub = newBatchPublisher(js, e.cfg.MaxBatch, 2)
 	} else {
 		e.pub = asyncPublisher{js: js}
 	}
@@ -218,6 +218,7 @@ func (e *Edge) Stop() {
 // Register mounts the edge's routes on mux.
 func (e *Edge) Register(mux *http.ServeMux) {
 	mux.Handle("POST /v1/messages", e.instrument("post_message", e.postMessage))
+	mux.Handle("POST /v1/messages:batch", e.instrument("post_batch", e.postBatch))
 	mux.Handle("GET /v1/messages/{id}", e.instrument("get_message", e.getMessage))
 	mux.Handle("GET /v1/conversations/{id}", e.instrument("get_conversation", e.getConversation))
 	mux.Handle("GET /v1/conversations/{id}/events", e.instrument("conversation_events", e.conversationEvents))
@@ -274,37 +275,63 @@ func (e *Edge) postMessage(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	info, err := e.postingShop(ctx, claims)
+	if err != nil {
+		return err
+	}
+	res, err := e.acceptMessage(ctx, claims, info, req, key, wait)
+	if err != nil {
+		return err
+	}
+	status := http.StatusAccepted
+	if res.Status == peakdesk.StatusAnswered {
+		status = http.StatusOK
+	}
+	writeJSON(w, status, res)
+	return nil
+}
+
+// postingShop returns the shop the caller posts to, if it may post at all.
+func (e *Edge) postingShop(ctx context.Context, claims *Claims) (*shopInfo, error) {
+	if claims.Shop == "*" {
+		return nil, peakdesk.Errorf(peakdesk.EPermissionDenied, "operator tokens cannot post messages")
+	}
+	info, err := e.shops.lookup(ctx, claims.Shop)
+	if err != nil {
+		return nil, err
+	}
+	if !info.exists {
+		return nil, peakdesk.Errorf(peakdesk.EPermissionDenied, "shop is not provisioned")
+	}
+	return info, nil
+}
+
+// acceptMessage takes one validated message through the rate limits,
+// classification and admission control into CHAT_IN. It returns the
+// message's result — queued, or answered when a shed message got an instant
+// FAQ answer or the reply came within wait — or the coded error to answer.
+func (e *Edge) acceptMessage(ctx context.Context, claims *Claims, info *shopInfo, req *postRequest, key string, wait time.Duration) (accepted, error) {
 	shop, user := claims.Shop, claims.Subject
 	if req.UserID != "" && req.UserID != user {
 		if !claims.HasScope(ScopeService) {
-			return &peakdesk.Error{Code: peakdesk.EPermissionDenied, Field: "user_id",
+			return accepted{}, &peakdesk.Error{Code: peakdesk.EPermissionDenied, Field: "user_id",
 				Message: "user_id may differ from the token subject only with the service scope"}
 		}
 		user = req.UserID
 	}
-	if shop == "*" {
-		return peakdesk.Errorf(peakdesk.EPermissionDenied, "operator tokens cannot post messages")
-	}
-	info, err := e.shops.lookup(ctx, shop)
-	if err != nil {
-		return err
-	}
-	if !info.exists {
-		return peakdesk.Errorf(peakdesk.EPermissionDenied, "shop is not provisioned")
-	}
 	if err := e.limiter.allow(ctx, shop, user, info.limits); err != nil {
-		return err
+		return accepted{}, err
 	}
 
 	conv := req.ConversationID
 	if conv == "" {
 		conv = e.ids.New("conv", shop, user, key)
 	} else if err := e.checkConversation(ctx, shop, user, conv); err != nil {
-		return err
+		return accepted{}, err
 	}
 	prio, err := e.priority(claims, req, info.rules)
 	if err != nil {
-		return err
+		return accepted{}, err
 	}
 	m := &peakdesk.Message{
 		ID:             e.ids.New("msg", shop, user, key),
@@ -325,23 +352,17 @@ func (e *Edge) postMessage(w http.ResponseWriter, r *http.Request) error {
 		// a shed.
 		if key != "" {
 			if st, ok := e.knownMessage(ctx, m); ok {
-				status := http.StatusAccepted
-				if st.Status == peakdesk.StatusAnswered {
-					status = http.StatusOK
-				}
-				writeJSON(w, status, accepted{MessageID: m.ID, ConversationID: st.ConversationID,
-					Priority: st.Priority, Status: st.Status, Reply: st.Reply})
-				return nil
+				return accepted{MessageID: m.ID, ConversationID: st.ConversationID, Priority: st.Priority,
+					Status: st.Status, Reply: st.Reply}, nil
 			}
 		}
 		if reply := e.answerFromFAQ(ctx, m); reply != nil {
 			e.metrics.shed.WithLabelValues(string(prio), "faq").Inc()
-			writeJSON(w, http.StatusOK, accepted{MessageID: m.ID, ConversationID: conv, Priority: prio,
-				Status: peakdesk.StatusAnswered, Reply: reply})
-			return nil
+			return accepted{MessageID: m.ID, ConversationID: conv, Priority: prio,
+				Status: peakdesk.StatusAnswered, Reply: reply}, nil
 		}
 		e.metrics.shed.WithLabelValues(string(prio), "rejected").Inc()
-		return &peakdesk.Error{Code: peakdesk.ERateLimited, RetryAfter: retry,
+		return accepted{}, &peakdesk.Error{Code: peakdesk.ERateLimited, RetryAfter: retry,
 			Message: "the desk is very busy right now, retry later"}
 	}
 	// Listen for the reply before publishing, so it cannot slip past.
@@ -352,7 +373,7 @@ func (e *Edge) postMessage(w http.ResponseWriter, r *http.Request) error {
 		replies = ch
 	}
 	if err := e.publish(ctx, m); err != nil {
-		return err
+		return accepted{}, err
 	}
 	e.metrics.accepted.WithLabelValues(string(prio)).Inc()
 	e.rememberQueued(ctx, m)
@@ -361,12 +382,9 @@ func (e *Edge) postMessage(w http.ResponseWriter, r *http.Request) error {
 	if wait > 0 {
 		if reply := e.awaitReply(ctx, replies, wait, shop, m.ID); reply != nil {
 			res.Status, res.Reply = peakdesk.StatusAnswered, reply
-			writeJSON(w, http.StatusOK, res)
-			return nil
 		}
 	}
-	writeJSON(w, http.StatusAccepted, res)
-	return nil
+	return res, nil
 }
 
 // priority classifies the message and applies the client's hint: a hint can

@@ -51,7 +51,14 @@ func newRateLimiter(rdb *redis.Client, fallbacks prometheus.Counter, mode promet
 	l := &rateLimiter{retryWait: time.Second, local: map[string]*localLimiter{}, leases: map[string]*shopLease{},
 		fallbacks: fallbacks, mode: mode}
 	if rdb != nil {
-		l.redis = redis_rate.NewLimiter(rdb)
+		// Concurrent requests' checks share Redis round trips: the blocking
+		// autopipeliner sends whatever checks arrive while one batch is on
+		// the wire as the next batch. A lone check goes out at once.
+		if ap, err := rdb.AutoPipeline(); err == nil {
+			l.redis = redis_rate.NewLimiter(ap)
+		} else {
+			l.redis = redis_rate.NewLimiter(rdb)
+		}
 	}
 	return l
 }
