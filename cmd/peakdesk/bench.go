@@ -17,11 +17,13 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/ingest"
@@ -38,8 +40,12 @@ type benchRow struct {
 	Base     float64 `json:"baseline_value"`
 	Unit     string  `json:"unit"`
 	Ratio    float64 `json:"ratio"`
-	Target   float64 `json:"target_ratio"`
-	Pass     bool    `json:"pass"`
+	// CPU and BaseCPU are the CPU time (this process — client, edge and
+	// embedded JetStream — plus Redis) each accepted message cost, in µs.
+	CPU     float64 `json:"cpu_us_per_msg,omitempty"`
+	BaseCPU float64 `json:"baseline_cpu_us_per_msg,omitempty"`
+	Target  float64 `json:"target_ratio"`
+	Pass    bool    `json:"pass"`
 }
 
 type benchReport struct {
@@ -89,7 +95,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 
 	tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintf(stdout, "peakdesk bench (%s) %s on %s\n\n", rep.Mode, rep.Date, rep.Machine)
-	fmt.Fprintln(tw, "scenario\tmeasured\t\tbaseline\t\tratio\ttarget\t")
+	fmt.Fprintln(tw, "scenario\tmeasured\t\tcpu µs/msg\tbaseline\t\tcpu µs/msg\tratio\ttarget\t")
 	for _, r := range rep.Rows {
 		target := "(reference)"
 		switch {
@@ -98,8 +104,14 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 		case r.Target > 0:
 			target = fmt.Sprintf("≥ %.1f BELOW TARGET", r.Target)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%.0f %s\t%s\t%.0f %s\t%.2f\t%s\t\n", r.Scenario, r.Measured, r.Value, r.Unit,
-			r.Baseline, r.Base, r.Unit, r.Ratio, target)
+		cpu := func(v float64) string {
+			if v == 0 {
+				return "-"
+			}
+			return fmt.Sprintf("%.1f", v)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%.0f %s\t%s\t%s\t%.0f %s\t%s\t%.2f\t%s\t\n", r.Scenario, r.Measured, r.Value, r.Unit,
+			cpu(r.CPU), r.Baseline, r.Base, r.Unit, cpu(r.BaseCPU), r.Ratio, target)
 	}
 	tw.Flush()
 	if *jsonOut != "" {
@@ -167,6 +179,8 @@ func benchIngest(ctx context.Context, getenv func(string) string, logw io.Writer
 	payload := benchPayload()
 	var base float64
 	var baseName string
+	meter := cpuMeter{rdb: p.rdb}
+	meter.start(ctx)
 	if syncAlways {
 		baseName = "naive publish, one at a time"
 		base, err = benchNaivePublish(ctx, p.js, payload, naiveN)
@@ -177,31 +191,41 @@ func benchIngest(ctx context.Context, getenv func(string) string, logw io.Writer
 	if err != nil {
 		return nil, err
 	}
+	baseN := n
+	if syncAlways {
+		baseN = naiveN
+	}
+	baseCPU := meter.perMsg(ctx, baseN)
 	if err := purgeIn(ctx, p.js); err != nil {
 		return nil, err
 	}
+	meter.start(ctx)
 	rate, err := benchHTTPIngest(ctx, "http://"+p.Addr(), []byte(cfg.JWTSecret), n, conc)
 	if err != nil {
 		return nil, err
 	}
+	rateCPU := meter.perMsg(ctx, n)
 	if err := purgeIn(ctx, p.js); err != nil {
 		return nil, err
 	}
+	meter.start(ctx)
 	batchRate, err := benchHTTPBatch(ctx, "http://"+p.Addr(), []byte(cfg.JWTSecret), n, max(conc/16, 4))
 	if err != nil {
 		return nil, err
 	}
+	batchCPU := meter.perMsg(ctx, n)
 
 	mode, target := "default fsync", 0.4
 	if syncAlways {
 		mode, target = "fsync always", 5
 	}
 	rows := []benchRow{
-		{Scenario: "ingest, " + mode, Measured: "POST /v1/messages", Value: rate},
-		{Scenario: "ingest, " + mode, Measured: fmt.Sprintf("POST :batch of %d", ingest.MaxBatchMessages), Value: batchRate},
+		{Scenario: "ingest, " + mode, Measured: "POST /v1/messages", Value: rate, CPU: rateCPU},
+		{Scenario: "ingest, " + mode, Measured: fmt.Sprintf("POST :batch of %d", ingest.MaxBatchMessages), Value: batchRate, CPU: batchCPU},
 	}
 	for i := range rows {
 		rows[i].Baseline, rows[i].Base, rows[i].Unit, rows[i].Target = baseName, base, "msg/s", target
+		rows[i].BaseCPU = baseCPU
 		rows[i].Ratio = rows[i].Value / base
 		rows[i].Pass = rows[i].Ratio >= target
 	}
@@ -216,6 +240,52 @@ func benchIngest(ctx context.Context, getenv func(string) string, logw io.Writer
 			Baseline: "no-op HTTP handler", Base: ceiling, Unit: "req/s", Ratio: rate / ceiling})
 	}
 	return rows, nil
+}
+
+// cpuMeter measures the CPU time a phase of the bench costs: this process
+// (load client, edge and embedded JetStream) plus the Redis server.
+type cpuMeter struct {
+	rdb   *redis.Client
+	t0    time.Duration
+	redis float64
+}
+
+func (m *cpuMeter) start(ctx context.Context) {
+	m.t0, m.redis = processCPU(), redisCPU(ctx, m.rdb)
+}
+
+// perMsg returns the µs of CPU per message since start.
+func (m *cpuMeter) perMsg(ctx context.Context, n int) float64 {
+	used := (processCPU() - m.t0).Seconds() + redisCPU(ctx, m.rdb) - m.redis
+	return used * 1e6 / float64(n)
+}
+
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// redisCPU is the Redis server's CPU seconds so far (INFO cpu), or 0.
+func redisCPU(ctx context.Context, rdb *redis.Client) float64 {
+	if rdb == nil {
+		return 0
+	}
+	info, err := rdb.Info(ctx, "cpu").Result()
+	if err != nil {
+		return 0
+	}
+	var total float64
+	for line := range strings.SplitSeq(info, "\n") {
+		k, v, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if ok && (k == "used_cpu_sys" || k == "used_cpu_user") {
+			f, _ := strconv.ParseFloat(v, 64)
+			total += f
+		}
+	}
+	return total
 }
 
 func benchPayload() []byte {
