@@ -5,8 +5,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math"
 	"net/http"
+	"runtime/debug"
 	"sync"
 	"unicode/utf8"
 
@@ -17,6 +19,9 @@ import (
 const (
 	MaxBatchMessages  = 100
 	MaxBatchBodyBytes = 1 << 20
+
+	// batchParallel caps the messages of one batch in flight at once.
+	batchParallel = 32
 )
 
 // batchResult is one message's outcome in a batch answer: the same fields
@@ -68,10 +73,14 @@ func (e *Edge) postBatch(w http.ResponseWriter, r *http.Request) error {
 
 	results := make([]batchResult, len(items))
 	var wg sync.WaitGroup
+	sem := make(chan struct{}, batchParallel)
 	for i, raw := range items {
 		// Concurrently, so the messages share Redis round trips and
-		// JetStream acks (or one atomic batch) instead of paying one each.
+		// JetStream acks (or one atomic batch) instead of paying one each;
+		// bounded, so one batch cannot take every database connection.
+		sem <- struct{}{}
 		wg.Go(func() {
+			defer func() { <-sem }()
 			results[i] = e.acceptBatchItem(ctx, claims, info, raw)
 		})
 	}
@@ -83,7 +92,14 @@ func (e *Edge) postBatch(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (e *Edge) acceptBatchItem(ctx context.Context, claims *Claims, info *shopInfo, raw json.RawMessage) batchResult {
-	res, err := func() (accepted, error) {
+	res, err := func() (res accepted, err error) {
+		// net/http recovers a handler's panic, not one in a goroutine it
+		// started: a bug fails this message, not the process.
+		defer func() {
+			if p := recover(); p != nil {
+				err = fmt.Errorf("ingest: batch message panicked: %v\n%s", p, debug.Stack())
+			}
+		}()
 		req, err := decodePostRequest(raw)
 		if err != nil {
 			return accepted{}, err

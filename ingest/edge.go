@@ -209,6 +209,7 @@ func (e *Edge) Stop() {
 		}
 		e.hub.stop()
 		e.admit.stop()
+		e.limiter.close()
 		if e.queuedW != nil {
 			e.queuedW.stop()
 		}
@@ -275,6 +276,9 @@ func (e *Edge) postMessage(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	if _, err := actingUser(claims, req); err != nil {
+		return err
+	}
 	info, err := e.postingShop(ctx, claims)
 	if err != nil {
 		return err
@@ -289,6 +293,19 @@ func (e *Edge) postMessage(w http.ResponseWriter, r *http.Request) error {
 	}
 	writeJSON(w, status, res)
 	return nil
+}
+
+// actingUser is the end user a message is posted for: the token's subject,
+// or the body's user_id when a service token names one.
+func actingUser(claims *Claims, req *postRequest) (string, error) {
+	if req.UserID == "" || req.UserID == claims.Subject {
+		return claims.Subject, nil
+	}
+	if !claims.HasScope(ScopeService) {
+		return "", &peakdesk.Error{Code: peakdesk.EPermissionDenied, Field: "user_id",
+			Message: "user_id may differ from the token subject only with the service scope"}
+	}
+	return req.UserID, nil
 }
 
 // postingShop returns the shop the caller posts to, if it may post at all.
@@ -311,13 +328,10 @@ func (e *Edge) postingShop(ctx context.Context, claims *Claims) (*shopInfo, erro
 // message's result — queued, or answered when a shed message got an instant
 // FAQ answer or the reply came within wait — or the coded error to answer.
 func (e *Edge) acceptMessage(ctx context.Context, claims *Claims, info *shopInfo, req *postRequest, key string, wait time.Duration) (accepted, error) {
-	shop, user := claims.Shop, claims.Subject
-	if req.UserID != "" && req.UserID != user {
-		if !claims.HasScope(ScopeService) {
-			return accepted{}, &peakdesk.Error{Code: peakdesk.EPermissionDenied, Field: "user_id",
-				Message: "user_id may differ from the token subject only with the service scope"}
-		}
-		user = req.UserID
+	shop := claims.Shop
+	user, err := actingUser(claims, req)
+	if err != nil {
+		return accepted{}, err
 	}
 	if err := e.limiter.allow(ctx, shop, user, info.limits); err != nil {
 		return accepted{}, err

@@ -30,6 +30,7 @@ var DefaultLimits = Limits{ShopPerSecond: 5000, ShopBurst: 10000, UserPerMinute:
 // (GCRA, redis_rate). When Redis fails it never fails closed: it switches to
 // in-process limiters for a while and says so in a metric.
 type rateLimiter struct {
+	rdb       *redis.Client // the limiter's own client, see newRateLimiter
 	redis     *redis_rate.Limiter
 	degraded  atomic.Int64 // unix nanos until which Redis is skipped
 	retryWait time.Duration
@@ -53,14 +54,28 @@ func newRateLimiter(rdb *redis.Client, fallbacks prometheus.Counter, mode promet
 	if rdb != nil {
 		// Concurrent requests' checks share Redis round trips: the blocking
 		// autopipeliner sends whatever checks arrive while one batch is on
-		// the wire as the next batch. A lone check goes out at once.
-		if ap, err := rdb.AutoPipeline(); err == nil {
+		// the wire as the next batch; a lone check goes out at once. A
+		// queued check does not honour its context, so the limiter has a
+		// client of its own whose short timeouts and lack of retries bound a
+		// stalled Redis; the first failure switches to local limits.
+		opt := *rdb.Options()
+		opt.DialTimeout, opt.ReadTimeout, opt.WriteTimeout = 200*time.Millisecond, 100*time.Millisecond, 100*time.Millisecond
+		opt.MaxRetries = -1
+		l.rdb = redis.NewClient(&opt)
+		if ap, err := l.rdb.AutoPipeline(); err == nil {
 			l.redis = redis_rate.NewLimiter(ap)
 		} else {
-			l.redis = redis_rate.NewLimiter(rdb)
+			l.redis = redis_rate.NewLimiter(l.rdb)
 		}
 	}
 	return l
+}
+
+// close releases the limiter's Redis connections.
+func (l *rateLimiter) close() {
+	if l.rdb != nil {
+		_ = l.rdb.Close()
+	}
 }
 
 // allow checks the user's and then the shop's budget for one message. It
