@@ -368,6 +368,38 @@ func benchHTTPBatch(ctx context.Context, base string, secret []byte, n, conc int
 	client := &http.Client{Transport: tr, Timeout: 30 * time.Second}
 	defer tr.CloseIdleConnections()
 
+	return benchClients(ctx, conc, n/per, func(i int) (int, error) {
+		req, _ := http.NewRequestWithContext(ctx, "POST", base+"/v1/messages:batch", bytes.NewReader(bodies[i%len(bodies)]))
+		req.Header.Set("Authorization", "Bearer "+tok)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := client.Do(req)
+		if err != nil {
+			return 0, err
+		}
+		defer resp.Body.Close()
+		var out struct {
+			Results []struct {
+				HTTPStatus int `json:"http_status"`
+			} `json:"results"`
+		}
+		if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+			return 0, err
+		}
+		if resp.StatusCode != http.StatusOK {
+			return 0, fmt.Errorf("bench: batch answered %d", resp.StatusCode)
+		}
+		for _, r := range out.Results {
+			if r.HTTPStatus != http.StatusAccepted {
+				return 0, fmt.Errorf("bench: a batch message answered %d", r.HTTPStatus)
+			}
+		}
+		return len(out.Results), nil
+	})
+}
+
+// benchClients runs jobs calls of do on conc concurrent clients and returns
+// the accepted messages (do's counts) per second; the first error ends it.
+func benchClients(ctx context.Context, conc, jobs int, do func(i int) (int, error)) (float64, error) {
 	var next, accepted atomic.Int64
 	var firstErr error
 	var errOnce sync.Once
@@ -376,38 +408,16 @@ func benchHTTPBatch(ctx context.Context, base string, secret []byte, n, conc int
 	for range conc {
 		wg.Go(func() {
 			for {
-				i := next.Add(1) - 1
-				if i >= int64(n/per) || ctx.Err() != nil {
+				i := int(next.Add(1) - 1)
+				if i >= jobs || ctx.Err() != nil {
 					return
 				}
-				req, _ := http.NewRequestWithContext(ctx, "POST", base+"/v1/messages:batch", bytes.NewReader(bodies[i%int64(len(bodies))]))
-				req.Header.Set("Authorization", "Bearer "+tok)
-				req.Header.Set("Content-Type", "application/json")
-				resp, err := client.Do(req)
+				k, err := do(i)
 				if err != nil {
 					errOnce.Do(func() { firstErr = err })
 					return
 				}
-				var out struct {
-					Results []struct {
-						HTTPStatus int `json:"http_status"`
-					} `json:"results"`
-				}
-				err = json.NewDecoder(resp.Body).Decode(&out)
-				resp.Body.Close()
-				if err == nil && resp.StatusCode != http.StatusOK {
-					err = fmt.Errorf("bench: batch answered %d", resp.StatusCode)
-				}
-				for _, r := range out.Results {
-					if err == nil && r.HTTPStatus != http.StatusAccepted {
-						err = fmt.Errorf("bench: a batch message answered %d", r.HTTPStatus)
-					}
-				}
-				if err != nil {
-					errOnce.Do(func() { firstErr = err })
-					return
-				}
-				accepted.Add(int64(len(out.Results)))
+				accepted.Add(int64(k))
 			}
 		})
 	}
@@ -454,39 +464,19 @@ func benchHTTPIngest(ctx context.Context, base string, secret []byte, n, conc in
 	client := &http.Client{Transport: tr, Timeout: 30 * time.Second}
 	defer tr.CloseIdleConnections()
 
-	var next, accepted atomic.Int64
-	var firstErr error
-	var errOnce sync.Once
-	var wg sync.WaitGroup
-	start := time.Now()
-	for range conc {
-		wg.Go(func() {
-			for {
-				i := next.Add(1) - 1
-				if i >= int64(n) || ctx.Err() != nil {
-					return
-				}
-				req, _ := http.NewRequestWithContext(ctx, "POST", base+"/v1/messages", bytes.NewReader(body))
-				req.Header.Set("Authorization", tokens[i%users])
-				req.Header.Set("Content-Type", "application/json")
-				resp, err := client.Do(req)
-				if err != nil {
-					errOnce.Do(func() { firstErr = err })
-					return
-				}
-				_, _ = io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != http.StatusAccepted {
-					errOnce.Do(func() { firstErr = fmt.Errorf("bench: POST answered %d", resp.StatusCode) })
-					return
-				}
-				accepted.Add(1)
-			}
-		})
-	}
-	wg.Wait()
-	if firstErr != nil {
-		return 0, firstErr
-	}
-	return float64(accepted.Load()) / time.Since(start).Seconds(), nil
+	return benchClients(ctx, conc, n, func(i int) (int, error) {
+		req, _ := http.NewRequestWithContext(ctx, "POST", base+"/v1/messages", bytes.NewReader(body))
+		req.Header.Set("Authorization", tokens[i%users])
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := client.Do(req)
+		if err != nil {
+			return 0, err
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusAccepted {
+			return 0, fmt.Errorf("bench: POST answered %d", resp.StatusCode)
+		}
+		return 1, nil
+	})
 }
