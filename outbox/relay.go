@@ -7,8 +7,10 @@
 // FOR UPDATE SKIP LOCKED and a lease, call the shop API with the action's
 // idempotency key, retry transient failures on a linear schedule and send
 // final refusals and exhausted actions to dead, where operators (Ops) can
-// retry or cancel them. Tools are the checked entry points the LLM uses to
-// promise anything at all.
+// retry or cancel them. Every call to a shop passes egress (https, public
+// addresses, no redirects; a refused call is dead at once) and every reply
+// webhook is signed per attempt (VerifyWebhook). Tools are the checked entry
+// points the LLM uses to promise anything at all.
 package outbox
 
 import (
