@@ -321,8 +321,9 @@ func TestStopRecordsAbortedAttempts(t *testing.T) {
 	}
 }
 
-// A webhook is signed with the shop's secret; a bad secret is a final 401
-// until the shop's settings are fixed and an operator retries.
+// A webhook is signed with the shop's secret (Peakdesk-Signature, verified
+// by the simulated shop); a bad secret is a final 401 until the shop's
+// settings are fixed and an operator retries.
 func TestReplyWebhookIsSignedAndRetriedAfterTheSecretIsFixed(t *testing.T) {
 	t.Parallel()
 	e := setup(t, loadtest.ShopFaults{})
@@ -370,8 +371,14 @@ func TestReplyWebhookIsSignedAndRetriedAfterTheSecretIsFixed(t *testing.T) {
 		}
 	}
 	if len(good) != 1 || good[0].EventID != a.IdempotencyKey || good[0].Duplicate || good[0].Shop != "demo" ||
-		!strings.Contains(string(good[0].Body), "订单已发货") {
+		good[0].Refused != "" || !strings.Contains(string(good[0].Body), "订单已发货") {
 		t.Fatalf("valid deliveries: %+v", good)
+	}
+	// Signed the way a shop verifies: Peakdesk-Signature t=…,v1=… over
+	// "t.body", dated when sent.
+	signedAt, err := outbox.VerifyWebhook([]byte(testWebhookSecret), good[0].Signature, good[0].Body, good[0].At, 0)
+	if err != nil || !strings.HasPrefix(good[0].Signature, "t=") || good[0].At.Sub(signedAt) > 2*time.Second {
+		t.Fatalf("signature %q of a delivery at %v: signed at %v, %v", good[0].Signature, good[0].At, signedAt, err)
 	}
 }
 

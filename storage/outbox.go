@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/peakdesk/peakdesk"
+	"github.com/peakdesk/peakdesk/outbox/egress"
 )
 
 // AllShops is the scope of a platform operator: every shop.
@@ -44,7 +45,10 @@ type ShopAPISettings struct {
 	// Secret is sent as a bearer token to the shop API.
 	Secret string
 	// WebhookURL receives every reply; empty = no reply webhooks.
-	WebhookURL    string
+	WebhookURL string
+	// WebhookSecret keys the reply webhooks' signatures. Every shop has
+	// one: generated when the shop is created, or when settings are put
+	// without one and the shop has none yet.
 	WebhookSecret string
 	// CouponMaxCents caps one coupon; nil = the built-in default.
 	CouponMaxCents *int64
@@ -73,13 +77,29 @@ func (db *DB) ShopAPISettings(ctx context.Context, shop string) (ShopAPISettings
 	return s, nil
 }
 
-// PutShopAPISettings creates or replaces the settings of s.ShopID.
+// PutShopAPISettings creates or replaces the settings of s.ShopID. An empty
+// WebhookSecret keeps the shop's secret (or generates one, 32 random bytes
+// in hex, when it has none): a secret can be replaced but never removed.
+// URLs must be empty or absolute http(s) URLs without credentials
+// (invalid_argument otherwise); whether plain http and private addresses
+// may be called is decided where they are called (see
+// outbox.ShopClient.PutSettings, which checks both before writing).
 func (db *DB) PutShopAPISettings(ctx context.Context, s ShopAPISettings) error {
+	for _, u := range []struct{ field, url string }{{"base_url", s.BaseURL}, {"webhook_url", s.WebhookURL}} {
+		if u.url == "" {
+			continue
+		}
+		if err := egress.CheckURL(u.url, true); err != nil {
+			return peakdesk.FieldError(u.field, "%s: %v", u.field, err)
+		}
+	}
 	_, err := db.pool.Exec(ctx, `INSERT INTO shop_api_settings (shop_id, base_url, secret, webhook_url,
 			webhook_secret, coupon_max_cents, refund_max_cents)
-		VALUES ($1, $2, $3, $4, $5, $6, $7)
+		VALUES ($1, $2, $3, $4, COALESCE(NULLIF($5, ''), encode(gen_random_bytes(32), 'hex')), $6, $7)
 		ON CONFLICT (shop_id) DO UPDATE SET base_url = EXCLUDED.base_url, secret = EXCLUDED.secret,
-			webhook_url = EXCLUDED.webhook_url, webhook_secret = EXCLUDED.webhook_secret,
+			webhook_url = EXCLUDED.webhook_url,
+			webhook_secret = COALESCE(NULLIF($5, ''), NULLIF(shop_api_settings.webhook_secret, ''),
+				EXCLUDED.webhook_secret),
 			coupon_max_cents = EXCLUDED.coupon_max_cents, refund_max_cents = EXCLUDED.refund_max_cents,
 			updated_at = now()`,
 		s.ShopID, s.BaseURL, s.Secret, s.WebhookURL, s.WebhookSecret, s.CouponMaxCents, s.RefundMaxCents)

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/peakdesk/peakdesk/outbox/egress"
 	"github.com/peakdesk/peakdesk/workers/llm"
 )
 
@@ -53,6 +54,10 @@ type Config struct {
 	LLMTimeout time.Duration
 
 	ShopAPIURL string
+	// AllowPrivateShopURLs lets shop calls use plain http and reach
+	// loopback and private addresses: dev and tests only (default on in
+	// dev).
+	AllowPrivateShopURLs bool
 
 	WorkerConcurrency int
 	AckWait           time.Duration
@@ -85,6 +90,10 @@ type Config struct {
 	Migrate bool
 	// AdmissionDisabled turns the edge's load shedding off (benchmarks).
 	AdmissionDisabled bool
+
+	// envErr is the first malformed environment variable, reported by
+	// validate.
+	envErr error
 }
 
 // envDefaults fills the configuration from the environment.
@@ -121,6 +130,15 @@ func envDefaults(getenv func(string) string, dev bool) Config {
 	c.StreamReplicas = envInt(getenv("PEAKDESK_STREAM_REPLICAS"), 1)
 	c.RelayConcurrency = envInt(getenv("PEAKDESK_RELAY_CONCURRENCY"), 32)
 	c.LLMPrices = getenv("PEAKDESK_LLM_PRICES")
+	// Outbound safety: dev's shops (the simulator) live on loopback.
+	c.AllowPrivateShopURLs = dev
+	if v := getenv("PEAKDESK_ALLOW_PRIVATE_SHOP_URLS"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			c.envErr = cmp.Or(c.envErr, fmt.Errorf("config: PEAKDESK_ALLOW_PRIVATE_SHOP_URLS: want true or false, got %q", v))
+		}
+		c.AllowPrivateShopURLs = b
+	}
 	return c
 }
 
@@ -175,6 +193,7 @@ func parseFlags(name string, args []string, stderr io.Writer, getenv func(string
 	fs.IntVar(&c.LLMTPM, "llm-tpm", c.LLMTPM, "LLM provider tokens per minute for all workers together; 0 = unlimited (env PEAKDESK_LLM_TPM)")
 	fs.IntVar(&c.RelayConcurrency, "relay-concurrency", c.RelayConcurrency, "outbox actions one relay carries out at once (env PEAKDESK_RELAY_CONCURRENCY)")
 	fs.StringVar(&c.ShopAPIURL, "shop-api-url", c.ShopAPIURL, "default shop API base URL; empty in dev = simulator (env PEAKDESK_SHOP_API_URL)")
+	fs.BoolVar(&c.AllowPrivateShopURLs, "allow-private-shop-urls", c.AllowPrivateShopURLs, "let shop calls use plain http and reach loopback/private addresses; dev and tests only (env PEAKDESK_ALLOW_PRIVATE_SHOP_URLS; default on in dev)")
 	fs.IntVar(&c.StreamReplicas, "stream-replicas", c.StreamReplicas, "JetStream replicas per stream: 1, or 3 in a cluster (env PEAKDESK_STREAM_REPLICAS)")
 	fs.DurationVar(&c.AckWait, "ack-wait", c.AckWait, "JetStream AckWait of the worker consumers (env PEAKDESK_ACK_WAIT)")
 	fs.DurationVar(&c.SoftStop, "soft-stop", c.SoftStop, "how long a stopping worker lets in-flight messages finish (env PEAKDESK_SOFT_STOP)")
@@ -191,6 +210,9 @@ func parseFlags(name string, args []string, stderr io.Writer, getenv func(string
 }
 
 func (c *Config) validate() error {
+	if c.envErr != nil {
+		return c.envErr
+	}
 	if len(c.Roles) == 0 {
 		return errors.New("config: --roles: name at least one role")
 	}
@@ -230,6 +252,11 @@ func (c *Config) validate() error {
 	}
 	if c.RelayConcurrency < 1 {
 		return errors.New("config: --relay-concurrency must be at least 1")
+	}
+	if c.ShopAPIURL != "" {
+		if err := egress.CheckURL(c.ShopAPIURL, c.AllowPrivateShopURLs); err != nil {
+			return fmt.Errorf("config: PEAKDESK_SHOP_API_URL: %w", err)
+		}
 	}
 	if c.StreamReplicas != 1 && c.StreamReplicas != 3 && c.StreamReplicas != 5 {
 		return errors.New("config: --stream-replicas must be 1, 3 or 5")

@@ -80,6 +80,7 @@ func (b *testBundle) start(t *testing.T, roles []string, mod func(*Config)) *Pro
 	cfg := envDefaults(func(k string) string { return env[k] }, false)
 	cfg.Roles = roles
 	cfg.AckWait = 5 * time.Second
+	cfg.AllowPrivateShopURLs = true // the simulated shop listens on loopback
 	if mod != nil {
 		mod(&cfg)
 	}

@@ -59,6 +59,7 @@ func (b *testBundle) startChildWorker(t *testing.T, name string, env ...string) 
 		"PEAKDESK_JWT_SECRET="+testSecret,
 		"PEAKDESK_LLM_BASE_URL="+b.llmURL,
 		"PEAKDESK_SHOP_API_URL="+b.shopURL,
+		"PEAKDESK_ALLOW_PRIVATE_SHOP_URLS=true", // the simulated shop listens on loopback
 		"PEAKDESK_LOG_LEVEL=info",
 	)
 	cmd.Env = append(cmd.Env, env...)
