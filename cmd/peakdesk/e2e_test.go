@@ -71,6 +71,7 @@ func (b *testBundle) start(t *testing.T, roles []string, mod func(*Config)) *Pro
 		"REDIS_URL":             storagetest.RedisURL(),
 		"NATS_URL":              b.natsURL,
 		"PEAKDESK_HTTP_ADDR":    "127.0.0.1:0",
+		"PEAKDESK_METRICS_ADDR": "127.0.0.1:0",
 		"PEAKDESK_DATA_DIR":     t.TempDir(),
 		"PEAKDESK_JWT_SECRET":   testSecret,
 		"PEAKDESK_LLM_BASE_URL": b.llmURL,
