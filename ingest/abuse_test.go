@@ -505,7 +505,7 @@ func TestShopKeyLoadsAreCoalescedAndCached(t *testing.T) {
 		}
 	}
 	if n := auth.keyReads.Load(); n != 2 {
-		t.Errorf("20 tokens of one unknown kid read Postgres %d times in all, want 1 more", n-1)
+		t.Errorf("20 tokens of one unknown kid read Postgres %d more times, want 1", n-1)
 	}
 }
 
