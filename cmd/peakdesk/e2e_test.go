@@ -376,6 +376,7 @@ func TestBadRequestsNeverReachTheQueue(t *testing.T) {
 		{"unknown conversation", alice, `{"text":"hi","conversation_id":"` + foreignConv + `"}`, nil, 404, "not_found", "conversation_id"},
 		{"unknown priority", alice, `{"text":"hi","priority":"p9"}`, nil, 400, "invalid_argument", "priority"},
 		{"p0 hint without scope", alice, `{"text":"hi","priority":"p0"}`, nil, 403, "permission_denied", "priority"},
+		{"p1 hint without scope", alice, `{"text":"hi","priority":"p1"}`, nil, 403, "permission_denied", "priority"},
 		{"unknown field", alice, `{"text":"hi","txt":"x"}`, nil, 400, "invalid_argument", "txt"},
 		{"metadata not an object", alice, `{"text":"hi","metadata":[1]}`, nil, 400, "invalid_argument", "metadata"},
 		{"metadata too large", alice, `{"text":"hi","metadata":{"k":"` + strings.Repeat("x", 4100) + `"}}`, nil, 400, "invalid_argument", "metadata"},
