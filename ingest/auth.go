@@ -236,16 +236,11 @@ const maxKeyLoads = 4
 const tokenLeeway = 5 * time.Second
 
 // NewAuthenticator returns an Authenticator that accepts platform-key tokens
-// only (HS256 signed with secret, no kid).
+// only (HS256 signed with secret, no kid). An empty secret verifies nothing.
 func NewAuthenticator(secret []byte) *Authenticator {
-	a, err := NewShopAuthenticator(AuthConfig{Secret: secret})
-	if err != nil {
-		// Kept from before shop keys: an empty secret verifies nothing.
-		a = &Authenticator{verified: map[string]*Claims{}, keys: map[string]keyEntry{}}
-		a.cfg.setDefaults()
-		a.parser = newParser(a.cfg.Now)
-	}
-	return a
+	cfg := AuthConfig{Secret: secret}
+	cfg.setDefaults()
+	return newAuthenticator(cfg)
 }
 
 // NewShopAuthenticator returns an Authenticator for cfg: platform tokens,
@@ -255,6 +250,10 @@ func NewShopAuthenticator(cfg AuthConfig) (*Authenticator, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
+	return newAuthenticator(cfg), nil
+}
+
+func newAuthenticator(cfg AuthConfig) *Authenticator {
 	a := &Authenticator{
 		cfg:      cfg,
 		parser:   newParser(cfg.Now),
@@ -262,11 +261,12 @@ func NewShopAuthenticator(cfg AuthConfig) (*Authenticator, error) {
 		verified: map[string]*Claims{},
 		keys:     map[string]keyEntry{},
 	}
-	a.platform.Keys = append(a.platform.Keys, cfg.Secret)
-	for _, s := range cfg.PreviousSecrets {
-		a.platform.Keys = append(a.platform.Keys, s)
+	for _, s := range append([][]byte{cfg.Secret}, cfg.PreviousSecrets...) {
+		if len(s) > 0 { // HMAC takes an empty key: anyone could sign with it
+			a.platform.Keys = append(a.platform.Keys, s)
+		}
 	}
-	return a, nil
+	return a
 }
 
 func newParser(now func() time.Time) *jwt.Parser {

@@ -214,8 +214,8 @@ func (e *Edge) CloseStreams() {
 
 // openStream counts an event stream of user in shop in, unless the edge is
 // closing, the process holds MaxStreams already or the user perUser. The
-// caller must call the returned close when the stream ends.
-func (e *Edge) openStream(shop, user string, perUser int) (close func(), err error) {
+// caller must call release when the stream ends.
+func (e *Edge) openStream(shop, user string, perUser int) (release func(), err error) {
 	key := shop + "\x00" + user
 	e.streamsMu.Lock()
 	defer e.streamsMu.Unlock()
