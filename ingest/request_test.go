@@ -172,3 +172,25 @@ func TestParseWait(t *testing.T) {
 		}
 	}
 }
+
+// After a rotation of the platform key, ids signed with the previous one
+// stay valid while it is listed; new ids use the current one.
+func TestIDSignerSurvivesPlatformKeyRotation(t *testing.T) {
+	t.Parallel()
+	before := newIDSigner([]byte("old-platform-secret"))
+	id := before.New("conv", "shop", "alice", "")
+	rotated := newIDSigner([]byte("new-platform-secret"), []byte("old-platform-secret"))
+	if !rotated.Valid("conv", "shop", "alice", id) {
+		t.Fatal("an id of the previous key is invalid with the previous key listed")
+	}
+	if rotated.Valid("conv", "shop", "bob", id) {
+		t.Error("the previous key's id is valid for another user")
+	}
+	if newIDSigner([]byte("new-platform-secret")).Valid("conv", "shop", "alice", id) {
+		t.Error("an id of the previous key is valid once the previous key is dropped")
+	}
+	fresh := rotated.New("conv", "shop", "alice", "")
+	if before.Valid("conv", "shop", "alice", fresh) || !newIDSigner([]byte("new-platform-secret")).Valid("conv", "shop", "alice", fresh) {
+		t.Error("new ids are not signed with the current key")
+	}
+}

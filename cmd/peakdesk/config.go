@@ -46,6 +46,14 @@ type Config struct {
 	HTTPAddr     string
 	DataDir      string
 	JWTSecret    string
+	// JWTPreviousSecrets are earlier platform keys that still verify
+	// tokens and ids after a rotation of JWTSecret.
+	JWTPreviousSecrets []string
+	// MetricsAddr is where /metrics (and /healthz) are served, apart from
+	// the API; empty: nowhere.
+	MetricsAddr string
+	// MaxStreams caps the event streams one edge process holds open.
+	MaxStreams int
 
 	// LLMBaseURL empty in dev starts the built-in simulated LLM.
 	LLMBaseURL string
@@ -109,6 +117,8 @@ func envDefaults(getenv func(string) string, dev bool) Config {
 		HTTPAddr:          env("PEAKDESK_HTTP_ADDR", "127.0.0.1:8080"),
 		DataDir:           env("PEAKDESK_DATA_DIR", ".peakdesk"),
 		JWTSecret:         getenv("PEAKDESK_JWT_SECRET"),
+		MetricsAddr:       env("PEAKDESK_METRICS_ADDR", "127.0.0.1:9090"),
+		MaxStreams:        envInt(getenv("PEAKDESK_MAX_STREAMS"), 10_000),
 		LLMBaseURL:        getenv("PEAKDESK_LLM_BASE_URL"),
 		LLMAPIKey:         getenv("PEAKDESK_LLM_API_KEY"),
 		LLMModel:          env("PEAKDESK_LLM_MODEL", "peakdesk-sim"),
@@ -139,7 +149,19 @@ func envDefaults(getenv func(string) string, dev bool) Config {
 		}
 		c.AllowPrivateShopURLs = b
 	}
+	c.JWTPreviousSecrets = splitSecrets(getenv("PEAKDESK_JWT_PREVIOUS_SECRETS"))
 	return c
+}
+
+// splitSecrets splits a comma-separated list of secrets.
+func splitSecrets(s string) []string {
+	var out []string
+	for sec := range strings.SplitSeq(s, ",") {
+		if sec = strings.TrimSpace(sec); sec != "" {
+			out = append(out, sec)
+		}
+	}
+	return out
 }
 
 func envInt(s string, def int) int {
@@ -181,6 +203,8 @@ func parseFlags(name string, args []string, stderr io.Writer, getenv func(string
 	fs.BoolVar(&c.NATSSyncAlways, "nats-sync-always", c.NATSSyncAlways, "embedded JetStream fsyncs before every ack (env PEAKDESK_NATS_SYNC_ALWAYS)")
 	fs.BoolVar(&c.PublishBatch, "publish-batch", c.PublishBatch, "group concurrent publishes into atomic batches; use with fsync-always JetStream (env PEAKDESK_PUBLISH_BATCH)")
 	fs.StringVar(&c.HTTPAddr, "http-addr", c.HTTPAddr, "HTTP listen address (env PEAKDESK_HTTP_ADDR)")
+	fs.StringVar(&c.MetricsAddr, "metrics-addr", c.MetricsAddr, "listen address of /metrics, apart from the API; empty: none (env PEAKDESK_METRICS_ADDR)")
+	fs.IntVar(&c.MaxStreams, "max-streams", c.MaxStreams, "event streams one edge process holds open at most (env PEAKDESK_MAX_STREAMS)")
 	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "local data directory (env PEAKDESK_DATA_DIR)")
 	fs.StringVar(&c.LLMBaseURL, "llm-base-url", c.LLMBaseURL, "OpenAI-compatible base URL; empty in dev = simulator (env PEAKDESK_LLM_BASE_URL)")
 	fs.StringVar(&c.LLMModel, "llm-model", c.LLMModel, "LLM model (env PEAKDESK_LLM_MODEL)")
@@ -227,6 +251,8 @@ func (c *Config) validate() error {
 			return errors.New("config: PEAKDESK_JWT_SECRET is required by serve")
 		case len(c.JWTSecret) < 32:
 			return errors.New("config: PEAKDESK_JWT_SECRET must be at least 32 bytes")
+		case slices.ContainsFunc(c.JWTPreviousSecrets, func(s string) bool { return len(s) < 32 }):
+			return errors.New("config: PEAKDESK_JWT_PREVIOUS_SECRETS: each secret must be at least 32 bytes")
 		case c.NATSURL == "":
 			return errors.New("config: NATS_URL is required by serve")
 		case c.LLMBaseURL == "" && c.hasRole(roleWorker):
@@ -249,6 +275,9 @@ func (c *Config) validate() error {
 	}
 	if _, err := llm.ParsePrices(c.LLMPrices); err != nil {
 		return fmt.Errorf("config: PEAKDESK_LLM_PRICES: %w", err)
+	}
+	if c.MaxStreams < 1 {
+		return errors.New("config: --max-streams must be at least 1")
 	}
 	if c.RelayConcurrency < 1 {
 		return errors.New("config: --relay-concurrency must be at least 1")
