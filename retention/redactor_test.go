@@ -2,6 +2,7 @@ package retention_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -264,7 +265,7 @@ func TestConfigValidation(t *testing.T) {
 	if err := b.db.SetShopRetention(context.Background(), "short", 0); peakdesk.ErrorCode(err) != peakdesk.EInvalid {
 		t.Errorf("retention of 0 days: %v, want invalid_argument", err)
 	}
-	if err := b.db.SetShopRetention(context.Background(), "nope", 7); err != storage.ErrNotFound {
+	if err := b.db.SetShopRetention(context.Background(), "nope", 7); !errors.Is(err, storage.ErrNotFound) {
 		t.Errorf("retention of an unknown shop: %v, want ErrNotFound", err)
 	}
 }
