@@ -35,6 +35,7 @@ import (
 	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/outbox/egress"
 	"github.com/peakdesk/peakdesk/storage"
+	"github.com/peakdesk/peakdesk/workers/pii"
 )
 
 // FollowUpResult is what an order follow-up found out once the shop
@@ -43,7 +44,8 @@ type FollowUpResult struct {
 	OrderID   string
 	Order     *Order
 	Logistics *Logistics
-	// Text is a ready-made English reply with the facts.
+	// Text is a ready-made English reply with the facts, personal data
+	// masked.
 	Text string
 }
 
@@ -551,7 +553,7 @@ func (r *Relay) followUp(ctx context.Context, a peakdesk.Action) outcome {
 		return outcomeOf(nil, err)
 	}
 	res := FollowUpResult{OrderID: p.OrderID, Order: o, Logistics: l,
-		Text: "Update on your order: " + DescribeOrder(o, l)}
+		Text: followUpText(o, l)}
 	if err := r.cfg.OnFollowUp(ctx, a, res); err != nil {
 		return outcome{kind: peakdesk.AttemptFailed, status: 200, err: "pushing the follow-up reply failed: " + err.Error()}
 	}
@@ -560,6 +562,20 @@ func (r *Relay) followUp(ctx context.Context, a peakdesk.Action) outcome {
 		Logistics *Logistics `json:"logistics"`
 	}{o, l})
 	return outcome{kind: peakdesk.AttemptSucceeded, status: 200, excerpt: excerpt(body), result: body}
+}
+
+// followUpText is the follow-up reply, masked like every reply: the shop's
+// logistics texts may carry a courier's or the recipient's phone number.
+// The order and tracking numbers, which the customer needs, stay readable
+// even where they look like personal data (a Luhn-valid tracking number, a
+// 15-digit one that reads like an old ID card).
+func followUpText(o *Order, l *Logistics) string {
+	own := o.ID
+	if l != nil {
+		own += "\n" + l.TrackingNo
+	}
+	text, _ := pii.MaskExcept("Update on your order: "+DescribeOrder(o, l), pii.Values(own))
+	return text
 }
 
 // decide turns an attempt's outcome into the action's next state.

@@ -24,6 +24,7 @@ import (
 	"github.com/peakdesk/peakdesk/ingest"
 	"github.com/peakdesk/peakdesk/loadtest"
 	"github.com/peakdesk/peakdesk/outbox"
+	"github.com/peakdesk/peakdesk/retention"
 	"github.com/peakdesk/peakdesk/storage"
 	"github.com/peakdesk/peakdesk/workers"
 	"github.com/peakdesk/peakdesk/workers/answer"
@@ -48,6 +49,7 @@ type Program struct {
 	faq      *faq.Engine
 	shop     *outbox.ShopClient
 	relay    *outbox.Relay
+	redactor *retention.Redactor // masks expired chat texts (relay role)
 	edge     *ingest.Edge
 	worker   *workers.Worker
 	answerer *answer.Answerer
@@ -382,6 +384,9 @@ func (p *Program) Stop() {
 		}
 		if p.relay != nil {
 			p.relay.Stop()
+		}
+		if p.redactor != nil {
+			p.redactor.Stop()
 		}
 		if p.faq != nil {
 			p.faq.Stop()
