@@ -24,7 +24,7 @@ import (
 	"github.com/peakdesk/peakdesk/ingest"
 	"github.com/peakdesk/peakdesk/loadtest"
 	"github.com/peakdesk/peakdesk/outbox"
-	"github.com/peakdesk/peakdesk/retention"
+	"github.com/peakdesk/peakdesk/storage/retention"
 	"github.com/peakdesk/peakdesk/storage"
 	"github.com/peakdesk/peakdesk/workers"
 	"github.com/peakdesk/peakdesk/workers/answer"

@@ -12,7 +12,7 @@ import (
 	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/ingest"
 	"github.com/peakdesk/peakdesk/outbox"
-	"github.com/peakdesk/peakdesk/retention"
+	"github.com/peakdesk/peakdesk/storage/retention"
 	"github.com/peakdesk/peakdesk/storage"
 )
 

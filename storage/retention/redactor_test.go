@@ -13,7 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/peakdesk/peakdesk"
-	"github.com/peakdesk/peakdesk/retention"
+	"github.com/peakdesk/peakdesk/storage/retention"
 	"github.com/peakdesk/peakdesk/storage"
 	"github.com/peakdesk/peakdesk/storage/storagetest"
 )
