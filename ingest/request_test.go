@@ -110,6 +110,9 @@ func TestClassify(t *testing.T) {
 		"Where is my parcel?":             peakdesk.P1,
 		"双11满减怎么算？":                       peakdesk.P2,
 		"What is the Double 11 discount?": peakdesk.P2,
+		// Invisible format characters do not hide a keyword.
+		"我的快\u200b递到哪了": peakdesk.P1,
+		"re\u2060fund":  peakdesk.P0,
 	}
 	for text, want := range cases {
 		if got := Classify(DefaultRules, text); got != want {

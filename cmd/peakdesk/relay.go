@@ -12,8 +12,8 @@ import (
 	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/ingest"
 	"github.com/peakdesk/peakdesk/outbox"
-	"github.com/peakdesk/peakdesk/storage/retention"
 	"github.com/peakdesk/peakdesk/storage"
+	"github.com/peakdesk/peakdesk/storage/retention"
 )
 
 // replyPusher stores and publishes replies that answer no single message:

@@ -7,8 +7,8 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/peakdesk/peakdesk/storage/retention"
 	"github.com/peakdesk/peakdesk/storage"
+	"github.com/peakdesk/peakdesk/storage/retention"
 	"github.com/peakdesk/peakdesk/storage/storagetest"
 )
 
