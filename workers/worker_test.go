@@ -223,7 +223,16 @@ func (b *testBundle) publish(t testing.TB, msgs ...peakdesk.Message) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	var futures []jetstream.PubAckFuture
-	for _, m := range msgs {
+	for i, m := range msgs {
+		// Bounded in flight: an unbounded burst stalls the async
+		// publisher on a busy machine.
+		if i > 0 && i%256 == 0 {
+			select {
+			case <-b.js.PublishAsyncComplete():
+			case <-ctx.Done():
+				t.Fatal("publish: no acks in time")
+			}
+		}
 		data, err := json.Marshal(m)
 		if err != nil {
 			t.Fatal(err)
