@@ -66,6 +66,9 @@ func (p Prices) CostMicroUSD(model string, prompt, completion int) (cost int64, 
 	return int64(math.Round(float64(prompt)*price.InputPerMTok + float64(completion)*price.OutputPerMTok)), true
 }
 
+// DefaultFXRates is the rate table used when none is configured.
+const DefaultFXRates = "CNY=7.2"
+
 // FXRates converts US dollars into other currencies: units of a currency per
 // US dollar by ISO 4217 code (e.g. "CNY": 7.2). USD is always 1.
 type FXRates map[string]float64
