@@ -36,4 +36,6 @@ func (l Limiter) TakeCall(ctx context.Context, shop, user string, now time.Time,
 }
 
 // SpendKey is the Redis key of shop's spend on the day of now.
-func (l Limiter) SpendKey(shop string, now time.Time) string { return l.l.spendKey(shop, spendDay(now)) }
+func (l Limiter) SpendKey(shop string, now time.Time) string {
+	return l.l.spendKey(shop, spendDay(now))
+}
