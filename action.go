@@ -73,7 +73,10 @@ type Action struct {
 	ShopID         string `json:"shop"`
 	ConversationID string `json:"conversation_id,omitempty"`
 	// ReplyID is the reply that promised the action, when known.
-	ReplyID string          `json:"reply_id,omitempty"`
+	ReplyID string `json:"reply_id,omitempty"`
+	// GrantID is the money grant a coupon or refund carries out (taken by
+	// the tool that promised it); the reply's transaction confirms it.
+	GrantID int64           `json:"grant_id,omitempty"`
 	Kind    ActionKind      `json:"kind"`
 	Payload json.RawMessage `json:"payload"`
 	// IdempotencyKey is unique across all actions and never changes.

@@ -4,6 +4,7 @@ import (
 	"strings"
 
 	"github.com/peakdesk/peakdesk"
+	"github.com/peakdesk/peakdesk/workers/pii"
 )
 
 // Rule maps keywords to a priority. Matching is case-insensitive substring
@@ -26,8 +27,10 @@ var DefaultRules = []Rule{
 }
 
 // Classify returns the most urgent priority whose rule matches text, or p2.
+// Invisible format characters (zero-width spaces and the like) are ignored,
+// so they cannot hide a keyword.
 func Classify(rules []Rule, text string) peakdesk.Priority {
-	lower := strings.ToLower(text)
+	lower := strings.ToLower(pii.StripFormat(text))
 	best := peakdesk.P2
 	for _, r := range rules {
 		if r.Priority.Rank() >= best.Rank() {

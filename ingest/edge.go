@@ -29,9 +29,17 @@ import (
 
 // Config configures the Edge. DB, JS and Secret are required.
 type Config struct {
-	// Secret verifies bearer tokens and signs ids.
+	// Secret is the platform key (PEAKDESK_JWT_SECRET): it verifies tokens
+	// without a kid and signs message and conversation ids.
 	Secret []byte
-	DB     *storage.DB
+	// PreviousSecrets are earlier platform keys: they still verify tokens
+	// and ids, so rotating the platform key breaks neither.
+	PreviousSecrets [][]byte
+	// Auth checks bearer tokens; default an Authenticator for Secret,
+	// PreviousSecrets and the shop keys in DB. Pass one to share its caches
+	// with other handlers of the process.
+	Auth *Authenticator
+	DB   *storage.DB
 	// Redis caches the state of queued messages for GET; optional.
 	Redis *redis.Client
 	JS    jetstream.JetStream
@@ -62,6 +70,9 @@ type Config struct {
 	MaxPending int
 	// FAQ answers shed messages instantly when it is confident; optional.
 	FAQ FAQ
+	// MaxStreams caps the event streams open on this process at once; one
+	// more is answered 429. Default 10,000.
+	MaxStreams int
 }
 
 // FAQ answers a question from a shop's FAQ when it is confident enough.
@@ -85,6 +96,7 @@ func (c *Config) setDefaults() {
 	}
 	c.MaxBatch = cmp.Or(c.MaxBatch, 256)
 	c.MaxPending = cmp.Or(c.MaxPending, 8192)
+	c.MaxStreams = cmp.Or(c.MaxStreams, 10_000)
 }
 
 func (c *Config) validate() error {
@@ -95,6 +107,8 @@ func (c *Config) validate() error {
 		return errors.New("ingest: config: DB is required")
 	case c.JS == nil:
 		return errors.New("ingest: config: JS is required")
+	case c.MaxStreams < 0:
+		return errors.New("ingest: config: MaxStreams must not be negative")
 	}
 	return nil
 }
@@ -114,12 +128,14 @@ type Edge struct {
 	queuedW *queuedWriter
 	events  jetstream.Stream // CHAT_EVENTS, for replay by direct get
 
-	stopOnce  sync.Once
-	closeOnce sync.Once
-	closing   chan struct{} // closed by CloseStreams: event streams end
-	streamsMu sync.Mutex    // orders streams.Add before CloseStreams' Wait
-	closed    bool
-	streams   sync.WaitGroup
+	stopOnce    sync.Once
+	closeOnce   sync.Once
+	closing     chan struct{} // closed by CloseStreams: event streams end
+	streamsMu   sync.Mutex    // orders streams.Add before CloseStreams' Wait
+	closed      bool
+	streams     sync.WaitGroup
+	openStreams int            // event streams open on this process
+	userStreams map[string]int // of them, by shop and user
 }
 
 // New returns an Edge for cfg.
@@ -132,11 +148,18 @@ func New(cfg Config) (*Edge, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ingest: metrics: %w", err)
 	}
+	auth := cfg.Auth
+	if auth == nil {
+		if auth, err = NewShopAuthenticator(AuthConfig{Secret: cfg.Secret, PreviousSecrets: cfg.PreviousSecrets,
+			DB: cfg.DB}); err != nil {
+			return nil, err
+		}
+	}
 	return &Edge{
 		cfg:     cfg,
 		log:     cfg.Logger.With("component", "ingest"),
-		auth:    NewAuthenticator(cfg.Secret),
-		ids:     newIDSigner(cfg.Secret),
+		auth:    auth,
+		ids:     newIDSigner(cfg.Secret, cfg.PreviousSecrets...),
 		metrics: m,
 		hub:     newReplyHub(),
 		shops: &shopDirectory{db: cfg.DB, defaults: cfg.Limits, rules: cfg.Rules, ttl: 30 * time.Second,
@@ -144,6 +167,8 @@ func New(cfg Config) (*Edge, error) {
 		limiter: newRateLimiter(cfg.Redis, m.rateFallbacks, m.rateDegraded),
 		admit:   newAdmission(cfg.Admission, cfg.JS, m),
 		closing: make(chan struct{}),
+
+		userStreams: map[string]int{},
 	}, nil
 }
 
@@ -187,15 +212,38 @@ func (e *Edge) CloseStreams() {
 	e.streams.Wait()
 }
 
-// openStream counts an event stream in, unless the edge is closing.
-func (e *Edge) openStream() bool {
+// openStream counts an event stream of user in shop in, unless the edge is
+// closing, the process holds MaxStreams already or the user perUser. The
+// caller must call release when the stream ends.
+func (e *Edge) openStream(shop, user string, perUser int) (release func(), err error) {
+	key := shop + "\x00" + user
 	e.streamsMu.Lock()
 	defer e.streamsMu.Unlock()
-	if e.closed {
-		return false
+	switch {
+	case e.closed:
+		return nil, &peakdesk.Error{Code: peakdesk.EOverloaded, Message: "the server is shutting down, reconnect",
+			RetryAfter: time.Second}
+	case e.openStreams >= e.cfg.MaxStreams:
+		e.metrics.readRefusals.WithLabelValues("conversation_events", "process_streams").Inc()
+		return nil, &peakdesk.Error{Code: peakdesk.ERateLimited, RetryAfter: 5 * time.Second,
+			Message: "this server holds too many event streams, retry later"}
+	case e.userStreams[key] >= perUser:
+		e.metrics.readRefusals.WithLabelValues("conversation_events", "user_streams").Inc()
+		return nil, &peakdesk.Error{Code: peakdesk.ERateLimited, RetryAfter: 10 * time.Second,
+			Message: fmt.Sprintf("at most %d event streams may be open per user; close one or poll", perUser)}
 	}
+	e.openStreams++
+	e.userStreams[key]++
 	e.streams.Add(1)
-	return true
+	return func() {
+		e.streamsMu.Lock()
+		e.openStreams--
+		if e.userStreams[key]--; e.userStreams[key] <= 0 {
+			delete(e.userStreams, key)
+		}
+		e.streamsMu.Unlock()
+		e.streams.Done()
+	}, nil
 }
 
 // Stop ends event streams, then stops publishing and the background work.
@@ -343,9 +391,19 @@ func (e *Edge) acceptMessage(ctx context.Context, claims *Claims, info *shopInfo
 	} else if err := e.checkConversation(ctx, shop, user, conv); err != nil {
 		return accepted{}, err
 	}
-	prio, err := e.priority(claims, req, info.rules)
+	prio, giveP0, err := e.priority(ctx, claims, user, req, info)
 	if err != nil {
 		return accepted{}, err
+	}
+	// A keyword-p0 count is kept only if this call queues a new message:
+	// not when it is shed, fails or repeats an earlier one.
+	keptP0 := false
+	if giveP0 != nil {
+		defer func() {
+			if !keptP0 {
+				giveP0()
+			}
+		}()
 	}
 	m := &peakdesk.Message{
 		ID:             e.ids.New("msg", shop, user, key),
@@ -386,9 +444,11 @@ func (e *Edge) acceptMessage(ctx context.Context, claims *Claims, info *shopInfo
 		defer cancel()
 		replies = ch
 	}
-	if err := e.publish(ctx, m); err != nil {
+	duplicate, err := e.publish(ctx, m)
+	if err != nil {
 		return accepted{}, err
 	}
+	keptP0 = !duplicate
 	e.metrics.accepted.WithLabelValues(string(prio)).Inc()
 	e.rememberQueued(ctx, m)
 
@@ -402,32 +462,47 @@ func (e *Edge) acceptMessage(ctx context.Context, claims *Claims, info *shopInfo
 }
 
 // priority classifies the message and applies the client's hint: a hint can
-// raise the priority, never lower it below what the shop's rules say, and
-// p0 needs the priority:urgent scope.
-func (e *Edge) priority(claims *Claims, req *postRequest, rules []Rule) (peakdesk.Priority, error) {
-	prio := Classify(rules, req.Text)
-	if req.Priority == "" {
-		return prio, nil
+// raise the priority, never lower it below what the shop's rules say, and a
+// p0 or p1 hint needs the priority:urgent scope. p0 from keywords is capped
+// per user (the shop's p0_per_user_per_hour; beyond it, p1) so a customer
+// cannot buy the front of the queue with a word; p0 from a hint is the
+// scope's, not capped. When the message keeps a keyword p0, give must be
+// called if it is not accepted after all.
+func (e *Edge) priority(ctx context.Context, claims *Claims, user string, req *postRequest, info *shopInfo) (prio peakdesk.Priority, give func(), err error) {
+	prio = Classify(info.rules, req.Text)
+	hint := peakdesk.P2 // no hint raises nothing
+	if req.Priority != "" {
+		if hint, err = peakdesk.ParsePriority(req.Priority); err != nil {
+			return "", nil, err
+		}
+		if hint.Rank() <= peakdesk.P1.Rank() && !claims.HasScope(ScopeUrgent) {
+			return "", nil, &peakdesk.Error{Code: peakdesk.EPermissionDenied, Field: "priority",
+				Message: fmt.Sprintf("priority %s needs the priority:urgent scope", hint)}
+		}
+		if hint == peakdesk.P0 {
+			return peakdesk.P0, nil, nil
+		}
 	}
-	hint, err := peakdesk.ParsePriority(req.Priority)
-	if err != nil {
-		return "", err
-	}
-	if hint == peakdesk.P0 && !claims.HasScope(ScopeUrgent) {
-		return "", &peakdesk.Error{Code: peakdesk.EPermissionDenied, Field: "priority",
-			Message: "priority p0 needs the priority:urgent scope"}
+	if prio == peakdesk.P0 {
+		var ok bool
+		if give, ok = e.limiter.takeP0(ctx, claims.Shop, user, info.abuse.P0PerUserPerHour); ok {
+			return peakdesk.P0, give, nil
+		}
+		prio = peakdesk.P1
+		e.metrics.p0Capped.Inc()
 	}
 	if hint.Rank() < prio.Rank() {
 		prio = hint
 	}
-	return prio, nil
+	return prio, nil, nil
 }
 
-// publish stores m in CHAT_IN and returns once JetStream has acked it.
-func (e *Edge) publish(ctx context.Context, m *peakdesk.Message) error {
+// publish stores m in CHAT_IN and returns once JetStream has acked it. It
+// reports whether JetStream had it already (a repeat of its idempotency key).
+func (e *Edge) publish(ctx context.Context, m *peakdesk.Message) (duplicate bool, err error) {
 	data, err := json.Marshal(m)
 	if err != nil {
-		return fmt.Errorf("ingest: encode message: %w", err)
+		return false, fmt.Errorf("ingest: encode message: %w", err)
 	}
 	msg := nats.NewMsg(storage.InSubject(m.Priority, m.ShopID))
 	msg.Data = data
@@ -436,14 +511,14 @@ func (e *Edge) publish(ctx context.Context, m *peakdesk.Message) error {
 	ctx, cancel := context.WithTimeout(ctx, e.cfg.PublishTimeout)
 	defer cancel()
 	start := time.Now()
-	duplicate, err := e.pub.publish(ctx, msg)
+	duplicate, err = e.pub.publish(ctx, msg)
 	e.metrics.publish.Observe(time.Since(start).Seconds())
 	if err != nil {
 		// The message may or may not be stored; either way the client is
 		// told to retry, and a retry with its idempotency key is safe.
 		e.log.WarnContext(ctx, "publish failed", "trace_id", traceOf(ctx).id, "shop", m.ShopID,
 			"message_id", m.ID, "err", err)
-		return &peakdesk.Error{Code: peakdesk.EOverloaded, Message: "the message queue is unavailable or full, retry later",
+		return false, &peakdesk.Error{Code: peakdesk.EOverloaded, Message: "the message queue is unavailable or full, retry later",
 			RetryAfter: time.Second}
 	}
 	if duplicate {
@@ -451,7 +526,7 @@ func (e *Edge) publish(ctx context.Context, m *peakdesk.Message) error {
 		// idempotency key, so the caller gets the first message's id.
 		e.metrics.duplicates.Inc()
 	}
-	return nil
+	return duplicate, nil
 }
 
 // queuedState is what the edge remembers in Redis about a message it
@@ -495,6 +570,9 @@ func (e *Edge) getMessage(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	if err := e.chargeRead(ctx, "get_message", claims, ""); err != nil {
+		return err
+	}
 	id := r.PathValue("id")
 	notFound := peakdesk.Errorf(peakdesk.ENotFound, "message not found")
 	if !isHexID(id) {
@@ -506,6 +584,9 @@ func (e *Edge) getMessage(w http.ResponseWriter, r *http.Request) error {
 		if !mayRead(claims, rec.UserID) {
 			return notFound
 		}
+		if err := e.chargeRead(ctx, "get_message", claims, rec.UserID); err != nil {
+			return err
+		}
 		writeJSON(w, http.StatusOK, rec.MessageState)
 		return nil
 	case !errors.Is(err, storage.ErrNotFound):
@@ -513,13 +594,46 @@ func (e *Edge) getMessage(w http.ResponseWriter, r *http.Request) error {
 	}
 	// Not stored yet: is it a message this edge queued for this caller?
 	state := peakdesk.MessageState{ID: id, Status: peakdesk.StatusQueued}
+	owner := claims.Subject
 	if q, ok := e.queued(ctx, id); ok && q.Shop == claims.Shop && mayRead(claims, q.User) {
-		state.ConversationID, state.Priority = q.Conv, q.Priority
+		state.ConversationID, state.Priority, owner = q.Conv, q.Priority, q.User
 	} else if !e.ids.Valid("msg", claims.Shop, claims.Subject, id) {
 		return notFound
 	}
+	if err := e.chargeRead(ctx, "get_message", claims, owner); err != nil {
+		return err
+	}
 	writeJSON(w, http.StatusOK, state)
 	return nil
+}
+
+// chargeRead counts a read (a GET, an event stream opened) against the
+// read limit of the customer whose data it is. An end user's token is
+// charged before anything is looked up (owner ""); a service token — a
+// gateway reading for many customers — is charged per customer, once the
+// owner of the data is known. The other call is a no-op.
+func (e *Edge) chargeRead(ctx context.Context, route string, claims *Claims, owner string) error {
+	user := owner
+	switch service := claims.HasScope(ScopeService); {
+	case !service && owner == "":
+		user = claims.Subject
+	case service != (owner != ""):
+		return nil
+	}
+	if err := e.limiter.allowRead(ctx, claims.Shop, user, e.edgeLimits(ctx, claims.Shop).ReadPerUserPerMinute); err != nil {
+		e.metrics.readRefusals.WithLabelValues(route, "read_limit").Inc()
+		return err
+	}
+	return nil
+}
+
+// edgeLimits returns shop's abuse limits, or the defaults for a shop the
+// edge cannot look up (which then has no data to read anyway).
+func (e *Edge) edgeLimits(ctx context.Context, shop string) storage.EdgeLimits {
+	if info, err := e.shops.lookup(ctx, shop); err == nil && info.exists {
+		return info.abuse
+	}
+	return storage.DefaultEdgeLimits
 }
 
 // knownMessage returns the state of message m if this edge accepted it
@@ -596,12 +710,19 @@ func (e *Edge) readableConversation(ctx context.Context, claims *Claims, conv st
 }
 
 func (e *Edge) getConversation(w http.ResponseWriter, r *http.Request) error {
+	ctx := r.Context()
 	claims, err := e.auth.Authenticate(r)
 	if err != nil {
 		return err
 	}
-	c, err := e.readableConversation(r.Context(), claims, r.PathValue("id"))
+	if err := e.chargeRead(ctx, "get_conversation", claims, ""); err != nil {
+		return err
+	}
+	c, err := e.readableConversation(ctx, claims, r.PathValue("id"))
 	if err != nil {
+		return err
+	}
+	if err := e.chargeRead(ctx, "get_conversation", claims, c.UserID); err != nil {
 		return err
 	}
 	writeJSON(w, http.StatusOK, c)

@@ -178,7 +178,7 @@ func TestPriorityRulesHintsAndTraceContext(t *testing.T) {
 		{"shop1", "我要退款", "", nil, peakdesk.P0},
 		{"shop1", "我的快递到哪了", "", nil, peakdesk.P1},
 		{"shop1", "有什么优惠", "", nil, peakdesk.P2},
-		{"shop1", "有什么优惠", "p1", nil, peakdesk.P1},                   // a hint raises
+		{"shop1", "有什么优惠", "p1", []string{ScopeUrgent}, peakdesk.P1}, // a hint raises (with the scope)
 		{"shop1", "我要退款", "p2", nil, peakdesk.P0},                    // never lowers
 		{"shop1", "有什么优惠", "p0", []string{ScopeUrgent}, peakdesk.P0}, // p0 with scope
 		{"shop2", "秒杀失败了怎么办", "", nil, peakdesk.P0},                  // the shop's own rule

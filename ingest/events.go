@@ -28,8 +28,15 @@ func (e *Edge) conversationEvents(w http.ResponseWriter, r *http.Request) error 
 	if err != nil {
 		return err
 	}
+	if err := e.chargeRead(ctx, "conversation_events", claims, ""); err != nil {
+		return err
+	}
 	conv := r.PathValue("id")
-	if _, err := e.readableConversation(ctx, claims, conv); err != nil {
+	c, err := e.readableConversation(ctx, claims, conv)
+	if err != nil {
+		return err
+	}
+	if err := e.chargeRead(ctx, "conversation_events", claims, c.UserID); err != nil {
 		return err
 	}
 	var last uint64 // the last sequence the client has seen
@@ -44,14 +51,16 @@ func (e *Edge) conversationEvents(w http.ResponseWriter, r *http.Request) error 
 	}
 	subject := storage.EventSubject(claims.Shop, conv)
 
+	// The streams of one customer are capped per process, and so are all
+	// of them.
+	closeStream, err := e.openStream(claims.Shop, c.UserID, e.edgeLimits(ctx, claims.Shop).SSEStreamsPerUser)
+	if err != nil {
+		return err
+	}
+	defer closeStream()
 	// Listen before replaying, so no event falls between the two.
 	l := e.hub.listen(subject)
 	defer e.hub.unlisten(subject, l)
-	if !e.openStream() {
-		return &peakdesk.Error{Code: peakdesk.EOverloaded, Message: "the server is shutting down, reconnect",
-			RetryAfter: time.Second}
-	}
-	defer e.streams.Done()
 	e.metrics.sseStreams.Inc()
 	defer e.metrics.sseStreams.Dec()
 

@@ -14,14 +14,24 @@ import (
 // edge can thus tell an id it issued to this shop and user — a message still
 // in the queue, a conversation whose first message is not yet stored —
 // without a database read on the hot path.
+//
+// The key is derived from the platform key, never from a shop's signing
+// keys, so rotating shop keys leaves ids alone; after a rotation of the
+// platform key itself, ids signed with a previous one stay valid as long as
+// that secret is listed (PEAKDESK_JWT_PREVIOUS_SECRETS). New ids are always
+// signed with the current one.
 type idSigner struct {
-	key []byte
+	keys [][]byte // keys[0] signs; all of them verify
 }
 
-func newIDSigner(secret []byte) idSigner {
-	m := hmac.New(sha256.New, secret)
-	m.Write([]byte("peakdesk id signing key v1"))
-	return idSigner{key: m.Sum(nil)}
+func newIDSigner(secret []byte, previous ...[]byte) idSigner {
+	var s idSigner
+	for _, sec := range append([][]byte{secret}, previous...) {
+		m := hmac.New(sha256.New, sec)
+		m.Write([]byte("peakdesk id signing key v1"))
+		s.keys = append(s.keys, m.Sum(nil))
+	}
+	return s
 }
 
 const (
@@ -29,8 +39,8 @@ const (
 	idMACLen  = 4
 )
 
-func (s idSigner) mac(kind, shop, user string, body []byte) []byte {
-	m := hmac.New(sha256.New, s.key)
+func mac(key []byte, kind, shop, user string, body []byte) []byte {
+	m := hmac.New(sha256.New, key)
 	for _, part := range []string{kind, shop, user} {
 		m.Write([]byte(part))
 		m.Write([]byte{0})
@@ -54,17 +64,23 @@ func (s idSigner) New(kind, shop, user, key string) string {
 		}
 		copy(body, h.Sum(nil))
 	}
-	return hex.EncodeToString(append(body, s.mac(kind, shop, user, body)...))
+	return hex.EncodeToString(append(body, mac(s.keys[0], kind, shop, user, body)...))
 }
 
-// Valid reports whether id was issued by New for kind, shop and user.
+// Valid reports whether id was issued by New for kind, shop and user, with
+// the current platform key or a listed previous one.
 func (s idSigner) Valid(kind, shop, user, id string) bool {
 	raw, err := hex.DecodeString(id)
 	if err != nil || len(raw) != idBodyLen+idMACLen {
 		return false
 	}
-	want := s.mac(kind, shop, user, raw[:idBodyLen])
-	return subtle.ConstantTimeCompare(want, raw[idBodyLen:]) == 1
+	for _, key := range s.keys {
+		want := mac(key, kind, shop, user, raw[:idBodyLen])
+		if subtle.ConstantTimeCompare(want, raw[idBodyLen:]) == 1 {
+			return true
+		}
+	}
+	return false
 }
 
 func isHexID(s string) bool {

@@ -16,6 +16,8 @@ type edgeMetrics struct {
 	backlog       *prometheus.GaugeVec
 	drain         prometheus.Gauge
 	shed          *prometheus.CounterVec
+	p0Capped      prometheus.Counter
+	readRefusals  *prometheus.CounterVec
 }
 
 func newEdgeMetrics(reg prometheus.Registerer) (*edgeMetrics, error) {
@@ -70,9 +72,18 @@ func newEdgeMetrics(reg prometheus.Registerer) (*edgeMetrics, error) {
 			Name: "peakdesk_ingest_shed_total",
 			Help: "Messages shed by admission control, by priority and outcome (faq answer or rejected).",
 		}, []string{"priority", "outcome"}),
+		p0Capped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "peakdesk_ingest_p0_capped_total",
+			Help: "Messages that keywords made p0 but were classified p1 because their user reached p0_per_user_per_hour.",
+		}),
+		readRefusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "peakdesk_ingest_read_refusals_total",
+			Help: "Reads and event streams refused with 429, by route and reason (read_limit, user_streams, process_streams).",
+		}, []string{"route", "reason"}),
 	}
 	for _, c := range []prometheus.Collector{m.requests, m.duration, m.accepted, m.duplicates, m.publish,
-		m.redisErrors, m.sseStreams, m.rateFallbacks, m.rateDegraded, m.backlog, m.drain, m.shed} {
+		m.redisErrors, m.sseStreams, m.rateFallbacks, m.rateDegraded, m.backlog, m.drain, m.shed,
+		m.p0Capped, m.readRefusals} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -32,12 +32,14 @@ var DefaultLimits = Limits{ShopPerSecond: 5000, ShopBurst: 10000, UserPerMinute:
 type rateLimiter struct {
 	rdb       *redis.Client // the limiter's own client, see newRateLimiter
 	redis     *redis_rate.Limiter
-	degraded  atomic.Int64 // unix nanos until which Redis is skipped
+	scripts   redis.Scripter // rdb's autopipeliner when it has one
+	degraded  atomic.Int64   // unix nanos until which Redis is skipped
 	retryWait time.Duration
 
-	mu     sync.Mutex
-	local  map[string]*localLimiter
-	leases map[string]*shopLease
+	mu      sync.Mutex
+	local   map[string]*localLimiter
+	windows map[string]*localWindow
+	leases  map[string]*shopLease
 
 	fallbacks prometheus.Counter
 	mode      prometheus.Gauge
@@ -49,8 +51,8 @@ type localLimiter struct {
 }
 
 func newRateLimiter(rdb *redis.Client, fallbacks prometheus.Counter, mode prometheus.Gauge) *rateLimiter {
-	l := &rateLimiter{retryWait: time.Second, local: map[string]*localLimiter{}, leases: map[string]*shopLease{},
-		fallbacks: fallbacks, mode: mode}
+	l := &rateLimiter{retryWait: time.Second, local: map[string]*localLimiter{}, windows: map[string]*localWindow{},
+		leases: map[string]*shopLease{}, fallbacks: fallbacks, mode: mode}
 	if rdb != nil {
 		// Concurrent requests' checks share Redis round trips: the blocking
 		// autopipeliner sends whatever checks arrive while one batch is on
@@ -63,9 +65,9 @@ func newRateLimiter(rdb *redis.Client, fallbacks prometheus.Counter, mode promet
 		opt.MaxRetries = -1
 		l.rdb = redis.NewClient(&opt)
 		if ap, err := l.rdb.AutoPipeline(); err == nil {
-			l.redis = redis_rate.NewLimiter(ap)
+			l.redis, l.scripts = redis_rate.NewLimiter(ap), ap
 		} else {
-			l.redis = redis_rate.NewLimiter(l.rdb)
+			l.redis, l.scripts = redis_rate.NewLimiter(l.rdb), l.rdb
 		}
 	}
 	return l
@@ -99,6 +101,123 @@ func (l *rateLimiter) allow(ctx context.Context, shop, user string, lim Limits) 
 	return nil
 }
 
+// allowRead spends one of the user's reads (GET of a message or
+// conversation, an event stream opened): perMinute a minute, in a burst of
+// as many.
+func (l *rateLimiter) allowRead(ctx context.Context, shop, user string, perMinute int) error {
+	if perMinute <= 0 {
+		return nil
+	}
+	limit := redis_rate.Limit{Rate: perMinute, Burst: perMinute, Period: time.Minute}
+	if wait, ok := l.check(ctx, "r:"+shop+":"+user, limit); !ok {
+		return &peakdesk.Error{Code: peakdesk.ERateLimited, Message: "too many reads, retry later",
+			RetryAfter: max(wait, time.Second)}
+	}
+	return nil
+}
+
+// p0Window is the window of the keyword-p0 cap.
+const p0Window = time.Hour
+
+// takeP0Script counts one keyword-p0 message of a user in the current
+// window unless the cap is reached: INCR, the window's expiry on the first
+// count, and the cap check in one atomic round trip. A count over the cap
+// is taken back at once, so the counter never exceeds the cap.
+var takeP0Script = redis.NewScript(`
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+if n > tonumber(ARGV[1]) then
+  redis.call('DECR', KEYS[1])
+  return 0
+end
+return 1`)
+
+// giveP0Script takes back one count of a message that was not accepted
+// after all. A window that has expired meanwhile stays gone.
+var giveP0Script = redis.NewScript(`
+if redis.call('DECR', KEYS[1]) < 0 then redis.call('DEL', KEYS[1]) end
+return 0`)
+
+// takeP0 counts one message the shop's keywords made p0 against the user's
+// cap of perHour per window (an hour from the user's first keyword p0). It
+// reports whether the message may stay p0; if so, give must be called when
+// the message is not accepted after all, so only accepted messages count.
+// Like the other limits it falls back to a local count while Redis is
+// unreachable.
+func (l *rateLimiter) takeP0(ctx context.Context, shop, user string, perHour int) (give func(), ok bool) {
+	if perHour <= 0 {
+		return nil, false
+	}
+	key := "pd:p0:" + shop + ":" + user
+	if l.useRedis() {
+		rctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+		n, err := takeP0Script.Run(rctx, l.scripts, []string{key}, perHour, p0Window.Milliseconds()).Int()
+		cancel()
+		if err == nil {
+			l.mode.Set(0)
+			if n == 0 {
+				return nil, false
+			}
+			return func() {
+				ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 100*time.Millisecond)
+				defer cancel()
+				// Should Redis fail now, the user is one p0 short this
+				// window: the cap errs on the side of the shop.
+				_ = giveP0Script.Run(ctx, l.scripts, []string{key}).Err()
+			}, true
+		}
+		l.degrade()
+	}
+	if !l.takeLocal(key, perHour, p0Window) {
+		return nil, false
+	}
+	return func() { l.giveLocal(key) }, true
+}
+
+// useRedis reports whether limits go to Redis now: there is one, and it has
+// not failed within retryWait.
+func (l *rateLimiter) useRedis() bool {
+	return l.redis != nil && time.Now().UnixNano() >= l.degraded.Load()
+}
+
+// localWindow counts events of one key in a fixed window, the local stand-in
+// for a Redis counter.
+type localWindow struct {
+	n     int
+	until time.Time
+}
+
+func (l *rateLimiter) takeLocal(key string, limit int, window time.Duration) bool {
+	now := time.Now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	w := l.windows[key]
+	if w == nil || !now.Before(w.until) {
+		if len(l.windows) > 100_000 {
+			for k, w := range l.windows {
+				if !now.Before(w.until) {
+					delete(l.windows, k)
+				}
+			}
+		}
+		w = &localWindow{until: now.Add(window)}
+		l.windows[key] = w
+	}
+	if w.n >= limit {
+		return false
+	}
+	w.n++
+	return true
+}
+
+func (l *rateLimiter) giveLocal(key string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if w := l.windows[key]; w != nil && w.n > 0 {
+		w.n--
+	}
+}
+
 // shopLease holds shop tokens this process took from Redis in one go.
 type shopLease struct {
 	mu     sync.Mutex
@@ -125,7 +244,7 @@ func (l *rateLimiter) takeShop(ctx context.Context, shop string, lim Limits) (ti
 		lease.tokens--
 		return 0, true
 	}
-	if l.redis == nil || time.Now().UnixNano() < l.degraded.Load() {
+	if !l.useRedis() {
 		return l.checkLocal("s:"+shop, limit)
 	}
 	chunk := max(1, lim.ShopPerSecond/50)
@@ -153,7 +272,7 @@ func (l *rateLimiter) degrade() {
 }
 
 func (l *rateLimiter) check(ctx context.Context, key string, limit redis_rate.Limit) (time.Duration, bool) {
-	if l.redis != nil && time.Now().UnixNano() >= l.degraded.Load() {
+	if l.useRedis() {
 		ctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
 		res, err := l.redis.Allow(ctx, key, limit)
 		cancel()

@@ -110,6 +110,9 @@ func TestClassify(t *testing.T) {
 		"Where is my parcel?":             peakdesk.P1,
 		"双11满减怎么算？":                       peakdesk.P2,
 		"What is the Double 11 discount?": peakdesk.P2,
+		// Invisible format characters do not hide a keyword.
+		"我的快\u200b递到哪了": peakdesk.P1,
+		"re\u2060fund":  peakdesk.P0,
 	}
 	for text, want := range cases {
 		if got := Classify(DefaultRules, text); got != want {
@@ -170,5 +173,27 @@ func TestParseWait(t *testing.T) {
 		if _, err := parseWait(in, 10*time.Second); peakdesk.ErrorCode(err) != peakdesk.EInvalid {
 			t.Errorf("parseWait(%q) err %v, want invalid_argument", in, err)
 		}
+	}
+}
+
+// After a rotation of the platform key, ids signed with the previous one
+// stay valid while it is listed; new ids use the current one.
+func TestIDSignerSurvivesPlatformKeyRotation(t *testing.T) {
+	t.Parallel()
+	before := newIDSigner([]byte("old-platform-secret"))
+	id := before.New("conv", "shop", "alice", "")
+	rotated := newIDSigner([]byte("new-platform-secret"), []byte("old-platform-secret"))
+	if !rotated.Valid("conv", "shop", "alice", id) {
+		t.Fatal("an id of the previous key is invalid with the previous key listed")
+	}
+	if rotated.Valid("conv", "shop", "bob", id) {
+		t.Error("the previous key's id is valid for another user")
+	}
+	if newIDSigner([]byte("new-platform-secret")).Valid("conv", "shop", "alice", id) {
+		t.Error("an id of the previous key is valid once the previous key is dropped")
+	}
+	fresh := rotated.New("conv", "shop", "alice", "")
+	if before.Valid("conv", "shop", "alice", fresh) || !newIDSigner([]byte("new-platform-secret")).Valid("conv", "shop", "alice", fresh) {
+		t.Error("new ids are not signed with the current key")
 	}
 }

@@ -15,6 +15,7 @@ import (
 type shopInfo struct {
 	exists bool
 	limits Limits
+	abuse  storage.EdgeLimits
 	rules  []Rule
 }
 
@@ -77,6 +78,7 @@ func (d *shopDirectory) load(ctx context.Context, shop string) (*shopInfo, error
 			UserPerMinute: cmp.Or(s.UserRatePerMinute, d.defaults.UserPerMinute),
 			UserBurst:     cmp.Or(s.UserRateBurst, d.defaults.UserBurst),
 		},
+		abuse: s.EdgeLimits,
 		rules: d.rules,
 	}
 	if len(s.Rules) > 0 {

@@ -11,7 +11,8 @@ package loadtest
 //	GET  /orders/{id}/logistics   its logistics
 //	POST /coupons                 {order_id?, user_id, amount_cents, reason} → 201 coupon
 //	POST /refunds                 {order_id, amount_cents?, reason} → 201 refund
-//	POST /webhooks/replies        reply-webhook receiver (HMAC-SHA256 signature)
+//	POST /webhooks/replies        reply-webhook receiver (Peakdesk-Signature verified,
+//	                              stale and replayed signatures refused)
 //	GET  /admin/faults, PUT /admin/faults, GET /admin/stats,
 //	GET  /admin/effects[?shop=&kind=], GET /admin/webhooks[?shop=], POST /admin/reset
 //
@@ -124,16 +125,21 @@ type ShopEffect struct {
 
 // ShopWebhook is one reply-webhook delivery the simulated shop received.
 // Deliveries answered by an injected fault are not recorded (the shop never
-// saw them); deliveries with a bad signature are, with SignatureValid false.
+// saw them); refused deliveries are, with Refused set.
 type ShopWebhook struct {
 	Shop           string `json:"shop"`
 	EventID        string `json:"event_id,omitempty"`
 	IdempotencyKey string `json:"idempotency_key,omitempty"`
-	// Signature is the X-Peakdesk-Signature header as received.
+	// Signature is the Peakdesk-Signature header as received.
 	Signature string `json:"signature,omitempty"`
 	// SignatureChecked is false when the simulator has no secret.
 	SignatureChecked bool `json:"signature_checked"`
-	SignatureValid   bool `json:"signature_valid"`
+	// SignatureValid is true when the signature matches the body, however
+	// old it is.
+	SignatureValid bool `json:"signature_valid"`
+	// Refused says why the delivery was refused (ShopWebhookBadSignature,
+	// ShopWebhookStale, ShopWebhookReplayed); empty when accepted.
+	Refused string `json:"refused,omitempty"`
 	// Duplicate is true when an earlier accepted delivery of this shop had
 	// the same event id (or, without one, the same idempotency key).
 	Duplicate bool `json:"duplicate"`
@@ -160,11 +166,14 @@ type ShopStats struct {
 	// FaultsInjected counts responses produced by down, error_rate or
 	// validation_fail.
 	FaultsInjected int64 `json:"faults_injected"`
-	// WebhooksReceived counts accepted first deliveries; duplicates and bad
-	// signatures are counted apart.
+	// WebhooksReceived counts accepted first deliveries; duplicates and
+	// refusals (bad signatures, stale timestamps, replayed signatures) are
+	// counted apart.
 	WebhooksReceived     int64 `json:"webhooks_received"`
 	WebhookDuplicates    int64 `json:"webhook_duplicates"`
 	WebhookBadSignatures int64 `json:"webhook_bad_signatures"`
+	WebhookStale         int64 `json:"webhook_stale"`
+	WebhookReplays       int64 `json:"webhook_replays"`
 }
 
 // shopKey scopes an idempotency key or a webhook event id to a shop.
@@ -183,12 +192,15 @@ type ShopSim struct {
 	effects     []ShopEffect
 	webhooks    []ShopWebhook
 	webhookSeen map[shopKey]bool
+	sigSeen     map[string]bool  // accepted webhook signatures, for replay refusal
+	sigQueue    []shopSeenSig    // the same, in arrival order, to forget them
 	seq         map[string]int64 // object id sequences by kind
 	stats       ShopStats
 }
 
-// NewShopSim returns a simulated shop API injecting faults f. secret verifies
-// reply-webhook signatures; when empty, signatures are recorded but not
+// NewShopSim returns a simulated shop API injecting faults f. secret is the
+// webhook secret every shop's reply webhooks are verified with
+// (outbox.VerifyWebhook); when empty, signatures are recorded but not
 // checked.
 func NewShopSim(f ShopFaults, secret []byte) *ShopSim {
 	s := &ShopSim{
@@ -286,6 +298,8 @@ func (s *ShopSim) resetLocked() {
 	s.effects = nil
 	s.webhooks = nil
 	s.webhookSeen = make(map[shopKey]bool)
+	s.sigSeen = make(map[string]bool)
+	s.sigQueue = nil
 	s.seq = make(map[string]int64)
 	s.stats = ShopStats{
 		Requests: make(map[string]map[int]int64),

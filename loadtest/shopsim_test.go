@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/peakdesk/peakdesk/outbox"
 )
 
 // shopBundle is one simulated shop behind a real HTTP server.
@@ -488,26 +490,33 @@ func TestShopWebhooks(t *testing.T) {
 	const secret = "s3cret"
 	b := shopSetup(t, ShopFaults{}, secret)
 	payload := `{"event":"reply","conversation_id":"c1","text":"你好"}`
-	good := ShopSign([]byte(secret), []byte(payload))
+	now := time.Now()
+	sign := func(body string, at time.Time) string { return outbox.SignWebhook([]byte(secret), []byte(body), at) }
+	good := sign(payload, now)
+	sigHeader := outbox.SignatureHeader
 	tests := []struct {
 		name       string
 		header     map[string]string
 		body       string
 		wantStatus int
+		wantCode   string
 		wantDup    bool
 	}{
-		{"good signature", map[string]string{ShopSignatureHeader: good, ShopEventIDHeader: "e1"}, payload, 200, false},
-		{"duplicate event", map[string]string{ShopSignatureHeader: good, ShopEventIDHeader: "e1"}, payload, 200, true},
-		{"idempotency key without event id", map[string]string{ShopSignatureHeader: good, "Idempotency-Key": "w1"}, payload, 200, false},
-		{"bad signature", map[string]string{ShopSignatureHeader: ShopSign([]byte("other"), []byte(payload)), ShopEventIDHeader: "e2"}, payload, 401, false},
-		{"tampered body", map[string]string{ShopSignatureHeader: good, ShopEventIDHeader: "e3"}, payload + " ", 401, false},
-		{"missing signature", map[string]string{ShopEventIDHeader: "e4"}, payload, 401, false},
-		{"not hex", map[string]string{ShopSignatureHeader: "sha256=zz", ShopEventIDHeader: "e5"}, payload, 401, false},
+		{"good signature", map[string]string{sigHeader: good, ShopEventIDHeader: "e1"}, payload, 200, "", false},
+		{"replayed request", map[string]string{sigHeader: good, ShopEventIDHeader: "e1"}, payload, 409, ShopWebhookReplayed, false},
+		{"retry signed anew", map[string]string{sigHeader: sign(payload, now.Add(time.Second)), ShopEventIDHeader: "e1"}, payload, 200, "", true},
+		{"idempotency key without event id", map[string]string{sigHeader: sign(payload, now.Add(2*time.Second)), "Idempotency-Key": "w1"}, payload, 200, "", false},
+		{"timestamp 6 minutes old", map[string]string{sigHeader: sign(payload, now.Add(-6*time.Minute)), ShopEventIDHeader: "e6"}, payload, 400, ShopWebhookStale, false},
+		{"timestamp 6 minutes ahead", map[string]string{sigHeader: sign(payload, now.Add(6*time.Minute)), ShopEventIDHeader: "e7"}, payload, 400, ShopWebhookStale, false},
+		{"bad signature", map[string]string{sigHeader: outbox.SignWebhook([]byte("other"), []byte(payload), now), ShopEventIDHeader: "e2"}, payload, 401, ShopWebhookBadSignature, false},
+		{"tampered body", map[string]string{sigHeader: good, ShopEventIDHeader: "e3"}, payload + " ", 401, ShopWebhookBadSignature, false},
+		{"missing signature", map[string]string{ShopEventIDHeader: "e4"}, payload, 401, ShopWebhookBadSignature, false},
+		{"old signature scheme", map[string]string{sigHeader: "sha256=00", ShopEventIDHeader: "e5"}, payload, 401, ShopWebhookBadSignature, false},
 	}
-	for _, tc := range tests { // in order: the duplicate follows the first
+	for _, tc := range tests { // in order: replays and duplicates follow the first
 		r := b.do(t, shopReq{Method: "POST", Path: "/webhooks/replies", Header: tc.header, Body: tc.body})
-		if r.Status != tc.wantStatus {
-			t.Fatalf("%s: %d %s, want %d", tc.name, r.Status, r.Body, tc.wantStatus)
+		if r.Status != tc.wantStatus || r.errorCode() != tc.wantCode {
+			t.Fatalf("%s: %d %s, want %d %s", tc.name, r.Status, r.Body, tc.wantStatus, tc.wantCode)
 		}
 		if r.Status == 200 && !bytes.Contains(r.Body, fmt.Appendf(nil, `"duplicate":%v`, tc.wantDup)) {
 			t.Errorf("%s: body %s, want duplicate %v", tc.name, r.Body, tc.wantDup)
@@ -518,23 +527,32 @@ func TestShopWebhooks(t *testing.T) {
 		t.Fatalf("webhooks recorded = %d, want %d", len(got), len(tests))
 	}
 	for i, wh := range got {
-		wantValid := tests[i].wantStatus == 200
-		if wh.SignatureValid != wantValid || !wh.SignatureChecked || wh.Duplicate != tests[i].wantDup || wh.Shop != "demo" {
-			t.Errorf("%s: recorded %+v", tests[i].name, wh)
+		tc := tests[i]
+		wantValid := tc.wantStatus != 401
+		if wh.SignatureValid != wantValid || !wh.SignatureChecked || wh.Duplicate != tc.wantDup || wh.Shop != "demo" ||
+			wh.Refused != tc.wantCode {
+			t.Errorf("%s: recorded %+v", tc.name, wh)
 		}
 	}
-	if got[0].EventID != "e1" || got[0].Signature != good || !json.Valid(got[0].Body) || got[2].IdempotencyKey != "w1" {
-		t.Errorf("first recorded = %+v, third = %+v", got[0], got[2])
+	if got[0].EventID != "e1" || got[0].Signature != good || !json.Valid(got[0].Body) || got[3].IdempotencyKey != "w1" {
+		t.Errorf("first recorded = %+v, fourth = %+v", got[0], got[3])
 	}
-	if st := b.sim.Stats(); st.WebhooksReceived != 2 || st.WebhookDuplicates != 1 || st.WebhookBadSignatures != 4 {
+	if st := b.sim.Stats(); st.WebhooksReceived != 2 || st.WebhookDuplicates != 1 || st.WebhookReplays != 1 ||
+		st.WebhookStale != 2 || st.WebhookBadSignatures != 4 {
 		t.Errorf("stats = %+v", st)
+	}
+	// The body of a refusal says what to fix.
+	r := b.do(t, shopReq{Method: "POST", Path: "/webhooks/replies", Body: payload,
+		Header: map[string]string{sigHeader: sign(payload, now.Add(-time.Hour))}})
+	if r.Status != 400 || !bytes.Contains(r.Body, []byte("outside the tolerance")) {
+		t.Errorf("stale: %d %s", r.Status, r.Body)
 	}
 
 	t.Run("no secret", func(t *testing.T) {
 		t.Parallel()
 		b := shopSetup(t, ShopFaults{}, "")
 		r := b.do(t, shopReq{Method: "POST", Path: "/webhooks/replies", Shop: "acme", Body: "not json",
-			Header: map[string]string{ShopSignatureHeader: "sha256=00"}})
+			Header: map[string]string{sigHeader: "t=1,v1=00"}})
 		if r.Status != 200 {
 			t.Fatalf("status %d %s", r.Status, r.Body)
 		}

@@ -2,51 +2,46 @@ package loadtest
 
 import (
 	"cmp"
-	"crypto/hmac"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
-	"strings"
 	"time"
+
+	"github.com/peakdesk/peakdesk/outbox"
 )
 
-// Reply-webhook headers peakdesk sends.
+// ShopEventIDHeader carries a reply-webhook delivery's event id.
+const ShopEventIDHeader = outbox.EventIDHeader
+
+// Why the simulated shop refused a webhook delivery (ShopWebhook.Refused).
 const (
-	// ShopSignatureHeader carries "sha256=<hex HMAC-SHA256 of the raw body>".
-	ShopSignatureHeader = "X-Peakdesk-Signature"
-	// ShopEventIDHeader carries the delivery's event id.
-	ShopEventIDHeader = "X-Peakdesk-Event-Id"
+	ShopWebhookBadSignature = "bad_signature"
+	ShopWebhookStale        = "timestamp_out_of_tolerance"
+	ShopWebhookReplayed     = "replayed_signature"
 )
 
-// ShopSign returns the X-Peakdesk-Signature value for body under secret.
-func ShopSign(secret, body []byte) string {
-	m := hmac.New(sha256.New, secret)
-	m.Write(body)
-	return "sha256=" + hex.EncodeToString(m.Sum(nil))
+// shopSeenSig is an accepted signature, remembered until it expires.
+type shopSeenSig struct {
+	sig     string
+	expires time.Time
 }
 
-// shopVerify reports whether sig is a valid signature of body under secret.
-func shopVerify(secret, body []byte, sig string) bool {
-	hexSum, ok := strings.CutPrefix(sig, "sha256=")
-	if !ok {
-		return false
-	}
-	got, err := hex.DecodeString(hexSum)
-	if err != nil {
-		return false
-	}
-	m := hmac.New(sha256.New, secret)
-	m.Write(body)
-	return hmac.Equal(got, m.Sum(nil))
-}
-
-// postWebhook serves POST /webhooks/replies: it records the delivery, and
-// answers 200 {"received":true,"duplicate":…}, or 401 for a bad signature.
-// Duplicates are detected per shop by event id, or by idempotency key when
-// the delivery has no event id.
+// postWebhook serves POST /webhooks/replies as a careful shop would, with
+// outbox.VerifyWebhook:
+//   - a missing or wrong Peakdesk-Signature: 401 bad_signature;
+//   - a signature time more than 5 minutes from the shop's clock:
+//     400 timestamp_out_of_tolerance;
+//   - a signature accepted before (a captured request sent again):
+//     409 replayed_signature. 409 because peakdesk's relay retries it: a
+//     relay only repeats a signature when it retries within the same second,
+//     and its next attempt, signed anew, is then accepted as a duplicate;
+//   - otherwise 200 {"received":true,"duplicate":…}. Duplicates (the same
+//     event id, or idempotency key without one) are acknowledged without a
+//     second effect: retries are signed anew, so exactly-once effects rest
+//     on the event id, replay protection on the signature.
+//
+// Without a secret nothing is checked and signatures are only recorded.
 func (s *ShopSim) postWebhook(w http.ResponseWriter, r *http.Request) {
 	f := s.Faults()
 	if s.injectDown(w, f) {
@@ -71,26 +66,45 @@ func (s *ShopSim) postWebhook(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	now := time.Now()
 	wh := ShopWebhook{
 		Shop:             shopOf(r),
 		EventID:          r.Header.Get(ShopEventIDHeader),
 		IdempotencyKey:   r.Header.Get("Idempotency-Key"),
-		Signature:        r.Header.Get(ShopSignatureHeader),
+		Signature:        r.Header.Get(outbox.SignatureHeader),
 		SignatureChecked: len(s.secret) > 0,
 		Body:             body,
-		At:               time.Now(),
+		At:               now,
 	}
 	if !json.Valid(body) {
 		wh.Body, _ = json.Marshal(string(body))
 	}
-	wh.SignatureValid = wh.SignatureChecked && shopVerify(s.secret, body, wh.Signature)
+	var signedAt time.Time
+	var verr error
+	if wh.SignatureChecked {
+		signedAt, verr = outbox.VerifyWebhook(s.secret, wh.Signature, body, now, outbox.WebhookTolerance)
+		wh.SignatureValid = verr == nil || errors.Is(verr, outbox.ErrWebhookTimestamp)
+	}
 
 	s.mu.Lock()
-	if wh.SignatureChecked && !wh.SignatureValid {
+	status, code, msg := http.StatusOK, "", ""
+	switch {
+	case errors.Is(verr, outbox.ErrWebhookTimestamp):
+		s.stats.WebhookStale++
+		status, code, msg = http.StatusBadRequest, ShopWebhookStale, verr.Error()
+	case verr != nil:
 		s.stats.WebhookBadSignatures++
+		status, code, msg = http.StatusUnauthorized, ShopWebhookBadSignature, verr.Error()
+	case wh.SignatureChecked && s.seenSignature(outbox.SignWebhook(s.secret, body, signedAt), signedAt, now):
+		s.stats.WebhookReplays++
+		status, code, msg = http.StatusConflict, ShopWebhookReplayed,
+			"this signature was accepted before; every delivery must be signed anew"
+	}
+	if status != http.StatusOK {
+		wh.Refused = code
 		s.webhooks = append(s.webhooks, wh)
 		s.mu.Unlock()
-		shopWriteError(w, http.StatusUnauthorized, "unauthenticated", "bad webhook signature", ShopSignatureHeader)
+		shopWriteError(w, status, code, msg, outbox.SignatureHeader)
 		return
 	}
 	if dedup := cmp.Or(wh.EventID, wh.IdempotencyKey); dedup != "" {
@@ -106,4 +120,22 @@ func (s *ShopSim) postWebhook(w http.ResponseWriter, r *http.Request) {
 	s.webhooks = append(s.webhooks, wh)
 	s.mu.Unlock()
 	shopWriteJSON(w, http.StatusOK, map[string]bool{"received": true, "duplicate": wh.Duplicate})
+}
+
+// seenSignature reports whether sig was accepted before and otherwise
+// remembers it until it could no longer pass the timestamp check. s.mu is
+// held.
+func (s *ShopSim) seenSignature(sig string, signedAt, now time.Time) bool {
+	// Forget what has expired; the queue is in arrival order, and an entry
+	// kept a little long (behind a later expiry) does no harm.
+	for len(s.sigQueue) > 0 && s.sigQueue[0].expires.Before(now) {
+		delete(s.sigSeen, s.sigQueue[0].sig)
+		s.sigQueue = s.sigQueue[1:]
+	}
+	if s.sigSeen[sig] {
+		return true
+	}
+	s.sigSeen[sig] = true
+	s.sigQueue = append(s.sigQueue, shopSeenSig{sig: sig, expires: signedAt.Add(outbox.WebhookTolerance)})
+	return false
 }

@@ -74,7 +74,8 @@ func setup(t testing.TB, faults loadtest.ShopFaults) *testEnv {
 	srv := httptest.NewServer(sim)
 	t.Cleanup(srv.Close)
 	shop, err := outbox.NewShopClient(outbox.ShopClientConfig{DB: db, DefaultBaseURL: srv.URL, Timeout: 5 * time.Second,
-		SettingsTTL: time.Nanosecond})
+		AllowPrivate: true, // httptest listens on loopback
+		SettingsTTL:  time.Nanosecond})
 	if err != nil {
 		t.Fatal(err)
 	}

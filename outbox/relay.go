@@ -7,8 +7,10 @@
 // FOR UPDATE SKIP LOCKED and a lease, call the shop API with the action's
 // idempotency key, retry transient failures on a linear schedule and send
 // final refusals and exhausted actions to dead, where operators (Ops) can
-// retry or cancel them. Tools are the checked entry points the LLM uses to
-// promise anything at all.
+// retry or cancel them. Every call to a shop passes egress (https, public
+// addresses, no redirects; a refused call is dead at once) and every reply
+// webhook is signed per attempt (VerifyWebhook). Tools are the checked entry
+// points the LLM uses to promise anything at all.
 package outbox
 
 import (
@@ -22,6 +24,7 @@ import (
 	"log/slog"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -30,7 +33,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/peakdesk/peakdesk"
+	"github.com/peakdesk/peakdesk/outbox/egress"
 	"github.com/peakdesk/peakdesk/storage"
+	"github.com/peakdesk/peakdesk/workers/pii"
 )
 
 // FollowUpResult is what an order follow-up found out once the shop
@@ -39,7 +44,8 @@ type FollowUpResult struct {
 	OrderID   string
 	Order     *Order
 	Logistics *Logistics
-	// Text is a ready-made English reply with the facts.
+	// Text is a ready-made English reply with the facts, personal data
+	// masked.
 	Text string
 }
 
@@ -405,6 +411,7 @@ func (r *Relay) run(a peakdesk.Action) {
 			res.LastError += "; handoff to a human failed: " + err.Error()
 		}
 	}
+	res.Error, res.LastError = capText(res.Error, maxExcerpt), capText(res.LastError, maxExcerpt)
 	applied, err := r.cfg.DB.FinishAttempt(bg, res)
 	r.metrics.attempts.WithLabelValues(string(a.Kind), out.kind).Inc()
 	r.metrics.attemptSeconds.WithLabelValues(string(a.Kind)).Observe(end.Sub(start).Seconds())
@@ -432,26 +439,41 @@ type outcome struct {
 	result     json.RawMessage
 	retryAfter time.Duration
 	keyReuse   bool
+	// refused: egress refused the call (URL, address or redirect); the
+	// shop did not refuse the key, which may have been used before.
+	refused bool
 }
 
-// maxExcerpt bounds the response excerpt kept per attempt.
+// maxExcerpt bounds the response excerpt, the error and the last error kept
+// per attempt: they are for operators to read, and the shop writes them.
 const maxExcerpt = 512
 
 // maxResult bounds the shop answer kept on a succeeded action.
 const maxResult = 16 << 10
 
 func excerpt(b []byte) string {
-	if len(b) > maxExcerpt {
-		b = b[:maxExcerpt]
-		for len(b) > 0 && !utf8.Valid(b) {
-			b = b[:len(b)-1]
-		}
+	// Sanitising may triple invalid bytes: cut generously first.
+	return capText(string(b[:min(len(b), 4*maxExcerpt)]), maxExcerpt)
+}
+
+// capText makes s fit a Postgres text column an operator reads: valid
+// UTF-8 without NUL bytes, at most n bytes, cut at a rune boundary and
+// marked with "…" when cut.
+func capText(s string, n int) string {
+	s = strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "")
+	if len(s) <= n {
+		return s
 	}
-	return string(b)
+	const mark = "…"
+	cut := n - len(mark)
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + mark
 }
 
 // outcomeOf sorts a shop call's result: 2xx succeeded, transient statuses
-// and transport errors failed, other 4xx rejected.
+// and transport errors failed, other 4xx and calls egress refused rejected.
 func outcomeOf(resp *ShopResponse, err error) outcome {
 	if err == nil {
 		o := outcome{kind: peakdesk.AttemptSucceeded, status: resp.Status, excerpt: excerpt(resp.Body)}
@@ -459,6 +481,9 @@ func outcomeOf(resp *ShopResponse, err error) outcome {
 			o.result = resp.Body
 		}
 		return o
+	}
+	if re, ok := errors.AsType[*egress.RefusedError](err); ok {
+		return outcome{kind: peakdesk.AttemptRejected, status: re.Status, err: re.Error(), refused: true}
 	}
 	var se *ShopError
 	if errors.As(err, &se) {
@@ -528,7 +553,7 @@ func (r *Relay) followUp(ctx context.Context, a peakdesk.Action) outcome {
 		return outcomeOf(nil, err)
 	}
 	res := FollowUpResult{OrderID: p.OrderID, Order: o, Logistics: l,
-		Text: "Update on your order: " + DescribeOrder(o, l)}
+		Text: followUpText(o, l)}
 	if err := r.cfg.OnFollowUp(ctx, a, res); err != nil {
 		return outcome{kind: peakdesk.AttemptFailed, status: 200, err: "pushing the follow-up reply failed: " + err.Error()}
 	}
@@ -537,6 +562,20 @@ func (r *Relay) followUp(ctx context.Context, a peakdesk.Action) outcome {
 		Logistics *Logistics `json:"logistics"`
 	}{o, l})
 	return outcome{kind: peakdesk.AttemptSucceeded, status: 200, excerpt: excerpt(body), result: body}
+}
+
+// followUpText is the follow-up reply, masked like every reply: the shop's
+// logistics texts may carry a courier's or the recipient's phone number.
+// The order and tracking numbers, which the customer needs, stay readable
+// even where they look like personal data (a Luhn-valid tracking number, a
+// 15-digit one that reads like an old ID card).
+func followUpText(o *Order, l *Logistics) string {
+	own := o.ID
+	if l != nil {
+		own += "\n" + l.TrackingNo
+	}
+	text, _ := pii.MaskExcept("Update on your order: "+DescribeOrder(o, l), pii.Values(own))
+	return text
 }
 
 // decide turns an attempt's outcome into the action's next state.
@@ -549,8 +588,14 @@ func (r *Relay) decide(a peakdesk.Action, out outcome, now time.Time) storage.At
 	case peakdesk.AttemptSucceeded:
 		res.State, res.Result = peakdesk.ActionSucceeded, out.result
 	case peakdesk.AttemptRejected:
-		res.State, res.Rejected = peakdesk.ActionDead, !out.keyReuse
+		// A key the shop refused is spent (an operator retry takes a new
+		// one); a refused call keeps its key: an earlier attempt may have
+		// reached the shop under it before the URL changed.
+		res.State, res.Rejected = peakdesk.ActionDead, !out.keyReuse && !out.refused
 		res.LastError = "rejected by the shop: " + out.err
+		if out.refused {
+			res.LastError = "refused before sending: " + out.err
+		}
 	case peakdesk.AttemptAborted:
 		// Not the shop's fault: retry at once, outside the run's budget.
 		res.State, res.NextAttemptAt, res.Uncount = peakdesk.ActionRetrying, now, true

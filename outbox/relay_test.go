@@ -321,8 +321,9 @@ func TestStopRecordsAbortedAttempts(t *testing.T) {
 	}
 }
 
-// A webhook is signed with the shop's secret; a bad secret is a final 401
-// until the shop's settings are fixed and an operator retries.
+// A webhook is signed with the shop's secret (Peakdesk-Signature, verified
+// by the simulated shop); a bad secret is a final 401 until the shop's
+// settings are fixed and an operator retries.
 func TestReplyWebhookIsSignedAndRetriedAfterTheSecretIsFixed(t *testing.T) {
 	t.Parallel()
 	e := setup(t, loadtest.ShopFaults{})
@@ -370,8 +371,14 @@ func TestReplyWebhookIsSignedAndRetriedAfterTheSecretIsFixed(t *testing.T) {
 		}
 	}
 	if len(good) != 1 || good[0].EventID != a.IdempotencyKey || good[0].Duplicate || good[0].Shop != "demo" ||
-		!strings.Contains(string(good[0].Body), "订单已发货") {
+		good[0].Refused != "" || !strings.Contains(string(good[0].Body), "订单已发货") {
 		t.Fatalf("valid deliveries: %+v", good)
+	}
+	// Signed the way a shop verifies: Peakdesk-Signature t=…,v1=… over
+	// "t.body", dated when sent.
+	signedAt, err := outbox.VerifyWebhook([]byte(testWebhookSecret), good[0].Signature, good[0].Body, good[0].At, 0)
+	if err != nil || !strings.HasPrefix(good[0].Signature, "t=") || good[0].At.Sub(signedAt) > 2*time.Second {
+		t.Fatalf("signature %q of a delivery at %v: signed at %v, %v", good[0].Signature, good[0].At, signedAt, err)
 	}
 }
 
@@ -500,4 +507,63 @@ func TestRelayWakesOnNotify(t *testing.T) {
 	waitFor(t, 10*time.Second, "the retried action succeeded", func() bool {
 		return e.actions(t)[0].State == peakdesk.ActionSucceeded
 	})
+}
+
+// An order follow-up's reply is masked like every reply before it is
+// stored: personal data in the shop's logistics texts is masked, while the
+// order and tracking numbers the customer needs stay readable even where
+// they look like a card or an old ID-card number.
+func TestOrderFollowUpReplyIsMaskedBeforeItIsStored(t *testing.T) {
+	t.Parallel()
+	e := setup(t, loadtest.ShopFaults{})
+	ctx := context.Background()
+	const (
+		orderID  = "4111111111111111"  // passes the Luhn check, like a card
+		tracking = "SF440304960229123" // 15 digits that read like an old ID card
+	)
+	e.sim.AddOrder(loadtest.ShopOrder{ID: orderID, Shop: "demo", UserID: "u9", Status: "shipped", AmountCents: 1999,
+		Logistics: loadtest.ShopLogistics{Carrier: "SF Express", TrackingNo: tracking, Status: "in_transit",
+			Events: []loadtest.ShopLogisticsEvent{{At: time.Now(), Status: "out_for_delivery", Location: "Shanghai",
+				Description: "Courier Wang (139\u200b1234\u200b5678) is on the way to recipient ID 110105491231002"}}}})
+	conv := strings.Repeat("c", 32)
+	m := &peakdesk.Message{ID: strings.Repeat("a", 32), ShopID: "demo", ConversationID: conv, UserID: "u9",
+		Text: "where is my order " + orderID, Priority: peakdesk.P2, AcceptedAt: time.Now().UTC()}
+	if _, existed, err := e.db.SaveAnsweredMessage(ctx, m, &peakdesk.Reply{ID: "first", ShopID: "demo",
+		ConversationID: conv, MessageIDs: []string{m.ID}, Text: "Checking…", Source: peakdesk.SourceLLM}, nil); err != nil || existed {
+		t.Fatalf("store the first answer: existed=%v err=%v", existed, err)
+	}
+	e.enqueue(t, e.action(peakdesk.ActionOrderFollowUp, "ord_masked",
+		outbox.FollowUpPayload{OrderID: orderID, UserID: "u9", MessageID: m.ID}))
+
+	cfg := e.relayConfig(t)
+	cfg.OnFollowUp = func(ctx context.Context, a peakdesk.Action, r outbox.FollowUpResult) error {
+		// What cmd/peakdesk's pusher stores.
+		_, err := e.db.SaveFollowUp(ctx, &peakdesk.Reply{ID: "followup", ShopID: a.ShopID, ConversationID: a.ConversationID,
+			Text: r.Text, Source: peakdesk.SourceFollowUp}, nil, false)
+		return err
+	}
+	e.startRelay(t, cfg)
+	waitFor(t, 10*time.Second, "follow-up succeeded", func() bool {
+		return e.find(t, "ord_masked").State == peakdesk.ActionSucceeded
+	})
+	c, err := e.db.Conversation(ctx, "demo", conv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var text string
+	for _, r := range c.Replies {
+		if r.Source == peakdesk.SourceFollowUp {
+			text = r.Text
+		}
+	}
+	for _, want := range []string{"Order " + orderID, tracking, "139****5678", "***********1002"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("stored follow-up %q lacks %q", text, want)
+		}
+	}
+	for _, leak := range []string{"1234", "110105491231002"} {
+		if strings.Contains(text, leak) {
+			t.Errorf("stored follow-up %q holds %q", text, leak)
+		}
+	}
 }

@@ -4,9 +4,6 @@ import (
 	"bytes"
 	"cmp"
 	"context"
-	"crypto/hmac"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,16 +15,15 @@ import (
 	"sync"
 	"time"
 
+	"github.com/peakdesk/peakdesk"
+	"github.com/peakdesk/peakdesk/outbox/egress"
 	"github.com/peakdesk/peakdesk/storage"
 )
 
-// Headers of calls to a shop's systems.
+// Headers of calls to a shop's systems (and SignatureHeader).
 const (
 	// ShopHeader names the shop a call acts for.
 	ShopHeader = "X-Peakdesk-Shop"
-	// SignatureHeader carries "sha256=<hex HMAC-SHA256 of the raw body>"
-	// on reply webhooks.
-	SignatureHeader = "X-Peakdesk-Signature"
 	// EventIDHeader carries a webhook delivery's event id, the same on
 	// every retry.
 	EventIDHeader = "X-Peakdesk-Event-Id"
@@ -36,12 +32,16 @@ const (
 	ReplayedHeader = "Idempotent-Replayed"
 )
 
-// maxShopBody bounds what is read of a shop's answer.
-const maxShopBody = 1 << 20
+// maxShopBody bounds what is read of a shop's answer: orders, coupons and
+// error bodies are small, and a shop must not be able to make a relay hold
+// megabytes per call.
+const maxShopBody = 64 << 10
 
 // ErrUnavailable wraps failures to get an answer from a shop at all: network
-// errors, timeouts, an answer that is not what the API promises, or no URL
-// to call. Non-2xx answers are *ShopError instead.
+// errors, timeouts, an answer that is not what the API promises, no URL to
+// call, or a call egress refused (then an *egress.RefusedError is in the
+// chain too, and trying again cannot help). Non-2xx answers other than
+// redirects are *ShopError instead.
 var ErrUnavailable = errors.New("shop API unavailable")
 
 // ShopClientConfig configures a ShopClient. DB is required.
@@ -51,23 +51,25 @@ type ShopClientConfig struct {
 	// DefaultBaseURL is the shop API of shops without one of their own
 	// (PEAKDESK_SHOP_API_URL; the simulated shop in dev).
 	DefaultBaseURL string
-	// HTTPClient defaults to a client with a connection pool sized for a
-	// relay; its Timeout should be unset (Timeout below applies per call).
-	HTTPClient *http.Client
+	// AllowPrivate lets calls use plain http and reach loopback, private
+	// and link-local addresses (PEAKDESK_ALLOW_PRIVATE_SHOP_URLS): for dev
+	// mode and tests, whose shops run on this machine. Never in production:
+	// a shop's settings could then reach peakdesk's own network.
+	AllowPrivate bool
 	// Timeout bounds one call. Default 10 s.
 	Timeout time.Duration
 	// SettingsTTL is how long a shop's settings are cached. Default 10 s.
 	SettingsTTL time.Duration
+	// Now is the clock webhook signatures are dated by. Default time.Now.
+	Now func() time.Time
 }
 
 func (c *ShopClientConfig) setDefaults() {
-	if c.HTTPClient == nil {
-		t := http.DefaultTransport.(*http.Transport).Clone()
-		t.MaxIdleConnsPerHost = 128
-		c.HTTPClient = &http.Client{Transport: t}
-	}
 	c.Timeout = cmp.Or(c.Timeout, 10*time.Second)
 	c.SettingsTTL = cmp.Or(c.SettingsTTL, 10*time.Second)
+	if c.Now == nil {
+		c.Now = time.Now
+	}
 }
 
 func (c *ShopClientConfig) validate() error {
@@ -75,8 +77,8 @@ func (c *ShopClientConfig) validate() error {
 		return errors.New("outbox: shop client config: DB is required")
 	}
 	if c.DefaultBaseURL != "" {
-		if u, err := url.Parse(c.DefaultBaseURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return errors.New("outbox: shop client config: DefaultBaseURL must be an http(s) URL")
+		if err := egress.CheckURL(c.DefaultBaseURL, c.AllowPrivate); err != nil {
+			return fmt.Errorf("outbox: shop client config: DefaultBaseURL: %w", err)
 		}
 	}
 	return nil
@@ -85,9 +87,11 @@ func (c *ShopClientConfig) validate() error {
 // ShopClient calls shops' own systems over HTTP JSON: orders, logistics,
 // coupons, refunds, and reply webhooks. Every call names the shop in
 // X-Peakdesk-Shop, carries the shop's secret as a bearer token and, when
-// given, an Idempotency-Key. It is safe for concurrent use.
+// given, an Idempotency-Key. Every call passes egress's checks (https, public
+// addresses only, no redirects). It is safe for concurrent use.
 type ShopClient struct {
-	cfg ShopClientConfig
+	cfg  ShopClientConfig
+	http *http.Client
 
 	mu       sync.Mutex
 	settings map[string]cachedSettings
@@ -104,7 +108,30 @@ func NewShopClient(cfg ShopClientConfig) (*ShopClient, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	return &ShopClient{cfg: cfg, settings: make(map[string]cachedSettings)}, nil
+	return &ShopClient{cfg: cfg, http: egress.NewClient(cfg.AllowPrivate), settings: make(map[string]cachedSettings)}, nil
+}
+
+// PutSettings checks s's URLs as calls will (https unless AllowPrivate; no
+// address that is not public) and stores s (storage.PutShopAPISettings: a
+// shop without a webhook secret gets one generated). Shop administration
+// writes settings through here, so a URL that could never be called is an
+// invalid_argument now rather than a dead action later.
+func (c *ShopClient) PutSettings(ctx context.Context, s storage.ShopAPISettings) error {
+	for _, u := range []struct{ field, url string }{{"base_url", s.BaseURL}, {"webhook_url", s.WebhookURL}} {
+		if u.url == "" {
+			continue
+		}
+		if err := egress.CheckURL(u.url, c.cfg.AllowPrivate); err != nil {
+			return peakdesk.FieldError(u.field, "%s: %v", u.field, err)
+		}
+	}
+	if err := c.cfg.DB.PutShopAPISettings(ctx, s); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	delete(c.settings, s.ShopID)
+	c.mu.Unlock()
+	return nil
 }
 
 // Settings returns shop's settings, cached for SettingsTTL.
@@ -174,6 +201,20 @@ type ShopResponse struct {
 	// Replayed is true when the shop answered a repeated idempotency key
 	// with its stored first answer.
 	Replayed bool
+	// Truncated is true when the answer was longer than the 64 KiB read
+	// of it; Body is its start.
+	Truncated bool
+}
+
+// decode unmarshals the answer into v.
+func (r *ShopResponse) decode(what string, v any) error {
+	if r.Truncated {
+		return fmt.Errorf("%w: %s answer is larger than %d KiB", ErrUnavailable, what, maxShopBody>>10)
+	}
+	if err := json.Unmarshal(r.Body, v); err != nil {
+		return fmt.Errorf("%w: %s answer: %w", ErrUnavailable, what, err)
+	}
+	return nil
 }
 
 // call is one request to a shop.
@@ -181,6 +222,8 @@ type call struct {
 	shop, method, url, key string
 	body                   []byte
 	header                 map[string]string
+	// sign, when set, is the webhook secret the body is signed with.
+	sign []byte
 }
 
 func (c *ShopClient) baseURL(s storage.ShopAPISettings) (string, error) {
@@ -209,6 +252,9 @@ func (c *ShopClient) api(ctx context.Context, shop, method, path, key string, bo
 }
 
 func (c *ShopClient) do(ctx context.Context, cl call) (*ShopResponse, error) {
+	if err := egress.CheckURL(cl.url, c.cfg.AllowPrivate); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
 	defer cancel()
 	var body io.Reader
@@ -230,14 +276,25 @@ func (c *ShopClient) do(ctx context.Context, cl call) (*ShopResponse, error) {
 	for k, v := range cl.header {
 		req.Header.Set(k, v)
 	}
-	resp, err := c.cfg.HTTPClient.Do(req)
+	if cl.sign != nil {
+		// Signed last, when sent: a retry is a new signature.
+		req.Header.Set(SignatureHeader, SignWebhook(cl.sign, cl.body, c.cfg.Now()))
+	}
+	resp, err := c.http.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
 	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, maxShopBody))
+	if resp.StatusCode >= 300 && resp.StatusCode <= 399 {
+		return nil, fmt.Errorf("%w: %w", ErrUnavailable, egress.Redirect(resp.StatusCode, resp.Header.Get("Location")))
+	}
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxShopBody+1))
 	if err != nil {
 		return nil, fmt.Errorf("%w: read answer: %w", ErrUnavailable, err)
+	}
+	truncated := len(data) > maxShopBody
+	if truncated {
+		data = data[:maxShopBody]
 	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		se := &ShopError{Status: resp.StatusCode, Body: data, RetryAfter: retryAfter(resp.Header.Get("Retry-After"))}
@@ -252,7 +309,8 @@ func (c *ShopClient) do(ctx context.Context, cl call) (*ShopResponse, error) {
 		}
 		return nil, se
 	}
-	return &ShopResponse{Status: resp.StatusCode, Body: data, Replayed: resp.Header.Get(ReplayedHeader) == "true"}, nil
+	return &ShopResponse{Status: resp.StatusCode, Body: data, Truncated: truncated,
+		Replayed: resp.Header.Get(ReplayedHeader) == "true"}, nil
 }
 
 func retryAfter(h string) time.Duration {
@@ -311,8 +369,8 @@ func (c *ShopClient) Order(ctx context.Context, shop, id, key string) (*Order, e
 		return nil, err
 	}
 	var o Order
-	if err := json.Unmarshal(resp.Body, &o); err != nil {
-		return nil, fmt.Errorf("%w: order answer: %w", ErrUnavailable, err)
+	if err := resp.decode("order", &o); err != nil {
+		return nil, err
 	}
 	return &o, nil
 }
@@ -325,8 +383,8 @@ func (c *ShopClient) Logistics(ctx context.Context, shop, id, key string) (*Logi
 		return nil, err
 	}
 	var l Logistics
-	if err := json.Unmarshal(resp.Body, &l); err != nil {
-		return nil, fmt.Errorf("%w: logistics answer: %w", ErrUnavailable, err)
+	if err := resp.decode("logistics", &l); err != nil {
+		return nil, err
 	}
 	return &l, nil
 }
@@ -367,9 +425,10 @@ func (c *ShopClient) CreateRefund(ctx context.Context, shop, key string, req Ref
 // errNoWebhook is returned when a shop has no webhook URL (any longer).
 var errNoWebhook = fmt.Errorf("%w: the shop has no webhook URL configured", ErrUnavailable)
 
-// DeliverWebhook posts body to shop's webhook URL, signed with the shop's
-// webhook secret (no signature header when it has none), with the event id
-// and idempotency key in headers.
+// DeliverWebhook posts body to shop's webhook URL with the event id and
+// idempotency key in headers, signed with the shop's webhook secret and the
+// time of sending (SignatureHeader). A shop without a secret gets nothing:
+// an unsigned webhook would teach receivers to accept forgeries.
 func (c *ShopClient) DeliverWebhook(ctx context.Context, shop, eventID, key string, body []byte) (*ShopResponse, error) {
 	s, err := c.Settings(ctx, shop)
 	if err != nil {
@@ -378,17 +437,9 @@ func (c *ShopClient) DeliverWebhook(ctx context.Context, shop, eventID, key stri
 	if s.WebhookURL == "" {
 		return nil, errNoWebhook
 	}
-	h := map[string]string{EventIDHeader: eventID}
-	if s.WebhookSecret != "" {
-		h[SignatureHeader] = Sign([]byte(s.WebhookSecret), body)
+	if s.WebhookSecret == "" {
+		return nil, fmt.Errorf("%w: the shop has no webhook secret to sign with", ErrUnavailable)
 	}
-	return c.do(ctx, call{shop: shop, method: http.MethodPost, url: s.WebhookURL, key: key, body: body, header: h})
-}
-
-// Sign returns the X-Peakdesk-Signature value of body under secret:
-// "sha256=" and the hex HMAC-SHA256 of the raw body.
-func Sign(secret, body []byte) string {
-	m := hmac.New(sha256.New, secret)
-	m.Write(body)
-	return "sha256=" + hex.EncodeToString(m.Sum(nil))
+	return c.do(ctx, call{shop: shop, method: http.MethodPost, url: s.WebhookURL, key: key, body: body,
+		header: map[string]string{EventIDHeader: eventID}, sign: []byte(s.WebhookSecret)})
 }

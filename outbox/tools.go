@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/peakdesk/peakdesk"
@@ -48,12 +49,17 @@ type ToolsConfig struct {
 	// FollowUpMaxAttempts is the budget of order follow-ups. Default
 	// DefaultFollowUpMaxAttempts.
 	FollowUpMaxAttempts int
+	// GrantLease is how long a coupon or refund promised by a tool holds
+	// its place in the shop's limits before the reply that promises it is
+	// stored; longer than any turn runs. Default 5 minutes.
+	GrantLease time.Duration
 }
 
 func (c *ToolsConfig) setDefaults() {
 	c.LookupBudget = cmp.Or(c.LookupBudget, 2*time.Second)
 	c.MaxAttempts = cmp.Or(c.MaxAttempts, DefaultMaxAttempts)
 	c.FollowUpMaxAttempts = cmp.Or(c.FollowUpMaxAttempts, DefaultFollowUpMaxAttempts)
+	c.GrantLease = cmp.Or(c.GrantLease, 5*time.Minute)
 }
 
 func (c *ToolsConfig) validate() error {
@@ -107,7 +113,8 @@ func (t *Tools) Definitions() []ToolDef {
 		{
 			Name: ToolIssueCoupon,
 			Description: "Issue a coupon to the customer as an apology, e.g. for a late or damaged parcel. " +
-				"The shop caps the amount; a coupon is issued at most once per conversation and per order.",
+				"The shop caps the amount, the coupons per customer per day and its daily budget; " +
+				"at most one coupon per order, and at most one coupon or refund per answer.",
 			Parameters: json.RawMessage(`{"type":"object","properties":{` +
 				`"order_id":{"type":"string","description":"the order the apology is for, if any"},` +
 				`"amount_cents":{"type":"integer","minimum":1,"description":"coupon value in cents"},` +
@@ -176,6 +183,44 @@ func (t *Tools) Call(ctx context.Context, c ToolCall) (ToolResult, error) {
 			Text: "The conversation is handed to a human agent. Tell the customer a colleague will join shortly."}, nil
 	}
 	return refused("There is no tool named %q.", c.Name), nil
+}
+
+// Turn is the tools as one turn (one reply) calls them: its calls share the
+// turn's allowance of one money promise — a coupon or a refund — so a
+// response that calls issue_coupon three times at different amounts promises
+// one coupon at most.
+type Turn struct {
+	tools *Tools
+	call  ToolCall
+
+	mu       sync.Mutex // serialises the turn's money calls
+	promised bool
+}
+
+// Turn returns the tools for one turn answering c's message in c's
+// conversation (c.Name and c.Args are ignored).
+func (t *Tools) Turn(c ToolCall) *Turn {
+	return &Turn{tools: t, call: c}
+}
+
+// Call runs tool name with args in the turn.
+func (tt *Turn) Call(ctx context.Context, name string, args json.RawMessage) (ToolResult, error) {
+	c := tt.call
+	c.Name, c.Args = name, args
+	if name != ToolIssueCoupon && name != ToolRequestRefund {
+		return tt.tools.Call(ctx, c)
+	}
+	tt.mu.Lock()
+	defer tt.mu.Unlock()
+	if tt.promised {
+		return refused("only one coupon or refund may be promised per answer, and one already was; " +
+			"this call was not carried out."), nil
+	}
+	res, err := tt.tools.Call(ctx, c)
+	if err == nil && len(res.Actions) > 0 {
+		tt.promised = true
+	}
+	return res, err
 }
 
 func refused(format string, args ...any) ToolResult {
@@ -300,13 +345,6 @@ func (t *Tools) issueCoupon(ctx context.Context, c ToolCall) (ToolResult, error)
 	case id != "" && !orderIDRe.MatchString(id):
 		return refused("%q is not an order number.", args.OrderID), nil
 	}
-	exists, err := t.cfg.DB.LiveActionExists(ctx, c.Shop, peakdesk.ActionCouponIssue, c.ConversationID, id)
-	if err != nil {
-		return ToolResult{}, fmt.Errorf("outbox: issue_coupon: %w", err)
-	}
-	if exists {
-		return refused("a coupon was already issued in this conversation or for this order; only one is allowed."), nil
-	}
 	if id != "" {
 		res, err := t.lookup(ctx, c.Shop, c.User, id, false)
 		switch {
@@ -319,12 +357,30 @@ func (t *Tools) issueCoupon(ctx context.Context, c ToolCall) (ToolResult, error)
 			return refused("order %s was not found for this customer.", id), nil
 		}
 	}
+	// The shop's limits are enforced by Postgres as the grant is taken.
+	g, err := t.cfg.DB.TakeGrant(ctx, storage.GrantRequest{Shop: c.Shop, Kind: storage.GrantCoupon, User: c.User,
+		ConversationID: c.ConversationID, OrderID: id, AmountCents: args.AmountCents, Lease: t.cfg.GrantLease})
+	if err != nil {
+		return ToolResult{}, fmt.Errorf("outbox: issue_coupon: %w", err)
+	}
+	switch g.Refusal {
+	case storage.RefusedOrderTaken:
+		return refused("a coupon was already issued for order %s; only one per order is allowed.", id), nil
+	case storage.RefusedUserLimit:
+		return refused("this customer already received the %d coupon(s) per 24 hours this shop allows; "+
+			"apologise without a coupon, or offer a human agent.", g.Limit), nil
+	case storage.RefusedShopBudget:
+		return ToolResult{Refused: true, Handoff: true,
+			Text: "Refused: the shop's coupon budget for today is used up. The conversation is handed to a human " +
+				"agent; tell the customer a colleague will follow up on their request."}, nil
+	}
 	a, err := newAction(peakdesk.ActionCouponIssue, c.Shop, c.ConversationID, t.cfg.MaxAttempts,
 		CouponPayload{OrderID: id, UserID: c.User, AmountCents: args.AmountCents, Reason: truncate(args.Reason, maxReasonRunes)},
 		c.MessageID, id, strconv.FormatInt(args.AmountCents, 10))
 	if err != nil {
 		return ToolResult{}, err
 	}
+	a.GrantID = g.ID
 	text := fmt.Sprintf("A coupon of %s will be issued to the customer", money(args.AmountCents))
 	if id != "" {
 		text += " for order " + id
@@ -348,13 +404,6 @@ func (t *Tools) requestRefund(ctx context.Context, c ToolCall) (ToolResult, erro
 		return refused("a refund needs the order number; ask the customer for it."), nil
 	case args.AmountCents != nil && *args.AmountCents <= 0:
 		return refused("a refund amount must be positive."), nil
-	}
-	exists, err := t.cfg.DB.LiveActionExists(ctx, c.Shop, peakdesk.ActionRefundRequest, "", id)
-	if err != nil {
-		return ToolResult{}, fmt.Errorf("outbox: request_refund: %w", err)
-	}
-	if exists {
-		return refused("a refund of order %s was already requested; the customer is notified when it completes.", id), nil
 	}
 	res, err := t.lookup(ctx, c.Shop, c.User, id, false)
 	switch {
@@ -382,12 +431,22 @@ func (t *Tools) requestRefund(ctx context.Context, c ToolCall) (ToolResult, erro
 			Text: fmt.Sprintf("A refund of %s is above the %s this desk may approve; the conversation is handed to a "+
 				"human agent who will decide. Tell the customer so.", money(amount), money(limit))}, nil
 	}
+	// One live refund per order, enforced by Postgres as the grant is taken.
+	g, err := t.cfg.DB.TakeGrant(ctx, storage.GrantRequest{Shop: c.Shop, Kind: storage.GrantRefund, User: c.User,
+		ConversationID: c.ConversationID, OrderID: id, AmountCents: amount, Lease: t.cfg.GrantLease})
+	if err != nil {
+		return ToolResult{}, fmt.Errorf("outbox: request_refund: %w", err)
+	}
+	if g.Refusal != "" {
+		return refused("a refund of order %s was already requested; the customer is notified when it completes.", id), nil
+	}
 	a, err := newAction(peakdesk.ActionRefundRequest, c.Shop, c.ConversationID, t.cfg.MaxAttempts,
 		RefundPayload{OrderID: id, UserID: c.User, AmountCents: amount, Reason: truncate(args.Reason, maxReasonRunes)},
 		c.MessageID, id)
 	if err != nil {
 		return ToolResult{}, err
 	}
+	a.GrantID = g.ID
 	return ToolResult{Actions: []peakdesk.Action{a},
 		Text: fmt.Sprintf("A refund of %s for order %s has been requested; the shop processes it and the customer "+
 			"is notified when it completes.", money(amount), id)}, nil

@@ -117,13 +117,15 @@ func TestToolsCheckPolicyBeforePromising(t *testing.T) {
 	if refund.Kind != peakdesk.ActionRefundRequest || rp.AmountCents != 56800 || rp.UserID != "u7" {
 		t.Errorf("refund action: %+v %+v", refund, rp)
 	}
-	// The same call in the same message is the same action.
-	if again := call("u7", outbox.ToolIssueCoupon, `{"order_id":"1234567","amount_cents":500,"reason":"late parcel"}`); again.Actions[0].IdempotencyKey != coupon.IdempotencyKey {
-		t.Error("a repeated tool call made a new idempotency key")
+	// The same call in the same message (a retried turn) is the same action,
+	// with the grant taken again.
+	again := call("u7", outbox.ToolIssueCoupon, `{"order_id":"1234567","amount_cents":500,"reason":"late parcel"}`)
+	if len(again.Actions) != 1 || again.Actions[0].IdempotencyKey != coupon.IdempotencyKey {
+		t.Fatalf("a repeated tool call: %+v; want the same idempotency key", again)
 	}
 
 	// Once promised (stored with the reply), a second coupon or refund is refused.
-	e.enqueue(t, coupon, refund)
+	e.enqueue(t, again.Actions[0], refund)
 	if r := call("u7", outbox.ToolIssueCoupon, `{"amount_cents":300,"reason":"still late"}`); !r.Refused || !strings.Contains(r.Text, "already") {
 		t.Errorf("second coupon in the conversation: %+v", r)
 	}

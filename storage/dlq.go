@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/peakdesk/peakdesk"
+	"github.com/peakdesk/peakdesk/workers/pii"
 )
 
 // DLQ entry states.
@@ -55,7 +56,9 @@ type DLQEntry struct {
 	CreatedAt      time.Time `json:"created_at"`
 	ResolvedAt     time.Time `json:"resolved_at,omitzero"`
 	ResolvedBy     string    `json:"resolved_by,omitempty"`
-	// Text is the customer's message.
+	// Text is the customer's message, masked: operators need to see what
+	// failed, not the customer's phone or card number. Reason is masked too
+	// (it quotes the message's last error).
 	Text string `json:"text"`
 }
 
@@ -70,6 +73,12 @@ func scanDLQ(row pgx.Row) (*DLQEntry, error) {
 	err := row.Scan(&e.ID, &e.ShopID, &e.MessageID, &e.ConversationID, &e.Priority, &e.Subject, &inSeq,
 		&dlqSeq, &e.Deliveries, &e.Reason, &e.State, &e.CreatedAt, &resolvedAt, &e.ResolvedBy, &e.Text)
 	e.InSeq, e.DLQSeq = uint64(inSeq), uint64(dlqSeq)
+	// The message row keeps the customer's words until the shop's retention
+	// ends; an entry is the operators' view of it, so it is masked here,
+	// where every entry is produced (and the reasons of entries recorded
+	// before reasons were masked with them).
+	e.Text, _ = pii.Mask(e.Text)
+	e.Reason, _ = pii.Mask(e.Reason)
 	if resolvedAt != nil {
 		e.ResolvedAt = *resolvedAt
 	}
@@ -143,7 +152,7 @@ func (db *DB) RecordDeadLetter(ctx context.Context, d *DeadLetter, noticeText st
 				subject, in_seq, deliveries, reason)
 			VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (in_seq, message_id) DO NOTHING`,
 			m.ShopID, m.ID, m.ConversationID, string(m.Priority), d.Subject, int64(d.InSeq), d.Deliveries,
-			truncate(reason, 1000)); err != nil {
+			truncate(maskedText(reason), 1000)); err != nil {
 			return err
 		}
 		if out.Entry, err = scanDLQ(tx.QueryRow(ctx, `SELECT `+dlqColumns+` FROM dlq_entries d
@@ -174,6 +183,11 @@ func (db *DB) RecordDeadLetter(ctx context.Context, d *DeadLetter, noticeText st
 		return nil, fmt.Errorf("storage: record dead letter: %w", err)
 	}
 	return &out, nil
+}
+
+func maskedText(s string) string {
+	masked, _ := pii.Mask(s)
+	return masked
 }
 
 // noticeID derives the id of a dead letter's notice reply, so recording it

@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/peakdesk/peakdesk"
+	"github.com/peakdesk/peakdesk/outbox/egress"
 )
 
 // AllShops is the scope of a platform operator: every shop.
@@ -44,7 +45,10 @@ type ShopAPISettings struct {
 	// Secret is sent as a bearer token to the shop API.
 	Secret string
 	// WebhookURL receives every reply; empty = no reply webhooks.
-	WebhookURL    string
+	WebhookURL string
+	// WebhookSecret keys the reply webhooks' signatures. Every shop has
+	// one: generated when the shop is created, or when settings are put
+	// without one and the shop has none yet.
 	WebhookSecret string
 	// CouponMaxCents caps one coupon; nil = the built-in default.
 	CouponMaxCents *int64
@@ -73,13 +77,29 @@ func (db *DB) ShopAPISettings(ctx context.Context, shop string) (ShopAPISettings
 	return s, nil
 }
 
-// PutShopAPISettings creates or replaces the settings of s.ShopID.
+// PutShopAPISettings creates or replaces the settings of s.ShopID. An empty
+// WebhookSecret keeps the shop's secret (or generates one, 32 random bytes
+// in hex, when it has none): a secret can be replaced but never removed.
+// URLs must be empty or absolute http(s) URLs without credentials
+// (invalid_argument otherwise); whether plain http and private addresses
+// may be called is decided where they are called (see
+// outbox.ShopClient.PutSettings, which checks both before writing).
 func (db *DB) PutShopAPISettings(ctx context.Context, s ShopAPISettings) error {
+	for _, u := range []struct{ field, url string }{{"base_url", s.BaseURL}, {"webhook_url", s.WebhookURL}} {
+		if u.url == "" {
+			continue
+		}
+		if err := egress.CheckURL(u.url, true); err != nil {
+			return peakdesk.FieldError(u.field, "%s: %v", u.field, err)
+		}
+	}
 	_, err := db.pool.Exec(ctx, `INSERT INTO shop_api_settings (shop_id, base_url, secret, webhook_url,
 			webhook_secret, coupon_max_cents, refund_max_cents)
-		VALUES ($1, $2, $3, $4, $5, $6, $7)
+		VALUES ($1, $2, $3, $4, COALESCE(NULLIF($5, ''), encode(gen_random_bytes(32), 'hex')), $6, $7)
 		ON CONFLICT (shop_id) DO UPDATE SET base_url = EXCLUDED.base_url, secret = EXCLUDED.secret,
-			webhook_url = EXCLUDED.webhook_url, webhook_secret = EXCLUDED.webhook_secret,
+			webhook_url = EXCLUDED.webhook_url,
+			webhook_secret = COALESCE(NULLIF($5, ''), NULLIF(shop_api_settings.webhook_secret, ''),
+				EXCLUDED.webhook_secret),
 			coupon_max_cents = EXCLUDED.coupon_max_cents, refund_max_cents = EXCLUDED.refund_max_cents,
 			updated_at = now()`,
 		s.ShopID, s.BaseURL, s.Secret, s.WebhookURL, s.WebhookSecret, s.CouponMaxCents, s.RefundMaxCents)
@@ -106,6 +126,9 @@ func InsertActions(ctx context.Context, tx pgx.Tx, actions []peakdesk.Action) (i
 	payloads, keys := make([]string, n), make([]string, n)
 	maxAttempts := make([]int32, n)
 	next := make([]*time.Time, n)
+	grants := make([]*int64, n)
+	var grantShops []string
+	var grantIDs []int64
 	for i := range actions {
 		a := &actions[i]
 		if err := checkNewAction(a); err != nil {
@@ -116,16 +139,25 @@ func InsertActions(ctx context.Context, tx pgx.Tx, actions []peakdesk.Action) (i
 		if !a.NextAttemptAt.IsZero() {
 			next[i] = &a.NextAttemptAt
 		}
+		if a.GrantID != 0 {
+			grants[i] = &a.GrantID
+			grantShops, grantIDs = append(grantShops, a.ShopID), append(grantIDs, a.GrantID)
+		}
 	}
 	tag, err := tx.Exec(ctx, `INSERT INTO outbox_actions (shop_id, conversation_id, reply_id, kind, payload,
-			idempotency_key, max_attempts, next_attempt_at)
-		SELECT s, c, r, k, p::jsonb, ik, m, coalesce(na, now())
+			idempotency_key, max_attempts, next_attempt_at, grant_id)
+		SELECT s, c, r, k, p::jsonb, ik, m, coalesce(na, now()), g
 		FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[],
-			$8::timestamptz[]) AS t(s, c, r, k, p, ik, m, na)
+			$8::timestamptz[], $9::bigint[]) AS t(s, c, r, k, p, ik, m, na, g)
 		ON CONFLICT (idempotency_key) DO NOTHING`,
-		shops, convs, replies, kinds, payloads, keys, maxAttempts, next)
+		shops, convs, replies, kinds, payloads, keys, maxAttempts, next, grants)
 	if err != nil {
 		return 0, fmt.Errorf("storage: insert actions: %w", err)
+	}
+	// A money action's grant is confirmed with it, or the reply does not
+	// commit.
+	if err := confirmGrants(ctx, tx, grantShops, grantIDs); err != nil {
+		return 0, err
 	}
 	return int(tag.RowsAffected()), nil
 }
@@ -201,7 +233,7 @@ func (db *DB) LiveActionExists(ctx context.Context, shop string, kind peakdesk.A
 
 const actionColumns = `id, shop_id, conversation_id, reply_id, kind, payload, idempotency_key, key_generation,
 	state, attempts, run_attempts, max_attempts, next_attempt_at, lease_owner, lease_expires_at, last_error,
-	last_http_status, rejected, result, created_at, updated_at, completed_at`
+	last_http_status, rejected, result, created_at, updated_at, completed_at, coalesce(grant_id, 0)`
 
 func scanAction(row pgx.Row) (peakdesk.Action, error) {
 	var a peakdesk.Action
@@ -212,7 +244,8 @@ func scanAction(row pgx.Row) (peakdesk.Action, error) {
 	var payload, result []byte
 	err := row.Scan(&a.ID, &a.ShopID, &a.ConversationID, &a.ReplyID, &kind, &payload, &a.IdempotencyKey,
 		&a.KeyGeneration, &state, &a.Attempts, &a.RunAttempts, &a.MaxAttempts, &a.NextAttemptAt, &leaseOwner,
-		&leaseExpires, &a.LastError, &status, &a.Rejected, &result, &a.CreatedAt, &a.UpdatedAt, &completed)
+		&leaseExpires, &a.LastError, &status, &a.Rejected, &result, &a.CreatedAt, &a.UpdatedAt, &completed,
+		&a.GrantID)
 	if err != nil {
 		return a, err
 	}
@@ -607,6 +640,11 @@ func updateAction(ctx context.Context, tx pgx.Tx, scope string, id int64, now ti
 		}
 		return a, fmt.Errorf("%w: the action is %s", ErrActionState, state)
 	}
+	if isUniqueViolation(err) {
+		// Retrying a dead money action brings its grant back, which the
+		// order's other live grant refuses.
+		return a, fmt.Errorf("%w: another refund or coupon of the same order is live", ErrActionState)
+	}
 	if err != nil {
 		return a, fmt.Errorf("storage: update action: %w", err)
 	}
@@ -620,8 +658,14 @@ func updateAction(ctx context.Context, tx pgx.Tx, scope string, id int64, now ti
 
 // BulkRetryActions retries, in one statement in tx, every action of scope
 // matching f that can be retried, and returns how many it retried.
+// A dead or canceled coupon or refund whose order has another live one by
+// now is left as it is.
 func BulkRetryActions(ctx context.Context, tx pgx.Tx, scope string, f ActionFilter, now time.Time) (int64, error) {
-	n, err := bulkUpdate(ctx, tx, scope, f, now, retrySetStatement, retryableStates)
+	n, err := bulkUpdate(ctx, tx, scope, f, now, retrySetStatement, retryableStates+` AND NOT EXISTS (
+		SELECT 1 FROM money_grants mine JOIN money_grants live ON live.shop_id = mine.shop_id
+			AND live.kind = mine.kind AND live.order_id = mine.order_id AND live.order_id <> ''
+			AND live.released_at IS NULL AND live.id <> mine.id
+		WHERE mine.id = outbox_actions.grant_id AND mine.released_at IS NOT NULL)`)
 	if err == nil && n > 0 {
 		err = notifyRelays(ctx, tx)
 	}
@@ -638,6 +682,10 @@ func bulkUpdate(ctx context.Context, tx pgx.Tx, scope string, f ActionFilter, no
 	args := []any{now}
 	where := f.where(scope, &args)
 	tag, err := tx.Exec(ctx, `UPDATE outbox_actions SET `+set+` WHERE `+where+` AND state IN `+states, args...)
+	if isUniqueViolation(err) {
+		return 0, fmt.Errorf("%w: two of the matching coupons or refunds are for the same order; retry them one by one",
+			ErrActionState)
+	}
 	if err != nil {
 		return 0, fmt.Errorf("storage: bulk update actions: %w", err)
 	}

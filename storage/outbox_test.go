@@ -337,3 +337,41 @@ func TestAuditLogIsScopedByShop(t *testing.T) {
 		t.Fatalf("shop2: %+v, %v", mine, err)
 	}
 }
+
+// Every shop has a webhook secret of its own, from its creation on, and
+// none can be stored empty; settings URLs must at least be http(s) URLs.
+func TestShopWebhookSecrets(t *testing.T) {
+	t.Parallel()
+	db := setupDB(t)
+	ctx := context.Background()
+	s1, err := db.ShopAPISettings(ctx, "shop1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s2, _ := db.ShopAPISettings(ctx, "shop2")
+	if len(s1.WebhookSecret) != 64 || s1.WebhookSecret == s2.WebhookSecret {
+		t.Fatalf("secrets %q and %q: want 32 random bytes in hex, one per shop", s1.WebhookSecret, s2.WebhookSecret)
+	}
+	if err := db.PutShopAPISettings(ctx, storage.ShopAPISettings{ShopID: "shop1", BaseURL: "https://shop.example.com"}); err != nil {
+		t.Fatal(err)
+	}
+	if s, _ := db.ShopAPISettings(ctx, "shop1"); s.WebhookSecret != s1.WebhookSecret || s.BaseURL != "https://shop.example.com" {
+		t.Fatalf("after a put without a secret: %+v", s)
+	}
+	err = db.Tx(ctx, func(tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, `UPDATE shop_api_settings SET webhook_secret = '' WHERE shop_id = 'shop1'`)
+		return err
+	})
+	if err == nil {
+		t.Fatal("an empty webhook secret was stored")
+	}
+	for field, s := range map[string]storage.ShopAPISettings{
+		"base_url":    {ShopID: "shop1", BaseURL: "gopher://shop.example.com"},
+		"webhook_url": {ShopID: "shop1", WebhookURL: "https://user:pw@shop.example.com/hook"},
+	} {
+		var pe *peakdesk.Error
+		if err := db.PutShopAPISettings(ctx, s); !errors.As(err, &pe) || pe.Code != peakdesk.EInvalid || pe.Field != field {
+			t.Errorf("%s: %v, want invalid_argument", field, err)
+		}
+	}
+}

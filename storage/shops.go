@@ -9,16 +9,35 @@ import (
 	"github.com/peakdesk/peakdesk"
 )
 
-// ShopSettings are the per-shop settings the ingest edge needs. Zero limits
-// mean "use the default".
+// ShopSettings are the per-shop settings the ingest edge needs. Zero request
+// limits mean "use the default"; the EdgeLimits are always the shop's own.
 type ShopSettings struct {
 	ID                string
 	RatePerSecond     int
 	RateBurst         int
 	UserRatePerMinute int
 	UserRateBurst     int
-	Rules             []PriorityRule
+	EdgeLimits
+	Rules []PriorityRule
 }
+
+// EdgeLimits are a shop's abuse limits at the ingest edge (DESIGN.md §14).
+// Each counts per end user: the token's subject, or the user a service
+// token names.
+type EdgeLimits struct {
+	// P0PerUserPerHour is how many messages a customer may get p0 from
+	// keywords per hour; beyond it they are p1. 0: keywords never give p0.
+	P0PerUserPerHour int
+	// ReadPerUserPerMinute limits GETs of messages and conversations and
+	// event stream opens. At least 1.
+	ReadPerUserPerMinute int
+	// SSEStreamsPerUser is how many event streams a customer may hold open
+	// on one edge process. 0: polling only.
+	SSEStreamsPerUser int
+}
+
+// DefaultEdgeLimits are the schema's defaults.
+var DefaultEdgeLimits = EdgeLimits{P0PerUserPerHour: 10, ReadPerUserPerMinute: 120, SSEStreamsPerUser: 5}
 
 // PriorityRule is one keyword that gives a message a priority.
 type PriorityRule struct {
@@ -30,8 +49,10 @@ type PriorityRule struct {
 func (db *DB) ShopSettings(ctx context.Context, id string) (*ShopSettings, error) {
 	s := ShopSettings{ID: id}
 	var rate, burst, userRate, userBurst *int
-	err := db.pool.QueryRow(ctx, `SELECT rate_per_second, rate_burst, user_rate_per_minute, user_rate_burst
-		FROM shops WHERE id = $1`, id).Scan(&rate, &burst, &userRate, &userBurst)
+	err := db.pool.QueryRow(ctx, `SELECT rate_per_second, rate_burst, user_rate_per_minute, user_rate_burst,
+			p0_per_user_per_hour, read_per_user_per_minute, sse_streams_per_user
+		FROM shops WHERE id = $1`, id).Scan(&rate, &burst, &userRate, &userBurst,
+		&s.P0PerUserPerHour, &s.ReadPerUserPerMinute, &s.SSEStreamsPerUser)
 	switch {
 	case noRows(err):
 		return nil, ErrNotFound
@@ -97,6 +118,19 @@ func (db *DB) SetShopLimits(ctx context.Context, shop string, ratePerSecond, bur
 		shop, nullable(ratePerSecond), nullable(burst), nullable(userPerMinute), nullable(userBurst))
 	if err != nil {
 		return fmt.Errorf("storage: set shop limits: %w", err)
+	}
+	return nil
+}
+
+// SetShopEdgeLimits sets shop's abuse limits at the edge.
+func (db *DB) SetShopEdgeLimits(ctx context.Context, shop string, l EdgeLimits) error {
+	tag, err := db.pool.Exec(ctx, `UPDATE shops SET p0_per_user_per_hour = $2, read_per_user_per_minute = $3,
+		sse_streams_per_user = $4 WHERE id = $1`, shop, l.P0PerUserPerHour, l.ReadPerUserPerMinute, l.SSEStreamsPerUser)
+	switch {
+	case err != nil:
+		return fmt.Errorf("storage: set shop edge limits: %w", err)
+	case tag.RowsAffected() == 0:
+		return ErrNotFound
 	}
 	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode"
 
 	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/workers/pii"
@@ -84,7 +85,8 @@ func (p *partials) shown() bool {
 }
 
 // maybeNumber reports whether r may be part of a phone, ID-card or card
-// number.
+// number, as the masker reads it: full-width digits are digits, and format
+// characters (zero-width spaces…) are not there at all.
 func maybeNumber(r rune) bool {
-	return r >= '0' && r <= '9' || r == ' ' || r == '-'
+	return r >= '0' && r <= '9' || r >= '０' && r <= '９' || r == ' ' || r == '-' || unicode.Is(unicode.Cf, r)
 }

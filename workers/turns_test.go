@@ -259,12 +259,12 @@ func (b *testBundle) attempts(t testing.TB, id string) int {
 
 // A message that used up its deliveries is copied to CHAT_DLQ with the
 // reason, removed from CHAT_IN and marked failed; its conversation goes to a
-// human and the customer is told so at once.
+// human and the customer is told so at once. Operators see its text masked.
 func TestMaxDeliveriesMovesToDLQ(t *testing.T) {
 	t.Parallel()
 	b := setup(t, bundleOpts{ackWait: time.Second, maxDeliver: 2})
 	ctx := context.Background()
-	m := message(peakdesk.P1, "", "where is my parcel")
+	m := message(peakdesk.P1, "", "where is my parcel? call 138\u200b1234\u200b5678")
 	b.publish(t, m)
 	// Some worker fails it twice (here: the test itself).
 	cons, err := b.js.Consumer(ctx, storage.StreamIn, storage.ConsumerName(peakdesk.P1))
@@ -301,6 +301,10 @@ func TestMaxDeliveriesMovesToDLQ(t *testing.T) {
 	if err := b.pool.QueryRow(ctx, `SELECT count(*), max(reason) FROM dlq_entries WHERE message_id = $1 AND state = 'dead'
 		AND dlq_seq = $2`, m.ID, raw.Sequence).Scan(&entries, &reason); err != nil || entries != 1 {
 		t.Fatalf("dlq entries %d (%v)", entries, err)
+	}
+	listed, err := b.db.ListDLQ(ctx, storage.DLQFilter{Scope: "demo"})
+	if err != nil || len(listed) != 1 || !strings.HasSuffix(listed[0].Text, "where is my parcel? call 138****5678") {
+		t.Errorf("operators' dead letters %+v %v; want the text masked", listed, err)
 	}
 	r := b.replies(t, m.ConversationID)
 	if len(r) != 1 || r[0].source != peakdesk.SourceHandoff || len(r[0].messages) != 0 {

@@ -634,16 +634,15 @@ func (a *turnAnswer) inTx() func(context.Context, pgx.Tx, *peakdesk.Reply) error
 	}
 }
 
-// callTool returns the Request.CallTool of a turn: it runs the tool for
-// call's shop, user, conversation and message and keeps the actions the
-// tool promised for the reply's transaction. They are kept even if the LLM
-// fails afterwards and the turn ends in a fallback: the tool checked them
-// and the customer is told a human follows up.
-func (a *turnAnswer) callTool(tools *outbox.Tools, call outbox.ToolCall) func(context.Context, string, json.RawMessage) (answer.ToolOutcome, error) {
+// callTool returns the Request.CallTool of a turn: it runs the tool for the
+// turn's shop, user, conversation and message (sharing the turn's allowance
+// of one money promise) and keeps the actions the tool promised for the
+// reply's transaction. They are kept even if the LLM fails afterwards and
+// the turn ends in a fallback: the tool checked them and the customer is
+// told a human follows up.
+func (a *turnAnswer) callTool(tools *outbox.Turn) func(context.Context, string, json.RawMessage) (answer.ToolOutcome, error) {
 	return func(ctx context.Context, name string, args json.RawMessage) (answer.ToolOutcome, error) {
-		c := call
-		c.Name, c.Args = name, args
-		res, err := tools.Call(ctx, c)
+		res, err := tools.Call(ctx, name, args)
 		if err != nil {
 			return answer.ToolOutcome{}, err
 		}
@@ -701,8 +700,8 @@ func (w *Worker) compose(ctx context.Context, log *slog.Logger, hold *storage.Ho
 	ta := &turnAnswer{Reply: reply}
 	if len(w.tools) > 0 && offerTools(prio, len(history) > 0, req.Question) {
 		req.Tools = w.tools
-		req.CallTool = ta.callTool(w.cfg.Tools, outbox.ToolCall{Shop: hold.ShopID, User: last.UserID,
-			ConversationID: hold.ConversationID, MessageID: last.ID})
+		req.CallTool = ta.callTool(w.cfg.Tools.Turn(outbox.ToolCall{Shop: hold.ShopID, User: last.UserID,
+			ConversationID: hold.ConversationID, MessageID: last.ID}))
 	}
 	// Urgent answers stream to the client as they are written; p2, the
 	// bulk of a peak and mostly general questions, arrives whole.

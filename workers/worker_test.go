@@ -111,7 +111,8 @@ func setup(t testing.TB, o bundleOpts) *testBundle {
 	shopSim := loadtest.NewShopSim(loadtest.ShopFaults{}, []byte("whsec-test"))
 	shopSrv := httptest.NewServer(shopSim)
 	t.Cleanup(shopSrv.Close)
-	shop, err := outbox.NewShopClient(outbox.ShopClientConfig{DB: db, DefaultBaseURL: shopSrv.URL, Timeout: 5 * time.Second})
+	shop, err := outbox.NewShopClient(outbox.ShopClientConfig{DB: db, DefaultBaseURL: shopSrv.URL, Timeout: 5 * time.Second,
+		AllowPrivate: true}) // the simulated shop listens on loopback
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -157,6 +157,7 @@ func benchIngest(ctx context.Context, getenv func(string) string, logw io.Writer
 	cfg.Roles = []string{roleIngest}
 	cfg.NATSURL = ns.ClientURL()
 	cfg.HTTPAddr = "127.0.0.1:0"
+	cfg.MetricsAddr = "127.0.0.1:0"
 	cfg.DataDir = dir
 	cfg.JWTSecret = cmp.Or(cfg.JWTSecret, devSecret)
 	cfg.Migrate = true

@@ -3,10 +3,12 @@ package main
 import (
 	"cmp"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -79,27 +81,53 @@ func runMigrate(ctx context.Context, args []string, stderr io.Writer, getenv fun
 	return nil
 }
 
-func runToken(args []string, stdout, stderr io.Writer, getenv func(string) string) error {
+// runToken prints a bearer token. A shop's token is signed with the shop's
+// current key from the database (its first key is created if it has none)
+// and names it by kid; --platform, an operator scope or shop "*" sign with
+// the platform key PEAKDESK_JWT_SECRET instead.
+func runToken(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
 	fs := flag.NewFlagSet("token", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	shop := fs.String("shop", "demo", "shop (tenant) id; * for a platform operator")
 	sub := fs.String("sub", "", "subject: end-user id, service or operator name (required)")
 	scope := fs.String("scope", "", "space- or comma-separated scopes, e.g. priority:urgent, service, ops, ops:write")
 	ttl := fs.Duration("ttl", 24*time.Hour, "validity")
+	platform := fs.Bool("platform", false, "sign with the platform key PEAKDESK_JWT_SECRET, not the shop's key")
+	dbURL := fs.String("database-url", cmp.Or(getenv("DATABASE_URL"),
+		"postgres://peakdesk:peakdesk@127.0.0.1:5432/peakdesk?sslmode=disable"), "Postgres URL, for the shop's key (env DATABASE_URL)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if *sub == "" {
 		return fmt.Errorf("token: --sub is required")
 	}
-	secret := getenv("PEAKDESK_JWT_SECRET")
-	if secret == "" {
-		fmt.Fprintln(stderr, "token: PEAKDESK_JWT_SECRET is unset; signing with the dev-only secret")
-		secret = devSecret
+	scopes := strings.FieldsFunc(*scope, func(r rune) bool { return r == ' ' || r == ',' })
+	if *platform || *shop == "*" || slices.ContainsFunc(scopes, ingest.IsOperatorScope) {
+		secret := getenv("PEAKDESK_JWT_SECRET")
+		if secret == "" {
+			fmt.Fprintln(stderr, "token: PEAKDESK_JWT_SECRET is unset; signing with the dev-only secret")
+			secret = devSecret
+		}
+		tok, err := ingest.NewToken([]byte(secret), *shop, *sub, scopes, *ttl)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(stdout, tok)
+		return nil
 	}
-	tok, err := ingest.NewToken([]byte(secret), *shop, *sub, strings.FieldsFunc(*scope, func(r rune) bool {
-		return r == ' ' || r == ','
-	}), *ttl)
+	db, err := storage.Open(ctx, *dbURL, 2)
+	if err != nil {
+		return fmt.Errorf("token: %w", err)
+	}
+	defer db.Close()
+	key, err := ingest.ShopSigningKey(ctx, db, *shop)
+	if errors.Is(err, storage.ErrNotFound) {
+		return fmt.Errorf("token: shop %q does not exist", *shop)
+	}
+	if err != nil {
+		return fmt.Errorf("token: %w", err)
+	}
+	tok, err := ingest.NewShopToken(key, *sub, scopes, *ttl)
 	if err != nil {
 		return err
 	}

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/peakdesk/peakdesk/outbox/egress"
 	"github.com/peakdesk/peakdesk/workers/llm"
 )
 
@@ -45,6 +46,14 @@ type Config struct {
 	HTTPAddr     string
 	DataDir      string
 	JWTSecret    string
+	// JWTPreviousSecrets are earlier platform keys that still verify
+	// tokens and ids after a rotation of JWTSecret.
+	JWTPreviousSecrets []string
+	// MetricsAddr is where /metrics (and /healthz) are served, apart from
+	// the API; empty: nowhere.
+	MetricsAddr string
+	// MaxStreams caps the event streams one edge process holds open.
+	MaxStreams int
 
 	// LLMBaseURL empty in dev starts the built-in simulated LLM.
 	LLMBaseURL string
@@ -53,6 +62,10 @@ type Config struct {
 	LLMTimeout time.Duration
 
 	ShopAPIURL string
+	// AllowPrivateShopURLs lets shop calls use plain http and reach
+	// loopback and private addresses: dev and tests only (default on in
+	// dev).
+	AllowPrivateShopURLs bool
 
 	WorkerConcurrency int
 	AckWait           time.Duration
@@ -91,6 +104,10 @@ type Config struct {
 	Migrate bool
 	// AdmissionDisabled turns the edge's load shedding off (benchmarks).
 	AdmissionDisabled bool
+
+	// envErr is the first malformed environment variable, reported by
+	// validate.
+	envErr error
 }
 
 // envDefaults fills the configuration from the environment.
@@ -106,6 +123,8 @@ func envDefaults(getenv func(string) string, dev bool) Config {
 		HTTPAddr:          env("PEAKDESK_HTTP_ADDR", "127.0.0.1:8080"),
 		DataDir:           env("PEAKDESK_DATA_DIR", ".peakdesk"),
 		JWTSecret:         getenv("PEAKDESK_JWT_SECRET"),
+		MetricsAddr:       env("PEAKDESK_METRICS_ADDR", "127.0.0.1:9090"),
+		MaxStreams:        envInt(getenv("PEAKDESK_MAX_STREAMS"), 10_000),
 		LLMBaseURL:        getenv("PEAKDESK_LLM_BASE_URL"),
 		LLMAPIKey:         getenv("PEAKDESK_LLM_API_KEY"),
 		LLMModel:          env("PEAKDESK_LLM_MODEL", "peakdesk-sim"),
@@ -129,7 +148,28 @@ func envDefaults(getenv func(string) string, dev bool) Config {
 	c.LLMPrices = getenv("PEAKDESK_LLM_PRICES")
 	c.FXRates = env("PEAKDESK_FX_RATES", llm.DefaultFXRates)
 	c.LLMMaxTokensParam = env("PEAKDESK_LLM_MAX_TOKENS_PARAM", llm.ParamMaxTokens)
+	// Outbound safety: dev's shops (the simulator) live on loopback.
+	c.AllowPrivateShopURLs = dev
+	if v := getenv("PEAKDESK_ALLOW_PRIVATE_SHOP_URLS"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			c.envErr = cmp.Or(c.envErr, fmt.Errorf("config: PEAKDESK_ALLOW_PRIVATE_SHOP_URLS: want true or false, got %q", v))
+		}
+		c.AllowPrivateShopURLs = b
+	}
+	c.JWTPreviousSecrets = splitSecrets(getenv("PEAKDESK_JWT_PREVIOUS_SECRETS"))
 	return c
+}
+
+// splitSecrets splits a comma-separated list of secrets.
+func splitSecrets(s string) []string {
+	var out []string
+	for sec := range strings.SplitSeq(s, ",") {
+		if sec = strings.TrimSpace(sec); sec != "" {
+			out = append(out, sec)
+		}
+	}
+	return out
 }
 
 func envInt(s string, def int) int {
@@ -171,6 +211,8 @@ func parseFlags(name string, args []string, stderr io.Writer, getenv func(string
 	fs.BoolVar(&c.NATSSyncAlways, "nats-sync-always", c.NATSSyncAlways, "embedded JetStream fsyncs before every ack (env PEAKDESK_NATS_SYNC_ALWAYS)")
 	fs.BoolVar(&c.PublishBatch, "publish-batch", c.PublishBatch, "group concurrent publishes into atomic batches; use with fsync-always JetStream (env PEAKDESK_PUBLISH_BATCH)")
 	fs.StringVar(&c.HTTPAddr, "http-addr", c.HTTPAddr, "HTTP listen address (env PEAKDESK_HTTP_ADDR)")
+	fs.StringVar(&c.MetricsAddr, "metrics-addr", c.MetricsAddr, "listen address of /metrics, apart from the API; empty: none (env PEAKDESK_METRICS_ADDR)")
+	fs.IntVar(&c.MaxStreams, "max-streams", c.MaxStreams, "event streams one edge process holds open at most (env PEAKDESK_MAX_STREAMS)")
 	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "local data directory (env PEAKDESK_DATA_DIR)")
 	fs.StringVar(&c.LLMBaseURL, "llm-base-url", c.LLMBaseURL, "OpenAI-compatible base URL; empty in dev = simulator (env PEAKDESK_LLM_BASE_URL)")
 	fs.StringVar(&c.LLMModel, "llm-model", c.LLMModel, "LLM model (env PEAKDESK_LLM_MODEL)")
@@ -183,6 +225,7 @@ func parseFlags(name string, args []string, stderr io.Writer, getenv func(string
 	fs.IntVar(&c.LLMTPM, "llm-tpm", c.LLMTPM, "LLM provider tokens per minute for all workers together; 0 = unlimited (env PEAKDESK_LLM_TPM)")
 	fs.IntVar(&c.RelayConcurrency, "relay-concurrency", c.RelayConcurrency, "outbox actions one relay carries out at once (env PEAKDESK_RELAY_CONCURRENCY)")
 	fs.StringVar(&c.ShopAPIURL, "shop-api-url", c.ShopAPIURL, "default shop API base URL; empty in dev = simulator (env PEAKDESK_SHOP_API_URL)")
+	fs.BoolVar(&c.AllowPrivateShopURLs, "allow-private-shop-urls", c.AllowPrivateShopURLs, "let shop calls use plain http and reach loopback/private addresses; dev and tests only (env PEAKDESK_ALLOW_PRIVATE_SHOP_URLS; default on in dev)")
 	fs.IntVar(&c.StreamReplicas, "stream-replicas", c.StreamReplicas, "JetStream replicas per stream: 1, or 3 in a cluster (env PEAKDESK_STREAM_REPLICAS)")
 	fs.DurationVar(&c.AckWait, "ack-wait", c.AckWait, "JetStream AckWait of the worker consumers (env PEAKDESK_ACK_WAIT)")
 	fs.DurationVar(&c.SoftStop, "soft-stop", c.SoftStop, "how long a stopping worker lets in-flight messages finish (env PEAKDESK_SOFT_STOP)")
@@ -199,6 +242,9 @@ func parseFlags(name string, args []string, stderr io.Writer, getenv func(string
 }
 
 func (c *Config) validate() error {
+	if c.envErr != nil {
+		return c.envErr
+	}
 	if len(c.Roles) == 0 {
 		return errors.New("config: --roles: name at least one role")
 	}
@@ -213,6 +259,8 @@ func (c *Config) validate() error {
 			return errors.New("config: PEAKDESK_JWT_SECRET is required by serve")
 		case len(c.JWTSecret) < 32:
 			return errors.New("config: PEAKDESK_JWT_SECRET must be at least 32 bytes")
+		case slices.ContainsFunc(c.JWTPreviousSecrets, func(s string) bool { return len(s) < 32 }):
+			return errors.New("config: PEAKDESK_JWT_PREVIOUS_SECRETS: each secret must be at least 32 bytes")
 		case c.NATSURL == "":
 			return errors.New("config: NATS_URL is required by serve")
 		case c.LLMBaseURL == "" && c.hasRole(roleWorker):
@@ -243,8 +291,16 @@ func (c *Config) validate() error {
 		return fmt.Errorf("config: PEAKDESK_LLM_MAX_TOKENS_PARAM: want %s or %s, got %q",
 			llm.ParamMaxTokens, llm.ParamMaxCompletionTokens, c.LLMMaxTokensParam)
 	}
+	if c.MaxStreams < 1 {
+		return errors.New("config: --max-streams must be at least 1")
+	}
 	if c.RelayConcurrency < 1 {
 		return errors.New("config: --relay-concurrency must be at least 1")
+	}
+	if c.ShopAPIURL != "" {
+		if err := egress.CheckURL(c.ShopAPIURL, c.AllowPrivateShopURLs); err != nil {
+			return fmt.Errorf("config: PEAKDESK_SHOP_API_URL: %w", err)
+		}
 	}
 	if c.StreamReplicas != 1 && c.StreamReplicas != 3 && c.StreamReplicas != 5 {
 		return errors.New("config: --stream-replicas must be 1, 3 or 5")

@@ -71,6 +71,7 @@ func (b *testBundle) start(t *testing.T, roles []string, mod func(*Config)) *Pro
 		"REDIS_URL":             storagetest.RedisURL(),
 		"NATS_URL":              b.natsURL,
 		"PEAKDESK_HTTP_ADDR":    "127.0.0.1:0",
+		"PEAKDESK_METRICS_ADDR": "127.0.0.1:0",
 		"PEAKDESK_DATA_DIR":     t.TempDir(),
 		"PEAKDESK_JWT_SECRET":   testSecret,
 		"PEAKDESK_LLM_BASE_URL": b.llmURL,
@@ -80,6 +81,7 @@ func (b *testBundle) start(t *testing.T, roles []string, mod func(*Config)) *Pro
 	cfg := envDefaults(func(k string) string { return env[k] }, false)
 	cfg.Roles = roles
 	cfg.AckWait = 5 * time.Second
+	cfg.AllowPrivateShopURLs = true // the simulated shop listens on loopback
 	if mod != nil {
 		mod(&cfg)
 	}
@@ -375,6 +377,7 @@ func TestBadRequestsNeverReachTheQueue(t *testing.T) {
 		{"unknown conversation", alice, `{"text":"hi","conversation_id":"` + foreignConv + `"}`, nil, 404, "not_found", "conversation_id"},
 		{"unknown priority", alice, `{"text":"hi","priority":"p9"}`, nil, 400, "invalid_argument", "priority"},
 		{"p0 hint without scope", alice, `{"text":"hi","priority":"p0"}`, nil, 403, "permission_denied", "priority"},
+		{"p1 hint without scope", alice, `{"text":"hi","priority":"p1"}`, nil, 403, "permission_denied", "priority"},
 		{"unknown field", alice, `{"text":"hi","txt":"x"}`, nil, 400, "invalid_argument", "txt"},
 		{"metadata not an object", alice, `{"text":"hi","metadata":[1]}`, nil, 400, "invalid_argument", "metadata"},
 		{"metadata too large", alice, `{"text":"hi","metadata":{"k":"` + strings.Repeat("x", 4100) + `"}}`, nil, 400, "invalid_argument", "metadata"},

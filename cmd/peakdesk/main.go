@@ -39,6 +39,7 @@ Commands:
   serve     run the roles named by --roles against external services
   migrate   apply the database migrations
   token     print a signed bearer token
+  shop      shop administration (shop rotate-key --shop S)
   mockllm   serve the simulated LLM provider
   mockshop  serve the simulated shop API
   loadtest  offer load to a peakdesk URL and report what happened
@@ -64,7 +65,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	case "migrate":
 		return runMigrate(ctx, rest, stderr, getenv)
 	case "token":
-		return runToken(rest, stdout, stderr, getenv)
+		return runToken(ctx, rest, stdout, stderr, getenv)
+	case "shop":
+		return runShop(ctx, rest, stdout, stderr, getenv)
 	case "mockllm":
 		return runMockLLM(ctx, rest, stdout)
 	case "mockshop":

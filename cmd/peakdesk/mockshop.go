@@ -25,7 +25,7 @@ func runMockShop(ctx context.Context, args []string, stdout io.Writer) error {
 	errorStatus := fs.Int("error-status", http.StatusServiceUnavailable, "HTTP status of injected failures")
 	down := fs.Bool("down", false, "answer every shop request 503 at once")
 	validationFail := fs.Bool("validation-fail", false, "answer every POST 422 validation_failed")
-	secret := fs.String("webhook-secret", "", "secret for verifying reply-webhook signatures; empty records them unchecked")
+	secret := fs.String("webhook-secret", "", "webhook secret of the shops: reply webhooks' Peakdesk-Signature is verified, stale (>5 min) and replayed signatures refused; empty records them unchecked")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

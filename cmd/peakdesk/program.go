@@ -25,6 +25,7 @@ import (
 	"github.com/peakdesk/peakdesk/loadtest"
 	"github.com/peakdesk/peakdesk/outbox"
 	"github.com/peakdesk/peakdesk/storage"
+	"github.com/peakdesk/peakdesk/storage/retention"
 	"github.com/peakdesk/peakdesk/workers"
 	"github.com/peakdesk/peakdesk/workers/answer"
 	"github.com/peakdesk/peakdesk/workers/faq"
@@ -48,12 +49,16 @@ type Program struct {
 	faq      *faq.Engine
 	shop     *outbox.ShopClient
 	relay    *outbox.Relay
+	redactor *retention.Redactor // masks expired chat texts (relay role)
 	edge     *ingest.Edge
 	worker   *workers.Worker
 	answerer *answer.Answerer
 	httpSrv  *http.Server
 	listener net.Listener
-	serveErr chan error
+	// metricsSrv serves /metrics on its own listener, apart from the API.
+	metricsSrv      *http.Server
+	metricsListener net.Listener
+	serveErr        chan error
 
 	stopOnce sync.Once
 }
@@ -63,11 +68,20 @@ func NewProgram(cfg Config, logw io.Writer) *Program {
 	level := slog.LevelInfo
 	_ = level.UnmarshalText([]byte(cfg.LogLevel))
 	log := slog.New(slog.NewJSONHandler(logw, &slog.HandlerOptions{Level: level}))
-	return &Program{Config: cfg, Log: log, serveErr: make(chan error, 1)}
+	return &Program{Config: cfg, Log: log, serveErr: make(chan error, 2)}
 }
 
 // Addr is the address the HTTP server listens on, once started.
 func (p *Program) Addr() string { return p.listener.Addr().String() }
+
+// MetricsAddr is the address /metrics is served on, once started; empty
+// when MetricsAddr is not configured.
+func (p *Program) MetricsAddr() string {
+	if p.metricsListener == nil {
+		return ""
+	}
+	return p.metricsListener.Addr().String()
+}
 
 // Start connects to the services, starts the configured roles and the HTTP
 // server, and returns once all of them are up. On failure it undoes what it
@@ -130,6 +144,16 @@ func (p *Program) Start(ctx context.Context) (err error) {
 		p.Log.Warn("PEAKDESK_JWT_SECRET is unset: dev mode signs tokens with a public dev-only secret")
 		secret = []byte(devSecret)
 	}
+	// One authenticator for every API of the process: platform tokens and
+	// the shops' own keys, with one cache.
+	var previous [][]byte
+	for _, s := range cfg.JWTPreviousSecrets {
+		previous = append(previous, []byte(s))
+	}
+	auth, err := ingest.NewShopAuthenticator(ingest.AuthConfig{Secret: secret, PreviousSecrets: previous, DB: p.db})
+	if err != nil {
+		return err
+	}
 
 	// The shop API (the simulator in dev) and the FAQ engine, shared by the
 	// edge's load shedding and the workers' fallback.
@@ -153,11 +177,11 @@ func (p *Program) Start(ctx context.Context) (err error) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /readyz", p.ready)
-	mux.Handle("GET /metrics", promhttp.HandlerFor(p.registry, promhttp.HandlerOpts{Registry: p.registry}))
 
 	if cfg.hasRole(roleIngest) {
 		p.edge, err = ingest.New(ingest.Config{
-			Secret: secret, DB: p.db, Redis: p.rdb, JS: p.js,
+			Secret: secret, PreviousSecrets: previous, Auth: auth, MaxStreams: cfg.MaxStreams,
+			DB: p.db, Redis: p.rdb, JS: p.js,
 			Logger: p.Log, Registerer: p.registry,
 			BatchPublish: cfg.PublishBatch,
 			FAQ:          edgeFAQ{p.faq},
@@ -170,7 +194,7 @@ func (p *Program) Start(ctx context.Context) (err error) {
 			return err
 		}
 		p.edge.Register(mux)
-		ingest.RegisterOpsDLQ(mux, ingest.NewAuthenticator(secret), p.db, p.js, p.Log)
+		ingest.RegisterOpsDLQ(mux, auth, p.db, p.js, p.Log)
 	}
 	if cfg.hasRole(roleWorker) {
 		// Every LLM HTTP call goes through the worker's transport: the
@@ -241,11 +265,14 @@ func (p *Program) Start(ctx context.Context) (err error) {
 	}
 
 	if cfg.hasRole(roleRelay) {
-		if err := p.startRelay(ctx, mux, ingest.NewAuthenticator(secret)); err != nil {
+		if err := p.startRelay(ctx, mux, auth); err != nil {
 			return err
 		}
 	}
 
+	if err := p.startMetrics(); err != nil {
+		return err
+	}
 	if p.listener, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
 		return fmt.Errorf("listen %s: %w", cfg.HTTPAddr, err)
 	}
@@ -260,7 +287,34 @@ func (p *Program) Start(ctx context.Context) (err error) {
 		p.httpSrv.RegisterOnShutdown(p.edge.CloseStreams)
 	}
 	go func() { p.serveErr <- p.httpSrv.Serve(p.listener) }()
-	p.Log.Info("peakdesk started", "addr", p.Addr(), "roles", strings.Join(cfg.Roles, ","), "dev", cfg.Dev)
+	p.Log.Info("peakdesk started", "addr", p.Addr(), "metrics_addr", p.MetricsAddr(),
+		"roles", strings.Join(cfg.Roles, ","), "dev", cfg.Dev)
+	return nil
+}
+
+// startMetrics serves /metrics (and /healthz, for probes on the same port)
+// on MetricsAddr: a listener of its own, so the API port exposes no
+// metrics and the metrics port can stay on loopback or a private network.
+func (p *Program) startMetrics() error {
+	if p.Config.MetricsAddr == "" {
+		return nil
+	}
+	ln, err := net.Listen("tcp", p.Config.MetricsAddr)
+	if err != nil {
+		return fmt.Errorf("listen %s (PEAKDESK_METRICS_ADDR): %w", p.Config.MetricsAddr, err)
+	}
+	p.metricsListener = ln
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(p.registry, promhttp.HandlerOpts{Registry: p.registry}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	p.metricsSrv = &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		ErrorLog:          slog.NewLogLogger(p.Log.Handler(), slog.LevelWarn),
+	}
+	go func() { p.serveErr <- p.metricsSrv.Serve(ln) }()
 	return nil
 }
 
@@ -322,6 +376,9 @@ func (p *Program) Stop() {
 		if p.httpSrv != nil {
 			_ = p.httpSrv.Shutdown(ctx) // ends event streams, waits for requests in flight
 		}
+		if p.metricsSrv != nil {
+			_ = p.metricsSrv.Shutdown(ctx)
+		}
 		if p.edge != nil {
 			p.edge.Stop()
 		}
@@ -333,6 +390,9 @@ func (p *Program) Stop() {
 		}
 		if p.relay != nil {
 			p.relay.Stop()
+		}
+		if p.redactor != nil {
+			p.redactor.Stop()
 		}
 		if p.faq != nil {
 			p.faq.Stop()

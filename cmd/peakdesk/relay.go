@@ -13,6 +13,7 @@ import (
 	"github.com/peakdesk/peakdesk/ingest"
 	"github.com/peakdesk/peakdesk/outbox"
 	"github.com/peakdesk/peakdesk/storage"
+	"github.com/peakdesk/peakdesk/storage/retention"
 )
 
 // replyPusher stores and publishes replies that answer no single message:
@@ -53,8 +54,9 @@ func (p replyPusher) push(ctx context.Context, r *peakdesk.Reply, handoff bool) 
 	return storage.PublishReplyEvent(ctx, p.js, r)
 }
 
-// startRelay starts the outbox relay role and mounts the operator actions
-// API. The shop API is the configured one, or in dev the simulator.
+// startRelay starts the outbox relay role, with the retention job, and
+// mounts the operator actions API. The shop API is the configured one, or in
+// dev the simulator.
 func (p *Program) startRelay(ctx context.Context, mux *http.ServeMux, auth *ingest.Authenticator) error {
 	pusher := replyPusher{db: p.db, js: p.js}
 	var err error
@@ -69,6 +71,13 @@ func (p *Program) startRelay(ctx context.Context, mux *http.ServeMux, auth *inge
 		return err
 	}
 	if err := p.relay.Start(ctx); err != nil {
+		return err
+	}
+	// Expired chat texts are masked by every relay (they share the work).
+	if p.redactor, err = retention.New(retention.Config{DB: p.db, Logger: p.Log, Registerer: p.registry}); err != nil {
+		return err
+	}
+	if err := p.redactor.Start(ctx); err != nil {
 		return err
 	}
 	ops, err := outbox.NewOps(outbox.OpsConfig{DB: p.db, Logger: p.Log})

@@ -21,27 +21,37 @@ const devWebhookSecret = "peakdesk-dev-webhook-secret"
 // client code path is the same in both.
 func (p *Program) startShopAPI(ctx context.Context) error {
 	base := p.Config.ShopAPIURL
+	allowPrivate := p.Config.AllowPrivateShopURLs
+	var sim *loadtest.ShopSim
 	if base == "" {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			return fmt.Errorf("simulated shop: %w", err)
 		}
-		sim := loadtest.NewShopSim(loadtest.ShopFaults{LatencyMS: 50}, []byte(devWebhookSecret))
+		sim = loadtest.NewShopSim(loadtest.ShopFaults{LatencyMS: 50}, []byte(devWebhookSecret))
 		p.shopSrv = &http.Server{Handler: sim, ReadHeaderTimeout: 5 * time.Second}
 		go func() { _ = p.shopSrv.Serve(ln) }()
 		base = "http://" + ln.Addr().String()
 		p.Log.Info("using the built-in simulated shop API (set PEAKDESK_SHOP_API_URL for a real one)", "url", base)
-		if p.Config.Dev {
-			// The demo shop's reply webhooks go to the simulator's receiver.
-			if err := p.db.PutShopAPISettings(ctx, storage.ShopAPISettings{ShopID: "demo",
-				WebhookURL: base + "/webhooks/replies", WebhookSecret: devWebhookSecret}); err != nil {
-				return err
-			}
+		if !allowPrivate {
+			p.Log.Warn("allowing private shop URLs: the built-in simulated shop listens on loopback")
+			allowPrivate = true
 		}
 	}
 	var err error
-	p.shop, err = outbox.NewShopClient(outbox.ShopClientConfig{DB: p.db, DefaultBaseURL: base})
-	return err
+	p.shop, err = outbox.NewShopClient(outbox.ShopClientConfig{DB: p.db, DefaultBaseURL: base, AllowPrivate: allowPrivate})
+	if err != nil {
+		return err
+	}
+	if sim != nil && p.Config.Dev {
+		// The demo shop's reply webhooks go to the simulator's receiver,
+		// signed with the secret it knows.
+		if err := p.shop.PutSettings(ctx, storage.ShopAPISettings{ShopID: "demo",
+			WebhookURL: base + "/webhooks/replies", WebhookSecret: devWebhookSecret}); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // seedDemo gives the dev shop "demo" its FAQ (kept if already there).

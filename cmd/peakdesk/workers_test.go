@@ -41,7 +41,7 @@ func TestMain(m *testing.M) {
 // childWorker is a worker role running in its own process.
 type childWorker struct {
 	cmd  *exec.Cmd
-	addr string // where it serves /metrics
+	addr string // where it serves its API
 	done chan struct{}
 }
 
@@ -56,9 +56,11 @@ func (b *testBundle) startChildWorker(t *testing.T, name string, env ...string) 
 		"REDIS_URL="+storagetest.RedisURL(),
 		"NATS_URL="+b.natsURL,
 		"PEAKDESK_HTTP_ADDR=127.0.0.1:0",
+		"PEAKDESK_METRICS_ADDR=127.0.0.1:0",
 		"PEAKDESK_JWT_SECRET="+testSecret,
 		"PEAKDESK_LLM_BASE_URL="+b.llmURL,
 		"PEAKDESK_SHOP_API_URL="+b.shopURL,
+		"PEAKDESK_ALLOW_PRIVATE_SHOP_URLS=true", // the simulated shop listens on loopback
 		"PEAKDESK_LOG_LEVEL=info",
 	)
 	cmd.Env = append(cmd.Env, env...)

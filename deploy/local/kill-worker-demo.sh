@@ -20,8 +20,8 @@ go tool nats-server -js -a 127.0.0.1 -p 4333 -sd "$work/nats" >"$work/nats.log" 
 bin/peakdesk mockllm --addr 127.0.0.1:8095 --latency 300ms --latency-jitter 100ms >"$work/llm.log" 2>&1 & pids+=($!)
 sleep 2
 bin/peakdesk migrate --ensure-shop demo
-bin/peakdesk serve --roles ingest --http-addr 127.0.0.1:8181 >"$work/ingest.log" 2>&1 & pids+=($!)
-bin/peakdesk serve --roles worker --http-addr 127.0.0.1:8182 --ack-wait 10s >"$work/worker1.log" 2>&1 &
+bin/peakdesk serve --roles ingest --http-addr 127.0.0.1:8181 --metrics-addr 127.0.0.1:9181 >"$work/ingest.log" 2>&1 & pids+=($!)
+bin/peakdesk serve --roles worker --http-addr 127.0.0.1:8182 --metrics-addr 127.0.0.1:9182 --ack-wait 10s >"$work/worker1.log" 2>&1 &
 worker=$!
 sleep 2
 bin/peakdesk loadtest --url http://127.0.0.1:8181 --scenario steady --rate 100 --duration 40s \
@@ -32,5 +32,5 @@ echo "kill -9 the worker at $(date +%T)" >&2
 kill -9 "$worker"
 sleep 10
 echo "restart the worker at $(date +%T)" >&2
-bin/peakdesk serve --roles worker --http-addr 127.0.0.1:8182 --ack-wait 10s >"$work/worker2.log" 2>&1 & pids+=($!)
+bin/peakdesk serve --roles worker --http-addr 127.0.0.1:8182 --metrics-addr 127.0.0.1:9182 --ack-wait 10s >"$work/worker2.log" 2>&1 & pids+=($!)
 wait "$loadtest"

@@ -19,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/nats-io/nats-server/v2/server"
 
+	"github.com/peakdesk/peakdesk/migrations"
 	"github.com/peakdesk/peakdesk/storage"
 )
 
@@ -29,10 +30,13 @@ func AdminURL() string {
 }
 
 // DatabaseURL creates a new database with every migration applied, drops it
-// when the test ends, and returns its URL.
+// when the test ends, and returns its URL. The database is a copy of a
+// template migrated once per set of migrations (named after their
+// fingerprint, shared by every test process), which is much cheaper than
+// running every migration for every test.
 func DatabaseURL(t testing.TB) string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	admin := AdminURL()
 	conn, err := pgx.Connect(ctx, admin)
@@ -40,28 +44,85 @@ func DatabaseURL(t testing.TB) string {
 		t.Fatalf("storagetest: connect %s: %v (is Postgres running? make test starts it)", redact(admin), err)
 	}
 	defer conn.Close(ctx)
+	tmpl, err := template(ctx, conn, admin)
+	if err != nil {
+		t.Fatalf("storagetest: template database: %v", err)
+	}
 	var b [6]byte
 	_, _ = rand.Read(b[:])
 	name := "peakdesk_test_" + hex.EncodeToString(b[:])
-	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name); err != nil {
-		t.Fatalf("storagetest: create database: %v", err)
+	for attempt := 1; ; attempt++ {
+		_, err := conn.Exec(ctx, "CREATE DATABASE "+name+" TEMPLATE "+tmpl)
+		var pgErr *pgconn.PgError
+		// 55006: the template is being accessed by other users — a clone
+		// starting at the same moment; it passes at once.
+		if errors.As(err, &pgErr) && pgErr.Code == "55006" && attempt < 100 {
+			time.Sleep(20 * time.Millisecond)
+			continue
+		}
+		if err != nil {
+			t.Fatalf("storagetest: create database: %v", err)
+		}
+		break
 	}
 	t.Cleanup(func() { dropDatabase(t, admin, name) })
+	return withDatabase(t, admin, name)
+}
+
+func withDatabase(t testing.TB, admin, name string) string {
+	t.Helper()
 	u, err := url.Parse(admin)
 	if err != nil {
 		t.Fatalf("storagetest: parse %s: %v", redact(admin), err)
 	}
 	u.Path = "/" + name
-	dbURL := u.String()
-	db, err := storage.Open(ctx, dbURL, 2)
+	return u.String()
+}
+
+// template returns the name of the migrated template database of this set
+// of migrations, creating it if it does not exist yet. Test processes run in
+// parallel: an advisory lock lets one of them build it, under a temporary
+// name renamed when complete, so no one ever clones half a schema.
+func template(ctx context.Context, conn *pgx.Conn, admin string) (string, error) {
+	name := "peakdesk_tmpl_" + migrations.Fingerprint()
+	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock(hashtextextended($1, 0))`, name); err != nil {
+		return "", err
+	}
+	defer func() {
+		_, _ = conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock(hashtextextended($1, 0))`, name)
+	}()
+	var exists bool
+	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)`, name).Scan(&exists); err != nil {
+		return "", err
+	}
+	if exists {
+		return name, nil
+	}
+	building := name + "_building"
+	if _, err := conn.Exec(ctx, "DROP DATABASE IF EXISTS "+building+" WITH (FORCE)"); err != nil {
+		return "", err
+	}
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+building); err != nil {
+		return "", err
+	}
+	u, err := url.Parse(admin)
 	if err != nil {
-		t.Fatalf("storagetest: %v", err)
+		return "", err
 	}
-	defer db.Close()
-	if err := db.Migrate(ctx); err != nil {
-		t.Fatalf("storagetest: %v", err)
+	u.Path = "/" + building
+	db, err := storage.Open(ctx, u.String(), 2)
+	if err != nil {
+		return "", err
 	}
-	return dbURL
+	err = db.Migrate(ctx)
+	db.Close()
+	if err != nil {
+		return "", err
+	}
+	if _, err := conn.Exec(ctx, "ALTER DATABASE "+building+" RENAME TO "+name); err != nil {
+		return "", err
+	}
+	return name, nil
 }
 
 // dropDatabase drops a test database. DROP ... WITH (FORCE) may fail with

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 
 	"github.com/peakdesk/peakdesk/workers/llm"
@@ -14,6 +15,11 @@ import (
 // call after the last round asks the model for text (tool_choice "none"); a
 // model that still asks for tools has failed, and the answer falls back.
 const MaxToolRounds = 3
+
+// MaxCallsPerRound is how many tool calls of one model response are run;
+// the rest are answered "not run", so one response cannot fan out into
+// dozens of calls to the shop.
+const MaxCallsPerRound = 4
 
 // errToolLoop is a model that asked for tools when it had to answer.
 var errToolLoop = errors.New("answer: the model still asks for tools after the last round")
@@ -108,8 +114,11 @@ func (a *Answerer) converse(ctx context.Context, t turn, route route, model stri
 		if c.Text != "" {
 			cv.said = append(cv.said, c.Text)
 		}
-		for _, call := range c.ToolCalls {
-			result := a.runTool(ctx, t, cv, call)
+		for i, call := range c.ToolCalls {
+			result := "Not run: at most " + strconv.Itoa(MaxCallsPerRound) + " tool calls are run per response."
+			if i < MaxCallsPerRound {
+				result = a.runTool(ctx, t, cv, call)
+			}
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
 			}

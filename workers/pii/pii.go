@@ -4,10 +4,17 @@
 // for the audit record.
 //
 // Detection is deliberately strict where a false positive would hurt the
-// answer: an ID-card number must carry a valid birth date and checksum, a
-// bank-card number must pass the Luhn check and start like a card, and a
-// long number right after an order word ("订单", "order #") is left alone so
-// that order lookups keep working.
+// answer: an ID-card number must carry a valid birth date and checksum (the
+// old 15-digit cards, which have no checksum, a valid province code and birth
+// date), a bank-card number must pass the Luhn check and start like a card,
+// and a long number right after an order word ("订单", "order #") is left
+// alone so that order lookups keep working.
+//
+// Invisible format characters (Unicode category Cf: zero-width spaces and
+// joiners, the soft hyphen, bidi controls, the BOM) do not hide a number:
+// detection reads the text without them, and a masked value loses the ones
+// inside it. Those outside personal data are left where they are, so emoji
+// sequences joined by U+200D survive masking; StripFormat removes them all.
 package pii
 
 import (
@@ -42,7 +49,9 @@ type Found struct {
 
 var (
 	emailRe = regexp.MustCompile(`[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}`)
-	idRe    = regexp.MustCompile(`\d{17}[\dXx]`)
+	// An ID-card number is the 18-character resident identity card number
+	// or the 15-digit first-generation one.
+	idRe = regexp.MustCompile(`\d{17}[\dXx]|\d{15}`)
 	// A card number is written in one run or in groups of four.
 	cardRe = regexp.MustCompile(`\d{4}(?:[ \-]\d{4}){2,3}(?:[ \-]\d{1,4})?|\d{13,19}`)
 	// Chinese mobile numbers (optionally +86), international numbers that
@@ -56,9 +65,34 @@ var (
 // which must stay readable for the order lookup.
 var orderWords = []string{"订单", "单号", "运单", "快递", "物流", "order", "tracking", "#"}
 
+// StripFormat returns s without its format characters (Unicode category
+// Cf): zero-width spaces and joiners (U+200B..U+200D, U+2060), the marks
+// and embeddings of bidirectional text (U+200E, U+200F, U+202A..U+202E,
+// U+2066..U+2069), the soft hyphen (U+00AD), the byte order mark (U+FEFF),
+// tag characters and the rest. Text is classified (keywords, priorities)
+// after StripFormat, so that "退\u200b款" is still "退款".
+func StripFormat(s string) string {
+	if !strings.ContainsFunc(s, isFormat) {
+		return s
+	}
+	return strings.Map(func(r rune) rune {
+		if isFormat(r) {
+			return -1
+		}
+		return r
+	}, s)
+}
+
+// isFormat reports whether r is a format character (category Cf).
+func isFormat(r rune) bool {
+	return r >= 0xAD && unicode.Is(unicode.Cf, r)
+}
+
 // Find returns the personal data in text, in order of position. Full-width
 // digits, letters and signs (typed with a Chinese input method) count as
-// their ASCII forms.
+// their ASCII forms, and format characters (see StripFormat) do not count at
+// all: "138\u200b1234\u200b5678" is a phone number. A Found's span and Value
+// include the format characters inside it.
 func Find(text string) []Found {
 	folded, orig := fold(text)
 	var found []Found
@@ -85,7 +119,11 @@ func Find(text string) []Found {
 	slices.SortFunc(found, func(a, b Found) int { return a.Start - b.Start })
 	if orig != nil {
 		for i := range found {
-			found[i].Start, found[i].End = orig[found[i].Start], orig[found[i].End]
+			// The span ends after the last rune matched, so that format
+			// characters right after a value stay outside it.
+			last := orig[found[i].End-1]
+			_, size := utf8.DecodeRuneInString(text[last:])
+			found[i].Start, found[i].End = orig[found[i].Start], last+size
 			found[i].Value = text[found[i].Start:found[i].End]
 		}
 	}
@@ -93,15 +131,19 @@ func Find(text string) []Found {
 }
 
 // fold maps full-width ASCII letters, digits and the signs of phone numbers
-// and e-mail addresses to ASCII. orig[i] is the offset in text of byte i of
-// the folded string (and orig[len] = len(text)); nil when nothing changed.
+// and e-mail addresses to ASCII and drops format characters. orig[i] is the
+// offset in text of byte i of the folded string (and orig[len] = len(text));
+// nil when nothing changed.
 func fold(text string) (string, []int) {
-	if !strings.ContainsFunc(text, fullWidth) {
+	if !strings.ContainsFunc(text, func(r rune) bool { return fullWidth(r) || isFormat(r) }) {
 		return text, nil
 	}
 	var b strings.Builder
 	orig := make([]int, 0, len(text)+1)
 	for i, r := range text {
+		if isFormat(r) {
+			continue
+		}
 		if fullWidth(r) {
 			r -= 0xFEE0
 		}
@@ -129,7 +171,9 @@ func Mask(text string) (string, map[string]int) {
 }
 
 // MaskExcept is Mask that leaves the values in keep as they are — the
-// shop's own published contacts quoted from its FAQ, for example.
+// shop's own published contacts quoted from its FAQ, for example. A value
+// is kept when it is in keep as written or in its normal form (ASCII, no
+// format characters), which is what Values returns.
 func MaskExcept(text string, keep map[string]bool) (string, map[string]int) {
 	found := Find(text)
 	if len(found) == 0 {
@@ -142,11 +186,11 @@ func MaskExcept(text string, keep map[string]bool) (string, map[string]int) {
 	)
 	b.Grow(len(text))
 	for _, f := range found {
-		if keep[f.Value] {
+		ascii, _ := fold(f.Value)
+		if keep[f.Value] || keep[ascii] {
 			continue
 		}
 		b.WriteString(text[last:f.Start])
-		ascii, _ := fold(f.Value)
 		b.WriteString(masked(f.Kind, ascii))
 		last = f.End
 		if counts == nil {
@@ -161,8 +205,9 @@ func MaskExcept(text string, keep map[string]bool) (string, map[string]int) {
 	return b.String(), counts
 }
 
-// Values returns the distinct values of the personal data in text, for use
-// as the keep set of MaskExcept.
+// Values returns the distinct values of the personal data in text in their
+// normal form (ASCII, no format characters), for use as the keep set of
+// MaskExcept.
 func Values(text string) map[string]bool {
 	found := Find(text)
 	if len(found) == 0 {
@@ -170,7 +215,8 @@ func Values(text string) map[string]bool {
 	}
 	vals := make(map[string]bool, len(found))
 	for _, f := range found {
-		vals[f.Value] = true
+		ascii, _ := fold(f.Value)
+		vals[ascii] = true
 	}
 	return vals
 }
@@ -203,6 +249,10 @@ func standsAlone(text string, start, end int) bool {
 func valid(kind, text string, start int, value string) bool {
 	switch kind {
 	case IDCard:
+		if len(value) == 15 {
+			// Fifteen digits are as often an order or tracking number.
+			return validOldIDCard(value) && !afterOrderWord(text, start)
+		}
 		return validIDCard(value)
 	case BankCard:
 		d := digits(value)
@@ -255,6 +305,32 @@ func validIDCard(v string) bool {
 		last = 'X'
 	}
 	return last == check
+}
+
+// validOldIDCard checks a 15-digit first-generation identity card number
+// (issued until 2004, no check digit): a province code (the first two of
+// the six area digits), then a plausible birth date YYMMDD in the 1900s.
+// Random 15-digit runs pass about once in a hundred.
+func validOldIDCard(v string) bool {
+	if len(v) != 15 || !provinces[v[:2]] {
+		return false
+	}
+	year := 1900 + atoi(v[6:8])
+	month := atoi(v[8:10])
+	day := atoi(v[10:12])
+	return month >= 1 && month <= 12 && day >= 1 && day <= daysIn(year, month)
+}
+
+// provinces are the province-level codes that open a Chinese identity card
+// number (GB/T 2260; 71 Taiwan, 81 Hong Kong, 82 Macau).
+var provinces = map[string]bool{
+	"11": true, "12": true, "13": true, "14": true, "15": true,
+	"21": true, "22": true, "23": true,
+	"31": true, "32": true, "33": true, "34": true, "35": true, "36": true, "37": true,
+	"41": true, "42": true, "43": true, "44": true, "45": true, "46": true,
+	"50": true, "51": true, "52": true, "53": true, "54": true,
+	"61": true, "62": true, "63": true, "64": true, "65": true,
+	"71": true, "81": true, "82": true,
 }
 
 func daysIn(year, month int) int {

@@ -1,0 +1,293 @@
+package retention_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/peakdesk/peakdesk"
+	"github.com/peakdesk/peakdesk/storage"
+	"github.com/peakdesk/peakdesk/storage/retention"
+	"github.com/peakdesk/peakdesk/storage/storagetest"
+)
+
+// testBundle is a fresh database with shops "short" (the default 30 days)
+// and "long" (365 days), and a raw pool to age rows and read them back.
+type testBundle struct {
+	db   *storage.DB
+	pool *pgxpool.Pool
+	n    int
+}
+
+func setup(t *testing.T) *testBundle {
+	t.Helper()
+	ctx := context.Background()
+	url := storagetest.DatabaseURL(t)
+	db, err := storage.Open(ctx, url, 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(db.Close)
+	pool, err := pgxpool.New(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	for _, s := range []string{"short", "long"} {
+		if err := db.EnsureShop(ctx, s, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := db.SetShopRetention(ctx, "long", 365); err != nil {
+		t.Fatal(err)
+	}
+	return &testBundle{db: db, pool: pool}
+}
+
+// chat stores a message of shop answered by a reply, both stored age ago,
+// and returns their ids.
+func (b *testBundle) chat(t *testing.T, shop string, age time.Duration, question, answer string) (msg, reply string) {
+	t.Helper()
+	ctx := context.Background()
+	b.n++
+	m := &peakdesk.Message{ID: fmt.Sprintf("%032x", b.n), ShopID: shop, ConversationID: fmt.Sprintf("c%031x", b.n),
+		UserID: "u1", Text: question, Priority: peakdesk.P2, AcceptedAt: time.Now().UTC().Add(-age)}
+	r := &peakdesk.Reply{ID: fmt.Sprintf("reply-%d", b.n), ShopID: shop, ConversationID: m.ConversationID,
+		MessageIDs: []string{m.ID}, Text: answer, Source: peakdesk.SourceLLM}
+	if _, existed, err := b.db.SaveAnsweredMessage(ctx, m, r, nil); err != nil || existed {
+		t.Fatalf("store chat: existed=%v err=%v", existed, err)
+	}
+	for _, q := range []string{`UPDATE messages SET created_at = now() - $2::interval WHERE id = $1`,
+		`UPDATE replies SET created_at = now() - $2::interval WHERE id = $1`} {
+		id := m.ID
+		if strings.Contains(q, "replies") {
+			id = r.ID
+		}
+		if _, err := b.pool.Exec(ctx, q, id, age); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return m.ID, r.ID
+}
+
+// row is a stored text and whether it was redacted.
+type row struct {
+	text     string
+	redacted bool
+	at       time.Time
+}
+
+func (b *testBundle) row(t *testing.T, table, id string) row {
+	t.Helper()
+	var r row
+	var at *time.Time
+	if err := b.pool.QueryRow(context.Background(), `SELECT text, redacted_at FROM `+table+` WHERE id = $1`, id).
+		Scan(&r.text, &at); err != nil {
+		t.Fatal(err)
+	}
+	if at != nil {
+		r.redacted, r.at = true, *at
+	}
+	return r
+}
+
+func newRedactor(t *testing.T, b *testBundle, cfg retention.Config) *retention.Redactor {
+	t.Helper()
+	cfg.DB = b.db
+	r, err := retention.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+const day = 24 * time.Hour
+
+// After a shop's retention a message's and a reply's text are replaced by
+// their masked form, once; younger rows, and rows of a shop with a longer
+// retention, keep their words.
+func TestExpiredTextsAreMaskedOnceByShopRetention(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	const (
+		question = "退款，手机138\u200b1234\u200b5678，身份证110105491231002"
+		answer   = "好的，我们会致电13812345678"
+	)
+	oldMsg, oldReply := b.chat(t, "short", 31*day, question, answer)
+	plainMsg, plainReply := b.chat(t, "short", 40*day, "where is my parcel", "on its way")
+	youngMsg, youngReply := b.chat(t, "short", 29*day, question, answer)
+	longMsg, longReply := b.chat(t, "long", 31*day, question, answer)
+	ancientMsg, ancientReply := b.chat(t, "long", 400*day, question, answer)
+
+	reg := prometheus.NewRegistry()
+	// A batch of 2 makes the run take the 3 expired rows of each table in
+	// two statements.
+	res, err := newRedactor(t, b, retention.Config{BatchSize: 2, Registerer: reg}).RunOnce(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res != (retention.Result{Messages: 3, Replies: 3}) {
+		t.Errorf("first run %+v, want 3 messages and 3 replies", res)
+	}
+	for _, id := range []string{oldMsg, ancientMsg} {
+		if got := b.row(t, "messages", id); got.text != "退款，手机138****5678，身份证***********1002" || !got.redacted {
+			t.Errorf("expired message %s: %+v", id, got)
+		}
+	}
+	for _, id := range []string{oldReply, ancientReply} {
+		if got := b.row(t, "replies", id); got.text != "好的，我们会致电138****5678" || !got.redacted {
+			t.Errorf("expired reply %s: %+v", id, got)
+		}
+	}
+	if got := b.row(t, "messages", plainMsg); got.text != "where is my parcel" || !got.redacted {
+		t.Errorf("expired message without personal data: %+v, want it marked redacted", got)
+	}
+	if got := b.row(t, "replies", plainReply); got.text != "on its way" || !got.redacted {
+		t.Errorf("expired reply without personal data: %+v, want it marked redacted", got)
+	}
+	for _, id := range []string{youngMsg, longMsg} {
+		if got := b.row(t, "messages", id); got.text != question || got.redacted {
+			t.Errorf("message within its retention %s: %+v, want it untouched", id, got)
+		}
+	}
+	for _, id := range []string{youngReply, longReply} {
+		if got := b.row(t, "replies", id); got.text != answer || got.redacted {
+			t.Errorf("reply within its retention %s: %+v, want it untouched", id, got)
+		}
+	}
+	if got := counter(t, reg, "peakdesk_retention_redacted_total", "messages"); got != 3 {
+		t.Errorf("redacted messages metric %v, want 3", got)
+	}
+
+	// A second run finds nothing and changes nothing.
+	before := b.row(t, "messages", oldMsg)
+	res, err = newRedactor(t, b, retention.Config{}).RunOnce(ctx)
+	if err != nil || res != (retention.Result{}) {
+		t.Fatalf("second run %+v %v, want nothing done", res, err)
+	}
+	if after := b.row(t, "messages", oldMsg); after != before {
+		t.Errorf("second run changed %+v to %+v", before, after)
+	}
+}
+
+// Relays run the job side by side: together they redact each expired row
+// exactly once.
+func TestConcurrentRunsShareTheWork(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	const expired = 60
+	for i := range expired {
+		b.chat(t, "short", 31*day, fmt.Sprintf("call 1381234%04d", i), "ok")
+	}
+	b.chat(t, "short", time.Hour, "call 13812345678", "ok")
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		total retention.Result
+	)
+	for range 4 {
+		r := newRedactor(t, b, retention.Config{BatchSize: 5})
+		wg.Go(func() {
+			res, err := r.RunOnce(ctx)
+			if err != nil {
+				t.Error(err)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			total.Messages += res.Messages
+			total.Replies += res.Replies
+		})
+	}
+	wg.Wait()
+	if total != (retention.Result{Messages: expired, Replies: expired}) {
+		t.Fatalf("runs redacted %+v together, want %d of each", total, expired)
+	}
+	var left, masked int
+	if err := b.pool.QueryRow(ctx, `SELECT count(*) FILTER (WHERE redacted_at IS NULL),
+			count(*) FILTER (WHERE text LIKE 'call 138****%')
+		FROM messages`).Scan(&left, &masked); err != nil {
+		t.Fatal(err)
+	}
+	if left != 1 || masked != expired {
+		t.Fatalf("%d messages left unredacted (want the young one), %d masked (want %d)", left, masked, expired)
+	}
+}
+
+// The job runs at Start, then every Interval, until Stop.
+func TestRedactorRunsFromStartUntilStop(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	msg, _ := b.chat(t, "short", 31*day, "call 13812345678", "ok")
+	r := newRedactor(t, b, retention.Config{Interval: time.Hour})
+	if err := r.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.Stop)
+	deadline := time.Now().Add(10 * time.Second)
+	for !b.row(t, "messages", msg).redacted {
+		if time.Now().After(deadline) {
+			t.Fatal("the expired message was not redacted after Start")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	r.Stop()
+	r.Stop() // idempotent
+	if got := b.row(t, "messages", msg).text; got != "call 138****5678" {
+		t.Errorf("redacted text %q", got)
+	}
+}
+
+func TestConfigValidation(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	for _, tc := range []struct {
+		name  string
+		cfg   retention.Config
+		field string
+	}{
+		{"no db", retention.Config{}, "DB"},
+		{"interval too short", retention.Config{DB: b.db, Interval: time.Millisecond}, "Interval"},
+		{"batch too large", retention.Config{DB: b.db, BatchSize: 1_000_000}, "BatchSize"},
+	} {
+		if _, err := retention.New(tc.cfg); err == nil || !strings.Contains(err.Error(), tc.field) {
+			t.Errorf("%s: %v, want an error naming %s", tc.name, err, tc.field)
+		}
+	}
+	if err := b.db.SetShopRetention(context.Background(), "short", 0); peakdesk.ErrorCode(err) != peakdesk.EInvalid {
+		t.Errorf("retention of 0 days: %v, want invalid_argument", err)
+	}
+	if err := b.db.SetShopRetention(context.Background(), "nope", 7); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("retention of an unknown shop: %v, want ErrNotFound", err)
+	}
+}
+
+func counter(t *testing.T, reg *prometheus.Registry, name, table string) float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "table" && l.GetValue() == table {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	t.Fatalf("no metric %s{table=%q}", name, table)
+	return 0
+}
