@@ -26,10 +26,14 @@ import (
 //     by shop and day, by a script that reserves only if the day's spend
 //     plus the reservation stays within the cap. After the call the
 //     reservation is settled to what the call cost (INCRBY actual −
-//     reserved). Concurrent calls can therefore never together pass the
-//     cap, unless a provider bills more than max_tokens allows. The day is
-//     the calendar day in Asia/Shanghai (UTC+8, no daylight saving): the
-//     counter starts again at the midnight Double 11 begins. Counters
+//     reserved); a failed call costs nothing, except a stream that broke
+//     after the provider wrote part of an answer, which keeps its
+//     reservation. Concurrent calls can therefore never together pass the
+//     cap, unless the provider bills more than the estimate (which leans
+//     high) and max_tokens allow. A cap below one call's worst case allows
+//     no call; a cheaper model later in the chain may still fit. The day
+//     is the calendar day in Asia/Shanghai (UTC+8, no daylight saving):
+//     the counter starts again at the midnight Double 11 begins. Counters
 //     expire after 48 h.
 //   - LLM answers per end user and clock hour (Asia/Shanghai), counted once
 //     per turn that would call the LLM — not per retry, tool round or model
@@ -299,5 +303,5 @@ func (a *Answerer) noteCapped(t turn, r route, reason string) {
 	if c := r.limits.CallsPerUserPerHour; c != nil {
 		args = append(args, "calls_per_user_per_hour", *c)
 	}
-	a.log.Warn("llm capped: answering from the FAQ or handing off (at most one such line per shop a minute)", args...)
+	a.log.Warn("llm capped: answering from the FAQ or handing off", args...)
 }
