@@ -13,6 +13,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/peakdesk/peakdesk/workers/llm"
 )
 
 // Defaults the simulator fills in when a fault setting is left at zero.
@@ -50,6 +52,10 @@ type LLMFaults struct {
 	RetryAfter time.Duration
 	// InsufficientQuota answers every request with 429 insufficient_quota, which must not be retried.
 	InsufficientQuota bool
+	// KeyErrors answers every request whose bearer key is listed with that status (400..599),
+	// before reading it, as a provider's key check would: e.g. {"sk-revoked": 401} for a bad
+	// key, {"sk-busy": 429} for a key over its own rate limit (with Retry-After).
+	KeyErrors map[string]int
 	// RPM limits requests per minute over the whole simulator (burst rpm/60, at least 1); 0 is unlimited.
 	RPM int
 	// TPM limits prompt+completion tokens per minute (burst tpm/60, at least 1); 0 is unlimited.
@@ -81,6 +87,7 @@ type llmFaultsJSON struct {
 	ErrorStatuses     *map[int]float64 `json:"error_statuses"`
 	RetryAfterMS      int64            `json:"retry_after_ms"`
 	InsufficientQuota bool             `json:"insufficient_quota"`
+	KeyErrors         *map[string]int  `json:"key_errors"`
 	RPM               int              `json:"rpm"`
 	TPM               int              `json:"tpm"`
 	Outage            bool             `json:"outage"`
@@ -119,12 +126,17 @@ func (f LLMFaults) MarshalJSON() ([]byte, error) {
 		statuses = map[int]float64{}
 	}
 	w.ErrorStatuses = &statuses
+	keys := f.KeyErrors
+	if keys == nil {
+		keys = map[string]int{}
+	}
+	w.KeyErrors = &keys
 	return json.Marshal(w)
 }
 
 // UnmarshalJSON decodes the wire form on top of the current values: fields absent
-// from the JSON keep their values, error_statuses is replaced as a whole when
-// given, and unknown fields are an error so that typos do not go unnoticed.
+// from the JSON keep their values, error_statuses and key_errors are replaced as
+// a whole when given, and unknown fields are an error so that typos do not go unnoticed.
 func (f *LLMFaults) UnmarshalJSON(b []byte) error {
 	w := f.toJSON()
 	dec := json.NewDecoder(bytes.NewReader(b))
@@ -137,6 +149,10 @@ func (f *LLMFaults) UnmarshalJSON(b []byte) error {
 	if w.ErrorStatuses != nil {
 		statuses = *w.ErrorStatuses
 	}
+	keys := f.KeyErrors
+	if w.KeyErrors != nil {
+		keys = *w.KeyErrors
+	}
 	*f = LLMFaults{
 		Model:             w.Model,
 		Latency:           ms(w.LatencyMS),
@@ -148,6 +164,7 @@ func (f *LLMFaults) UnmarshalJSON(b []byte) error {
 		ErrorStatuses:     statuses,
 		RetryAfter:        ms(w.RetryAfterMS),
 		InsufficientQuota: w.InsufficientQuota,
+		KeyErrors:         keys,
 		RPM:               w.RPM,
 		TPM:               w.TPM,
 		Outage:            w.Outage,
@@ -196,6 +213,14 @@ func (f LLMFaults) Validate() error {
 			return fmt.Errorf("llm faults: error_statuses: weight of %d must be a non-negative number, got %v", status, weight)
 		}
 	}
+	for key, status := range f.KeyErrors {
+		if status < 400 || status > 599 {
+			return fmt.Errorf("llm faults: key_errors: status %d of a key is not within 400..599", status)
+		}
+		if key == "" {
+			return errors.New("llm faults: key_errors: a key must not be empty")
+		}
+	}
 	return nil
 }
 
@@ -233,6 +258,13 @@ func (f LLMFaults) normalised() LLMFaults {
 		}
 	}
 	f.ErrorStatuses = statuses
+	keys := make(map[string]int, len(f.KeyErrors))
+	for key, status := range f.KeyErrors {
+		if key != "" && status >= 400 && status <= 599 {
+			keys[key] = status
+		}
+	}
+	f.KeyErrors = keys
 	return f
 }
 
@@ -293,6 +325,13 @@ type LLMStats struct {
 	// PromptTokens and CompletionTokens sum the usage of answers delivered in full.
 	PromptTokens     int64 `json:"prompt_tokens"`
 	CompletionTokens int64 `json:"completion_tokens"`
+	// WithMaxTokens counts read requests that set a completion limit (max_tokens or
+	// max_completion_tokens); Truncated counts answers cut at it (finish_reason "length").
+	WithMaxTokens int64 `json:"with_max_tokens"`
+	Truncated     int64 `json:"truncated"`
+	// ByKey counts requests by the fingerprint of their bearer key (llm.KeyFingerprint),
+	// never the key itself.
+	ByKey map[string]int64 `json:"by_key"`
 }
 
 // llmCounters are the lock-free counters behind LLMStats.
@@ -306,6 +345,10 @@ type llmCounters struct {
 	maxInFlight      atomic.Int64
 	promptTokens     atomic.Int64
 	completionTokens atomic.Int64
+	withMaxTokens    atomic.Int64
+	truncated        atomic.Int64
+	byKeyMu          sync.Mutex
+	byKey            map[string]int64
 }
 
 func (c *llmCounters) enter() {
@@ -317,6 +360,17 @@ func (c *llmCounters) enter() {
 			return
 		}
 	}
+}
+
+// countKey counts a request under the fingerprint of its bearer key.
+func (c *llmCounters) countKey(key string) {
+	fp := llm.KeyFingerprint(key)
+	c.byKeyMu.Lock()
+	defer c.byKeyMu.Unlock()
+	if c.byKey == nil {
+		c.byKey = map[string]int64{}
+	}
+	c.byKey[fp]++
 }
 
 func (c *llmCounters) leave(status int) {
@@ -421,6 +475,11 @@ func (s *LLMSim) Faults() LLMFaults {
 		statuses[k] = v
 	}
 	f.ErrorStatuses = statuses
+	keys := make(map[string]int, len(f.KeyErrors))
+	for k, v := range f.KeyErrors {
+		keys[k] = v
+	}
+	f.KeyErrors = keys
 	return f
 }
 
@@ -437,7 +496,15 @@ func (s *LLMSim) Stats() LLMStats {
 		MaxInFlight:      c.maxInFlight.Load(),
 		PromptTokens:     c.promptTokens.Load(),
 		CompletionTokens: c.completionTokens.Load(),
+		WithMaxTokens:    c.withMaxTokens.Load(),
+		Truncated:        c.truncated.Load(),
+		ByKey:            map[string]int64{},
 	}
+	c.byKeyMu.Lock()
+	for k, n := range c.byKey {
+		st.ByKey[k] = n
+	}
+	c.byKeyMu.Unlock()
 	for status := range c.byStatus {
 		if n := c.byStatus[status].Load(); n != 0 {
 			st.ByStatus[status] = n
@@ -466,6 +533,11 @@ func (s *LLMSim) ResetStats() {
 	}
 	c.promptTokens.Store(0)
 	c.completionTokens.Store(0)
+	c.withMaxTokens.Store(0)
+	c.truncated.Store(0)
+	c.byKeyMu.Lock()
+	c.byKey = nil
+	c.byKeyMu.Unlock()
 	c.maxInFlight.Store(c.inFlight.Load())
 }
 

@@ -60,6 +60,27 @@ type llmChatRequest struct {
 			Name string `json:"name"`
 		} `json:"function"`
 	} `json:"tools"`
+	// The completion limit: OpenAI takes one of the two, never both.
+	MaxTokens           *int `json:"max_tokens"`
+	MaxCompletionTokens *int `json:"max_completion_tokens"`
+}
+
+// limit returns the completion limit the request sets (0: none), or an error
+// message when it sets it wrongly.
+func (req *llmChatRequest) limit() (int, string) {
+	switch {
+	case req.MaxTokens != nil && req.MaxCompletionTokens != nil:
+		return 0, "Setting 'max_tokens' and 'max_completion_tokens' at the same time is not supported."
+	case req.MaxTokens != nil && *req.MaxTokens < 1:
+		return 0, "'max_tokens' must be at least 1."
+	case req.MaxCompletionTokens != nil && *req.MaxCompletionTokens < 1:
+		return 0, "'max_completion_tokens' must be at least 1."
+	case req.MaxTokens != nil:
+		return *req.MaxTokens, ""
+	case req.MaxCompletionTokens != nil:
+		return *req.MaxCompletionTokens, ""
+	}
+	return 0, ""
 }
 
 type llmMessage struct {
@@ -113,6 +134,8 @@ type llmReply struct {
 	toolArgs         string
 	promptTokens     int
 	completionTokens int
+	// truncated: the answer was cut at the request's completion limit.
+	truncated bool
 }
 
 // llmBuildReply decides the answer: a tool call on cue when the last message is
@@ -152,6 +175,22 @@ func llmBuildReply(req *llmChatRequest) llmReply {
 	reply.content = llmAnswer(lastUser, texts[first:])
 	reply.completionTokens = max(llmCountTokens(reply.content), 1)
 	return reply
+}
+
+// cut shortens the answer to limit completion tokens (0: no limit), as a
+// provider stops writing at max_tokens: text ends mid-way, a tool call's
+// arguments end mid-way (no longer valid JSON).
+func (reply *llmReply) cut(limit int) {
+	if limit <= 0 || reply.completionTokens <= limit {
+		return
+	}
+	reply.truncated = true
+	reply.completionTokens = limit
+	if reply.tool != llmNoTool {
+		reply.toolArgs = llmTruncateTokens(reply.toolArgs, max(limit-4-llmCountTokens(llmToolNames[reply.tool]), 0))
+		return
+	}
+	reply.content = llmTruncateTokens(reply.content, limit)
 }
 
 // llmAnswer quotes the user's text verbatim, in Chinese when it has CJK text.
@@ -282,6 +321,33 @@ func llmCountTokens(s string) int {
 		}
 	}
 	return n
+}
+
+// llmTruncateTokens returns the longest start of s that llmCountTokens counts
+// as at most n tokens.
+func llmTruncateTokens(s string, n int) string {
+	count := 0
+	inWord := false
+	for pos, r := range s {
+		starts := false
+		switch {
+		case llmIsCJK(r):
+			starts, inWord = true, false
+		case unicode.IsLetter(r) || unicode.IsDigit(r) || r == '_':
+			starts, inWord = !inWord, true
+		case unicode.IsSpace(r):
+			inWord = false
+		default:
+			starts, inWord = true, false
+		}
+		if starts {
+			if count == n {
+				return s[:pos]
+			}
+			count++
+		}
+	}
+	return s
 }
 
 // llmSplit cuts s into at most n non-empty pieces of about equal rune count,
@@ -464,6 +530,8 @@ func (s *LLMSim) handleChat(w http.ResponseWriter, r *http.Request) {
 		llmWriteError(w, st, typ, code, msg)
 	}
 
+	key, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	s.stats.countKey(key)
 	if f.Outage {
 		fail(http.StatusServiceUnavailable, "server_error", "service_unavailable", "The service is unavailable (simulated outage).")
 		return
@@ -471,6 +539,14 @@ func (s *LLMSim) handleChat(w http.ResponseWriter, r *http.Request) {
 	if f.InsufficientQuota {
 		fail(http.StatusTooManyRequests, "insufficient_quota", "insufficient_quota",
 			"You exceeded your current quota, please check your plan and billing details (simulated).")
+		return
+	}
+	if st, ok := f.KeyErrors[key]; ok {
+		if st == http.StatusTooManyRequests {
+			llmSetRetryAfter(w.Header(), f.RetryAfter)
+		}
+		typ, code, msg := llmErrorKind(st)
+		fail(st, typ, code, msg)
 		return
 	}
 
@@ -487,7 +563,16 @@ func (s *LLMSim) handleChat(w http.ResponseWriter, r *http.Request) {
 		fail(http.StatusBadRequest, "invalid_request_error", "invalid_value", "'messages' must not be empty.")
 		return
 	}
+	limit, bad := req.limit()
+	if bad != "" {
+		fail(http.StatusBadRequest, "invalid_request_error", "invalid_parameter_combination", bad)
+		return
+	}
+	if limit > 0 {
+		s.stats.withMaxTokens.Add(1)
+	}
 	reply := llmBuildReply(&req)
+	reply.cut(limit)
 
 	if wait, err := s.admit(reply.promptTokens + reply.completionTokens); err != nil {
 		typ, limit := "requests", f.RPM
@@ -539,6 +624,9 @@ func (s *LLMSim) handleChat(w http.ResponseWriter, r *http.Request) {
 	served := func() {
 		s.stats.promptTokens.Add(int64(usage.PromptTokens))
 		s.stats.completionTokens.Add(int64(usage.CompletionTokens))
+		if reply.truncated {
+			s.stats.truncated.Add(1)
+		}
 		if reply.tool != llmNoTool {
 			s.stats.toolCalls[reply.tool].Add(1)
 		}
@@ -565,6 +653,9 @@ func (s *LLMSim) handleChat(w http.ResponseWriter, r *http.Request) {
 			Function: llmFunctionJSON{Name: llmToolNames[reply.tool], Arguments: reply.toolArgs}}}
 	} else {
 		msg.Content = &reply.content
+	}
+	if reply.truncated {
+		finishReason = "length"
 	}
 	served()
 	llmWriteJSON(w, http.StatusOK, llmCompletion{
@@ -620,6 +711,9 @@ func (s *LLMSim) stream(ctx context.Context, w http.ResponseWriter, f *LLMFaults
 			}
 			deltas = append(deltas, d)
 		}
+	}
+	if reply.truncated {
+		finish = "length"
 	}
 	cutAfter := 0
 	if rolls.cut < f.StreamCutRate {

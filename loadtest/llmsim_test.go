@@ -843,3 +843,123 @@ func BenchmarkLLMSimChat(b *testing.B) {
 		}
 	})
 }
+
+func TestLLMHonoursTheCompletionLimit(t *testing.T) {
+	t.Parallel()
+	b := llmSetup(t, LLMFaults{}, nil)
+	const question = "What time does the Double 11 sale start tonight, and which coupons can I stack?"
+
+	full, err := b.client.Chat.Completions.New(t.Context(), llmUserParams(question))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if full.Usage.CompletionTokens <= 5 || full.Choices[0].FinishReason != "stop" {
+		t.Fatalf("unlimited answer %+v: want more than 5 tokens, finished", full.Usage)
+	}
+
+	for _, tc := range []struct {
+		name string
+		set  func(*openai.ChatCompletionNewParams)
+	}{
+		{"max_tokens", func(p *openai.ChatCompletionNewParams) { p.MaxTokens = openai.Int(5) }},
+		{"max_completion_tokens", func(p *openai.ChatCompletionNewParams) { p.MaxCompletionTokens = openai.Int(5) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := llmUserParams(question)
+			tc.set(&p)
+			res, err := b.client.Chat.Completions.New(t.Context(), p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c := res.Choices[0]
+			if res.Usage.CompletionTokens != 5 || c.FinishReason != "length" ||
+				llmCountTokens(c.Message.Content) != 5 || !strings.HasPrefix(full.Choices[0].Message.Content, c.Message.Content) {
+				t.Errorf("limited to 5: %q (finish %q, usage %+v), want the first 5 tokens of %q",
+					c.Message.Content, c.FinishReason, res.Usage, full.Choices[0].Message.Content)
+			}
+
+			// Streamed, the same cut.
+			var text strings.Builder
+			finish := ""
+			s := b.client.Chat.Completions.NewStreaming(t.Context(), p)
+			for s.Next() {
+				for _, ch := range s.Current().Choices {
+					text.WriteString(ch.Delta.Content)
+					finish = cmpOr(ch.FinishReason, finish)
+				}
+			}
+			if err := s.Err(); err != nil || text.String() != c.Message.Content || finish != "length" {
+				t.Errorf("stream: %q finish %q (%v), want %q and length", text.String(), finish, err, c.Message.Content)
+			}
+		})
+	}
+	if st := b.sim.Stats(); st.WithMaxTokens != 4 || st.Truncated != 4 || st.Requests != 5 {
+		t.Errorf("stats %+v: want 5 requests, 4 with a limit, 4 truncated", st)
+	}
+
+	// Both at once is refused, as OpenAI does.
+	res, body := llmPost(t, http.MethodPost, b.srv.URL+"/v1/chat/completions",
+		`{"messages":[{"role":"user","content":"hi"}],"max_tokens":5,"max_completion_tokens":5}`)
+	if res.StatusCode != http.StatusBadRequest || !strings.Contains(string(body), "at the same time") {
+		t.Errorf("both limits: %d %s, want 400", res.StatusCode, body)
+	}
+}
+
+func cmpOr(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
+
+func TestLLMKeyErrorsRefuseOnlyThatKey(t *testing.T) {
+	t.Parallel()
+	b := llmSetup(t, LLMFaults{KeyErrors: map[string]int{"sk-revoked": 401, "sk-busy": 429}}, nil)
+	url := b.srv.URL + "/v1"
+	for key, want := range map[string]int{"sk-revoked": 401, "sk-busy": 429, "sk-good": 200} {
+		c := openai.NewClient(option.WithBaseURL(url), option.WithMaxRetries(0), option.WithAPIKey(key))
+		_, err := c.Chat.Completions.New(t.Context(), llmUserParams("hello"))
+		var apiErr *openai.Error
+		switch {
+		case want == 200 && err != nil:
+			t.Errorf("%s: %v, want an answer", key, err)
+		case want != 200 && (!errors.As(err, &apiErr) || apiErr.StatusCode != want):
+			t.Errorf("%s: %v, want %d", key, err, want)
+		case want == 429 && apiErr.Response.Header.Get("Retry-After") == "":
+			t.Errorf("%s: 429 without Retry-After", key)
+		}
+	}
+	st := b.sim.Stats()
+	if len(st.ByKey) != 3 {
+		t.Errorf("by key %v, want 3 fingerprints", st.ByKey)
+	}
+	for fp := range st.ByKey {
+		if strings.Contains(fp, "sk-") {
+			t.Errorf("stats show a key: %v", st.ByKey)
+		}
+	}
+	// key_errors over the admin endpoint, replaced as a whole.
+	res, body := llmPost(t, http.MethodPut, b.srv.URL+"/admin/faults", `{"key_errors":{"sk-good":403}}`)
+	if res.StatusCode != http.StatusOK {
+		t.Fatalf("PUT: %d %s", res.StatusCode, body)
+	}
+	if f := b.sim.Faults(); len(f.KeyErrors) != 1 || f.KeyErrors["sk-good"] != 403 {
+		t.Errorf("key errors after PUT: %v", f.KeyErrors)
+	}
+	if res, body := llmPost(t, http.MethodPut, b.srv.URL+"/admin/faults", `{"key_errors":{"k":200}}`); res.StatusCode != http.StatusBadRequest {
+		t.Errorf("PUT a 200 key error: %d %s, want 400", res.StatusCode, body)
+	}
+}
+
+func TestLLMTruncateTokens(t *testing.T) {
+	t.Parallel()
+	for _, s := range []string{"您好，关于「双11」：我们已经收到", "About \"where is my parcel?\": thanks, we are", ""} {
+		total := llmCountTokens(s)
+		for n := 0; n <= total+1; n++ {
+			got := llmTruncateTokens(s, n)
+			if c := llmCountTokens(got); c != min(n, total) || !strings.HasPrefix(s, got) {
+				t.Errorf("llmTruncateTokens(%q, %d) = %q with %d tokens", s, n, got, c)
+			}
+		}
+	}
+}

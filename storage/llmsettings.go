@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"log/slog"
 	"time"
+
+	"github.com/peakdesk/peakdesk"
 )
 
 // LLMSettings are a shop's own LLM provider settings. Empty fields inherit the
@@ -58,6 +60,95 @@ func (db *DB) SetShopLLMSettings(ctx context.Context, s LLMSettings) error {
 		return fmt.Errorf("storage: set shop llm settings: %w", err)
 	}
 	return nil
+}
+
+// LLMLimits are a shop's limits on LLM use, from its row in shops.
+type LLMLimits struct {
+	ShopID string
+	// Currency is the shop's currency (ISO 4217, e.g. "CNY"), the unit of
+	// SpendCapPerDayCents.
+	Currency string
+	// MaxTokens is the completion limit sent with every LLM call.
+	MaxTokens int
+	// SpendCapPerDayCents caps the LLM spend of one calendar day in
+	// Asia/Shanghai, in hundredths of Currency. Nil means no cap.
+	SpendCapPerDayCents *int64
+	// CallsPerUserPerHour caps the answers one end user gets from the LLM
+	// per clock hour. Nil means no cap.
+	CallsPerUserPerHour *int
+}
+
+// Defaults of the LLM limits of a shop, the same as the columns' defaults.
+const (
+	DefaultCurrency            = "CNY"
+	DefaultLLMMaxTokens        = 400
+	DefaultLLMCallsPerUserHour = 60
+)
+
+// DefaultLLMLimits returns the limits a new shop gets.
+func DefaultLLMLimits(shop string) LLMLimits {
+	calls := DefaultLLMCallsPerUserHour
+	return LLMLimits{ShopID: shop, Currency: DefaultCurrency, MaxTokens: DefaultLLMMaxTokens,
+		CallsPerUserPerHour: &calls}
+}
+
+// ShopLLMLimits returns shop's LLM limits, or ErrNotFound when there is no
+// such shop.
+func (db *DB) ShopLLMLimits(ctx context.Context, shop string) (*LLMLimits, error) {
+	l := &LLMLimits{ShopID: shop}
+	err := db.pool.QueryRow(ctx, `SELECT currency, llm_max_tokens, llm_spend_cap_per_day_cents,
+			llm_calls_per_user_per_hour
+		FROM shops WHERE id = $1`, shop).
+		Scan(&l.Currency, &l.MaxTokens, &l.SpendCapPerDayCents, &l.CallsPerUserPerHour)
+	switch {
+	case noRows(err):
+		return nil, ErrNotFound
+	case err != nil:
+		return nil, fmt.Errorf("storage: shop llm limits: %w", err)
+	}
+	return l, nil
+}
+
+// SetShopLLMLimits stores l for the shop l.ShopID (which must exist: else
+// ErrNotFound). Every field is written: nil caps remove the caps, an empty
+// Currency or a zero MaxTokens restores the default.
+//
+// Values out of range are refused with an invalid_argument error naming the
+// field (the table's checks would refuse them too).
+func (db *DB) SetShopLLMLimits(ctx context.Context, l LLMLimits) error {
+	switch {
+	case l.Currency != "" && !isCurrencyCode(l.Currency):
+		return peakdesk.FieldError("currency", "want an ISO 4217 code like CNY, got %q", l.Currency)
+	case l.MaxTokens < 0 || l.MaxTokens > 32768:
+		return peakdesk.FieldError("llm_max_tokens", "must be within 1..32768")
+	case l.SpendCapPerDayCents != nil && *l.SpendCapPerDayCents < 0:
+		return peakdesk.FieldError("llm_spend_cap_per_day_cents", "must not be negative")
+	case l.CallsPerUserPerHour != nil && *l.CallsPerUserPerHour < 0:
+		return peakdesk.FieldError("llm_calls_per_user_per_hour", "must not be negative")
+	}
+	tag, err := db.pool.Exec(ctx, `UPDATE shops SET currency = COALESCE(NULLIF($2, ''), 'CNY'),
+			llm_max_tokens = COALESCE(NULLIF($3, 0), 400), llm_spend_cap_per_day_cents = $4,
+			llm_calls_per_user_per_hour = $5
+		WHERE id = $1`, l.ShopID, l.Currency, l.MaxTokens, l.SpendCapPerDayCents, l.CallsPerUserPerHour)
+	switch {
+	case err != nil:
+		return fmt.Errorf("storage: set shop llm limits: %w", err)
+	case tag.RowsAffected() == 0:
+		return ErrNotFound
+	}
+	return nil
+}
+
+func isCurrencyCode(s string) bool {
+	if len(s) != 3 {
+		return false
+	}
+	for _, r := range s {
+		if r < 'A' || r > 'Z' {
+			return false
+		}
+	}
+	return true
 }
 
 // PIIAudit is the audit record of one answer: how many values of each kind

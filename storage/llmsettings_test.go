@@ -6,6 +6,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/storage"
 )
 
@@ -65,5 +66,66 @@ func TestRecordPIIAuditUpsertsPerFirstMessage(t *testing.T) {
 	}
 	if other, _ := db.PIIAudits(ctx, "s2", "", 0); len(other) != 0 {
 		t.Errorf("s2 sees s1's audits: %+v", other)
+	}
+}
+
+func TestShopLLMLimitsDefaultsRoundTripAndValidation(t *testing.T) {
+	t.Parallel()
+	db := llmDB(t)
+	ctx := context.Background()
+
+	// A new shop has the defaults: CNY, 400 tokens, no spend cap, 60 calls
+	// per user and hour.
+	got, err := db.ShopLLMLimits(ctx, "s1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	def := storage.DefaultLLMLimits("s1")
+	if got.Currency != def.Currency || got.MaxTokens != def.MaxTokens || got.SpendCapPerDayCents != nil ||
+		got.CallsPerUserPerHour == nil || *got.CallsPerUserPerHour != *def.CallsPerUserPerHour {
+		t.Fatalf("new shop's limits %+v, want the defaults %+v", got, def)
+	}
+
+	spend, calls := int64(1234), 5
+	if err := db.SetShopLLMLimits(ctx, storage.LLMLimits{ShopID: "s1", Currency: "USD", MaxTokens: 100,
+		SpendCapPerDayCents: &spend, CallsPerUserPerHour: &calls}); err != nil {
+		t.Fatal(err)
+	}
+	got, err = db.ShopLLMLimits(ctx, "s1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Currency != "USD" || got.MaxTokens != 100 || got.SpendCapPerDayCents == nil || *got.SpendCapPerDayCents != spend ||
+		got.CallsPerUserPerHour == nil || *got.CallsPerUserPerHour != calls {
+		t.Errorf("got %+v after setting USD, 100, 1234, 5", got)
+	}
+	if other, err := db.ShopLLMLimits(ctx, "s2"); err != nil || other.Currency != "CNY" || other.SpendCapPerDayCents != nil {
+		t.Errorf("s2 sees s1's limits: %+v %v", other, err)
+	}
+
+	// Nil caps remove them; zero values restore the defaults.
+	if err := db.SetShopLLMLimits(ctx, storage.LLMLimits{ShopID: "s1"}); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := db.ShopLLMLimits(ctx, "s1"); got.Currency != "CNY" || got.MaxTokens != 400 ||
+		got.SpendCapPerDayCents != nil || got.CallsPerUserPerHour != nil {
+		t.Errorf("got %+v after clearing", got)
+	}
+
+	neg := int64(-1)
+	for _, bad := range []storage.LLMLimits{
+		{ShopID: "s1", Currency: "cny"},
+		{ShopID: "s1", MaxTokens: 40000},
+		{ShopID: "s1", SpendCapPerDayCents: &neg},
+	} {
+		if err := db.SetShopLLMLimits(ctx, bad); peakdesk.ErrorCode(err) != peakdesk.EInvalid {
+			t.Errorf("SetShopLLMLimits(%+v) = %v, want invalid_argument", bad, err)
+		}
+	}
+	if err := db.SetShopLLMLimits(ctx, storage.LLMLimits{ShopID: "nope"}); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("unknown shop: %v, want ErrNotFound", err)
+	}
+	if _, err := db.ShopLLMLimits(ctx, "nope"); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("unknown shop: %v, want ErrNotFound", err)
 	}
 }

@@ -685,6 +685,7 @@ func (w *Worker) compose(ctx context.Context, log *slog.Logger, hold *storage.Ho
 	req := answer.Request{
 		Shop:           hold.ShopID,
 		ConversationID: hold.ConversationID,
+		User:           last.UserID,
 		MessageIDs:     reply.MessageIDs,
 		Priority:       prio,
 		// The budget counts from now, not from acceptance: after a backlog

@@ -93,6 +93,12 @@ type Config struct {
 	// LLMPrices is the price table, "model=in/out,…" in USD per million
 	// tokens.
 	LLMPrices string
+	// FXRates converts the price table's dollars into shops' currencies for
+	// their LLM spend caps, "CNY=7.2,…" in units per US dollar.
+	FXRates string
+	// LLMMaxTokensParam is the request field the completion limit goes in:
+	// max_tokens or max_completion_tokens.
+	LLMMaxTokensParam string
 
 	// Migrate applies migrations at start (always in dev).
 	Migrate bool
@@ -140,6 +146,8 @@ func envDefaults(getenv func(string) string, dev bool) Config {
 	c.StreamReplicas = envInt(getenv("PEAKDESK_STREAM_REPLICAS"), 1)
 	c.RelayConcurrency = envInt(getenv("PEAKDESK_RELAY_CONCURRENCY"), 32)
 	c.LLMPrices = getenv("PEAKDESK_LLM_PRICES")
+	c.FXRates = env("PEAKDESK_FX_RATES", llm.DefaultFXRates)
+	c.LLMMaxTokensParam = env("PEAKDESK_LLM_MAX_TOKENS_PARAM", llm.ParamMaxTokens)
 	// Outbound safety: dev's shops (the simulator) live on loopback.
 	c.AllowPrivateShopURLs = dev
 	if v := getenv("PEAKDESK_ALLOW_PRIVATE_SHOP_URLS"); v != "" {
@@ -275,6 +283,13 @@ func (c *Config) validate() error {
 	}
 	if _, err := llm.ParsePrices(c.LLMPrices); err != nil {
 		return fmt.Errorf("config: PEAKDESK_LLM_PRICES: %w", err)
+	}
+	if _, err := llm.ParseFXRates(c.FXRates); err != nil {
+		return fmt.Errorf("config: PEAKDESK_FX_RATES: %w", err)
+	}
+	if !llm.ValidMaxTokensParam(c.LLMMaxTokensParam) {
+		return fmt.Errorf("config: PEAKDESK_LLM_MAX_TOKENS_PARAM: want %s or %s, got %q",
+			llm.ParamMaxTokens, llm.ParamMaxCompletionTokens, c.LLMMaxTokensParam)
 	}
 	if c.MaxStreams < 1 {
 		return errors.New("config: --max-streams must be at least 1")

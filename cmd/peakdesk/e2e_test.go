@@ -51,6 +51,11 @@ func setup(t *testing.T, faults loadtest.LLMFaults) *testBundle {
 		if err := db.EnsureShop(context.Background(), shop, shop); err != nil {
 			t.Fatal(err)
 		}
+		// The database is new, Redis is not: counts of LLM answers per user
+		// and hour would carry over between runs of the tests.
+		if err := db.SetShopLLMLimits(context.Background(), storage.LLMLimits{ShopID: shop}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	db.Close()
 	sim := loadtest.NewLLMSim(faults)

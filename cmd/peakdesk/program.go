@@ -208,12 +208,18 @@ func (p *Program) Start(ctx context.Context) (err error) {
 		if err != nil {
 			return err
 		}
+		fx, err := llm.ParseFXRates(cfg.FXRates) // validated
+		if err != nil {
+			return err
+		}
 		// One Answerer per process: the model chain, the FAQ fallback shared
 		// with the edge, the breakers and burst coalescing shared in Redis.
 		p.answerer, err = answer.New(answer.Config{
 			DB: p.db, Redis: p.rdb,
-			Provider:   llm.Provider{BaseURL: base, APIKey: cfg.LLMAPIKey, Models: llm.ParseModels(cfg.LLMModel)},
+			Provider: llm.Provider{BaseURL: base, APIKey: cfg.LLMAPIKey, Models: llm.ParseModels(cfg.LLMModel),
+				MaxTokensParam: cfg.LLMMaxTokensParam},
 			Prices:     prices,
+			FXRates:    fx,
 			FAQ:        p.faq,
 			HTTPClient: &http.Client{Transport: llmTransport},
 			LLM:        llm.CallerConfig{CallTimeout: cfg.LLMTimeout},

@@ -3,7 +3,8 @@
 // shop's FAQ, then a polite handoff to a human — each step recorded as the
 // reply's source. Around the LLM it masks personal data, coalesces bursts of
 // identical general questions across processes, caches hot answers briefly,
-// and accounts tokens and cost.
+// accounts tokens and cost, and keeps each shop's LLM spend and each end
+// user's LLM answers within the shop's caps (see limits.go).
 //
 // The worker calls Answer once per conversation turn and stores what it
 // returns; Answer returns an answer for every request unless its context is
@@ -47,8 +48,13 @@ type Config struct {
 	// a shop's settings in Postgres override it field by field. Required.
 	Provider llm.Provider
 	// Prices is the price table per model (USD per million tokens). A model
-	// not in it costs 0 and is logged once.
+	// not in it costs 0 and is logged once; a shop with a spend cap does
+	// not call it (its cost could not be counted).
 	Prices llm.Prices
+	// FXRates converts the price table's dollars into each shop's currency
+	// for its spend cap. Default llm.DefaultFXRates (CNY=7.2). A shop with
+	// a spend cap in a currency missing here gets no LLM calls.
+	FXRates llm.FXRates
 	// FAQ is the FAQ engine. Nil makes the Answerer build its own from DB
 	// and run it between Start and Stop; pass the process's engine to share
 	// one with the ingest edge (its owner starts and stops it).
@@ -118,6 +124,9 @@ func (c *Config) setDefaults() {
 	if c.Prices == nil {
 		c.Prices = llm.Prices{}
 	}
+	if c.FXRates == nil {
+		c.FXRates, _ = llm.ParseFXRates(llm.DefaultFXRates)
+	}
 	if c.LLM.Redis == nil {
 		c.LLM.Redis = c.Redis
 	}
@@ -161,6 +170,9 @@ type Answerer struct {
 	ownFAQ   bool
 	metrics  *metrics
 	settings *settingsCache
+	limits   *limiter
+
+	capLogged sync.Map // shop -> *atomic.Int64: unix nanos of the last "capped" warning
 
 	flightsMu sync.Mutex
 	flights   map[string]*flight // in-process coalescing, by key
@@ -191,6 +203,7 @@ func New(cfg Config) (*Answerer, error) {
 		faq:      cfg.FAQ,
 		metrics:  m,
 		settings: newSettingsCache(cfg.DB, cfg.Provider, cfg.SettingsTTL),
+		limits:   newLimiter(cfg.Redis, cfg.KeyPrefix, cfg.Logger.With("component", "answerer")),
 		flights:  map[string]*flight{},
 	}
 	if a.faq == nil {
@@ -232,6 +245,9 @@ func (a *Answerer) FAQ() *faq.Engine { return a.faq }
 // Request is one turn of a conversation to answer.
 type Request struct {
 	Shop, ConversationID string
+	// User is the end user the turn answers; it keys the shop's cap of LLM
+	// answers per user and hour. Empty: no per-user cap.
+	User string
 	// MessageIDs are the messages answered (several when messages queued up
 	// while the conversation was busy); they key the PII audit record.
 	MessageIDs []string
@@ -303,6 +319,10 @@ type Answer struct {
 	// stream broke, or the LLM failed after a round of tool calls); Text
 	// replaces it and the client must be told so.
 	StreamBroken bool
+	// Capped names the cap that kept a model from being called (CapSpend,
+	// CapUserCalls, CapNoFXRate, CapUnpriced); empty when none did. The
+	// answer may still be a cheaper model's.
+	Capped string
 }
 
 // Answer answers req. It returns an error only when ctx is cancelled (or
@@ -385,8 +405,12 @@ func (a *Answerer) compose(ctx context.Context, t turn) *Answer {
 	// one continues it, the tool calls made and their results included, so
 	// that no tool runs twice for one answer.
 	cv := &conversation{turns: a.prompt(t, hints)}
+	models := route.Models
+	if !a.takeUserCall(ctx, t, route) {
+		cv.capped, models = CapUserCalls, nil
+	}
 	broken := false
-	for i, model := range route.Models {
+	for i, model := range models {
 		if !a.cfg.Clock.Now().Before(t.deadline) {
 			t.log.Warn("answer deadline passed; skipping the rest of the model chain", "model", model)
 			break
@@ -402,12 +426,19 @@ func (a *Answerer) compose(ctx context.Context, t turn) *Answer {
 			if i > 0 {
 				source = peakdesk.SourceLLMSecondary
 			}
+			a.noteCapped(t, route, cv.capped)
 			return &Answer{Text: text, Source: source, Model: c.Model, PromptTokens: cv.promptTokens,
 				CompletionTokens: cv.completionTokens, CostMicroUSD: cv.cost, Masked: addCounts(cv.masked, masked),
-				Handoff: cv.handoff, ToolCalls: cv.called, StreamBroken: broken}
+				Handoff: cv.handoff, ToolCalls: cv.called, StreamBroken: broken, Capped: cv.capped}
 		}
 		if ctx.Err() != nil {
 			return nil
+		}
+		var capped *cappedError
+		if errors.As(err, &capped) {
+			cv.capped = cmp.Or(cv.capped, capped.reason)
+			t.log.Debug("llm model skipped: capped", "model", model, "reason", capped.reason)
+			continue
 		}
 		if errors.Is(err, llm.ErrStreamBroken) {
 			broken = true
@@ -423,7 +454,8 @@ func (a *Answerer) compose(ctx context.Context, t turn) *Answer {
 	// What the model chain cost and did stays accounted whatever answers.
 	ans := &Answer{Model: cv.model, PromptTokens: cv.promptTokens, CompletionTokens: cv.completionTokens,
 		CostMicroUSD: cv.cost, Masked: cv.masked, Handoff: cv.handoff, ToolCalls: cv.called,
-		StreamBroken: broken || cv.shown}
+		StreamBroken: broken || cv.shown, Capped: cv.capped}
+	a.noteCapped(t, route, cv.capped)
 
 	// 2. The FAQ, when an entry is confident enough — unless tools ran. A
 	// tool's effects (a refund requested, a coupon promised) are collected

@@ -575,6 +575,8 @@ func TestFollowersAnswerThemselvesWhenTheLeaderGivesUp(t *testing.T) {
 		keys, _ := rdb.Keys(context.Background(), b.prefix+"ans:lead:*").Result()
 		return len(keys) == 1
 	})
+	// Mid-call: the leader's call has reached the provider.
+	waitFor(t, 5*time.Second, func() bool { return b.sim.Stats().Requests == 1 })
 
 	// The follower learns that the leader gave up and answers itself,
 	// without waiting CoalesceWait out.

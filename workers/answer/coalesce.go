@@ -43,7 +43,9 @@ type shared struct {
 }
 
 func share(a *Answer) *shared {
-	if a == nil {
+	// An answer capped for its own user is not the burst's: the others
+	// answer on their own.
+	if a == nil || a.Capped == CapUserCalls {
 		return nil
 	}
 	return &shared{Text: a.Text, Source: a.Source, Model: a.Model}

@@ -13,6 +13,7 @@ type metrics struct {
 	spend         *prometheus.CounterVec
 	masked        *prometheus.CounterVec
 	coalesce      *prometheus.CounterVec
+	capped        *prometheus.CounterVec
 	streamsBroken prometheus.Counter
 }
 
@@ -43,13 +44,17 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "peakdesk_coalesce_total",
 			Help: "Coalescable questions by role: leader, follower, local_follower, cache_hit, timeout, alone.",
 		}, []string{"role"}),
+		capped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "peakdesk_llm_capped_total",
+			Help: "Turns a cap kept from a model, by shop and reason: spend_cap, user_calls, no_fx_rate, unpriced_model.",
+		}, []string{"shop", "reason"}),
 		streamsBroken: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "peakdesk_llm_streams_broken_total",
 			Help: "Streams that broke after partial text was sent; a fallback answer replaced it.",
 		}),
 	}
 	var err error
-	for _, c := range []**prometheus.CounterVec{&m.fallbacks, &m.tokens, &m.spend, &m.masked, &m.coalesce} {
+	for _, c := range []**prometheus.CounterVec{&m.fallbacks, &m.tokens, &m.spend, &m.masked, &m.coalesce, &m.capped} {
 		if *c, err = llm.Register(reg, *c); err != nil {
 			return nil, err
 		}

@@ -35,6 +35,7 @@ type conversation struct {
 	called  []string       // tools run, in order
 	handoff bool           // a tool asked for a human agent
 	masked  map[string]int // personal data masked in tool results
+	capped  string         // the first cap that refused a call (Cap*)
 
 	model                          string // the last model that answered a call
 	promptTokens, completionTokens int
@@ -52,9 +53,10 @@ func (cv *conversation) text(final string) string {
 
 // converse asks model to go on with cv, running the tools it calls, until it
 // answers in text. Each round is one Caller.Do under the usual retry and
-// breaker rules; the rounds stop at the request's deadline. stream, when
-// set, receives the text as it comes.
-func (a *Answerer) converse(ctx context.Context, t turn, route llm.Provider, model string, cv *conversation,
+// breaker rules, its worst-case cost reserved against the shop's spend cap
+// first (a *cappedError when it does not fit); the rounds stop at the
+// request's deadline. stream, when set, receives the text as it comes.
+func (a *Answerer) converse(ctx context.Context, t turn, route route, model string, cv *conversation,
 	stream func(string)) (*llm.Completion, error) {
 	offered := len(t.req.Tools) > 0
 	for {
@@ -76,15 +78,26 @@ func (a *Answerer) converse(ctx context.Context, t turn, route llm.Provider, mod
 			}
 		}
 		last := cv.rounds >= MaxToolRounds
+		// The shop's spend cap: reserve the worst case of this round first.
+		res, err := a.reserveCall(ctx, t, route, model, cv.turns)
+		if err != nil {
+			return nil, err
+		}
 		c, err := a.caller.Do(ctx, llm.Call{BaseURL: route.BaseURL, APIKey: route.APIKey, Model: model,
-			Turns: cv.turns, Tools: t.req.Tools, NoToolCall: last, OnDelta: onDelta, Deadline: t.deadline})
+			Turns: cv.turns, Tools: t.req.Tools, NoToolCall: last, OnDelta: onDelta, Deadline: t.deadline,
+			MaxTokens: route.limits.MaxTokens, MaxTokensParam: route.MaxTokensParam, OwnKey: route.ownKey})
+		var cost int64
+		if err == nil {
+			cost = a.cost(model, c)
+		}
+		a.settleCall(ctx, route, res, cost, err)
 		if err != nil {
 			return nil, err
 		}
 		cv.model = c.Model
 		cv.promptTokens += c.PromptTokens
 		cv.completionTokens += c.CompletionTokens
-		cv.cost += a.cost(model, c)
+		cv.cost += cost
 		switch {
 		case len(c.ToolCalls) == 0:
 			return c, nil

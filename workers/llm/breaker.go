@@ -3,6 +3,7 @@ package llm
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -18,8 +19,8 @@ import (
 )
 
 // ErrBreakerOpen is returned, without a call and without waiting, while the
-// breaker of a provider and model is open (or half-open with its probes
-// already out).
+// breaker of a credential is open (or half-open with its probes already
+// out).
 var ErrBreakerOpen = errors.New("llm: circuit breaker open")
 
 // breakerSettings are the knobs every breaker of a Caller shares.
@@ -34,10 +35,22 @@ type breakerSettings struct {
 	degradeFor time.Duration // how long to use the local breaker after Redis failed
 }
 
-// breakers hands out one breaker per provider and model. With Redis their
-// state is shared by every process (gobreaker's DistributedCircuitBreaker on
-// a Redis SharedDataStore); while Redis is unreachable each process falls
-// back to a local breaker rather than failing or stalling the call.
+// The credential label of peakdesk_llm_breaker_state. A label per key
+// fingerprint would grow with the number of shops that bring a key (and
+// with every key rotation), so the shops' own keys share one series
+// holding the worst of their states; the logs name the fingerprint.
+const (
+	credentialDefault = "default"
+	credentialShop    = "shop"
+)
+
+// breakers hands out one breaker per credential: base URL, model and API
+// key. A shop whose own key is exhausted or revoked opens only its own
+// breaker, never the one every other shop's calls go through. With Redis
+// their state is shared by every process (gobreaker's
+// DistributedCircuitBreaker on a Redis SharedDataStore); while Redis is
+// unreachable each process falls back to a local breaker rather than
+// failing or stalling the call.
 type breakers struct {
 	rdb      *redis.Client // nil: local breakers only
 	store    *redisStore
@@ -58,19 +71,50 @@ func newBreakers(rdb *redis.Client, prefix string, s breakerSettings, log *slog.
 	return bs
 }
 
-// get returns the breaker of model at provider (a base URL).
-func (bs *breakers) get(provider, model string) *breaker {
-	name := provider + "|" + model
+// KeyFingerprint names an API key in breaker names and logs without
+// revealing it: the first 16 hex digits of its SHA-256 ("none" for no key).
+func KeyFingerprint(apiKey string) string {
+	if apiKey == "" {
+		return "none"
+	}
+	sum := sha256.Sum256([]byte(apiKey))
+	return hex.EncodeToString(sum[:8])
+}
+
+// get returns the breaker of model at provider (a base URL) called with
+// apiKey; own tells whether the key is a shop's own (for the metric).
+func (bs *breakers) get(provider, apiKey, model string, own bool) *breaker {
+	fp := KeyFingerprint(apiKey)
+	name := provider + "|" + model + "|" + fp
 	bs.mu.Lock()
 	defer bs.mu.Unlock()
 	if b, ok := bs.m[name]; ok {
 		return b
 	}
-	b := &breaker{set: bs, name: name, key: "llm:" + name, model: model, provider: providerLabel(provider)}
+	b := &breaker{set: bs, name: name, key: "llm:" + name, model: model, provider: providerLabel(provider),
+		fingerprint: fp, credential: credentialDefault}
+	if own {
+		b.credential = credentialShop
+	}
 	b.local = gobreaker.NewTwoStepCircuitBreaker[struct{}](b.gobreakerSettings())
 	bs.m[name] = b
-	bs.state.WithLabelValues(b.provider, model).Set(float64(gobreaker.StateClosed))
+	bs.setGaugeLocked(b)
 	return b
+}
+
+// setGaugeLocked sets the state gauge of b's series: b's own state for the
+// default credential, else the worst state among the shops' keys of the
+// same provider and model. bs.mu must be held.
+func (bs *breakers) setGaugeLocked(b *breaker) {
+	worst := gobreaker.State(b.seen.Load())
+	if b.credential == credentialShop {
+		for _, o := range bs.m {
+			if o.credential == credentialShop && o.provider == b.provider && o.model == b.model {
+				worst = max(worst, gobreaker.State(o.seen.Load()))
+			}
+		}
+	}
+	bs.state.WithLabelValues(b.provider, b.model, b.credential).Set(float64(worst))
 }
 
 // errFault and errExcluded are what a call's outcome becomes for gobreaker:
@@ -80,13 +124,16 @@ var (
 	errExcluded = errors.New("not the provider's fault")
 )
 
-// breaker is the circuit breaker of one provider and model.
+// breaker is the circuit breaker of one credential: base URL, model, key.
 type breaker struct {
 	set           *breakers
-	name          string // provider|model
+	name          string // base URL|model|key fingerprint
 	key           string // gobreaker's name; the store prefixes the Redis keys made from it
 	model         string
-	provider      string
+	provider      string       // host, for metrics and logs
+	fingerprint   string       // of the key, for logs
+	credential    string       // credentialDefault or credentialShop
+	seen          atomic.Int32 // the gobreaker.State this process saw last
 	local         *gobreaker.TwoStepCircuitBreaker[struct{}]
 	openUntil     atomic.Int64 // unix nanos: known open until then, no need to ask Redis
 	degradedUntil atomic.Int64 // unix nanos: Redis failed, use the local breaker until then
@@ -114,13 +161,20 @@ func (b *breaker) gobreakerSettings() gobreaker.Settings {
 		OnStateChange: func(_ string, from, to gobreaker.State) {
 			b.observe(to)
 			b.set.log.Info("llm circuit breaker changed state", "provider", b.provider, "model", b.model,
-				"from", from.String(), "to", to.String())
+				"key", b.fingerprint, "credential", b.credential, "from", from.String(), "to", to.String())
 		},
 	}
 }
 
+// observe records s as the state this process saw last. It is called on
+// every call, so it touches the lock only when the state changed.
 func (b *breaker) observe(s gobreaker.State) {
-	b.set.state.WithLabelValues(b.provider, b.model).Set(float64(s))
+	if gobreaker.State(b.seen.Swap(int32(s))) == s {
+		return
+	}
+	b.set.mu.Lock()
+	defer b.set.mu.Unlock()
+	b.set.setGaugeLocked(b)
 }
 
 // ticket is a call let through by allow; record needs it back.
@@ -262,7 +316,7 @@ func (b *breaker) degrade(err error) {
 	until := time.Now().Add(b.set.settings.degradeFor)
 	if prev := b.degradedUntil.Swap(until.UnixNano()); prev < time.Now().UnixNano() {
 		b.set.log.Warn("llm circuit breaker state in Redis unavailable; using a local breaker",
-			"provider", b.provider, "model", b.model, "for", b.set.settings.degradeFor, "err", err)
+			"provider", b.provider, "model", b.model, "key", b.fingerprint, "for", b.set.settings.degradeFor, "err", err)
 	}
 }
 

@@ -111,10 +111,10 @@ func (c *CallerConfig) validate() error {
 }
 
 // Caller calls one model of one provider at a time with peakdesk's
-// resilience around it: a circuit breaker per provider and model, shared by
-// all processes through Redis, and a linear retry schedule that honours the
-// provider's Retry-After within the caller's deadline. It is safe for
-// concurrent use.
+// resilience around it: a circuit breaker per credential (base URL, model
+// and API key), shared by all processes through Redis, and a linear retry
+// schedule that honours the provider's Retry-After within the caller's
+// deadline. It is safe for concurrent use.
 type Caller struct {
 	cfg      CallerConfig
 	breakers *breakers
@@ -164,6 +164,14 @@ type Call struct {
 	// started that would leave less than MinCallTime before it, and no
 	// attempt runs past it. Zero means only CallTimeout bounds the attempts.
 	Deadline time.Time
+	// MaxTokens caps the completion (0: no limit), sent in MaxTokensParam
+	// (see Request).
+	MaxTokens      int
+	MaxTokensParam string
+	// OwnKey says APIKey is a shop's own rather than the process-wide one.
+	// It changes nothing but the metric: the breakers of shops' own keys
+	// are reported together, as credential="shop".
+	OwnKey bool
 }
 
 // Do makes call, retrying as configured. It returns ErrBreakerOpen (wrapped)
@@ -177,7 +185,7 @@ func (c *Caller) Do(ctx context.Context, call Call) (*Completion, error) {
 	if err != nil {
 		return nil, err
 	}
-	br := c.breakers.get(call.BaseURL, call.Model)
+	br := c.breakers.get(call.BaseURL, call.APIKey, call.Model, call.OwnKey)
 	jitter := max(c.cfg.RetryJitter, 0)
 	schedule := backoff.WithMaxRetries(&LinearBackOff{Step: c.cfg.RetryStep, Max: c.cfg.RetryMaxWait, Jitter: jitter},
 		uint64(c.cfg.MaxAttempts-1))
@@ -202,7 +210,8 @@ func (c *Caller) Do(ctx context.Context, call Call) (*Completion, error) {
 		actx, cancel := context.WithTimeout(ctx, timeout)
 		start := time.Now()
 		comp, err := client.Do(actx, Request{Model: call.Model, Turns: call.Turns, Tools: call.Tools,
-			NoToolCall: call.NoToolCall, OnDelta: call.OnDelta})
+			NoToolCall: call.NoToolCall, OnDelta: call.OnDelta, MaxTokens: call.MaxTokens,
+			MaxTokensParam: call.MaxTokensParam})
 		cancel()
 		c.metrics.seconds.Observe(time.Since(start).Seconds())
 		v := classify(err)
@@ -283,10 +292,10 @@ func (c *Caller) client(baseURL, apiKey string) (*Client, error) {
 	return cl, nil
 }
 
-// BreakerState reports the state of the breaker of model at baseURL as this
-// process last saw it, or by asking Redis when ask is set.
-func (c *Caller) BreakerState(ctx context.Context, baseURL, model string) gobreaker.State {
-	b := c.breakers.get(baseURL, model)
+// BreakerState reports the state of the breaker of model at baseURL with
+// apiKey: as this process knows it while it is open, else as Redis has it.
+func (c *Caller) BreakerState(ctx context.Context, baseURL, apiKey, model string) gobreaker.State {
+	b := c.breakers.get(baseURL, apiKey, model, false)
 	if time.Now().UnixNano() < b.openUntil.Load() {
 		return gobreaker.StateOpen
 	}
@@ -335,8 +344,9 @@ func newCallerMetrics(reg prometheus.Registerer) (*callerMetrics, error) {
 		}),
 		breaker: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "peakdesk_llm_breaker_state",
-			Help: "LLM circuit breaker state by provider and model as this process saw it last: 0 closed, 1 half-open, 2 open.",
-		}, []string{"provider", "model"}),
+			Help: "LLM circuit breaker state by provider, model and credential (default: the process-wide key; " +
+				"shop: the worst of the shops' own keys) as this process saw it last: 0 closed, 1 half-open, 2 open.",
+		}, []string{"provider", "model", "credential"}),
 		toolCalls: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "peakdesk_llm_tool_calls_total",
 			Help: "Tool calls the LLM asked for, by tool (\"unknown\" for a name that was not offered).",

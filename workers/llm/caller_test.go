@@ -1,12 +1,16 @@
 package llm_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
+	"io"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -258,7 +262,7 @@ func TestBreakerOpensAfterThreeFailuresRefusesWithoutWaitingAndRecovers(t *testi
 	if got := b.sim.Stats().Requests; got != 3 {
 		t.Errorf("provider saw %d calls, want 3 (the breaker opens after the third failure)", got)
 	}
-	if got := c.BreakerState(ctx, b.url, "m1"); got != gobreaker.StateOpen {
+	if got := c.BreakerState(ctx, b.url, "", "m1"); got != gobreaker.StateOpen {
 		t.Fatalf("breaker %v, want open", got)
 	}
 	waits := len(b.clock.Sleeps())
@@ -283,7 +287,7 @@ func TestBreakerOpensAfterThreeFailuresRefusesWithoutWaitingAndRecovers(t *testi
 
 	// Half-open after BreakerOpen: one probe goes through, the rest are
 	// refused until it has succeeded; then it is closed.
-	waitFor(t, 5*time.Second, func() bool { return c.BreakerState(ctx, b.url, "m1") == gobreaker.StateHalfOpen })
+	waitFor(t, 5*time.Second, func() bool { return c.BreakerState(ctx, b.url, "", "m1") == gobreaker.StateHalfOpen })
 	b.sim.ResetStats()
 	var wg sync.WaitGroup
 	var mu sync.Mutex
@@ -303,7 +307,7 @@ func TestBreakerOpensAfterThreeFailuresRefusesWithoutWaitingAndRecovers(t *testi
 	if got := b.sim.Stats().Requests; got != 1 || refused != 7 {
 		t.Errorf("half-open let %d calls through and refused %d, want 1 probe and 7 refused", got, refused)
 	}
-	if got := c.BreakerState(ctx, b.url, "m1"); got != gobreaker.StateClosed {
+	if got := c.BreakerState(ctx, b.url, "", "m1"); got != gobreaker.StateClosed {
 		t.Errorf("breaker %v after a good probe, want closed", got)
 	}
 	if _, err := c.Do(ctx, call(b, "m1")); err != nil {
@@ -338,17 +342,87 @@ func TestBreakerOpenedByOneProcessRefusesInAnother(t *testing.T) {
 	}
 }
 
-func TestBreakerIgnoresErrorsOfTheRequestOrAccount(t *testing.T) {
+func TestBreakerIgnoresErrorsOfTheRequest(t *testing.T) {
 	t.Parallel()
-	c, b := setup(t, errorsOf(401), nil)
-	ctx := context.Background()
-	for range 5 {
-		if _, err := c.Do(ctx, call(b, "m1")); err == nil || errors.Is(err, llm.ErrBreakerOpen) {
-			t.Fatalf("err = %v, want the provider's 401", err)
-		}
+	for _, status := range []int{400, 404, 422} {
+		t.Run(strconv.Itoa(status), func(t *testing.T) {
+			t.Parallel()
+			c, b := setup(t, errorsOf(status), nil)
+			ctx := context.Background()
+			for range 5 {
+				if _, err := c.Do(ctx, call(b, "m1")); err == nil || errors.Is(err, llm.ErrBreakerOpen) {
+					t.Fatalf("err = %v, want the provider's %d", err, status)
+				}
+			}
+			if got := c.BreakerState(ctx, b.url, "", "m1"); got != gobreaker.StateClosed {
+				t.Errorf("breaker %v after %d errors, want closed: a bad request says nothing of the provider or the key",
+					got, status)
+			}
+		})
 	}
-	if got := c.BreakerState(ctx, b.url, "m1"); got != gobreaker.StateClosed {
-		t.Errorf("breaker %v after bad-key errors, want closed: one shop's key must not cut off the others", got)
+}
+
+// TestOneShopsFailingKeyLeavesTheOtherShopsBreakerClosed: breakers are per
+// credential. A key the provider refuses (revoked: 401, out of quota, over
+// its own rate limit: 429) opens the breaker of that key alone; another key
+// on the same base URL and model keeps being answered.
+func TestOneShopsFailingKeyLeavesTheOtherShopsBreakerClosed(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name   string
+		faults loadtest.LLMFaults
+		calls  int64 // the provider sees this many calls with the bad key before its breaker opens
+	}{
+		{"401 revoked", loadtest.LLMFaults{KeyErrors: map[string]int{"sk-shop-a": 401}}, 3},
+		{"429 rate limited", loadtest.LLMFaults{KeyErrors: map[string]int{"sk-shop-a": 429}, RetryAfter: time.Millisecond}, 3},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			c, b := setup(t, tc.faults, nil)
+			ctx := context.Background()
+			shopA, shopB := call(b, "m1"), call(b, "m1")
+			shopA.APIKey, shopA.OwnKey = "sk-shop-a", true
+			shopB.APIKey, shopB.OwnKey = "sk-shop-b", true
+
+			for range 5 {
+				if _, err := c.Do(ctx, shopA); err == nil {
+					t.Fatal("shop A's refused key got an answer")
+				}
+			}
+			if got := c.BreakerState(ctx, b.url, "sk-shop-a", "m1"); got != gobreaker.StateOpen {
+				t.Fatalf("shop A's breaker %v, want open", got)
+			}
+			if got := b.sim.Stats().ByKey[llm.KeyFingerprint("sk-shop-a")]; got != tc.calls {
+				t.Errorf("provider saw %d calls with shop A's key, want %d: an open breaker makes none", got, tc.calls)
+			}
+			if _, err := c.Do(ctx, shopA); !errors.Is(err, llm.ErrBreakerOpen) {
+				t.Errorf("shop A: err = %v, want ErrBreakerOpen", err)
+			}
+
+			// Shop B: same base URL, same model, its own key.
+			for i := range 5 {
+				if comp, err := c.Do(ctx, shopB); err != nil || comp.Text == "" {
+					t.Fatalf("shop B's call %d: %v", i, err)
+				}
+			}
+			if got := c.BreakerState(ctx, b.url, "sk-shop-b", "m1"); got != gobreaker.StateClosed {
+				t.Errorf("shop B's breaker %v, want closed", got)
+			}
+			// The process-wide key's breaker is another one again.
+			if _, err := c.Do(ctx, call(b, "m1")); err != nil {
+				t.Errorf("default key: %v", err)
+			}
+
+			// The metric: shops' keys share one series showing the worst
+			// state; the default key's series stays closed. No fingerprint
+			// is a label.
+			if got := breakerGauge(t, b, "m1", "shop"); got != float64(gobreaker.StateOpen) {
+				t.Errorf("breaker state{credential=shop} = %v, want %d (open)", got, gobreaker.StateOpen)
+			}
+			if got := breakerGauge(t, b, "m1", "default"); got != float64(gobreaker.StateClosed) {
+				t.Errorf("breaker state{credential=default} = %v, want closed", got)
+			}
+		})
 	}
 }
 
@@ -417,17 +491,25 @@ func TestBreakerStateMetric(t *testing.T) {
 	t.Parallel()
 	c, b := setup(t, loadtest.LLMFaults{Outage: true}, nil)
 	_, _ = c.Do(context.Background(), call(b, "m1"))
+	if got := breakerGauge(t, b, "m1", "default"); got != float64(gobreaker.StateOpen) {
+		t.Errorf("peakdesk_llm_breaker_state = %v, want %d (open)", got, gobreaker.StateOpen)
+	}
+}
+
+// breakerGauge reads peakdesk_llm_breaker_state of model at the bundle's
+// provider for credential ("default" or "shop").
+func breakerGauge(t *testing.T, b *testBundle, model, credential string) float64 {
+	t.Helper()
 	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "peakdesk_llm_breaker_state",
-		Help: "LLM circuit breaker state by provider and model as this process saw it last: 0 closed, 1 half-open, 2 open."},
-		[]string{"provider", "model"})
+		Help: "LLM circuit breaker state by provider, model and credential (default: the process-wide key; " +
+			"shop: the worst of the shops' own keys) as this process saw it last: 0 closed, 1 half-open, 2 open."},
+		[]string{"provider", "model", "credential"})
 	g, err := llm.Register(b.reg, g)
 	if err != nil {
 		t.Fatal(err)
 	}
 	host := strings.TrimPrefix(strings.TrimSuffix(b.url, "/v1"), "http://")
-	if got := testutil.ToFloat64(g.WithLabelValues(host, "m1")); got != float64(gobreaker.StateOpen) {
-		t.Errorf("peakdesk_llm_breaker_state = %v, want %d (open)", got, gobreaker.StateOpen)
-	}
+	return testutil.ToFloat64(g.WithLabelValues(host, model, credential))
 }
 
 func waitFor(t *testing.T, limit time.Duration, cond func() bool) {
@@ -442,3 +524,68 @@ func waitFor(t *testing.T, limit time.Duration, cond func() bool) {
 }
 
 var _ http.Handler = (*loadtest.LLMSim)(nil)
+
+// TestMaxTokensReachesTheProvider: the completion limit goes out on every
+// call, in the one field the provider is configured to read, and the
+// provider's answer stops there.
+func TestMaxTokensReachesTheProvider(t *testing.T) {
+	t.Parallel()
+	for _, param := range []string{"", llm.ParamMaxTokens, llm.ParamMaxCompletionTokens} {
+		t.Run("param="+param, func(t *testing.T) {
+			t.Parallel()
+			c, b := setup(t, loadtest.LLMFaults{}, nil)
+			var mu sync.Mutex
+			var bodies []map[string]any
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				data, _ := io.ReadAll(r.Body)
+				var m map[string]any
+				_ = json.Unmarshal(data, &m)
+				mu.Lock()
+				bodies = append(bodies, m)
+				mu.Unlock()
+				r.Body = io.NopCloser(bytes.NewReader(data))
+				b.sim.ServeHTTP(w, r)
+			}))
+			t.Cleanup(srv.Close)
+			cl := call(b, "m1")
+			cl.BaseURL = srv.URL + "/v1"
+			cl.Turns = []llm.Turn{{Role: llm.RoleUser, Text: "What time does the Double 11 sale start, and which coupons stack?"}}
+			cl.MaxTokens, cl.MaxTokensParam = 4, param
+			comp, err := c.Do(context.Background(), cl)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if comp.CompletionTokens != 4 {
+				t.Errorf("completion tokens %d, want the limit 4", comp.CompletionTokens)
+			}
+			cl.OnDelta = func(string) {}
+			if comp, err := c.Do(context.Background(), cl); err != nil || comp.CompletionTokens != 4 {
+				t.Errorf("streamed: %+v %v, want 4 completion tokens", comp, err)
+			}
+			if st := b.sim.Stats(); st.WithMaxTokens != 2 || st.Truncated != 2 {
+				t.Errorf("simulator saw %d calls with a limit, cut %d; want 2 and 2", st.WithMaxTokens, st.Truncated)
+			}
+			want, other := "max_tokens", "max_completion_tokens"
+			if param == llm.ParamMaxCompletionTokens {
+				want, other = other, want
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			for _, m := range bodies {
+				if m[want] != float64(4) || m[other] != nil {
+					t.Errorf("request has %s=%v and %s=%v, want only %s=4", want, m[want], other, m[other], want)
+				}
+			}
+		})
+	}
+
+	c, b := setup(t, loadtest.LLMFaults{}, nil)
+	cl := call(b, "m1")
+	cl.MaxTokens, cl.MaxTokensParam = 4, "max_output_tokens"
+	if _, err := c.Do(context.Background(), cl); err == nil {
+		t.Error("an unknown limit field was accepted")
+	}
+	if got := b.sim.Stats().Requests; got != 0 {
+		t.Errorf("provider saw %d calls with an unknown limit field", got)
+	}
+}

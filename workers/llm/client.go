@@ -7,9 +7,10 @@
 // their results. The package runs no tools itself.
 //
 // Client is one provider endpoint; Caller wraps calls to one model of one
-// provider in the linear retry schedule and the provider+model circuit
-// breaker shared by all processes through Redis; Prices turns token usage
-// into cost.
+// provider in the linear retry schedule and the circuit breaker of the
+// credential (base URL, model, API key) shared by all processes through
+// Redis; Prices turns token usage into cost, FXRates that cost into a
+// shop's currency, and EstimatePromptTokens sizes a call before it is made.
 package llm
 
 import (
@@ -158,6 +159,29 @@ type Request struct {
 	// text as it arrives, from the calling goroutine. Tool calls are
 	// gathered from the stream and only returned in the Completion.
 	OnDelta func(text string)
+	// MaxTokens caps the completion; 0 sends no limit. It goes out as
+	// MaxTokensParam.
+	MaxTokens int
+	// MaxTokensParam names the request field MaxTokens is sent in:
+	// ParamMaxTokens (the default) or ParamMaxCompletionTokens.
+	MaxTokensParam string
+}
+
+// The request fields a completion limit may be sent in. Exactly one is sent:
+// OpenAI refuses a request that has both.
+const (
+	// ParamMaxTokens is "max_tokens", what OpenAI-compatible providers
+	// (DeepSeek, Qwen, vLLM, Ollama, ...) and OpenAI's chat models read.
+	ParamMaxTokens = "max_tokens"
+	// ParamMaxCompletionTokens is "max_completion_tokens", which OpenAI's
+	// reasoning models require instead (they refuse max_tokens).
+	ParamMaxCompletionTokens = "max_completion_tokens"
+)
+
+// ValidMaxTokensParam reports whether p names a completion limit field ("" is
+// the default, ParamMaxTokens).
+func ValidMaxTokensParam(p string) bool {
+	return p == "" || p == ParamMaxTokens || p == ParamMaxCompletionTokens
 }
 
 // ErrStreamBroken is wrapped by the error of a stream that broke after part
@@ -186,6 +210,16 @@ func (c *Client) Do(ctx context.Context, req Request) (*Completion, error) {
 	}
 	if req.NoToolCall && len(tools) > 0 {
 		params.ToolChoice = openai.ChatCompletionToolChoiceOptionUnionParam{OfAuto: openai.String("none")}
+	}
+	if req.MaxTokens > 0 {
+		switch req.MaxTokensParam {
+		case "", ParamMaxTokens:
+			params.MaxTokens = openai.Int(int64(req.MaxTokens))
+		case ParamMaxCompletionTokens:
+			params.MaxCompletionTokens = openai.Int(int64(req.MaxTokens))
+		default:
+			return nil, fmt.Errorf("llm: %s: %w: unknown max tokens field %q", model, errBadRequest, req.MaxTokensParam)
+		}
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
 	defer cancel()

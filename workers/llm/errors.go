@@ -21,8 +21,8 @@ const (
 	OutcomeTimeout     = "timeout"            // 408 or our own call timeout: retried
 	OutcomeNetwork     = "network"            // connection errors: retried
 	OutcomeStreamCut   = "stream_broken"      // a stream broke after text was shown: not retried
-	OutcomeQuota       = "insufficient_quota" // the account is out of quota: not retried
-	OutcomeRejected    = "rejected"           // 400, 401, 403 and other 4xx: not retried
+	OutcomeQuota       = "insufficient_quota" // the account is out of quota: not retried, its breaker counts it
+	OutcomeRejected    = "rejected"           // 400, 401, 403 and other 4xx: not retried (401 and 403 count for the key's breaker)
 	OutcomeBreakerOpen = "breaker_open"       // refused by the open breaker, no call made
 	OutcomeCanceled    = "canceled"           // the caller went away
 )
@@ -32,9 +32,11 @@ type verdict struct {
 	outcome string
 	// retry: the same model may succeed if asked again.
 	retry bool
-	// fault: the provider is at fault, so the breaker counts a failure.
-	// Errors of the request or of the account (bad key, quota) are not the
-	// provider's health and must not open the breaker for other shops.
+	// fault: the breaker counts a failure. Breakers are per credential, so
+	// a key the provider refuses (401, 403, insufficient_quota) counts:
+	// asking again with it is futile, and only that key's breaker opens,
+	// not the other shops'. Errors of the request itself (400, 404, 422...)
+	// say nothing about the credential and do not count.
 	fault bool
 }
 
@@ -66,7 +68,10 @@ func classify(err error) verdict {
 func classifyStatus(e *openai.Error) verdict {
 	switch s := e.StatusCode; {
 	case s == http.StatusTooManyRequests && (e.Code == "insufficient_quota" || e.Type == "insufficient_quota"):
-		return verdict{outcome: OutcomeQuota}
+		return verdict{outcome: OutcomeQuota, fault: true}
+	case s == http.StatusUnauthorized || s == http.StatusForbidden:
+		// The key is invalid, revoked or not allowed this model.
+		return verdict{outcome: OutcomeRejected, fault: true}
 	case s == http.StatusTooManyRequests:
 		return verdict{outcome: OutcomeRateLimited, retry: true, fault: true}
 	case s == http.StatusRequestTimeout:

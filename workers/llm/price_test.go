@@ -99,3 +99,60 @@ func ExampleParsePrices() {
 	fmt.Println(cost, "micro-USD")
 	// Output: 450 micro-USD
 }
+
+func TestParseFXRates(t *testing.T) {
+	t.Parallel()
+	r, err := llm.ParseFXRates(" CNY=7.2, EUR = 0.92 ,")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r) != 3 || r["CNY"] != 7.2 || r["EUR"] != 0.92 || r["USD"] != 1 {
+		t.Errorf("got %v", r)
+	}
+	for _, bad := range []string{"CNY", "CNY=", "CNY=0", "CNY=-7", "CNY=x", "cny=7.2", "CNYY=7", "CNY=7,CNY=8",
+		"USD=2", "CNY=NaN", "CNY=+Inf", "CNY:7.2"} {
+		if _, err := llm.ParseFXRates(bad); err == nil {
+			t.Errorf("ParseFXRates(%q) accepted", bad)
+		}
+	}
+	if r, err := llm.ParseFXRates(""); err != nil || len(r) != 1 || r["USD"] != 1 {
+		t.Errorf("empty: %v %v", r, err)
+	}
+}
+
+func TestFXMicroUnits(t *testing.T) {
+	t.Parallel()
+	r := llm.FXRates{"USD": 1, "CNY": 7.2}
+	// 1,000 µ$ = 7,200 µ¥ = 0.72 fen.
+	if got, ok := r.MicroUnits("CNY", 1000); got != 7200 || !ok {
+		t.Errorf("CNY: %d %v, want 7200 true", got, ok)
+	}
+	if got, ok := r.MicroUnits("USD", 1000); got != 1000 || !ok {
+		t.Errorf("USD: %d %v", got, ok)
+	}
+	if _, ok := r.MicroUnits("JPY", 1000); ok {
+		t.Error("a currency without a rate converted")
+	}
+}
+
+func TestEstimatePromptTokensLeansHigh(t *testing.T) {
+	t.Parallel()
+	turns := []llm.Turn{
+		{Role: llm.RoleSystem, Text: "You are the customer-service assistant of the online shop demo."},
+		{Role: llm.RoleUser, Text: "双11满减规则是怎样的？可以跨店凑吗？"},
+	}
+	n := llm.EstimatePromptTokens(turns, nil)
+	// The simulator counts a token per CJK character and per word: the
+	// estimate must not be below that (a reservation must cover the call).
+	if n < 3+2*4+11+19 {
+		t.Errorf("estimate %d is below what the simulator counts", n)
+	}
+	withTools := llm.EstimatePromptTokens(turns, []llm.Tool{{Name: "lookup_order", Description: "Look an order up.",
+		Parameters: []byte(`{"type":"object","properties":{"order_id":{"type":"string"}}}`)}})
+	if withTools <= n {
+		t.Errorf("tools add nothing: %d <= %d", withTools, n)
+	}
+	if llm.EstimatePromptTokens(nil, nil) <= 0 {
+		t.Error("an empty prompt costs nothing")
+	}
+}

@@ -15,6 +15,9 @@ type Provider struct {
 	APIKey string
 	// Models is the chain, primary first, then the fallbacks.
 	Models []string
+	// MaxTokensParam is the request field the completion limit is sent in:
+	// ParamMaxTokens (default, "") or ParamMaxCompletionTokens.
+	MaxTokensParam string
 }
 
 // Validate reports what is missing.
@@ -24,6 +27,8 @@ func (p Provider) Validate() error {
 		return errors.New("llm: provider: BaseURL is required")
 	case len(p.Models) == 0 || slices.Contains(p.Models, ""):
 		return errors.New("llm: provider: Models must name at least one model and no empty one")
+	case !ValidMaxTokensParam(p.MaxTokensParam):
+		return errors.New("llm: provider: MaxTokensParam must be max_tokens or max_completion_tokens")
 	}
 	return nil
 }
