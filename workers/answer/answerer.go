@@ -342,12 +342,13 @@ func (a *Answerer) Answer(ctx context.Context, req Request) (*Answer, error) {
 	log := a.log.With("shop", req.Shop, "conversation_id", req.ConversationID, "message_ids", req.MessageIDs)
 
 	// 1. Mask personal data in what goes to the LLM. Only the new question
-	// is counted; earlier turns were counted when they were new.
-	question, asked := pii.Mask(strings.TrimSpace(req.Question))
+	// is counted; earlier turns were counted when they were new. Invisible
+	// format characters go too: they can hide instructions from a reader.
+	question, asked := pii.Mask(pii.StripFormat(strings.TrimSpace(req.Question)))
 	history := make([]llm.Turn, len(req.History))
 	for i, t := range req.History {
 		history[i] = t
-		history[i].Text, _ = pii.Mask(t.Text)
+		history[i].Text, _ = pii.Mask(pii.StripFormat(t.Text))
 	}
 	t := turn{req: req, question: question, history: history, deadline: deadline, log: log}
 
