@@ -1,3 +1,8 @@
+// Package loadtest offers load to any peakdesk URL — steady, burst and ramp
+// scenarios with a priority and question mix — follows every accepted
+// message to its answer (SSE or polling) and reports what was lost, failed
+// or answered twice, with latency percentiles, as text, JSON and HTML. The
+// simulated LLM and shop API it is used with live in llmsim and shopsim.
 package loadtest
 
 import (

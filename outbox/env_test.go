@@ -17,7 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/peakdesk/peakdesk"
-	"github.com/peakdesk/peakdesk/loadtest"
+	"github.com/peakdesk/peakdesk/loadtest/shopsim"
 	"github.com/peakdesk/peakdesk/outbox"
 	"github.com/peakdesk/peakdesk/storage"
 	"github.com/peakdesk/peakdesk/storage/storagetest"
@@ -48,7 +48,7 @@ func (c *testClock) Advance(d time.Duration) {
 type testEnv struct {
 	dbURL string
 	db    *storage.DB
-	sim   *loadtest.ShopSim
+	sim   *shopsim.Sim
 	url   string
 	shop  *outbox.ShopClient
 	clock *testClock
@@ -56,7 +56,7 @@ type testEnv struct {
 
 const testWebhookSecret = "whsec-test"
 
-func setup(t testing.TB, faults loadtest.ShopFaults) *testEnv {
+func setup(t testing.TB, faults shopsim.Faults) *testEnv {
 	t.Helper()
 	dbURL := storagetest.DatabaseURL(t)
 	dropEarly(t, dbURL)
@@ -70,7 +70,7 @@ func setup(t testing.TB, faults loadtest.ShopFaults) *testEnv {
 			t.Fatal(err)
 		}
 	}
-	sim := loadtest.NewShopSim(faults, []byte(testWebhookSecret))
+	sim := shopsim.New(faults, []byte(testWebhookSecret))
 	srv := httptest.NewServer(sim)
 	t.Cleanup(srv.Close)
 	shop, err := outbox.NewShopClient(outbox.ShopClientConfig{DB: db, DefaultBaseURL: srv.URL, Timeout: 5 * time.Second,

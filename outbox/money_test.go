@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/peakdesk/peakdesk/loadtest"
+	"github.com/peakdesk/peakdesk/loadtest/shopsim"
 	"github.com/peakdesk/peakdesk/outbox"
 	"github.com/peakdesk/peakdesk/storage"
 )
@@ -16,7 +16,7 @@ import (
 // issue_coupon three times at different amounts promises the first only.
 func TestOneMoneyPromisePerTurn(t *testing.T) {
 	t.Parallel()
-	e := setup(t, loadtest.ShopFaults{})
+	e := setup(t, shopsim.Faults{})
 	ctx := context.Background()
 	if err := e.db.SetCouponPolicy(ctx, "demo", storage.CouponPolicy{PerUserPerDay: 10, BudgetPerDayCents: 100000}); err != nil {
 		t.Fatal(err)
@@ -64,7 +64,7 @@ func TestOneMoneyPromisePerTurn(t *testing.T) {
 // conversation goes to a human.
 func TestCouponBudgetExhaustedHandsOff(t *testing.T) {
 	t.Parallel()
-	e := setup(t, loadtest.ShopFaults{})
+	e := setup(t, shopsim.Faults{})
 	ctx := context.Background()
 	if err := e.db.SetCouponPolicy(ctx, "demo", storage.CouponPolicy{PerUserPerDay: 5, BudgetPerDayCents: 1000}); err != nil {
 		t.Fatal(err)

@@ -11,7 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/peakdesk/peakdesk"
-	"github.com/peakdesk/peakdesk/loadtest"
+	"github.com/peakdesk/peakdesk/loadtest/shopsim"
 	"github.com/peakdesk/peakdesk/outbox"
 	"github.com/peakdesk/peakdesk/storage"
 )
@@ -22,7 +22,7 @@ func code(err error) string { return peakdesk.ErrorCode(err) }
 // just a page, and leaves the rest alone.
 func TestBulkRetryOfTenThousandDeadActions(t *testing.T) {
 	t.Parallel()
-	e := setup(t, loadtest.ShopFaults{})
+	e := setup(t, shopsim.Faults{})
 	ctx := context.Background()
 	const n = 10000
 	actions := make([]peakdesk.Action, 0, n+20)
@@ -112,7 +112,7 @@ func TestBulkRetryOfTenThousandDeadActions(t *testing.T) {
 
 func TestOpsListPagesAndScopes(t *testing.T) {
 	t.Parallel()
-	e := setup(t, loadtest.ShopFaults{})
+	e := setup(t, shopsim.Faults{})
 	ctx := context.Background()
 	var actions []peakdesk.Action
 	for i := range 7 {
@@ -179,7 +179,7 @@ func TestOpsListPagesAndScopes(t *testing.T) {
 // The oldest-due gauge tells how long work has waited.
 func TestOldestDueGauge(t *testing.T) {
 	t.Parallel()
-	e := setup(t, loadtest.ShopFaults{})
+	e := setup(t, shopsim.Faults{})
 	cfg := e.relayConfig(t)
 	r, err := outbox.NewRelay(cfg)
 	if err != nil {

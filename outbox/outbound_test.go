@@ -13,7 +13,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/peakdesk/peakdesk"
-	"github.com/peakdesk/peakdesk/loadtest"
+	"github.com/peakdesk/peakdesk/loadtest/shopsim"
 	"github.com/peakdesk/peakdesk/outbox"
 	"github.com/peakdesk/peakdesk/storage"
 )
@@ -35,7 +35,7 @@ func (e *testEnv) guardedClient(t *testing.T) *outbox.ShopClient {
 // it at the real shop).
 func TestRefusedShopURLsKillTheActionAtOnce(t *testing.T) {
 	t.Parallel()
-	e := setup(t, loadtest.ShopFaults{})
+	e := setup(t, shopsim.Faults{})
 	ctx := context.Background()
 	port := e.url[strings.LastIndex(e.url, ":"):]
 	tests := []struct {
@@ -110,7 +110,7 @@ func TestRefusedShopURLsKillTheActionAtOnce(t *testing.T) {
 // issued the coupon at another address), and it is recorded as such.
 func TestRedirectsAreNotFollowed(t *testing.T) {
 	t.Parallel()
-	e := setup(t, loadtest.ShopFaults{})
+	e := setup(t, shopsim.Faults{})
 	ctx := context.Background()
 	var hits atomic.Int32
 	redirector := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -142,7 +142,7 @@ func TestRedirectsAreNotFollowed(t *testing.T) {
 // Settings are checked where they are written, as calls will check them.
 func TestPutSettingsRefusesURLsThatCouldNeverBeCalled(t *testing.T) {
 	t.Parallel()
-	e := setup(t, loadtest.ShopFaults{})
+	e := setup(t, shopsim.Faults{})
 	ctx := context.Background()
 	guarded := e.guardedClient(t)
 	tests := []struct {
@@ -196,7 +196,7 @@ func fakeShop(t *testing.T, status int, body string) string {
 // operators is capped and storable whatever the shop sent.
 func TestShopAnswersAreBoundedAndExcerptsCapped(t *testing.T) {
 	t.Parallel()
-	e := setup(t, loadtest.ShopFaults{})
+	e := setup(t, shopsim.Faults{})
 	ctx := context.Background()
 
 	big := `{"id":"1234567","user_id":"u7","pad":"` + strings.Repeat("x", 100<<10) + `"}`
@@ -240,7 +240,7 @@ func TestShopAnswersAreBoundedAndExcerptsCapped(t *testing.T) {
 // through (and are deduplicated by event id, one effect).
 func TestWebhookRetriesAreSignedAnew(t *testing.T) {
 	t.Parallel()
-	e := setup(t, loadtest.ShopFaults{})
+	e := setup(t, shopsim.Faults{})
 	ctx := context.Background()
 	var now atomic.Int64
 	now.Store(time.Now().Unix())
@@ -263,7 +263,7 @@ func TestWebhookRetriesAreSignedAnew(t *testing.T) {
 	// a status the relay retries.
 	_, err = deliver()
 	if se, ok := errors.AsType[*outbox.ShopError](err); !ok || se.Status != http.StatusConflict || !se.Transient() ||
-		se.Code != loadtest.ShopWebhookReplayed {
+		se.Code != shopsim.WebhookReplayed {
 		t.Fatalf("same-second repeat: %v", err)
 	}
 	now.Add(1)
@@ -273,7 +273,7 @@ func TestWebhookRetriesAreSignedAnew(t *testing.T) {
 	now.Add(-int64(outbox.WebhookTolerance/time.Second) - 60)
 	_, err = deliver()
 	if se, ok := errors.AsType[*outbox.ShopError](err); !ok || se.Status != http.StatusBadRequest || se.Transient() ||
-		se.Code != loadtest.ShopWebhookStale {
+		se.Code != shopsim.WebhookStale {
 		t.Fatalf("signed by a clock 6 minutes slow: %v", err)
 	}
 	st := e.sim.Stats()
@@ -296,7 +296,7 @@ func TestWebhookRetriesAreSignedAnew(t *testing.T) {
 // one keep it, and one given replaces it.
 func TestEveryShopHasAWebhookSecret(t *testing.T) {
 	t.Parallel()
-	e := setup(t, loadtest.ShopFaults{})
+	e := setup(t, shopsim.Faults{})
 	ctx := context.Background()
 	s, err := e.db.ShopAPISettings(ctx, "other")
 	if err != nil {

@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/peakdesk/peakdesk"
-	"github.com/peakdesk/peakdesk/loadtest"
+	"github.com/peakdesk/peakdesk/loadtest/shopsim"
 	"github.com/peakdesk/peakdesk/outbox"
 )
 
@@ -17,7 +17,7 @@ import (
 func BenchmarkRelay(b *testing.B) {
 	for _, relays := range []int{1, 2} {
 		b.Run(fmt.Sprintf("relays=%d", relays), func(b *testing.B) {
-			e := setup(b, loadtest.ShopFaults{})
+			e := setup(b, shopsim.Faults{})
 			ctx := context.Background()
 			actions := make([]peakdesk.Action, 0, b.N)
 			for i := range b.N {

@@ -11,7 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/peakdesk/peakdesk"
-	"github.com/peakdesk/peakdesk/loadtest"
+	"github.com/peakdesk/peakdesk/loadtest/shopsim"
 	"github.com/peakdesk/peakdesk/outbox"
 	"github.com/peakdesk/peakdesk/storage"
 )
@@ -45,7 +45,7 @@ func TestLinearBackOff(t *testing.T) {
 // exactly one effect each.
 func TestShopOutageRetriesOnTheLinearScheduleThenSucceedsExactlyOnce(t *testing.T) {
 	t.Parallel()
-	e := setup(t, loadtest.ShopFaults{Down: true})
+	e := setup(t, shopsim.Faults{Down: true})
 	var actions []peakdesk.Action
 	for i := range 10 {
 		actions = append(actions, e.coupon(i), e.refund(i))
@@ -73,7 +73,7 @@ func TestShopOutageRetriesOnTheLinearScheduleThenSucceedsExactlyOnce(t *testing.
 			}
 		}
 		if n == 3 {
-			e.sim.SetFaults(loadtest.ShopFaults{}) // the shop is back
+			e.sim.SetFaults(shopsim.Faults{}) // the shop is back
 		}
 		// Nothing is due until the clock reaches the earliest next attempt.
 		e.clock.Advance(high)
@@ -115,7 +115,7 @@ func TestShopOutageRetriesOnTheLinearScheduleThenSucceedsExactlyOnce(t *testing.
 // until the leases expire, then another relay finishes them, one effect each.
 func TestKilledRelaysLeasesExpireAndAnotherRelayFinishes(t *testing.T) {
 	t.Parallel()
-	e := setup(t, loadtest.ShopFaults{LatencyMS: 200, LatencyJitterMS: 400})
+	e := setup(t, shopsim.Faults{LatencyMS: 200, LatencyJitterMS: 400})
 	const n = 40
 	var actions []peakdesk.Action
 	for i := range n {
@@ -176,7 +176,7 @@ func TestKilledRelaysLeasesExpireAndAnotherRelayFinishes(t *testing.T) {
 // so the shop never sees a key twice (no replays, no conflicts).
 func TestTwoRelaysNeverClaimTheSameAction(t *testing.T) {
 	t.Parallel()
-	e := setup(t, loadtest.ShopFaults{LatencyJitterMS: 2})
+	e := setup(t, shopsim.Faults{LatencyJitterMS: 2})
 	const n = 400
 	var actions []peakdesk.Action
 	for i := range n {
@@ -216,7 +216,7 @@ func TestTwoRelaysNeverClaimTheSameAction(t *testing.T) {
 // its 422 under the old key, like Stripe) and succeeds, once.
 func TestValidationFailureIsDeadUntilAnOperatorRetriesAfterTheFix(t *testing.T) {
 	t.Parallel()
-	e := setup(t, loadtest.ShopFaults{ValidationFail: true})
+	e := setup(t, shopsim.Faults{ValidationFail: true})
 	e.enqueue(t, e.coupon(1))
 	e.startRelay(t, e.relayConfig(t))
 	ops, err := outbox.NewOps(outbox.OpsConfig{DB: e.db, Now: e.clock.Now})
@@ -243,7 +243,7 @@ func TestValidationFailureIsDeadUntilAnOperatorRetriesAfterTheFix(t *testing.T) 
 		t.Fatal(err)
 	}
 	dead(2)
-	e.sim.SetFaults(loadtest.ShopFaults{}) // the fix
+	e.sim.SetFaults(shopsim.Faults{}) // the fix
 	retried, err := ops.Retry(context.Background(), op, a.ID)
 	if err != nil || retried.KeyGeneration != 2 || retried.State != peakdesk.ActionPending {
 		t.Fatalf("retry: %+v, %v", retried, err)
@@ -270,7 +270,7 @@ func TestValidationFailureIsDeadUntilAnOperatorRetriesAfterTheFix(t *testing.T) 
 // applied under its key, so an operator retry keeps the key.
 func TestExhaustedActionIsDeadAndAnOperatorRetryKeepsItsKey(t *testing.T) {
 	t.Parallel()
-	e := setup(t, loadtest.ShopFaults{Down: true})
+	e := setup(t, shopsim.Faults{Down: true})
 	a := e.refund(1)
 	a.MaxAttempts = 2
 	e.enqueue(t, a)
@@ -288,7 +288,7 @@ func TestExhaustedActionIsDeadAndAnOperatorRetryKeepsItsKey(t *testing.T) {
 	if got.Attempts != 2 || got.Rejected || !strings.HasPrefix(got.LastError, "gave up after 2 attempts") {
 		t.Fatalf("dead action: %+v", got)
 	}
-	e.sim.SetFaults(loadtest.ShopFaults{})
+	e.sim.SetFaults(shopsim.Faults{})
 	ops, _ := outbox.NewOps(outbox.OpsConfig{DB: e.db, Now: e.clock.Now})
 	retried, err := ops.Retry(context.Background(), outbox.Operator{ID: "bob", Shop: "*"}, got.ID)
 	if err != nil || retried.KeyGeneration != 0 || retried.RunAttempts != 0 {
@@ -304,7 +304,7 @@ func TestExhaustedActionIsDeadAndAnOperatorRetryKeepsItsKey(t *testing.T) {
 // them as aborted, due again at once and not counted against the budget.
 func TestStopRecordsAbortedAttempts(t *testing.T) {
 	t.Parallel()
-	e := setup(t, loadtest.ShopFaults{LatencyMS: 5000})
+	e := setup(t, shopsim.Faults{LatencyMS: 5000})
 	e.enqueue(t, e.coupon(1))
 	cfg := e.relayConfig(t)
 	cfg.SoftStop = 50 * time.Millisecond
@@ -326,7 +326,7 @@ func TestStopRecordsAbortedAttempts(t *testing.T) {
 // settings are fixed and an operator retries.
 func TestReplyWebhookIsSignedAndRetriedAfterTheSecretIsFixed(t *testing.T) {
 	t.Parallel()
-	e := setup(t, loadtest.ShopFaults{})
+	e := setup(t, shopsim.Faults{})
 	ctx := context.Background()
 	settings := storage.ShopAPISettings{ShopID: "demo", WebhookURL: e.url + "/webhooks/replies", WebhookSecret: "wrong"}
 	if err := e.db.PutShopAPISettings(ctx, settings); err != nil {
@@ -364,7 +364,7 @@ func TestReplyWebhookIsSignedAndRetriedAfterTheSecretIsFixed(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, 10*time.Second, "delivered", func() bool { return e.actions(t)[0].State == peakdesk.ActionSucceeded })
-	var good []loadtest.ShopWebhook
+	var good []shopsim.Webhook
 	for _, wh := range e.sim.Webhooks() {
 		if wh.SignatureValid {
 			good = append(good, wh)
@@ -387,7 +387,7 @@ func TestReplyWebhookIsSignedAndRetriedAfterTheSecretIsFixed(t *testing.T) {
 // attempts hands the conversation to a human.
 func TestOrderFollowUpPushesTheSecondReplyOrHandsOver(t *testing.T) {
 	t.Parallel()
-	e := setup(t, loadtest.ShopFaults{Down: true})
+	e := setup(t, shopsim.Faults{Down: true})
 	ok := e.action(peakdesk.ActionOrderFollowUp, "ord_ok", outbox.FollowUpPayload{OrderID: "1234567", UserID: "u7", MessageID: "m1"})
 	ok.MaxAttempts = 5
 	lost := e.action(peakdesk.ActionOrderFollowUp, "ord_lost", outbox.FollowUpPayload{OrderID: "7654321", UserID: "u1"})
@@ -433,7 +433,7 @@ func TestOrderFollowUpPushesTheSecondReplyOrHandsOver(t *testing.T) {
 		a := e.find(t, "ord_ok")
 		return a.Attempts == 2 && a.State == peakdesk.ActionRetrying
 	})
-	e.sim.SetFaults(loadtest.ShopFaults{})
+	e.sim.SetFaults(shopsim.Faults{})
 	e.clock.Advance(11 * time.Second)
 	waitFor(t, 10*time.Second, "failed push recorded", func() bool {
 		a := e.find(t, "ord_ok")
@@ -491,7 +491,7 @@ func TestRelayConfigValidation(t *testing.T) {
 // new actions and for operator retries.
 func TestRelayWakesOnNotify(t *testing.T) {
 	t.Parallel()
-	e := setup(t, loadtest.ShopFaults{ValidationFail: true})
+	e := setup(t, shopsim.Faults{ValidationFail: true})
 	cfg := e.relayConfig(t)
 	cfg.PollInterval = time.Hour
 	e.startRelay(t, cfg)
@@ -499,7 +499,7 @@ func TestRelayWakesOnNotify(t *testing.T) {
 	waitFor(t, 10*time.Second, "the new action attempted", func() bool {
 		return e.actions(t)[0].State == peakdesk.ActionDead
 	})
-	e.sim.SetFaults(loadtest.ShopFaults{})
+	e.sim.SetFaults(shopsim.Faults{})
 	ops, _ := outbox.NewOps(outbox.OpsConfig{DB: e.db, Now: e.clock.Now})
 	if _, err := ops.Retry(context.Background(), outbox.Operator{ID: "alice", Shop: "*"}, e.actions(t)[0].ID); err != nil {
 		t.Fatal(err)
@@ -515,15 +515,15 @@ func TestRelayWakesOnNotify(t *testing.T) {
 // they look like a card or an old ID-card number.
 func TestOrderFollowUpReplyIsMaskedBeforeItIsStored(t *testing.T) {
 	t.Parallel()
-	e := setup(t, loadtest.ShopFaults{})
+	e := setup(t, shopsim.Faults{})
 	ctx := context.Background()
 	const (
 		orderID  = "4111111111111111"  // passes the Luhn check, like a card
 		tracking = "SF440304960229123" // 15 digits that read like an old ID card
 	)
-	e.sim.AddOrder(loadtest.ShopOrder{ID: orderID, Shop: "demo", UserID: "u9", Status: "shipped", AmountCents: 1999,
-		Logistics: loadtest.ShopLogistics{Carrier: "SF Express", TrackingNo: tracking, Status: "in_transit",
-			Events: []loadtest.ShopLogisticsEvent{{At: time.Now(), Status: "out_for_delivery", Location: "Shanghai",
+	e.sim.AddOrder(shopsim.Order{ID: orderID, Shop: "demo", UserID: "u9", Status: "shipped", AmountCents: 1999,
+		Logistics: shopsim.Logistics{Carrier: "SF Express", TrackingNo: tracking, Status: "in_transit",
+			Events: []shopsim.LogisticsEvent{{At: time.Now(), Status: "out_for_delivery", Location: "Shanghai",
 				Description: "Courier Wang (139\u200b1234\u200b5678) is on the way to recipient ID 110105491231002"}}}})
 	conv := strings.Repeat("c", 32)
 	m := &peakdesk.Message{ID: strings.Repeat("a", 32), ShopID: "demo", ConversationID: conv, UserID: "u9",

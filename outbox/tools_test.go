@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/peakdesk/peakdesk"
-	"github.com/peakdesk/peakdesk/loadtest"
+	"github.com/peakdesk/peakdesk/loadtest/shopsim"
 	"github.com/peakdesk/peakdesk/outbox"
 	"github.com/peakdesk/peakdesk/storage"
 )
@@ -53,7 +53,7 @@ func TestToolDefinitionsAreValidSchemas(t *testing.T) {
 // Catalogue order 1234567 belongs to user u7 and costs CNY 568.00.
 func TestToolsCheckPolicyBeforePromising(t *testing.T) {
 	t.Parallel()
-	e := setup(t, loadtest.ShopFaults{})
+	e := setup(t, shopsim.Faults{})
 	ctx := context.Background()
 	couponCap, refundCap := int64(1000), int64(60000)
 	if err := e.db.PutShopAPISettings(ctx, storage.ShopAPISettings{ShopID: "demo",
@@ -138,7 +138,7 @@ func TestToolsCheckPolicyBeforePromising(t *testing.T) {
 // immediate "checking" answer and an order.followup action.
 func TestLookupOrderFallsBackToAFollowUp(t *testing.T) {
 	t.Parallel()
-	for _, faults := range []loadtest.ShopFaults{{Down: true}, {LatencyMS: 2000}} {
+	for _, faults := range []shopsim.Faults{{Down: true}, {LatencyMS: 2000}} {
 		e := setup(t, faults)
 		tools := newTools(t, e)
 		r, err := tools.Call(context.Background(), outbox.ToolCall{Shop: "demo", User: "u7",

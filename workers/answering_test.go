@@ -11,7 +11,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/peakdesk/peakdesk"
-	"github.com/peakdesk/peakdesk/loadtest"
+	"github.com/peakdesk/peakdesk/loadtest/llmsim"
 	"github.com/peakdesk/peakdesk/storage"
 	"github.com/peakdesk/peakdesk/workers/faq"
 )
@@ -148,7 +148,7 @@ func TestToolHandoffMarksConversation(t *testing.T) {
 // once.
 func TestLLMOutageFallsBackToDemoFAQ(t *testing.T) {
 	t.Parallel()
-	b := setup(t, bundleOpts{faults: loadtest.LLMFaults{Outage: true}})
+	b := setup(t, bundleOpts{faults: llmsim.Faults{Outage: true}})
 	entries := faq.DemoEntries()
 	if _, err := b.db.ImportFAQ(context.Background(), "demo", entries, false); err != nil {
 		t.Fatal(err)
@@ -274,7 +274,7 @@ func (l *partialLog) snapshot() []PartialReply {
 // not replace them.
 func TestUrgentAnswerStreamsPartials(t *testing.T) {
 	t.Parallel()
-	b := setup(t, bundleOpts{faults: loadtest.LLMFaults{ChunkDelay: 5 * time.Millisecond}})
+	b := setup(t, bundleOpts{faults: llmsim.Faults{ChunkDelay: 5 * time.Millisecond}})
 	b.start(t, nil)
 	m := message(peakdesk.P1, "", "where is my parcel")
 	partials := b.followPartials(t, m.ConversationID)
@@ -297,7 +297,7 @@ func TestUrgentAnswerStreamsPartials(t *testing.T) {
 // reply event tells the client it replaces the partial text.
 func TestBrokenStreamReplyReplacesPartial(t *testing.T) {
 	t.Parallel()
-	b := setup(t, bundleOpts{faults: loadtest.LLMFaults{StreamCutRate: 1}})
+	b := setup(t, bundleOpts{faults: llmsim.Faults{StreamCutRate: 1}})
 	b.start(t, nil)
 	m := message(peakdesk.P0, "", "my payment failed")
 	partials := b.followPartials(t, m.ConversationID)

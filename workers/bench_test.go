@@ -11,7 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/peakdesk/peakdesk"
-	"github.com/peakdesk/peakdesk/loadtest"
+	"github.com/peakdesk/peakdesk/loadtest/llmsim"
 	"github.com/peakdesk/peakdesk/storage"
 )
 
@@ -76,7 +76,7 @@ func BenchmarkProviderLimitedDrain(b *testing.B) {
 	const r = 50 // requests per second
 	for b.Loop() {
 		const n = 12 * r
-		tb := setup(b, bundleOpts{transport: true, dbConns: 40, faults: loadtest.LLMFaults{
+		tb := setup(b, bundleOpts{transport: true, dbConns: 40, faults: llmsim.Faults{
 			Latency: 300 * time.Millisecond, LatencyJitter: 50 * time.Millisecond, RPM: r * 60}})
 		msgs := make([]peakdesk.Message, n)
 		for i := range msgs {
@@ -102,7 +102,7 @@ func BenchmarkProviderLimitedDrain(b *testing.B) {
 // p0 p99 ≤ 1.5 s.
 func BenchmarkOverloadP0Latency(b *testing.B) {
 	for b.Loop() {
-		tb := setup(b, bundleOpts{transport: true, dbConns: 40, faults: loadtest.LLMFaults{
+		tb := setup(b, bundleOpts{transport: true, dbConns: 40, faults: llmsim.Faults{
 			Latency: 300 * time.Millisecond, LatencyJitter: 50 * time.Millisecond}})
 		const concurrency = 32
 		capacity := float64(concurrency) / 0.3

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/peakdesk/peakdesk"
-	"github.com/peakdesk/peakdesk/loadtest"
+	"github.com/peakdesk/peakdesk/loadtest/llmsim"
 )
 
 func TestPickerSharesByWeight(t *testing.T) {
@@ -135,7 +135,7 @@ func TestAIMDBacksOffOnRisingLatency(t *testing.T) {
 // p2 message that was not already in flight.
 func TestP0JumpsAheadOfQueuedP2(t *testing.T) {
 	t.Parallel()
-	b := setup(t, bundleOpts{faults: loadtest.LLMFaults{Latency: 30 * time.Millisecond}})
+	b := setup(t, bundleOpts{faults: llmsim.Faults{Latency: 30 * time.Millisecond}})
 	const concurrency = 4
 	var p2 []peakdesk.Message
 	for i := range 5000 {
@@ -175,7 +175,7 @@ func TestP0JumpsAheadOfQueuedP2(t *testing.T) {
 // are shared 4:1 between p1 and p2: p2 is served at its weight, never starved.
 func TestP2ServedAtItsWeightUnderOverload(t *testing.T) {
 	t.Parallel()
-	b := setup(t, bundleOpts{faults: loadtest.LLMFaults{Latency: 20 * time.Millisecond}})
+	b := setup(t, bundleOpts{faults: llmsim.Faults{Latency: 20 * time.Millisecond}})
 	var backlog []peakdesk.Message
 	for range 400 {
 		backlog = append(backlog, message(peakdesk.P1, "", "where is my order"), message(peakdesk.P2, "", "any coupons"))

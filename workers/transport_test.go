@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/peakdesk/peakdesk"
-	"github.com/peakdesk/peakdesk/loadtest"
+	"github.com/peakdesk/peakdesk/loadtest/llmsim"
 )
 
 // With the Answerer's HTTP client on the worker's transport, every HTTP
@@ -16,7 +16,7 @@ import (
 // customer gets the fallback.
 func TestLLMTransportBacksOffOnOverload(t *testing.T) {
 	t.Parallel()
-	b := setup(t, bundleOpts{transport: true, faults: loadtest.LLMFaults{
+	b := setup(t, bundleOpts{transport: true, faults: llmsim.Faults{
 		ErrorRate: 1, ErrorStatuses: map[int]float64{429: 1}, RetryAfter: 10 * time.Millisecond}})
 	w := b.start(t, func(c *Config) { c.Concurrency, c.MinConcurrency = 16, 2 })
 	m := message(peakdesk.P1, "", "hello")
@@ -34,7 +34,7 @@ func TestLLMTransportBacksOffOnOverload(t *testing.T) {
 // for every call: the simulator, limited to 10 requests/s, refuses none.
 func TestLLMTransportKeepsTheBudget(t *testing.T) {
 	t.Parallel()
-	b := setup(t, bundleOpts{transport: true, faults: loadtest.LLMFaults{RPM: 600}})
+	b := setup(t, bundleOpts{transport: true, faults: llmsim.Faults{RPM: 600}})
 	// 25 calls at once would be 429 beyond the simulator's burst of 10.
 	var msgs []peakdesk.Message
 	for range 25 {

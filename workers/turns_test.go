@@ -11,7 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/peakdesk/peakdesk"
-	"github.com/peakdesk/peakdesk/loadtest"
+	"github.com/peakdesk/peakdesk/loadtest/llmsim"
 	"github.com/peakdesk/peakdesk/storage"
 )
 
@@ -65,7 +65,7 @@ func checkInOrder(t *testing.T, replies []storedReply, msgs []peakdesk.Message) 
 // attempts.
 func TestConversationAnsweredInOrderOneTurnAtATime(t *testing.T) {
 	t.Parallel()
-	b := setup(t, bundleOpts{faults: loadtest.LLMFaults{Latency: 500 * time.Millisecond}})
+	b := setup(t, bundleOpts{faults: llmsim.Faults{Latency: 500 * time.Millisecond}})
 	for range 2 {
 		b.start(t, nil)
 	}
@@ -128,7 +128,7 @@ func TestConversationAnsweredInOrderOneTurnAtATime(t *testing.T) {
 // delay a claim past it.)
 func TestBurstOfOneConversationAcrossWorkers(t *testing.T) {
 	t.Parallel()
-	b := setup(t, bundleOpts{faults: loadtest.LLMFaults{Latency: 50 * time.Millisecond}})
+	b := setup(t, bundleOpts{faults: llmsim.Faults{Latency: 50 * time.Millisecond}})
 	for range 3 {
 		b.start(t, func(c *Config) { c.GatherWait = 300 * time.Millisecond })
 	}
@@ -217,7 +217,7 @@ func TestRedeliveryOfAnAnsweredMessage(t *testing.T) {
 // FAQ) in its first turn, instead of silence or retries.
 func TestLLMOutageEndsInHandoff(t *testing.T) {
 	t.Parallel()
-	b := setup(t, bundleOpts{faults: loadtest.LLMFaults{Outage: true}})
+	b := setup(t, bundleOpts{faults: llmsim.Faults{Outage: true}})
 	b.start(t, nil)
 	m := message(peakdesk.P0, "", "退款失败了")
 	b.publish(t, m)

@@ -23,7 +23,8 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/peakdesk/peakdesk"
-	"github.com/peakdesk/peakdesk/loadtest"
+	"github.com/peakdesk/peakdesk/loadtest/llmsim"
+	"github.com/peakdesk/peakdesk/loadtest/shopsim"
 	"github.com/peakdesk/peakdesk/outbox"
 	"github.com/peakdesk/peakdesk/storage"
 	"github.com/peakdesk/peakdesk/storage/storagetest"
@@ -40,10 +41,10 @@ type testBundle struct {
 	db      *storage.DB
 	pool    *pgxpool.Pool // for assertions
 	rdb     *redis.Client
-	sim     *loadtest.LLMSim
+	sim     *llmsim.Sim
 	llmURL  string
 	calls   *callLog
-	shop    *loadtest.ShopSim
+	shop    *shopsim.Sim
 	tools   *outbox.Tools // offered when a test sets Config.Tools
 	ackWait time.Duration
 	key     string // provider budget and Redis key prefix, unique per test
@@ -52,7 +53,7 @@ type testBundle struct {
 }
 
 type bundleOpts struct {
-	faults     loadtest.LLMFaults
+	faults     llmsim.Faults
 	ackWait    time.Duration
 	maxDeliver int
 	dbConns    int32
@@ -103,12 +104,12 @@ func setup(t testing.TB, o bundleOpts) *testBundle {
 	}
 	t.Cleanup(func() { _ = rdb.Close() })
 
-	sim := loadtest.NewLLMSim(o.faults)
+	sim := llmsim.New(o.faults)
 	calls := &callLog{active: map[string]int{}, maxActive: map[string]int{}}
 	srv := httptest.NewServer(calls.wrap(sim))
 	t.Cleanup(srv.Close)
 
-	shopSim := loadtest.NewShopSim(loadtest.ShopFaults{}, []byte("whsec-test"))
+	shopSim := shopsim.New(shopsim.Faults{}, []byte("whsec-test"))
 	shopSrv := httptest.NewServer(shopSim)
 	t.Cleanup(shopSrv.Close)
 	shop, err := outbox.NewShopClient(outbox.ShopClientConfig{DB: db, DefaultBaseURL: shopSrv.URL, Timeout: 5 * time.Second,

@@ -20,7 +20,8 @@ import (
 
 	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/ingest"
-	"github.com/peakdesk/peakdesk/loadtest"
+	"github.com/peakdesk/peakdesk/loadtest/llmsim"
+	"github.com/peakdesk/peakdesk/loadtest/shopsim"
 	"github.com/peakdesk/peakdesk/storage"
 	"github.com/peakdesk/peakdesk/storage/storagetest"
 )
@@ -33,13 +34,13 @@ const testSecret = "e2e-test-secret-0123456789abcdef0123456789"
 type testBundle struct {
 	natsURL string
 	dbURL   string
-	llm     *loadtest.LLMSim
+	llm     *llmsim.Sim
 	llmURL  string
-	shop    *loadtest.ShopSim
+	shop    *shopsim.Sim
 	shopURL string
 }
 
-func setup(t *testing.T, faults loadtest.LLMFaults) *testBundle {
+func setup(t *testing.T, faults llmsim.Faults) *testBundle {
 	t.Helper()
 	ns := storagetest.NATS(t)
 	dbURL := storagetest.DatabaseURL(t)
@@ -58,10 +59,10 @@ func setup(t *testing.T, faults loadtest.LLMFaults) *testBundle {
 		}
 	}
 	db.Close()
-	sim := loadtest.NewLLMSim(faults)
+	sim := llmsim.New(faults)
 	srv := httptest.NewServer(sim)
 	t.Cleanup(srv.Close)
-	shop := loadtest.NewShopSim(loadtest.ShopFaults{}, []byte("e2e-webhook-secret"))
+	shop := shopsim.New(shopsim.Faults{}, []byte("e2e-webhook-secret"))
 	shopSrv := httptest.NewServer(shop)
 	t.Cleanup(shopSrv.Close)
 	return &testBundle{natsURL: ns.ClientURL(), dbURL: dbURL, llm: sim, llmURL: srv.URL + "/v1",
@@ -224,7 +225,7 @@ func replyEvents(t *testing.T, natsURL string) map[string]map[string]bool {
 // with the worker role restarted halfway while it is answering. Every
 // message must be answered exactly once, by a reply that quotes it.
 func TestEndToEndExactlyOnceAcrossWorkerRestart(t *testing.T) {
-	b := setup(t, loadtest.LLMFaults{Latency: 40 * time.Millisecond, LatencyJitter: 30 * time.Millisecond})
+	b := setup(t, llmsim.Faults{Latency: 40 * time.Millisecond, LatencyJitter: 30 * time.Millisecond})
 	edge := b.start(t, []string{roleIngest}, nil)
 	worker1 := b.start(t, []string{roleWorker}, func(c *Config) {
 		c.WorkerConcurrency = 8
@@ -344,7 +345,7 @@ func streamLastSeq(t *testing.T, natsURL string) uint64 {
 
 // Bad requests get their documented error and never reach the queue.
 func TestBadRequestsNeverReachTheQueue(t *testing.T) {
-	b := setup(t, loadtest.LLMFaults{})
+	b := setup(t, llmsim.Faults{})
 	edge := b.start(t, []string{roleIngest}, nil)
 	url := "http://" + edge.Addr() + "/v1/messages"
 	alice := token(t, "demo", "alice")
@@ -419,7 +420,7 @@ func TestBadRequestsNeverReachTheQueue(t *testing.T) {
 // SSE replays it; an idempotent repeat returns the first message; another
 // shop sees none of it.
 func TestWaitPollConversationAndEvents(t *testing.T) {
-	b := setup(t, loadtest.LLMFaults{Latency: 10 * time.Millisecond})
+	b := setup(t, llmsim.Faults{Latency: 10 * time.Millisecond})
 	p := b.start(t, []string{roleIngest, roleWorker}, nil)
 	base := "http://" + p.Addr()
 	alice := token(t, "demo", "alice")

@@ -12,7 +12,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/peakdesk/peakdesk/ingest"
-	"github.com/peakdesk/peakdesk/loadtest"
+	"github.com/peakdesk/peakdesk/loadtest/llmsim"
 	"github.com/peakdesk/peakdesk/storage"
 )
 
@@ -21,7 +21,7 @@ func TestMetricsOnlyOnTheMetricsListener(t *testing.T) {
 	if got := envDefaults(func(string) string { return "" }, false).MetricsAddr; got != "127.0.0.1:9090" {
 		t.Errorf("default metrics address %q", got)
 	}
-	b := setup(t, loadtest.LLMFaults{})
+	b := setup(t, llmsim.Faults{})
 	p := b.start(t, []string{roleIngest}, nil)
 	if p.MetricsAddr() == "" || p.MetricsAddr() == p.Addr() {
 		t.Fatalf("metrics on %q, API on %q", p.MetricsAddr(), p.Addr())
@@ -57,7 +57,7 @@ func TestMetricsOnlyOnTheMetricsListener(t *testing.T) {
 // working through the overlap. A shop key never acts for another shop or as
 // an operator; operator tokens come from the platform key.
 func TestShopKeysFromTheCommands(t *testing.T) {
-	b := setup(t, loadtest.LLMFaults{})
+	b := setup(t, llmsim.Faults{})
 	p := b.start(t, []string{roleIngest}, nil)
 	base := "http://" + p.Addr()
 	env := map[string]string{"DATABASE_URL": b.dbURL, "PEAKDESK_JWT_SECRET": testSecret}

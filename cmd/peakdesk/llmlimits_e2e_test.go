@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/peakdesk/peakdesk/loadtest"
+	"github.com/peakdesk/peakdesk/loadtest/llmsim"
 	"github.com/peakdesk/peakdesk/storage"
 )
 
@@ -17,7 +17,7 @@ import (
 // by a handoff), while another customer of the same shop is still answered
 // by the LLM, and every call carries the shop's max_tokens.
 func TestLLMCapsFallBackWithoutCallingTheLLM(t *testing.T) {
-	b := setup(t, loadtest.LLMFaults{})
+	b := setup(t, llmsim.Faults{})
 	ctx := context.Background()
 	db, err := storage.Open(ctx, b.dbURL, 2)
 	if err != nil {

@@ -12,7 +12,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/peakdesk/peakdesk/loadtest"
+	"github.com/peakdesk/peakdesk/loadtest/llmsim"
 )
 
 // runMockLLM serves the simulated OpenAI-compatible LLM provider (and its /admin
@@ -21,7 +21,7 @@ func runMockLLM(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("mockllm", flag.ContinueOnError)
 	fs.SetOutput(stdout)
 	addr := fs.String("addr", "127.0.0.1:8090", "listen address (`host:port`; port 0 picks a free one)")
-	var f loadtest.LLMFaults
+	var f llmsim.Faults
 	fs.StringVar(&f.Model, "model", "", "model name answered when a request names none (default llmsim-1)")
 	fs.DurationVar(&f.Latency, "latency", 0, "mean wait before an answer starts")
 	fs.DurationVar(&f.LatencyJitter, "latency-jitter", 0, "spread of the wait, uniform in latency ± this")
@@ -59,7 +59,7 @@ func runMockLLM(ctx context.Context, args []string, stdout io.Writer) error {
 		return fmt.Errorf("mockllm: listen: %w", err)
 	}
 	srv := &http.Server{
-		Handler:           loadtest.NewLLMSim(f),
+		Handler:           llmsim.New(f),
 		ReadHeaderTimeout: 5 * time.Second,
 	}
 	fmt.Fprintf(stdout, "mockllm listening on http://%s\n", ln.Addr())

@@ -10,7 +10,7 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/peakdesk/peakdesk/loadtest"
+	"github.com/peakdesk/peakdesk/loadtest/shopsim"
 )
 
 // runMockShop serves the simulated shop API (orders, logistics, coupons,
@@ -32,7 +32,7 @@ func runMockShop(ctx context.Context, args []string, stdout io.Writer) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("mockshop: unexpected arguments %q", fs.Args())
 	}
-	faults := loadtest.ShopFaults{
+	faults := shopsim.Faults{
 		LatencyMS:       int(latency.Milliseconds()),
 		LatencyJitterMS: int(jitter.Milliseconds()),
 		ErrorRate:       *errorRate,
@@ -49,7 +49,7 @@ func runMockShop(ctx context.Context, args []string, stdout io.Writer) error {
 		return fmt.Errorf("mockshop: listen: %w", err)
 	}
 	srv := &http.Server{
-		Handler:           loadtest.NewShopSim(faults, []byte(*secret)),
+		Handler:           shopsim.New(faults, []byte(*secret)),
 		ReadHeaderTimeout: 5 * time.Second,
 	}
 	fmt.Fprintf(stdout, "mockshop listening on http://%s\n", ln.Addr())

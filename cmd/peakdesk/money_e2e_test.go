@@ -9,8 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-
-	"github.com/peakdesk/peakdesk/loadtest"
+	"github.com/peakdesk/peakdesk/loadtest/llmsim"
 )
 
 // Customers farming the desk at midnight, through the real roles, the
@@ -19,7 +18,7 @@ import (
 // conversations, and six coupon requests over six conversations. The shop
 // applies one refund and one coupon; the other customers are told why not.
 func TestMoneyCannotBeFarmed(t *testing.T) {
-	b := setup(t, loadtest.LLMFaults{})
+	b := setup(t, llmsim.Faults{})
 	p := b.start(t, []string{roleIngest, roleWorker, roleRelay}, nil)
 	base := "http://" + p.Addr()
 

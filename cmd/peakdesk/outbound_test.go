@@ -8,7 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/peakdesk/peakdesk/loadtest"
+	"github.com/peakdesk/peakdesk/loadtest/llmsim"
+	"github.com/peakdesk/peakdesk/loadtest/shopsim"
 	"github.com/peakdesk/peakdesk/outbox"
 	"github.com/peakdesk/peakdesk/storage"
 )
@@ -17,7 +18,7 @@ import (
 // the time it was sent; the shop verifies it, and refuses the very same
 // request sent again.
 func TestReplyWebhooksAreSignedAndCannotBeReplayed(t *testing.T) {
-	b := setup(t, loadtest.LLMFaults{})
+	b := setup(t, llmsim.Faults{})
 	const secret = "e2e-webhook-secret" // the simulated shop's
 	db, err := storage.Open(context.Background(), b.dbURL, 2)
 	if err != nil {
@@ -39,7 +40,7 @@ func TestReplyWebhooksAreSignedAndCannotBeReplayed(t *testing.T) {
 	}
 	replyID := r.body["reply"].(map[string]any)["reply_id"].(string)
 
-	var got loadtest.ShopWebhook
+	var got shopsim.Webhook
 	deadline := time.Now().Add(20 * time.Second)
 	for got.Signature == "" {
 		for _, wh := range b.shop.Webhooks() {
@@ -71,8 +72,8 @@ func TestReplyWebhooksAreSignedAndCannotBeReplayed(t *testing.T) {
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if resp.StatusCode != http.StatusConflict || !strings.Contains(string(body), loadtest.ShopWebhookReplayed) {
-		t.Fatalf("replay: %d %s, want 409 %s", resp.StatusCode, body, loadtest.ShopWebhookReplayed)
+	if resp.StatusCode != http.StatusConflict || !strings.Contains(string(body), shopsim.WebhookReplayed) {
+		t.Fatalf("replay: %d %s, want 409 %s", resp.StatusCode, body, shopsim.WebhookReplayed)
 	}
 	if st := b.shop.Stats(); st.WebhookReplays != 1 || st.WebhookBadSignatures != 0 || st.WebhookStale != 0 {
 		t.Errorf("shop stats %+v", st)

@@ -22,7 +22,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/peakdesk/peakdesk/ingest"
-	"github.com/peakdesk/peakdesk/loadtest"
+	"github.com/peakdesk/peakdesk/loadtest/llmsim"
 	"github.com/peakdesk/peakdesk/outbox"
 	"github.com/peakdesk/peakdesk/storage"
 	"github.com/peakdesk/peakdesk/storage/retention"
@@ -329,7 +329,7 @@ func (p *Program) llmBaseURL() (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("simulated llm: %w", err)
 	}
-	sim := loadtest.NewLLMSim(loadtest.LLMFaults{Latency: 300 * time.Millisecond, LatencyJitter: 100 * time.Millisecond})
+	sim := llmsim.New(llmsim.Faults{Latency: 300 * time.Millisecond, LatencyJitter: 100 * time.Millisecond})
 	p.llmSrv = &http.Server{Handler: sim, ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = p.llmSrv.Serve(ln) }()
 	base := "http://" + ln.Addr().String() + "/v1"

@@ -7,15 +7,14 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-
-	"github.com/peakdesk/peakdesk/loadtest"
+	"github.com/peakdesk/peakdesk/loadtest/llmsim"
 )
 
 // A customer's words are kept as written only for the shop's retention: a
 // relay started after it finds the conversation's expired message and reply
 // and masks them.
 func TestRelayMasksExpiredConversationTexts(t *testing.T) {
-	b := setup(t, loadtest.LLMFaults{Latency: 10 * time.Millisecond})
+	b := setup(t, llmsim.Faults{Latency: 10 * time.Millisecond})
 	p := b.start(t, []string{roleIngest, roleWorker}, nil)
 	base := "http://" + p.Addr()
 	alice := token(t, "demo", "alice")

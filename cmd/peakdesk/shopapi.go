@@ -7,7 +7,7 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/peakdesk/peakdesk/loadtest"
+	"github.com/peakdesk/peakdesk/loadtest/shopsim"
 	"github.com/peakdesk/peakdesk/outbox"
 	"github.com/peakdesk/peakdesk/storage"
 	"github.com/peakdesk/peakdesk/workers/faq"
@@ -22,13 +22,13 @@ const devWebhookSecret = "peakdesk-dev-webhook-secret"
 func (p *Program) startShopAPI(ctx context.Context) error {
 	base := p.Config.ShopAPIURL
 	allowPrivate := p.Config.AllowPrivateShopURLs
-	var sim *loadtest.ShopSim
+	var sim *shopsim.Sim
 	if base == "" {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			return fmt.Errorf("simulated shop: %w", err)
 		}
-		sim = loadtest.NewShopSim(loadtest.ShopFaults{LatencyMS: 50}, []byte(devWebhookSecret))
+		sim = shopsim.New(shopsim.Faults{LatencyMS: 50}, []byte(devWebhookSecret))
 		p.shopSrv = &http.Server{Handler: sim, ReadHeaderTimeout: 5 * time.Second}
 		go func() { _ = p.shopSrv.Serve(ln) }()
 		base = "http://" + ln.Addr().String()

@@ -16,7 +16,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/peakdesk/peakdesk/loadtest"
+	"github.com/peakdesk/peakdesk/loadtest/llmsim"
 	"github.com/peakdesk/peakdesk/storage/storagetest"
 )
 
@@ -117,7 +117,7 @@ func (b *testBundle) startChildWorker(t *testing.T, name string, env ...string) 
 // messages that waited for its conversations), and a message it answered
 // just before dying is not answered again.
 func TestWorkerKilledMidCallEveryMessageAnsweredOnce(t *testing.T) {
-	b := setup(t, loadtest.LLMFaults{Latency: time.Second, LatencyJitter: 200 * time.Millisecond})
+	b := setup(t, llmsim.Faults{Latency: time.Second, LatencyJitter: 200 * time.Millisecond})
 	const ackWait = 2 * time.Second
 	edge := b.start(t, []string{roleIngest}, func(c *Config) { c.AckWait = ackWait })
 	base := "http://" + edge.Addr()

@@ -21,7 +21,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/peakdesk/peakdesk"
-	"github.com/peakdesk/peakdesk/loadtest"
+	"github.com/peakdesk/peakdesk/loadtest/llmsim"
 	"github.com/peakdesk/peakdesk/storage"
 	"github.com/peakdesk/peakdesk/storage/storagetest"
 	"github.com/peakdesk/peakdesk/workers/answer"
@@ -87,7 +87,7 @@ func (b *bodies) all() string {
 
 // byModel sends each chat request to the simulator of the model it names,
 // so that one model can fail while another answers.
-func byModel(sims map[string]*loadtest.LLMSim) http.Handler {
+func byModel(sims map[string]*llmsim.Sim) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		data, _ := io.ReadAll(r.Body)
 		var req struct {
@@ -108,7 +108,7 @@ func byModel(sims map[string]*loadtest.LLMSim) http.Handler {
 // Redis under a key prefix of its own, a simulated provider and a clock.
 type bundle struct {
 	db     *storage.DB
-	sim    *loadtest.LLMSim
+	sim    *llmsim.Sim
 	url    string
 	bodies *bodies
 	clock  *recClock
@@ -118,9 +118,9 @@ type bundle struct {
 
 // setup returns a started Answerer on a simulated provider with faults f,
 // models "primary" then "secondary".
-func setup(t testing.TB, f loadtest.LLMFaults, mod func(*answer.Config)) (*answer.Answerer, *bundle) {
+func setup(t testing.TB, f llmsim.Faults, mod func(*answer.Config)) (*answer.Answerer, *bundle) {
 	t.Helper()
-	b := &bundle{db: storagetest.DB(t), sim: loadtest.NewLLMSim(f), clock: newRecClock(), prefix: randomPrefix()}
+	b := &bundle{db: storagetest.DB(t), sim: llmsim.New(f), clock: newRecClock(), prefix: randomPrefix()}
 	b.bodies = &bodies{next: b.sim}
 	srv := httptest.NewServer(b.bodies)
 	t.Cleanup(srv.Close)
@@ -226,7 +226,7 @@ func mustAnswer(t testing.TB, a *answer.Answerer, req answer.Request) *answer.An
 
 func TestAnswerFromThePrimaryModelWithItsCost(t *testing.T) {
 	t.Parallel()
-	a, b := setup(t, loadtest.LLMFaults{}, nil)
+	a, b := setup(t, llmsim.Faults{}, nil)
 	ans := mustAnswer(t, a, request(b.clock, "满减可以跨店凑吗？"))
 	if ans.Source != peakdesk.SourceLLM || ans.Model != "primary" || ans.Handoff || ans.StreamBroken {
 		t.Fatalf("answer %+v, want the primary model's", ans)
@@ -249,7 +249,7 @@ func TestAnswerFromThePrimaryModelWithItsCost(t *testing.T) {
 
 func TestAnswerStreamsDeltas(t *testing.T) {
 	t.Parallel()
-	a, b := setup(t, loadtest.LLMFaults{ChunkDelay: time.Millisecond}, nil)
+	a, b := setup(t, llmsim.Faults{ChunkDelay: time.Millisecond}, nil)
 	var got strings.Builder
 	n := 0
 	req := request(b.clock, "有什么推荐的礼物吗？")
@@ -268,11 +268,11 @@ func TestAnswerStreamsDeltas(t *testing.T) {
 
 func TestSecondaryModelWhenThePrimaryFails(t *testing.T) {
 	t.Parallel()
-	primary := loadtest.NewLLMSim(loadtest.LLMFaults{Outage: true})
-	secondary := loadtest.NewLLMSim(loadtest.LLMFaults{})
-	srv := httptest.NewServer(byModel(map[string]*loadtest.LLMSim{"primary": primary, "secondary": secondary}))
+	primary := llmsim.New(llmsim.Faults{Outage: true})
+	secondary := llmsim.New(llmsim.Faults{})
+	srv := httptest.NewServer(byModel(map[string]*llmsim.Sim{"primary": primary, "secondary": secondary}))
 	t.Cleanup(srv.Close)
-	a, b := setup(t, loadtest.LLMFaults{}, func(c *answer.Config) { c.Provider.BaseURL = srv.URL + "/v1" })
+	a, b := setup(t, llmsim.Faults{}, func(c *answer.Config) { c.Provider.BaseURL = srv.URL + "/v1" })
 
 	ans := mustAnswer(t, a, request(b.clock, "今晚几点开始抢购？"))
 	if ans.Source != peakdesk.SourceLLMSecondary || ans.Model != "secondary" {
@@ -299,7 +299,7 @@ func TestSecondaryModelWhenThePrimaryFails(t *testing.T) {
 
 func TestFAQWhenTheLLMIsDownAndHandoffWhenNothingMatches(t *testing.T) {
 	t.Parallel()
-	a, b := setup(t, loadtest.LLMFaults{Outage: true}, nil)
+	a, b := setup(t, llmsim.Faults{Outage: true}, nil)
 
 	ans := mustAnswer(t, a, request(b.clock, "双11满减规则是怎样的"))
 	if ans.Source != peakdesk.SourceFAQ || !strings.Contains(ans.Text, "每满300减50") || ans.Handoff {
@@ -336,7 +336,7 @@ func TestStreamCutMidwayEndsWithTheFallbackAnswer(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			a, b := setup(t, loadtest.LLMFaults{StreamCutRate: 1, ChunkDelay: time.Millisecond},
+			a, b := setup(t, llmsim.Faults{StreamCutRate: 1, ChunkDelay: time.Millisecond},
 				func(c *answer.Config) { c.Provider.Models = tc.models })
 			var partial strings.Builder
 			req := request(b.clock, "双11满减活动怎么算？")
@@ -358,7 +358,7 @@ func TestStreamCutMidwayEndsWithTheFallbackAnswer(t *testing.T) {
 
 func TestRetryAfterBeyondTheDeadlineFallsBackAtOnce(t *testing.T) {
 	t.Parallel()
-	f := loadtest.LLMFaults{ErrorRate: 1, ErrorStatuses: map[int]float64{429: 1}, RetryAfter: 20 * time.Second}
+	f := llmsim.Faults{ErrorRate: 1, ErrorStatuses: map[int]float64{429: 1}, RetryAfter: 20 * time.Second}
 	a, b := setup(t, f, nil)
 	req := request(b.clock, "双11满减活动怎么算？")
 	req.Deadline = b.clock.Now().Add(5 * time.Second)
@@ -374,7 +374,7 @@ func TestRetryAfterBeyondTheDeadlineFallsBackAtOnce(t *testing.T) {
 	}
 
 	// Within the deadline the wait is honoured in full.
-	b.sim.SetFaults(loadtest.LLMFaults{ErrorRate: 1, ErrorStatuses: map[int]float64{429: 1}, RetryAfter: 2 * time.Second})
+	b.sim.SetFaults(llmsim.Faults{ErrorRate: 1, ErrorStatuses: map[int]float64{429: 1}, RetryAfter: 2 * time.Second})
 	b.sim.ResetStats()
 	req = request(b.clock, "今晚几点开始抢购？")
 	req.Deadline = b.clock.Now().Add(60 * time.Second)
@@ -386,7 +386,7 @@ func TestRetryAfterBeyondTheDeadlineFallsBackAtOnce(t *testing.T) {
 
 func TestPersonalDataIsMaskedBeforeTheLLMAndAudited(t *testing.T) {
 	t.Parallel()
-	a, b := setup(t, loadtest.LLMFaults{}, nil)
+	a, b := setup(t, llmsim.Faults{}, nil)
 	history := []llm.Turn{{Role: llm.RoleUser, Text: "我的邮箱是 li.si@example.com"}, {Role: llm.RoleAssistant, Text: "好的"}}
 	req := request(b.clock, "请联系我 13812345678，身份证 11010519491231002X")
 	req.History = history
@@ -417,10 +417,10 @@ func TestPersonalDataIsMaskedBeforeTheLLMAndAudited(t *testing.T) {
 
 func TestShopSettingsOverrideTheDefaultProvider(t *testing.T) {
 	t.Parallel()
-	other := loadtest.NewLLMSim(loadtest.LLMFaults{})
+	other := llmsim.New(llmsim.Faults{})
 	srv := httptest.NewServer(other)
 	t.Cleanup(srv.Close)
-	a, b := setup(t, loadtest.LLMFaults{}, nil)
+	a, b := setup(t, llmsim.Faults{}, nil)
 	if err := b.db.SetShopLLMSettings(context.Background(), storage.LLMSettings{ShopID: shop,
 		BaseURL: srv.URL + "/v1", Models: []string{"shop-model"}}); err != nil {
 		t.Fatal(err)
@@ -437,7 +437,7 @@ func TestShopSettingsOverrideTheDefaultProvider(t *testing.T) {
 func TestBurstOfIdenticalQuestionsCostsAHandfulOfCalls(t *testing.T) {
 	t.Parallel()
 	const n = 200
-	a1, b := setup(t, loadtest.LLMFaults{Latency: 200 * time.Millisecond}, nil)
+	a1, b := setup(t, llmsim.Faults{Latency: 200 * time.Millisecond}, nil)
 	a2 := newAnswerer(t, b.cfg) // a second process on the same Redis
 	sources := map[string]int{}
 	texts := map[string]bool{}
@@ -483,7 +483,7 @@ func TestBurstOfIdenticalQuestionsCostsAHandfulOfCalls(t *testing.T) {
 
 func TestPersonalQuestionsAreNotCoalesced(t *testing.T) {
 	t.Parallel()
-	a, b := setup(t, loadtest.LLMFaults{Latency: 50 * time.Millisecond}, nil)
+	a, b := setup(t, llmsim.Faults{Latency: 50 * time.Millisecond}, nil)
 	var wg sync.WaitGroup
 	cases := []func() answer.Request{
 		func() answer.Request { return request(b.clock, "我的订单12345678到哪了") },
@@ -516,7 +516,7 @@ func TestPersonalQuestionsAreNotCoalesced(t *testing.T) {
 
 func TestAnswerReturnsOnlyWhenCancelled(t *testing.T) {
 	t.Parallel()
-	a, b := setup(t, loadtest.LLMFaults{Hang: true}, nil)
+	a, b := setup(t, llmsim.Faults{Hang: true}, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
 	if ans, err := a.Answer(ctx, request(b.clock, "今晚几点开始抢购？")); err == nil {
@@ -551,7 +551,7 @@ func TestNewValidatesTheConfig(t *testing.T) {
 func TestFollowersAnswerThemselvesWhenTheLeaderGivesUp(t *testing.T) {
 	t.Parallel()
 	// Followers would wait up to 30 s for a leader that never answers.
-	a1, b := setup(t, loadtest.LLMFaults{Latency: 2 * time.Second},
+	a1, b := setup(t, llmsim.Faults{Latency: 2 * time.Second},
 		func(c *answer.Config) { c.CoalesceWait = 30 * time.Second })
 	reg := prometheus.NewRegistry()
 	cfg := b.cfg
@@ -645,7 +645,7 @@ func waitFor(t *testing.T, limit time.Duration, cond func() bool) {
 
 func TestAFollowerTakesOverFromACrashedLeader(t *testing.T) {
 	t.Parallel()
-	_, b := setup(t, loadtest.LLMFaults{}, func(c *answer.Config) { c.CoalesceWait = time.Minute })
+	_, b := setup(t, llmsim.Faults{}, func(c *answer.Config) { c.CoalesceWait = time.Minute })
 	reg := prometheus.NewRegistry()
 	cfg := b.cfg
 	cfg.Registerer = reg

@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/peakdesk/peakdesk"
-	"github.com/peakdesk/peakdesk/loadtest"
+	"github.com/peakdesk/peakdesk/loadtest/llmsim"
 	"github.com/peakdesk/peakdesk/workers/llm"
 )
 
@@ -17,7 +17,7 @@ import (
 // hard down and its breakers are open: every answer comes from the FAQ or is
 // a handoff, with no call and no wait. The target: p99 ≤ 100 ms.
 func BenchmarkAnswerLLMDown(b *testing.B) {
-	a, bb := setup(b, loadtest.LLMFaults{Outage: true}, nil)
+	a, bb := setup(b, llmsim.Faults{Outage: true}, nil)
 	// Open both breakers (three failures each), outside the measurement.
 	mustAnswer(b, a, request(bb.clock, "你好"))
 	calls := bb.sim.Stats().Requests
@@ -75,7 +75,7 @@ func BenchmarkAnswerLLMDown(b *testing.B) {
 // half to each of two Answerers (processes) sharing Redis, and reports how
 // many LLM calls one burst cost.
 func BenchmarkCoalesce1000(b *testing.B) {
-	a1, bb := setup(b, loadtest.LLMFaults{Latency: 100 * time.Millisecond}, nil)
+	a1, bb := setup(b, llmsim.Faults{Latency: 100 * time.Millisecond}, nil)
 	a2 := newAnswerer(b, bb.cfg)
 	var calls int64
 	b.ResetTimer()

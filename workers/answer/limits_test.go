@@ -17,7 +17,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/peakdesk/peakdesk"
-	"github.com/peakdesk/peakdesk/loadtest"
+	"github.com/peakdesk/peakdesk/loadtest/llmsim"
 	"github.com/peakdesk/peakdesk/storage"
 	"github.com/peakdesk/peakdesk/workers/answer"
 	"github.com/peakdesk/peakdesk/workers/llm"
@@ -82,7 +82,7 @@ const (
 
 func TestShopMaxTokensReachesTheProviderOnEveryCall(t *testing.T) {
 	t.Parallel()
-	a, b := setup(t, loadtest.LLMFaults{}, func(c *answer.Config) { c.SettingsTTL = time.Nanosecond })
+	a, b := setup(t, llmsim.Faults{}, func(c *answer.Config) { c.SettingsTTL = time.Nanosecond })
 
 	// The default, 400, on every call: both rounds of a tool call included.
 	box := &toolBox{}
@@ -119,7 +119,7 @@ func TestShopMaxTokensReachesTheProviderOnEveryCall(t *testing.T) {
 func TestSpendCapStopsTheLLMThenFAQThenHandoff(t *testing.T) {
 	t.Parallel()
 	reg := prometheus.NewRegistry()
-	a, b := setup(t, loadtest.LLMFaults{}, func(c *answer.Config) {
+	a, b := setup(t, llmsim.Faults{}, func(c *answer.Config) {
 		c.Provider.Models = []string{"primary"}
 		c.Registerer = reg
 	})
@@ -209,7 +209,7 @@ func (g *gated) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func TestConcurrentAnswersNeverReservePastTheCap(t *testing.T) {
 	t.Parallel()
 	g := &gated{gate: make(chan struct{})}
-	a, b := setup(t, loadtest.LLMFaults{}, func(c *answer.Config) {
+	a, b := setup(t, llmsim.Faults{}, func(c *answer.Config) {
 		c.Provider.Models = []string{"primary"}
 		c.SettingsTTL = time.Nanosecond
 		c.LLM.CallTimeout = time.Minute // calls wait at the gate
@@ -355,7 +355,7 @@ func TestReservationsAreAtomic(t *testing.T) {
 func TestUserCallCapFallsBackAndSparesOtherUsers(t *testing.T) {
 	t.Parallel()
 	reg := prometheus.NewRegistry()
-	a, b := setup(t, loadtest.LLMFaults{}, func(c *answer.Config) {
+	a, b := setup(t, llmsim.Faults{}, func(c *answer.Config) {
 		c.Provider.Models = []string{"primary"}
 		c.Registerer = reg
 	})
@@ -438,7 +438,7 @@ func TestUserCallsAreCountedPerShopUserAndHour(t *testing.T) {
 // handoff without further calls, while shop B keeps getting LLM answers.
 func TestOneShopsFailingKeyFallsBackWhileAnotherShopIsAnswered(t *testing.T) {
 	t.Parallel()
-	a, b := setup(t, loadtest.LLMFaults{KeyErrors: map[string]int{"sk-shop-a": 401}}, nil)
+	a, b := setup(t, llmsim.Faults{KeyErrors: map[string]int{"sk-shop-a": 401}}, nil)
 	ctx := context.Background()
 	const shopB = "shop2"
 	if err := b.db.EnsureShop(ctx, shopB, shopB); err != nil {

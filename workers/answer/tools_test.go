@@ -18,7 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/peakdesk/peakdesk"
-	"github.com/peakdesk/peakdesk/loadtest"
+	"github.com/peakdesk/peakdesk/loadtest/llmsim"
 	"github.com/peakdesk/peakdesk/outbox"
 	"github.com/peakdesk/peakdesk/workers/answer"
 	"github.com/peakdesk/peakdesk/workers/llm"
@@ -138,7 +138,7 @@ func toolCallsMetric(t *testing.T, reg *prometheus.Registry, tool string) float6
 func TestRefundToolCallAnswersWithItsResult(t *testing.T) {
 	t.Parallel()
 	reg := prometheus.NewRegistry()
-	a, b := setup(t, loadtest.LLMFaults{}, func(c *answer.Config) { c.Registerer = reg })
+	a, b := setup(t, llmsim.Faults{}, func(c *answer.Config) { c.Registerer = reg })
 	box := &toolBox{}
 	q := "我要退款，订单 " + orderA + " 的东西坏了，联系我 13812345678"
 	ans := mustAnswer(t, a, withTools(request(b.clock, q), box))
@@ -184,7 +184,7 @@ func TestRefundToolCallAnswersWithItsResult(t *testing.T) {
 
 func TestMaskingKeepsTheOrderNumbersToolsNeed(t *testing.T) {
 	t.Parallel()
-	a, b := setup(t, loadtest.LLMFaults{}, nil)
+	a, b := setup(t, llmsim.Faults{}, nil)
 	for _, tc := range []struct {
 		name, question string
 		want           string // order id CallTool gets; "" = no tool call
@@ -216,7 +216,7 @@ func TestMaskingKeepsTheOrderNumbersToolsNeed(t *testing.T) {
 
 func TestLookupOrderStreamsTheFinalAnswer(t *testing.T) {
 	t.Parallel()
-	a, b := setup(t, loadtest.LLMFaults{ChunkDelay: time.Millisecond}, nil)
+	a, b := setup(t, llmsim.Faults{ChunkDelay: time.Millisecond}, nil)
 	box := &toolBox{}
 	var got strings.Builder
 	n := 0
@@ -247,7 +247,7 @@ func TestLookupOrderStreamsTheFinalAnswer(t *testing.T) {
 
 func TestHandoffToolMarksTheConversation(t *testing.T) {
 	t.Parallel()
-	a, b := setup(t, loadtest.LLMFaults{}, nil)
+	a, b := setup(t, llmsim.Faults{}, nil)
 	box := &toolBox{}
 	ans := mustAnswer(t, a, withTools(request(b.clock, "我要转人工客服"), box))
 	if !ans.Handoff || ans.Source != peakdesk.SourceLLM || !slices.Equal(ans.ToolCalls, []string{outbox.ToolHandoff}) {
@@ -260,7 +260,7 @@ func TestHandoffToolMarksTheConversation(t *testing.T) {
 
 func TestToolErrorIsTextForTheModel(t *testing.T) {
 	t.Parallel()
-	a, b := setup(t, loadtest.LLMFaults{}, nil)
+	a, b := setup(t, llmsim.Faults{}, nil)
 	box := &toolBox{outcome: func(string, json.RawMessage) (answer.ToolOutcome, error) {
 		return answer.ToolOutcome{}, errors.New("storage: connection refused to 10.0.0.7:5432")
 	}}
@@ -303,11 +303,11 @@ func (f forgetful) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 func TestToolRoundsAreCapped(t *testing.T) {
 	t.Parallel()
-	sim := loadtest.NewLLMSim(loadtest.LLMFaults{})
+	sim := llmsim.New(llmsim.Faults{})
 	sent := &bodies{next: forgetful{sim}}
 	srv := httptest.NewServer(sent)
 	t.Cleanup(srv.Close)
-	a, b := setup(t, loadtest.LLMFaults{}, func(c *answer.Config) { c.Provider.BaseURL = srv.URL + "/v1" })
+	a, b := setup(t, llmsim.Faults{}, func(c *answer.Config) { c.Provider.BaseURL = srv.URL + "/v1" })
 	box := &toolBox{}
 	ans := mustAnswer(t, a, withTools(request(b.clock, "我要退款 "+orderA), box))
 
@@ -341,7 +341,7 @@ func TestToolRoundsAreCapped(t *testing.T) {
 
 func TestToolsWithTheLLMDownFallBackWithoutCallingThem(t *testing.T) {
 	t.Parallel()
-	a, b := setup(t, loadtest.LLMFaults{Outage: true}, nil)
+	a, b := setup(t, llmsim.Faults{Outage: true}, nil)
 	box := &toolBox{}
 	ans := mustAnswer(t, a, withTools(request(b.clock, "双11满减活动怎么算？"), box))
 	if ans.Source != peakdesk.SourceFAQ || !strings.Contains(ans.Text, "每满300减50") {
@@ -361,7 +361,7 @@ func TestToolsWithTheLLMDownFallBackWithoutCallingThem(t *testing.T) {
 
 // afterTools sends the requests of the models in failing that carry tool
 // results to down, and everything else to up: the LLM fails after a tool ran.
-func afterTools(up, down *loadtest.LLMSim, failing ...string) http.Handler {
+func afterTools(up, down *llmsim.Sim, failing ...string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		data, _ := io.ReadAll(r.Body)
 		r.Body = io.NopCloser(bytes.NewReader(data))
@@ -396,10 +396,10 @@ func TestLLMFailingAfterAToolRan(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			up, down := loadtest.NewLLMSim(loadtest.LLMFaults{}), loadtest.NewLLMSim(loadtest.LLMFaults{Outage: true})
+			up, down := llmsim.New(llmsim.Faults{}), llmsim.New(llmsim.Faults{Outage: true})
 			srv := httptest.NewServer(afterTools(up, down, tc.failing...))
 			t.Cleanup(srv.Close)
-			a, b := setup(t, loadtest.LLMFaults{}, func(c *answer.Config) { c.Provider.BaseURL = srv.URL + "/v1" })
+			a, b := setup(t, llmsim.Faults{}, func(c *answer.Config) { c.Provider.BaseURL = srv.URL + "/v1" })
 			box := &toolBox{}
 			ans := mustAnswer(t, a, withTools(request(b.clock, "退款多久能到账？我要退款 "+orderA), box))
 			if len(box.all()) != 1 || !slices.Equal(ans.ToolCalls, []string{outbox.ToolRequestRefund}) {
@@ -420,7 +420,7 @@ func TestLLMFailingAfterAToolRan(t *testing.T) {
 
 func TestToolRoundsStopAtTheDeadline(t *testing.T) {
 	t.Parallel()
-	a, b := setup(t, loadtest.LLMFaults{}, nil)
+	a, b := setup(t, llmsim.Faults{}, nil)
 	// The tool takes longer than the answer may.
 	box := &toolBox{onCall: func() { b.clock.advance(time.Minute) }}
 	ans := mustAnswer(t, a, withTools(request(b.clock, "我要退款 "+orderA), box))
@@ -434,7 +434,7 @@ func TestToolRoundsStopAtTheDeadline(t *testing.T) {
 
 func TestToolRequestsAreNotCoalesced(t *testing.T) {
 	t.Parallel()
-	a, b := setup(t, loadtest.LLMFaults{Latency: 50 * time.Millisecond}, nil)
+	a, b := setup(t, llmsim.Faults{Latency: 50 * time.Millisecond}, nil)
 	// A general complaint: coalesced without tools, not with them.
 	q := "快递太慢了，我要投诉，给个优惠券吧"
 	if _, ok := a.LeaderKey(request(b.clock, q)); !ok {
@@ -470,7 +470,7 @@ func TestToolRequestsAreNotCoalesced(t *testing.T) {
 
 func TestToolsNeedCallTool(t *testing.T) {
 	t.Parallel()
-	a, b := setup(t, loadtest.LLMFaults{}, nil)
+	a, b := setup(t, llmsim.Faults{}, nil)
 	req := request(b.clock, "我要退款 "+orderA)
 	req.Tools = shopTools()
 	if ans, err := a.Answer(context.Background(), req); err == nil {

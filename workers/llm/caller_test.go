@@ -21,7 +21,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/sony/gobreaker/v2"
 
-	"github.com/peakdesk/peakdesk/loadtest"
+	"github.com/peakdesk/peakdesk/loadtest/llmsim"
 	"github.com/peakdesk/peakdesk/storage"
 	"github.com/peakdesk/peakdesk/storage/storagetest"
 	"github.com/peakdesk/peakdesk/workers/llm"
@@ -59,7 +59,7 @@ func (c *recClock) Sleeps() []time.Duration {
 
 // testBundle is what one test's Caller talks to.
 type testBundle struct {
-	sim    *loadtest.LLMSim
+	sim    *llmsim.Sim
 	url    string
 	clock  *recClock
 	rdb    *redis.Client
@@ -69,9 +69,9 @@ type testBundle struct {
 
 // setup starts a simulated provider with faults f and returns a Caller on
 // it with its own Redis key prefix (so tests never share a breaker).
-func setup(t *testing.T, f loadtest.LLMFaults, mod func(*llm.CallerConfig)) (*llm.Caller, *testBundle) {
+func setup(t *testing.T, f llmsim.Faults, mod func(*llm.CallerConfig)) (*llm.Caller, *testBundle) {
 	t.Helper()
-	b := &testBundle{sim: loadtest.NewLLMSim(f), clock: newRecClock(), prefix: randomPrefix()}
+	b := &testBundle{sim: llmsim.New(f), clock: newRecClock(), prefix: randomPrefix()}
 	srv := httptest.NewServer(b.sim)
 	t.Cleanup(srv.Close)
 	b.url = srv.URL + "/v1"
@@ -124,7 +124,7 @@ func TestCallRetriesEachStatusClassAsSpecified(t *testing.T) {
 	t.Parallel()
 	cases := []struct {
 		name    string
-		faults  loadtest.LLMFaults
+		faults  llmsim.Faults
 		calls   int64
 		outcome string
 	}{
@@ -139,7 +139,7 @@ func TestCallRetriesEachStatusClassAsSpecified(t *testing.T) {
 		{"401", errorsOf(401), 1, llm.OutcomeRejected},
 		{"403", errorsOf(403), 1, llm.OutcomeRejected},
 		{"404 unknown model", errorsOf(404), 1, llm.OutcomeRejected},
-		{"429 insufficient_quota", loadtest.LLMFaults{InsufficientQuota: true}, 1, llm.OutcomeQuota},
+		{"429 insufficient_quota", llmsim.Faults{InsufficientQuota: true}, 1, llm.OutcomeQuota},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -162,8 +162,8 @@ func TestCallRetriesEachStatusClassAsSpecified(t *testing.T) {
 	}
 }
 
-func errorsOf(status int) loadtest.LLMFaults {
-	return loadtest.LLMFaults{ErrorRate: 1, ErrorStatuses: map[int]float64{status: 1}}
+func errorsOf(status int) llmsim.Faults {
+	return llmsim.Faults{ErrorRate: 1, ErrorStatuses: map[int]float64{status: 1}}
 }
 
 func counter(t *testing.T, reg *prometheus.Registry, model, outcome string) prometheus.Collector {
@@ -248,7 +248,7 @@ func equalDurations(a, b []time.Duration) bool {
 
 func TestBreakerOpensAfterThreeFailuresRefusesWithoutWaitingAndRecovers(t *testing.T) {
 	t.Parallel()
-	c, b := setup(t, loadtest.LLMFaults{Outage: true}, func(cfg *llm.CallerConfig) {
+	c, b := setup(t, llmsim.Faults{Outage: true}, func(cfg *llm.CallerConfig) {
 		cfg.MaxAttempts = 5
 		cfg.BreakerOpen = 300 * time.Millisecond
 	})
@@ -280,7 +280,7 @@ func TestBreakerOpensAfterThreeFailuresRefusesWithoutWaitingAndRecovers(t *testi
 		t.Errorf("an open breaker cost %d waits", got-waits)
 	}
 	// Another model of the same provider has its own breaker.
-	b.sim.SetFaults(loadtest.LLMFaults{Latency: 200 * time.Millisecond})
+	b.sim.SetFaults(llmsim.Faults{Latency: 200 * time.Millisecond})
 	if _, err := c.Do(ctx, call(b, "m2")); err != nil {
 		t.Fatalf("m2: %v", err)
 	}
@@ -317,7 +317,7 @@ func TestBreakerOpensAfterThreeFailuresRefusesWithoutWaitingAndRecovers(t *testi
 
 func TestBreakerOpenedByOneProcessRefusesInAnother(t *testing.T) {
 	t.Parallel()
-	c1, b := setup(t, loadtest.LLMFaults{Outage: true}, nil)
+	c1, b := setup(t, llmsim.Faults{Outage: true}, nil)
 	// A second process: its own Redis client, registry and clock, the
 	// same Redis and the same provider.
 	clock2 := newRecClock()
@@ -370,11 +370,11 @@ func TestOneShopsFailingKeyLeavesTheOtherShopsBreakerClosed(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
 		name   string
-		faults loadtest.LLMFaults
+		faults llmsim.Faults
 		calls  int64 // the provider sees this many calls with the bad key before its breaker opens
 	}{
-		{"401 revoked", loadtest.LLMFaults{KeyErrors: map[string]int{"sk-shop-a": 401}}, 3},
-		{"429 rate limited", loadtest.LLMFaults{KeyErrors: map[string]int{"sk-shop-a": 429}, RetryAfter: time.Millisecond}, 3},
+		{"401 revoked", llmsim.Faults{KeyErrors: map[string]int{"sk-shop-a": 401}}, 3},
+		{"429 rate limited", llmsim.Faults{KeyErrors: map[string]int{"sk-shop-a": 429}, RetryAfter: time.Millisecond}, 3},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -431,7 +431,7 @@ func TestBreakerFallsBackToLocalWhenRedisIsDown(t *testing.T) {
 	// Nothing listens on port 1.
 	dead := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", DialTimeout: 50 * time.Millisecond, MaxRetries: -1})
 	t.Cleanup(func() { _ = dead.Close() })
-	sim := loadtest.NewLLMSim(loadtest.LLMFaults{Outage: true})
+	sim := llmsim.New(llmsim.Faults{Outage: true})
 	srv := httptest.NewServer(sim)
 	t.Cleanup(srv.Close)
 	b := &testBundle{sim: sim, url: srv.URL + "/v1", clock: newRecClock(), prefix: randomPrefix()}
@@ -456,7 +456,7 @@ func TestBreakerFallsBackToLocalWhenRedisIsDown(t *testing.T) {
 
 func TestStreamDeliversDeltasAndReportsABreak(t *testing.T) {
 	t.Parallel()
-	c, b := setup(t, loadtest.LLMFaults{}, nil)
+	c, b := setup(t, llmsim.Faults{}, nil)
 	ctx := context.Background()
 	var got strings.Builder
 	cl := call(b, "m1")
@@ -472,7 +472,7 @@ func TestStreamDeliversDeltasAndReportsABreak(t *testing.T) {
 		t.Errorf("stream usage not reported: %+v", comp)
 	}
 
-	b.sim.SetFaults(loadtest.LLMFaults{StreamCutRate: 1})
+	b.sim.SetFaults(llmsim.Faults{StreamCutRate: 1})
 	b.sim.ResetStats()
 	got.Reset()
 	_, err = c.Do(ctx, cl)
@@ -489,7 +489,7 @@ func TestStreamDeliversDeltasAndReportsABreak(t *testing.T) {
 
 func TestBreakerStateMetric(t *testing.T) {
 	t.Parallel()
-	c, b := setup(t, loadtest.LLMFaults{Outage: true}, nil)
+	c, b := setup(t, llmsim.Faults{Outage: true}, nil)
 	_, _ = c.Do(context.Background(), call(b, "m1"))
 	if got := breakerGauge(t, b, "m1", "default"); got != float64(gobreaker.StateOpen) {
 		t.Errorf("peakdesk_llm_breaker_state = %v, want %d (open)", got, gobreaker.StateOpen)
@@ -523,7 +523,7 @@ func waitFor(t *testing.T, limit time.Duration, cond func() bool) {
 	}
 }
 
-var _ http.Handler = (*loadtest.LLMSim)(nil)
+var _ http.Handler = (*llmsim.Sim)(nil)
 
 // TestMaxTokensReachesTheProvider: the completion limit goes out on every
 // call, in the one field the provider is configured to read, and the
@@ -533,7 +533,7 @@ func TestMaxTokensReachesTheProvider(t *testing.T) {
 	for _, param := range []string{"", llm.ParamMaxTokens, llm.ParamMaxCompletionTokens} {
 		t.Run("param="+param, func(t *testing.T) {
 			t.Parallel()
-			c, b := setup(t, loadtest.LLMFaults{}, nil)
+			c, b := setup(t, llmsim.Faults{}, nil)
 			var mu sync.Mutex
 			var bodies []map[string]any
 			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -579,7 +579,7 @@ func TestMaxTokensReachesTheProvider(t *testing.T) {
 		})
 	}
 
-	c, b := setup(t, loadtest.LLMFaults{}, nil)
+	c, b := setup(t, llmsim.Faults{}, nil)
 	cl := call(b, "m1")
 	cl.MaxTokens, cl.MaxTokensParam = 4, "max_output_tokens"
 	if _, err := c.Do(context.Background(), cl); err == nil {

@@ -14,7 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/peakdesk/peakdesk/loadtest"
+	"github.com/peakdesk/peakdesk/loadtest/llmsim"
 	"github.com/peakdesk/peakdesk/workers/llm"
 )
 
@@ -73,7 +73,7 @@ func TestToolCallRoundTrip(t *testing.T) {
 		name := map[bool]string{false: "plain", true: "streaming"}[streaming]
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			c, b := setup(t, loadtest.LLMFaults{}, nil)
+			c, b := setup(t, llmsim.Faults{}, nil)
 			rec := &recorder{next: b.sim}
 			srv := httptest.NewServer(rec)
 			t.Cleanup(srv.Close)
@@ -148,7 +148,7 @@ func TestToolCallRoundTrip(t *testing.T) {
 
 func TestBadToolSchemaIsRejectedWithoutACall(t *testing.T) {
 	t.Parallel()
-	c, b := setup(t, loadtest.LLMFaults{}, nil)
+	c, b := setup(t, llmsim.Faults{}, nil)
 	cl := call(b, "m1")
 	cl.Tools = []llm.Tool{{Name: "broken", Parameters: json.RawMessage(`{"type":`)}}
 	if _, err := c.Do(context.Background(), cl); err == nil || !strings.Contains(err.Error(), "broken") {

@@ -1,4 +1,10 @@
-package loadtest
+// Package llmsim is a simulated OpenAI-compatible LLM provider for dev mode,
+// tests and load tests (`peakdesk mockllm`): /v1/chat/completions, plain and
+// streamed, with usage, tool calls on cue and deterministic answers that
+// quote the last user message, and faults on demand (latency, error
+// statuses with Retry-After, requests-per-minute limits, outage, hanging
+// and cut streams, refused keys), changeable at run time under /admin.
+package llmsim
 
 import (
 	"bytes"
@@ -25,12 +31,12 @@ const (
 	llmMaxBodyBytes      = 8 << 20
 )
 
-// LLMFaults are the simulated LLM provider's run-time settings. The zero value is a
+// Faults are the simulated LLM provider's run-time settings. The zero value is a
 // healthy provider that answers at once. In JSON the fields are snake_case,
 // durations are whole milliseconds in fields ending in `_ms`, and error_statuses
 // maps a status code (as a string key) to its weight. Decoding JSON into an
-// existing LLMFaults changes only the fields present in the JSON.
-type LLMFaults struct {
+// existing Faults changes only the fields present in the JSON.
+type Faults struct {
 	// Model is echoed in responses when a request names no model (default "llmsim-1").
 	Model string
 	// Latency is the mean wait before the first byte of an answer (time to first token).
@@ -74,7 +80,7 @@ type LLMFaults struct {
 	Seed uint64
 }
 
-// llmFaultsJSON is the wire form of LLMFaults.
+// llmFaultsJSON is the wire form of Faults.
 type llmFaultsJSON struct {
 	Model           string  `json:"model"`
 	LatencyMS       int64   `json:"latency_ms"`
@@ -97,7 +103,7 @@ type llmFaultsJSON struct {
 	Seed              uint64           `json:"seed"`
 }
 
-func (f LLMFaults) toJSON() llmFaultsJSON {
+func (f Faults) toJSON() llmFaultsJSON {
 	return llmFaultsJSON{
 		Model:             f.Model,
 		LatencyMS:         f.Latency.Milliseconds(),
@@ -119,7 +125,7 @@ func (f LLMFaults) toJSON() llmFaultsJSON {
 }
 
 // MarshalJSON encodes the faults in their wire form (durations in milliseconds).
-func (f LLMFaults) MarshalJSON() ([]byte, error) {
+func (f Faults) MarshalJSON() ([]byte, error) {
 	w := f.toJSON()
 	statuses := f.ErrorStatuses
 	if statuses == nil {
@@ -137,7 +143,7 @@ func (f LLMFaults) MarshalJSON() ([]byte, error) {
 // UnmarshalJSON decodes the wire form on top of the current values: fields absent
 // from the JSON keep their values, error_statuses and key_errors are replaced as
 // a whole when given, and unknown fields are an error so that typos do not go unnoticed.
-func (f *LLMFaults) UnmarshalJSON(b []byte) error {
+func (f *Faults) UnmarshalJSON(b []byte) error {
 	w := f.toJSON()
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
@@ -153,7 +159,7 @@ func (f *LLMFaults) UnmarshalJSON(b []byte) error {
 	if w.KeyErrors != nil {
 		keys = *w.KeyErrors
 	}
-	*f = LLMFaults{
+	*f = Faults{
 		Model:             w.Model,
 		Latency:           ms(w.LatencyMS),
 		LatencyJitter:     ms(w.LatencyJitterMS),
@@ -177,7 +183,7 @@ func (f *LLMFaults) UnmarshalJSON(b []byte) error {
 }
 
 // Validate reports the first setting that is out of range, naming its JSON field.
-func (f LLMFaults) Validate() error {
+func (f Faults) Validate() error {
 	rates := []struct {
 		name string
 		v    float64
@@ -226,7 +232,7 @@ func (f LLMFaults) Validate() error {
 
 // normalised returns a copy that owns its map, with out-of-range values clamped
 // and defaults filled in, so the hot path never has to check them.
-func (f LLMFaults) normalised() LLMFaults {
+func (f Faults) normalised() Faults {
 	clamp01 := func(v float64) float64 {
 		if math.IsNaN(v) {
 			return 0
@@ -271,13 +277,13 @@ func (f LLMFaults) normalised() LLMFaults {
 // llmConfig is an immutable snapshot of the faults plus what the hot path derives
 // from them; it is swapped atomically as a whole.
 type llmConfig struct {
-	faults LLMFaults
+	faults Faults
 	// statuses and cumWeights pick an injected error status; sorted for reproducibility.
 	statuses   []int
 	cumWeights []float64
 }
 
-func llmNewConfig(f LLMFaults) *llmConfig {
+func llmNewConfig(f Faults) *llmConfig {
 	c := &llmConfig{faults: f}
 	for status := range f.ErrorStatuses {
 		c.statuses = append(c.statuses, status)
@@ -305,8 +311,8 @@ func (c *llmConfig) errorStatus(roll float64) int {
 	return c.statuses[len(c.statuses)-1]
 }
 
-// LLMStats are the simulator's counters since it started or was last reset.
-type LLMStats struct {
+// Stats are the simulator's counters since it started or was last reset.
+type Stats struct {
 	// Requests counts chat completion requests as they arrive.
 	Requests int64 `json:"requests"`
 	// ByStatus counts finished chat completion requests by the status they got;
@@ -334,7 +340,7 @@ type LLMStats struct {
 	ByKey map[string]int64 `json:"by_key"`
 }
 
-// llmCounters are the lock-free counters behind LLMStats.
+// llmCounters are the lock-free counters behind Stats.
 type llmCounters struct {
 	requests         atomic.Int64
 	byStatus         [600]atomic.Int64
@@ -380,9 +386,9 @@ func (c *llmCounters) leave(status int) {
 	}
 }
 
-// LLMSim is a simulated OpenAI-compatible LLM provider with faults on demand. It
+// Sim is a simulated OpenAI-compatible LLM provider with faults on demand. It
 // is an http.Handler; all methods are safe for concurrent use.
-type LLMSim struct {
+type Sim struct {
 	mux *http.ServeMux
 	cfg atomic.Pointer[llmConfig]
 
@@ -403,9 +409,9 @@ type LLMSim struct {
 	stats llmCounters
 }
 
-// NewLLMSim returns a simulator with the given faults (see LLMFaults for defaults).
-func NewLLMSim(f LLMFaults) *LLMSim {
-	s := &LLMSim{now: time.Now}
+// New returns a simulator with the given faults (see Faults for defaults).
+func New(f Faults) *Sim {
+	s := &Sim{now: time.Now}
 	f = f.normalised()
 	s.rng = rand.New(rand.NewPCG(f.Seed, llmSeedStream))
 	s.cfg.Store(llmNewConfig(f))
@@ -425,20 +431,20 @@ func NewLLMSim(f LLMFaults) *LLMSim {
 const llmSeedStream = 0x9e3779b97f4a7c15
 
 // ServeHTTP serves the OpenAI-compatible routes and the admin routes.
-func (s *LLMSim) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+func (s *Sim) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.mux.ServeHTTP(w, r)
 }
 
 // SetFaults replaces the faults. Out-of-range values are clamped; use
-// LLMFaults.Validate first to reject them instead. A changed Seed re-seeds the
+// Faults.Validate first to reject them instead. A changed Seed re-seeds the
 // random source and a changed RPM or TPM starts its limit with a full burst.
-func (s *LLMSim) SetFaults(f LLMFaults) {
+func (s *Sim) SetFaults(f Faults) {
 	s.setMu.Lock()
 	defer s.setMu.Unlock()
 	s.setFaultsLocked(f)
 }
 
-func (s *LLMSim) setFaultsLocked(f LLMFaults) {
+func (s *Sim) setFaultsLocked(f Faults) {
 	f = f.normalised()
 	old := s.cfg.Load().faults
 	if f.Seed != old.Seed {
@@ -460,7 +466,7 @@ func (s *LLMSim) setFaultsLocked(f LLMFaults) {
 	s.cfg.Store(llmNewConfig(f))
 }
 
-func (s *LLMSim) resetLimits(f LLMFaults, now time.Time) {
+func (s *Sim) resetLimits(f Faults, now time.Time) {
 	s.limMu.Lock()
 	defer s.limMu.Unlock()
 	s.reqLimit = llmNewBucket(f.RPM, now)
@@ -468,7 +474,7 @@ func (s *LLMSim) resetLimits(f LLMFaults, now time.Time) {
 }
 
 // Faults returns the faults in effect, with defaults filled in.
-func (s *LLMSim) Faults() LLMFaults {
+func (s *Sim) Faults() Faults {
 	f := s.cfg.Load().faults
 	statuses := make(map[int]float64, len(f.ErrorStatuses))
 	for k, v := range f.ErrorStatuses {
@@ -484,9 +490,9 @@ func (s *LLMSim) Faults() LLMFaults {
 }
 
 // Stats returns a snapshot of the counters. Maps hold only non-zero entries.
-func (s *LLMSim) Stats() LLMStats {
+func (s *Sim) Stats() Stats {
 	c := &s.stats
-	st := LLMStats{
+	st := Stats{
 		Requests:         c.requests.Load(),
 		ByStatus:         map[int]int64{},
 		Streams:          c.streams.Load(),
@@ -520,7 +526,7 @@ func (s *LLMSim) Stats() LLMStats {
 
 // ResetStats zeroes the counters. InFlight is a gauge and stays; MaxInFlight
 // restarts from it.
-func (s *LLMSim) ResetStats() {
+func (s *Sim) ResetStats() {
 	c := &s.stats
 	c.requests.Store(0)
 	for i := range c.byStatus {
@@ -541,7 +547,7 @@ func (s *LLMSim) ResetStats() {
 	c.maxInFlight.Store(c.inFlight.Load())
 }
 
-func (s *LLMSim) handleModels(w http.ResponseWriter, _ *http.Request) {
+func (s *Sim) handleModels(w http.ResponseWriter, _ *http.Request) {
 	model := s.cfg.Load().faults.Model
 	llmWriteJSON(w, http.StatusOK, map[string]any{
 		"object": "list",
@@ -551,11 +557,11 @@ func (s *LLMSim) handleModels(w http.ResponseWriter, _ *http.Request) {
 	})
 }
 
-func (s *LLMSim) handleGetFaults(w http.ResponseWriter, _ *http.Request) {
+func (s *Sim) handleGetFaults(w http.ResponseWriter, _ *http.Request) {
 	llmWriteJSON(w, http.StatusOK, s.Faults())
 }
 
-func (s *LLMSim) handlePutFaults(w http.ResponseWriter, r *http.Request) {
+func (s *Sim) handlePutFaults(w http.ResponseWriter, r *http.Request) {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 1<<20))
 	if err != nil {
 		llmWriteError(w, http.StatusBadRequest, "invalid_request_error", "invalid_body", "read body: "+err.Error())
@@ -578,11 +584,11 @@ func (s *LLMSim) handlePutFaults(w http.ResponseWriter, r *http.Request) {
 	llmWriteJSON(w, http.StatusOK, s.Faults())
 }
 
-func (s *LLMSim) handleStats(w http.ResponseWriter, _ *http.Request) {
+func (s *Sim) handleStats(w http.ResponseWriter, _ *http.Request) {
 	llmWriteJSON(w, http.StatusOK, s.Stats())
 }
 
-func (s *LLMSim) handleReset(w http.ResponseWriter, _ *http.Request) {
+func (s *Sim) handleReset(w http.ResponseWriter, _ *http.Request) {
 	s.ResetStats()
 	llmWriteJSON(w, http.StatusOK, s.Stats())
 }
@@ -674,7 +680,7 @@ var (
 
 // admit charges one request and its tokens to the limits, or says which limit
 // is exhausted and when it admits again.
-func (s *LLMSim) admit(tokens int) (time.Duration, error) {
+func (s *Sim) admit(tokens int) (time.Duration, error) {
 	s.limMu.Lock()
 	defer s.limMu.Unlock()
 	now := s.now()

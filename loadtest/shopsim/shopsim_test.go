@@ -1,4 +1,4 @@
-package loadtest
+package shopsim
 
 import (
 	"bytes"
@@ -18,13 +18,13 @@ import (
 
 // shopBundle is one simulated shop behind a real HTTP server.
 type shopBundle struct {
-	sim *ShopSim
+	sim *Sim
 	srv *httptest.Server
 }
 
-func shopSetup(t *testing.T, f ShopFaults, secret string) *shopBundle {
+func shopSetup(t *testing.T, f Faults, secret string) *shopBundle {
 	t.Helper()
-	sim := NewShopSim(f, []byte(secret))
+	sim := New(f, []byte(secret))
 	srv := httptest.NewServer(sim)
 	t.Cleanup(srv.Close)
 	return &shopBundle{sim: sim, srv: srv}
@@ -52,7 +52,7 @@ func (r shopResp) errorCode() string {
 	return e.Error.Code
 }
 
-func (r shopResp) replayed() bool { return r.Header.Get(ShopReplayedHeader) == "true" }
+func (r shopResp) replayed() bool { return r.Header.Get(ReplayedHeader) == "true" }
 
 func (b *shopBundle) send(q shopReq) (shopResp, error) {
 	var body io.Reader
@@ -76,7 +76,7 @@ func (b *shopBundle) send(q shopReq) (shopResp, error) {
 		return shopResp{}, err
 	}
 	if q.Shop != "" {
-		req.Header.Set(ShopHeader, q.Shop)
+		req.Header.Set(Header, q.Shop)
 	}
 	if q.Key != "" {
 		req.Header.Set("Idempotency-Key", q.Key)
@@ -118,7 +118,7 @@ func shopEventually(t *testing.T, what string, cond func() bool) {
 }
 
 // shopInFlight reports whether the first request for key is still running.
-func shopInFlight(s *ShopSim, shop, key string) bool {
+func shopInFlight(s *Sim, shop, key string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	e := s.keys[shopKey{shop, key}]
@@ -131,10 +131,10 @@ func shopCoupon100(user string) map[string]any {
 
 func TestShopOrders(t *testing.T) {
 	t.Parallel()
-	b := shopSetup(t, ShopFaults{}, "")
-	b.sim.AddOrder(ShopOrder{ID: "A-1", Shop: "acme", UserID: "alice", Status: "paid", AmountCents: 4200,
-		Logistics: ShopLogistics{Carrier: "SF Express", TrackingNo: "SF1", Status: "in_transit"}})
-	b.sim.AddOrder(ShopOrder{ID: "9000001", Shop: "acme", UserID: "bob", Status: "shipped", AmountCents: 100})
+	b := shopSetup(t, Faults{}, "")
+	b.sim.AddOrder(Order{ID: "A-1", Shop: "acme", UserID: "alice", Status: "paid", AmountCents: 4200,
+		Logistics: Logistics{Carrier: "SF Express", TrackingNo: "SF1", Status: "in_transit"}})
+	b.sim.AddOrder(Order{ID: "9000001", Shop: "acme", UserID: "bob", Status: "shipped", AmountCents: 100})
 
 	tests := []struct {
 		name, path, shop string
@@ -142,7 +142,7 @@ func TestShopOrders(t *testing.T) {
 		check            func(t *testing.T, body []byte)
 	}{
 		{"catalogue order", "/orders/1234567", "", 200, func(t *testing.T, body []byte) {
-			var o ShopOrder
+			var o Order
 			_ = json.Unmarshal(body, &o)
 			// 234567: user u7, amount (567+1)*100, (23456)%4 = 0 → paid.
 			if o.ID != "1234567" || o.Shop != "demo" || o.UserID != "u7" || o.AmountCents != 56800 || o.Status != "paid" || len(o.Items) != 1 {
@@ -163,7 +163,7 @@ func TestShopOrders(t *testing.T) {
 			}
 		}},
 		{"added order", "/orders/A-1", "acme", 200, func(t *testing.T, body []byte) {
-			var o ShopOrder
+			var o Order
 			_ = json.Unmarshal(body, &o)
 			if o.UserID != "alice" || o.AmountCents != 4200 || o.Currency != "CNY" {
 				t.Errorf("order = %+v", o)
@@ -213,7 +213,7 @@ func TestShopEffectCreatedOnceAndReplayed(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.kind, func(t *testing.T) {
 			t.Parallel()
-			b := shopSetup(t, ShopFaults{}, "")
+			b := shopSetup(t, Faults{}, "")
 			first := b.do(t, shopReq{Method: "POST", Path: tc.path, Key: "k1", Body: tc.body})
 			if first.Status != 201 || first.replayed() {
 				t.Fatalf("first: status %d replayed %v: %s", first.Status, first.replayed(), first.Body)
@@ -244,7 +244,7 @@ func TestShopEffectCreatedOnceAndReplayed(t *testing.T) {
 
 func TestShopKeyReuse(t *testing.T) {
 	t.Parallel()
-	b := shopSetup(t, ShopFaults{}, "")
+	b := shopSetup(t, Faults{}, "")
 	if r := b.do(t, shopReq{Method: "POST", Path: "/coupons", Key: "k", Body: shopCoupon100("u1")}); r.Status != 201 {
 		t.Fatalf("first: %d %s", r.Status, r.Body)
 	}
@@ -275,8 +275,8 @@ func TestShopKeyReuse(t *testing.T) {
 
 func TestShopValidation(t *testing.T) {
 	t.Parallel()
-	b := shopSetup(t, ShopFaults{}, "")
-	b.sim.AddOrder(ShopOrder{ID: "A-1", Shop: "acme", UserID: "alice", AmountCents: 4200})
+	b := shopSetup(t, Faults{}, "")
+	b.sim.AddOrder(Order{ID: "A-1", Shop: "acme", UserID: "alice", AmountCents: 4200})
 	tests := []struct {
 		name, path, key string
 		body            any
@@ -320,7 +320,7 @@ func TestShopValidation(t *testing.T) {
 // shop is slow: one request runs, the others are refused or replayed.
 func TestShopConcurrentSameKey(t *testing.T) {
 	t.Parallel()
-	b := shopSetup(t, ShopFaults{LatencyMS: 50}, "")
+	b := shopSetup(t, Faults{LatencyMS: 50}, "")
 	const n = 16
 	results := make([]shopResp, n)
 	errs := make([]error, n)
@@ -369,7 +369,7 @@ func TestShopConcurrentSameKey(t *testing.T) {
 // applies the effect once.
 func TestShopInFlightConflict(t *testing.T) {
 	t.Parallel()
-	b := shopSetup(t, ShopFaults{LatencyMS: int(time.Hour / time.Millisecond)}, "")
+	b := shopSetup(t, Faults{LatencyMS: int(time.Hour / time.Millisecond)}, "")
 	body := shopCoupon100("u3")
 	ctx, cancel := context.WithCancel(context.Background())
 	firstDone := make(chan error, 1)
@@ -391,7 +391,7 @@ func TestShopInFlightConflict(t *testing.T) {
 		t.Fatalf("effects after abandoned request = %d, want 0", n)
 	}
 
-	b.sim.SetFaults(ShopFaults{})
+	b.sim.SetFaults(Faults{})
 	if r := b.do(t, shopReq{Method: "POST", Path: "/coupons", Key: "slow", Body: body}); r.Status != 201 || r.replayed() {
 		t.Fatalf("retry: %d replayed=%v %s", r.Status, r.replayed(), r.Body)
 	}
@@ -407,14 +407,14 @@ func TestShopFaultNotStored(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
 		name       string
-		faults     ShopFaults
+		faults     Faults
 		wantStatus int
 		wantCode   string
 	}{
-		{"error rate default status", ShopFaults{ErrorRate: 1}, 503, "unavailable"},
-		{"error rate 500", ShopFaults{ErrorRate: 1, ErrorStatus: 500}, 500, "internal"},
-		{"error rate 429", ShopFaults{ErrorRate: 1, ErrorStatus: 429}, 429, "rate_limited"},
-		{"down", ShopFaults{Down: true, LatencyMS: int(time.Hour / time.Millisecond)}, 503, "unavailable"},
+		{"error rate default status", Faults{ErrorRate: 1}, 503, "unavailable"},
+		{"error rate 500", Faults{ErrorRate: 1, ErrorStatus: 500}, 500, "internal"},
+		{"error rate 429", Faults{ErrorRate: 1, ErrorStatus: 429}, 429, "rate_limited"},
+		{"down", Faults{Down: true, LatencyMS: int(time.Hour / time.Millisecond)}, 503, "unavailable"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -439,7 +439,7 @@ func TestShopFaultNotStored(t *testing.T) {
 				t.Fatalf("effects %d webhooks %d while faulted, want 0", n, w)
 			}
 
-			b.sim.SetFaults(ShopFaults{})
+			b.sim.SetFaults(Faults{})
 			r := b.do(t, shopReq{Method: "POST", Path: "/refunds", Key: "r1", Body: body})
 			if r.Status != 201 || r.replayed() {
 				t.Fatalf("retry after recovery: %d replayed=%v %s", r.Status, r.replayed(), r.Body)
@@ -458,17 +458,17 @@ func TestShopFaultNotStored(t *testing.T) {
 // shop's answer and is replayed like any other.
 func TestShopValidationFailStored(t *testing.T) {
 	t.Parallel()
-	b := shopSetup(t, ShopFaults{ValidationFail: true}, "")
+	b := shopSetup(t, Faults{ValidationFail: true}, "")
 	body := shopCoupon100("u9")
 	steps := []struct {
 		key        string
-		faults     ShopFaults
+		faults     Faults
 		wantStatus int
 		wantReplay bool
 	}{
-		{"k1", ShopFaults{ValidationFail: true}, 422, false},
-		{"k1", ShopFaults{}, 422, true},
-		{"k2", ShopFaults{}, 201, false},
+		{"k1", Faults{ValidationFail: true}, 422, false},
+		{"k1", Faults{}, 422, true},
+		{"k2", Faults{}, 201, false},
 	}
 	for i, st := range steps {
 		b.sim.SetFaults(st.faults)
@@ -488,7 +488,7 @@ func TestShopValidationFailStored(t *testing.T) {
 func TestShopWebhooks(t *testing.T) {
 	t.Parallel()
 	const secret = "s3cret"
-	b := shopSetup(t, ShopFaults{}, secret)
+	b := shopSetup(t, Faults{}, secret)
 	payload := `{"event":"reply","conversation_id":"c1","text":"你好"}`
 	now := time.Now()
 	sign := func(body string, at time.Time) string { return outbox.SignWebhook([]byte(secret), []byte(body), at) }
@@ -502,16 +502,16 @@ func TestShopWebhooks(t *testing.T) {
 		wantCode   string
 		wantDup    bool
 	}{
-		{"good signature", map[string]string{sigHeader: good, ShopEventIDHeader: "e1"}, payload, 200, "", false},
-		{"replayed request", map[string]string{sigHeader: good, ShopEventIDHeader: "e1"}, payload, 409, ShopWebhookReplayed, false},
-		{"retry signed anew", map[string]string{sigHeader: sign(payload, now.Add(time.Second)), ShopEventIDHeader: "e1"}, payload, 200, "", true},
+		{"good signature", map[string]string{sigHeader: good, EventIDHeader: "e1"}, payload, 200, "", false},
+		{"replayed request", map[string]string{sigHeader: good, EventIDHeader: "e1"}, payload, 409, WebhookReplayed, false},
+		{"retry signed anew", map[string]string{sigHeader: sign(payload, now.Add(time.Second)), EventIDHeader: "e1"}, payload, 200, "", true},
 		{"idempotency key without event id", map[string]string{sigHeader: sign(payload, now.Add(2*time.Second)), "Idempotency-Key": "w1"}, payload, 200, "", false},
-		{"timestamp 6 minutes old", map[string]string{sigHeader: sign(payload, now.Add(-6*time.Minute)), ShopEventIDHeader: "e6"}, payload, 400, ShopWebhookStale, false},
-		{"timestamp 6 minutes ahead", map[string]string{sigHeader: sign(payload, now.Add(6*time.Minute)), ShopEventIDHeader: "e7"}, payload, 400, ShopWebhookStale, false},
-		{"bad signature", map[string]string{sigHeader: outbox.SignWebhook([]byte("other"), []byte(payload), now), ShopEventIDHeader: "e2"}, payload, 401, ShopWebhookBadSignature, false},
-		{"tampered body", map[string]string{sigHeader: good, ShopEventIDHeader: "e3"}, payload + " ", 401, ShopWebhookBadSignature, false},
-		{"missing signature", map[string]string{ShopEventIDHeader: "e4"}, payload, 401, ShopWebhookBadSignature, false},
-		{"old signature scheme", map[string]string{sigHeader: "sha256=00", ShopEventIDHeader: "e5"}, payload, 401, ShopWebhookBadSignature, false},
+		{"timestamp 6 minutes old", map[string]string{sigHeader: sign(payload, now.Add(-6*time.Minute)), EventIDHeader: "e6"}, payload, 400, WebhookStale, false},
+		{"timestamp 6 minutes ahead", map[string]string{sigHeader: sign(payload, now.Add(6*time.Minute)), EventIDHeader: "e7"}, payload, 400, WebhookStale, false},
+		{"bad signature", map[string]string{sigHeader: outbox.SignWebhook([]byte("other"), []byte(payload), now), EventIDHeader: "e2"}, payload, 401, WebhookBadSignature, false},
+		{"tampered body", map[string]string{sigHeader: good, EventIDHeader: "e3"}, payload + " ", 401, WebhookBadSignature, false},
+		{"missing signature", map[string]string{EventIDHeader: "e4"}, payload, 401, WebhookBadSignature, false},
+		{"old signature scheme", map[string]string{sigHeader: "sha256=00", EventIDHeader: "e5"}, payload, 401, WebhookBadSignature, false},
 	}
 	for _, tc := range tests { // in order: replays and duplicates follow the first
 		r := b.do(t, shopReq{Method: "POST", Path: "/webhooks/replies", Header: tc.header, Body: tc.body})
@@ -550,7 +550,7 @@ func TestShopWebhooks(t *testing.T) {
 
 	t.Run("no secret", func(t *testing.T) {
 		t.Parallel()
-		b := shopSetup(t, ShopFaults{}, "")
+		b := shopSetup(t, Faults{}, "")
 		r := b.do(t, shopReq{Method: "POST", Path: "/webhooks/replies", Shop: "acme", Body: "not json",
 			Header: map[string]string{sigHeader: "t=1,v1=00"}})
 		if r.Status != 200 {
@@ -565,7 +565,7 @@ func TestShopWebhooks(t *testing.T) {
 
 func TestShopAdmin(t *testing.T) {
 	t.Parallel()
-	b := shopSetup(t, ShopFaults{}, "")
+	b := shopSetup(t, Faults{}, "")
 	decode := func(t *testing.T, r shopResp, v any) {
 		t.Helper()
 		if r.Status != 200 {
@@ -576,9 +576,9 @@ func TestShopAdmin(t *testing.T) {
 		}
 	}
 
-	var f ShopFaults
+	var f Faults
 	decode(t, b.do(t, shopReq{Method: "GET", Path: "/admin/faults"}), &f)
-	if f != (ShopFaults{ErrorStatus: 503}) {
+	if f != (Faults{ErrorStatus: 503}) {
 		t.Errorf("default faults = %+v", f)
 	}
 	for _, bad := range []string{`{"error_rate":2}`, `{"latency_ms":-1}`, `{"error_status":200}`, `{"dwon":true}`, `nope`} {
@@ -586,12 +586,12 @@ func TestShopAdmin(t *testing.T) {
 			t.Errorf("PUT %s: %d %s, want 400", bad, r.Status, r.Body)
 		}
 	}
-	want := ShopFaults{LatencyMS: 0, ErrorRate: 0.25, ErrorStatus: 500, ValidationFail: true}
+	want := Faults{LatencyMS: 0, ErrorRate: 0.25, ErrorStatus: 500, ValidationFail: true}
 	decode(t, b.do(t, shopReq{Method: "PUT", Path: "/admin/faults", Body: want}), &f)
 	if f != want || b.sim.Faults() != want {
 		t.Errorf("faults after PUT = %+v / %+v, want %+v", f, b.sim.Faults(), want)
 	}
-	b.sim.SetFaults(ShopFaults{})
+	b.sim.SetFaults(Faults{})
 
 	// Some traffic to report on.
 	b.do(t, shopReq{Method: "POST", Path: "/coupons", Key: "c1", Body: shopCoupon100("u1")})
@@ -599,15 +599,15 @@ func TestShopAdmin(t *testing.T) {
 	b.do(t, shopReq{Method: "POST", Path: "/refunds", Shop: "acme", Key: "r1", Body: map[string]any{"order_id": "1000002"}})
 	b.do(t, shopReq{Method: "POST", Path: "/webhooks/replies", Body: `{"x":1}`})
 
-	var st ShopStats
+	var st Stats
 	decode(t, b.do(t, shopReq{Method: "GET", Path: "/admin/stats"}), &st)
 	if st.Requests["coupon"][201] != 2 || st.Requests["refund"][201] != 1 || st.Effects["coupon"] != 1 || st.Effects["refund"] != 1 || st.Replays != 1 || st.WebhooksReceived != 1 {
 		t.Errorf("stats = %+v", st)
 	}
 
 	var effects struct {
-		Effects []ShopEffect `json:"effects"`
-		Count   int          `json:"count"`
+		Effects []Effect `json:"effects"`
+		Count   int      `json:"count"`
 	}
 	decode(t, b.do(t, shopReq{Method: "GET", Path: "/admin/effects"}), &effects)
 	if effects.Count != 2 || effects.Effects[0].Kind != "coupon" || effects.Effects[1].Kind != "refund" {
@@ -619,15 +619,15 @@ func TestShopAdmin(t *testing.T) {
 	}
 
 	var webhooks struct {
-		Webhooks []ShopWebhook `json:"webhooks"`
-		Count    int           `json:"count"`
+		Webhooks []Webhook `json:"webhooks"`
+		Count    int       `json:"count"`
 	}
 	decode(t, b.do(t, shopReq{Method: "GET", Path: "/admin/webhooks"}), &webhooks)
 	if webhooks.Count != 1 || string(webhooks.Webhooks[0].Body) != `{"x":1}` {
 		t.Errorf("webhooks = %+v", webhooks)
 	}
 
-	b.sim.SetFaults(ShopFaults{LatencyMS: 1})
+	b.sim.SetFaults(Faults{LatencyMS: 1})
 	if r := b.do(t, shopReq{Method: "POST", Path: "/admin/reset"}); r.Status != 204 {
 		t.Fatalf("reset: %d %s", r.Status, r.Body)
 	}
@@ -647,7 +647,7 @@ func TestShopAdmin(t *testing.T) {
 // is applied exactly once.
 func TestShopManyKeysConcurrent(t *testing.T) {
 	t.Parallel()
-	b := shopSetup(t, ShopFaults{LatencyJitterMS: 2}, "")
+	b := shopSetup(t, Faults{LatencyJitterMS: 2}, "")
 	const keys, repeats = 100, 3
 	var wg sync.WaitGroup
 	errs := make(chan error, keys*repeats)
@@ -701,7 +701,7 @@ func TestShopCatalogueOrderRule(t *testing.T) {
 		{"123456789012345678901234567890123", false, "", 0, ""},
 	}
 	for _, tc := range tests {
-		o, ok := ShopCatalogueOrder("demo", tc.id)
+		o, ok := CatalogueOrder("demo", tc.id)
 		if ok != tc.ok || o.UserID != tc.user || o.AmountCents != tc.amount || o.Status != tc.status {
 			t.Errorf("%s: ok=%v %+v, want ok=%v user %s amount %d status %s", tc.id, ok, o, tc.ok, tc.user, tc.amount, tc.status)
 		}

@@ -1,6 +1,4 @@
-package loadtest
-
-// The simulated shop API: what a shop's order, coupon and refund system looks
+// Package shopsim is the simulated shop API: what a shop's order, coupon and refund system looks
 // like to peakdesk's outbox relay and order follow-ups. It is served by dev
 // mode, by `peakdesk mockshop`, and by tests through httptest.
 //
@@ -18,6 +16,7 @@ package loadtest
 //
 // Faults (latency, random errors, down, validation_fail) apply to the shop
 // routes, never to /admin.
+package shopsim
 
 import (
 	"context"
@@ -34,10 +33,10 @@ import (
 
 // ShopDefaultShop is the shop a request belongs to when it carries no
 // X-Peakdesk-Shop header.
-const ShopDefaultShop = "demo"
+const DefaultShop = "demo"
 
 // ShopHeader names the shop a request to the simulated shop API acts for.
-const ShopHeader = "X-Peakdesk-Shop"
+const Header = "X-Peakdesk-Shop"
 
 // Request body limits: effects are small; webhook bodies carry a reply.
 const (
@@ -45,7 +44,7 @@ const (
 	shopMaxWebhookBody = 1 << 20
 )
 
-// Path kinds used as keys of ShopStats.Requests.
+// Path kinds used as keys of Stats.Requests.
 const (
 	shopKindOrder     = "order"
 	shopKindLogistics = "logistics"
@@ -60,9 +59,9 @@ const (
 // response was written (nginx's convention).
 const shopStatusClientGone = 499
 
-// ShopFaults are the faults the simulated shop API injects. The zero value
+// Faults are the faults the simulated shop API injects. The zero value
 // injects none.
-type ShopFaults struct {
+type Faults struct {
 	// LatencyMS delays every shop request (not replays, not /admin) by this
 	// many milliseconds, honouring the request's cancellation.
 	LatencyMS int `json:"latency_ms"`
@@ -82,7 +81,7 @@ type ShopFaults struct {
 }
 
 // Validate reports the first field of f that is out of range.
-func (f ShopFaults) Validate() error {
+func (f Faults) Validate() error {
 	switch {
 	case f.LatencyMS < 0:
 		return errors.New("shop faults: latency_ms must be >= 0")
@@ -98,7 +97,7 @@ func (f ShopFaults) Validate() error {
 
 // withDefaults fills ErrorStatus and clamps values Validate would reject, so
 // SetFaults never stores something it cannot act on.
-func (f ShopFaults) withDefaults() ShopFaults {
+func (f Faults) withDefaults() Faults {
 	f.LatencyMS = max(f.LatencyMS, 0)
 	f.LatencyJitterMS = max(f.LatencyJitterMS, 0)
 	if math.IsNaN(f.ErrorRate) || f.ErrorRate < 0 {
@@ -111,9 +110,9 @@ func (f ShopFaults) withDefaults() ShopFaults {
 	return f
 }
 
-// ShopEffect is one coupon or refund the simulated shop applied. Exactly one
+// Effect is one coupon or refund the simulated shop applied. Exactly one
 // is recorded per (shop, idempotency key) that succeeded.
-type ShopEffect struct {
+type Effect struct {
 	// Kind is "coupon" or "refund".
 	Kind           string `json:"kind"`
 	IdempotencyKey string `json:"idempotency_key"`
@@ -123,10 +122,10 @@ type ShopEffect struct {
 	At   time.Time       `json:"at"`
 }
 
-// ShopWebhook is one reply-webhook delivery the simulated shop received.
+// Webhook is one reply-webhook delivery the simulated shop received.
 // Deliveries answered by an injected fault are not recorded (the shop never
 // saw them); refused deliveries are, with Refused set.
-type ShopWebhook struct {
+type Webhook struct {
 	Shop           string `json:"shop"`
 	EventID        string `json:"event_id,omitempty"`
 	IdempotencyKey string `json:"idempotency_key,omitempty"`
@@ -137,8 +136,8 @@ type ShopWebhook struct {
 	// SignatureValid is true when the signature matches the body, however
 	// old it is.
 	SignatureValid bool `json:"signature_valid"`
-	// Refused says why the delivery was refused (ShopWebhookBadSignature,
-	// ShopWebhookStale, ShopWebhookReplayed); empty when accepted.
+	// Refused says why the delivery was refused (WebhookBadSignature,
+	// WebhookStale, WebhookReplayed); empty when accepted.
 	Refused string `json:"refused,omitempty"`
 	// Duplicate is true when an earlier accepted delivery of this shop had
 	// the same event id (or, without one, the same idempotency key).
@@ -149,8 +148,8 @@ type ShopWebhook struct {
 	At   time.Time       `json:"at"`
 }
 
-// ShopStats counts what the simulated shop API saw.
-type ShopStats struct {
+// Stats counts what the simulated shop API saw.
+type Stats struct {
 	// Requests counts responses by path kind (order, logistics, coupon,
 	// refund, webhook, admin, unknown) and HTTP status; 499 means the client
 	// went away before an answer.
@@ -179,35 +178,35 @@ type ShopStats struct {
 // shopKey scopes an idempotency key or a webhook event id to a shop.
 type shopKey struct{ shop, key string }
 
-// ShopSim is the simulated shop API. It is an http.Handler and safe for
-// concurrent use. Build it with NewShopSim.
-type ShopSim struct {
+// Sim is the simulated shop API. It is an http.Handler and safe for
+// concurrent use. Build it with New.
+type Sim struct {
 	secret []byte
 	mux    *http.ServeMux
 
 	mu          sync.Mutex
-	faults      ShopFaults
-	orders      map[string]ShopOrder // added orders by id; they shadow the catalogue
+	faults      Faults
+	orders      map[string]Order // added orders by id; they shadow the catalogue
 	keys        map[shopKey]*shopIdemEntry
-	effects     []ShopEffect
-	webhooks    []ShopWebhook
+	effects     []Effect
+	webhooks    []Webhook
 	webhookSeen map[shopKey]bool
 	sigSeen     map[string]bool  // accepted webhook signatures, for replay refusal
 	sigQueue    []shopSeenSig    // the same, in arrival order, to forget them
 	seq         map[string]int64 // object id sequences by kind
-	stats       ShopStats
+	stats       Stats
 }
 
-// NewShopSim returns a simulated shop API injecting faults f. secret is the
+// New returns a simulated shop API injecting faults f. secret is the
 // webhook secret every shop's reply webhooks are verified with
 // (outbox.VerifyWebhook); when empty, signatures are recorded but not
 // checked.
-func NewShopSim(f ShopFaults, secret []byte) *ShopSim {
-	s := &ShopSim{
+func New(f Faults, secret []byte) *Sim {
+	s := &Sim{
 		secret: slices.Clone(secret),
 		mux:    http.NewServeMux(),
 		faults: f.withDefaults(),
-		orders: make(map[string]ShopOrder),
+		orders: make(map[string]Order),
 	}
 	s.resetLocked()
 	s.handle("GET /orders/{id}", shopKindOrder, s.getOrder)
@@ -232,20 +231,20 @@ func NewShopSim(f ShopFaults, secret []byte) *ShopSim {
 }
 
 // ServeHTTP implements http.Handler.
-func (s *ShopSim) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+func (s *Sim) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.mux.ServeHTTP(w, r)
 }
 
 // SetFaults replaces the injected faults. Out-of-range values are clamped;
-// use ShopFaults.Validate first to reject them instead.
-func (s *ShopSim) SetFaults(f ShopFaults) {
+// use Faults.Validate first to reject them instead.
+func (s *Sim) SetFaults(f Faults) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.faults = f.withDefaults()
 }
 
 // Faults returns the injected faults, with defaults filled in.
-func (s *ShopSim) Faults() ShopFaults {
+func (s *Sim) Faults() Faults {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.faults
@@ -253,21 +252,21 @@ func (s *ShopSim) Faults() ShopFaults {
 
 // Effects returns every effect applied since the start or the last reset, in
 // the order they were applied.
-func (s *ShopSim) Effects() []ShopEffect {
+func (s *Sim) Effects() []Effect {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return slices.Clone(s.effects)
 }
 
 // Webhooks returns every recorded webhook delivery, in arrival order.
-func (s *ShopSim) Webhooks() []ShopWebhook {
+func (s *Sim) Webhooks() []Webhook {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return slices.Clone(s.webhooks)
 }
 
 // Stats returns a copy of the counters.
-func (s *ShopSim) Stats() ShopStats {
+func (s *Sim) Stats() Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st := s.stats
@@ -287,13 +286,13 @@ func (s *ShopSim) Stats() ShopStats {
 
 // Reset forgets everything that happened: effects, webhooks, stored
 // idempotency results and counters. Faults and added orders are kept.
-func (s *ShopSim) Reset() {
+func (s *Sim) Reset() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.resetLocked()
 }
 
-func (s *ShopSim) resetLocked() {
+func (s *Sim) resetLocked() {
 	s.keys = make(map[shopKey]*shopIdemEntry)
 	s.effects = nil
 	s.webhooks = nil
@@ -301,14 +300,14 @@ func (s *ShopSim) resetLocked() {
 	s.sigSeen = make(map[string]bool)
 	s.sigQueue = nil
 	s.seq = make(map[string]int64)
-	s.stats = ShopStats{
+	s.stats = Stats{
 		Requests: make(map[string]map[int]int64),
 		Effects:  make(map[string]int64),
 	}
 }
 
 // handle registers h for pattern and counts its responses under kind.
-func (s *ShopSim) handle(pattern, kind string, h http.HandlerFunc) {
+func (s *Sim) handle(pattern, kind string, h http.HandlerFunc) {
 	s.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
 		sw := &shopStatusWriter{ResponseWriter: w}
 		h(sw, r)
@@ -355,10 +354,10 @@ func (w *shopStatusWriter) Unwrap() http.ResponseWriter { return w.ResponseWrite
 
 // shopOf returns the shop a request acts for.
 func shopOf(r *http.Request) string {
-	if shop := r.Header.Get(ShopHeader); shop != "" {
+	if shop := r.Header.Get(Header); shop != "" {
 		return shop
 	}
-	return ShopDefaultShop
+	return DefaultShop
 }
 
 // shopError is the error body, shaped like the ingest edge's.
@@ -412,7 +411,7 @@ func shopFaultCode(status int) string {
 }
 
 // injectDown answers 503 when the shop is down and reports whether it did.
-func (s *ShopSim) injectDown(w http.ResponseWriter, f ShopFaults) bool {
+func (s *Sim) injectDown(w http.ResponseWriter, f Faults) bool {
 	if !f.Down {
 		return false
 	}
@@ -423,7 +422,7 @@ func (s *ShopSim) injectDown(w http.ResponseWriter, f ShopFaults) bool {
 
 // injectError answers ErrorStatus with probability ErrorRate and reports
 // whether it did.
-func (s *ShopSim) injectError(w http.ResponseWriter, f ShopFaults) bool {
+func (s *Sim) injectError(w http.ResponseWriter, f Faults) bool {
 	if f.ErrorRate <= 0 || rand.Float64() >= f.ErrorRate {
 		return false
 	}
@@ -433,14 +432,14 @@ func (s *ShopSim) injectError(w http.ResponseWriter, f ShopFaults) bool {
 	return true
 }
 
-func (s *ShopSim) countFault() {
+func (s *Sim) countFault() {
 	s.mu.Lock()
 	s.stats.FaultsInjected++
 	s.mu.Unlock()
 }
 
 // shopDelay waits out the injected latency or until ctx is done.
-func shopDelay(ctx context.Context, f ShopFaults) error {
+func shopDelay(ctx context.Context, f Faults) error {
 	d := time.Duration(f.LatencyMS) * time.Millisecond
 	if f.LatencyJitterMS > 0 {
 		d += time.Duration(rand.IntN(f.LatencyJitterMS+1)) * time.Millisecond
@@ -460,13 +459,13 @@ func shopDelay(ctx context.Context, f ShopFaults) error {
 
 // --- admin ---------------------------------------------------------------
 
-func (s *ShopSim) getFaults(w http.ResponseWriter, _ *http.Request) {
+func (s *Sim) getFaults(w http.ResponseWriter, _ *http.Request) {
 	shopWriteJSON(w, http.StatusOK, s.Faults())
 }
 
 // putFaults replaces the faults with the body; absent fields become zero.
-func (s *ShopSim) putFaults(w http.ResponseWriter, r *http.Request) {
-	var f ShopFaults
+func (s *Sim) putFaults(w http.ResponseWriter, r *http.Request) {
+	var f Faults
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, shopMaxEffectBody))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&f); err != nil {
@@ -481,13 +480,13 @@ func (s *ShopSim) putFaults(w http.ResponseWriter, r *http.Request) {
 	shopWriteJSON(w, http.StatusOK, s.Faults())
 }
 
-func (s *ShopSim) getStats(w http.ResponseWriter, _ *http.Request) {
+func (s *Sim) getStats(w http.ResponseWriter, _ *http.Request) {
 	shopWriteJSON(w, http.StatusOK, s.Stats())
 }
 
-func (s *ShopSim) getEffects(w http.ResponseWriter, r *http.Request) {
+func (s *Sim) getEffects(w http.ResponseWriter, r *http.Request) {
 	shop, kind := r.URL.Query().Get("shop"), r.URL.Query().Get("kind")
-	out := make([]ShopEffect, 0)
+	out := make([]Effect, 0)
 	for _, e := range s.Effects() {
 		if (shop == "" || e.Shop == shop) && (kind == "" || e.Kind == kind) {
 			out = append(out, e)
@@ -496,9 +495,9 @@ func (s *ShopSim) getEffects(w http.ResponseWriter, r *http.Request) {
 	shopWriteJSON(w, http.StatusOK, map[string]any{"effects": out, "count": len(out)})
 }
 
-func (s *ShopSim) getWebhooks(w http.ResponseWriter, r *http.Request) {
+func (s *Sim) getWebhooks(w http.ResponseWriter, r *http.Request) {
 	shop := r.URL.Query().Get("shop")
-	out := make([]ShopWebhook, 0)
+	out := make([]Webhook, 0)
 	for _, wh := range s.Webhooks() {
 		if shop == "" || wh.Shop == shop {
 			out = append(out, wh)
@@ -507,7 +506,7 @@ func (s *ShopSim) getWebhooks(w http.ResponseWriter, r *http.Request) {
 	shopWriteJSON(w, http.StatusOK, map[string]any{"webhooks": out, "count": len(out)})
 }
 
-func (s *ShopSim) postReset(w http.ResponseWriter, _ *http.Request) {
+func (s *Sim) postReset(w http.ResponseWriter, _ *http.Request) {
 	s.Reset()
 	w.WriteHeader(http.StatusNoContent)
 }

@@ -1,4 +1,4 @@
-package loadtest
+package llmsim
 
 import (
 	"bytes"
@@ -436,7 +436,7 @@ type llmRolls struct {
 	jitter, slow, err, status, cut, cutAt float64
 }
 
-func (s *LLMSim) roll() llmRolls {
+func (s *Sim) roll() llmRolls {
 	s.rngMu.Lock()
 	defer s.rngMu.Unlock()
 	return llmRolls{
@@ -446,7 +446,7 @@ func (s *LLMSim) roll() llmRolls {
 }
 
 // delay is the wait before the answer: Latency (or Slow in the slow tail) ± jitter.
-func (f *LLMFaults) delay(r llmRolls) time.Duration {
+func (f *Faults) delay(r llmRolls) time.Duration {
 	d := f.Latency
 	if r.slow < f.SlowRate {
 		d = f.Slow
@@ -507,7 +507,7 @@ func llmErrorKind(status int) (typ, code, msg string) {
 // handleChat serves POST /v1/chat/completions. The faults are applied in the
 // order a real provider would meet them: outage and quota before reading the
 // request, rate limits on admission, then the wait, then random errors.
-func (s *LLMSim) handleChat(w http.ResponseWriter, r *http.Request) {
+func (s *Sim) handleChat(w http.ResponseWriter, r *http.Request) {
 	// The request is recorded as finished before the last bytes of its answer
 	// are written, so a client holding an answer also finds it in Stats. The
 	// deferred call covers the ways out that write nothing more (client gone,
@@ -682,7 +682,7 @@ func llmCallID(completionID string) string {
 // [DONE]. A stream picked for cutting is aborted after at least one delta and
 // before [DONE] (cut is called first) by panicking with http.ErrAbortHandler,
 // which net/http turns into a broken connection.
-func (s *LLMSim) stream(ctx context.Context, w http.ResponseWriter, f *LLMFaults, rolls llmRolls,
+func (s *Sim) stream(ctx context.Context, w http.ResponseWriter, f *Faults, rolls llmRolls,
 	head llmChunk, reply llmReply, usage llmUsage, includeUsage bool, served, cut func()) {
 	rc := http.NewResponseController(w)
 	h := w.Header()

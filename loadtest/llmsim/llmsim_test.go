@@ -1,4 +1,4 @@
-package loadtest
+package llmsim
 
 import (
 	"context"
@@ -20,16 +20,16 @@ import (
 
 // llmTestBundle is what each LLM simulator test works with.
 type llmTestBundle struct {
-	sim    *LLMSim
+	sim    *Sim
 	srv    *httptest.Server
 	client openai.Client
 }
 
 // llmSetup starts a simulator with faults f behind a real HTTP server. The
 // optional clock replaces the clock of the rate limits.
-func llmSetup(t *testing.T, f LLMFaults, clock *llmFakeClock) *llmTestBundle {
+func llmSetup(t *testing.T, f Faults, clock *llmFakeClock) *llmTestBundle {
 	t.Helper()
-	sim := NewLLMSim(f)
+	sim := New(f)
 	if clock != nil {
 		sim.now = clock.Now
 		sim.resetLimits(sim.Faults(), clock.Now())
@@ -141,7 +141,7 @@ func TestLLMChatCompletion(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			b := llmSetup(t, LLMFaults{}, nil)
+			b := llmSetup(t, Faults{}, nil)
 			res, err := b.client.Chat.Completions.New(t.Context(), openai.ChatCompletionNewParams{
 				Model: "gpt-test",
 				Messages: []openai.ChatCompletionMessageParamUnion{
@@ -182,7 +182,7 @@ func TestLLMChatCompletion(t *testing.T) {
 
 func TestLLMDefaultModel(t *testing.T) {
 	t.Parallel()
-	b := llmSetup(t, LLMFaults{Model: "sim-model"}, nil)
+	b := llmSetup(t, Faults{Model: "sim-model"}, nil)
 
 	res, body := llmPost(t, http.MethodPost, b.srv.URL+"/v1/chat/completions",
 		`{"messages":[{"role":"user","content":"hello"}]}`)
@@ -220,7 +220,7 @@ func TestLLMStreaming(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			b := llmSetup(t, LLMFaults{}, nil)
+			b := llmSetup(t, Faults{}, nil)
 			params := llmUserParams(tt.text)
 			params.Tools = llmAllTools()
 			params.StreamOptions = openai.ChatCompletionStreamOptionsParam{IncludeUsage: openai.Bool(true)}
@@ -307,7 +307,7 @@ func TestLLMToolCalls(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			b := llmSetup(t, LLMFaults{}, nil)
+			b := llmSetup(t, Faults{}, nil)
 			params := llmUserParams(tt.text)
 			params.Tools = llmAllTools()
 			if tt.tools != nil {
@@ -355,7 +355,7 @@ func TestLLMToolCalls(t *testing.T) {
 
 func TestLLMToolResultAnswer(t *testing.T) {
 	t.Parallel()
-	b := llmSetup(t, LLMFaults{}, nil)
+	b := llmSetup(t, Faults{}, nil)
 	user := "I want a refund for order 123456"
 	params := llmUserParams(user)
 	params.Tools = llmAllTools()
@@ -397,7 +397,7 @@ func TestLLMErrorStatuses(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(strconv.Itoa(tt.status), func(t *testing.T) {
 			t.Parallel()
-			b := llmSetup(t, LLMFaults{
+			b := llmSetup(t, Faults{
 				ErrorRate:     1,
 				ErrorStatuses: map[int]float64{tt.status: 1},
 				RetryAfter:    1500 * time.Millisecond,
@@ -430,12 +430,12 @@ func TestLLMHardFaults(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
 		name       string
-		faults     LLMFaults
+		faults     Faults
 		wantStatus int
 		wantCode   string
 	}{
-		{"insufficient quota", LLMFaults{InsufficientQuota: true}, http.StatusTooManyRequests, "insufficient_quota"},
-		{"outage", LLMFaults{Outage: true, Latency: time.Hour}, http.StatusServiceUnavailable, "service_unavailable"},
+		{"insufficient quota", Faults{InsufficientQuota: true}, http.StatusTooManyRequests, "insufficient_quota"},
+		{"outage", Faults{Outage: true, Latency: time.Hour}, http.StatusServiceUnavailable, "service_unavailable"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -482,7 +482,7 @@ func TestLLMRateLimitRPM(t *testing.T) {
 	t.Parallel()
 	clock := &llmFakeClock{t: time.Date(2025, 11, 11, 0, 0, 0, 0, time.UTC)}
 	// 120 per minute: a burst of 2, then one every 500 ms.
-	b := llmSetup(t, LLMFaults{RPM: 120}, clock)
+	b := llmSetup(t, Faults{RPM: 120}, clock)
 	call := func() error {
 		_, err := b.client.Chat.Completions.New(t.Context(), llmUserParams("hello"))
 		return err
@@ -510,7 +510,7 @@ func TestLLMRateLimitTPM(t *testing.T) {
 	clock := &llmFakeClock{t: time.Date(2025, 11, 11, 0, 0, 0, 0, time.UTC)}
 	// 600 tokens per minute: a burst of 10 tokens, then 10 per second; a
 	// request may overdraw the bucket, and the next one waits for the debt.
-	b := llmSetup(t, LLMFaults{TPM: 600}, clock)
+	b := llmSetup(t, Faults{TPM: 600}, clock)
 	res, err := b.client.Chat.Completions.New(t.Context(), llmUserParams("hello there"))
 	if err != nil {
 		t.Fatalf("first call: %v", err)
@@ -533,12 +533,12 @@ func TestLLMLatency(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
 		name    string
-		faults  LLMFaults
+		faults  Faults
 		atLeast time.Duration
 	}{
-		{"mean", LLMFaults{Latency: 150 * time.Millisecond}, 150 * time.Millisecond},
-		{"jitter", LLMFaults{Latency: 200 * time.Millisecond, LatencyJitter: 50 * time.Millisecond}, 150 * time.Millisecond},
-		{"slow tail", LLMFaults{SlowRate: 1, Slow: 150 * time.Millisecond}, 150 * time.Millisecond},
+		{"mean", Faults{Latency: 150 * time.Millisecond}, 150 * time.Millisecond},
+		{"jitter", Faults{Latency: 200 * time.Millisecond, LatencyJitter: 50 * time.Millisecond}, 150 * time.Millisecond},
+		{"slow tail", Faults{SlowRate: 1, Slow: 150 * time.Millisecond}, 150 * time.Millisecond},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -560,10 +560,10 @@ func TestLLMClientGone(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
 		name   string
-		faults LLMFaults
+		faults Faults
 	}{
-		{"hang", LLMFaults{Hang: true}},
-		{"long latency", LLMFaults{Latency: time.Hour}},
+		{"hang", Faults{Hang: true}},
+		{"long latency", Faults{Latency: time.Hour}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -600,7 +600,7 @@ func TestLLMStreamCut(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			b := llmSetup(t, LLMFaults{StreamCutRate: 1, Seed: tt.seed}, nil)
+			b := llmSetup(t, Faults{StreamCutRate: 1, Seed: tt.seed}, nil)
 			params := llmUserParams(tt.text)
 			if tt.tools {
 				params.Tools = llmAllTools()
@@ -634,7 +634,7 @@ func TestLLMStreamCut(t *testing.T) {
 
 func TestLLMAdminFaults(t *testing.T) {
 	t.Parallel()
-	b := llmSetup(t, LLMFaults{Latency: 5 * time.Millisecond}, nil)
+	b := llmSetup(t, Faults{Latency: 5 * time.Millisecond}, nil)
 	url := b.srv.URL + "/admin/faults"
 
 	res, body := llmPost(t, http.MethodGet, url, "")
@@ -690,7 +690,7 @@ func TestLLMAdminFaults(t *testing.T) {
 	}
 
 	// SetFaults takes effect at once too.
-	b.sim.SetFaults(LLMFaults{})
+	b.sim.SetFaults(Faults{})
 	if _, err := b.client.Chat.Completions.New(t.Context(), llmUserParams("hello")); err != nil {
 		t.Errorf("after SetFaults(zero): %v", err)
 	}
@@ -698,7 +698,7 @@ func TestLLMAdminFaults(t *testing.T) {
 
 func TestLLMStats(t *testing.T) {
 	t.Parallel()
-	b := llmSetup(t, LLMFaults{
+	b := llmSetup(t, Faults{
 		Latency:       2 * time.Millisecond,
 		ErrorRate:     0.3,
 		ErrorStatuses: map[int]float64{500: 1},
@@ -746,7 +746,7 @@ func TestLLMStats(t *testing.T) {
 		t.Fatalf("reset: %d %s", res.StatusCode, body)
 	}
 	res, body = llmPost(t, http.MethodGet, b.srv.URL+"/admin/stats", "")
-	var after LLMStats
+	var after Stats
 	if err := json.Unmarshal(body, &after); err != nil || res.StatusCode != http.StatusOK {
 		t.Fatalf("stats: %d %s (%v)", res.StatusCode, body, err)
 	}
@@ -758,7 +758,7 @@ func TestLLMStats(t *testing.T) {
 // TestLLMSeedReproducible proves that the same seed gives the same faults in the same order.
 func TestLLMSeedReproducible(t *testing.T) {
 	t.Parallel()
-	faults := LLMFaults{ErrorRate: 0.5, ErrorStatuses: map[int]float64{429: 1, 500: 1, 503: 2}, Seed: 7}
+	faults := Faults{ErrorRate: 0.5, ErrorStatuses: map[int]float64{429: 1, 500: 1, 503: 2}, Seed: 7}
 	run := func() []int {
 		b := llmSetup(t, faults, nil)
 		var statuses []int
@@ -786,7 +786,7 @@ func TestLLMSeedReproducible(t *testing.T) {
 
 func TestLLMBadRequests(t *testing.T) {
 	t.Parallel()
-	b := llmSetup(t, LLMFaults{}, nil)
+	b := llmSetup(t, Faults{}, nil)
 	url := b.srv.URL + "/v1/chat/completions"
 	tests := []struct {
 		name, method, body string
@@ -828,7 +828,7 @@ func TestLLMCountTokens(t *testing.T) {
 }
 
 func BenchmarkLLMSimChat(b *testing.B) {
-	sim := NewLLMSim(LLMFaults{})
+	sim := New(Faults{})
 	body := `{"model":"m","messages":[{"role":"system","content":"You are helpful."},` +
 		`{"role":"user","content":"我的订单 123456789 什么时候发货？"}]}`
 	b.ReportAllocs()
@@ -846,7 +846,7 @@ func BenchmarkLLMSimChat(b *testing.B) {
 
 func TestLLMHonoursTheCompletionLimit(t *testing.T) {
 	t.Parallel()
-	b := llmSetup(t, LLMFaults{}, nil)
+	b := llmSetup(t, Faults{}, nil)
 	const question = "What time does the Double 11 sale start tonight, and which coupons can I stack?"
 
 	full, err := b.client.Chat.Completions.New(t.Context(), llmUserParams(question))
@@ -914,7 +914,7 @@ func cmpOr(a, b string) string {
 
 func TestLLMKeyErrorsRefuseOnlyThatKey(t *testing.T) {
 	t.Parallel()
-	b := llmSetup(t, LLMFaults{KeyErrors: map[string]int{"sk-revoked": 401, "sk-busy": 429}}, nil)
+	b := llmSetup(t, Faults{KeyErrors: map[string]int{"sk-revoked": 401, "sk-busy": 429}}, nil)
 	url := b.srv.URL + "/v1"
 	for key, want := range map[string]int{"sk-revoked": 401, "sk-busy": 429, "sk-good": 200} {
 		c := openai.NewClient(option.WithBaseURL(url), option.WithMaxRetries(0), option.WithAPIKey(key))

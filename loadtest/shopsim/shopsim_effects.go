@@ -1,4 +1,4 @@
-package loadtest
+package shopsim
 
 import (
 	"bytes"
@@ -25,7 +25,7 @@ import (
 //     the effect was applied: the key is free again and a retry may succeed.
 
 // ShopReplayedHeader marks a response replayed for a repeated key.
-const ShopReplayedHeader = "Idempotent-Replayed"
+const ReplayedHeader = "Idempotent-Replayed"
 
 // shopIdemEntry is what is known about one (shop, key). While done is false
 // the first request is still in flight.
@@ -97,7 +97,7 @@ func shopCanonicalJSON(body []byte) ([]byte, error) {
 }
 
 // postEffect serves POST /coupons and POST /refunds.
-func (s *ShopSim) postEffect(w http.ResponseWriter, r *http.Request, kind string) {
+func (s *Sim) postEffect(w http.ResponseWriter, r *http.Request, kind string) {
 	f := s.Faults()
 	if s.injectDown(w, f) {
 		return
@@ -146,7 +146,7 @@ func (s *ShopSim) postEffect(w http.ResponseWriter, r *http.Request, kind string
 		s.stats.Replays++
 		status, stored := e.status, e.body
 		s.mu.Unlock()
-		w.Header().Set(ShopReplayedHeader, "true")
+		w.Header().Set(ReplayedHeader, "true")
 		shopWriteRaw(w, status, stored)
 		return
 	}
@@ -177,7 +177,7 @@ func (s *ShopSim) postEffect(w http.ResponseWriter, r *http.Request, kind string
 }
 
 // releaseKey forgets an in-flight key whose request produced nothing.
-func (s *ShopSim) releaseKey(ik shopKey) {
+func (s *Sim) releaseKey(ik shopKey) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if e := s.keys[ik]; e != nil && !e.done {
@@ -188,7 +188,7 @@ func (s *ShopSim) releaseKey(ik shopKey) {
 // apply validates the request, applies the effect and stores the response
 // under the key, all under one lock so an effect and its stored answer can
 // never be seen apart.
-func (s *ShopSim) apply(kind, shop, key string, body []byte) (int, []byte) {
+func (s *Sim) apply(kind, shop, key string, body []byte) (int, []byte) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var obj any
@@ -211,7 +211,7 @@ func (s *ShopSim) apply(kind, shop, key string, body []byte) (int, []byte) {
 			delete(s.keys, shopKey{shop, key})
 			return http.StatusInternalServerError, shopErrorJSON("internal", "internal error", "")
 		}
-		s.effects = append(s.effects, ShopEffect{
+		s.effects = append(s.effects, Effect{
 			Kind: kind, IdempotencyKey: key, Shop: shop, Body: out, At: time.Now(),
 		})
 		s.stats.Effects[kind]++
@@ -221,7 +221,7 @@ func (s *ShopSim) apply(kind, shop, key string, body []byte) (int, []byte) {
 }
 
 // storeLocked keeps the first response for a key, to be replayed.
-func (s *ShopSim) storeLocked(ik shopKey, status int, body []byte) {
+func (s *Sim) storeLocked(ik shopKey, status int, body []byte) {
 	if e := s.keys[ik]; e != nil {
 		e.done, e.status, e.body = true, status, body
 	}
@@ -236,13 +236,13 @@ func shopInvalid(field, format string, args ...any) error {
 	return &shopFieldError{code: "invalid_argument", msg: fmt.Sprintf(format, args...), field: field}
 }
 
-func (s *ShopSim) nextIDLocked(prefix, kind string) string {
+func (s *Sim) nextIDLocked(prefix, kind string) string {
 	s.seq[kind]++
 	return fmt.Sprintf("%s_%08d", prefix, s.seq[kind])
 }
 
 // couponLocked validates a coupon request and builds the coupon.
-func (s *ShopSim) couponLocked(shop string, body []byte) (any, error) {
+func (s *Sim) couponLocked(shop string, body []byte) (any, error) {
 	var req shopCouponRequest
 	if err := json.Unmarshal(body, &req); err != nil {
 		return nil, shopInvalid("", "bad coupon request: %v", err)
@@ -268,7 +268,7 @@ func (s *ShopSim) couponLocked(shop string, body []byte) (any, error) {
 
 // refundLocked validates a refund request and builds the refund. Without
 // amount_cents the whole order is refunded.
-func (s *ShopSim) refundLocked(shop string, body []byte) (any, error) {
+func (s *Sim) refundLocked(shop string, body []byte) (any, error) {
 	var req shopRefundRequest
 	if err := json.Unmarshal(body, &req); err != nil {
 		return nil, shopInvalid("", "bad refund request: %v", err)

@@ -1,4 +1,4 @@
-package loadtest
+package shopsim
 
 import (
 	"cmp"
@@ -12,13 +12,13 @@ import (
 )
 
 // ShopEventIDHeader carries a reply-webhook delivery's event id.
-const ShopEventIDHeader = outbox.EventIDHeader
+const EventIDHeader = outbox.EventIDHeader
 
-// Why the simulated shop refused a webhook delivery (ShopWebhook.Refused).
+// Why the simulated shop refused a webhook delivery (Webhook.Refused).
 const (
-	ShopWebhookBadSignature = "bad_signature"
-	ShopWebhookStale        = "timestamp_out_of_tolerance"
-	ShopWebhookReplayed     = "replayed_signature"
+	WebhookBadSignature = "bad_signature"
+	WebhookStale        = "timestamp_out_of_tolerance"
+	WebhookReplayed     = "replayed_signature"
 )
 
 // shopSeenSig is an accepted signature, remembered until it expires.
@@ -42,7 +42,7 @@ type shopSeenSig struct {
 //     on the event id, replay protection on the signature.
 //
 // Without a secret nothing is checked and signatures are only recorded.
-func (s *ShopSim) postWebhook(w http.ResponseWriter, r *http.Request) {
+func (s *Sim) postWebhook(w http.ResponseWriter, r *http.Request) {
 	f := s.Faults()
 	if s.injectDown(w, f) {
 		return
@@ -67,9 +67,9 @@ func (s *ShopSim) postWebhook(w http.ResponseWriter, r *http.Request) {
 	}
 
 	now := time.Now()
-	wh := ShopWebhook{
+	wh := Webhook{
 		Shop:             shopOf(r),
-		EventID:          r.Header.Get(ShopEventIDHeader),
+		EventID:          r.Header.Get(EventIDHeader),
 		IdempotencyKey:   r.Header.Get("Idempotency-Key"),
 		Signature:        r.Header.Get(outbox.SignatureHeader),
 		SignatureChecked: len(s.secret) > 0,
@@ -91,13 +91,13 @@ func (s *ShopSim) postWebhook(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case errors.Is(verr, outbox.ErrWebhookTimestamp):
 		s.stats.WebhookStale++
-		status, code, msg = http.StatusBadRequest, ShopWebhookStale, verr.Error()
+		status, code, msg = http.StatusBadRequest, WebhookStale, verr.Error()
 	case verr != nil:
 		s.stats.WebhookBadSignatures++
-		status, code, msg = http.StatusUnauthorized, ShopWebhookBadSignature, verr.Error()
+		status, code, msg = http.StatusUnauthorized, WebhookBadSignature, verr.Error()
 	case wh.SignatureChecked && s.seenSignature(outbox.SignWebhook(s.secret, body, signedAt), signedAt, now):
 		s.stats.WebhookReplays++
-		status, code, msg = http.StatusConflict, ShopWebhookReplayed,
+		status, code, msg = http.StatusConflict, WebhookReplayed,
 			"this signature was accepted before; every delivery must be signed anew"
 	}
 	if status != http.StatusOK {
@@ -125,7 +125,7 @@ func (s *ShopSim) postWebhook(w http.ResponseWriter, r *http.Request) {
 // seenSignature reports whether sig was accepted before and otherwise
 // remembers it until it could no longer pass the timestamp check. s.mu is
 // held.
-func (s *ShopSim) seenSignature(sig string, signedAt, now time.Time) bool {
+func (s *Sim) seenSignature(sig string, signedAt, now time.Time) bool {
 	// Forget what has expired; the queue is in arrival order, and an entry
 	// kept a little long (behind a later expiry) does no harm.
 	for len(s.sigQueue) > 0 && s.sigQueue[0].expires.Before(now) {

@@ -1,4 +1,4 @@
-package loadtest
+package shopsim
 
 import (
 	"net/http"
@@ -6,22 +6,22 @@ import (
 	"time"
 )
 
-// ShopOrder is an order in the simulated shop.
-type ShopOrder struct {
+// Order is an order in the simulated shop.
+type Order struct {
 	ID     string `json:"id"`
 	Shop   string `json:"shop"`
 	UserID string `json:"user_id"`
 	// Status is paid, shipped, delivered or completed for catalogue orders.
-	Status      string        `json:"status"`
-	AmountCents int64         `json:"amount_cents"`
-	Currency    string        `json:"currency"`
-	Items       []ShopItem    `json:"items"`
-	Logistics   ShopLogistics `json:"logistics"`
-	CreatedAt   time.Time     `json:"created_at"`
+	Status      string    `json:"status"`
+	AmountCents int64     `json:"amount_cents"`
+	Currency    string    `json:"currency"`
+	Items       []Item    `json:"items"`
+	Logistics   Logistics `json:"logistics"`
+	CreatedAt   time.Time `json:"created_at"`
 }
 
-// ShopItem is one line of a ShopOrder.
-type ShopItem struct {
+// ShopItem is one line of a Order.
+type Item struct {
 	SKU        string `json:"sku"`
 	Name       string `json:"name"`
 	Quantity   int    `json:"quantity"`
@@ -29,17 +29,17 @@ type ShopItem struct {
 }
 
 // ShopLogistics is where an order's parcel is.
-type ShopLogistics struct {
+type Logistics struct {
 	Carrier    string `json:"carrier"`
 	TrackingNo string `json:"tracking_no"`
 	// Status is awaiting_shipment, in_transit or delivered for catalogue
 	// orders.
-	Status string               `json:"status"`
-	Events []ShopLogisticsEvent `json:"events"`
+	Status string           `json:"status"`
+	Events []LogisticsEvent `json:"events"`
 }
 
 // ShopLogisticsEvent is one scan of a parcel.
-type ShopLogisticsEvent struct {
+type LogisticsEvent struct {
 	At          time.Time `json:"at"`
 	Status      string    `json:"status"`
 	Location    string    `json:"location"`
@@ -49,24 +49,24 @@ type ShopLogisticsEvent struct {
 // shopLogisticsView is the body of GET /orders/{id}/logistics.
 type shopLogisticsView struct {
 	OrderID string `json:"order_id"`
-	ShopLogistics
+	Logistics
 }
 
 // AddOrder adds or replaces an order (seed data). An order without a shop
 // belongs to ShopDefaultShop. An added order's id is taken for every shop:
 // other shops get 404 for it even when the catalogue would have it.
-func (s *ShopSim) AddOrder(o ShopOrder) {
+func (s *Sim) AddOrder(o Order) {
 	if o.Shop == "" {
-		o.Shop = ShopDefaultShop
+		o.Shop = DefaultShop
 	}
 	if o.Currency == "" {
 		o.Currency = "CNY"
 	}
 	if o.Logistics.Events == nil {
-		o.Logistics.Events = []ShopLogisticsEvent{}
+		o.Logistics.Events = []LogisticsEvent{}
 	}
 	if o.Items == nil {
-		o.Items = []ShopItem{}
+		o.Items = []Item{}
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -75,14 +75,14 @@ func (s *ShopSim) AddOrder(o ShopOrder) {
 
 // lookupOrderLocked finds order id for shop among added orders, then in the
 // catalogue. s.mu must be held.
-func (s *ShopSim) lookupOrderLocked(shop, id string) (ShopOrder, bool) {
+func (s *Sim) lookupOrderLocked(shop, id string) (Order, bool) {
 	if o, ok := s.orders[id]; ok {
 		return o, o.Shop == shop
 	}
-	return ShopCatalogueOrder(shop, id)
+	return CatalogueOrder(shop, id)
 }
 
-func (s *ShopSim) lookupOrder(shop, id string) (ShopOrder, bool) {
+func (s *Sim) lookupOrder(shop, id string) (Order, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.lookupOrderLocked(shop, id)
@@ -98,7 +98,7 @@ var shopCarriers = [...]struct{ name, prefix string }{
 	{"JD Logistics", "JD"},
 }
 
-// ShopCatalogueOrder returns the order the simulated shop's catalogue holds
+// CatalogueOrder returns the order the simulated shop's catalogue holds
 // for id, so that load tests need no seeding. The rule, for every shop:
 //
 //   - id must be 6 to 32 ASCII digits; anything else is not in the catalogue.
@@ -113,13 +113,13 @@ var shopCarriers = [...]struct{ name, prefix string }{
 //   - created_at is 2025-11-11 00:00 +08:00 plus n%3600 seconds.
 //
 // Orders added with AddOrder take precedence (see there).
-func ShopCatalogueOrder(shop, id string) (ShopOrder, bool) {
+func CatalogueOrder(shop, id string) (Order, bool) {
 	if len(id) < 6 || len(id) > 32 {
-		return ShopOrder{}, false
+		return Order{}, false
 	}
 	for i := 0; i < len(id); i++ {
 		if id[i] < '0' || id[i] > '9' {
-			return ShopOrder{}, false
+			return Order{}, false
 		}
 	}
 	n, _ := strconv.ParseInt(id[max(0, len(id)-9):], 10, 64) // at most 9 digits: cannot fail
@@ -128,13 +128,13 @@ func ShopCatalogueOrder(shop, id string) (ShopOrder, bool) {
 	created := shopCatalogueEpoch.Add(time.Duration(n%3600) * time.Second)
 	carrier := shopCarriers[n%3]
 
-	o := ShopOrder{
+	o := Order{
 		ID:          id,
 		Shop:        shop,
 		UserID:      "u" + id[len(id)-1:],
 		AmountCents: amount,
 		Currency:    "CNY",
-		Items: []ShopItem{{
+		Items: []Item{{
 			SKU:        "SKU-" + last4,
 			Name:       "Item " + last4,
 			Quantity:   1,
@@ -142,7 +142,7 @@ func ShopCatalogueOrder(shop, id string) (ShopOrder, bool) {
 		}},
 		CreatedAt: created,
 	}
-	o.Logistics = ShopLogistics{Carrier: carrier.name, Events: []ShopLogisticsEvent{}}
+	o.Logistics = Logistics{Carrier: carrier.name, Events: []LogisticsEvent{}}
 	stage := (n / 10) % 4
 	o.Status = [...]string{"paid", "shipped", "delivered", "completed"}[stage]
 	if stage == 0 {
@@ -152,21 +152,21 @@ func ShopCatalogueOrder(shop, id string) (ShopOrder, bool) {
 	o.Logistics.TrackingNo = carrier.prefix + id
 	o.Logistics.Status = "in_transit"
 	o.Logistics.Events = append(o.Logistics.Events,
-		ShopLogisticsEvent{At: created.Add(20 * time.Hour), Status: "picked_up", Location: "Hangzhou", Description: "Parcel picked up by " + carrier.name},
-		ShopLogisticsEvent{At: created.Add(30 * time.Hour), Status: "in_transit", Location: "Shanghai hub", Description: "Arrived at sorting centre"},
+		LogisticsEvent{At: created.Add(20 * time.Hour), Status: "picked_up", Location: "Hangzhou", Description: "Parcel picked up by " + carrier.name},
+		LogisticsEvent{At: created.Add(30 * time.Hour), Status: "in_transit", Location: "Shanghai hub", Description: "Arrived at sorting centre"},
 	)
 	if stage >= 2 {
 		o.Logistics.Status = "delivered"
 		o.Logistics.Events = append(o.Logistics.Events,
-			ShopLogisticsEvent{At: created.Add(44 * time.Hour), Status: "out_for_delivery", Location: "Shanghai", Description: "Out for delivery"},
-			ShopLogisticsEvent{At: created.Add(48 * time.Hour), Status: "delivered", Location: "Shanghai", Description: "Delivered, signed by customer"},
+			LogisticsEvent{At: created.Add(44 * time.Hour), Status: "out_for_delivery", Location: "Shanghai", Description: "Out for delivery"},
+			LogisticsEvent{At: created.Add(48 * time.Hour), Status: "delivered", Location: "Shanghai", Description: "Delivered, signed by customer"},
 		)
 	}
 	return o, true
 }
 
 // getOrder serves GET /orders/{id}.
-func (s *ShopSim) getOrder(w http.ResponseWriter, r *http.Request) {
+func (s *Sim) getOrder(w http.ResponseWriter, r *http.Request) {
 	o, ok := s.serveLookup(w, r)
 	if ok {
 		shopWriteJSON(w, http.StatusOK, o)
@@ -174,31 +174,31 @@ func (s *ShopSim) getOrder(w http.ResponseWriter, r *http.Request) {
 }
 
 // getLogistics serves GET /orders/{id}/logistics.
-func (s *ShopSim) getLogistics(w http.ResponseWriter, r *http.Request) {
+func (s *Sim) getLogistics(w http.ResponseWriter, r *http.Request) {
 	o, ok := s.serveLookup(w, r)
 	if ok {
-		shopWriteJSON(w, http.StatusOK, shopLogisticsView{OrderID: o.ID, ShopLogistics: o.Logistics})
+		shopWriteJSON(w, http.StatusOK, shopLogisticsView{OrderID: o.ID, Logistics: o.Logistics})
 	}
 }
 
 // serveLookup injects faults and finds the request's order. When it returns
 // false the response has been written (or the client is gone).
-func (s *ShopSim) serveLookup(w http.ResponseWriter, r *http.Request) (ShopOrder, bool) {
+func (s *Sim) serveLookup(w http.ResponseWriter, r *http.Request) (Order, bool) {
 	f := s.Faults()
 	if s.injectDown(w, f) {
-		return ShopOrder{}, false
+		return Order{}, false
 	}
 	if shopDelay(r.Context(), f) != nil {
-		return ShopOrder{}, false
+		return Order{}, false
 	}
 	if s.injectError(w, f) {
-		return ShopOrder{}, false
+		return Order{}, false
 	}
 	id := r.PathValue("id")
 	o, ok := s.lookupOrder(shopOf(r), id)
 	if !ok {
 		shopWriteError(w, http.StatusNotFound, "not_found", "order "+id+" not found", "")
-		return ShopOrder{}, false
+		return Order{}, false
 	}
 	return o, true
 }
