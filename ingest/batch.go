@@ -13,6 +13,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/peakdesk/peakdesk"
+	"github.com/peakdesk/peakdesk/ingest/token"
 )
 
 // Batch limits of POST /v1/messages:batch.
@@ -91,7 +92,7 @@ func (e *Edge) postBatch(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-func (e *Edge) acceptBatchItem(ctx context.Context, claims *Claims, info *shopInfo, raw json.RawMessage) batchResult {
+func (e *Edge) acceptBatchItem(ctx context.Context, claims *token.Claims, info *shopInfo, raw json.RawMessage) batchResult {
 	res, err := func() (res accepted, err error) {
 		// net/http recovers a handler's panic, not one in a goroutine it
 		// started: a bug fails this message, not the process.

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/peakdesk/peakdesk"
+	"github.com/peakdesk/peakdesk/ingest/token"
 	"github.com/peakdesk/peakdesk/storage"
 )
 
@@ -38,7 +39,7 @@ func TestBatchEachMessageGetsItsOwnResult(t *testing.T) {
 	if err := b.db.SetShopLimits(ctx, "shop1", 1000, 1000, 1, 3); err != nil {
 		t.Fatal(err)
 	}
-	gw := tok(t, "shop1", "gateway", ScopeService)
+	gw := tok(t, "shop1", "gateway", token.ScopeService)
 	busy := b.salt + "busy"
 	body := `{"messages":[
 		{"user_id":"` + b.salt + `a","text":"我要退款，订单 123"},
@@ -131,7 +132,7 @@ func TestBatchEachMessageGetsItsOwnResult(t *testing.T) {
 func TestBatchRequestErrors(t *testing.T) {
 	t.Parallel()
 	b := setup(t, storage.Topology{}, nil)
-	gw := tok(t, "shop1", "gateway", ScopeService)
+	gw := tok(t, "shop1", "gateway", token.ScopeService)
 	many := `{"messages":[` + strings.TrimSuffix(strings.Repeat(`{"text":"x"},`, MaxBatchMessages+1), ",") + `]}`
 	huge := `{"messages":[{"text":"` + strings.Repeat("x", MaxBatchBodyBytes) + `"}]}`
 	cases := []struct {
@@ -150,7 +151,7 @@ func TestBatchRequestErrors(t *testing.T) {
 		{"wait", gw, "/v1/messages:batch?wait=1s", `{"messages":[{"text":"x"}]}`, nil, 400, peakdesk.EInvalid},
 		{"idempotency header", gw, "/v1/messages:batch", `{"messages":[{"text":"x"}]}`, []string{"Idempotency-Key", "k"}, 400, peakdesk.EInvalid},
 		{"operator token", tok(t, "*", "ops"), "/v1/messages:batch", `{"messages":[{"text":"x"}]}`, nil, 403, peakdesk.EPermissionDenied},
-		{"unknown shop", tok(t, "nope", "gw", ScopeService), "/v1/messages:batch", `{"messages":[{"text":"x"}]}`, nil, 403, peakdesk.EPermissionDenied},
+		{"unknown shop", tok(t, "nope", "gw", token.ScopeService), "/v1/messages:batch", `{"messages":[{"text":"x"}]}`, nil, 403, peakdesk.EPermissionDenied},
 	}
 	for _, c := range cases {
 		r := b.do(t, "POST", c.path, c.token, c.body, c.headers...)
@@ -181,7 +182,7 @@ func TestBatchShopIsolation(t *testing.T) {
 	b := setup(t, storage.Topology{}, nil)
 	a := b.do(t, "POST", "/v1/messages", tok(t, "shop1", b.salt+"u"), `{"text":"hi"}`)
 	conv, _ := a.body["conversation_id"].(string)
-	res := batchResults(t, b.do(t, "POST", "/v1/messages:batch", tok(t, "shop2", "gateway", ScopeService),
+	res := batchResults(t, b.do(t, "POST", "/v1/messages:batch", tok(t, "shop2", "gateway", token.ScopeService),
 		`{"messages":[{"user_id":"`+b.salt+`u","conversation_id":"`+conv+`","text":"hi"}]}`))
 	if res[0]["http_status"] != float64(404) || itemCode(res[0]) != peakdesk.ENotFound {
 		t.Errorf("another shop's conversation: %v, want 404", res[0])
@@ -191,7 +192,7 @@ func TestBatchShopIsolation(t *testing.T) {
 func TestBatchWithGroupCommit(t *testing.T) {
 	t.Parallel()
 	b := setup(t, storage.Topology{}, func(c *Config) { c.BatchPublish = true })
-	gw := tok(t, "shop1", "gateway", ScopeService)
+	gw := tok(t, "shop1", "gateway", token.ScopeService)
 	var sb strings.Builder
 	sb.WriteString(`{"messages":[`)
 	for i := range 50 {

@@ -24,6 +24,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/peakdesk/peakdesk"
+	"github.com/peakdesk/peakdesk/ingest/token"
 	"github.com/peakdesk/peakdesk/storage"
 )
 
@@ -38,7 +39,7 @@ type Config struct {
 	// Auth checks bearer tokens; default an Authenticator for Secret,
 	// PreviousSecrets and the shop keys in DB. Pass one to share its caches
 	// with other handlers of the process.
-	Auth *Authenticator
+	Auth *token.Authenticator
 	DB   *storage.DB
 	// Redis caches the state of queued messages for GET; optional.
 	Redis *redis.Client
@@ -117,7 +118,7 @@ func (c *Config) validate() error {
 type Edge struct {
 	cfg     Config
 	log     *slog.Logger
-	auth    *Authenticator
+	auth    *token.Authenticator
 	ids     idSigner
 	metrics *edgeMetrics
 	hub     *replyHub
@@ -150,7 +151,7 @@ func New(cfg Config) (*Edge, error) {
 	}
 	auth := cfg.Auth
 	if auth == nil {
-		if auth, err = NewShopAuthenticator(AuthConfig{Secret: cfg.Secret, PreviousSecrets: cfg.PreviousSecrets,
+		if auth, err = token.NewShopAuthenticator(token.Config{Secret: cfg.Secret, PreviousSecrets: cfg.PreviousSecrets,
 			DB: cfg.DB}); err != nil {
 			return nil, err
 		}
@@ -345,11 +346,11 @@ func (e *Edge) postMessage(w http.ResponseWriter, r *http.Request) error {
 
 // actingUser is the end user a message is posted for: the token's subject,
 // or the body's user_id when a service token names one.
-func actingUser(claims *Claims, req *postRequest) (string, error) {
+func actingUser(claims *token.Claims, req *postRequest) (string, error) {
 	if req.UserID == "" || req.UserID == claims.Subject {
 		return claims.Subject, nil
 	}
-	if !claims.HasScope(ScopeService) {
+	if !claims.HasScope(token.ScopeService) {
 		return "", &peakdesk.Error{Code: peakdesk.EPermissionDenied, Field: "user_id",
 			Message: "user_id may differ from the token subject only with the service scope"}
 	}
@@ -357,7 +358,7 @@ func actingUser(claims *Claims, req *postRequest) (string, error) {
 }
 
 // postingShop returns the shop the caller posts to, if it may post at all.
-func (e *Edge) postingShop(ctx context.Context, claims *Claims) (*shopInfo, error) {
+func (e *Edge) postingShop(ctx context.Context, claims *token.Claims) (*shopInfo, error) {
 	if claims.Shop == "*" {
 		return nil, peakdesk.Errorf(peakdesk.EPermissionDenied, "operator tokens cannot post messages")
 	}
@@ -375,7 +376,7 @@ func (e *Edge) postingShop(ctx context.Context, claims *Claims) (*shopInfo, erro
 // classification and admission control into CHAT_IN. It returns the
 // message's result — queued, or answered when a shed message got an instant
 // FAQ answer or the reply came within wait — or the coded error to answer.
-func (e *Edge) acceptMessage(ctx context.Context, claims *Claims, info *shopInfo, req *postRequest, key string, wait time.Duration) (accepted, error) {
+func (e *Edge) acceptMessage(ctx context.Context, claims *token.Claims, info *shopInfo, req *postRequest, key string, wait time.Duration) (accepted, error) {
 	shop := claims.Shop
 	user, err := actingUser(claims, req)
 	if err != nil {
@@ -468,14 +469,14 @@ func (e *Edge) acceptMessage(ctx context.Context, claims *Claims, info *shopInfo
 // cannot buy the front of the queue with a word; p0 from a hint is the
 // scope's, not capped. When the message keeps a keyword p0, give must be
 // called if it is not accepted after all.
-func (e *Edge) priority(ctx context.Context, claims *Claims, user string, req *postRequest, info *shopInfo) (prio peakdesk.Priority, give func(), err error) {
+func (e *Edge) priority(ctx context.Context, claims *token.Claims, user string, req *postRequest, info *shopInfo) (prio peakdesk.Priority, give func(), err error) {
 	prio = Classify(info.rules, req.Text)
 	hint := peakdesk.P2 // no hint raises nothing
 	if req.Priority != "" {
 		if hint, err = peakdesk.ParsePriority(req.Priority); err != nil {
 			return "", nil, err
 		}
-		if hint.Rank() <= peakdesk.P1.Rank() && !claims.HasScope(ScopeUrgent) {
+		if hint.Rank() <= peakdesk.P1.Rank() && !claims.HasScope(token.ScopeUrgent) {
 			return "", nil, &peakdesk.Error{Code: peakdesk.EPermissionDenied, Field: "priority",
 				Message: fmt.Sprintf("priority %s needs the priority:urgent scope", hint)}
 		}
@@ -612,9 +613,9 @@ func (e *Edge) getMessage(w http.ResponseWriter, r *http.Request) error {
 // charged before anything is looked up (owner ""); a service token — a
 // gateway reading for many customers — is charged per customer, once the
 // owner of the data is known. The other call is a no-op.
-func (e *Edge) chargeRead(ctx context.Context, route string, claims *Claims, owner string) error {
+func (e *Edge) chargeRead(ctx context.Context, route string, claims *token.Claims, owner string) error {
 	user := owner
-	switch service := claims.HasScope(ScopeService); {
+	switch service := claims.HasScope(token.ScopeService); {
 	case !service && owner == "":
 		user = claims.Subject
 	case service != (owner != ""):
@@ -665,8 +666,8 @@ func (e *Edge) queued(ctx context.Context, id string) (queuedState, bool) {
 
 // mayRead reports whether the caller may read data of end user owner in the
 // caller's shop: the user themself, or a service of the shop.
-func mayRead(c *Claims, owner string) bool {
-	return c.Subject == owner || c.HasScope(ScopeService)
+func mayRead(c *token.Claims, owner string) bool {
+	return c.Subject == owner || c.HasScope(token.ScopeService)
 }
 
 // checkConversation makes sure conversation conv may take a message from
@@ -688,7 +689,7 @@ func (e *Edge) checkConversation(ctx context.Context, shop, user, conv string) e
 // readableConversation returns the stored conversation conv if the caller
 // may read it, an empty one if the edge issued it to the caller and nothing
 // is stored yet, or not_found.
-func (e *Edge) readableConversation(ctx context.Context, claims *Claims, conv string) (*peakdesk.Conversation, error) {
+func (e *Edge) readableConversation(ctx context.Context, claims *token.Claims, conv string) (*peakdesk.Conversation, error) {
 	notFound := peakdesk.Errorf(peakdesk.ENotFound, "conversation not found")
 	if !isHexID(conv) {
 		return nil, notFound

@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/peakdesk/peakdesk"
+	"github.com/peakdesk/peakdesk/ingest/token"
 	"github.com/peakdesk/peakdesk/storage"
 	"github.com/peakdesk/peakdesk/storage/storagetest"
 )
@@ -90,7 +91,7 @@ func setup(t *testing.T, topo storage.Topology, mod func(*Config)) *testBundle {
 
 func tok(t *testing.T, shop, sub string, scopes ...string) string {
 	t.Helper()
-	s, err := NewToken(testSecret, shop, sub, scopes, time.Hour)
+	s, err := token.Sign(testSecret, shop, sub, scopes, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -178,11 +179,11 @@ func TestPriorityRulesHintsAndTraceContext(t *testing.T) {
 		{"shop1", "我要退款", "", nil, peakdesk.P0},
 		{"shop1", "我的快递到哪了", "", nil, peakdesk.P1},
 		{"shop1", "有什么优惠", "", nil, peakdesk.P2},
-		{"shop1", "有什么优惠", "p1", []string{ScopeUrgent}, peakdesk.P1}, // a hint raises (with the scope)
-		{"shop1", "我要退款", "p2", nil, peakdesk.P0},                    // never lowers
-		{"shop1", "有什么优惠", "p0", []string{ScopeUrgent}, peakdesk.P0}, // p0 with scope
-		{"shop2", "秒杀失败了怎么办", "", nil, peakdesk.P0},                  // the shop's own rule
-		{"shop2", "我要退款", "", nil, peakdesk.P2},                      // shop rules replace the defaults
+		{"shop1", "有什么优惠", "p1", []string{token.ScopeUrgent}, peakdesk.P1}, // a hint raises (with the scope)
+		{"shop1", "我要退款", "p2", nil, peakdesk.P0},                          // never lowers
+		{"shop1", "有什么优惠", "p0", []string{token.ScopeUrgent}, peakdesk.P0}, // p0 with scope
+		{"shop2", "秒杀失败了怎么办", "", nil, peakdesk.P0},                        // the shop's own rule
+		{"shop2", "我要退款", "", nil, peakdesk.P2},                            // shop rules replace the defaults
 	}
 	for i, tc := range cases {
 		body := fmt.Sprintf(`{"text":%q,"priority":%q}`, tc.text, tc.hint)
@@ -514,7 +515,7 @@ func TestShopIsolation(t *testing.T) {
 	b.answer(t, m, "answer")
 	strangers := map[string]string{
 		"another shop, same user": tok(t, "shop2", b.salt+"alice"),
-		"another shop, service":   tok(t, "shop2", b.salt+"svc", ScopeService),
+		"another shop, service":   tok(t, "shop2", b.salt+"svc", token.ScopeService),
 		"same shop, another user": tok(t, "shop1", b.salt+"bob"),
 	}
 	for name, token := range strangers {
@@ -529,7 +530,7 @@ func TestShopIsolation(t *testing.T) {
 		}
 	}
 	// The shop's own service may read it.
-	if g := b.do(t, "GET", "/v1/conversations/"+conv, tok(t, "shop1", b.salt+"svc", ScopeService), ""); g.status != http.StatusOK {
+	if g := b.do(t, "GET", "/v1/conversations/"+conv, tok(t, "shop1", b.salt+"svc", token.ScopeService), ""); g.status != http.StatusOK {
 		t.Errorf("the shop's service: %d %s", g.status, g.raw)
 	}
 }

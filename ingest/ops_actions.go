@@ -10,6 +10,7 @@ import (
 	"strconv"
 
 	"github.com/peakdesk/peakdesk"
+	"github.com/peakdesk/peakdesk/ingest/token"
 	"github.com/peakdesk/peakdesk/outbox"
 	"github.com/peakdesk/peakdesk/storage"
 )
@@ -27,7 +28,7 @@ const maxOpsBody = 64 << 10
 //	POST /v1/ops/actions/{id}/retry                            → the action
 //	POST /v1/ops/actions/{id}/cancel                           → the action
 //	POST /v1/ops/actions/bulk {"filter":{…},"op":"retry|cancel"} → {"op","affected"}
-func RegisterOpsActions(mux *http.ServeMux, auth *Authenticator, ops *outbox.Ops, log *slog.Logger) {
+func RegisterOpsActions(mux *http.ServeMux, auth *token.Authenticator, ops *outbox.Ops, log *slog.Logger) {
 	h := &opsActions{auth: auth, ops: ops, log: cmp.Or(log, slog.Default()).With("component", "ops-api")}
 	mux.Handle("GET /v1/ops/actions", h.handle(h.list))
 	mux.Handle("GET /v1/ops/actions/{id}", h.handle(h.get))
@@ -37,7 +38,7 @@ func RegisterOpsActions(mux *http.ServeMux, auth *Authenticator, ops *outbox.Ops
 }
 
 type opsActions struct {
-	auth *Authenticator
+	auth *token.Authenticator
 	ops  *outbox.Ops
 	log  *slog.Logger
 }
@@ -57,9 +58,9 @@ func (h *opsActions) operator(r *http.Request, write bool) (outbox.Operator, err
 		return outbox.Operator{}, err
 	}
 	switch {
-	case write && !c.HasScope(ScopeOpsWrite):
+	case write && !c.HasScope(token.ScopeOpsWrite):
 		return outbox.Operator{}, peakdesk.Errorf(peakdesk.EPermissionDenied, "this needs the ops:write scope")
-	case !c.HasScope(ScopeOps) && !c.HasScope(ScopeOpsWrite):
+	case !c.HasScope(token.ScopeOps) && !c.HasScope(token.ScopeOpsWrite):
 		return outbox.Operator{}, peakdesk.Errorf(peakdesk.EPermissionDenied, "this needs the ops scope")
 	}
 	return outbox.Operator{ID: c.Subject, Shop: c.Shop}, nil

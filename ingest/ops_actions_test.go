@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/peakdesk/peakdesk"
+	"github.com/peakdesk/peakdesk/ingest/token"
 	"github.com/peakdesk/peakdesk/outbox"
 	"github.com/peakdesk/peakdesk/storage"
 	"github.com/peakdesk/peakdesk/storage/storagetest"
@@ -57,7 +58,7 @@ func newOpsServer(t *testing.T) *opsServer {
 		t.Fatal(err)
 	}
 	mux := http.NewServeMux()
-	RegisterOpsActions(mux, NewAuthenticator([]byte(opsTestSecret)), ops, nil)
+	RegisterOpsActions(mux, token.NewAuthenticator([]byte(opsTestSecret)), ops, nil)
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
 	s := &opsServer{t: t, url: srv.URL, db: db, ids: map[string]int64{}}
@@ -73,7 +74,7 @@ func newOpsServer(t *testing.T) *opsServer {
 
 func (s *opsServer) token(shop string, scopes ...string) string {
 	s.t.Helper()
-	tok, err := NewToken([]byte(opsTestSecret), shop, "operator-"+shop, scopes, time.Hour)
+	tok, err := token.Sign([]byte(opsTestSecret), shop, "operator-"+shop, scopes, time.Hour)
 	if err != nil {
 		s.t.Fatal(err)
 	}
@@ -121,9 +122,9 @@ func (s *opsServer) do(method, path, tok, body string) opsResult {
 func TestOpsActionsAuth(t *testing.T) {
 	t.Parallel()
 	s := newOpsServer(t)
-	platformViewer := s.token("*", ScopeOps)
-	platformWriter := s.token("*", ScopeOpsWrite)
-	demoWriter := s.token("demo", ScopeOps, ScopeOpsWrite)
+	platformViewer := s.token("*", token.ScopeOps)
+	platformWriter := s.token("*", token.ScopeOpsWrite)
+	demoWriter := s.token("demo", token.ScopeOps, token.ScopeOpsWrite)
 	customer := s.token("demo") // an end-user token, no ops scope
 	demo0 := fmt.Sprint(s.ids["demo-0"])
 	other0 := fmt.Sprint(s.ids["other-0"])
@@ -176,7 +177,7 @@ func TestOpsActionsAuth(t *testing.T) {
 func TestOpsActionsListPagesWithACursor(t *testing.T) {
 	t.Parallel()
 	s := newOpsServer(t)
-	tok := s.token("*", ScopeOps)
+	tok := s.token("*", token.ScopeOps)
 	var keys []string
 	path := "/v1/ops/actions?limit=3"
 	for range 5 {

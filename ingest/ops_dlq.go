@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/peakdesk/peakdesk"
+	"github.com/peakdesk/peakdesk/ingest/token"
 	"github.com/peakdesk/peakdesk/storage"
 )
 
@@ -32,7 +33,7 @@ import (
 // CHAT_IN on its original subject; repeating it is harmless (same
 // Nats-Msg-Id, and the worker answers a message once). A discarded entry
 // cannot be re-driven, nor a re-driven one discarded.
-func RegisterOpsDLQ(mux *http.ServeMux, auth *Authenticator, db *storage.DB, js jetstream.JetStream, log *slog.Logger) {
+func RegisterOpsDLQ(mux *http.ServeMux, auth *token.Authenticator, db *storage.DB, js jetstream.JetStream, log *slog.Logger) {
 	h := &opsDLQ{auth: auth, db: db, js: js, log: cmp.Or(log, slog.Default()).With("component", "ops-api")}
 	mux.Handle("GET /v1/ops/dlq", h.handle(h.list))
 	mux.Handle("POST /v1/ops/dlq/{id}/redrive", h.handle(h.redrive))
@@ -40,7 +41,7 @@ func RegisterOpsDLQ(mux *http.ServeMux, auth *Authenticator, db *storage.DB, js 
 }
 
 type opsDLQ struct {
-	auth *Authenticator
+	auth *token.Authenticator
 	db   *storage.DB
 	js   jetstream.JetStream
 	log  *slog.Logger
@@ -55,15 +56,15 @@ func (h *opsDLQ) handle(fn handlerFunc) http.Handler {
 }
 
 // operator authenticates an operator; write asks for ops:write.
-func (h *opsDLQ) operator(r *http.Request, write bool) (*Claims, error) {
+func (h *opsDLQ) operator(r *http.Request, write bool) (*token.Claims, error) {
 	c, err := h.auth.Authenticate(r)
 	if err != nil {
 		return nil, err
 	}
 	switch {
-	case write && !c.HasScope(ScopeOpsWrite):
+	case write && !c.HasScope(token.ScopeOpsWrite):
 		return nil, peakdesk.Errorf(peakdesk.EPermissionDenied, "this needs the ops:write scope")
-	case !c.HasScope(ScopeOps) && !c.HasScope(ScopeOpsWrite):
+	case !c.HasScope(token.ScopeOps) && !c.HasScope(token.ScopeOpsWrite):
 		return nil, peakdesk.Errorf(peakdesk.EPermissionDenied, "this needs the ops scope")
 	}
 	return c, nil
@@ -86,7 +87,7 @@ func (h *opsDLQ) list(w http.ResponseWriter, r *http.Request) error {
 	default:
 		return peakdesk.FieldError("state", "state must be one of dead, redriven, discarded")
 	}
-	if f.Shop != "" && !validShopID(f.Shop) {
+	if f.Shop != "" && !peakdesk.ValidShopID(f.Shop) {
 		return peakdesk.FieldError("shop", "shop is malformed")
 	}
 	if s := q.Get("limit"); s != "" {

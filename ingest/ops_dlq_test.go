@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/peakdesk/peakdesk"
+	"github.com/peakdesk/peakdesk/ingest/token"
 	"github.com/peakdesk/peakdesk/storage"
 	"github.com/peakdesk/peakdesk/storage/storagetest"
 )
@@ -85,7 +86,7 @@ func newDLQServer(t *testing.T) *dlqServer {
 		s.entries[m.ID], s.msgs[m.ID] = out.Entry, m
 	}
 	mux := http.NewServeMux()
-	RegisterOpsDLQ(mux, NewAuthenticator([]byte(dlqTestSecret)), db, js, nil)
+	RegisterOpsDLQ(mux, token.NewAuthenticator([]byte(dlqTestSecret)), db, js, nil)
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
 	s.url = srv.URL
@@ -120,7 +121,7 @@ func (s *dlqServer) do(t *testing.T, method, path, tok string) (int, map[string]
 
 func dlqToken(t *testing.T, shop, sub string, scopes ...string) string {
 	t.Helper()
-	tok, err := NewToken([]byte(dlqTestSecret), shop, sub, scopes, time.Hour)
+	tok, err := token.Sign([]byte(dlqTestSecret), shop, sub, scopes, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -150,11 +151,11 @@ func TestOpsDLQAccess(t *testing.T) {
 	}{
 		{"no token", "GET", "/v1/ops/dlq", "", 401},
 		{"a customer's token", "GET", "/v1/ops/dlq", dlqToken(t, "demo", "alice"), 403},
-		{"a service token", "GET", "/v1/ops/dlq", dlqToken(t, "demo", "crm", ScopeService), 403},
-		{"read scope cannot act", "POST", path, dlqToken(t, "*", "viewer", ScopeOps), 403},
-		{"another shop's operator", "POST", path, dlqToken(t, "other", "op", ScopeOpsWrite), 404},
-		{"not a number", "POST", "/v1/ops/dlq/x1/redrive", dlqToken(t, "*", "op", ScopeOpsWrite), 404},
-		{"bad state", "GET", "/v1/ops/dlq?state=zombie", dlqToken(t, "*", "op", ScopeOps), 400},
+		{"a service token", "GET", "/v1/ops/dlq", dlqToken(t, "demo", "crm", token.ScopeService), 403},
+		{"read scope cannot act", "POST", path, dlqToken(t, "*", "viewer", token.ScopeOps), 403},
+		{"another shop's operator", "POST", path, dlqToken(t, "other", "op", token.ScopeOpsWrite), 404},
+		{"not a number", "POST", "/v1/ops/dlq/x1/redrive", dlqToken(t, "*", "op", token.ScopeOpsWrite), 404},
+		{"bad state", "GET", "/v1/ops/dlq?state=zombie", dlqToken(t, "*", "op", token.ScopeOps), 400},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -168,11 +169,11 @@ func TestOpsDLQAccess(t *testing.T) {
 func TestOpsDLQListIsScopedByShop(t *testing.T) {
 	t.Parallel()
 	s := newDLQServer(t)
-	_, all := s.do(t, "GET", "/v1/ops/dlq", dlqToken(t, "*", "op", ScopeOps))
+	_, all := s.do(t, "GET", "/v1/ops/dlq", dlqToken(t, "*", "op", token.ScopeOps))
 	if got := entryIDs(all); len(got) != 3 {
 		t.Fatalf("platform operator sees %v, want all three", got)
 	}
-	_, demo := s.do(t, "GET", "/v1/ops/dlq?shop=other", dlqToken(t, "demo", "op", ScopeOps))
+	_, demo := s.do(t, "GET", "/v1/ops/dlq?shop=other", dlqToken(t, "demo", "op", token.ScopeOps))
 	if got := entryIDs(demo); len(got) != 2 || got[0] != newTestHex(1, 'a') || got[1] != newTestHex(0, 'a') {
 		t.Fatalf("demo's operator (asking for other) sees %v, want demo's two, newest first", got)
 	}
@@ -180,9 +181,9 @@ func TestOpsDLQListIsScopedByShop(t *testing.T) {
 	if e["reason"] == "" || e["text"] == "" || e["state"] != "dead" {
 		t.Fatalf("entry %v", e)
 	}
-	_, page := s.do(t, "GET", "/v1/ops/dlq?limit=2", dlqToken(t, "*", "op", ScopeOps))
+	_, page := s.do(t, "GET", "/v1/ops/dlq?limit=2", dlqToken(t, "*", "op", token.ScopeOps))
 	cursor, _ := page["next_cursor"].(string)
-	_, rest := s.do(t, "GET", "/v1/ops/dlq?limit=2&cursor="+cursor, dlqToken(t, "*", "op", ScopeOps))
+	_, rest := s.do(t, "GET", "/v1/ops/dlq?limit=2&cursor="+cursor, dlqToken(t, "*", "op", token.ScopeOps))
 	if len(entryIDs(page)) != 2 || len(entryIDs(rest)) != 1 {
 		t.Fatalf("pages %v then %v (cursor %q)", entryIDs(page), entryIDs(rest), cursor)
 	}
@@ -195,7 +196,7 @@ func TestOpsDLQRedriveAndDiscard(t *testing.T) {
 	t.Parallel()
 	s := newDLQServer(t)
 	ctx := context.Background()
-	op := dlqToken(t, "demo", "op-alice", ScopeOps, ScopeOpsWrite)
+	op := dlqToken(t, "demo", "op-alice", token.ScopeOps, token.ScopeOpsWrite)
 	m := s.msgs[newTestHex(0, 'a')]
 	id := strconv.FormatInt(s.entries[m.ID].ID, 10)
 
@@ -249,7 +250,7 @@ func TestOpsDLQRedriveAndDiscard(t *testing.T) {
 	if err := s.pool.QueryRow(ctx, `SELECT status FROM messages WHERE id = $1`, newTestHex(1, 'a')).Scan(&status); err != nil || status != "failed" {
 		t.Fatalf("discarded message is %s (%v), want failed", status, err)
 	}
-	_, dead := s.do(t, "GET", "/v1/ops/dlq?state=dead", dlqToken(t, "*", "op", ScopeOps))
+	_, dead := s.do(t, "GET", "/v1/ops/dlq?state=dead", dlqToken(t, "*", "op", token.ScopeOps))
 	if got := entryIDs(dead); len(got) != 1 || got[0] != newTestHex(2, 'a') {
 		t.Fatalf("dead entries %v, want only other's", got)
 	}

@@ -123,7 +123,7 @@ func (req *postRequest) validate() error {
 	if req.ClientMsgID != "" && !printableASCII(req.ClientMsgID, maxKeyLen) {
 		return peakdesk.FieldError("client_msg_id", "client_msg_id must be 1..%d printable ASCII characters", maxKeyLen)
 	}
-	if req.Channel != "" && !validShopID(req.Channel) || len(req.Channel) > maxChannelLen {
+	if req.Channel != "" && !peakdesk.ValidShopID(req.Channel) || len(req.Channel) > maxChannelLen {
 		return peakdesk.FieldError("channel", "channel must be 1..%d characters of [A-Za-z0-9_-]", maxChannelLen)
 	}
 	if len(req.Metadata) > 0 {

@@ -27,7 +27,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/peakdesk/peakdesk/ingest"
+	"github.com/peakdesk/peakdesk/ingest/token"
 )
 
 // Scenario names the shape of the offered load.
@@ -537,7 +537,7 @@ func loadNewRun(cfg LoadConfig) (*loadRun, error) {
 	r.convs = make([]*loadConv, cfg.Conversations)
 	for i := range r.convs {
 		user := fmt.Sprintf("load-%s-u%d", r.runID, i)
-		tok, err := ingest.NewToken(cfg.Secret, cfg.Shop, user, []string{ingest.ScopeUrgent}, ttl)
+		tok, err := token.Sign(cfg.Secret, cfg.Shop, user, []string{token.ScopeUrgent}, ttl)
 		if err != nil {
 			return nil, fmt.Errorf("token for %s: %w", user, err)
 		}

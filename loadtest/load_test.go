@@ -16,7 +16,7 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/peakdesk/peakdesk/ingest"
+	"github.com/peakdesk/peakdesk/ingest/token"
 )
 
 var loadTestSecret = []byte("load-test-secret")
@@ -41,7 +41,7 @@ type loadFakeKnobs struct {
 type loadFake struct {
 	t     *testing.T
 	k     loadFakeKnobs
-	auth  *ingest.Authenticator
+	auth  *token.Authenticator
 	srv   *httptest.Server
 	clock sync.WaitGroup
 
@@ -81,7 +81,7 @@ func loadSetupFake(t *testing.T, k loadFakeKnobs) *loadFake {
 	t.Helper()
 	f := &loadFake{
 		t: t, k: k,
-		auth:      ingest.NewAuthenticator(loadTestSecret),
+		auth:      token.NewAuthenticator(loadTestSecret),
 		clientIDs: map[string]bool{},
 		msgs:      map[string]*loadFakeMsg{},
 		convs:     map[string]*loadFakeConv{},
@@ -133,7 +133,7 @@ func (f *loadFake) post(w http.ResponseWriter, r *http.Request) {
 		loadFakeError(w, 400, "invalid_argument")
 		return
 	}
-	if in.Priority == "p0" && !claims.HasScope(ingest.ScopeUrgent) {
+	if in.Priority == "p0" && !claims.HasScope(token.ScopeUrgent) {
 		loadFakeError(w, 403, "permission_denied")
 		return
 	}

@@ -27,6 +27,7 @@ import (
 
 	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/ingest"
+	"github.com/peakdesk/peakdesk/ingest/token"
 	"github.com/peakdesk/peakdesk/storage"
 )
 
@@ -345,7 +346,7 @@ func purgeIn(ctx context.Context, js jetstream.JetStream) error {
 // conc concurrent clients, and returns accepted messages per second.
 // Anything but a 202 for every message fails the bench.
 func benchHTTPBatch(ctx context.Context, base string, secret []byte, n, conc int) (float64, error) {
-	tok, err := ingest.NewToken(secret, "bench", "gateway", []string{ingest.ScopeService}, time.Hour)
+	tok, err := token.Sign(secret, "bench", "gateway", []string{token.ScopeService}, time.Hour)
 	if err != nil {
 		return 0, err
 	}
@@ -453,7 +454,7 @@ func benchHTTPIngest(ctx context.Context, base string, secret []byte, n, conc in
 	const users = 1000
 	tokens := make([]string, users)
 	for i := range tokens {
-		tok, err := ingest.NewToken(secret, "bench", fmt.Sprintf("user-%04d", i), nil, time.Hour)
+		tok, err := token.Sign(secret, "bench", fmt.Sprintf("user-%04d", i), nil, time.Hour)
 		if err != nil {
 			return 0, err
 		}

@@ -12,7 +12,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/peakdesk/peakdesk/ingest"
+	"github.com/peakdesk/peakdesk/ingest/token"
 	"github.com/peakdesk/peakdesk/storage"
 )
 
@@ -35,7 +35,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 }
 
 func printDevBanner(w io.Writer, addr, secret string) {
-	tok, err := ingest.NewToken([]byte(secret), "demo", "alice", []string{ingest.ScopeUrgent}, 24*time.Hour)
+	tok, err := token.Sign([]byte(secret), "demo", "alice", []string{token.ScopeUrgent}, 24*time.Hour)
 	if err != nil {
 		fmt.Fprintln(w, "could not mint a dev token:", err)
 		return
@@ -102,13 +102,13 @@ func runToken(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 		return fmt.Errorf("token: --sub is required")
 	}
 	scopes := strings.FieldsFunc(*scope, func(r rune) bool { return r == ' ' || r == ',' })
-	if *platform || *shop == "*" || slices.ContainsFunc(scopes, ingest.IsOperatorScope) {
+	if *platform || *shop == "*" || slices.ContainsFunc(scopes, token.IsOperatorScope) {
 		secret := getenv("PEAKDESK_JWT_SECRET")
 		if secret == "" {
 			fmt.Fprintln(stderr, "token: PEAKDESK_JWT_SECRET is unset; signing with the dev-only secret")
 			secret = devSecret
 		}
-		tok, err := ingest.NewToken([]byte(secret), *shop, *sub, scopes, *ttl)
+		tok, err := token.Sign([]byte(secret), *shop, *sub, scopes, *ttl)
 		if err != nil {
 			return err
 		}
@@ -120,14 +120,14 @@ func runToken(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 		return fmt.Errorf("token: %w", err)
 	}
 	defer db.Close()
-	key, err := ingest.ShopSigningKey(ctx, db, *shop)
+	key, err := token.ShopSigningKey(ctx, db, *shop)
 	if errors.Is(err, storage.ErrNotFound) {
 		return fmt.Errorf("token: shop %q does not exist", *shop)
 	}
 	if err != nil {
 		return fmt.Errorf("token: %w", err)
 	}
-	tok, err := ingest.NewShopToken(key, *sub, scopes, *ttl)
+	tok, err := token.SignWithShopKey(key, *sub, scopes, *ttl)
 	if err != nil {
 		return err
 	}

@@ -19,7 +19,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/peakdesk/peakdesk"
-	"github.com/peakdesk/peakdesk/ingest"
+	"github.com/peakdesk/peakdesk/ingest/token"
 	"github.com/peakdesk/peakdesk/loadtest/llmsim"
 	"github.com/peakdesk/peakdesk/loadtest/shopsim"
 	"github.com/peakdesk/peakdesk/storage"
@@ -109,9 +109,9 @@ func (w testLogWriter) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
-func token(t *testing.T, shop, sub string, scopes ...string) string {
+func bearer(t *testing.T, shop, sub string, scopes ...string) string {
 	t.Helper()
-	tok, err := ingest.NewToken([]byte(testSecret), shop, sub, scopes, time.Hour)
+	tok, err := token.Sign([]byte(testSecret), shop, sub, scopes, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -245,7 +245,7 @@ func TestEndToEndExactlyOnceAcrossWorkerRestart(t *testing.T) {
 		for c := range convs {
 			wg.Go(func() {
 				user := fmt.Sprintf("user-%02d", c)
-				tok := token(t, "demo", user)
+				tok := bearer(t, "demo", user)
 				for j := round * perConv / 2; j < (round+1)*perConv/2; j++ {
 					text := fmt.Sprintf("第%d个会话的第%d个问题：双11满减怎么算？ conv-%d-msg-%d", c, j, c, j)
 					req := map[string]any{"text": text, "client_msg_id": fmt.Sprintf("c%d-m%d", c, j)}
@@ -285,7 +285,7 @@ func TestEndToEndExactlyOnceAcrossWorkerRestart(t *testing.T) {
 	}
 	deadline := time.Now().Add(90 * time.Second)
 	for _, m := range all {
-		st := waitAnswered(t, base, token(t, "demo", m.user), m.id, deadline)
+		st := waitAnswered(t, base, bearer(t, "demo", m.user), m.id, deadline)
 		if st.Reply == nil || !st.Reply.Answers(m.id) {
 			t.Fatalf("message %s: reply %+v does not name it", m.id, st.Reply)
 		}
@@ -348,11 +348,11 @@ func TestBadRequestsNeverReachTheQueue(t *testing.T) {
 	b := setup(t, llmsim.Faults{})
 	edge := b.start(t, []string{roleIngest}, nil)
 	url := "http://" + edge.Addr() + "/v1/messages"
-	alice := token(t, "demo", "alice")
+	alice := bearer(t, "demo", "alice")
 	foreignConv := "0123456789abcdef0123456789abcdef"
-	expired, _ := ingest.NewToken([]byte(testSecret), "demo", "alice", nil, -time.Hour)
-	wrongKey, _ := ingest.NewToken([]byte("another-secret-0123456789abcdef0123"), "demo", "alice", nil, time.Hour)
-	unknownShop := token(t, "nosuchshop", "alice")
+	expired, _ := token.Sign([]byte(testSecret), "demo", "alice", nil, -time.Hour)
+	wrongKey, _ := token.Sign([]byte("another-secret-0123456789abcdef0123"), "demo", "alice", nil, time.Hour)
+	unknownShop := bearer(t, "nosuchshop", "alice")
 
 	before := streamLastSeq(t, b.natsURL)
 	cases := []struct {
@@ -423,7 +423,7 @@ func TestWaitPollConversationAndEvents(t *testing.T) {
 	b := setup(t, llmsim.Faults{Latency: 10 * time.Millisecond})
 	p := b.start(t, []string{roleIngest, roleWorker}, nil)
 	base := "http://" + p.Addr()
-	alice := token(t, "demo", "alice")
+	alice := bearer(t, "demo", "alice")
 
 	r := call(t, "POST", base+"/v1/messages?wait=10s", alice, []byte(`{"text":"我的订单 123456 什么时候发货？"}`),
 		"Idempotency-Key", "order-q-1")
@@ -456,7 +456,7 @@ func TestWaitPollConversationAndEvents(t *testing.T) {
 	}
 
 	// Another shop, and another user of the same shop, see nothing.
-	for _, tok := range []string{token(t, "other", "alice"), token(t, "demo", "mallory")} {
+	for _, tok := range []string{bearer(t, "other", "alice"), bearer(t, "demo", "mallory")} {
 		for _, path := range []string{"/v1/messages/" + id, "/v1/conversations/" + conv, "/v1/conversations/" + conv + "/events"} {
 			if r := call(t, "GET", base+path, tok, nil); r.status != http.StatusNotFound {
 				t.Errorf("GET %s by a stranger: %d %s, want 404", path, r.status, r.raw)

@@ -11,7 +11,7 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 
-	"github.com/peakdesk/peakdesk/ingest"
+	"github.com/peakdesk/peakdesk/ingest/token"
 	"github.com/peakdesk/peakdesk/loadtest/llmsim"
 	"github.com/peakdesk/peakdesk/storage"
 )
@@ -114,7 +114,7 @@ func TestShopKeysFromTheCommands(t *testing.T) {
 	}
 	// The shop's backend mints its customers' tokens with the secret.
 	own := &storage.ShopKey{KID: kid, ShopID: "demo", Secret: secret}
-	mine, err := ingest.NewShopToken(own, "bob", nil, time.Hour)
+	mine, err := token.SignWithShopKey(own, "bob", nil, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,7 +126,7 @@ func TestShopKeysFromTheCommands(t *testing.T) {
 		t.Errorf("the old key's token within the overlap: %d", status)
 	}
 	// The demo key claiming shop "other": refused.
-	forged, _ := ingest.NewShopToken(&storage.ShopKey{KID: kid, ShopID: "other", Secret: secret}, "bob", nil, time.Hour)
+	forged, _ := token.SignWithShopKey(&storage.ShopKey{KID: kid, ShopID: "other", Secret: secret}, "bob", nil, time.Hour)
 	if status := post(forged); status != http.StatusUnauthorized {
 		t.Errorf("demo's key claiming shop other: %d, want 401", status)
 	}

@@ -50,7 +50,7 @@ func TestLLMCapsFallBackWithoutCallingTheLLM(t *testing.T) {
 		source, _ := reply["source"].(string)
 		return source
 	}
-	u1, u2 := token(t, "demo", "u1-"+run), token(t, "demo", "u2-"+run)
+	u1, u2 := bearer(t, "demo", "u1-"+run), bearer(t, "demo", "u2-"+run)
 	if got := ask(u1, "今晚几点开始抢购？"); got != "llm" {
 		t.Errorf("u1's first question: source %q, want llm", got)
 	}
@@ -60,7 +60,7 @@ func TestLLMCapsFallBackWithoutCallingTheLLM(t *testing.T) {
 	if got := ask(u2, "预售定金可以退吗？"); got != "llm" {
 		t.Errorf("u2's question: source %q, want llm: u1's cap is not u2's", got)
 	}
-	if got := ask(token(t, "other", "u1-"+run), "你们几点发货？"); got != "handoff" {
+	if got := ask(bearer(t, "other", "u1-"+run), "你们几点发货？"); got != "handoff" {
 		t.Errorf("the spent shop's answer: source %q, want handoff", got)
 	}
 	if st := b.llm.Stats(); st.Requests != 2 || st.WithMaxTokens != 2 {

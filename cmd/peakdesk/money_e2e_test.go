@@ -33,7 +33,7 @@ func TestMoneyCannotBeFarmed(t *testing.T) {
 		return text
 	}
 	// Catalogue order 1234567890123456 belongs to user u6.
-	u6 := token(t, "demo", "u6")
+	u6 := bearer(t, "demo", "u6")
 	var wg sync.WaitGroup
 	refunds := make([]string, 10)
 	for i := range refunds {
@@ -54,7 +54,7 @@ func TestMoneyCannotBeFarmed(t *testing.T) {
 			granted, refused, strings.Join(refunds, "\n"))
 	}
 
-	u1 := token(t, "demo", "u1")
+	u1 := bearer(t, "demo", "u1")
 	coupons := 0
 	for range 6 {
 		if text := ask(u1, "I want a coupon, my parcel was late, I complain"); strings.Contains(text, "will be issued") {

@@ -33,7 +33,7 @@ func TestReplyWebhooksAreSignedAndCannotBeReplayed(t *testing.T) {
 	p := b.start(t, []string{roleIngest, roleWorker, roleRelay}, nil)
 	base := "http://" + p.Addr()
 
-	r := call(t, "POST", base+"/v1/messages?wait=10s", token(t, "demo", "alice"),
+	r := call(t, "POST", base+"/v1/messages?wait=10s", bearer(t, "demo", "alice"),
 		[]byte(`{"text":"双11满减怎么算？ webhook-e2e"}`))
 	if r.status != http.StatusOK {
 		t.Fatalf("post: %d %s", r.status, r.raw)

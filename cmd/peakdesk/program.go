@@ -22,6 +22,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/peakdesk/peakdesk/ingest"
+	"github.com/peakdesk/peakdesk/ingest/token"
 	"github.com/peakdesk/peakdesk/loadtest/llmsim"
 	"github.com/peakdesk/peakdesk/outbox"
 	"github.com/peakdesk/peakdesk/storage"
@@ -150,7 +151,7 @@ func (p *Program) Start(ctx context.Context) (err error) {
 	for _, s := range cfg.JWTPreviousSecrets {
 		previous = append(previous, []byte(s))
 	}
-	auth, err := ingest.NewShopAuthenticator(ingest.AuthConfig{Secret: secret, PreviousSecrets: previous, DB: p.db})
+	auth, err := token.NewShopAuthenticator(token.Config{Secret: secret, PreviousSecrets: previous, DB: p.db})
 	if err != nil {
 		return err
 	}

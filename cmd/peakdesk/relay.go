@@ -11,6 +11,7 @@ import (
 
 	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/ingest"
+	"github.com/peakdesk/peakdesk/ingest/token"
 	"github.com/peakdesk/peakdesk/outbox"
 	"github.com/peakdesk/peakdesk/storage"
 	"github.com/peakdesk/peakdesk/storage/retention"
@@ -57,7 +58,7 @@ func (p replyPusher) push(ctx context.Context, r *peakdesk.Reply, handoff bool) 
 // startRelay starts the outbox relay role, with the retention job, and
 // mounts the operator actions API. The shop API is the configured one, or in
 // dev the simulator.
-func (p *Program) startRelay(ctx context.Context, mux *http.ServeMux, auth *ingest.Authenticator) error {
+func (p *Program) startRelay(ctx context.Context, mux *http.ServeMux, auth *token.Authenticator) error {
 	pusher := replyPusher{db: p.db, js: p.js}
 	var err error
 	p.relay, err = outbox.NewRelay(outbox.Config{

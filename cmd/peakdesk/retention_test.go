@@ -17,7 +17,7 @@ func TestRelayMasksExpiredConversationTexts(t *testing.T) {
 	b := setup(t, llmsim.Faults{Latency: 10 * time.Millisecond})
 	p := b.start(t, []string{roleIngest, roleWorker}, nil)
 	base := "http://" + p.Addr()
-	alice := token(t, "demo", "alice")
+	alice := bearer(t, "demo", "alice")
 	r := call(t, "POST", base+"/v1/messages?wait=10s", alice, []byte(`{"text":"请回电 13812345678，我要退款"}`))
 	if r.status != http.StatusOK || r.body["status"] != "answered" {
 		t.Fatalf("post: %d %s", r.status, r.raw)

@@ -9,7 +9,7 @@ import (
 	"io"
 	"time"
 
-	"github.com/peakdesk/peakdesk/ingest"
+	"github.com/peakdesk/peakdesk/ingest/token"
 	"github.com/peakdesk/peakdesk/storage"
 )
 
@@ -58,7 +58,7 @@ func runShopRotateKey(ctx context.Context, args []string, stdout, stderr io.Writ
 		return fmt.Errorf("shop rotate-key: %w", err)
 	}
 	defer db.Close()
-	key, err := ingest.RotateShopKey(ctx, db, *shop, *overlap)
+	key, err := token.RotateShopKey(ctx, db, *shop, *overlap)
 	if errors.Is(err, storage.ErrNotFound) {
 		return fmt.Errorf("shop rotate-key: shop %q does not exist", *shop)
 	}

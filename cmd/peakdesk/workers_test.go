@@ -137,7 +137,7 @@ func TestWorkerKilledMidCallEveryMessageAnsweredOnce(t *testing.T) {
 	for c := range convs {
 		wg.Go(func() {
 			user := fmt.Sprintf("user-%02d", c)
-			tok := token(t, "demo", user)
+			tok := bearer(t, "demo", user)
 			conv := ""
 			for j := range perConv {
 				req := map[string]any{"text": fmt.Sprintf("conv %d question %d: 双11满减怎么算？", c, j)}
@@ -178,7 +178,7 @@ func TestWorkerKilledMidCallEveryMessageAnsweredOnce(t *testing.T) {
 
 	deadline = time.Now().Add(90 * time.Second)
 	for _, m := range all {
-		waitAnswered(t, base, token(t, "demo", m.user), m.id, deadline)
+		waitAnswered(t, base, bearer(t, "demo", m.user), m.id, deadline)
 	}
 
 	// Exactly once: one distinct reply per message in the event stream and

@@ -1,4 +1,9 @@
-package ingest
+// Package token is peakdesk's bearer tokens: the claims and scopes it
+// reads, minting with the platform key or a shop's own key, and the
+// Authenticator that verifies them (HS256; shop keys read from Postgres by
+// kid and cached, rotated with an overlap). The edge, the operator API and
+// the load generator share it.
+package token
 
 import (
 	"cmp"
@@ -61,21 +66,21 @@ func (c *Claims) hasOperatorScope() bool {
 	return slices.ContainsFunc(strings.Fields(c.Scope), IsOperatorScope)
 }
 
-// NewToken signs an HS256 token with the platform key (PEAKDESK_JWT_SECRET)
+// Sign signs an HS256 token with the platform key (PEAKDESK_JWT_SECRET)
 // for shop and subject with the given scopes, valid for ttl. Platform tokens
 // carry no kid; they are for operators, dev mode, tests and tools.
-func NewToken(secret []byte, shop, sub string, scopes []string, ttl time.Duration) (string, error) {
+func Sign(secret []byte, shop, sub string, scopes []string, ttl time.Duration) (string, error) {
 	if len(secret) == 0 {
 		return "", errors.New("new token: empty secret")
 	}
 	return signToken(secret, "", shop, sub, scopes, ttl)
 }
 
-// NewShopToken signs an HS256 token with shop key k for its shop and
+// SignWithShopKey signs an HS256 token with shop key k for its shop and
 // subject sub, valid for ttl; the JWT header's kid names the key. A shop's
 // own backend mints its customers' tokens the same way with the key's
 // secret. Operator scopes are refused: only the platform key grants them.
-func NewShopToken(k *storage.ShopKey, sub string, scopes []string, ttl time.Duration) (string, error) {
+func SignWithShopKey(k *storage.ShopKey, sub string, scopes []string, ttl time.Duration) (string, error) {
 	if k == nil || k.Secret == "" || k.KID == "" {
 		return "", errors.New("new shop token: no key")
 	}
@@ -149,8 +154,8 @@ func validKID(kid string) bool {
 	return true
 }
 
-// AuthConfig configures an Authenticator. Secret is required.
-type AuthConfig struct {
+// Config configures an Authenticator. Secret is required.
+type Config struct {
 	// Secret is the platform key (PEAKDESK_JWT_SECRET). It verifies every
 	// token without a kid: operator tokens, dev and tool tokens.
 	Secret []byte
@@ -173,7 +178,7 @@ type AuthConfig struct {
 	Now func() time.Time
 }
 
-func (c *AuthConfig) setDefaults() {
+func (c *Config) setDefaults() {
 	c.KeyRefresh = cmp.Or(c.KeyRefresh, 5*time.Second)
 	c.UnknownKeyTTL = cmp.Or(c.UnknownKeyTTL, 2*time.Second)
 	c.MaxKeys = cmp.Or(c.MaxKeys, 10_000)
@@ -182,13 +187,13 @@ func (c *AuthConfig) setDefaults() {
 	}
 }
 
-func (c *AuthConfig) validate() error {
+func (c *Config) validate() error {
 	if len(c.Secret) == 0 {
-		return errors.New("ingest: auth config: Secret is required")
+		return errors.New("token: config: Secret is required")
 	}
 	for i, s := range c.PreviousSecrets {
 		if len(s) == 0 {
-			return fmt.Errorf("ingest: auth config: PreviousSecrets[%d] is empty", i)
+			return fmt.Errorf("token: config: PreviousSecrets[%d] is empty", i)
 		}
 	}
 	return nil
@@ -209,7 +214,7 @@ func (c *AuthConfig) validate() error {
 // UnknownKeyTTL, and while Postgres is unreachable the keys already known
 // keep working.
 type Authenticator struct {
-	cfg      AuthConfig
+	cfg      Config
 	platform jwt.VerificationKeySet
 	parser   *jwt.Parser
 	loads    singleflight.Group
@@ -238,14 +243,14 @@ const tokenLeeway = 5 * time.Second
 // NewAuthenticator returns an Authenticator that accepts platform-key tokens
 // only (HS256 signed with secret, no kid). An empty secret verifies nothing.
 func NewAuthenticator(secret []byte) *Authenticator {
-	cfg := AuthConfig{Secret: secret}
+	cfg := Config{Secret: secret}
 	cfg.setDefaults()
 	return newAuthenticator(cfg)
 }
 
 // NewShopAuthenticator returns an Authenticator for cfg: platform tokens,
 // and with cfg.DB shop-key tokens.
-func NewShopAuthenticator(cfg AuthConfig) (*Authenticator, error) {
+func NewShopAuthenticator(cfg Config) (*Authenticator, error) {
 	cfg.setDefaults()
 	if err := cfg.validate(); err != nil {
 		return nil, err
@@ -253,7 +258,7 @@ func NewShopAuthenticator(cfg AuthConfig) (*Authenticator, error) {
 	return newAuthenticator(cfg), nil
 }
 
-func newAuthenticator(cfg AuthConfig) *Authenticator {
+func newAuthenticator(cfg Config) *Authenticator {
 	a := &Authenticator{
 		cfg:      cfg,
 		parser:   newParser(cfg.Now),
@@ -342,7 +347,7 @@ func (a *Authenticator) Authenticate(r *http.Request) (*Claims, error) {
 		return nil, peakdesk.Errorf(peakdesk.EUnauthenticated, "invalid token")
 	case c.Shop == "" || c.Subject == "":
 		return nil, peakdesk.Errorf(peakdesk.EUnauthenticated, "token lacks shop or sub claim")
-	case !validShopID(c.Shop) && c.Shop != "*":
+	case !peakdesk.ValidShopID(c.Shop) && c.Shop != "*":
 		return nil, peakdesk.Errorf(peakdesk.EUnauthenticated, "token shop claim is malformed")
 	}
 	if key != nil {
@@ -453,19 +458,4 @@ func (a *Authenticator) evictKeysLocked(now time.Time) {
 		}
 		delete(a.keys, kid)
 	}
-}
-
-// validShopID reports whether s can name a shop: it becomes a NATS subject
-// token, so only [A-Za-z0-9_-], 1..64 bytes.
-func validShopID(s string) bool {
-	if len(s) == 0 || len(s) > 64 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
-			return false
-		}
-	}
-	return true
 }
