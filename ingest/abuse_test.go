@@ -16,6 +16,7 @@ import (
 	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/ingest/token"
 	"github.com/peakdesk/peakdesk/storage"
+	"github.com/peakdesk/peakdesk/storage/queue"
 )
 
 func (b *testBundle) setEdgeLimits(t *testing.T, shop string, l storage.EdgeLimits) {
@@ -41,7 +42,7 @@ func (b *testBundle) post(t *testing.T, token, body string) result {
 // same way.
 func TestKeywordP0IsCappedPerUser(t *testing.T) {
 	t.Parallel()
-	b := setup(t, storage.Topology{}, nil)
+	b := setup(t, queue.Topology{}, nil)
 	b.setEdgeLimits(t, "shop1", storage.EdgeLimits{P0PerUserPerHour: 3, ReadPerUserPerMinute: 120, SSEStreamsPerUser: 5})
 
 	alice := tok(t, "shop1", b.salt+"alice", token.ScopeUrgent)
@@ -109,7 +110,7 @@ func TestKeywordP0CapWithRedisDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { down.Close() })
-	b := setup(t, storage.Topology{}, func(c *Config) { c.Redis = down })
+	b := setup(t, queue.Topology{}, func(c *Config) { c.Redis = down })
 	b.setEdgeLimits(t, "shop1", storage.EdgeLimits{P0PerUserPerHour: 2, ReadPerUserPerMinute: 120, SSEStreamsPerUser: 5})
 	u := tok(t, "shop1", b.salt+"u1")
 	var got []any
@@ -127,7 +128,7 @@ func TestKeywordP0CapWithRedisDown(t *testing.T) {
 // A p1 hint needs the priority:urgent scope like a p0 hint; p2 needs none.
 func TestPriorityHintsNeedTheUrgentScope(t *testing.T) {
 	t.Parallel()
-	b := setup(t, storage.Topology{}, nil)
+	b := setup(t, queue.Topology{}, nil)
 	u := tok(t, "shop1", b.salt+"u1")
 	for _, hint := range []string{"p0", "p1"} {
 		r := b.do(t, "POST", "/v1/messages", u, fmt.Sprintf(`{"text":"有什么优惠","priority":%q}`, hint))
@@ -139,7 +140,7 @@ func TestPriorityHintsNeedTheUrgentScope(t *testing.T) {
 	if r := b.post(t, u, `{"text":"有什么优惠","priority":"p2"}`); r.body["priority"] != "p2" {
 		t.Errorf("p2 hint: %s", r.raw)
 	}
-	s, _ := b.js.Stream(context.Background(), storage.StreamIn)
+	s, _ := b.js.Stream(context.Background(), queue.StreamIn)
 	if info, _ := s.Info(context.Background()); info.State.Msgs != 1 {
 		t.Errorf("CHAT_IN holds %d messages, want only the p2 one", info.State.Msgs)
 	}
@@ -149,7 +150,7 @@ func TestPriorityHintsNeedTheUrgentScope(t *testing.T) {
 // is charged per customer whose data it reads.
 func TestReadLimitPerUser(t *testing.T) {
 	t.Parallel()
-	b := setup(t, storage.Topology{}, nil)
+	b := setup(t, queue.Topology{}, nil)
 	b.setEdgeLimits(t, "shop1", storage.EdgeLimits{P0PerUserPerHour: 10, ReadPerUserPerMinute: 3, SSEStreamsPerUser: 5})
 	alice := tok(t, "shop1", b.salt+"alice")
 	posted := b.post(t, alice, `{"text":"hi"}`) // posts have their own limit
@@ -223,7 +224,7 @@ func (b *testBundle) userStreams(shop, user string) int {
 // on one edge process; the 6th is refused until one closes.
 func TestEventStreamsPerUserCap(t *testing.T) {
 	t.Parallel()
-	b := setup(t, storage.Topology{}, nil)
+	b := setup(t, queue.Topology{}, nil)
 	user := b.salt + "alice"
 	alice := tok(t, "shop1", user)
 	conv := b.post(t, alice, `{"text":"hi"}`).body["conversation_id"].(string)
@@ -265,7 +266,7 @@ func TestEventStreamsPerUserCap(t *testing.T) {
 // The process holds at most MaxStreams event streams of all users.
 func TestEventStreamsProcessCap(t *testing.T) {
 	t.Parallel()
-	b := setup(t, storage.Topology{}, func(c *Config) { c.MaxStreams = 2 })
+	b := setup(t, queue.Topology{}, func(c *Config) { c.MaxStreams = 2 })
 	for i := range 3 {
 		u := tok(t, "shop1", fmt.Sprintf("%su%d", b.salt, i))
 		conv := b.post(t, u, `{"text":"hi"}`).body["conversation_id"].(string)
@@ -287,7 +288,7 @@ func TestEventStreamsProcessCap(t *testing.T) {
 // act only for its shop and never as an operator.
 func TestShopKeyTokens(t *testing.T) {
 	t.Parallel()
-	b := setup(t, storage.Topology{}, nil)
+	b := setup(t, queue.Topology{}, nil)
 	ctx := context.Background()
 	k1, err := token.ShopSigningKey(ctx, b.db, "shop1")
 	if err != nil {
@@ -367,7 +368,7 @@ func TestShopKeyTokens(t *testing.T) {
 func TestIDsSurvivePlatformKeyRotation(t *testing.T) {
 	t.Parallel()
 	previous := []byte("ingest-test-previous-secret-0123456789abcdef")
-	b := setup(t, storage.Topology{}, func(c *Config) { c.PreviousSecrets = [][]byte{previous} })
+	b := setup(t, queue.Topology{}, func(c *Config) { c.PreviousSecrets = [][]byte{previous} })
 	user := b.salt + "alice"
 	conv := newIDSigner(previous).New("conv", "shop1", user, "")
 	oldTok, err := token.Sign(previous, "shop1", user, nil, time.Hour)
@@ -383,7 +384,7 @@ func TestIDsSurvivePlatformKeyRotation(t *testing.T) {
 	}
 
 	// Without the previous key listed, neither is valid.
-	plain := setup(t, storage.Topology{}, nil)
+	plain := setup(t, queue.Topology{}, nil)
 	if r := plain.do(t, "POST", "/v1/messages", tok(t, "shop1", user), fmt.Sprintf(`{"text":"hi","conversation_id":%q}`, conv)); r.status != http.StatusNotFound {
 		t.Errorf("conversation id of an unlisted key: %d %s, want 404", r.status, r.raw)
 	}

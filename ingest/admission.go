@@ -9,7 +9,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/peakdesk/peakdesk"
-	"github.com/peakdesk/peakdesk/storage"
+	"github.com/peakdesk/peakdesk/storage/queue"
 )
 
 // AdmissionConfig sets when the edge sheds load. A message of priority p is
@@ -99,7 +99,7 @@ func (a *admission) refresh(ctx context.Context) {
 	var backlog [3]int64
 	var acked [3]uint64
 	for _, p := range peakdesk.Priorities {
-		c, err := a.js.Consumer(ctx, storage.StreamIn, storage.ConsumerName(p))
+		c, err := a.js.Consumer(ctx, queue.StreamIn, queue.ConsumerName(p))
 		if err != nil {
 			return // keep the last view; the stream limit still protects us
 		}

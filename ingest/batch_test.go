@@ -9,7 +9,7 @@ import (
 
 	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/ingest/token"
-	"github.com/peakdesk/peakdesk/storage"
+	"github.com/peakdesk/peakdesk/storage/queue"
 )
 
 // batchResults returns the per-message results of a batch answer.
@@ -34,7 +34,7 @@ func itemCode(m map[string]any) string {
 
 func TestBatchEachMessageGetsItsOwnResult(t *testing.T) {
 	t.Parallel()
-	b := setup(t, storage.Topology{}, nil)
+	b := setup(t, queue.Topology{}, nil)
 	ctx := context.Background()
 	if err := b.db.SetShopLimits(ctx, "shop1", 1000, 1000, 1, 3); err != nil {
 		t.Fatal(err)
@@ -106,7 +106,7 @@ func TestBatchEachMessageGetsItsOwnResult(t *testing.T) {
 
 	// Exactly the accepted messages reached the queue, each once, as its
 	// own user.
-	s, _ := b.js.Stream(ctx, storage.StreamIn)
+	s, _ := b.js.Stream(ctx, queue.StreamIn)
 	info, _ := s.Info(ctx)
 	if info.State.Msgs != 5 {
 		t.Errorf("CHAT_IN holds %d messages, want 5", info.State.Msgs)
@@ -131,7 +131,7 @@ func TestBatchEachMessageGetsItsOwnResult(t *testing.T) {
 
 func TestBatchRequestErrors(t *testing.T) {
 	t.Parallel()
-	b := setup(t, storage.Topology{}, nil)
+	b := setup(t, queue.Topology{}, nil)
 	gw := tok(t, "shop1", "gateway", token.ScopeService)
 	many := `{"messages":[` + strings.TrimSuffix(strings.Repeat(`{"text":"x"},`, MaxBatchMessages+1), ",") + `]}`
 	huge := `{"messages":[{"text":"` + strings.Repeat("x", MaxBatchBodyBytes) + `"}]}`
@@ -168,7 +168,7 @@ func TestBatchRequestErrors(t *testing.T) {
 		t.Errorf("user_id without service scope: %v", res)
 	}
 	// Nothing from a refused request reached the queue.
-	s, _ := b.js.Stream(context.Background(), storage.StreamIn)
+	s, _ := b.js.Stream(context.Background(), queue.StreamIn)
 	info, _ := s.Info(context.Background())
 	if info.State.Msgs != 1 {
 		t.Errorf("CHAT_IN holds %d messages, want 1", info.State.Msgs)
@@ -179,7 +179,7 @@ func TestBatchRequestErrors(t *testing.T) {
 // single POST's.
 func TestBatchShopIsolation(t *testing.T) {
 	t.Parallel()
-	b := setup(t, storage.Topology{}, nil)
+	b := setup(t, queue.Topology{}, nil)
 	a := b.do(t, "POST", "/v1/messages", tok(t, "shop1", b.salt+"u"), `{"text":"hi"}`)
 	conv, _ := a.body["conversation_id"].(string)
 	res := batchResults(t, b.do(t, "POST", "/v1/messages:batch", tok(t, "shop2", "gateway", token.ScopeService),
@@ -191,7 +191,7 @@ func TestBatchShopIsolation(t *testing.T) {
 
 func TestBatchWithGroupCommit(t *testing.T) {
 	t.Parallel()
-	b := setup(t, storage.Topology{}, func(c *Config) { c.BatchPublish = true })
+	b := setup(t, queue.Topology{}, func(c *Config) { c.BatchPublish = true })
 	gw := tok(t, "shop1", "gateway", token.ScopeService)
 	var sb strings.Builder
 	sb.WriteString(`{"messages":[`)
@@ -220,7 +220,7 @@ func TestBatchWithGroupCommit(t *testing.T) {
 			t.Errorf("message %d: id %v, want %v", i, res[i]["message_id"], res[i-45]["message_id"])
 		}
 	}
-	s, _ := b.js.Stream(context.Background(), storage.StreamIn)
+	s, _ := b.js.Stream(context.Background(), queue.StreamIn)
 	info, _ := s.Info(context.Background())
 	if info.State.Msgs != 45 {
 		t.Errorf("CHAT_IN holds %d messages, want 45", info.State.Msgs)

@@ -26,6 +26,7 @@ import (
 	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/ingest/token"
 	"github.com/peakdesk/peakdesk/storage"
+	"github.com/peakdesk/peakdesk/storage/queue"
 )
 
 // Config configures the Edge. DB, JS and Secret are required.
@@ -177,7 +178,7 @@ func New(cfg Config) (*Edge, error) {
 // It returns once the reader is in place.
 func (e *Edge) Start(ctx context.Context) error {
 	var err error
-	if e.events, err = e.cfg.JS.Stream(ctx, storage.StreamEvents); err != nil {
+	if e.events, err = e.cfg.JS.Stream(ctx, queue.StreamEvents); err != nil {
 		return fmt.Errorf("ingest: start: %w", err)
 	}
 	// The edge's own JetStream context bounds its asynchronous publishes.
@@ -505,7 +506,7 @@ func (e *Edge) publish(ctx context.Context, m *peakdesk.Message) (duplicate bool
 	if err != nil {
 		return false, fmt.Errorf("ingest: encode message: %w", err)
 	}
-	msg := nats.NewMsg(storage.InSubject(m.Priority, m.ShopID))
+	msg := nats.NewMsg(queue.InSubject(m.Priority, m.ShopID))
 	msg.Data = data
 	msg.Header.Set("traceparent", traceOf(ctx).header)
 	msg.Header.Set(jetstream.MsgIDHeader, m.ID)

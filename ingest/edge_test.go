@@ -23,6 +23,7 @@ import (
 	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/ingest/token"
 	"github.com/peakdesk/peakdesk/storage"
+	"github.com/peakdesk/peakdesk/storage/queue"
 	"github.com/peakdesk/peakdesk/storage/storagetest"
 )
 
@@ -41,7 +42,7 @@ type testBundle struct {
 	salt string
 }
 
-func setup(t *testing.T, topo storage.Topology, mod func(*Config)) *testBundle {
+func setup(t *testing.T, topo queue.Topology, mod func(*Config)) *testBundle {
 	t.Helper()
 	ctx := context.Background()
 	ns := storagetest.NATS(t)
@@ -54,7 +55,7 @@ func setup(t *testing.T, topo storage.Topology, mod func(*Config)) *testBundle {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := storage.EnsureTopology(ctx, js, topo); err != nil {
+	if _, err := queue.EnsureTopology(ctx, js, topo); err != nil {
 		t.Fatal(err)
 	}
 	db := storagetest.DB(t)
@@ -133,7 +134,7 @@ func errCode(r result) string {
 // worker would, and acks it.
 func (b *testBundle) takeMessage(t *testing.T, p peakdesk.Priority) (*peakdesk.Message, jetstream.Msg) {
 	t.Helper()
-	c, err := b.js.Consumer(context.Background(), storage.StreamIn, storage.ConsumerName(p))
+	c, err := b.js.Consumer(context.Background(), queue.StreamIn, queue.ConsumerName(p))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,7 +159,7 @@ func (b *testBundle) answer(t *testing.T, m *peakdesk.Message, text string) *pea
 	if _, _, err := b.db.SaveAnsweredMessage(ctx, m, r, nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := storage.PublishReplyEvent(ctx, b.js, r); err != nil {
+	if err := queue.PublishReplyEvent(ctx, b.js, r); err != nil {
 		t.Fatal(err)
 	}
 	return r
@@ -166,7 +167,7 @@ func (b *testBundle) answer(t *testing.T, m *peakdesk.Message, text string) *pea
 
 func TestPriorityRulesHintsAndTraceContext(t *testing.T) {
 	t.Parallel()
-	b := setup(t, storage.Topology{}, nil)
+	b := setup(t, queue.Topology{}, nil)
 	ctx := context.Background()
 	if err := b.db.SetPriorityRules(ctx, "shop2", []storage.PriorityRule{{Priority: peakdesk.P0, Keyword: "秒杀失败"}}); err != nil {
 		t.Fatal(err)
@@ -207,7 +208,7 @@ func TestPriorityRulesHintsAndTraceContext(t *testing.T) {
 
 func TestRateLimitsPerUserAndShop(t *testing.T) {
 	t.Parallel()
-	b := setup(t, storage.Topology{}, nil)
+	b := setup(t, queue.Topology{}, nil)
 	if err := b.db.SetShopLimits(context.Background(), "shop1", 1000, 1000, 2, 2); err != nil {
 		t.Fatal(err)
 	}
@@ -237,7 +238,7 @@ func TestRedisDownTheEdgeStillAccepts(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { down.Close() })
-	b := setup(t, storage.Topology{}, func(c *Config) { c.Redis = down })
+	b := setup(t, queue.Topology{}, func(c *Config) { c.Redis = down })
 	for i := range 5 {
 		r := b.do(t, "POST", "/v1/messages", tok(t, "shop1", b.salt+"u1"), fmt.Sprintf(`{"text":"message %d"}`, i))
 		if r.status != http.StatusAccepted {
@@ -279,7 +280,7 @@ func TestRedisHangingTheEdgeStillAccepts(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { hung.Close() })
-	b := setup(t, storage.Topology{}, func(c *Config) { c.Redis = hung })
+	b := setup(t, queue.Topology{}, func(c *Config) { c.Redis = hung })
 	results := make(chan result, 10)
 	start := time.Now()
 	for i := range 10 {
@@ -304,7 +305,7 @@ func TestRedisHangingTheEdgeStillAccepts(t *testing.T) {
 
 func TestAFullStreamAnswers503(t *testing.T) {
 	t.Parallel()
-	b := setup(t, storage.Topology{MaxMessages: 3}, nil)
+	b := setup(t, queue.Topology{MaxMessages: 3}, nil)
 	for i := range 3 {
 		if r := b.do(t, "POST", "/v1/messages", tok(t, "shop1", b.salt+"u1"), fmt.Sprintf(`{"text":"m%d"}`, i)); r.status != http.StatusAccepted {
 			t.Fatalf("message %d: %d %s", i, r.status, r.raw)
@@ -329,7 +330,7 @@ func (fixedFAQ) Answer(_ context.Context, _, q string) (string, bool) {
 
 func TestAdmissionShedsLowPriorityFirst(t *testing.T) {
 	t.Parallel()
-	b := setup(t, storage.Topology{}, func(c *Config) {
+	b := setup(t, queue.Topology{}, func(c *Config) {
 		c.FAQ = fixedFAQ{}
 		c.Admission = AdmissionConfig{MinBacklog: 5, Refresh: 50 * time.Millisecond,
 			MaxWait: map[peakdesk.Priority]time.Duration{peakdesk.P0: time.Hour, peakdesk.P1: time.Hour, peakdesk.P2: time.Second}}
@@ -401,7 +402,7 @@ func TestAdmissionShedsLowPriorityFirst(t *testing.T) {
 // and follows live ones.
 func TestEventStreamReplayAndResume(t *testing.T) {
 	t.Parallel()
-	b := setup(t, storage.Topology{}, nil)
+	b := setup(t, queue.Topology{}, nil)
 	u := tok(t, "shop1", b.salt+"u1")
 	first := b.do(t, "POST", "/v1/messages", u, `{"text":"第一个问题"}`)
 	conv := first.body["conversation_id"].(string)
@@ -473,7 +474,7 @@ func TestEventStreamReplayAndResume(t *testing.T) {
 
 func TestIdempotentRepeats(t *testing.T) {
 	t.Parallel()
-	b := setup(t, storage.Topology{DuplicateWindow: time.Second}, nil)
+	b := setup(t, queue.Topology{DuplicateWindow: time.Second}, nil)
 	u := tok(t, "shop1", b.salt+"u1")
 	first := b.do(t, "POST", "/v1/messages", u, `{"text":"hello","client_msg_id":"k-1"}`)
 	again := b.do(t, "POST", "/v1/messages", u, `{"text":"hello"}`, "Idempotency-Key", "k-1")
@@ -485,7 +486,7 @@ func TestIdempotentRepeats(t *testing.T) {
 		t.Errorf("duplicates metric %v, want 1", got)
 	}
 	// Only one copy was queued.
-	s, _ := b.js.Stream(context.Background(), storage.StreamIn)
+	s, _ := b.js.Stream(context.Background(), queue.StreamIn)
 	info, _ := s.Info(context.Background())
 	if info.State.Msgs != 1 {
 		t.Errorf("CHAT_IN holds %d messages, want 1", info.State.Msgs)
@@ -507,7 +508,7 @@ func TestIdempotentRepeats(t *testing.T) {
 
 func TestShopIsolation(t *testing.T) {
 	t.Parallel()
-	b := setup(t, storage.Topology{}, nil)
+	b := setup(t, queue.Topology{}, nil)
 	alice := tok(t, "shop1", b.salt+"alice")
 	r := b.do(t, "POST", "/v1/messages", alice, `{"text":"我的订单"}`)
 	id, conv := r.body["message_id"].(string), r.body["conversation_id"].(string)
@@ -538,7 +539,7 @@ func TestShopIsolation(t *testing.T) {
 // Every error the edge can give has the documented shape.
 func TestErrorFormat(t *testing.T) {
 	t.Parallel()
-	b := setup(t, storage.Topology{}, nil)
+	b := setup(t, queue.Topology{}, nil)
 	r := b.do(t, "POST", "/v1/messages", "garbage", `{"text":"hi"}`)
 	var body struct {
 		Error struct {
@@ -555,7 +556,7 @@ func TestErrorFormat(t *testing.T) {
 // `event: partial`, without an id.
 func TestEventStreamForwardsPartials(t *testing.T) {
 	t.Parallel()
-	b := setup(t, storage.Topology{}, nil)
+	b := setup(t, queue.Topology{}, nil)
 	u := tok(t, "shop1", b.salt+"u1")
 	first := b.do(t, "POST", "/v1/messages", u, `{"text":"你好"}`)
 	conv := first.body["conversation_id"].(string)

@@ -12,7 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/peakdesk/peakdesk"
-	"github.com/peakdesk/peakdesk/storage"
+	"github.com/peakdesk/peakdesk/storage/queue"
 )
 
 // conversationEvents streams a conversation's reply events as server-sent
@@ -49,7 +49,7 @@ func (e *Edge) conversationEvents(w http.ResponseWriter, r *http.Request) error 
 	if !ok {
 		return fmt.Errorf("ingest: events: response writer cannot flush")
 	}
-	subject := storage.EventSubject(claims.Shop, conv)
+	subject := queue.EventSubject(claims.Shop, conv)
 
 	// The streams of one customer are capped per process, and so are all
 	// of them.

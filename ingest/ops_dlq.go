@@ -16,6 +16,7 @@ import (
 	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/ingest/token"
 	"github.com/peakdesk/peakdesk/storage"
+	"github.com/peakdesk/peakdesk/storage/queue"
 )
 
 // RegisterOpsDLQ mounts the operator API for the chat dead-letter queue
@@ -174,7 +175,7 @@ func (h *opsDLQ) redriveMsg(ctx context.Context, e *storage.DLQEntry) (*nats.Msg
 	msg := nats.NewMsg(e.Subject)
 	msg.Header.Set(jetstream.MsgIDHeader, "redrive-"+strconv.FormatInt(e.ID, 10))
 	if e.DLQSeq > 0 {
-		if s, err := h.js.Stream(ctx, storage.StreamDLQ); err == nil {
+		if s, err := h.js.Stream(ctx, queue.StreamDLQ); err == nil {
 			if raw, err := s.GetMsg(ctx, e.DLQSeq); err == nil {
 				msg.Data = raw.Data
 				if tp := raw.Header.Get("traceparent"); tp != "" {

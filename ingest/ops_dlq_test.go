@@ -17,6 +17,7 @@ import (
 	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/ingest/token"
 	"github.com/peakdesk/peakdesk/storage"
+	"github.com/peakdesk/peakdesk/storage/queue"
 	"github.com/peakdesk/peakdesk/storage/storagetest"
 )
 
@@ -42,7 +43,7 @@ func newDLQServer(t *testing.T) *dlqServer {
 	}
 	t.Cleanup(nc.Close)
 	js, _ := jetstream.New(nc)
-	if _, err := storage.EnsureTopology(ctx, js, storage.Topology{}); err != nil {
+	if _, err := queue.EnsureTopology(ctx, js, queue.Topology{}); err != nil {
 		t.Fatal(err)
 	}
 	dbURL := storagetest.DatabaseURL(t)
@@ -67,13 +68,13 @@ func newDLQServer(t *testing.T) *dlqServer {
 			AcceptedAt: time.Now().UTC().Truncate(time.Millisecond),
 		}
 		// What a worker's dead-letter mover records and copies.
-		out, err := db.RecordDeadLetter(ctx, &storage.DeadLetter{Message: m, Subject: storage.InSubject(m.Priority, shop),
+		out, err := db.RecordDeadLetter(ctx, &storage.DeadLetter{Message: m, Subject: queue.InSubject(m.Priority, shop),
 			InSeq: uint64(100 + i), Deliveries: 6, Reason: "max deliveries (6) reached on workers-p1"}, "a human takes over")
 		if err != nil {
 			t.Fatal(err)
 		}
 		data, _ := json.Marshal(m)
-		copyMsg := nats.NewMsg(storage.DLQSubject(shop))
+		copyMsg := nats.NewMsg(queue.DLQSubject(shop))
 		copyMsg.Data = data
 		copyMsg.Header.Set("traceparent", "00-0123456789abcdef0123456789abcdef-0123456789abcdef-01")
 		ack, err := js.PublishMsg(ctx, copyMsg)
@@ -206,12 +207,12 @@ func TestOpsDLQRedriveAndDiscard(t *testing.T) {
 			t.Fatalf("redrive: %d %v", status, body)
 		}
 	}
-	in, _ := s.js.Stream(ctx, storage.StreamIn)
+	in, _ := s.js.Stream(ctx, queue.StreamIn)
 	info, _ := in.Info(ctx)
 	if info.State.Msgs != 1 {
 		t.Fatalf("CHAT_IN holds %d messages after two re-drives, want 1", info.State.Msgs)
 	}
-	raw, err := in.GetLastMsgForSubject(ctx, storage.InSubject(m.Priority, m.ShopID))
+	raw, err := in.GetLastMsgForSubject(ctx, queue.InSubject(m.Priority, m.ShopID))
 	if err != nil {
 		t.Fatal(err)
 	}

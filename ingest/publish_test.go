@@ -10,7 +10,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/peakdesk/peakdesk"
-	"github.com/peakdesk/peakdesk/storage"
+	"github.com/peakdesk/peakdesk/storage/queue"
 	"github.com/peakdesk/peakdesk/storage/storagetest"
 )
 
@@ -27,7 +27,7 @@ func TestBatchPublisherGroupsAndKeepsVerdictsApart(t *testing.T) {
 	t.Cleanup(nc.Close)
 	js, _ := jetstream.New(nc)
 	ctx := context.Background()
-	if _, err := storage.EnsureTopology(ctx, js, storage.Topology{}); err != nil {
+	if _, err := queue.EnsureTopology(ctx, js, queue.Topology{}); err != nil {
 		t.Fatal(err)
 	}
 	p := newBatchPublisher(js, 64, 2)
@@ -40,7 +40,7 @@ func TestBatchPublisherGroupsAndKeepsVerdictsApart(t *testing.T) {
 	for i := range distinct {
 		for range repeats {
 			wg.Go(func() {
-				msg := nats.NewMsg(storage.InSubject(peakdesk.P2, "shop1"))
+				msg := nats.NewMsg(queue.InSubject(peakdesk.P2, "shop1"))
 				msg.Data = []byte(fmt.Sprintf(`{"n":%d}`, i))
 				msg.Header.Set(jetstream.MsgIDHeader, fmt.Sprintf("id-%d", i))
 				dup, err := p.publish(ctx, msg)
@@ -60,14 +60,14 @@ func TestBatchPublisherGroupsAndKeepsVerdictsApart(t *testing.T) {
 	if errs != 0 || dups != distinct*(repeats-1) {
 		t.Fatalf("%d errors, %d duplicates; want 0 and %d", errs, dups, distinct*(repeats-1))
 	}
-	s, _ := js.Stream(ctx, storage.StreamIn)
+	s, _ := js.Stream(ctx, queue.StreamIn)
 	info, _ := s.Info(ctx)
 	if info.State.Msgs != distinct {
 		t.Fatalf("stream holds %d messages, want %d", info.State.Msgs, distinct)
 	}
 	// After stop, publishing fails cleanly instead of hanging.
 	p.stop()
-	if _, err := p.publish(ctx, nats.NewMsg(storage.InSubject(peakdesk.P2, "shop1"))); err == nil {
+	if _, err := p.publish(ctx, nats.NewMsg(queue.InSubject(peakdesk.P2, "shop1"))); err == nil {
 		t.Error("publish after stop succeeded")
 	}
 }

@@ -12,7 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/peakdesk/peakdesk"
-	"github.com/peakdesk/peakdesk/storage"
+	"github.com/peakdesk/peakdesk/storage/queue"
 )
 
 // replyHub is the one reader of CHAT_EVENTS in an edge process. An ordered
@@ -56,7 +56,7 @@ func newReplyHub() *replyHub {
 }
 
 func (h *replyHub) start(ctx context.Context, js jetstream.JetStream) error {
-	cons, err := js.OrderedConsumer(ctx, storage.StreamEvents, jetstream.OrderedConsumerConfig{
+	cons, err := js.OrderedConsumer(ctx, queue.StreamEvents, jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{"chat.events.>"},
 		DeliverPolicy:  jetstream.DeliverNewPolicy,
 	})

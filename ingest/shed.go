@@ -8,7 +8,7 @@ import (
 
 	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/outbox"
-	"github.com/peakdesk/peakdesk/storage"
+	"github.com/peakdesk/peakdesk/storage/queue"
 )
 
 // answerFromFAQ answers a shed message from the shop's FAQ, if the FAQ is
@@ -40,7 +40,7 @@ func (e *Edge) answerFromFAQ(ctx context.Context, m *peakdesk.Message) *peakdesk
 	}
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	if err := storage.PublishReplyEvent(pctx, e.cfg.JS, stored); err != nil {
+	if err := queue.PublishReplyEvent(pctx, e.cfg.JS, stored); err != nil {
 		// The answer is stored and returned inline; only SSE misses it.
 		e.log.WarnContext(ctx, "publishing a shed answer's event failed", "trace_id", traceOf(ctx).id, "err", err)
 	}

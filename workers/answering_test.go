@@ -13,6 +13,7 @@ import (
 	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/loadtest/llmsim"
 	"github.com/peakdesk/peakdesk/storage"
+	"github.com/peakdesk/peakdesk/storage/queue"
 	"github.com/peakdesk/peakdesk/workers/faq"
 )
 
@@ -45,11 +46,11 @@ func (b *testBundle) actionsOf(t testing.TB, replyID string) []string {
 // lastEvent returns the last reply event published on conv.
 func (b *testBundle) lastEvent(t testing.TB, conv string) peakdesk.Reply {
 	t.Helper()
-	s, err := b.js.Stream(context.Background(), storage.StreamEvents)
+	s, err := b.js.Stream(context.Background(), queue.StreamEvents)
 	if err != nil {
 		t.Fatal(err)
 	}
-	raw, err := s.GetLastMsgForSubject(context.Background(), storage.EventSubject("demo", conv))
+	raw, err := s.GetLastMsgForSubject(context.Background(), queue.EventSubject("demo", conv))
 	if err != nil {
 		t.Fatal(err)
 	}

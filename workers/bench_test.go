@@ -12,7 +12,7 @@ import (
 
 	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/loadtest/llmsim"
-	"github.com/peakdesk/peakdesk/storage"
+	"github.com/peakdesk/peakdesk/storage/queue"
 )
 
 // The benchmarks run one scenario each (a few to 30 seconds) on the real
@@ -115,7 +115,7 @@ func BenchmarkOverloadP0Latency(b *testing.B) {
 		var p0Lat []time.Duration
 		answered := map[peakdesk.Priority]int{}
 		prioOf := map[string]peakdesk.Priority{}
-		cons, err := tb.js.OrderedConsumer(ctx, storage.StreamEvents, jetstream.OrderedConsumerConfig{})
+		cons, err := tb.js.OrderedConsumer(ctx, queue.StreamEvents, jetstream.OrderedConsumerConfig{})
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/storage"
+	"github.com/peakdesk/peakdesk/storage/queue"
 )
 
 // Dead letters. When a CHAT_IN message reaches MaxDeliver, the server
@@ -96,7 +97,7 @@ func (w *Worker) moveDeadLetter(adv jetstream.Msg) {
 }
 
 func (w *Worker) deadLetter(ctx context.Context, a maxDeliveriesAdvisory) error {
-	in, err := w.cfg.JS.Stream(ctx, storage.StreamIn)
+	in, err := w.cfg.JS.Stream(ctx, queue.StreamIn)
 	if err != nil {
 		return err
 	}
@@ -157,7 +158,7 @@ func (w *Worker) deadLetter(ctx context.Context, a maxDeliveriesAdvisory) error 
 // copyToDLQ publishes raw to CHAT_DLQ with the reason in headers; a copy
 // made twice is deduplicated by its message id.
 func (w *Worker) copyToDLQ(ctx context.Context, raw *jetstream.RawStreamMsg, shop, reason string, a maxDeliveriesAdvisory, entry int64) (uint64, error) {
-	msg := nats.NewMsg(storage.DLQSubject(shop))
+	msg := nats.NewMsg(queue.DLQSubject(shop))
 	msg.Data = raw.Data
 	for k, v := range raw.Header {
 		if !strings.HasPrefix(k, "Nats-") {
@@ -174,14 +175,14 @@ func (w *Worker) copyToDLQ(ctx context.Context, raw *jetstream.RawStreamMsg, sho
 	msg.Header.Set(jetstream.MsgIDHeader, "dlq-"+strconv.FormatUint(a.StreamSeq, 10))
 	ack, err := w.cfg.JS.PublishMsg(ctx, msg)
 	if err != nil {
-		return 0, fmt.Errorf("copy to %s: %w", storage.StreamDLQ, err)
+		return 0, fmt.Errorf("copy to %s: %w", queue.StreamDLQ, err)
 	}
 	return ack.Sequence, nil
 }
 
 func deleteIn(ctx context.Context, in jetstream.Stream, seq uint64) error {
 	if err := in.DeleteMsg(ctx, seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
-		return fmt.Errorf("delete from %s: %w", storage.StreamIn, err)
+		return fmt.Errorf("delete from %s: %w", queue.StreamIn, err)
 	}
 	return nil
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/loadtest/llmsim"
 	"github.com/peakdesk/peakdesk/storage"
+	"github.com/peakdesk/peakdesk/storage/queue"
 )
 
 // storedReply is a reply as Postgres holds it, with the messages it answers
@@ -111,7 +112,7 @@ func TestConversationAnsweredInOrderOneTurnAtATime(t *testing.T) {
 	if !slices.Equal(attempts, []int{1, 1, 1, 1, 1}) {
 		t.Errorf("attempts %v, want one each", attempts)
 	}
-	cons, _ := b.js.Consumer(context.Background(), storage.StreamIn, storage.ConsumerName(peakdesk.P1))
+	cons, _ := b.js.Consumer(context.Background(), queue.StreamIn, queue.ConsumerName(peakdesk.P1))
 	info, err := cons.Info(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -195,11 +196,11 @@ func TestRedeliveryOfAnAnsweredMessage(t *testing.T) {
 	// Nats-Msg-Id, or the duplicate window would drop it).
 	m2 := m
 	data := mustJSON(t, m2)
-	if _, err := b.js.Publish(context.Background(), storage.InSubject(m.Priority, m.ShopID), data); err != nil {
+	if _, err := b.js.Publish(context.Background(), queue.InSubject(m.Priority, m.ShopID), data); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "the redelivery to be handled", 10*time.Second, func() bool {
-		return testutil.ToFloat64(w.metrics.redelivered) == 1 && b.streamMsgs(t, storage.StreamIn) == 0
+		return testutil.ToFloat64(w.metrics.redelivered) == 1 && b.streamMsgs(t, queue.StreamIn) == 0
 	})
 	// The event went out again under the reply's id: JetStream keeps one.
 	if n := countEvents(t, b, m.ConversationID); n != 1 {
@@ -267,7 +268,7 @@ func TestMaxDeliveriesMovesToDLQ(t *testing.T) {
 	m := message(peakdesk.P1, "", "where is my parcel? call 138\u200b1234\u200b5678")
 	b.publish(t, m)
 	// Some worker fails it twice (here: the test itself).
-	cons, err := b.js.Consumer(ctx, storage.StreamIn, storage.ConsumerName(peakdesk.P1))
+	cons, err := b.js.Consumer(ctx, queue.StreamIn, queue.ConsumerName(peakdesk.P1))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -283,10 +284,10 @@ func TestMaxDeliveriesMovesToDLQ(t *testing.T) {
 	var status string
 	waitFor(t, "the message to be dead-lettered", 20*time.Second, func() bool {
 		_ = b.pool.QueryRow(ctx, `SELECT status FROM messages WHERE id = $1`, m.ID).Scan(&status)
-		return status == "failed" && b.streamMsgs(t, storage.StreamDLQ) == 1 && b.streamMsgs(t, storage.StreamIn) == 0
+		return status == "failed" && b.streamMsgs(t, queue.StreamDLQ) == 1 && b.streamMsgs(t, queue.StreamIn) == 0
 	})
-	dlq, _ := b.js.Stream(ctx, storage.StreamDLQ)
-	raw, err := dlq.GetLastMsgForSubject(ctx, storage.DLQSubject("demo"))
+	dlq, _ := b.js.Stream(ctx, queue.StreamDLQ)
+	raw, err := dlq.GetLastMsgForSubject(ctx, queue.DLQSubject("demo"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -331,11 +332,11 @@ func (b *testBundle) streamMsgs(t testing.TB, name string) uint64 {
 
 func countEvents(t testing.TB, b *testBundle, conv string) uint64 {
 	t.Helper()
-	s, err := b.js.Stream(context.Background(), storage.StreamEvents)
+	s, err := b.js.Stream(context.Background(), queue.StreamEvents)
 	if err != nil {
 		t.Fatal(err)
 	}
-	info, err := s.Info(context.Background(), jetstream.WithSubjectFilter(storage.EventSubject("demo", conv)))
+	info, err := s.Info(context.Background(), jetstream.WithSubjectFilter(queue.EventSubject("demo", conv)))
 	if err != nil {
 		t.Fatal(err)
 	}

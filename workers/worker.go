@@ -29,6 +29,7 @@ import (
 	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/outbox"
 	"github.com/peakdesk/peakdesk/storage"
+	"github.com/peakdesk/peakdesk/storage/queue"
 	"github.com/peakdesk/peakdesk/workers/answer"
 	"github.com/peakdesk/peakdesk/workers/llm"
 )
@@ -253,15 +254,15 @@ func (w *Worker) observeCall(took time.Duration, s Signal) {
 func (w *Worker) Start(ctx context.Context) error {
 	var consumers []jetstream.Consumer
 	for _, p := range peakdesk.Priorities {
-		c, err := w.cfg.JS.Consumer(ctx, storage.StreamIn, storage.ConsumerName(p))
+		c, err := w.cfg.JS.Consumer(ctx, queue.StreamIn, queue.ConsumerName(p))
 		if err != nil {
-			return fmt.Errorf("workers: consumer %s: %w", storage.ConsumerName(p), err)
+			return fmt.Errorf("workers: consumer %s: %w", queue.ConsumerName(p), err)
 		}
 		consumers = append(consumers, c)
 	}
-	dead, err := w.cfg.JS.Consumer(ctx, storage.StreamAdvisories, storage.ConsumerDeadLetters)
+	dead, err := w.cfg.JS.Consumer(ctx, queue.StreamAdvisories, queue.ConsumerDeadLetters)
 	if err != nil {
-		return fmt.Errorf("workers: consumer %s: %w", storage.ConsumerDeadLetters, err)
+		return fmt.Errorf("workers: consumer %s: %w", queue.ConsumerDeadLetters, err)
 	}
 	w.startOnce.Do(func() {
 		w.consumers, w.deadCons = consumers, dead
@@ -754,7 +755,7 @@ func hasDigitRun(s string, n int) bool {
 // publishEvent publishes r on its conversation's event subject. The reply id
 // is the Nats-Msg-Id, so a re-publish within the window is deduplicated.
 func (w *Worker) publishEvent(ctx context.Context, r *peakdesk.Reply) error {
-	return storage.PublishReplyEvent(ctx, w.cfg.JS, r)
+	return queue.PublishReplyEvent(ctx, w.cfg.JS, r)
 }
 
 // keepAlive keeps a handler's claims alive while it works: InProgress on the

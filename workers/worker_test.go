@@ -27,6 +27,7 @@ import (
 	"github.com/peakdesk/peakdesk/loadtest/shopsim"
 	"github.com/peakdesk/peakdesk/outbox"
 	"github.com/peakdesk/peakdesk/storage"
+	"github.com/peakdesk/peakdesk/storage/queue"
 	"github.com/peakdesk/peakdesk/storage/storagetest"
 	"github.com/peakdesk/peakdesk/workers/answer"
 	"github.com/peakdesk/peakdesk/workers/llm"
@@ -81,7 +82,7 @@ func setup(t testing.TB, o bundleOpts) *testBundle {
 	if o.ackWait == 0 {
 		o.ackWait = 3 * time.Second
 	}
-	if _, err := storage.EnsureTopology(ctx, js, storage.Topology{AckWait: o.ackWait, MaxDeliver: o.maxDeliver}); err != nil {
+	if _, err := queue.EnsureTopology(ctx, js, queue.Topology{AckWait: o.ackWait, MaxDeliver: o.maxDeliver}); err != nil {
 		t.Fatal(err)
 	}
 	dbURL := storagetest.DatabaseURL(t)
@@ -238,7 +239,7 @@ func (b *testBundle) publish(t testing.TB, msgs ...peakdesk.Message) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		nm := nats.NewMsg(storage.InSubject(m.Priority, m.ShopID))
+		nm := nats.NewMsg(queue.InSubject(m.Priority, m.ShopID))
 		nm.Data = data
 		nm.Header.Set(jetstream.MsgIDHeader, m.ShopID+":"+m.ID)
 		f, err := b.js.PublishMsgAsync(nm)

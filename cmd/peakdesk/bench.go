@@ -28,7 +28,7 @@ import (
 	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/ingest"
 	"github.com/peakdesk/peakdesk/ingest/token"
-	"github.com/peakdesk/peakdesk/storage"
+	"github.com/peakdesk/peakdesk/storage/queue"
 )
 
 // benchRow is one line of the bench report: a measurement next to its
@@ -148,7 +148,7 @@ func benchIngest(ctx context.Context, getenv func(string) string, logw io.Writer
 		return nil, err
 	}
 	defer os.RemoveAll(dir)
-	ns, err := storage.StartNATS(storage.NATSServerConfig{StoreDir: dir, Port: -1, SyncAlways: syncAlways})
+	ns, err := queue.StartNATS(queue.NATSServerConfig{StoreDir: dir, Port: -1, SyncAlways: syncAlways})
 	if err != nil {
 		return nil, err
 	}
@@ -298,7 +298,7 @@ func benchPayload() []byte {
 }
 
 func benchMsg(payload []byte, i int) *nats.Msg {
-	msg := nats.NewMsg(storage.InSubject(peakdesk.P2, "bench"))
+	msg := nats.NewMsg(queue.InSubject(peakdesk.P2, "bench"))
 	msg.Data = payload
 	msg.Header.Set(jetstream.MsgIDHeader, "bench-"+strconv.Itoa(i))
 	return msg
@@ -334,7 +334,7 @@ func benchNaivePublish(ctx context.Context, js jetstream.JetStream, payload []by
 }
 
 func purgeIn(ctx context.Context, js jetstream.JetStream) error {
-	s, err := js.Stream(ctx, storage.StreamIn)
+	s, err := js.Stream(ctx, queue.StreamIn)
 	if err != nil {
 		return err
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/peakdesk/peakdesk/loadtest/llmsim"
 	"github.com/peakdesk/peakdesk/loadtest/shopsim"
 	"github.com/peakdesk/peakdesk/storage"
+	"github.com/peakdesk/peakdesk/storage/queue"
 	"github.com/peakdesk/peakdesk/storage/storagetest"
 )
 
@@ -186,7 +187,7 @@ func replyEvents(t *testing.T, natsURL string) map[string]map[string]bool {
 	js, _ := jetstream.New(nc)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	stream, err := js.Stream(ctx, storage.StreamEvents)
+	stream, err := js.Stream(ctx, queue.StreamEvents)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -198,7 +199,7 @@ func replyEvents(t *testing.T, natsURL string) map[string]map[string]bool {
 	if info.State.Msgs == 0 {
 		return out
 	}
-	cons, err := js.OrderedConsumer(ctx, storage.StreamEvents, jetstream.OrderedConsumerConfig{})
+	cons, err := js.OrderedConsumer(ctx, queue.StreamEvents, jetstream.OrderedConsumerConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -332,7 +333,7 @@ func streamLastSeq(t *testing.T, natsURL string) uint64 {
 	}
 	defer nc.Close()
 	js, _ := jetstream.New(nc)
-	s, err := js.Stream(context.Background(), storage.StreamIn)
+	s, err := js.Stream(context.Background(), queue.StreamIn)
 	if err != nil {
 		t.Fatal(err)
 	}

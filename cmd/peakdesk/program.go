@@ -26,6 +26,7 @@ import (
 	"github.com/peakdesk/peakdesk/loadtest/llmsim"
 	"github.com/peakdesk/peakdesk/outbox"
 	"github.com/peakdesk/peakdesk/storage"
+	"github.com/peakdesk/peakdesk/storage/queue"
 	"github.com/peakdesk/peakdesk/storage/retention"
 	"github.com/peakdesk/peakdesk/workers"
 	"github.com/peakdesk/peakdesk/workers/answer"
@@ -100,7 +101,7 @@ func (p *Program) Start(ctx context.Context) (err error) {
 	// Queue: external NATS, or in dev an embedded server.
 	natsURL := cfg.NATSURL
 	if natsURL == "" {
-		p.natsSrv, err = storage.StartNATS(storage.NATSServerConfig{
+		p.natsSrv, err = queue.StartNATS(queue.NATSServerConfig{
 			StoreDir: filepath.Join(cfg.DataDir, "jetstream"), Port: -1, SyncAlways: cfg.NATSSyncAlways,
 		})
 		if err != nil {
@@ -118,7 +119,7 @@ func (p *Program) Start(ctx context.Context) (err error) {
 	if p.js, err = jetstream.New(p.nc); err != nil {
 		return fmt.Errorf("jetstream: %w", err)
 	}
-	topo, err := storage.EnsureTopology(ctx, p.js, storage.Topology{AckWait: cfg.AckWait, Replicas: cfg.StreamReplicas})
+	topo, err := queue.EnsureTopology(ctx, p.js, queue.Topology{AckWait: cfg.AckWait, Replicas: cfg.StreamReplicas})
 	if err != nil {
 		return err
 	}

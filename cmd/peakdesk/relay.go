@@ -14,6 +14,7 @@ import (
 	"github.com/peakdesk/peakdesk/ingest/token"
 	"github.com/peakdesk/peakdesk/outbox"
 	"github.com/peakdesk/peakdesk/storage"
+	"github.com/peakdesk/peakdesk/storage/queue"
 	"github.com/peakdesk/peakdesk/storage/retention"
 )
 
@@ -52,7 +53,7 @@ func (p replyPusher) push(ctx context.Context, r *peakdesk.Reply, handoff bool) 
 		return err
 	}
 	// Stored (now or by an earlier try): publish, which dedupes by reply id.
-	return storage.PublishReplyEvent(ctx, p.js, r)
+	return queue.PublishReplyEvent(ctx, p.js, r)
 }
 
 // startRelay starts the outbox relay role, with the retention job, and

@@ -21,6 +21,7 @@ import (
 
 	"github.com/peakdesk/peakdesk/migrations"
 	"github.com/peakdesk/peakdesk/storage"
+	"github.com/peakdesk/peakdesk/storage/queue"
 )
 
 // AdminURL is the database tests connect to in order to create their own.
@@ -174,7 +175,7 @@ func RedisURL() string {
 // a temporary directory, shut down when the test ends.
 func NATS(t testing.TB) *server.Server {
 	t.Helper()
-	ns, err := storage.StartNATS(storage.NATSServerConfig{StoreDir: t.TempDir(), Port: -1})
+	ns, err := queue.StartNATS(queue.NATSServerConfig{StoreDir: t.TempDir(), Port: -1})
 	if err != nil {
 		t.Fatalf("storagetest: %v", err)
 	}

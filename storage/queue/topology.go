@@ -1,4 +1,9 @@
-package storage
+// Package queue is peakdesk's JetStream topology (DESIGN.md §5): the
+// streams CHAT_IN (accepted messages, one subject per priority and shop,
+// work-queue retention), CHAT_EVENTS (reply events for SSE and replay),
+// CHAT_DLQ and CHAT_ADVISORIES, the workers' durable consumers, the embedded
+// server dev mode and tests run, and the publishing of reply events.
+package queue
 
 import (
 	"context"
@@ -142,7 +147,7 @@ func EnsureTopology(ctx context.Context, js jetstream.JetStream, t Topology) (To
 	}}
 	for _, cfg := range streams {
 		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
-			return t, fmt.Errorf("storage: stream %s: %w", cfg.Name, err)
+			return t, fmt.Errorf("queue: stream %s: %w", cfg.Name, err)
 		}
 	}
 	_, err := js.CreateOrUpdateConsumer(ctx, StreamAdvisories, jetstream.ConsumerConfig{
@@ -155,7 +160,7 @@ func EnsureTopology(ctx context.Context, js jetstream.JetStream, t Topology) (To
 		Replicas:      t.Replicas,
 	})
 	if err != nil {
-		return t, fmt.Errorf("storage: consumer %s: %w", ConsumerDeadLetters, err)
+		return t, fmt.Errorf("queue: consumer %s: %w", ConsumerDeadLetters, err)
 	}
 	for _, p := range peakdesk.Priorities {
 		_, err := js.CreateOrUpdateConsumer(ctx, StreamIn, jetstream.ConsumerConfig{
@@ -169,7 +174,7 @@ func EnsureTopology(ctx context.Context, js jetstream.JetStream, t Topology) (To
 			Replicas:      t.Replicas,
 		})
 		if err != nil {
-			return t, fmt.Errorf("storage: consumer %s: %w", ConsumerName(p), err)
+			return t, fmt.Errorf("queue: consumer %s: %w", ConsumerName(p), err)
 		}
 	}
 	return t, nil
@@ -205,12 +210,12 @@ func StartNATS(cfg NATSServerConfig) (*server.Server, error) {
 	}
 	ns, err := server.NewServer(opts)
 	if err != nil {
-		return nil, fmt.Errorf("storage: nats server: %w", err)
+		return nil, fmt.Errorf("queue: nats server: %w", err)
 	}
 	go ns.Start()
 	if !ns.ReadyForConnections(10 * time.Second) {
 		ns.Shutdown()
-		return nil, fmt.Errorf("storage: nats server not ready in 10s")
+		return nil, fmt.Errorf("queue: nats server not ready in 10s")
 	}
 	return ns, nil
 }

@@ -1,4 +1,4 @@
-package storage
+package queue
 
 import (
 	"context"
@@ -17,13 +17,13 @@ import (
 func PublishReplyEvent(ctx context.Context, js jetstream.JetStream, r *peakdesk.Reply) error {
 	data, err := json.Marshal(r)
 	if err != nil {
-		return fmt.Errorf("storage: encode reply event: %w", err)
+		return fmt.Errorf("queue: encode reply event: %w", err)
 	}
 	msg := nats.NewMsg(EventSubject(r.ShopID, r.ConversationID))
 	msg.Data = data
 	msg.Header.Set(jetstream.MsgIDHeader, r.ID)
 	if _, err := js.PublishMsg(ctx, msg); err != nil {
-		return fmt.Errorf("storage: publish reply event: %w", err)
+		return fmt.Errorf("queue: publish reply event: %w", err)
 	}
 	return nil
 }
