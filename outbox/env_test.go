@@ -19,6 +19,7 @@ import (
 	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/loadtest/shopsim"
 	"github.com/peakdesk/peakdesk/outbox"
+	"github.com/peakdesk/peakdesk/outbox/shopapi"
 	"github.com/peakdesk/peakdesk/storage"
 	"github.com/peakdesk/peakdesk/storage/storagetest"
 )
@@ -50,7 +51,7 @@ type testEnv struct {
 	db    *storage.DB
 	sim   *shopsim.Sim
 	url   string
-	shop  *outbox.ShopClient
+	shop  *shopapi.Client
 	clock *testClock
 }
 
@@ -73,7 +74,7 @@ func setup(t testing.TB, faults shopsim.Faults) *testEnv {
 	sim := shopsim.New(faults, []byte(testWebhookSecret))
 	srv := httptest.NewServer(sim)
 	t.Cleanup(srv.Close)
-	shop, err := outbox.NewShopClient(outbox.ShopClientConfig{DB: db, DefaultBaseURL: srv.URL, Timeout: 5 * time.Second,
+	shop, err := shopapi.New(shopapi.Config{DB: db, DefaultBaseURL: srv.URL, Timeout: 5 * time.Second,
 		AllowPrivate: true, // httptest listens on loopback
 		SettingsTTL:  time.Nanosecond})
 	if err != nil {

@@ -14,15 +14,15 @@ import (
 
 	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/loadtest/shopsim"
-	"github.com/peakdesk/peakdesk/outbox"
+	"github.com/peakdesk/peakdesk/outbox/shopapi"
 	"github.com/peakdesk/peakdesk/storage"
 )
 
 // guardedClient is a shop client as production runs it: https only, public
 // addresses only.
-func (e *testEnv) guardedClient(t *testing.T) *outbox.ShopClient {
+func (e *testEnv) guardedClient(t *testing.T) *shopapi.Client {
 	t.Helper()
-	c, err := outbox.NewShopClient(outbox.ShopClientConfig{DB: e.db, SettingsTTL: time.Nanosecond})
+	c, err := shopapi.New(shopapi.Config{DB: e.db, SettingsTTL: time.Nanosecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -146,7 +146,7 @@ func TestPutSettingsRefusesURLsThatCouldNeverBeCalled(t *testing.T) {
 	ctx := context.Background()
 	guarded := e.guardedClient(t)
 	tests := []struct {
-		client   *outbox.ShopClient
+		client   *shopapi.Client
 		settings storage.ShopAPISettings
 		field    string // "" = accepted
 		want     string
@@ -203,7 +203,7 @@ func TestShopAnswersAreBoundedAndExcerptsCapped(t *testing.T) {
 	if err := e.db.PutShopAPISettings(ctx, storage.ShopAPISettings{ShopID: "other", BaseURL: fakeShop(t, 200, big)}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.shop.Order(ctx, "other", "1234567", ""); !errors.Is(err, outbox.ErrUnavailable) ||
+	if _, err := e.shop.Order(ctx, "other", "1234567", ""); !errors.Is(err, shopapi.ErrUnavailable) ||
 		!strings.Contains(err.Error(), "larger than 64 KiB") {
 		t.Errorf("oversized order answer: %v", err)
 	}
@@ -244,7 +244,7 @@ func TestWebhookRetriesAreSignedAnew(t *testing.T) {
 	ctx := context.Background()
 	var now atomic.Int64
 	now.Store(time.Now().Unix())
-	client, err := outbox.NewShopClient(outbox.ShopClientConfig{DB: e.db, AllowPrivate: true,
+	client, err := shopapi.New(shopapi.Config{DB: e.db, AllowPrivate: true,
 		Now: func() time.Time { return time.Unix(now.Load(), 0) }})
 	if err != nil {
 		t.Fatal(err)
@@ -254,7 +254,7 @@ func TestWebhookRetriesAreSignedAnew(t *testing.T) {
 		t.Fatal(err)
 	}
 	body := []byte(`{"event_id":"ev1","type":"reply.created"}`)
-	deliver := func() (*outbox.ShopResponse, error) { return client.DeliverWebhook(ctx, "demo", "ev1", "key1", body) }
+	deliver := func() (*shopapi.Response, error) { return client.DeliverWebhook(ctx, "demo", "ev1", "key1", body) }
 
 	if r, err := deliver(); err != nil || !strings.Contains(string(r.Body), `"duplicate":false`) {
 		t.Fatalf("first delivery: %v %+v", err, r)
@@ -262,7 +262,7 @@ func TestWebhookRetriesAreSignedAnew(t *testing.T) {
 	// The same second gives the same signature: refused as a replay, with
 	// a status the relay retries.
 	_, err = deliver()
-	if se, ok := errors.AsType[*outbox.ShopError](err); !ok || se.Status != http.StatusConflict || !se.Transient() ||
+	if se, ok := errors.AsType[*shopapi.Error](err); !ok || se.Status != http.StatusConflict || !se.Transient() ||
 		se.Code != shopsim.WebhookReplayed {
 		t.Fatalf("same-second repeat: %v", err)
 	}
@@ -270,9 +270,9 @@ func TestWebhookRetriesAreSignedAnew(t *testing.T) {
 	if r, err := deliver(); err != nil || !strings.Contains(string(r.Body), `"duplicate":true`) {
 		t.Fatalf("retry a second later: %v %+v", err, r)
 	}
-	now.Add(-int64(outbox.WebhookTolerance/time.Second) - 60)
+	now.Add(-int64(shopapi.WebhookTolerance/time.Second) - 60)
 	_, err = deliver()
-	if se, ok := errors.AsType[*outbox.ShopError](err); !ok || se.Status != http.StatusBadRequest || se.Transient() ||
+	if se, ok := errors.AsType[*shopapi.Error](err); !ok || se.Status != http.StatusBadRequest || se.Transient() ||
 		se.Code != shopsim.WebhookStale {
 		t.Fatalf("signed by a clock 6 minutes slow: %v", err)
 	}

@@ -34,6 +34,7 @@ import (
 
 	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/outbox/egress"
+	"github.com/peakdesk/peakdesk/outbox/shopapi"
 	"github.com/peakdesk/peakdesk/storage"
 	"github.com/peakdesk/peakdesk/workers/pii"
 )
@@ -42,8 +43,8 @@ import (
 // answered.
 type FollowUpResult struct {
 	OrderID   string
-	Order     *Order
-	Logistics *Logistics
+	Order     *shopapi.Order
+	Logistics *shopapi.Logistics
 	// Text is a ready-made English reply with the facts, personal data
 	// masked.
 	Text string
@@ -53,7 +54,7 @@ type FollowUpResult struct {
 // required.
 type Config struct {
 	DB   *storage.DB
-	Shop *ShopClient
+	Shop *shopapi.Client
 	// OnFollowUp pushes the second reply of an order follow-up (store it
 	// and publish its event, plus its webhook). It may be called more than
 	// once for one action if a relay dies between the call and recording
@@ -474,7 +475,7 @@ func capText(s string, n int) string {
 
 // outcomeOf sorts a shop call's result: 2xx succeeded, transient statuses
 // and transport errors failed, other 4xx and calls egress refused rejected.
-func outcomeOf(resp *ShopResponse, err error) outcome {
+func outcomeOf(resp *shopapi.Response, err error) outcome {
 	if err == nil {
 		o := outcome{kind: peakdesk.AttemptSucceeded, status: resp.Status, excerpt: excerpt(resp.Body)}
 		if len(resp.Body) <= maxResult && json.Valid(resp.Body) {
@@ -485,7 +486,7 @@ func outcomeOf(resp *ShopResponse, err error) outcome {
 	if re, ok := errors.AsType[*egress.RefusedError](err); ok {
 		return outcome{kind: peakdesk.AttemptRejected, status: re.Status, err: re.Error(), refused: true}
 	}
-	var se *ShopError
+	var se *shopapi.Error
 	if errors.As(err, &se) {
 		o := outcome{kind: peakdesk.AttemptFailed, status: se.Status, err: se.Error(), excerpt: excerpt(se.Body),
 			retryAfter: se.RetryAfter}
@@ -510,14 +511,14 @@ func (r *Relay) execute(ctx context.Context, a peakdesk.Action) outcome {
 			return rejectPayload(a, err)
 		}
 		return outcomeOf(r.cfg.Shop.CreateCoupon(ctx, a.ShopID, a.AttemptKey(),
-			CouponRequest{OrderID: p.OrderID, UserID: p.UserID, AmountCents: p.AmountCents, Reason: p.Reason}))
+			shopapi.CouponRequest{OrderID: p.OrderID, UserID: p.UserID, AmountCents: p.AmountCents, Reason: p.Reason}))
 	case peakdesk.ActionRefundRequest:
 		var p RefundPayload
 		if err := json.Unmarshal(a.Payload, &p); err != nil {
 			return rejectPayload(a, err)
 		}
 		return outcomeOf(r.cfg.Shop.CreateRefund(ctx, a.ShopID, a.AttemptKey(),
-			RefundRequest{OrderID: p.OrderID, AmountCents: p.AmountCents, Reason: p.Reason}))
+			shopapi.RefundRequest{OrderID: p.OrderID, AmountCents: p.AmountCents, Reason: p.Reason}))
 	case peakdesk.ActionWebhookDeliver:
 		var ev struct {
 			EventID string `json:"event_id"`
@@ -558,8 +559,8 @@ func (r *Relay) followUp(ctx context.Context, a peakdesk.Action) outcome {
 		return outcome{kind: peakdesk.AttemptFailed, status: 200, err: "pushing the follow-up reply failed: " + err.Error()}
 	}
 	body, _ := json.Marshal(struct {
-		Order     *Order     `json:"order"`
-		Logistics *Logistics `json:"logistics"`
+		Order     *shopapi.Order     `json:"order"`
+		Logistics *shopapi.Logistics `json:"logistics"`
 	}{o, l})
 	return outcome{kind: peakdesk.AttemptSucceeded, status: 200, excerpt: excerpt(body), result: body}
 }
@@ -569,7 +570,7 @@ func (r *Relay) followUp(ctx context.Context, a peakdesk.Action) outcome {
 // The order and tracking numbers, which the customer needs, stay readable
 // even where they look like personal data (a Luhn-valid tracking number, a
 // 15-digit one that reads like an old ID card).
-func followUpText(o *Order, l *Logistics) string {
+func followUpText(o *shopapi.Order, l *shopapi.Logistics) string {
 	own := o.ID
 	if l != nil {
 		own += "\n" + l.TrackingNo

@@ -13,6 +13,7 @@ import (
 	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/loadtest/shopsim"
 	"github.com/peakdesk/peakdesk/outbox"
+	"github.com/peakdesk/peakdesk/outbox/shopapi"
 	"github.com/peakdesk/peakdesk/storage"
 )
 
@@ -376,7 +377,7 @@ func TestReplyWebhookIsSignedAndRetriedAfterTheSecretIsFixed(t *testing.T) {
 	}
 	// Signed the way a shop verifies: Peakdesk-Signature t=…,v1=… over
 	// "t.body", dated when sent.
-	signedAt, err := outbox.VerifyWebhook([]byte(testWebhookSecret), good[0].Signature, good[0].Body, good[0].At, 0)
+	signedAt, err := shopapi.VerifyWebhook([]byte(testWebhookSecret), good[0].Signature, good[0].Body, good[0].At, 0)
 	if err != nil || !strings.HasPrefix(good[0].Signature, "t=") || good[0].At.Sub(signedAt) > 2*time.Second {
 		t.Fatalf("signature %q of a delivery at %v: signed at %v, %v", good[0].Signature, good[0].At, signedAt, err)
 	}
@@ -456,7 +457,7 @@ func TestOrderFollowUpPushesTheSecondReplyOrHandsOver(t *testing.T) {
 
 func TestRelayConfigValidation(t *testing.T) {
 	t.Parallel()
-	e := &testEnv{db: &storage.DB{}, shop: &outbox.ShopClient{}}
+	e := &testEnv{db: &storage.DB{}, shop: &shopapi.Client{}}
 	base := func() outbox.Config {
 		c := outbox.Config{DB: e.db, Shop: e.shop,
 			OnFollowUp: func(context.Context, peakdesk.Action, outbox.FollowUpResult) error { return nil },

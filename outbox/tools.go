@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/peakdesk/peakdesk"
+	"github.com/peakdesk/peakdesk/outbox/shopapi"
 	"github.com/peakdesk/peakdesk/storage"
 )
 
@@ -39,7 +40,7 @@ var orderIDRe = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
 // ToolsConfig configures Tools. DB and Shop are required.
 type ToolsConfig struct {
 	DB   *storage.DB
-	Shop *ShopClient
+	Shop *shopapi.Client
 	// LookupBudget bounds a shop lookup made while answering (the message's
 	// own deadline bounds it too). Default 2 s.
 	LookupBudget time.Duration
@@ -240,8 +241,8 @@ func decodeArgs(name string, raw json.RawMessage, v any) *ToolResult {
 
 // lookupResult is what a lookup within the answer's budget found out.
 type lookupResult struct {
-	order     *Order
-	logistics *Logistics
+	order     *shopapi.Order
+	logistics *shopapi.Logistics
 	// mine is false when the order is unknown or someone else's; the two
 	// are told apart to nobody.
 	mine bool
@@ -280,11 +281,11 @@ func (t *Tools) lookup(ctx context.Context, shop, user, id string, withLogistics
 // there"; timeouts, network errors and transient statuses mean the shop is
 // unavailable; the settings table being unreadable is our own failure.
 func classifyLookup(err error) (lookupResult, error) {
-	var se *ShopError
+	var se *shopapi.Error
 	switch {
 	case errors.As(err, &se) && !se.Transient():
 		return lookupResult{}, nil
-	case errors.As(err, &se), errors.Is(err, ErrUnavailable):
+	case errors.As(err, &se), errors.Is(err, shopapi.ErrUnavailable):
 		return lookupResult{unavailable: err}, nil
 	}
 	return lookupResult{}, err
@@ -454,7 +455,7 @@ func (t *Tools) requestRefund(ctx context.Context, c ToolCall) (ToolResult, erro
 
 // DescribeOrder is a short English account of an order and its parcel, for
 // the LLM or a follow-up reply.
-func DescribeOrder(o *Order, l *Logistics) string {
+func DescribeOrder(o *shopapi.Order, l *shopapi.Logistics) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "Order %s: %s, total %s", o.ID, o.Status, money(o.AmountCents))
 	if o.Currency != "" && o.Currency != "CNY" {

@@ -10,6 +10,7 @@ import (
 	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/loadtest/shopsim"
 	"github.com/peakdesk/peakdesk/outbox"
+	"github.com/peakdesk/peakdesk/outbox/shopapi"
 	"github.com/peakdesk/peakdesk/storage"
 )
 
@@ -24,7 +25,7 @@ func newTools(t *testing.T, e *testEnv) *outbox.Tools {
 
 func TestToolDefinitionsAreValidSchemas(t *testing.T) {
 	t.Parallel()
-	tools, err := outbox.NewTools(outbox.ToolsConfig{DB: &storage.DB{}, Shop: &outbox.ShopClient{}})
+	tools, err := outbox.NewTools(outbox.ToolsConfig{DB: &storage.DB{}, Shop: &shopapi.Client{}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -26,6 +26,7 @@ import (
 	"github.com/peakdesk/peakdesk/loadtest/llmsim"
 	"github.com/peakdesk/peakdesk/loadtest/shopsim"
 	"github.com/peakdesk/peakdesk/outbox"
+	"github.com/peakdesk/peakdesk/outbox/shopapi"
 	"github.com/peakdesk/peakdesk/storage"
 	"github.com/peakdesk/peakdesk/storage/queue"
 	"github.com/peakdesk/peakdesk/storage/storagetest"
@@ -113,7 +114,7 @@ func setup(t testing.TB, o bundleOpts) *testBundle {
 	shopSim := shopsim.New(shopsim.Faults{}, []byte("whsec-test"))
 	shopSrv := httptest.NewServer(shopSim)
 	t.Cleanup(shopSrv.Close)
-	shop, err := outbox.NewShopClient(outbox.ShopClientConfig{DB: db, DefaultBaseURL: shopSrv.URL, Timeout: 5 * time.Second,
+	shop, err := shopapi.New(shopapi.Config{DB: db, DefaultBaseURL: shopSrv.URL, Timeout: 5 * time.Second,
 		AllowPrivate: true}) // the simulated shop listens on loopback
 	if err != nil {
 		t.Fatal(err)

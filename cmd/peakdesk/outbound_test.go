@@ -10,7 +10,7 @@ import (
 
 	"github.com/peakdesk/peakdesk/loadtest/llmsim"
 	"github.com/peakdesk/peakdesk/loadtest/shopsim"
-	"github.com/peakdesk/peakdesk/outbox"
+	"github.com/peakdesk/peakdesk/outbox/shopapi"
 	"github.com/peakdesk/peakdesk/storage"
 )
 
@@ -56,16 +56,16 @@ func TestReplyWebhooksAreSignedAndCannotBeReplayed(t *testing.T) {
 	if !got.SignatureValid || got.Refused != "" || got.Duplicate || got.Shop != "demo" {
 		t.Fatalf("delivery %+v", got)
 	}
-	if _, err := outbox.VerifyWebhook([]byte(secret), got.Signature, got.Body, time.Now(), 0); err != nil {
+	if _, err := shopapi.VerifyWebhook([]byte(secret), got.Signature, got.Body, time.Now(), 0); err != nil {
 		t.Fatalf("signature %q: %v", got.Signature, err)
 	}
 
 	// Someone who captured the request sends it again.
 	req, _ := http.NewRequest("POST", b.shopURL+"/webhooks/replies", strings.NewReader(string(got.Body)))
-	req.Header.Set(outbox.SignatureHeader, got.Signature)
-	req.Header.Set(outbox.EventIDHeader, got.EventID)
+	req.Header.Set(shopapi.SignatureHeader, got.Signature)
+	req.Header.Set(shopapi.EventIDHeader, got.EventID)
 	req.Header.Set("Idempotency-Key", got.IdempotencyKey)
-	req.Header.Set(outbox.ShopHeader, "demo")
+	req.Header.Set(shopapi.ShopHeader, "demo")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)

@@ -25,6 +25,7 @@ import (
 	"github.com/peakdesk/peakdesk/ingest/token"
 	"github.com/peakdesk/peakdesk/loadtest/llmsim"
 	"github.com/peakdesk/peakdesk/outbox"
+	"github.com/peakdesk/peakdesk/outbox/shopapi"
 	"github.com/peakdesk/peakdesk/storage"
 	"github.com/peakdesk/peakdesk/storage/queue"
 	"github.com/peakdesk/peakdesk/storage/retention"
@@ -49,7 +50,7 @@ type Program struct {
 	llmSrv   *http.Server
 	shopSrv  *http.Server // the simulated shop API in dev
 	faq      *faq.Engine
-	shop     *outbox.ShopClient
+	shop     *shopapi.Client
 	relay    *outbox.Relay
 	redactor *retention.Redactor // masks expired chat texts (relay role)
 	edge     *ingest.Edge

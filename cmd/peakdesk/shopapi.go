@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/peakdesk/peakdesk/loadtest/shopsim"
-	"github.com/peakdesk/peakdesk/outbox"
+	"github.com/peakdesk/peakdesk/outbox/shopapi"
 	"github.com/peakdesk/peakdesk/storage"
 	"github.com/peakdesk/peakdesk/workers/faq"
 )
@@ -39,7 +39,7 @@ func (p *Program) startShopAPI(ctx context.Context) error {
 		}
 	}
 	var err error
-	p.shop, err = outbox.NewShopClient(outbox.ShopClientConfig{DB: p.db, DefaultBaseURL: base, AllowPrivate: allowPrivate})
+	p.shop, err = shopapi.New(shopapi.Config{DB: p.db, DefaultBaseURL: base, AllowPrivate: allowPrivate})
 	if err != nil {
 		return err
 	}

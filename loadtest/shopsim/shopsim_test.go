@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/peakdesk/peakdesk/outbox"
+	"github.com/peakdesk/peakdesk/outbox/shopapi"
 )
 
 // shopBundle is one simulated shop behind a real HTTP server.
@@ -491,9 +491,9 @@ func TestShopWebhooks(t *testing.T) {
 	b := shopSetup(t, Faults{}, secret)
 	payload := `{"event":"reply","conversation_id":"c1","text":"你好"}`
 	now := time.Now()
-	sign := func(body string, at time.Time) string { return outbox.SignWebhook([]byte(secret), []byte(body), at) }
+	sign := func(body string, at time.Time) string { return shopapi.SignWebhook([]byte(secret), []byte(body), at) }
 	good := sign(payload, now)
-	sigHeader := outbox.SignatureHeader
+	sigHeader := shopapi.SignatureHeader
 	tests := []struct {
 		name       string
 		header     map[string]string
@@ -508,7 +508,7 @@ func TestShopWebhooks(t *testing.T) {
 		{"idempotency key without event id", map[string]string{sigHeader: sign(payload, now.Add(2*time.Second)), "Idempotency-Key": "w1"}, payload, 200, "", false},
 		{"timestamp 6 minutes old", map[string]string{sigHeader: sign(payload, now.Add(-6*time.Minute)), EventIDHeader: "e6"}, payload, 400, WebhookStale, false},
 		{"timestamp 6 minutes ahead", map[string]string{sigHeader: sign(payload, now.Add(6*time.Minute)), EventIDHeader: "e7"}, payload, 400, WebhookStale, false},
-		{"bad signature", map[string]string{sigHeader: outbox.SignWebhook([]byte("other"), []byte(payload), now), EventIDHeader: "e2"}, payload, 401, WebhookBadSignature, false},
+		{"bad signature", map[string]string{sigHeader: shopapi.SignWebhook([]byte("other"), []byte(payload), now), EventIDHeader: "e2"}, payload, 401, WebhookBadSignature, false},
 		{"tampered body", map[string]string{sigHeader: good, EventIDHeader: "e3"}, payload + " ", 401, WebhookBadSignature, false},
 		{"missing signature", map[string]string{EventIDHeader: "e4"}, payload, 401, WebhookBadSignature, false},
 		{"old signature scheme", map[string]string{sigHeader: "sha256=00", EventIDHeader: "e5"}, payload, 401, WebhookBadSignature, false},

@@ -8,11 +8,11 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/peakdesk/peakdesk/outbox"
+	"github.com/peakdesk/peakdesk/outbox/shopapi"
 )
 
 // ShopEventIDHeader carries a reply-webhook delivery's event id.
-const EventIDHeader = outbox.EventIDHeader
+const EventIDHeader = shopapi.EventIDHeader
 
 // Why the simulated shop refused a webhook delivery (Webhook.Refused).
 const (
@@ -71,7 +71,7 @@ func (s *Sim) postWebhook(w http.ResponseWriter, r *http.Request) {
 		Shop:             shopOf(r),
 		EventID:          r.Header.Get(EventIDHeader),
 		IdempotencyKey:   r.Header.Get("Idempotency-Key"),
-		Signature:        r.Header.Get(outbox.SignatureHeader),
+		Signature:        r.Header.Get(shopapi.SignatureHeader),
 		SignatureChecked: len(s.secret) > 0,
 		Body:             body,
 		At:               now,
@@ -82,20 +82,20 @@ func (s *Sim) postWebhook(w http.ResponseWriter, r *http.Request) {
 	var signedAt time.Time
 	var verr error
 	if wh.SignatureChecked {
-		signedAt, verr = outbox.VerifyWebhook(s.secret, wh.Signature, body, now, outbox.WebhookTolerance)
-		wh.SignatureValid = verr == nil || errors.Is(verr, outbox.ErrWebhookTimestamp)
+		signedAt, verr = shopapi.VerifyWebhook(s.secret, wh.Signature, body, now, shopapi.WebhookTolerance)
+		wh.SignatureValid = verr == nil || errors.Is(verr, shopapi.ErrWebhookTimestamp)
 	}
 
 	s.mu.Lock()
 	status, code, msg := http.StatusOK, "", ""
 	switch {
-	case errors.Is(verr, outbox.ErrWebhookTimestamp):
+	case errors.Is(verr, shopapi.ErrWebhookTimestamp):
 		s.stats.WebhookStale++
 		status, code, msg = http.StatusBadRequest, WebhookStale, verr.Error()
 	case verr != nil:
 		s.stats.WebhookBadSignatures++
 		status, code, msg = http.StatusUnauthorized, WebhookBadSignature, verr.Error()
-	case wh.SignatureChecked && s.seenSignature(outbox.SignWebhook(s.secret, body, signedAt), signedAt, now):
+	case wh.SignatureChecked && s.seenSignature(shopapi.SignWebhook(s.secret, body, signedAt), signedAt, now):
 		s.stats.WebhookReplays++
 		status, code, msg = http.StatusConflict, WebhookReplayed,
 			"this signature was accepted before; every delivery must be signed anew"
@@ -104,7 +104,7 @@ func (s *Sim) postWebhook(w http.ResponseWriter, r *http.Request) {
 		wh.Refused = code
 		s.webhooks = append(s.webhooks, wh)
 		s.mu.Unlock()
-		shopWriteError(w, status, code, msg, outbox.SignatureHeader)
+		shopWriteError(w, status, code, msg, shopapi.SignatureHeader)
 		return
 	}
 	if dedup := cmp.Or(wh.EventID, wh.IdempotencyKey); dedup != "" {
@@ -136,6 +136,6 @@ func (s *Sim) seenSignature(sig string, signedAt, now time.Time) bool {
 		return true
 	}
 	s.sigSeen[sig] = true
-	s.sigQueue = append(s.sigQueue, shopSeenSig{sig: sig, expires: signedAt.Add(outbox.WebhookTolerance)})
+	s.sigQueue = append(s.sigQueue, shopSeenSig{sig: sig, expires: signedAt.Add(shopapi.WebhookTolerance)})
 	return false
 }

@@ -1,4 +1,4 @@
-package outbox
+package shopapi
 
 import (
 	"crypto/hmac"

@@ -1,4 +1,10 @@
-package outbox
+// Package shopapi is the HTTP client of a shop's own systems (DESIGN.md
+// §7): orders and logistics lookups, coupons and refunds, reply webhooks
+// signed with the shop's secret. Every call goes through the egress guard
+// (https, public addresses, no redirects), carries the action's
+// Idempotency-Key and reads at most 64 KiB of the answer. Per-shop base URLs
+// and secrets come from Postgres, cached.
+package shopapi
 
 import (
 	"bytes"
@@ -41,11 +47,11 @@ const maxShopBody = 64 << 10
 // errors, timeouts, an answer that is not what the API promises, no URL to
 // call, or a call egress refused (then an *egress.RefusedError is in the
 // chain too, and trying again cannot help). Non-2xx answers other than
-// redirects are *ShopError instead.
+// redirects are *Error instead.
 var ErrUnavailable = errors.New("shop API unavailable")
 
-// ShopClientConfig configures a ShopClient. DB is required.
-type ShopClientConfig struct {
+// Config configures a Client. DB is required.
+type Config struct {
 	// DB holds the per-shop settings (base URL, secret, webhook).
 	DB *storage.DB
 	// DefaultBaseURL is the shop API of shops without one of their own
@@ -64,7 +70,7 @@ type ShopClientConfig struct {
 	Now func() time.Time
 }
 
-func (c *ShopClientConfig) setDefaults() {
+func (c *Config) setDefaults() {
 	c.Timeout = cmp.Or(c.Timeout, 10*time.Second)
 	c.SettingsTTL = cmp.Or(c.SettingsTTL, 10*time.Second)
 	if c.Now == nil {
@@ -72,25 +78,25 @@ func (c *ShopClientConfig) setDefaults() {
 	}
 }
 
-func (c *ShopClientConfig) validate() error {
+func (c *Config) validate() error {
 	if c.DB == nil {
-		return errors.New("outbox: shop client config: DB is required")
+		return errors.New("shopapi: shop client config: DB is required")
 	}
 	if c.DefaultBaseURL != "" {
 		if err := egress.CheckURL(c.DefaultBaseURL, c.AllowPrivate); err != nil {
-			return fmt.Errorf("outbox: shop client config: DefaultBaseURL: %w", err)
+			return fmt.Errorf("shopapi: shop client config: DefaultBaseURL: %w", err)
 		}
 	}
 	return nil
 }
 
-// ShopClient calls shops' own systems over HTTP JSON: orders, logistics,
+// Client calls shops' own systems over HTTP JSON: orders, logistics,
 // coupons, refunds, and reply webhooks. Every call names the shop in
 // X-Peakdesk-Shop, carries the shop's secret as a bearer token and, when
 // given, an Idempotency-Key. Every call passes egress's checks (https, public
 // addresses only, no redirects). It is safe for concurrent use.
-type ShopClient struct {
-	cfg  ShopClientConfig
+type Client struct {
+	cfg  Config
 	http *http.Client
 
 	mu       sync.Mutex
@@ -102,13 +108,13 @@ type cachedSettings struct {
 	until time.Time
 }
 
-// NewShopClient returns a ShopClient for cfg.
-func NewShopClient(cfg ShopClientConfig) (*ShopClient, error) {
+// New returns a Client for cfg.
+func New(cfg Config) (*Client, error) {
 	cfg.setDefaults()
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	return &ShopClient{cfg: cfg, http: egress.NewClient(cfg.AllowPrivate), settings: make(map[string]cachedSettings)}, nil
+	return &Client{cfg: cfg, http: egress.NewClient(cfg.AllowPrivate), settings: make(map[string]cachedSettings)}, nil
 }
 
 // PutSettings checks s's URLs as calls will (https unless AllowPrivate; no
@@ -116,7 +122,7 @@ func NewShopClient(cfg ShopClientConfig) (*ShopClient, error) {
 // shop without a webhook secret gets one generated). Shop administration
 // writes settings through here, so a URL that could never be called is an
 // invalid_argument now rather than a dead action later.
-func (c *ShopClient) PutSettings(ctx context.Context, s storage.ShopAPISettings) error {
+func (c *Client) PutSettings(ctx context.Context, s storage.ShopAPISettings) error {
 	for _, u := range []struct{ field, url string }{{"base_url", s.BaseURL}, {"webhook_url", s.WebhookURL}} {
 		if u.url == "" {
 			continue
@@ -135,7 +141,7 @@ func (c *ShopClient) PutSettings(ctx context.Context, s storage.ShopAPISettings)
 }
 
 // Settings returns shop's settings, cached for SettingsTTL.
-func (c *ShopClient) Settings(ctx context.Context, shop string) (storage.ShopAPISettings, error) {
+func (c *Client) Settings(ctx context.Context, shop string) (storage.ShopAPISettings, error) {
 	now := time.Now()
 	c.mu.Lock()
 	e, ok := c.settings[shop]
@@ -153,8 +159,8 @@ func (c *ShopClient) Settings(ctx context.Context, shop string) (storage.ShopAPI
 	return s, nil
 }
 
-// ShopError is a non-2xx answer from a shop.
-type ShopError struct {
+// Error is a non-2xx answer from a shop.
+type Error struct {
 	Status int
 	// Code and Message come from the shop's {"error":{"code","message"}}
 	// body when it has one.
@@ -167,7 +173,7 @@ type ShopError struct {
 }
 
 // Error implements error.
-func (e *ShopError) Error() string {
+func (e *Error) Error() string {
 	msg := fmt.Sprintf("shop answered %d", e.Status)
 	if e.Code != "" {
 		msg += " " + e.Code
@@ -181,7 +187,7 @@ func (e *ShopError) Error() string {
 // Transient reports whether the same request may succeed later: timeouts,
 // conflicts with a request in flight, rate limits and server errors.
 // Every other 4xx is the shop's final refusal.
-func (e *ShopError) Transient() bool {
+func (e *Error) Transient() bool {
 	switch e.Status {
 	case http.StatusRequestTimeout, http.StatusConflict, http.StatusTooEarly, http.StatusTooManyRequests:
 		return true
@@ -192,10 +198,10 @@ func (e *ShopError) Transient() bool {
 // KeyReuse reports whether the shop refused because the idempotency key was
 // used before with other parameters: something may have been applied under
 // the key, so a new key would not be safe.
-func (e *ShopError) KeyReuse() bool { return e.Code == "idempotency_key_reuse" }
+func (e *Error) KeyReuse() bool { return e.Code == "idempotency_key_reuse" }
 
-// ShopResponse is a 2xx answer.
-type ShopResponse struct {
+// Response is a 2xx answer.
+type Response struct {
 	Status int
 	Body   []byte
 	// Replayed is true when the shop answered a repeated idempotency key
@@ -207,7 +213,7 @@ type ShopResponse struct {
 }
 
 // decode unmarshals the answer into v.
-func (r *ShopResponse) decode(what string, v any) error {
+func (r *Response) decode(what string, v any) error {
 	if r.Truncated {
 		return fmt.Errorf("%w: %s answer is larger than %d KiB", ErrUnavailable, what, maxShopBody>>10)
 	}
@@ -226,7 +232,7 @@ type call struct {
 	sign []byte
 }
 
-func (c *ShopClient) baseURL(s storage.ShopAPISettings) (string, error) {
+func (c *Client) baseURL(s storage.ShopAPISettings) (string, error) {
 	base := cmp.Or(s.BaseURL, c.cfg.DefaultBaseURL)
 	if base == "" {
 		return "", fmt.Errorf("%w: shop %s has no shop API URL and there is no default", ErrUnavailable, s.ShopID)
@@ -235,7 +241,7 @@ func (c *ShopClient) baseURL(s storage.ShopAPISettings) (string, error) {
 }
 
 // api calls path of shop's API with the shop's secret.
-func (c *ShopClient) api(ctx context.Context, shop, method, path, key string, body []byte) (*ShopResponse, error) {
+func (c *Client) api(ctx context.Context, shop, method, path, key string, body []byte) (*Response, error) {
 	s, err := c.Settings(ctx, shop)
 	if err != nil {
 		return nil, err
@@ -251,7 +257,7 @@ func (c *ShopClient) api(ctx context.Context, shop, method, path, key string, bo
 	return c.do(ctx, call{shop: shop, method: method, url: base + path, key: key, body: body, header: h})
 }
 
-func (c *ShopClient) do(ctx context.Context, cl call) (*ShopResponse, error) {
+func (c *Client) do(ctx context.Context, cl call) (*Response, error) {
 	if err := egress.CheckURL(cl.url, c.cfg.AllowPrivate); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
@@ -297,7 +303,7 @@ func (c *ShopClient) do(ctx context.Context, cl call) (*ShopResponse, error) {
 		data = data[:maxShopBody]
 	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		se := &ShopError{Status: resp.StatusCode, Body: data, RetryAfter: retryAfter(resp.Header.Get("Retry-After"))}
+		se := &Error{Status: resp.StatusCode, Body: data, RetryAfter: retryAfter(resp.Header.Get("Retry-After"))}
 		var eb struct {
 			Error struct {
 				Code    string `json:"code"`
@@ -309,7 +315,7 @@ func (c *ShopClient) do(ctx context.Context, cl call) (*ShopResponse, error) {
 		}
 		return nil, se
 	}
-	return &ShopResponse{Status: resp.StatusCode, Body: data, Truncated: truncated,
+	return &Response{Status: resp.StatusCode, Body: data, Truncated: truncated,
 		Replayed: resp.Header.Get(ReplayedHeader) == "true"}, nil
 }
 
@@ -363,7 +369,7 @@ type LogisticsEvent struct {
 }
 
 // Order returns order id of shop (GET /orders/{id}). key may be empty.
-func (c *ShopClient) Order(ctx context.Context, shop, id, key string) (*Order, error) {
+func (c *Client) Order(ctx context.Context, shop, id, key string) (*Order, error) {
 	resp, err := c.api(ctx, shop, http.MethodGet, "/orders/"+url.PathEscape(id), key, nil)
 	if err != nil {
 		return nil, err
@@ -377,7 +383,7 @@ func (c *ShopClient) Order(ctx context.Context, shop, id, key string) (*Order, e
 
 // Logistics returns the logistics of order id of shop
 // (GET /orders/{id}/logistics). key may be empty.
-func (c *ShopClient) Logistics(ctx context.Context, shop, id, key string) (*Logistics, error) {
+func (c *Client) Logistics(ctx context.Context, shop, id, key string) (*Logistics, error) {
 	resp, err := c.api(ctx, shop, http.MethodGet, "/orders/"+url.PathEscape(id)+"/logistics", key, nil)
 	if err != nil {
 		return nil, err
@@ -405,7 +411,7 @@ type RefundRequest struct {
 }
 
 // CreateCoupon issues a coupon at shop under idempotency key key.
-func (c *ShopClient) CreateCoupon(ctx context.Context, shop, key string, req CouponRequest) (*ShopResponse, error) {
+func (c *Client) CreateCoupon(ctx context.Context, shop, key string, req CouponRequest) (*Response, error) {
 	body, err := json.Marshal(req)
 	if err != nil {
 		return nil, fmt.Errorf("shop coupon: %w", err)
@@ -414,7 +420,7 @@ func (c *ShopClient) CreateCoupon(ctx context.Context, shop, key string, req Cou
 }
 
 // CreateRefund requests a refund at shop under idempotency key key.
-func (c *ShopClient) CreateRefund(ctx context.Context, shop, key string, req RefundRequest) (*ShopResponse, error) {
+func (c *Client) CreateRefund(ctx context.Context, shop, key string, req RefundRequest) (*Response, error) {
 	body, err := json.Marshal(req)
 	if err != nil {
 		return nil, fmt.Errorf("shop refund: %w", err)
@@ -429,7 +435,7 @@ var errNoWebhook = fmt.Errorf("%w: the shop has no webhook URL configured", ErrU
 // idempotency key in headers, signed with the shop's webhook secret and the
 // time of sending (SignatureHeader). A shop without a secret gets nothing:
 // an unsigned webhook would teach receivers to accept forgeries.
-func (c *ShopClient) DeliverWebhook(ctx context.Context, shop, eventID, key string, body []byte) (*ShopResponse, error) {
+func (c *Client) DeliverWebhook(ctx context.Context, shop, eventID, key string, body []byte) (*Response, error) {
 	s, err := c.Settings(ctx, shop)
 	if err != nil {
 		return nil, err
