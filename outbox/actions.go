@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/peakdesk/peakdesk"
+	"github.com/peakdesk/peakdesk/workers/texts"
 )
 
 // Default attempt budgets. With the relay's default steps (15 s, and 5 s for
@@ -45,6 +46,9 @@ type FollowUpPayload struct {
 	OrderID   string `json:"order_id"`
 	UserID    string `json:"user_id"`
 	MessageID string `json:"message_id,omitempty"`
+	// Lang is the customer's language, for the texts pushed later (empty:
+	// texts.DefaultLang).
+	Lang texts.Lang `json:"lang,omitempty"`
 }
 
 // WebhookEvent is the body of a reply webhook, and the payload of its

@@ -124,7 +124,7 @@ func (e *testEnv) relayConfig(t testing.TB) outbox.Config {
 			t.Error("unexpected follow-up")
 			return nil
 		},
-		OnHandoff: func(context.Context, peakdesk.Action, string) error {
+		OnHandoff: func(context.Context, peakdesk.Action, string, string) error {
 			t.Error("unexpected handoff")
 			return nil
 		},

@@ -37,6 +37,7 @@ import (
 	"github.com/peakdesk/peakdesk/outbox/shopapi"
 	"github.com/peakdesk/peakdesk/storage"
 	"github.com/peakdesk/peakdesk/workers/pii"
+	"github.com/peakdesk/peakdesk/workers/texts"
 )
 
 // FollowUpResult is what an order follow-up found out once the shop
@@ -45,8 +46,8 @@ type FollowUpResult struct {
 	OrderID   string
 	Order     *shopapi.Order
 	Logistics *shopapi.Logistics
-	// Text is a ready-made English reply with the facts, personal data
-	// masked.
+	// Text is the reply with the facts, in the customer's language,
+	// personal data masked.
 	Text string
 }
 
@@ -63,9 +64,10 @@ type Config struct {
 	OnFollowUp func(ctx context.Context, a peakdesk.Action, r FollowUpResult) error
 	// OnHandoff is called when an order follow-up is given up (out of
 	// attempts, or the shop says the order is not the customer's): mark the
-	// conversation for a human and tell the customer. Its error is recorded
-	// in the dead action's last error.
-	OnHandoff func(ctx context.Context, a peakdesk.Action, reason string) error
+	// conversation for a human and tell the customer text (in their
+	// language). Like OnFollowUp it must be idempotent. Its error is
+	// recorded in the dead action's last error.
+	OnHandoff func(ctx context.Context, a peakdesk.Action, text, reason string) error
 
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
@@ -407,7 +409,8 @@ func (r *Relay) run(a peakdesk.Action) {
 	bg, cancelBG := context.WithTimeout(context.WithoutCancel(r.workCtx), r.cfg.AttemptTimeout)
 	defer cancelBG()
 	if a.Kind == peakdesk.ActionOrderFollowUp && res.State == peakdesk.ActionDead {
-		if err := r.cfg.OnHandoff(bg, a, res.LastError); err != nil {
+		text := texts.Text(followUpLang(a), texts.HandoffOrderLookup, nil)
+		if err := r.cfg.OnHandoff(bg, a, text, res.LastError); err != nil {
 			log.Error("order follow-up: handoff failed", "err", err)
 			res.LastError += "; handoff to a human failed: " + err.Error()
 		}
@@ -554,7 +557,7 @@ func (r *Relay) followUp(ctx context.Context, a peakdesk.Action) outcome {
 		return outcomeOf(nil, err)
 	}
 	res := FollowUpResult{OrderID: p.OrderID, Order: o, Logistics: l,
-		Text: followUpText(o, l)}
+		Text: followUpText(p.Lang, o, l)}
 	if err := r.cfg.OnFollowUp(ctx, a, res); err != nil {
 		return outcome{kind: peakdesk.AttemptFailed, status: 200, err: "pushing the follow-up reply failed: " + err.Error()}
 	}
@@ -570,13 +573,38 @@ func (r *Relay) followUp(ctx context.Context, a peakdesk.Action) outcome {
 // The order and tracking numbers, which the customer needs, stay readable
 // even where they look like personal data (a Luhn-valid tracking number, a
 // 15-digit one that reads like an old ID card).
-func followUpText(o *shopapi.Order, l *shopapi.Logistics) string {
+func followUpText(lang texts.Lang, o *shopapi.Order, l *shopapi.Logistics) string {
 	own := o.ID
 	if l != nil {
 		own += "\n" + l.TrackingNo
 	}
-	text, _ := pii.MaskExcept("Update on your order: "+DescribeOrder(o, l), pii.Values(own))
+	text, _ := pii.MaskExcept(texts.Text(lang, texts.OrderUpdate, texts.NewOrder(lang, OrderFacts(o, l))),
+		pii.Values(own))
 	return text
+}
+
+// followUpLang is the language of a follow-up's customer.
+func followUpLang(a peakdesk.Action) texts.Lang {
+	var p FollowUpPayload
+	_ = json.Unmarshal(a.Payload, &p)
+	return cmp.Or(p.Lang, texts.DefaultLang)
+}
+
+// OrderFacts are the facts of order o and its parcel l (nil if unknown) for
+// a customer text.
+func OrderFacts(o *shopapi.Order, l *shopapi.Logistics) texts.OrderFacts {
+	f := texts.OrderFacts{ID: o.ID, Status: o.Status, AmountCents: o.AmountCents, Currency: o.Currency}
+	for _, it := range o.Items {
+		f.Items = append(f.Items, texts.OrderItem{Name: it.Name, Quantity: it.Quantity})
+	}
+	if l != nil {
+		f.Carrier, f.TrackingNo, f.ParcelStatus = l.Carrier, l.TrackingNo, l.Status
+		if n := len(l.Events); n > 0 {
+			ev := l.Events[n-1]
+			f.LastScan = &texts.Scan{At: ev.At, Location: ev.Location, Description: ev.Description}
+		}
+	}
+	return f
 }
 
 // decide turns an attempt's outcome into the action's next state.

@@ -15,6 +15,7 @@ import (
 	"github.com/peakdesk/peakdesk/outbox"
 	"github.com/peakdesk/peakdesk/outbox/shopapi"
 	"github.com/peakdesk/peakdesk/storage"
+	"github.com/peakdesk/peakdesk/workers/texts"
 )
 
 func TestLinearBackOff(t *testing.T) {
@@ -385,13 +386,15 @@ func TestReplyWebhookIsSignedAndRetriedAfterTheSecretIsFixed(t *testing.T) {
 
 // A slow order lookup becomes an order.followup: it retries until the shop
 // answers and pushes the second reply once; a follow-up that runs out of
-// attempts hands the conversation to a human.
+// attempts hands the conversation to a human. Both speak the customer's
+// language: the first customer asked in Chinese, the second in English.
 func TestOrderFollowUpPushesTheSecondReplyOrHandsOver(t *testing.T) {
 	t.Parallel()
 	e := setup(t, shopsim.Faults{Down: true})
-	ok := e.action(peakdesk.ActionOrderFollowUp, "ord_ok", outbox.FollowUpPayload{OrderID: "1234567", UserID: "u7", MessageID: "m1"})
+	ok := e.action(peakdesk.ActionOrderFollowUp, "ord_ok", outbox.FollowUpPayload{OrderID: "1234567", UserID: "u7", MessageID: "m1",
+		Lang: texts.ZH})
 	ok.MaxAttempts = 5
-	lost := e.action(peakdesk.ActionOrderFollowUp, "ord_lost", outbox.FollowUpPayload{OrderID: "7654321", UserID: "u1"})
+	lost := e.action(peakdesk.ActionOrderFollowUp, "ord_lost", outbox.FollowUpPayload{OrderID: "7654321", UserID: "u1", Lang: texts.EN})
 	lost.MaxAttempts = 2
 	e.enqueue(t, ok, lost)
 
@@ -409,10 +412,12 @@ func TestOrderFollowUpPushesTheSecondReplyOrHandsOver(t *testing.T) {
 		followUps = append(followUps, r)
 		return nil
 	}
-	cfg.OnHandoff = func(_ context.Context, a peakdesk.Action, reason string) error {
+	var notices []string
+	cfg.OnHandoff = func(_ context.Context, a peakdesk.Action, text, reason string) error {
 		mu.Lock()
 		defer mu.Unlock()
 		handoffs = append(handoffs, a.IdempotencyKey+": "+reason)
+		notices = append(notices, text)
 		return nil
 	}
 	e.startRelay(t, cfg)
@@ -450,8 +455,14 @@ func TestOrderFollowUpPushesTheSecondReplyOrHandsOver(t *testing.T) {
 	mu.Lock()
 	defer mu.Unlock()
 	if len(followUps) != 1 || followUps[0].Order.ID != "1234567" ||
-		!strings.Contains(followUps[0].Text, "Order 1234567") || len(handoffs) != 1 {
+		!strings.Contains(followUps[0].Text, "您的订单 1234567 查到了") || len(handoffs) != 1 {
 		t.Fatalf("follow-ups %+v, handoffs %v", followUps, handoffs)
+	}
+	if strings.Contains(followUps[0].Text, "Update on your order") {
+		t.Fatalf("a Chinese customer's follow-up is in English: %q", followUps[0].Text)
+	}
+	if len(notices) != 1 || !strings.HasPrefix(notices[0], "Sorry, we could not look up your order") {
+		t.Fatalf("handoff notices %q; want the English one", notices)
 	}
 }
 
@@ -461,7 +472,7 @@ func TestRelayConfigValidation(t *testing.T) {
 	base := func() outbox.Config {
 		c := outbox.Config{DB: e.db, Shop: e.shop,
 			OnFollowUp: func(context.Context, peakdesk.Action, outbox.FollowUpResult) error { return nil },
-			OnHandoff:  func(context.Context, peakdesk.Action, string) error { return nil }}
+			OnHandoff:  func(context.Context, peakdesk.Action, string, string) error { return nil }}
 		return c
 	}
 	tests := []struct {
@@ -557,7 +568,7 @@ func TestOrderFollowUpReplyIsMaskedBeforeItIsStored(t *testing.T) {
 			text = r.Text
 		}
 	}
-	for _, want := range []string{"Order " + orderID, tracking, "139****5678", "***********1002"} {
+	for _, want := range []string{"您的订单 " + orderID, tracking, "139****5678", "***********1002"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("stored follow-up %q lacks %q", text, want)
 		}

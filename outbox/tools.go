@@ -16,6 +16,7 @@ import (
 	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/outbox/shopapi"
 	"github.com/peakdesk/peakdesk/storage"
+	"github.com/peakdesk/peakdesk/workers/texts"
 )
 
 // Tool names offered to the LLM.
@@ -151,8 +152,10 @@ type ToolCall struct {
 	// MessageID is the message being answered; it makes the actions'
 	// idempotency keys deterministic, so a repeated call is one action.
 	MessageID string
-	Name      string
-	Args      json.RawMessage
+	// Lang is the customer's language, for texts pushed later.
+	Lang texts.Lang
+	Name string
+	Args json.RawMessage
 }
 
 // ToolResult is what a tool call gives back.
@@ -309,7 +312,7 @@ func (t *Tools) lookupOrder(ctx context.Context, c ToolCall) (ToolResult, error)
 	case res.unavailable != nil:
 		// Answer now, and push the facts later in a second reply.
 		a, err := newAction(peakdesk.ActionOrderFollowUp, c.Shop, c.ConversationID, t.cfg.FollowUpMaxAttempts,
-			FollowUpPayload{OrderID: id, UserID: c.User, MessageID: c.MessageID}, c.MessageID, id)
+			FollowUpPayload{OrderID: id, UserID: c.User, MessageID: c.MessageID, Lang: c.Lang}, c.MessageID, id)
 		if err != nil {
 			return ToolResult{}, err
 		}

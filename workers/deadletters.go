@@ -15,6 +15,7 @@ import (
 	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/storage"
 	"github.com/peakdesk/peakdesk/storage/queue"
+	"github.com/peakdesk/peakdesk/workers/texts"
 )
 
 // Dead letters. When a CHAT_IN message reaches MaxDeliver, the server
@@ -188,10 +189,7 @@ func deleteIn(ctx context.Context, in jetstream.Stream, seq uint64) error {
 }
 
 func handoffNotice(question string) string {
-	if hasCJK(question) {
-		return "抱歉，您的消息暂时无法自动处理，已为您转接人工客服，人工客服会尽快回复您。"
-	}
-	return "Sorry, we could not process your message automatically. A human agent will get back to you shortly."
+	return texts.Text(texts.Detect(question, texts.DefaultLang), texts.HandoffDeadLetter, nil)
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) {

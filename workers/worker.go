@@ -32,6 +32,7 @@ import (
 	"github.com/peakdesk/peakdesk/storage/queue"
 	"github.com/peakdesk/peakdesk/workers/answer"
 	"github.com/peakdesk/peakdesk/workers/llm"
+	"github.com/peakdesk/peakdesk/workers/texts"
 )
 
 // Config configures a Worker. JS, DB, Memory and Answerer are required.
@@ -676,9 +677,9 @@ func (w *Worker) compose(ctx context.Context, log *slog.Logger, hold *storage.Ho
 		history = history[len(history)-w.cfg.HistoryTurns:]
 	}
 	prio := peakdesk.P2
-	texts := make([]string, len(msgs))
+	lines := make([]string, len(msgs))
 	for i, m := range msgs {
-		texts[i] = m.Text
+		lines[i] = m.Text
 		if m.Priority.Rank() < prio.Rank() {
 			prio = m.Priority
 		}
@@ -693,7 +694,7 @@ func (w *Worker) compose(ctx context.Context, log *slog.Logger, hold *storage.Ho
 		// the queued messages still get the LLM's answer.
 		Deadline: time.Now().Add(w.cfg.Budgets[prio]),
 		History:  make([]llm.Turn, len(history)),
-		Question: strings.Join(texts, "\n"),
+		Question: strings.Join(lines, "\n"),
 	}
 	for i, t := range history {
 		req.History[i] = llm.Turn{Role: llm.Role(t.Role), Text: t.Text}
@@ -702,7 +703,8 @@ func (w *Worker) compose(ctx context.Context, log *slog.Logger, hold *storage.Ho
 	if len(w.tools) > 0 && offerTools(prio, len(history) > 0, req.Question) {
 		req.Tools = w.tools
 		req.CallTool = ta.callTool(w.cfg.Tools.Turn(outbox.ToolCall{Shop: hold.ShopID, User: last.UserID,
-			ConversationID: hold.ConversationID, MessageID: last.ID}))
+			ConversationID: hold.ConversationID, MessageID: last.ID,
+			Lang: texts.Detect(req.Question, texts.DefaultLang)}))
 	}
 	// Urgent answers stream to the client as they are written; p2, the
 	// bulk of a peak and mostly general questions, arrives whole.

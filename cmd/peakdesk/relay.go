@@ -38,9 +38,7 @@ func (p replyPusher) followUp(ctx context.Context, a peakdesk.Action, r outbox.F
 		ConversationID: a.ConversationID, Text: r.Text, Source: peakdesk.SourceFollowUp}, false)
 }
 
-func (p replyPusher) handoff(ctx context.Context, a peakdesk.Action, reason string) error {
-	text := "抱歉，我们暂时没能查到您的订单信息，已为您转接人工客服，请稍候。" +
-		" Sorry, we could not look up your order; a human agent will follow up shortly."
+func (p replyPusher) handoff(ctx context.Context, a peakdesk.Action, text, _ string) error {
 	return p.push(ctx, &peakdesk.Reply{ID: derivedID("handoff", a.IdempotencyKey), ShopID: a.ShopID,
 		ConversationID: a.ConversationID, Text: text, Source: peakdesk.SourceHandoff}, true)
 }
