@@ -114,7 +114,7 @@ func (e *Edge) acceptBatchItem(ctx context.Context, claims *token.Claims, info *
 	if err != nil {
 		code := peakdesk.ErrorCode(err)
 		if code == peakdesk.EInternal {
-			e.log.ErrorContext(ctx, "batch message failed", "trace_id", traceOf(ctx).id, "shop", claims.Shop, "err", err)
+			e.log.ErrorContext(ctx, "batch message failed", "trace_id", peakdesk.TraceFrom(ctx).ID, "shop", claims.Shop, "err", err)
 		}
 		be := &batchError{errorDetail: errorDetail{Code: code, Message: peakdesk.ErrorMessage(err)}}
 		var pe *peakdesk.Error

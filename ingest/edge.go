@@ -6,8 +6,6 @@ package ingest
 import (
 	"cmp"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -281,13 +279,13 @@ type handlerFunc func(w http.ResponseWriter, r *http.Request) error
 
 func (e *Edge) instrument(route string, h handlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		trace := traceFromHeader(r.Header.Get("traceparent"))
-		r = r.WithContext(withTrace(r.Context(), trace))
-		w.Header().Set("traceparent", trace.header)
+		trace := peakdesk.ContinueTrace(r.Header.Get(peakdesk.TraceHeader))
+		r = r.WithContext(peakdesk.WithTrace(r.Context(), trace))
+		w.Header().Set(peakdesk.TraceHeader, trace.Parent)
 		start := time.Now()
 		err := h(w, r)
 		if err != nil {
-			writeError(w, r, e.log.With("trace_id", trace.id), err)
+			writeError(w, r, e.log.With("trace_id", trace.ID), err)
 		}
 		code := cmp.Or(peakdesk.ErrorCode(err), "ok")
 		e.metrics.requests.WithLabelValues(route, code).Inc()
@@ -508,7 +506,7 @@ func (e *Edge) publish(ctx context.Context, m *peakdesk.Message) (duplicate bool
 	}
 	msg := nats.NewMsg(queue.InSubject(m.Priority, m.ShopID))
 	msg.Data = data
-	msg.Header.Set("traceparent", traceOf(ctx).header)
+	msg.Header.Set(peakdesk.TraceHeader, peakdesk.TraceFrom(ctx).Parent)
 	msg.Header.Set(jetstream.MsgIDHeader, m.ID)
 	ctx, cancel := context.WithTimeout(ctx, e.cfg.PublishTimeout)
 	defer cancel()
@@ -518,7 +516,7 @@ func (e *Edge) publish(ctx context.Context, m *peakdesk.Message) (duplicate bool
 	if err != nil {
 		// The message may or may not be stored; either way the client is
 		// told to retry, and a retry with its idempotency key is safe.
-		e.log.WarnContext(ctx, "publish failed", "trace_id", traceOf(ctx).id, "shop", m.ShopID,
+		e.log.WarnContext(ctx, "publish failed", "trace_id", peakdesk.TraceFrom(ctx).ID, "shop", m.ShopID,
 			"message_id", m.ID, "err", err)
 		return false, &peakdesk.Error{Code: peakdesk.EOverloaded, Message: "the message queue is unavailable or full, retry later",
 			RetryAfter: time.Second}
@@ -761,48 +759,4 @@ func idempotencyKey(header, clientMsgID string) (string, error) {
 		return "", peakdesk.FieldError("client_msg_id", "client_msg_id and Idempotency-Key differ")
 	}
 	return cmp.Or(header, clientMsgID), nil
-}
-
-// trace is the W3C trace context of a request.
-type trace struct {
-	id     string // 32 hex trace id
-	header string // traceparent to pass on
-}
-
-type traceKey struct{}
-
-func withTrace(ctx context.Context, t trace) context.Context {
-	return context.WithValue(ctx, traceKey{}, t)
-}
-
-func traceOf(ctx context.Context) trace {
-	t, _ := ctx.Value(traceKey{}).(trace)
-	return t
-}
-
-// traceFromHeader continues the caller's trace when its traceparent is well
-// formed, and starts a new one otherwise; either way with a new span id.
-func traceFromHeader(h string) trace {
-	parts := strings.Split(strings.TrimSpace(h), "-")
-	traceID, flags := "", "01"
-	if len(parts) == 4 && len(parts[0]) == 2 && len(parts[1]) == 32 && len(parts[2]) == 16 && len(parts[3]) == 2 &&
-		isLowerHex(parts[1]) && isLowerHex(parts[2]) && isLowerHex(parts[3]) && parts[0] != "ff" &&
-		strings.Trim(parts[1], "0") != "" {
-		traceID, flags = parts[1], parts[3]
-	}
-	var b [24]byte
-	_, _ = rand.Read(b[:])
-	if traceID == "" {
-		traceID = hex.EncodeToString(b[:16])
-	}
-	return trace{id: traceID, header: "00-" + traceID + "-" + hex.EncodeToString(b[16:]) + "-" + flags}
-}
-
-func isLowerHex(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
-			return false
-		}
-	}
-	return true
 }

@@ -81,7 +81,7 @@ func (e *Edge) conversationEvents(w http.ResponseWriter, r *http.Request) error 
 			break
 		}
 		if err != nil {
-			e.log.WarnContext(ctx, "event replay failed", "trace_id", traceOf(ctx).id, "err", err)
+			e.log.WarnContext(ctx, "event replay failed", "trace_id", peakdesk.TraceFrom(ctx).ID, "err", err)
 			return nil // the client reconnects with its Last-Event-ID
 		}
 		if !write(msg.Sequence, msg.Data) {

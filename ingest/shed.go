@@ -33,7 +33,7 @@ func (e *Edge) answerFromFAQ(ctx context.Context, m *peakdesk.Message) *peakdesk
 	stored, existed, err := e.cfg.DB.SaveAnsweredMessage(ctx, m, reply, outbox.ReplyWebhook)
 	switch {
 	case err != nil:
-		e.log.WarnContext(ctx, "storing a shed answer failed", "trace_id", traceOf(ctx).id, "err", err)
+		e.log.WarnContext(ctx, "storing a shed answer failed", "trace_id", peakdesk.TraceFrom(ctx).ID, "err", err)
 		return nil
 	case existed:
 		return stored // an idempotent repeat: its answer, or nil while it is still queued
@@ -42,7 +42,7 @@ func (e *Edge) answerFromFAQ(ctx context.Context, m *peakdesk.Message) *peakdesk
 	defer cancel()
 	if err := queue.PublishReplyEvent(pctx, e.cfg.JS, stored); err != nil {
 		// The answer is stored and returned inline; only SSE misses it.
-		e.log.WarnContext(ctx, "publishing a shed answer's event failed", "trace_id", traceOf(ctx).id, "err", err)
+		e.log.WarnContext(ctx, "publishing a shed answer's event failed", "trace_id", peakdesk.TraceFrom(ctx).ID, "err", err)
 	}
 	return stored
 }
