@@ -147,21 +147,6 @@ func TestIDSigner(t *testing.T) {
 	}
 }
 
-func TestTraceFromHeader(t *testing.T) {
-	t.Parallel()
-	in := "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-	tr := traceFromHeader(in)
-	if tr.id != "4bf92f3577b34da6a3ce929d0e0e4736" || tr.header == in || !strings.HasPrefix(tr.header, "00-4bf92f35") {
-		t.Errorf("continued trace %+v", tr)
-	}
-	for _, bad := range []string{"", "garbage", "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
-		"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"} {
-		if tr := traceFromHeader(bad); len(tr.id) != 32 || tr.id == "00000000000000000000000000000000" {
-			t.Errorf("traceFromHeader(%q) = %+v", bad, tr)
-		}
-	}
-}
-
 func TestParseWait(t *testing.T) {
 	t.Parallel()
 	for in, want := range map[string]time.Duration{"": 0, "5s": 5 * time.Second, "2.5": 2500 * time.Millisecond, "10s": 10 * time.Second} {
