@@ -15,6 +15,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/peakdesk/peakdesk"
 )
 
 // errLoadBadBody marks a 2xx answer whose body could not be decoded.
@@ -85,18 +87,6 @@ func (r *loadRun) follow(conv *loadConv, convID string, o *loadOffer, answered b
 	}
 }
 
-// loadSleep waits d or until ctx ends, and reports whether ctx is still live.
-func loadSleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
-}
-
 // streamConv reads the conversation's reply events until ctx ends,
 // reconnecting with Last-Event-ID whenever the stream drops.
 func (r *loadRun) streamConv(ctx context.Context, conv *loadConv, convID string) {
@@ -114,7 +104,7 @@ func (r *loadRun) streamConv(ctx context.Context, conv *loadConv, convID string)
 		if got {
 			wait = 50 * time.Millisecond
 		}
-		if !loadSleep(ctx, wait) {
+		if peakdesk.Sleep(ctx, wait) != nil {
 			return
 		}
 		wait = min(2*wait, 2*time.Second)
@@ -213,7 +203,7 @@ func (r *loadRun) poll(ctx context.Context, conv *loadConv, o *loadOffer) {
 	wait := 100 * time.Millisecond
 	for {
 		jitter := time.Duration(mrand.Int64N(int64(wait / 5)))
-		if !loadSleep(ctx, wait+jitter) {
+		if peakdesk.Sleep(ctx, wait+jitter) != nil {
 			return
 		}
 		wait = min(wait*3/2, 2*time.Second)
