@@ -387,8 +387,14 @@ func (r *Relay) run(a peakdesk.Action) {
 		}
 		r.inflight.Done()
 	}()
+	// Every attempt is a span of the trace of the message that promised
+	// the action (a trace of its own when unknown): the shop calls carry
+	// it, and so do the logs.
+	trace := peakdesk.ContinueTrace(a.Trace)
+	log := r.log.With("trace_id", trace.ID, "action_id", a.ID, "shop", a.ShopID, "kind", string(a.Kind),
+		"conversation_id", a.ConversationID)
 	start := r.cfg.Now()
-	ctx, cancel := context.WithTimeout(r.workCtx, r.cfg.AttemptTimeout)
+	ctx, cancel := context.WithTimeout(peakdesk.WithTrace(r.workCtx, trace), r.cfg.AttemptTimeout)
 	out := r.execute(ctx, a)
 	cancel()
 	if r.killed.Load() {
@@ -399,11 +405,10 @@ func (r *Relay) run(a peakdesk.Action) {
 	}
 	end := r.cfg.Now()
 	res := r.decide(a, out, end)
-	log := r.log.With("action_id", a.ID, "shop", a.ShopID, "kind", string(a.Kind), "conversation_id", a.ConversationID)
 
 	// Record with a context of our own: a stopping relay still writes down
 	// what happened.
-	bg, cancelBG := context.WithTimeout(context.WithoutCancel(r.workCtx), r.cfg.AttemptTimeout)
+	bg, cancelBG := context.WithTimeout(peakdesk.WithTrace(context.WithoutCancel(r.workCtx), trace), r.cfg.AttemptTimeout)
 	defer cancelBG()
 	if a.Kind == peakdesk.ActionOrderFollowUp && res.State == peakdesk.ActionDead {
 		text := texts.Text(followUpLang(a), texts.HandoffOrderLookup, nil)

@@ -1,7 +1,10 @@
 package outbox_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"log/slog"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -441,6 +444,99 @@ func TestOrderFollowUpPushesTheSecondReplyOrHandsOver(t *testing.T) {
 	if len(notices) != 1 || !strings.HasPrefix(notices[0], "Sorry, we could not look up your order") {
 		t.Fatalf("handoff notices %q; want the English one", notices)
 	}
+}
+
+// Every attempt at the shop continues the trace of the message that
+// promised the action, as a span of its own; an action without a trace
+// starts a new one per attempt. The relay's logs carry the attempt's trace
+// id.
+func TestShopCallsContinueTheTraceOfTheMessageThatPromisedThem(t *testing.T) {
+	t.Parallel()
+	e := setup(t, shopsim.Faults{Down: true})
+	msg := peakdesk.ContinueTrace("")
+	traced := e.coupon(1)
+	traced.Trace = msg.Parent
+	untraced := e.refund(1)
+	untraced.MaxAttempts = 2
+	e.enqueue(t, traced, untraced)
+	logs := &logBuffer{}
+	cfg := e.relayConfig(t)
+	cfg.Logger = slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	e.startRelay(t, cfg)
+
+	waitFor(t, 10*time.Second, "first failures", func() bool {
+		return e.all(t, func(a peakdesk.Action) bool { return a.Attempts == 1 && a.State == peakdesk.ActionRetrying })
+	})
+	e.clock.Advance(11 * time.Second)
+	waitFor(t, 10*time.Second, "the refund dead, the coupon failed twice", func() bool {
+		return e.find(t, untraced.IdempotencyKey).State == peakdesk.ActionDead &&
+			e.find(t, traced.IdempotencyKey).Attempts == 2
+	})
+	e.sim.SetFaults(shopsim.Faults{})
+	e.clock.Advance(22 * time.Second)
+	waitFor(t, 10*time.Second, "the coupon succeeded", func() bool {
+		return e.find(t, traced.IdempotencyKey).State == peakdesk.ActionSucceeded
+	})
+
+	spans := map[string]bool{}
+	var refundTraces []string
+	for _, c := range e.shopCalls() {
+		parts := strings.Split(c.Trace, "-")
+		if len(parts) != 4 {
+			t.Fatalf("%s %s: traceparent %q", c.Method, c.Path, c.Trace)
+		}
+		switch c.Key {
+		case traced.IdempotencyKey:
+			if parts[1] != msg.ID || c.Trace == msg.Parent || spans[parts[2]] {
+				t.Errorf("coupon attempt with traceparent %q; want trace %s with a span of its own", c.Trace, msg.ID)
+			}
+			spans[parts[2]] = true
+		case untraced.IdempotencyKey:
+			refundTraces = append(refundTraces, parts[1])
+		}
+	}
+	if len(spans) != 3 {
+		t.Errorf("%d coupon attempts reached the shop, want 3", len(spans))
+	}
+	if len(refundTraces) != 2 || refundTraces[0] == refundTraces[1] || refundTraces[0] == msg.ID {
+		t.Fatalf("the untraced refund's attempts were traced %v; want a new trace each", refundTraces)
+	}
+	var dead map[string]any
+	for _, rec := range logs.records(t) {
+		if rec["msg"] == "outbox action is dead" {
+			dead = rec
+		}
+	}
+	if dead == nil || dead["trace_id"] != refundTraces[1] || dead["action_id"] == nil {
+		t.Errorf("the dead refund was logged as %v; want trace_id %s", dead, refundTraces[1])
+	}
+}
+
+// logBuffer collects a JSON logger's lines.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *logBuffer) records(t *testing.T) []map[string]any {
+	t.Helper()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out []map[string]any
+	for _, line := range bytes.Split(bytes.TrimSpace(b.buf.Bytes()), []byte("\n")) {
+		var rec map[string]any
+		if err := json.Unmarshal(line, &rec); err != nil {
+			t.Fatalf("log line %q: %v", line, err)
+		}
+		out = append(out, rec)
+	}
+	return out
 }
 
 func TestRelayConfigValidation(t *testing.T) {
