@@ -1,7 +1,6 @@
 package ingest
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -22,6 +21,7 @@ import (
 
 	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/ingest/token"
+	"github.com/peakdesk/peakdesk/loadtest/sse"
 	"github.com/peakdesk/peakdesk/storage"
 	"github.com/peakdesk/peakdesk/storage/queue"
 	"github.com/peakdesk/peakdesk/storage/storagetest"
@@ -411,7 +411,7 @@ func TestEventStreamReplayAndResume(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	open := func(last string) (*bufio.Reader, func()) {
+	open := func(last string) (*sse.Reader, func()) {
 		req, _ := http.NewRequestWithContext(ctx, "GET", b.srv.URL+"/v1/conversations/"+conv+"/events", nil)
 		req.Header.Set("Authorization", "Bearer "+u)
 		if last != "" {
@@ -424,24 +424,23 @@ func TestEventStreamReplayAndResume(t *testing.T) {
 		if resp.StatusCode != http.StatusOK {
 			t.Fatalf("events: %d", resp.StatusCode)
 		}
-		return bufio.NewReader(resp.Body), func() { resp.Body.Close() }
+		return sse.NewReader(resp.Body), func() { resp.Body.Close() }
 	}
-	next := func(rd *bufio.Reader) (id string, r peakdesk.Reply) {
+	// next returns the next reply event, skipping partial answers.
+	next := func(rd *sse.Reader) (id string, r peakdesk.Reply) {
+		t.Helper()
 		for {
-			line, err := rd.ReadString('\n')
+			ev, err := rd.Next()
 			if err != nil {
 				t.Fatalf("reading events: %v", err)
 			}
-			line = strings.TrimRight(line, "\n")
-			switch {
-			case strings.HasPrefix(line, "id: "):
-				id = strings.TrimPrefix(line, "id: ")
-			case strings.HasPrefix(line, "data: "):
-				if err := json.Unmarshal([]byte(strings.TrimPrefix(line, "data: ")), &r); err != nil {
-					t.Fatal(err)
-				}
-				return id, r
+			if ev.Type != "reply" {
+				continue
 			}
+			if err := json.Unmarshal([]byte(ev.Data), &r); err != nil {
+				t.Fatal(err)
+			}
+			return ev.ID, r
 		}
 	}
 
@@ -570,10 +569,6 @@ func TestEventStreamForwardsPartials(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	rd := bufio.NewReader(resp.Body)
-	if _, err := rd.ReadString('\n'); err != nil { // "retry: …" — the stream is open
-		t.Fatal(err)
-	}
 	// The listener is registered before the response starts; publish until
 	// the partial arrives (core NATS has no replay).
 	nc := b.js.Conn()
@@ -589,23 +584,11 @@ func TestEventStreamForwardsPartials(t *testing.T) {
 		}
 	}()
 	defer close(done)
-	var event, data string
-	for data == "" {
-		line, err := rd.ReadString('\n')
-		if err != nil {
-			t.Fatalf("reading events: %v", err)
-		}
-		line = strings.TrimRight(line, "\n")
-		switch {
-		case strings.HasPrefix(line, "id: "):
-			t.Fatalf("a partial carries an id: %q", line)
-		case strings.HasPrefix(line, "event: "):
-			event = strings.TrimPrefix(line, "event: ")
-		case strings.HasPrefix(line, "data: "):
-			data = strings.TrimPrefix(line, "data: ")
-		}
+	ev, err := sse.NewReader(resp.Body).Next()
+	if err != nil {
+		t.Fatalf("reading events: %v", err)
 	}
-	if event != "partial" || data != `{"text":"您好，关于"}` {
-		t.Fatalf("got event %q data %q", event, data)
+	if ev.Type != "partial" || ev.ID != "" || ev.Data != `{"text":"您好，关于"}` {
+		t.Fatalf("got event %+v; want a partial without an id", ev)
 	}
 }
