@@ -24,10 +24,12 @@ const AllShops = "*"
 // actions are written or retried.
 const OutboxChannel = "peakdesk_outbox"
 
-// ErrActionState is returned (wrapped, with the current state) when an
-// operator operation does not apply to the action's state, e.g. cancelling
-// an action that is running or succeeded.
-var ErrActionState = errors.New("storage: action state does not allow this")
+// ErrActionState is returned (wrapped, with the reason in its message) when
+// an operator operation does not apply to the action's state, e.g.
+// cancelling an action that is running or succeeded. It is an
+// invalid_argument peakdesk.Error naming the field "state".
+var ErrActionState = &peakdesk.Error{Code: peakdesk.EInvalid, Field: "state",
+	Message: "not possible in the action's state"}
 
 // Tx runs fn in a transaction, committed when fn returns nil.
 func (db *DB) Tx(ctx context.Context, fn func(tx pgx.Tx) error) error {
@@ -569,7 +571,7 @@ func (db *DB) Action(ctx context.Context, scope string, id int64) (peakdesk.Acti
 		WHERE id = $1 AND ($2 = '*' OR shop_id = $2)`, id, scope))
 	switch {
 	case noRows(err):
-		return a, ErrNotFound
+		return a, notFound("action")
 	case err != nil:
 		return a, fmt.Errorf("storage: action: %w", err)
 	}
@@ -645,16 +647,16 @@ func updateAction(ctx context.Context, tx pgx.Tx, scope string, id int64, now ti
 			id, scope).Scan(&state)
 		switch {
 		case noRows(err):
-			return a, ErrNotFound
+			return a, notFound("action")
 		case err != nil:
 			return a, fmt.Errorf("storage: update action: %w", err)
 		}
-		return a, fmt.Errorf("%w: the action is %s", ErrActionState, state)
+		return a, actionStateError("the action is " + state)
 	}
 	if isUniqueViolation(err) {
 		// Retrying a dead money action brings its grant back, which the
 		// order's other live grant refuses.
-		return a, fmt.Errorf("%w: another refund or coupon of the same order is live", ErrActionState)
+		return a, actionStateError("another refund or coupon of the same order is live")
 	}
 	if err != nil {
 		return a, fmt.Errorf("storage: update action: %w", err)
@@ -694,8 +696,7 @@ func bulkUpdate(ctx context.Context, tx pgx.Tx, scope string, f ActionFilter, no
 	where := f.where(scope, &args)
 	tag, err := tx.Exec(ctx, `UPDATE outbox_actions SET `+set+` WHERE `+where+` AND state IN `+states, args...)
 	if isUniqueViolation(err) {
-		return 0, fmt.Errorf("%w: two of the matching coupons or refunds are for the same order; retry them one by one",
-			ErrActionState)
+		return 0, actionStateError("two of the matching coupons or refunds are for the same order; retry them one by one")
 	}
 	if err != nil {
 		return 0, fmt.Errorf("storage: bulk update actions: %w", err)
