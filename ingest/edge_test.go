@@ -535,19 +535,83 @@ func TestShopIsolation(t *testing.T) {
 	}
 }
 
-// Every error the edge can give has the documented shape.
-func TestErrorFormat(t *testing.T) {
+// Every error the edge can give has the documented shape (DESIGN.md §4):
+// {"error":{"code","message","field"?}} as JSON, the code's status, a
+// field only where one is at fault, Retry-After exactly where the caller is
+// told to come back, and no internals in an internal error's message. Each
+// code is provoked for real.
+func TestEveryErrorHasTheDocumentedShape(t *testing.T) {
 	t.Parallel()
-	b := setup(t, queue.Topology{}, nil)
-	r := b.do(t, "POST", "/v1/messages", "garbage", `{"text":"hi"}`)
-	var body struct {
-		Error struct {
-			Code, Message, Field string
-		}
+	// A stream that holds one message makes the second one overloaded.
+	b := setup(t, queue.Topology{MaxMessages: 1}, nil)
+	// shop2's customers may send one message a minute.
+	if err := b.db.SetShopLimits(context.Background(), "shop2", 1000, 1000, 1, 1); err != nil {
+		t.Fatal(err)
 	}
-	if err := json.NewDecoder(bytes.NewReader(r.raw)).Decode(&body); err != nil || body.Error.Code != peakdesk.EUnauthenticated ||
-		body.Error.Message == "" || r.header.Get("Content-Type") != "application/json; charset=utf-8" {
-		t.Fatalf("error body %s (%v), headers %v", r.raw, err, r.header)
+	limited := tok(t, "shop2", b.salt+"limited")
+	if r := b.do(t, "POST", "/v1/messages", limited, `{"text":"the one message"}`); r.status != http.StatusAccepted {
+		t.Fatalf("first message: %d %s", r.status, r.raw)
+	}
+	u := tok(t, "shop1", b.salt+"u1")
+	tests := []struct {
+		code, field string
+		status      int
+		retry       bool
+		do          func() result
+	}{
+		{peakdesk.EInvalid, "text", http.StatusBadRequest, false,
+			func() result { return b.do(t, "POST", "/v1/messages", u, `{"text":"   "}`) }},
+		{peakdesk.EUnauthenticated, "", http.StatusUnauthorized, false,
+			func() result { return b.do(t, "POST", "/v1/messages", "garbage", `{"text":"hi"}`) }},
+		{peakdesk.EPermissionDenied, "priority", http.StatusForbidden, false,
+			func() result { return b.do(t, "POST", "/v1/messages", u, `{"text":"hi","priority":"p0"}`) }},
+		{peakdesk.ENotFound, "", http.StatusNotFound, false,
+			func() result { return b.do(t, "GET", "/v1/messages/"+strings.Repeat("ab", 16), u, "") }},
+		{peakdesk.EPayloadTooLarge, "", http.StatusRequestEntityTooLarge, false, func() result {
+			return b.do(t, "POST", "/v1/messages", u, `{"text":"`+strings.Repeat("x", peakdesk.MaxBodyBytes)+`"}`)
+		}},
+		{peakdesk.ERateLimited, "", http.StatusTooManyRequests, true,
+			func() result { return b.do(t, "POST", "/v1/messages", limited, `{"text":"one too many"}`) }},
+		{peakdesk.EOverloaded, "", http.StatusServiceUnavailable, true,
+			func() result { return b.do(t, "POST", "/v1/messages", u, `{"text":"no room in the stream"}`) }},
+		// Last: Postgres gone from under the edge.
+		{peakdesk.EInternal, "", http.StatusInternalServerError, false, func() result {
+			b.db.Close()
+			return b.do(t, "GET", "/v1/conversations/"+strings.Repeat("cd", 16), u, "")
+		}},
+	}
+	for _, tc := range tests {
+		r := tc.do()
+		var body struct {
+			Error *struct {
+				Code    string  `json:"code"`
+				Message string  `json:"message"`
+				Field   *string `json:"field"`
+			} `json:"error"`
+		}
+		dec := json.NewDecoder(bytes.NewReader(r.raw))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&body); err != nil || body.Error == nil {
+			t.Errorf("%s: body %s is not the error format: %v", tc.code, r.raw, err)
+			continue
+		}
+		e := body.Error
+		if r.status != tc.status || e.Code != tc.code || e.Message == "" {
+			t.Errorf("%s: %d %s, want status %d with code %s and a message", tc.code, r.status, r.raw, tc.status, tc.code)
+		}
+		if (e.Field != nil) != (tc.field != "") || (e.Field != nil && *e.Field != tc.field) {
+			t.Errorf("%s: field in %s, want %q", tc.code, r.raw, tc.field)
+		}
+		if ct := r.header.Get("Content-Type"); ct != "application/json; charset=utf-8" {
+			t.Errorf("%s: Content-Type %q", tc.code, ct)
+		}
+		if s, err := strconv.Atoi(r.header.Get("Retry-After")); tc.retry != (err == nil && s >= 1) ||
+			!tc.retry && r.header.Get("Retry-After") != "" {
+			t.Errorf("%s: Retry-After %q, want one: %v", tc.code, r.header.Get("Retry-After"), tc.retry)
+		}
+		if tc.code == peakdesk.EInternal && e.Message != "internal error" {
+			t.Errorf("an internal error tells the caller %q", e.Message)
+		}
 	}
 }
 

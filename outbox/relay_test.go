@@ -154,11 +154,14 @@ func TestKilledRelaysLeasesExpireAndAnotherRelayFinishes(t *testing.T) {
 	}
 }
 
-// Two relays drain one table concurrently: every action is attempted once,
-// so the shop never sees a key twice (no replays, no conflicts).
+// Two relays drain one table concurrently: both do work, every action is
+// attempted once, so the shop never sees a key twice (no replays, no
+// conflicts) and applies each action exactly once.
 func TestTwoRelaysNeverClaimTheSameAction(t *testing.T) {
 	t.Parallel()
-	e := setup(t, shopsim.Faults{LatencyJitterMS: 2})
+	// 5 ms a call: one relay with 16 slots needs at least 125 ms for the
+	// 400 actions, while the other looks for work every 10 ms.
+	e := setup(t, shopsim.Faults{LatencyMS: 5, LatencyJitterMS: 2})
 	const n = 400
 	var actions []peakdesk.Action
 	for i := range n {
@@ -179,10 +182,14 @@ func TestTwoRelaysNeverClaimTheSameAction(t *testing.T) {
 		return e.all(t, func(a peakdesk.Action) bool { return a.State == peakdesk.ActionSucceeded })
 	})
 	byRelay := map[string]int{}
+	effects := e.effectsByKey()
 	for _, a := range e.actions(t) {
 		at := e.attempts(t, a.ID)
 		if a.Attempts != 1 || len(at) != 1 {
 			t.Fatalf("action %d attempted %d times (%d rows)", a.ID, a.Attempts, len(at))
+		}
+		if effects[a.IdempotencyKey] != 1 {
+			t.Errorf("action %s applied %d times at the shop", a.IdempotencyKey, effects[a.IdempotencyKey])
 		}
 		byRelay[at[0].Relay]++
 	}
@@ -190,7 +197,14 @@ func TestTwoRelaysNeverClaimTheSameAction(t *testing.T) {
 	if len(e.sim.Effects()) != n || st.Replays != 0 || st.Conflicts != 0 {
 		t.Fatalf("effects %d (want %d), replays %d, conflicts %d", len(e.sim.Effects()), n, st.Replays, st.Conflicts)
 	}
-	t.Logf("actions by relay: %v", byRelay)
+	for _, r := range relays {
+		if byRelay[r.ID()] == 0 {
+			t.Errorf("relay %s did nothing (actions by relay: %v); the test proves nothing", r.ID(), byRelay)
+		}
+	}
+	if len(byRelay) != len(relays) || byRelay[relays[0].ID()]+byRelay[relays[1].ID()] != n {
+		t.Errorf("actions by relay %v, want all %d by the two relays", byRelay, n)
+	}
 }
 
 // A 4xx validation answer is final: the action is dead after one attempt.
