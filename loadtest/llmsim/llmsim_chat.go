@@ -576,11 +576,7 @@ func (s *Sim) handleChat(w http.ResponseWriter, r *http.Request) {
 	rolls := s.roll()
 	ctx := r.Context()
 	if f.Hang {
-		t := time.NewTimer(f.HangMax)
-		defer t.Stop()
-		select {
-		case <-ctx.Done():
-		case <-t.C:
+		if peakdesk.Sleep(ctx, f.HangMax) == nil {
 			fail(http.StatusGatewayTimeout, "timeout", "timeout", "Request timed out (simulated hang).")
 		}
 		return
