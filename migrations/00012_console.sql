@@ -50,6 +50,8 @@ CREATE TABLE console_samples (
 
 -- Outbox filters by shop and state (and kind), newest first.
 CREATE INDEX outbox_actions_shop_state ON outbox_actions (shop_id, state, kind, id);
+-- The time range filter (created_at never changes: no cost to HOT updates).
+CREATE INDEX outbox_actions_created ON outbox_actions (created_at);
 -- Conversations by order number across shops (platform operators).
 CREATE INDEX outbox_actions_order_id ON outbox_actions ((payload ->> 'order_id'))
     WHERE (payload ->> 'order_id') IS NOT NULL;
@@ -66,6 +68,7 @@ DROP INDEX replies_spend;
 DROP INDEX dlq_entries_shop_state;
 DROP INDEX conversations_user;
 DROP INDEX outbox_actions_order_id;
+DROP INDEX outbox_actions_created;
 DROP INDEX outbox_actions_shop_state;
 DROP TABLE console_samples;
 DROP TABLE sessions;

@@ -132,3 +132,12 @@ func (db *DB) RecordLogin(ctx context.Context, id int64, e *AuditEntry) error {
 func (db *DB) SessionStore(cleanup time.Duration) *pgxstore.PostgresStore {
 	return pgxstore.NewWithCleanupInterval(db.pool, cleanup)
 }
+
+// DeleteExpiredSessions deletes the console sessions that have expired.
+func (db *DB) DeleteExpiredSessions(ctx context.Context) (int64, error) {
+	tag, err := db.pool.Exec(ctx, `DELETE FROM sessions WHERE expiry < now()`)
+	if err != nil {
+		return 0, fmt.Errorf("storage: delete expired sessions: %w", err)
+	}
+	return tag.RowsAffected(), nil
+}
