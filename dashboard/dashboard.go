@@ -81,6 +81,10 @@ type Config struct {
 	// PollInterval is how often an open overview refreshes. Default 3 s.
 	PollInterval time.Duration
 
+	// SnapshotPrefix is where the processes publish their metric snapshots
+	// in Redis; default snapshot.DefaultPrefix.
+	SnapshotPrefix string
+
 	// Now is the clock of session timeouts and samples. Default time.Now.
 	Now func() time.Time
 }

@@ -119,7 +119,7 @@ func (s *sampler) sampleOnce(ctx context.Context) {
 		smp.Backlog[string(p)] = float64(info.NumPending) + float64(info.NumAckPending)
 	}
 
-	snaps, err := snapshot.Read(ctx, s.cfg.Redis, now, 10*time.Second)
+	snaps, err := snapshot.Read(ctx, s.cfg.Redis, s.cfg.SnapshotPrefix, now, 10*time.Second)
 	if err != nil {
 		s.log.WarnContext(ctx, "sample snapshots", "err", err)
 	}

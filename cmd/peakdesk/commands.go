@@ -28,6 +28,13 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 	defer p.Stop()
 	if dev {
 		printDevBanner(stdout, p.Addr(), cmp.Or(cfg.JWTSecret, devSecret))
+		if p.console != nil {
+			email, password, err := devAdmin(ctx, p.db, cfg.DataDir)
+			if err != nil {
+				return err
+			}
+			printConsoleBanner(stdout, p.Addr(), email, password)
+		}
 	}
 	return p.Wait(ctx)
 }
@@ -47,6 +54,17 @@ peakdesk dev is up on http://%[1]s (shop "demo", user "alice"; token valid 24 h)
 
 Press Ctrl-C to stop.
 `, addr, tok)
+}
+
+func printConsoleBanner(w io.Writer, addr, email, password string) {
+	fmt.Fprintf(w, "Operator console: http://%s/console/\n", addr)
+	switch {
+	case password != "":
+		fmt.Fprintf(w, "  log in as %s with password %s (dev only; kept in the data directory)\n", email, password)
+	default:
+		fmt.Fprintln(w, "  log in with an operator you added (peakdesk operator add --email … --role admin)")
+	}
+	fmt.Fprintln(w)
 }
 
 func runMigrate(ctx context.Context, args []string, stderr io.Writer, getenv func(string) string) error {

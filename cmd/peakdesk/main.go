@@ -75,6 +75,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		return runBench(ctx, rest, stdout, stderr, getenv)
 	case "faq":
 		return runFAQ(ctx, rest, stdout, stderr, getenv)
+	case "operator":
+		return runOperator(ctx, rest, os.Stdin, stdout, stderr, getenv)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil

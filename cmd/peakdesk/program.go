@@ -21,6 +21,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/peakdesk/peakdesk/dashboard"
+	"github.com/peakdesk/peakdesk/dashboard/snapshot"
 	"github.com/peakdesk/peakdesk/ingest"
 	"github.com/peakdesk/peakdesk/loadtest"
 	"github.com/peakdesk/peakdesk/outbox"
@@ -51,6 +53,8 @@ type Program struct {
 	edge     *ingest.Edge
 	worker   *workers.Worker
 	answerer *answer.Answerer
+	console  *dashboard.Console
+	reporter *snapshot.Reporter
 	httpSrv  *http.Server
 	listener net.Listener
 	serveErr chan error
@@ -240,6 +244,21 @@ func (p *Program) Start(ctx context.Context) (err error) {
 		}
 	}
 
+	if cfg.hasRole(roleDashboard) {
+		if err := p.startConsole(ctx, mux); err != nil {
+			return err
+		}
+	}
+	// Every process publishes a few of its metrics for the console, which
+	// may run elsewhere.
+	if p.reporter, err = snapshot.NewReporter(snapshot.Config{Gatherer: p.registry, Redis: p.rdb,
+		Prefix: cfg.SnapshotPrefix, Logger: p.Log}); err != nil {
+		return err
+	}
+	if err := p.reporter.Start(ctx); err != nil {
+		return err
+	}
+
 	if p.listener, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
 		return fmt.Errorf("listen %s: %w", cfg.HTTPAddr, err)
 	}
@@ -315,6 +334,12 @@ func (p *Program) Stop() {
 		defer cancel()
 		if p.httpSrv != nil {
 			_ = p.httpSrv.Shutdown(ctx) // ends event streams, waits for requests in flight
+		}
+		if p.console != nil {
+			p.console.Stop()
+		}
+		if p.reporter != nil {
+			p.reporter.Stop()
 		}
 		if p.edge != nil {
 			p.edge.Stop()

@@ -48,12 +48,11 @@ var DefaultNames = []string{
 	"peakdesk_outbox_relay_inflight",
 }
 
-// Redis keys: one value per process, and a sorted set of the processes by
-// the time they last reported.
-const (
-	keyPrefix    = "pd:snap:"
-	processesKey = "pd:snap:processes"
-)
+// DefaultPrefix starts the Redis keys: prefix+"p:"+process holds one
+// process's snapshot, prefix+"processes" a sorted set of the processes by
+// the time they last reported. Processes that should see each other share
+// a prefix (tests use their own).
+const DefaultPrefix = "pd:snap:"
 
 // Series is one labelled series of a metric family.
 type Series struct {
@@ -89,6 +88,8 @@ type Config struct {
 	Redis    *redis.Client
 	// Names are the metric families to publish; default DefaultNames.
 	Names []string
+	// Prefix starts the Redis keys; default DefaultPrefix.
+	Prefix string
 	// Process names this process; default host-pid-random.
 	Process string
 	// Interval between two reports; default 2 s.
@@ -108,6 +109,7 @@ func (c *Config) setDefaults() {
 	if len(c.Names) == 0 {
 		c.Names = DefaultNames
 	}
+	c.Prefix = cmp.Or(c.Prefix, DefaultPrefix)
 	if c.Process == "" {
 		host, _ := os.Hostname()
 		var b [3]byte
@@ -195,8 +197,8 @@ func (r *Reporter) Stop() {
 		<-r.done
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
-		_ = r.cfg.Redis.ZRem(ctx, processesKey, r.cfg.Process).Err()
-		_ = r.cfg.Redis.Del(ctx, keyPrefix+r.cfg.Process).Err()
+		_ = r.cfg.Redis.ZRem(ctx, r.cfg.Prefix+"processes", r.cfg.Process).Err()
+		_ = r.cfg.Redis.Del(ctx, r.cfg.Prefix+"p:"+r.cfg.Process).Err()
 	})
 }
 
@@ -216,9 +218,9 @@ func (r *Reporter) Report(ctx context.Context) {
 	defer cancel()
 	now := snap.At
 	_, err = r.cfg.Redis.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		p.Set(ctx, keyPrefix+r.cfg.Process, body, r.cfg.TTL)
-		p.ZAdd(ctx, processesKey, redis.Z{Score: float64(now.UnixMilli()), Member: r.cfg.Process})
-		p.ZRemRangeByScore(ctx, processesKey, "-inf", strconv.FormatInt(now.Add(-r.cfg.TTL).UnixMilli(), 10))
+		p.Set(ctx, r.cfg.Prefix+"p:"+r.cfg.Process, body, r.cfg.TTL)
+		p.ZAdd(ctx, r.cfg.Prefix+"processes", redis.Z{Score: float64(now.UnixMilli()), Member: r.cfg.Process})
+		p.ZRemRangeByScore(ctx, r.cfg.Prefix+"processes", "-inf", strconv.FormatInt(now.Add(-r.cfg.TTL).UnixMilli(), 10))
 		return nil
 	})
 	if err != nil {
@@ -325,9 +327,11 @@ func seriesKey(s *Series) string {
 	return b.String()
 }
 
-// Read returns the snapshots of every process that reported within maxAge.
-func Read(ctx context.Context, rdb *redis.Client, now time.Time, maxAge time.Duration) ([]Snapshot, error) {
-	procs, err := rdb.ZRangeByScore(ctx, processesKey, &redis.ZRangeBy{
+// Read returns the snapshots under prefix (empty = DefaultPrefix) of every
+// process that reported within maxAge.
+func Read(ctx context.Context, rdb *redis.Client, prefix string, now time.Time, maxAge time.Duration) ([]Snapshot, error) {
+	prefix = cmp.Or(prefix, DefaultPrefix)
+	procs, err := rdb.ZRangeByScore(ctx, prefix+"processes", &redis.ZRangeBy{
 		Min: strconv.FormatInt(now.Add(-maxAge).UnixMilli(), 10), Max: "+inf",
 	}).Result()
 	if err != nil {
@@ -338,7 +342,7 @@ func Read(ctx context.Context, rdb *redis.Client, now time.Time, maxAge time.Dur
 	}
 	keys := make([]string, len(procs))
 	for i, p := range procs {
-		keys[i] = keyPrefix + p
+		keys[i] = prefix + "p:" + p
 	}
 	values, err := rdb.MGet(ctx, keys...).Result()
 	if err != nil {
