@@ -72,7 +72,10 @@ func (c *Console) currentOperator(r *http.Request) (op *storage.ConsoleOperator,
 		return nil, false, nil
 	}
 	now := c.cfg.Now()
-	authAt, seenAt := c.sessions.GetTime(ctx, sessAuthAt), c.sessions.GetTime(ctx, sessSeenAt)
+	// Times are kept as Unix nanoseconds: the session codec (gob) needs no
+	// registered types for them.
+	authAt := time.Unix(0, c.sessions.GetInt64(ctx, sessAuthAt))
+	seenAt := time.Unix(0, c.sessions.GetInt64(ctx, sessSeenAt))
 	if now.Sub(authAt) >= c.cfg.Lifetime || now.Sub(seenAt) >= c.cfg.IdleTimeout {
 		return nil, true, c.sessions.Destroy(ctx)
 	}
@@ -84,7 +87,7 @@ func (c *Console) currentOperator(r *http.Request) (op *storage.ConsoleOperator,
 		return nil, false, err
 	}
 	if !isPoll(r) {
-		c.sessions.Put(ctx, sessSeenAt, now)
+		c.sessions.Put(ctx, sessSeenAt, now.UnixNano())
 	}
 	return op, false, nil
 }
@@ -178,8 +181,8 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 	}
 	now := c.cfg.Now()
 	c.sessions.Put(ctx, sessOperator, op.ID)
-	c.sessions.Put(ctx, sessAuthAt, now)
-	c.sessions.Put(ctx, sessSeenAt, now)
+	c.sessions.Put(ctx, sessAuthAt, now.UnixNano())
+	c.sessions.Put(ctx, sessSeenAt, now.UnixNano())
 	if err := c.cfg.DB.RecordLogin(ctx, op.ID, &storage.AuditEntry{Actor: op.Email, Scope: op.Scope(),
 		Shop: op.ShopID, Action: "console.login", Target: "operator:" + itoa(int(op.ID))}); err != nil {
 		c.fail(w, r, rq, err)
@@ -199,7 +202,8 @@ func (c *Console) loginAllowed(ctx context.Context, email, ip string) time.Durat
 	for _, lim := range []struct {
 		key  string
 		rate int
-	}{{"pd:login:email:" + digest(email), c.cfg.LoginPerEmail}, {"pd:login:ip:" + digest(ip), c.cfg.LoginPerIP}} {
+	}{{c.cfg.LoginKeyPrefix + "email:" + digest(email), c.cfg.LoginPerEmail},
+		{c.cfg.LoginKeyPrefix + "ip:" + digest(ip), c.cfg.LoginPerIP}} {
 		res, err := c.limiter.Allow(ctx, lim.key, redis_rate.PerMinute(lim.rate))
 		if err != nil {
 			c.log.WarnContext(ctx, "login rate limit unavailable; allowing", "err", err)

@@ -81,6 +81,9 @@ type Config struct {
 	// PollInterval is how often an open overview refreshes. Default 3 s.
 	PollInterval time.Duration
 
+	// LoginKeyPrefix starts the Redis keys of the login rate limits;
+	// default "pd:login:".
+	LoginKeyPrefix string
 	// SnapshotPrefix is where the processes publish their metric snapshots
 	// in Redis; default snapshot.DefaultPrefix.
 	SnapshotPrefix string
@@ -98,6 +101,7 @@ func (c *Config) setDefaults() {
 	c.SampleInterval = cmp.Or(c.SampleInterval, 5*time.Second)
 	c.SampleRetention = cmp.Or(c.SampleRetention, 48*time.Hour)
 	c.PollInterval = cmp.Or(c.PollInterval, 3*time.Second)
+	c.LoginKeyPrefix = cmp.Or(c.LoginKeyPrefix, "pd:login:")
 	if c.Now == nil {
 		c.Now = time.Now
 	}

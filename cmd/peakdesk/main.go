@@ -43,6 +43,7 @@ Commands:
   mockshop  serve the simulated shop API
   loadtest  offer load to a peakdesk URL and report what happened
   faq       import a shop's FAQ entries (faq import --shop S FILE)
+  operator  add an operator of the console (operator add --email E --role R [--shop S])
   bench     measure the performance targets side by side with their baselines
 
 Run "peakdesk <command> -h" for a command's flags.
