@@ -24,6 +24,7 @@ import (
 
 	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/dashboard"
+	"github.com/peakdesk/peakdesk/outbox"
 	"github.com/peakdesk/peakdesk/storage"
 	"github.com/peakdesk/peakdesk/storage/storagetest"
 )
@@ -234,10 +235,17 @@ func (b *testBundle) seedActions(t testing.TB, shop string, kind peakdesk.Action
 	tag := randomHex()
 	actions := make([]peakdesk.Action, n)
 	for i := range actions {
-		payload, _ := json.Marshal(map[string]any{"order_id": fmt.Sprintf("%s%04d", tag[:4], i), "user_id": "u7",
-			"amount_cents": 100 + i, "reason": "parcel " + tag})
+		var payload []byte
+		switch kind {
+		case peakdesk.ActionRefundRequest:
+			payload, _ = json.Marshal(outbox.RefundPayload{OrderID: "1234567", UserID: "u7", AmountCents: 100,
+				Reason: "damaged parcel " + tag})
+		default:
+			payload, _ = json.Marshal(outbox.CouponPayload{UserID: "u7", AmountCents: 500, Reason: "late parcel " + tag})
+		}
 		actions[i] = peakdesk.Action{ShopID: shop, ConversationID: strings.Repeat("c", 32), Kind: kind, Payload: payload,
-			IdempotencyKey: fmt.Sprintf("seed-%s-%d", tag, i), MaxAttempts: 3}
+			IdempotencyKey: fmt.Sprintf("seed-%s-%d", tag, i), MaxAttempts: 3,
+			NextAttemptAt: time.Now().Add(time.Hour)} // no relay takes them meanwhile
 	}
 	if got, err := b.db.EnqueueActions(ctx, actions); err != nil || got != n {
 		t.Fatalf("seed: %d, %v", got, err)

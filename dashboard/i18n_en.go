@@ -66,6 +66,7 @@ var textEN = map[string]string{
 	"bulk.q.retry": "Retry %s %s actions?", "bulk.q.cancel": "Cancel %s %s actions?",
 	"bulk.b.retry": "Retry %s actions", "bulk.b.cancel": "Cancel %s actions",
 	"bulk.done.retry": "%s actions retried.", "bulk.done.cancel": "%s actions canceled.",
+	"bulk.note":    "An action that succeeds has its error cleared: it leaves a search for words of its error.",
 	"bulk.nothing": "No action matches: nothing to do.",
 
 	"dlq.title": "Chat dead-letter queue", "dlq.none": "No dead letter matches.", "dlq.entry": "Dead letter",

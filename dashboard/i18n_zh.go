@@ -66,6 +66,7 @@ var textZH = map[string]string{
 	"bulk.q.retry": "重试 %s 个%s操作？", "bulk.q.cancel": "取消 %s 个%s操作？",
 	"bulk.b.retry": "重试 %s 个操作", "bulk.b.cancel": "取消 %s 个操作",
 	"bulk.done.retry": "已重试 %s 个操作。", "bulk.done.cancel": "已取消 %s 个操作。",
+	"bulk.note":    "操作成功后其错误信息会被清除，因此不再匹配按错误关键词的搜索。",
 	"bulk.nothing": "没有匹配的操作，无需处理。",
 
 	"dlq.title": "消息死信队列", "dlq.none": "没有符合条件的死信。", "dlq.entry": "死信",

@@ -3,6 +3,7 @@ package dashboard
 import (
 	"context"
 	"errors"
+	"html/template"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -84,7 +85,7 @@ type outboxData struct {
 	States []peakdesk.ActionState
 	Kinds  []peakdesk.ActionKind
 	Page   *outbox.ActionPage
-	Query  string
+	Query  template.URL // the filter as a query string, for links
 	Cursor string
 	Empty  bool
 }
@@ -101,7 +102,7 @@ func (c *Console) outboxList(w http.ResponseWriter, r *http.Request, rq *request
 	}
 	c.render(w, r, rq, http.StatusOK, "outbox", "", "outbox.title", "outbox", &outboxData{
 		F: ff, States: peakdesk.ActionStates, Kinds: peakdesk.ActionKinds, Page: page,
-		Query: ff.query(), Cursor: cursor, Empty: f.Empty(),
+		Query: template.URL(ff.query()), Cursor: cursor, Empty: f.Empty(),
 	})
 	return nil
 }

@@ -2,6 +2,7 @@ package dashboard
 
 import (
 	"context"
+	"html/template"
 	"net/http"
 	"net/url"
 	"sort"
@@ -22,7 +23,7 @@ type dlqData struct {
 	F      outbox.DLQFilter
 	States []string
 	Page   *outbox.DLQPage
-	Query  string
+	Query  template.URL
 	Dead   int64
 }
 
@@ -55,7 +56,7 @@ func (c *Console) dlqList(w http.ResponseWriter, r *http.Request, rq *request) e
 		return err
 	}
 	c.render(w, r, rq, http.StatusOK, "dlq", "", "dlq.title", "dlq",
-		&dlqData{F: f, States: dlqStates, Page: page, Query: query, Dead: dead})
+		&dlqData{F: f, States: dlqStates, Page: page, Query: template.URL(query), Dead: dead})
 	return nil
 }
 
