@@ -252,7 +252,7 @@ func (b *testBundle) seedActions(t testing.TB, shop string, kind peakdesk.Action
 	}
 	var ids []int64
 	rows, err := b.conn.Query(ctx, `UPDATE outbox_actions SET state = $2, last_error = $3,
-			last_http_status = CASE WHEN $2 = 'dead' THEN 503 END, attempts = CASE WHEN $2 = 'dead' THEN 3 ELSE 0 END,
+			last_http_status = substring($3 from 'shop answered ([0-9]{3})')::int, attempts = CASE WHEN $2 = 'dead' THEN 3 ELSE 0 END,
 			run_attempts = CASE WHEN $2 = 'dead' THEN 3 ELSE 0 END, completed_at = CASE WHEN $2 = 'dead' THEN now() END
 		WHERE idempotency_key LIKE $1 RETURNING id`, "seed-"+tag+"-%", string(state), lastError)
 	if err != nil {

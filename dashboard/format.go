@@ -27,6 +27,9 @@ var funcs = template.FuncMap{
 	"usd":   usd,
 	"cents": cents,
 	"when":  when,
+	"whenms": func(t time.Time) string {
+		return t.In(storage.ShopDay).Format("2006-01-02 15:04:05.000")
+	},
 	"clock": func(t time.Time) string { return t.In(storage.ShopDay).Format("15:04:05") },
 	"dur": func(from, to time.Time) string {
 		return to.Sub(from).Round(time.Millisecond).String()
