@@ -64,14 +64,20 @@ type testBundle struct {
 type bundleOptions struct {
 	clock          bool // inject a test clock
 	sampleInterval time.Duration
+	tracer         pgx.QueryTracer                 // sees every query of the console's pool
+	wrap           func(http.Handler) http.Handler // around the console's handler
+	dbURL          string                          // an existing database instead of a fresh one
 }
 
 func setup(t testing.TB, o bundleOptions) *testBundle {
 	t.Helper()
 	ctx := context.Background()
-	b := &testBundle{dbURL: storagetest.DatabaseURL(t), prefix: "pdtest:" + randomHex() + ":"}
+	b := &testBundle{dbURL: o.dbURL, prefix: "pdtest:" + randomHex() + ":"}
+	if b.dbURL == "" {
+		b.dbURL = storagetest.DatabaseURL(t)
+	}
 	var err error
-	if b.db, err = storage.Open(ctx, b.dbURL, 16); err != nil {
+	if b.db, err = storage.OpenTraced(ctx, b.dbURL, 16, o.tracer); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(b.db.Close)
@@ -112,7 +118,11 @@ func setup(t testing.TB, o bundleOptions) *testBundle {
 	}
 	mux := http.NewServeMux()
 	b.console.Register(mux)
-	srv := httptest.NewServer(mux)
+	var h http.Handler = mux
+	if o.wrap != nil {
+		h = o.wrap(mux)
+	}
+	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
 	b.url = srv.URL
 	if err := b.console.Start(ctx); err != nil {

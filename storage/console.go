@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/peakdesk/peakdesk"
 )
@@ -419,4 +420,24 @@ func (db *DB) DeadLetterCount(ctx context.Context) (int64, error) {
 		return 0, fmt.Errorf("storage: dead letter count: %w", err)
 	}
 	return n, nil
+}
+
+// OpenTraced is Open with a pgx query tracer: the console's plan test
+// records the queries its pages run to EXPLAIN them.
+func OpenTraced(ctx context.Context, url string, maxConns int32, tracer pgx.QueryTracer) (*DB, error) {
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		return nil, fmt.Errorf("storage: parse database url: %w", err)
+	}
+	cfg.MaxConns = maxConns
+	cfg.ConnConfig.Tracer = tracer
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("storage: open postgres: %w", err)
+	}
+	if err := pool.Ping(ctx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("storage: ping postgres: %w", err)
+	}
+	return &DB{pool: pool}, nil
 }
