@@ -278,14 +278,21 @@ func (r *Reporter) take() (*Snapshot, error) {
 		for i := range snap.Series {
 			s := &snap.Series[i]
 			key := seriesKey(s)
-			if prev, ok := old.totals[key]; ok && dt > 0 {
-				s.Rate = max(s.Value-prev, 0) / dt
+			// A series born within the window started from zero.
+			if _, isCounter := cur.totals[key]; isCounter && dt > 0 {
+				s.Rate = max(s.Value-old.totals[key], 0) / dt
 			}
-			if prev, ok := old.counts[key]; ok && len(prev) == len(s.Counts)+1 {
-				for j := range s.Counts {
-					s.Counts[j] = max(s.Counts[j]-prev[j], 0)
+			if s.Bounds != nil {
+				prev, ok := old.counts[key]
+				if !ok {
+					prev = make([]float64, len(s.Counts)+1)
 				}
-				s.Count = max(s.Count-prev[len(prev)-1], 0)
+				if len(prev) == len(s.Counts)+1 {
+					for j := range s.Counts {
+						s.Counts[j] = max(s.Counts[j]-prev[j], 0)
+					}
+					s.Count = max(s.Count-prev[len(prev)-1], 0)
+				}
 			}
 		}
 	} else {
