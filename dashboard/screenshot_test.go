@@ -140,5 +140,7 @@ func TestScreenshots(t *testing.T) {
 	}
 	shot("action", fmt.Sprintf("%s/console/outbox/%d", b.url, dead[0].ID), "#attempts")
 	shot("overview", b.url+"/console/", "#c-trouble canvas")
+	// The same in Chinese (the switch is a cookie the tabs share).
+	shot("overview-zh", b.url+"/console/lang?to=zh&back=/console/", "#c-trouble canvas")
 	_ = strings.TrimSpace
 }

@@ -8,7 +8,7 @@
   var full = new Intl.DateTimeFormat("sv-SE", { timeZone: "Asia/Shanghai", year: "numeric", month: "2-digit", day: "2-digit",
     hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false });
 
-  function draw(el, data, series) {
+  function draw(el, data, series, timeLabel) {
     var width = el.clientWidth || 600;
     var opts = {
       width: width, height: 150,
@@ -18,7 +18,7 @@
       axes: [{ stroke: "#6b7280", grid: { stroke: "#eef0f3" },
                values: function (u, splits) { return splits.map(function (v) { return hm.format(new Date(v * 1000)); }); } },
              { stroke: "#6b7280", grid: { stroke: "#eef0f3" }, size: 50 }],
-      series: [{ value: function (u, v) { return v == null ? "--" : full.format(new Date(v * 1000)); } }].concat(series.map(function (s, i) {
+      series: [{ label: timeLabel, value: function (u, v) { return v == null ? "--" : full.format(new Date(v * 1000)); } }].concat(series.map(function (s, i) {
         return { label: s, stroke: colors[i % colors.length], width: 1.5, points: { show: false } };
       }))
     };
@@ -37,7 +37,7 @@
         if (!d) { return; }
         root.querySelectorAll("[data-chart]").forEach(function (el) {
           var c = d.charts[el.getAttribute("data-chart")];
-          if (c) { draw(el, [d.t].concat(c.values), c.labels); }
+          if (c) { draw(el, [d.t].concat(c.values), c.labels, root.getAttribute("data-time-label") || "Time"); }
         });
       })
       .catch(function () {});
