@@ -75,6 +75,21 @@ func TestLoginIsRateLimitedPerEmail(t *testing.T) {
 	}
 }
 
+// One client trying many addresses is stopped by the per-IP limit.
+func TestLoginIsRateLimitedPerIP(t *testing.T) {
+	t.Parallel()
+	b := setup(t, bundleOptions{})
+	c := b.client(t)
+	for i := range 20 {
+		if p := c.login(fmt.Sprintf("guess-%d@example.com", i), "guess"); p.status != http.StatusUnauthorized {
+			t.Fatalf("attempt %d: %d", i+1, p.status)
+		}
+	}
+	if p := c.login("guess-21@example.com", "guess"); p.status != http.StatusTooManyRequests || p.header.Get("Retry-After") == "" {
+		t.Fatalf("21st attempt from one IP: %d", p.status)
+	}
+}
+
 // A session ends after the idle timeout without clicks (the overview's own
 // polling does not keep it alive) and after the absolute lifetime however
 // busy the operator is.
