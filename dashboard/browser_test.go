@@ -200,11 +200,14 @@ func TestBrowser(t *testing.T) {
 
 	t.Run("find a dead refund by its error, see every attempt, retry it", func(t *testing.T) {
 		run(t, opTab, "search",
-			chromedp.Navigate(b.url+"/console/outbox"),
+			// Start from a page without the row, so that the row can only
+			// appear on the search's page.
+			chromedp.Navigate(b.url+"/console/outbox?state=canceled"),
 			chromedp.SetValue("#f-state", "dead", chromedp.ByQuery),
 			chromedp.SetValue("#f-kind", "refund.request", chromedp.ByQuery),
 			chromedp.SendKeys("#f-q", "simulated", chromedp.ByQuery),
 			chromedp.Click("#f-apply", chromedp.ByQuery),
+			chromedp.WaitVisible(`#f-q[value="simulated"]`, chromedp.ByQuery),
 			chromedp.WaitVisible(fmt.Sprintf(`tr[data-action="%d"]`, refund.ID), chromedp.ByQuery),
 			chromedp.Click(fmt.Sprintf(`tr[data-action="%d"] a.action-link`, refund.ID), chromedp.ByQuery),
 			chromedp.WaitVisible("#attempts", chromedp.ByQuery),

@@ -67,6 +67,8 @@ type bundleOptions struct {
 	tracer         pgx.QueryTracer                 // sees every query of the console's pool
 	wrap           func(http.Handler) http.Handler // around the console's handler
 	dbURL          string                          // an existing database instead of a fresh one
+	loginPerEmail  int                             // login limits per minute (0 = the defaults)
+	loginPerIP     int
 }
 
 func setup(t testing.TB, o bundleOptions) *testBundle {
@@ -108,7 +110,8 @@ func setup(t testing.TB, o bundleOptions) *testBundle {
 	}
 	cfg := dashboard.Config{DB: b.db, Redis: b.rdb, JS: b.js, Logger: testLogger(t),
 		LoginKeyPrefix: b.prefix + "login:", SnapshotPrefix: b.prefix + "snap:",
-		SampleInterval: o.sampleInterval, PollInterval: time.Second}
+		SampleInterval: o.sampleInterval, PollInterval: time.Second,
+		LoginPerEmail: o.loginPerEmail, LoginPerIP: o.loginPerIP}
 	if o.clock {
 		b.clock = &testClock{now: time.Now()}
 		cfg.Now = b.clock.Now
