@@ -249,7 +249,7 @@ func (o *Ops) Bulk(ctx context.Context, op Operator, f storage.ActionFilter, ope
 		return 0, err
 	}
 	if f.Empty() {
-		return 0, peakdesk.FieldError("filter", "filter must name at least one of state, kind, shop, q")
+		return 0, peakdesk.FieldError("filter", "filter must name at least one of state, kind, shop, q, from, to")
 	}
 	var bulk func(ctx context.Context, tx pgx.Tx, scope string, f storage.ActionFilter, now time.Time) (int64, error)
 	switch operation {

@@ -503,11 +503,15 @@ type ActionFilter struct {
 	// Q matches text anywhere in the payload or the last error
 	// (case-insensitive), or an idempotency key or conversation id exactly.
 	Q string `json:"q,omitempty"`
+	// From and To bound the creation time: From ≤ created_at < To (zero =
+	// unbounded).
+	From time.Time `json:"from,omitzero"`
+	To   time.Time `json:"to,omitzero"`
 }
 
 // Empty reports whether f matches every action.
 func (f ActionFilter) Empty() bool {
-	return f.State == "" && f.Kind == "" && f.Shop == "" && f.Q == ""
+	return f.State == "" && f.Kind == "" && f.Shop == "" && f.Q == "" && f.From.IsZero() && f.To.IsZero()
 }
 
 // where returns the SQL condition of f within scope, appending its
@@ -535,6 +539,12 @@ func (f ActionFilter) where(scope string, args *[]any) string {
 		exact := arg(f.Q)
 		conds = append(conds, "(payload::text ILIKE "+like+" OR last_error ILIKE "+like+
 			" OR idempotency_key = "+exact+" OR conversation_id = "+exact+")")
+	}
+	if !f.From.IsZero() {
+		conds = append(conds, "created_at >= "+arg(f.From))
+	}
+	if !f.To.IsZero() {
+		conds = append(conds, "created_at < "+arg(f.To))
 	}
 	return strings.Join(conds, " AND ")
 }

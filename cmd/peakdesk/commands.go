@@ -29,12 +29,20 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 	}
 	defer p.Stop()
 	if dev {
-		printDevBanner(stdout, p.Addr(), cmp.Or(cfg.JWTSecret, devSecret))
+		var console strings.Builder
+		if p.console != nil {
+			email, password, err := devAdmin(ctx, p.db, cfg.DataDir)
+			if err != nil {
+				return err
+			}
+			printConsoleBanner(&console, p.Addr(), email, password)
+		}
+		printDevBanner(stdout, p.Addr(), cmp.Or(cfg.JWTSecret, devSecret), console.String())
 	}
 	return p.Wait(ctx)
 }
 
-func printDevBanner(w io.Writer, addr, secret string) {
+func printDevBanner(w io.Writer, addr, secret, console string) {
 	tok, err := token.Sign([]byte(secret), "demo", "alice", []string{token.ScopeUrgent}, 24*time.Hour)
 	if err != nil {
 		fmt.Fprintln(w, "could not mint a dev token:", err)
@@ -47,8 +55,19 @@ peakdesk dev is up on http://%[1]s (shop "demo", user "alice"; token valid 24 h)
   curl -s -X POST 'http://%[1]s/v1/messages?wait=5s' -H "Authorization: Bearer $TOKEN" \
        -H 'Content-Type: application/json' -d '{"text":"双11满减怎么算？"}'
 
-Press Ctrl-C to stop.
-`, addr, tok)
+%[3]sPress Ctrl-C to stop.
+`, addr, tok, console)
+}
+
+func printConsoleBanner(w io.Writer, addr, email, password string) {
+	fmt.Fprintf(w, "Operator console: http://%s/console/\n", addr)
+	switch {
+	case password != "":
+		fmt.Fprintf(w, "  log in as %s with password %s (dev only; kept in the data directory)\n", email, password)
+	default:
+		fmt.Fprintln(w, "  log in with an operator you added (peakdesk operator add --email … --role admin)")
+	}
+	fmt.Fprintln(w)
 }
 
 func runMigrate(ctx context.Context, args []string, stderr io.Writer, getenv func(string) string) error {

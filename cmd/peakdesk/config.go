@@ -23,12 +23,13 @@ const devSecret = "peakdesk-dev-secret-do-not-use-in-production"
 
 // Roles a process can run.
 const (
-	roleIngest = "ingest"
-	roleWorker = "worker"
-	roleRelay  = "relay"
+	roleIngest    = "ingest"
+	roleWorker    = "worker"
+	roleRelay     = "relay"
+	roleDashboard = "dashboard"
 )
 
-var allRoles = []string{roleIngest, roleWorker, roleRelay}
+var allRoles = []string{roleIngest, roleWorker, roleRelay, roleDashboard}
 
 // Config is the whole configuration of a peakdesk process. Environment
 // variables set the defaults; flags override them.
@@ -114,6 +115,19 @@ type Config struct {
 	AdmissionMaxWaitP0, AdmissionMaxWaitP1, AdmissionMaxWaitP2 time.Duration
 	AdmissionMinBacklog                                        int
 
+	// ConsoleOrigin is the operator console's public origin (an https one
+	// makes its cookies Secure). ConsoleIdleTimeout and ConsoleLifetime end
+	// sessions; ConsoleSampleInterval is how often the console samples the
+	// desk for its live view and charts.
+	ConsoleOrigin         string
+	ConsoleIdleTimeout    time.Duration
+	ConsoleLifetime       time.Duration
+	ConsoleSampleInterval time.Duration
+	// SnapshotPrefix names the Redis keys of the metric snapshots every
+	// process publishes for the console; empty = the default (tests set
+	// their own so parallel tests do not see each other).
+	SnapshotPrefix string
+
 	// envErr is the first malformed environment variable, reported by
 	// validate.
 	envErr error
@@ -169,6 +183,10 @@ func envDefaults(getenv func(string) string, dev bool) Config {
 	c.AdmissionMaxWaitP2 = e.duration("PEAKDESK_ADMISSION_MAX_WAIT_P2", 30*time.Second)
 	c.AdmissionMinBacklog = e.int("PEAKDESK_ADMISSION_MIN_BACKLOG", 2000)
 	c.AdmissionDisabled = e.bool("PEAKDESK_ADMISSION_DISABLED", false)
+	c.ConsoleOrigin = e.str("PEAKDESK_CONSOLE_ORIGIN", "")
+	c.ConsoleIdleTimeout = e.duration("PEAKDESK_CONSOLE_IDLE_TIMEOUT", 30*time.Minute)
+	c.ConsoleLifetime = e.duration("PEAKDESK_CONSOLE_LIFETIME", 12*time.Hour)
+	c.ConsoleSampleInterval = e.duration("PEAKDESK_CONSOLE_SAMPLE_INTERVAL", 5*time.Second)
 	c.envErr = e.err
 	return c
 }
@@ -282,6 +300,10 @@ func parseFlags(name string, args []string, stderr io.Writer, getenv func(string
 	fs.DurationVar(&c.AckWait, "ack-wait", c.AckWait, "JetStream AckWait of the worker consumers (env PEAKDESK_ACK_WAIT)")
 	fs.DurationVar(&c.SoftStop, "soft-stop", c.SoftStop, "how long a stopping worker lets in-flight messages finish (env PEAKDESK_SOFT_STOP)")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error (env PEAKDESK_LOG_LEVEL)")
+	fs.StringVar(&c.ConsoleOrigin, "console-origin", c.ConsoleOrigin, "the operator console's public origin, e.g. https://console.example.com; https makes its cookies Secure (env PEAKDESK_CONSOLE_ORIGIN)")
+	fs.DurationVar(&c.ConsoleIdleTimeout, "console-idle-timeout", c.ConsoleIdleTimeout, "console sessions end after this long without use (env PEAKDESK_CONSOLE_IDLE_TIMEOUT)")
+	fs.DurationVar(&c.ConsoleLifetime, "console-lifetime", c.ConsoleLifetime, "console sessions end this long after login (env PEAKDESK_CONSOLE_LIFETIME)")
+	fs.DurationVar(&c.ConsoleSampleInterval, "console-sample-interval", c.ConsoleSampleInterval, "how often the console samples the desk for its live view and charts (env PEAKDESK_CONSOLE_SAMPLE_INTERVAL)")
 	fs.BoolVar(&c.Migrate, "migrate", c.Migrate || dev, "apply database migrations at start")
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -366,6 +388,12 @@ func (c *Config) validate() error {
 		if err := egress.CheckURL(c.ShopAPIURL, c.AllowPrivateShopURLs); err != nil {
 			return fmt.Errorf("config: PEAKDESK_SHOP_API_URL: %w", err)
 		}
+	}
+	if c.ConsoleIdleTimeout < time.Second || c.ConsoleLifetime < c.ConsoleIdleTimeout {
+		return errors.New("config: --console-idle-timeout must be at least 1s and --console-lifetime at least as long")
+	}
+	if c.ConsoleSampleInterval < 100*time.Millisecond {
+		return errors.New("config: --console-sample-interval must be at least 100ms")
 	}
 	if c.StreamReplicas != 1 && c.StreamReplicas != 3 && c.StreamReplicas != 5 {
 		return errors.New("config: --stream-replicas must be 1, 3 or 5")

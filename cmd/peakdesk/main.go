@@ -44,6 +44,7 @@ Commands:
   mockshop  serve the simulated shop API
   loadtest  offer load to a peakdesk URL and report what happened
   faq       import a shop's FAQ entries (faq import --shop S FILE)
+  operator  add an operator of the console (operator add --email E --role R [--shop S])
   bench     measure the performance targets side by side with their baselines
 
 Run "peakdesk <command> -h" for a command's flags.
@@ -78,6 +79,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		return runBench(ctx, rest, stdout, stderr, getenv)
 	case "faq":
 		return runFAQ(ctx, rest, stdout, stderr, getenv)
+	case "operator":
+		return runOperator(ctx, rest, os.Stdin, stdout, stderr, getenv)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil

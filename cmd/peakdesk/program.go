@@ -23,6 +23,8 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/peakdesk/peakdesk"
+	"github.com/peakdesk/peakdesk/dashboard"
+	"github.com/peakdesk/peakdesk/dashboard/snapshot"
 	"github.com/peakdesk/peakdesk/ingest"
 	"github.com/peakdesk/peakdesk/ingest/token"
 	"github.com/peakdesk/peakdesk/loadtest/llmsim"
@@ -58,6 +60,8 @@ type Program struct {
 	edge     *ingest.Edge
 	worker   *workers.Worker
 	answerer *answer.Answerer
+	console  *dashboard.Console
+	reporter *snapshot.Reporter
 	httpSrv  *http.Server
 	listener net.Listener
 	// metricsSrv serves /metrics on its own listener, apart from the API.
@@ -295,6 +299,21 @@ func (p *Program) Start(ctx context.Context) (err error) {
 	if err := p.startMetrics(); err != nil {
 		return err
 	}
+	if cfg.hasRole(roleDashboard) {
+		if err := p.startConsole(ctx, mux); err != nil {
+			return err
+		}
+	}
+	// Every process publishes a few of its metrics for the console, which
+	// may run elsewhere.
+	if p.reporter, err = snapshot.NewReporter(snapshot.Config{Gatherer: p.registry, Redis: p.rdb,
+		Prefix: cfg.SnapshotPrefix, Logger: p.Log}); err != nil {
+		return err
+	}
+	if err := p.reporter.Start(ctx); err != nil {
+		return err
+	}
+
 	if p.listener, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
 		return fmt.Errorf("listen %s: %w", cfg.HTTPAddr, err)
 	}
@@ -400,6 +419,12 @@ func (p *Program) Stop() {
 		}
 		if p.metricsSrv != nil {
 			_ = p.metricsSrv.Shutdown(ctx)
+		}
+		if p.console != nil {
+			p.console.Stop()
+		}
+		if p.reporter != nil {
+			p.reporter.Stop()
 		}
 		if p.edge != nil {
 			p.edge.Stop()

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs (Debian packages) and starts the services peakdesk needs on this
 # machine: PostgreSQL and Redis on loopback, with role and database
-# "peakdesk" (password "peakdesk"). Idempotent and quiet when all is up.
+# "peakdesk" (password "peakdesk"), and Chromium for the console's browser
+# tests. Idempotent and quiet when all is up.
 # NATS needs nothing here: `peakdesk dev` and the tests embed it, and
 # `go tool nats-server` runs the pinned standalone server.
 set -euo pipefail
@@ -79,4 +80,9 @@ if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
     sleep 0.25
   done
   redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || { log "Redis did not become ready"; exit 1; }
+fi
+
+# --- Chromium (the operator console's browser tests drive it headless) -----
+if [ ! -x /usr/bin/chromium ]; then
+  apt_install chromium fonts-liberation fonts-wqy-microhei
 fi
