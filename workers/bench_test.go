@@ -13,6 +13,7 @@ import (
 	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/loadtest/llmsim"
 	"github.com/peakdesk/peakdesk/storage/queue"
+	"github.com/peakdesk/peakdesk/workers/workertest"
 )
 
 // The benchmarks run one scenario each (a few to 30 seconds) on the real
@@ -61,7 +62,7 @@ func BenchmarkAnswersPerSecondInstantLLM(b *testing.B) {
 		}
 		tb.publish(b, msgs...)
 		took := tb.drain(b, n, 2*time.Minute, func() {
-			tb.start(b, func(c *Config) { c.Concurrency = 64; c.Logger = testLogger(b) })
+			tb.start(b, func(c *Config) { c.Concurrency = 64; c.Logger = workertest.Logger(b) })
 		})
 		b.ReportMetric(float64(n)/took.Seconds(), "answers/s")
 	}
@@ -169,7 +170,7 @@ func BenchmarkOverloadP0Latency(b *testing.B) {
 			tb.publish(b, batch...)
 		}
 		tick.Stop()
-		waitFor(b, "every p0 answer", time.Minute, func() bool {
+		workertest.WaitFor(b, "every p0 answer", time.Minute, func() bool {
 			mu.Lock()
 			defer mu.Unlock()
 			return len(p0Lat) >= p0Sent

@@ -9,6 +9,7 @@ import (
 
 	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/loadtest/llmsim"
+	"github.com/peakdesk/peakdesk/workers/workertest"
 )
 
 func TestPickerSharesByWeight(t *testing.T) {
@@ -143,7 +144,7 @@ func TestP0JumpsAheadOfQueuedP2(t *testing.T) {
 	}
 	b.publish(t, p2...)
 	b.start(t, func(c *Config) { c.Concurrency, c.MinConcurrency = concurrency, concurrency })
-	waitFor(t, "the worker to be busy with p2", 30*time.Second, func() bool { return b.calls.len() >= 20 })
+	workertest.WaitFor(t, "the worker to be busy with p2", 30*time.Second, func() bool { return b.calls.len() >= 20 })
 
 	urgent := message(peakdesk.P0, "", "refund failed")
 	b.publish(t, urgent) // returns once JetStream has stored it
@@ -152,7 +153,7 @@ func TestP0JumpsAheadOfQueuedP2(t *testing.T) {
 	if err := b.pool.QueryRow(ctx, `SELECT count(*) FROM messages WHERE priority = 'p2'`).Scan(&startedBefore); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the p0 answer", 30*time.Second, func() bool { return b.answered(t, []string{urgent.ID}) == 1 })
+	workertest.WaitFor(t, "the p0 answer", 30*time.Second, func() bool { return b.answered(t, []string{urgent.ID}) == 1 })
 
 	// A message starts when its worker stores it (created_at). Only p2
 	// messages already in flight when the p0 was queued (at most one per
@@ -198,7 +199,7 @@ func TestP2ServedAtItsWeightUnderOverload(t *testing.T) {
 			}
 		}
 	})
-	waitFor(t, "300 LLM calls", 60*time.Second, func() bool { return b.calls.len() >= 300 })
+	workertest.WaitFor(t, "300 LLM calls", 60*time.Second, func() bool { return b.calls.len() >= 300 })
 	stop()
 	wg.Wait()
 
@@ -232,7 +233,7 @@ func TestIdleWorkerWakesForEachPriority(t *testing.T) {
 		}
 		m := message(p, "", "hello")
 		b.publish(t, m)
-		waitFor(t, "the "+string(p)+" answer", 20*time.Second, func() bool { return b.answered(t, []string{m.ID}) == 1 })
+		workertest.WaitFor(t, "the "+string(p)+" answer", 20*time.Second, func() bool { return b.answered(t, []string{m.ID}) == 1 })
 	}
 	// Three messages at once with two slots: one is held, none is lost.
 	var msgs []peakdesk.Message
@@ -241,7 +242,7 @@ func TestIdleWorkerWakesForEachPriority(t *testing.T) {
 	}
 	time.Sleep(50 * time.Millisecond)
 	b.publish(t, msgs...)
-	waitFor(t, "three answers", 20*time.Second, func() bool { return b.answered(t, ids(msgs)) == 3 })
+	workertest.WaitFor(t, "three answers", 20*time.Second, func() bool { return b.answered(t, ids(msgs)) == 3 })
 	for _, c := range b.calls.snapshot() {
 		if !strings.HasPrefix(c.users[len(c.users)-1], "[p") {
 			t.Fatalf("unexpected call %+v", c)

@@ -6,11 +6,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"regexp"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -32,6 +30,7 @@ import (
 	"github.com/peakdesk/peakdesk/storage/storagetest"
 	"github.com/peakdesk/peakdesk/workers/answer"
 	"github.com/peakdesk/peakdesk/workers/llm"
+	"github.com/peakdesk/peakdesk/workers/workertest"
 )
 
 // testBundle is the real services one test's workers share: an embedded
@@ -148,7 +147,7 @@ func (b *testBundle) start(t testing.TB, mod func(*Config)) *Worker {
 		HTTPClient: hc,
 		LLM:        llm.CallerConfig{CallTimeout: 10 * time.Second},
 		KeyPrefix:  "pd:" + b.key + ":",
-		Logger:     testLogger(t),
+		Logger:     workertest.Logger(t),
 		Registerer: reg,
 	})
 	if err != nil {
@@ -161,7 +160,7 @@ func (b *testBundle) start(t testing.TB, mod func(*Config)) *Worker {
 	cfg := Config{
 		JS: b.js, DB: b.db, Answerer: ans,
 		Memory:        &storage.Memory{DB: b.db, Redis: b.rdb},
-		Logger:        testLogger(t),
+		Logger:        workertest.Logger(t),
 		Registerer:    reg,
 		Concurrency:   8,
 		AckWait:       b.ackWait,
@@ -183,17 +182,6 @@ func (b *testBundle) start(t testing.TB, mod func(*Config)) *Worker {
 	}
 	t.Cleanup(w.Stop)
 	return w
-}
-
-func testLogger(t testing.TB) *slog.Logger {
-	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
-}
-
-type testWriter struct{ t testing.TB }
-
-func (w testWriter) Write(b []byte) (int, error) {
-	w.t.Log(strings.TrimSpace(string(b)))
-	return len(b), nil
 }
 
 // message returns a message of a new conversation unless conv is given.
@@ -260,18 +248,6 @@ func (b *testBundle) publish(t testing.TB, msgs ...peakdesk.Message) {
 			t.Fatalf("publish: %v", err)
 		default:
 		}
-	}
-}
-
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t testing.TB, what string, timeout time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }
 
