@@ -64,7 +64,7 @@ func (w *Worker) moveDeadLetters(ctx context.Context) {
 		if err != nil {
 			cancel()
 			w.log.Warn("dead letters: fetch failed", "err", err)
-			sleepCtx(ctx, time.Second)
+			_ = peakdesk.Sleep(ctx, time.Second)
 			continue
 		}
 		for msg := range batch.Messages() {
@@ -74,7 +74,7 @@ func (w *Worker) moveDeadLetters(ctx context.Context) {
 		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) &&
 			!errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
 			w.log.Warn("dead letters: fetch failed", "err", err)
-			sleepCtx(ctx, time.Second)
+			_ = peakdesk.Sleep(ctx, time.Second)
 		}
 	}
 }
@@ -190,13 +190,4 @@ func deleteIn(ctx context.Context, in jetstream.Stream, seq uint64) error {
 
 func handoffNotice(question string) string {
 	return texts.Text(texts.Detect(question, texts.DefaultLang), texts.HandoffDeadLetter, nil)
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-ctx.Done():
-	}
 }

@@ -438,8 +438,7 @@ func (w *Worker) gather(ctx context.Context, log *slog.Logger, hold *storage.Hol
 	if w.cfg.GatherWait <= 0 || len(hold.Messages) >= w.cfg.MaxBatch || w.slots.free() == 0 {
 		return
 	}
-	sleepCtx(ctx, w.cfg.GatherWait)
-	if ctx.Err() != nil {
+	if peakdesk.Sleep(ctx, w.cfg.GatherWait) != nil {
 		return
 	}
 	if err := w.cfg.DB.TopUpHold(ctx, hold, w.cfg.MaxBatch); err != nil {
@@ -572,10 +571,13 @@ func (w *Worker) turnFailed(ctx context.Context, log *slog.Logger, hold *storage
 	}
 }
 
-// retryDelay is the linear retry schedule: 1 s per attempt so far, at most
-// 30 s.
+// retrySchedule is the worker's linear retry schedule: 1 s per attempt so
+// far, at most 30 s.
+var retrySchedule = peakdesk.LinearBackOff{Step: time.Second, Max: 30 * time.Second}
+
+// retryDelay is the wait before the next attempt after attempts so far.
 func retryDelay(attempts int) time.Duration {
-	return min(time.Duration(max(attempts, 1))*time.Second, 30*time.Second)
+	return retrySchedule.Wait(attempts)
 }
 
 func maxAttempts(hold *storage.Hold) int {

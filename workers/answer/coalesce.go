@@ -168,12 +168,8 @@ func (a *Answerer) acrossProcesses(ctx context.Context, key string, t turn) (*An
 			ans := a.compose(ctx, t)
 			return ans, share(ans)
 		}
-		timer := time.NewTimer(pause)
-		select {
-		case <-ctx.Done():
-			timer.Stop()
+		if peakdesk.Sleep(ctx, pause) != nil {
 			return nil, nil
-		case <-timer.C:
 		}
 	}
 }
