@@ -301,10 +301,10 @@ func (c *Caller) BreakerState(ctx context.Context, baseURL, apiKey, model string
 	if time.Now().UnixNano() < b.openUntil.Load() {
 		return gobreaker.StateOpen
 	}
-	if b.set.store == nil || time.Now().UnixNano() < b.degradedUntil.Load() {
+	if b.store == nil || time.Now().UnixNano() < b.degradedUntil.Load() {
 		return b.local.State()
 	}
-	st, found, err := b.set.store.sharedState(ctx, b.key)
+	st, found, err := b.sharedState(ctx)
 	switch {
 	case err != nil || !found:
 		return b.local.State()

@@ -3,7 +3,6 @@ package llm_test
 import (
 	"fmt"
 	"testing"
-	"time"
 
 	"github.com/peakdesk/peakdesk/workers/llm"
 )
