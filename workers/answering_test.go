@@ -69,7 +69,7 @@ func (b *testBundle) lastEvent(t testing.TB, conv string) peakdesk.Reply {
 func TestRefundToolActionStoredWithReply(t *testing.T) {
 	t.Parallel()
 	b := setup(t, bundleOpts{})
-	b.start(t, func(c *Config) { c.Tools = b.tools })
+	b.start(t, func(c *Config, l *LimitsConfig) { c.Tools = b.tools })
 	// Catalogue order 1234567890123456 belongs to user u6.
 	m := plainMessage(peakdesk.P0, "u6", "我要退款，订单号 1234567890123456")
 	b.publish(t, m)
@@ -108,7 +108,7 @@ func TestToolActionsKeptWhenTheLLMFailsAfterwards(t *testing.T) {
 	t.Parallel()
 	b := setup(t, bundleOpts{})
 	b.calls.failAfterTools.Store(true)
-	b.start(t, func(c *Config) { c.Tools = b.tools })
+	b.start(t, func(c *Config, l *LimitsConfig) { c.Tools = b.tools })
 	m := plainMessage(peakdesk.P0, "u6", "我要退款，订单号 1234567890123456")
 	b.publish(t, m)
 	workertest.WaitFor(t, "the answer", 15*time.Second, func() bool { return b.answered(t, []string{m.ID}) == 1 })
@@ -129,7 +129,7 @@ func TestToolActionsKeptWhenTheLLMFailsAfterwards(t *testing.T) {
 func TestToolHandoffMarksConversation(t *testing.T) {
 	t.Parallel()
 	b := setup(t, bundleOpts{})
-	b.start(t, func(c *Config) { c.Tools = b.tools })
+	b.start(t, func(c *Config, l *LimitsConfig) { c.Tools = b.tools })
 	m := plainMessage(peakdesk.P1, "u1", "我要人工客服")
 	b.publish(t, m)
 	workertest.WaitFor(t, "the answer", 15*time.Second, func() bool { return b.answered(t, []string{m.ID}) == 1 })
@@ -155,7 +155,7 @@ func TestLLMOutageFallsBackToDemoFAQ(t *testing.T) {
 	if _, err := b.db.ImportFAQ(context.Background(), "demo", entries, false); err != nil {
 		t.Fatal(err)
 	}
-	b.start(t, func(c *Config) { c.Tools = b.tools }) // the FAQ is loaded at start
+	b.start(t, func(c *Config, l *LimitsConfig) { c.Tools = b.tools }) // the FAQ is loaded at start
 	m := plainMessage(peakdesk.P1, "u1", "退款多久能到账？")
 	b.publish(t, m)
 	workertest.WaitFor(t, "the answer", 15*time.Second, func() bool { return b.answered(t, []string{m.ID}) == 1 })

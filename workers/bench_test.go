@@ -62,7 +62,7 @@ func BenchmarkAnswersPerSecondInstantLLM(b *testing.B) {
 		}
 		tb.publish(b, msgs...)
 		took := tb.drain(b, n, 2*time.Minute, func() {
-			tb.start(b, func(c *Config) { c.Concurrency = 64; c.Logger = workertest.Logger(b) })
+			tb.start(b, func(c *Config, l *LimitsConfig) { l.Concurrency = 64; c.Logger = workertest.Logger(b) })
 		})
 		b.ReportMetric(float64(n)/took.Seconds(), "answers/s")
 	}
@@ -86,7 +86,7 @@ func BenchmarkProviderLimitedDrain(b *testing.B) {
 		tb.publish(b, msgs...)
 		took := tb.drain(b, n, 2*time.Minute, func() {
 			for range 2 {
-				tb.start(b, func(c *Config) { c.Concurrency = 32; c.ProviderRPM = r * 60 })
+				tb.start(b, func(c *Config, l *LimitsConfig) { l.Concurrency = 32; l.ProviderRPM = r * 60 })
 			}
 		})
 		st := tb.sim.Stats()
@@ -139,7 +139,7 @@ func BenchmarkOverloadP0Latency(b *testing.B) {
 			b.Fatal(err)
 		}
 
-		tb.start(b, func(c *Config) { c.Concurrency, c.MinConcurrency = concurrency, concurrency })
+		tb.start(b, func(c *Config, l *LimitsConfig) { l.Concurrency, l.MinConcurrency = concurrency, concurrency })
 		// Offer 5x capacity for 6 s in 10 ms ticks.
 		const offerFor = 6 * time.Second
 		perTick := offered / 100

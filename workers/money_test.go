@@ -68,7 +68,7 @@ func TestThreeCouponCallsInOneResponsePromiseOne(t *testing.T) {
 		storage.CouponPolicy{PerUserPerDay: 10, BudgetPerDayCents: 100000}); err != nil {
 		t.Fatal(err)
 	}
-	b.start(t, func(c *Config) { c.Tools = b.tools })
+	b.start(t, func(c *Config, l *LimitsConfig) { c.Tools = b.tools })
 	// p2 with an order-like number: offered tools, answered without streaming.
 	m := plainMessage(peakdesk.P2, "u7", "my parcel 1234567 is late, I want coupons")
 	b.publish(t, m)

@@ -143,7 +143,7 @@ func TestP0JumpsAheadOfQueuedP2(t *testing.T) {
 		p2 = append(p2, message(peakdesk.P2, "", "pre-sale question "+string(rune('a'+i%26))))
 	}
 	b.publish(t, p2...)
-	b.start(t, func(c *Config) { c.Concurrency, c.MinConcurrency = concurrency, concurrency })
+	b.start(t, func(c *Config, l *LimitsConfig) { l.Concurrency, l.MinConcurrency = concurrency, concurrency })
 	workertest.WaitFor(t, "the worker to be busy with p2", 30*time.Second, func() bool { return b.calls.len() >= 20 })
 
 	urgent := message(peakdesk.P0, "", "refund failed")
@@ -182,7 +182,7 @@ func TestP2ServedAtItsWeightUnderOverload(t *testing.T) {
 		backlog = append(backlog, message(peakdesk.P1, "", "where is my order"), message(peakdesk.P2, "", "any coupons"))
 	}
 	b.publish(t, backlog...)
-	b.start(t, func(c *Config) { c.Concurrency, c.MinConcurrency = 5, 5 })
+	b.start(t, func(c *Config, l *LimitsConfig) { l.Concurrency, l.MinConcurrency = 5, 5 })
 
 	// A steady stream of p0 takes part of the capacity all along.
 	ctx, stop := context.WithCancel(context.Background())
@@ -221,7 +221,10 @@ func TestP2ServedAtItsWeightUnderOverload(t *testing.T) {
 func TestIdleWorkerWakesForEachPriority(t *testing.T) {
 	t.Parallel()
 	b := setup(t, bundleOpts{})
-	w := b.start(t, func(c *Config) { c.Concurrency, c.MinConcurrency = 2, 2; c.IdleWait = 30 * time.Second })
+	w := b.start(t, func(c *Config, l *LimitsConfig) {
+		l.Concurrency, l.MinConcurrency = 2, 2
+		c.IdleWait = 30 * time.Second
+	})
 	for _, p := range []peakdesk.Priority{peakdesk.P2, peakdesk.P0, peakdesk.P1, peakdesk.P2} {
 		// Idle, the worker sends no pull requests: its parked pulls (which
 		// wait 30 s) are what wakes it.

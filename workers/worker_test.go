@@ -127,18 +127,48 @@ func setup(t testing.TB, o bundleOpts) *testBundle {
 }
 
 // start runs a Worker, with an Answerer of its own on the simulated LLM, as
-// one worker process would; mod changes the test defaults. It stops when
-// the test ends.
-func (b *testBundle) start(t testing.TB, mod func(*Config)) *Worker {
+// one worker process would; mod changes the test defaults of the worker and
+// its limits. It stops when the test ends.
+func (b *testBundle) start(t testing.TB, mod func(*Config, *LimitsConfig)) *Worker {
+	t.Helper()
+	w := b.worker(t, mod)
+	if err := w.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(w.Stop)
+	return w
+}
+
+// worker returns the Worker start runs, not started: a test drives its
+// handler itself.
+func (b *testBundle) worker(t testing.TB, mod func(*Config, *LimitsConfig)) *Worker {
 	t.Helper()
 	// One registry per worker process, shared by its Answerer as in
 	// production.
 	reg := prometheus.NewRegistry()
-	var tr *LLMTransport
+	lc := LimitsConfig{Concurrency: 8, ProviderKey: b.key, Redis: b.rdb, Logger: workertest.Logger(t),
+		Registerer: reg}
+	cfg := Config{
+		JS: b.js, DB: b.db,
+		Memory:        &storage.Memory{DB: b.db, Redis: b.rdb},
+		Logger:        workertest.Logger(t),
+		Registerer:    reg,
+		AckWait:       b.ackWait,
+		SoftStop:      2 * time.Second,
+		SweepInterval: 200 * time.Millisecond,
+		SweepGrace:    500 * time.Millisecond,
+	}
+	if mod != nil {
+		mod(&cfg, &lc)
+	}
+	limits, err := NewLimits(lc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Limits = limits
 	hc := llm.NewHTTPClient()
 	if b.transport {
-		tr = NewLLMTransport(nil)
-		hc = &http.Client{Transport: tr}
+		hc = &http.Client{Transport: NewLLMTransport(nil, limits)}
 	}
 	ans, err := answer.New(answer.Config{
 		DB: b.db, Redis: b.rdb,
@@ -157,30 +187,11 @@ func (b *testBundle) start(t testing.TB, mod func(*Config)) *Worker {
 		t.Fatal(err)
 	}
 	t.Cleanup(ans.Stop) // after the worker's Stop (cleanups run last first)
-	cfg := Config{
-		JS: b.js, DB: b.db, Answerer: ans,
-		Memory:        &storage.Memory{DB: b.db, Redis: b.rdb},
-		Logger:        workertest.Logger(t),
-		Registerer:    reg,
-		Concurrency:   8,
-		AckWait:       b.ackWait,
-		SoftStop:      2 * time.Second,
-		SweepInterval: 200 * time.Millisecond,
-		SweepGrace:    500 * time.Millisecond,
-		ProviderKey:   b.key,
-		LLMTransport:  tr,
-	}
-	if mod != nil {
-		mod(&cfg)
-	}
+	cfg.Answerer = ans
 	w, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := w.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(w.Stop)
 	return w
 }
 
