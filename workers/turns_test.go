@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -346,4 +347,32 @@ func countEvents(t testing.TB, b *testBundle, conv string) uint64 {
 		n += c
 	}
 	return n
+}
+
+// The trace the edge started goes on in the worker: its calls to the LLM
+// carry the message's trace id (in a span of the worker's own), so the
+// provider's logs can be searched by it. A turn no message stands behind
+// (the sweeper's) starts a trace of its own.
+func TestTheMessagesTraceReachesTheLLM(t *testing.T) {
+	t.Parallel()
+	b := setup(t, bundleOpts{})
+	b.start(t, nil)
+	m := message(peakdesk.P1, "", "where is my parcel")
+	edge := peakdesk.ContinueTrace("")
+	nm := nats.NewMsg(queue.InSubject(m.Priority, m.ShopID))
+	nm.Data = mustJSON(t, m)
+	nm.Header.Set(peakdesk.TraceHeader, edge.Parent)
+	if _, err := b.js.PublishMsg(context.Background(), nm); err != nil {
+		t.Fatal(err)
+	}
+	workertest.WaitFor(t, "the answer", 15*time.Second, func() bool { return b.answered(t, []string{m.ID}) == 1 })
+	calls := b.calls.snapshot()
+	if len(calls) == 0 {
+		t.Fatal("no LLM call")
+	}
+	for _, c := range calls {
+		if got := peakdesk.ContinueTrace(c.trace).ID; got != edge.ID || c.trace == edge.Parent {
+			t.Fatalf("LLM call with traceparent %q; want trace %s in a span of the worker's", c.trace, edge.ID)
+		}
+	}
 }

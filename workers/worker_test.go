@@ -300,6 +300,8 @@ type llmCall struct {
 	history []string
 	conv    string
 	prio    string
+	// trace is the call's traceparent header.
+	trace string
 }
 
 var tagRE = regexp.MustCompile(`^\[(p[0-2]) c:([0-9a-f]+)\]`)
@@ -319,7 +321,7 @@ func (l *callLog) wrap(next http.Handler) http.Handler {
 			} `json:"messages"`
 		}
 		_ = json.Unmarshal(body, &req)
-		var c llmCall
+		c := llmCall{trace: r.Header.Get(peakdesk.TraceHeader)}
 		for _, m := range req.Messages {
 			if m.Role == "tool" && l.failAfterTools.Load() {
 				http.Error(w, `{"error":{"message":"down after tools","type":"server_error"}}`, http.StatusServiceUnavailable)
