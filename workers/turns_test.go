@@ -142,7 +142,7 @@ func TestBurstOfOneConversationAcrossWorkers(t *testing.T) {
 			msgs = append(msgs, message(peakdesk.P2, conv, "burst "+string(rune('1'+i))))
 			msgs[i].AcceptedAt = time.Now().Add(time.Duration(i) * time.Millisecond)
 		}
-		time.Sleep(20 * time.Millisecond) // the workers are idle, with parked pulls
+		b.waitParked(t, 3) // the workers are idle, with parked pulls
 		b.publish(t, msgs...)
 		workertest.WaitFor(t, "five answers", 20*time.Second, func() bool { return b.answered(t, ids(msgs)) == 5 })
 		checkInOrder(t, b.replies(t, conv), msgs)

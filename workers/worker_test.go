@@ -106,7 +106,7 @@ func setup(t testing.TB, o bundleOpts) *testBundle {
 	t.Cleanup(func() { _ = rdb.Close() })
 
 	sim := llmsim.New(o.faults)
-	calls := &callLog{active: map[string]int{}, maxActive: map[string]int{}}
+	calls := &callLog{active: map[string]int{}, maxActive: map[string]int{}, called: make(chan struct{}, 1)}
 	srv := httptest.NewServer(calls.wrap(sim))
 	t.Cleanup(srv.Close)
 
@@ -262,6 +262,28 @@ func (b *testBundle) publish(t testing.TB, msgs ...peakdesk.Message) {
 	}
 }
 
+// waitParked waits until every priority consumer has n pull requests
+// waiting at the server: n idle workers, each with its pulls parked.
+func (b *testBundle) waitParked(t testing.TB, n int) {
+	t.Helper()
+	workertest.WaitFor(t, fmt.Sprintf("%d parked pulls per priority", n), 10*time.Second, func() bool {
+		for _, p := range peakdesk.Priorities {
+			cons, err := b.js.Consumer(context.Background(), queue.StreamIn, queue.ConsumerName(p))
+			if err != nil {
+				t.Fatal(err)
+			}
+			info, err := cons.Info(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if info.NumWaiting < n {
+				return false
+			}
+		}
+		return true
+	})
+}
+
 // answered counts the messages among ids that have a reply.
 func (b *testBundle) answered(t testing.TB, ids []string) int {
 	t.Helper()
@@ -291,6 +313,8 @@ type callLog struct {
 	// failAfterTools answers 503 to every call that carries tool results:
 	// the LLM fails once its tools have run.
 	failAfterTools atomic.Bool
+	// called is signalled (without blocking) after each call is noted.
+	called chan struct{}
 }
 
 type llmCall struct {
@@ -346,6 +370,10 @@ func (l *callLog) wrap(next http.Handler) http.Handler {
 		l.active[c.conv]++
 		l.maxActive[c.conv] = max(l.maxActive[c.conv], l.active[c.conv])
 		l.mu.Unlock()
+		select {
+		case l.called <- struct{}{}:
+		default:
+		}
 		defer func() {
 			l.mu.Lock()
 			l.active[c.conv]--
