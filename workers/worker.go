@@ -5,6 +5,15 @@
 // provider's rate limits, stores each reply exactly once in Postgres,
 // publishes the reply event and only then acks. Messages that use up their
 // deliveries are moved to the dead-letter queue.
+//
+// What happens to a delivered message is a verdict its handler returns —
+// ack, nak after a delay, term — and one function tells JetStream
+// (verdict.go). The files follow the steps: worker.go (configuration and
+// lifecycle), scheduler.go (what starts when a slot frees), handle.go
+// (claim, turns, the verdict), compose.go (the reply and what it promises),
+// keepalive.go, sweeper.go, deadletters.go, and limits.go with transport.go
+// (the adaptive concurrency limit and the provider budget, applied to every
+// LLM call).
 package workers
 
 import (
