@@ -6,8 +6,10 @@ PKGS  ?= ./...
 .PHONY: run test bench bench-short services build vet fmt nats clean
 
 ## run: start Postgres and Redis, then every role in one process (dev mode).
+## The binary runs in place of the shell, so Ctrl-C stops it cleanly.
 run: services
-	$(GO) run ./cmd/peakdesk dev
+	$(GO) build -o bin/peakdesk ./cmd/peakdesk
+	exec ./bin/peakdesk dev
 
 ## test: start Postgres and Redis, then run every test with the race detector.
 test: services

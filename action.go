@@ -74,6 +74,10 @@ type Action struct {
 	ConversationID string `json:"conversation_id,omitempty"`
 	// ReplyID is the reply that promised the action, when known.
 	ReplyID string `json:"reply_id,omitempty"`
+	// Trace is the W3C traceparent of the message whose reply promised the
+	// action (empty when unknown): the relay's calls to the shop continue
+	// its trace.
+	Trace string `json:"trace,omitempty"`
 	// GrantID is the money grant a coupon or refund carries out (taken by
 	// the tool that promised it); the reply's transaction confirms it.
 	GrantID int64           `json:"grant_id,omitempty"`

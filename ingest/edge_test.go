@@ -1,7 +1,6 @@
 package ingest
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -22,6 +21,7 @@ import (
 
 	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/ingest/token"
+	"github.com/peakdesk/peakdesk/loadtest/sse"
 	"github.com/peakdesk/peakdesk/storage"
 	"github.com/peakdesk/peakdesk/storage/queue"
 	"github.com/peakdesk/peakdesk/storage/storagetest"
@@ -411,7 +411,7 @@ func TestEventStreamReplayAndResume(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	open := func(last string) (*bufio.Reader, func()) {
+	open := func(last string) (*sse.Reader, func()) {
 		req, _ := http.NewRequestWithContext(ctx, "GET", b.srv.URL+"/v1/conversations/"+conv+"/events", nil)
 		req.Header.Set("Authorization", "Bearer "+u)
 		if last != "" {
@@ -424,24 +424,23 @@ func TestEventStreamReplayAndResume(t *testing.T) {
 		if resp.StatusCode != http.StatusOK {
 			t.Fatalf("events: %d", resp.StatusCode)
 		}
-		return bufio.NewReader(resp.Body), func() { resp.Body.Close() }
+		return sse.NewReader(resp.Body), func() { resp.Body.Close() }
 	}
-	next := func(rd *bufio.Reader) (id string, r peakdesk.Reply) {
+	// next returns the next reply event, skipping partial answers.
+	next := func(rd *sse.Reader) (id string, r peakdesk.Reply) {
+		t.Helper()
 		for {
-			line, err := rd.ReadString('\n')
+			ev, err := rd.Next()
 			if err != nil {
 				t.Fatalf("reading events: %v", err)
 			}
-			line = strings.TrimRight(line, "\n")
-			switch {
-			case strings.HasPrefix(line, "id: "):
-				id = strings.TrimPrefix(line, "id: ")
-			case strings.HasPrefix(line, "data: "):
-				if err := json.Unmarshal([]byte(strings.TrimPrefix(line, "data: ")), &r); err != nil {
-					t.Fatal(err)
-				}
-				return id, r
+			if ev.Type != "reply" {
+				continue
 			}
+			if err := json.Unmarshal([]byte(ev.Data), &r); err != nil {
+				t.Fatal(err)
+			}
+			return ev.ID, r
 		}
 	}
 
@@ -536,19 +535,83 @@ func TestShopIsolation(t *testing.T) {
 	}
 }
 
-// Every error the edge can give has the documented shape.
-func TestErrorFormat(t *testing.T) {
+// Every error the edge can give has the documented shape (DESIGN.md §4):
+// {"error":{"code","message","field"?}} as JSON, the code's status, a
+// field only where one is at fault, Retry-After exactly where the caller is
+// told to come back, and no internals in an internal error's message. Each
+// code is provoked for real.
+func TestEveryErrorHasTheDocumentedShape(t *testing.T) {
 	t.Parallel()
-	b := setup(t, queue.Topology{}, nil)
-	r := b.do(t, "POST", "/v1/messages", "garbage", `{"text":"hi"}`)
-	var body struct {
-		Error struct {
-			Code, Message, Field string
-		}
+	// A stream that holds one message makes the second one overloaded.
+	b := setup(t, queue.Topology{MaxMessages: 1}, nil)
+	// shop2's customers may send one message a minute.
+	if err := b.db.SetShopLimits(context.Background(), "shop2", 1000, 1000, 1, 1); err != nil {
+		t.Fatal(err)
 	}
-	if err := json.NewDecoder(bytes.NewReader(r.raw)).Decode(&body); err != nil || body.Error.Code != peakdesk.EUnauthenticated ||
-		body.Error.Message == "" || r.header.Get("Content-Type") != "application/json; charset=utf-8" {
-		t.Fatalf("error body %s (%v), headers %v", r.raw, err, r.header)
+	limited := tok(t, "shop2", b.salt+"limited")
+	if r := b.do(t, "POST", "/v1/messages", limited, `{"text":"the one message"}`); r.status != http.StatusAccepted {
+		t.Fatalf("first message: %d %s", r.status, r.raw)
+	}
+	u := tok(t, "shop1", b.salt+"u1")
+	tests := []struct {
+		code, field string
+		status      int
+		retry       bool
+		do          func() result
+	}{
+		{peakdesk.EInvalid, "text", http.StatusBadRequest, false,
+			func() result { return b.do(t, "POST", "/v1/messages", u, `{"text":"   "}`) }},
+		{peakdesk.EUnauthenticated, "", http.StatusUnauthorized, false,
+			func() result { return b.do(t, "POST", "/v1/messages", "garbage", `{"text":"hi"}`) }},
+		{peakdesk.EPermissionDenied, "priority", http.StatusForbidden, false,
+			func() result { return b.do(t, "POST", "/v1/messages", u, `{"text":"hi","priority":"p0"}`) }},
+		{peakdesk.ENotFound, "", http.StatusNotFound, false,
+			func() result { return b.do(t, "GET", "/v1/messages/"+strings.Repeat("ab", 16), u, "") }},
+		{peakdesk.EPayloadTooLarge, "", http.StatusRequestEntityTooLarge, false, func() result {
+			return b.do(t, "POST", "/v1/messages", u, `{"text":"`+strings.Repeat("x", peakdesk.MaxBodyBytes)+`"}`)
+		}},
+		{peakdesk.ERateLimited, "", http.StatusTooManyRequests, true,
+			func() result { return b.do(t, "POST", "/v1/messages", limited, `{"text":"one too many"}`) }},
+		{peakdesk.EOverloaded, "", http.StatusServiceUnavailable, true,
+			func() result { return b.do(t, "POST", "/v1/messages", u, `{"text":"no room in the stream"}`) }},
+		// Last: Postgres gone from under the edge.
+		{peakdesk.EInternal, "", http.StatusInternalServerError, false, func() result {
+			b.db.Close()
+			return b.do(t, "GET", "/v1/conversations/"+strings.Repeat("cd", 16), u, "")
+		}},
+	}
+	for _, tc := range tests {
+		r := tc.do()
+		var body struct {
+			Error *struct {
+				Code    string  `json:"code"`
+				Message string  `json:"message"`
+				Field   *string `json:"field"`
+			} `json:"error"`
+		}
+		dec := json.NewDecoder(bytes.NewReader(r.raw))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&body); err != nil || body.Error == nil {
+			t.Errorf("%s: body %s is not the error format: %v", tc.code, r.raw, err)
+			continue
+		}
+		e := body.Error
+		if r.status != tc.status || e.Code != tc.code || e.Message == "" {
+			t.Errorf("%s: %d %s, want status %d with code %s and a message", tc.code, r.status, r.raw, tc.status, tc.code)
+		}
+		if (e.Field != nil) != (tc.field != "") || (e.Field != nil && *e.Field != tc.field) {
+			t.Errorf("%s: field in %s, want %q", tc.code, r.raw, tc.field)
+		}
+		if ct := r.header.Get("Content-Type"); ct != "application/json; charset=utf-8" {
+			t.Errorf("%s: Content-Type %q", tc.code, ct)
+		}
+		if s, err := strconv.Atoi(r.header.Get("Retry-After")); tc.retry != (err == nil && s >= 1) ||
+			!tc.retry && r.header.Get("Retry-After") != "" {
+			t.Errorf("%s: Retry-After %q, want one: %v", tc.code, r.header.Get("Retry-After"), tc.retry)
+		}
+		if tc.code == peakdesk.EInternal && e.Message != "internal error" {
+			t.Errorf("an internal error tells the caller %q", e.Message)
+		}
 	}
 }
 
@@ -570,10 +633,6 @@ func TestEventStreamForwardsPartials(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	rd := bufio.NewReader(resp.Body)
-	if _, err := rd.ReadString('\n'); err != nil { // "retry: …" — the stream is open
-		t.Fatal(err)
-	}
 	// The listener is registered before the response starts; publish until
 	// the partial arrives (core NATS has no replay).
 	nc := b.js.Conn()
@@ -589,23 +648,11 @@ func TestEventStreamForwardsPartials(t *testing.T) {
 		}
 	}()
 	defer close(done)
-	var event, data string
-	for data == "" {
-		line, err := rd.ReadString('\n')
-		if err != nil {
-			t.Fatalf("reading events: %v", err)
-		}
-		line = strings.TrimRight(line, "\n")
-		switch {
-		case strings.HasPrefix(line, "id: "):
-			t.Fatalf("a partial carries an id: %q", line)
-		case strings.HasPrefix(line, "event: "):
-			event = strings.TrimPrefix(line, "event: ")
-		case strings.HasPrefix(line, "data: "):
-			data = strings.TrimPrefix(line, "data: ")
-		}
+	ev, err := sse.NewReader(resp.Body).Next()
+	if err != nil {
+		t.Fatalf("reading events: %v", err)
 	}
-	if event != "partial" || data != `{"text":"您好，关于"}` {
-		t.Fatalf("got event %q data %q", event, data)
+	if ev.Type != "partial" || ev.ID != "" || ev.Data != `{"text":"您好，关于"}` {
+		t.Fatalf("got event %+v; want a partial without an id", ev)
 	}
 }

@@ -27,6 +27,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/ingest/token"
 )
 
@@ -597,20 +598,12 @@ func loadClients(cfg LoadConfig) (post, stream *http.Client) {
 func (r *loadRun) offerAll(ctx context.Context) time.Time {
 	sem := make(chan struct{}, r.cfg.Concurrency)
 	var posts sync.WaitGroup
-	timer := time.NewTimer(time.Hour)
-	timer.Stop()
-	defer timer.Stop()
 
 schedule:
 	for _, o := range r.offers {
 		o.due = r.start.Add(o.at)
-		if d := time.Until(o.due); d > 0 {
-			timer.Reset(d)
-			select {
-			case <-timer.C:
-			case <-ctx.Done():
-				break schedule
-			}
+		if d := time.Until(o.due); d > 0 && peakdesk.Sleep(ctx, d) != nil {
+			break schedule
 		}
 		select {
 		case sem <- struct{}{}:
@@ -815,12 +808,7 @@ func (r *loadRun) awaitAnswers(ctx context.Context, deadline time.Time) time.Tim
 // linger keeps the event streams open a little longer so that a second,
 // distinct reply to an answered message is still seen.
 func (r *loadRun) linger(ctx context.Context) {
-	t := time.NewTimer(r.cfg.Linger)
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-ctx.Done():
-	}
+	_ = peakdesk.Sleep(ctx, r.cfg.Linger)
 }
 
 // logProgress logs the counts every few seconds until done is closed.

@@ -1,7 +1,6 @@
 package loadtest
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -12,9 +11,11 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
-	"strings"
 	"sync"
 	"time"
+
+	"github.com/peakdesk/peakdesk"
+	"github.com/peakdesk/peakdesk/loadtest/sse"
 )
 
 // errLoadBadBody marks a 2xx answer whose body could not be decoded.
@@ -85,18 +86,6 @@ func (r *loadRun) follow(conv *loadConv, convID string, o *loadOffer, answered b
 	}
 }
 
-// loadSleep waits d or until ctx ends, and reports whether ctx is still live.
-func loadSleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
-}
-
 // streamConv reads the conversation's reply events until ctx ends,
 // reconnecting with Last-Event-ID whenever the stream drops.
 func (r *loadRun) streamConv(ctx context.Context, conv *loadConv, convID string) {
@@ -114,7 +103,7 @@ func (r *loadRun) streamConv(ctx context.Context, conv *loadConv, convID string)
 		if got {
 			wait = 50 * time.Millisecond
 		}
-		if !loadSleep(ctx, wait) {
+		if peakdesk.Sleep(ctx, wait) != nil {
 			return
 		}
 		wait = min(2*wait, 2*time.Second)
@@ -145,47 +134,18 @@ func (r *loadRun) streamOnce(ctx context.Context, conv *loadConv, convID string,
 		return false, fmt.Errorf("event stream: status %d", resp.StatusCode)
 	}
 
-	// Server-sent events: fields until a blank line, which dispatches.
-	br := bufio.NewReaderSize(resp.Body, 64<<10)
-	var event, id string
-	var data strings.Builder
-	hasData := false
+	events := sse.NewReader(resp.Body)
 	for {
-		line, err := br.ReadString('\n')
+		ev, err := events.Next()
+		if id := events.LastEventID(); id != "" {
+			*lastID = id
+		}
 		if err != nil {
-			return got, err // a partial event is discarded, as the spec says
+			return got, err
 		}
-		line = strings.TrimRight(line, "\r\n")
-		if line == "" {
-			if id != "" {
-				*lastID = id
-			}
-			if hasData && (event == "" || event == "reply") {
-				r.handleEvent(data.String())
-				got = true
-			}
-			event, id, hasData = "", "", false
-			data.Reset()
-			continue
-		}
-		if strings.HasPrefix(line, ":") {
-			continue // comment / keep-alive
-		}
-		field, value, _ := strings.Cut(line, ":")
-		value = strings.TrimPrefix(value, " ")
-		switch field {
-		case "event":
-			event = value
-		case "data":
-			if hasData {
-				data.WriteByte('\n')
-			}
-			data.WriteString(value)
-			hasData = true
-		case "id":
-			if !strings.ContainsRune(value, 0) {
-				id = value
-			}
+		if ev.Type == "" || ev.Type == "reply" {
+			r.handleEvent(ev.Data)
+			got = true
 		}
 	}
 }
@@ -213,7 +173,7 @@ func (r *loadRun) poll(ctx context.Context, conv *loadConv, o *loadOffer) {
 	wait := 100 * time.Millisecond
 	for {
 		jitter := time.Duration(mrand.Int64N(int64(wait / 5)))
-		if !loadSleep(ctx, wait+jitter) {
+		if peakdesk.Sleep(ctx, wait+jitter) != nil {
 			return
 		}
 		wait = min(wait*3/2, 2*time.Second)

@@ -19,9 +19,12 @@ var files embed.FS
 
 // Up applies every pending migration to db.
 func Up(ctx context.Context, db *sql.DB) error {
-	// Issues land in parallel, so a later-numbered migration may be applied
-	// before an earlier one exists; each migration stands on its own.
-	p, err := goose.NewProvider(goose.DialectPostgres, db, files, goose.WithAllowOutofOrder(true))
+	// Strictly in order: a database that has a migration applied refuses
+	// to start when an earlier-numbered one it never ran appears (goose
+	// reports it missing), so a schema is always the one the numbers say.
+	// Branches that add migrations in parallel take their numbers when they
+	// merge, after the last one on main.
+	p, err := goose.NewProvider(goose.DialectPostgres, db, files)
 	if err != nil {
 		return fmt.Errorf("migrations: %w", err)
 	}

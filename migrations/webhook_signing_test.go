@@ -22,7 +22,7 @@ func TestWebhookSigningBackfillsSecrets(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sqldb.Close()
-	p, err := goose.NewProvider(goose.DialectPostgres, sqldb, os.DirFS("."), goose.WithAllowOutofOrder(true))
+	p, err := goose.NewProvider(goose.DialectPostgres, sqldb, os.DirFS("."))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,8 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -53,7 +56,20 @@ type testEnv struct {
 	url   string
 	shop  *shopapi.Client
 	clock *testClock
+
+	mu    sync.Mutex
+	calls []shopCall
 }
+
+// shopCall is a request the simulated shop received.
+type shopCall struct {
+	Method, Path, Key string
+	// Trace is its traceparent header.
+	Trace string
+}
+
+// traceparent is the form of a W3C traceparent header (version 00).
+var traceparent = regexp.MustCompile(`^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$`)
 
 const testWebhookSecret = "whsec-test"
 
@@ -71,16 +87,38 @@ func setup(t testing.TB, faults shopsim.Faults) *testEnv {
 			t.Fatal(err)
 		}
 	}
-	sim := shopsim.New(faults, []byte(testWebhookSecret))
-	srv := httptest.NewServer(sim)
+	e := &testEnv{dbURL: dbURL, db: db, sim: shopsim.New(faults, []byte(testWebhookSecret)), clock: newTestClock()}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		e.mu.Lock()
+		e.calls = append(e.calls, shopCall{Method: r.Method, Path: r.URL.Path, Key: r.Header.Get("Idempotency-Key"),
+			Trace: r.Header.Get(peakdesk.TraceHeader)})
+		e.mu.Unlock()
+		e.sim.ServeHTTP(w, r)
+	}))
 	t.Cleanup(srv.Close)
+	// Every call to a shop carries a trace, whatever the test is about.
+	t.Cleanup(func() {
+		for _, c := range e.shopCalls() {
+			if !traceparent.MatchString(c.Trace) {
+				t.Errorf("%s %s reached the shop with traceparent %q", c.Method, c.Path, c.Trace)
+			}
+		}
+	})
 	shop, err := shopapi.New(shopapi.Config{DB: db, DefaultBaseURL: srv.URL, Timeout: 5 * time.Second,
 		AllowPrivate: true, // httptest listens on loopback
 		SettingsTTL:  time.Nanosecond})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &testEnv{dbURL: dbURL, db: db, sim: sim, url: srv.URL, shop: shop, clock: newTestClock()}
+	e.url, e.shop = srv.URL, shop
+	return e
+}
+
+// shopCalls returns the requests the simulated shop received, in order.
+func (e *testEnv) shopCalls() []shopCall {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return slices.Clone(e.calls)
 }
 
 // dropEarly drops the test database itself, before storagetest's cleanup

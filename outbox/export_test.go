@@ -2,7 +2,6 @@ package outbox
 
 import (
 	"context"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -12,9 +11,6 @@ import (
 
 // Kill stops r as a crash would: nothing more is recorded.
 func Kill(r *Relay) { r.kill() }
-
-// LinearAfter is the wait after the n-th failed attempt.
-func LinearAfter(b Linear, n int) time.Duration { return b.after(n) }
 
 // AttemptsMetric reads peakdesk_outbox_attempts_total{kind,outcome} of r.
 func AttemptsMetric(r *Relay, kind, outcome string) float64 {

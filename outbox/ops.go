@@ -180,7 +180,7 @@ func (o *Ops) Get(ctx context.Context, op Operator, id int64) (*ActionDetail, er
 	}
 	a, err := o.cfg.DB.Action(ctx, op.Shop, id)
 	if err != nil {
-		return nil, actionError(err)
+		return nil, err
 	}
 	attempts, err := o.cfg.DB.ActionAttempts(ctx, a.ShopID, id)
 	if err != nil {
@@ -190,21 +190,6 @@ func (o *Ops) Get(ctx context.Context, op Operator, id int64) (*ActionDetail, er
 		attempts = []peakdesk.ActionAttempt{}
 	}
 	return &ActionDetail{Action: a, Attempts: attempts}, nil
-}
-
-func actionError(err error) error {
-	switch {
-	case errors.Is(err, storage.ErrNotFound):
-		return peakdesk.Errorf(peakdesk.ENotFound, "action not found")
-	case errors.Is(err, storage.ErrActionState):
-		msg := err.Error()
-		if i := strings.LastIndex(msg, ": "); i >= 0 {
-			msg = msg[i+2:]
-		}
-		return &peakdesk.Error{Code: peakdesk.EInvalid, Field: "state",
-			Message: "not possible in the action's state: " + msg}
-	}
-	return err
 }
 
 // Retry makes action id due now. A dead or canceled action starts a new run
@@ -240,7 +225,7 @@ func (o *Ops) one(ctx context.Context, op Operator, id int64, name string, updat
 			Action: name, Target: "action:" + strconv.FormatInt(id, 10), Details: details})
 	})
 	if err != nil {
-		return nil, actionError(err)
+		return nil, err
 	}
 	o.log.InfoContext(ctx, "operator "+name, "operator", op.ID, "scope", op.Shop, "shop", a.ShopID, "action_id", id)
 	return &a, nil

@@ -90,14 +90,16 @@ type Config struct {
 	// PollInterval is how often the relay looks for due actions besides
 	// being woken by LISTEN/NOTIFY. Default 1 s.
 	PollInterval time.Duration
-	// Step is the linear backoff step: the n-th retry of a run waits
-	// Step·n plus jitter. Default 15 s.
+	// Step is the linear backoff step (peakdesk.LinearBackOff): the retry
+	// after a run's n-th failed attempt waits Step·n, spread by ±Jitter.
+	// Default 15 s.
 	Step time.Duration
 	// FollowUpStep is the step of order follow-ups, whose customer waits.
 	// Default 5 s.
 	FollowUpStep time.Duration
-	// Jitter is the largest extra wait as a fraction of the wait (0..1].
-	// Default (and when 0) 0.2.
+	// Jitter spreads every wait by up to ± this fraction of it (0..1], so
+	// actions that failed together do not retry together. Default (and
+	// when 0) 0.2.
 	Jitter float64
 	// MaxDelay caps one wait, including a shop's Retry-After. Default 10 min.
 	MaxDelay time.Duration
@@ -172,6 +174,9 @@ type Relay struct {
 	cfg     Config
 	log     *slog.Logger
 	metrics *relayMetrics
+	// retry and followUpRetry schedule the next attempt after a failed one
+	// (Wait only reads them, so attempts share them).
+	retry, followUpRetry peakdesk.LinearBackOff
 
 	slots chan struct{} // one token per action in flight
 	wake  chan struct{} // LISTEN/NOTIFY or a freed slot: look for work now
@@ -201,9 +206,12 @@ func NewRelay(cfg Config) (*Relay, error) {
 		return nil, fmt.Errorf("outbox: metrics: %w", err)
 	}
 	return &Relay{
-		cfg:      cfg,
-		log:      cfg.Logger.With("component", "relay", "relay", cfg.ID),
-		metrics:  m,
+		cfg:     cfg,
+		log:     cfg.Logger.With("component", "relay", "relay", cfg.ID),
+		metrics: m,
+		retry:   peakdesk.LinearBackOff{Step: cfg.Step, Max: cfg.MaxDelay, Jitter: cfg.Jitter, Rand: cfg.Rand},
+		followUpRetry: peakdesk.LinearBackOff{Step: cfg.FollowUpStep, Max: cfg.MaxDelay, Jitter: cfg.Jitter,
+			Rand: cfg.Rand},
 		slots:    make(chan struct{}, cfg.Concurrency),
 		wake:     make(chan struct{}, 1),
 		freed:    make(chan struct{}, 1),
@@ -287,7 +295,7 @@ func (r *Relay) nudge() {
 // connection fails; polling covers the gaps.
 func (r *Relay) listen(ctx context.Context, l *storage.ActionListener) {
 	defer r.bg.Done()
-	reconnect := Linear{Step: 500 * time.Millisecond, Max: 30 * time.Second, Jitter: 0.2}
+	reconnect := peakdesk.LinearBackOff{Step: 500 * time.Millisecond, Max: 30 * time.Second, Jitter: 0.2}
 	for {
 		if l == nil {
 			var err error
@@ -296,7 +304,7 @@ func (r *Relay) listen(ctx context.Context, l *storage.ActionListener) {
 					return
 				}
 				r.log.Warn("outbox relay cannot listen; polling meanwhile", "err", err)
-				if !sleep(ctx, reconnect.NextBackOff()) {
+				if peakdesk.Sleep(ctx, reconnect.NextBackOff()) != nil {
 					return
 				}
 				continue
@@ -314,17 +322,6 @@ func (r *Relay) listen(ctx context.Context, l *storage.ActionListener) {
 			continue
 		}
 		r.nudge()
-	}
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
 	}
 }
 
@@ -390,8 +387,14 @@ func (r *Relay) run(a peakdesk.Action) {
 		}
 		r.inflight.Done()
 	}()
+	// Every attempt is a span of the trace of the message that promised
+	// the action (a trace of its own when unknown): the shop calls carry
+	// it, and so do the logs.
+	trace := peakdesk.ContinueTrace(a.Trace)
+	log := r.log.With("trace_id", trace.ID, "action_id", a.ID, "shop", a.ShopID, "kind", string(a.Kind),
+		"conversation_id", a.ConversationID)
 	start := r.cfg.Now()
-	ctx, cancel := context.WithTimeout(r.workCtx, r.cfg.AttemptTimeout)
+	ctx, cancel := context.WithTimeout(peakdesk.WithTrace(r.workCtx, trace), r.cfg.AttemptTimeout)
 	out := r.execute(ctx, a)
 	cancel()
 	if r.killed.Load() {
@@ -402,11 +405,10 @@ func (r *Relay) run(a peakdesk.Action) {
 	}
 	end := r.cfg.Now()
 	res := r.decide(a, out, end)
-	log := r.log.With("action_id", a.ID, "shop", a.ShopID, "kind", string(a.Kind), "conversation_id", a.ConversationID)
 
 	// Record with a context of our own: a stopping relay still writes down
 	// what happened.
-	bg, cancelBG := context.WithTimeout(context.WithoutCancel(r.workCtx), r.cfg.AttemptTimeout)
+	bg, cancelBG := context.WithTimeout(peakdesk.WithTrace(context.WithoutCancel(r.workCtx), trace), r.cfg.AttemptTimeout)
 	defer cancelBG()
 	if a.Kind == peakdesk.ActionOrderFollowUp && res.State == peakdesk.ActionDead {
 		text := texts.Text(followUpLang(a), texts.HandoffOrderLookup, nil)
@@ -634,12 +636,11 @@ func (r *Relay) decide(a peakdesk.Action, out outcome, now time.Time) storage.At
 			res.LastError = fmt.Sprintf("gave up after %d attempts: %s", a.RunAttempts, out.err)
 			break
 		}
-		step := r.cfg.Step
+		schedule := &r.retry
 		if a.Kind == peakdesk.ActionOrderFollowUp {
-			step = r.cfg.FollowUpStep
+			schedule = &r.followUpRetry
 		}
-		wait := Linear{Step: step, Jitter: r.cfg.Jitter, Max: r.cfg.MaxDelay, Rand: r.cfg.Rand}.after(a.RunAttempts)
-		wait = min(max(wait, out.retryAfter), r.cfg.MaxDelay)
+		wait := min(max(schedule.Wait(a.RunAttempts), out.retryAfter), r.cfg.MaxDelay)
 		res.State, res.NextAttemptAt = peakdesk.ActionRetrying, now.Add(wait)
 	}
 	return res

@@ -1,7 +1,10 @@
 package outbox_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"log/slog"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -18,33 +21,9 @@ import (
 	"github.com/peakdesk/peakdesk/workers/texts"
 )
 
-func TestLinearBackOff(t *testing.T) {
-	t.Parallel()
-	b := &outbox.Linear{Step: 10 * time.Second, Max: 35 * time.Second}
-	for i, want := range []time.Duration{10 * time.Second, 20 * time.Second, 30 * time.Second, 35 * time.Second} {
-		if got := b.NextBackOff(); got != want {
-			t.Fatalf("wait %d: %v, want %v", i+1, got, want)
-		}
-	}
-	b.Reset()
-	if got := b.NextBackOff(); got != 10*time.Second {
-		t.Fatalf("after reset: %v", got)
-	}
-	jittered := outbox.Linear{Step: time.Second, Jitter: 0.5, Rand: func() float64 { return 0.5 }}
-	if got := outbox.LinearAfter(jittered, 4); got != 5*time.Second {
-		t.Fatalf("4th wait with jitter 0.5 at 0.5: %v, want 5s", got)
-	}
-	for n := 1; n <= 20; n++ {
-		got := outbox.LinearAfter(outbox.Linear{Step: time.Second, Jitter: 0.2}, n)
-		if low, high := time.Duration(n)*time.Second, time.Duration(float64(n)*1.2*float64(time.Second)); got < low || got > high {
-			t.Fatalf("wait %d = %v outside [%v, %v]", n, got, low, high)
-		}
-	}
-}
-
 // The shop is down for a while: every action retries on the linear schedule
-// (step·n plus at most 10 % jitter) and succeeds once the shop is back, with
-// exactly one effect each.
+// (step·n, spread by at most ±10 % jitter) and succeeds once the shop is
+// back, with exactly one effect each.
 func TestShopOutageRetriesOnTheLinearScheduleThenSucceedsExactlyOnce(t *testing.T) {
 	t.Parallel()
 	e := setup(t, shopsim.Faults{Down: true})
@@ -58,14 +37,15 @@ func TestShopOutageRetriesOnTheLinearScheduleThenSucceedsExactlyOnce(t *testing.
 	cfg.Registerer = reg
 	r := e.startRelay(t, cfg)
 
-	// Attempt n fails at the clock's now; the next is due step·n later.
+	// Attempt n fails at the clock's now; the next is due step·n ± 10 %
+	// later.
 	for n := 1; n <= 3; n++ {
 		failedAt := e.clock.Now()
 		waitFor(t, 10*time.Second, "failed attempt", func() bool {
 			return e.all(t, func(a peakdesk.Action) bool { return a.Attempts == n && a.State == peakdesk.ActionRetrying })
 		})
-		low := time.Duration(n) * 10 * time.Second
-		high := low + low/10
+		step := time.Duration(n) * 10 * time.Second
+		low, high := step-step/10, step+step/10
 		for _, a := range e.actions(t) {
 			if wait := a.NextAttemptAt.Sub(failedAt); wait < low || wait > high {
 				t.Fatalf("after attempt %d, action %d waits %v, want within [%v, %v]", n, a.ID, wait, low, high)
@@ -77,7 +57,7 @@ func TestShopOutageRetriesOnTheLinearScheduleThenSucceedsExactlyOnce(t *testing.
 		if n == 3 {
 			e.sim.SetFaults(shopsim.Faults{}) // the shop is back
 		}
-		// Nothing is due until the clock reaches the earliest next attempt.
+		// Every next attempt is due once the clock passes the latest.
 		e.clock.Advance(high)
 	}
 	waitFor(t, 10*time.Second, "every action succeeded", func() bool {
@@ -174,11 +154,14 @@ func TestKilledRelaysLeasesExpireAndAnotherRelayFinishes(t *testing.T) {
 	}
 }
 
-// Two relays drain one table concurrently: every action is attempted once,
-// so the shop never sees a key twice (no replays, no conflicts).
+// Two relays drain one table concurrently: both do work, every action is
+// attempted once, so the shop never sees a key twice (no replays, no
+// conflicts) and applies each action exactly once.
 func TestTwoRelaysNeverClaimTheSameAction(t *testing.T) {
 	t.Parallel()
-	e := setup(t, shopsim.Faults{LatencyJitterMS: 2})
+	// 5 ms a call: one relay with 16 slots needs at least 125 ms for the
+	// 400 actions, while the other looks for work every 10 ms.
+	e := setup(t, shopsim.Faults{LatencyMS: 5, LatencyJitterMS: 2})
 	const n = 400
 	var actions []peakdesk.Action
 	for i := range n {
@@ -199,10 +182,14 @@ func TestTwoRelaysNeverClaimTheSameAction(t *testing.T) {
 		return e.all(t, func(a peakdesk.Action) bool { return a.State == peakdesk.ActionSucceeded })
 	})
 	byRelay := map[string]int{}
+	effects := e.effectsByKey()
 	for _, a := range e.actions(t) {
 		at := e.attempts(t, a.ID)
 		if a.Attempts != 1 || len(at) != 1 {
 			t.Fatalf("action %d attempted %d times (%d rows)", a.ID, a.Attempts, len(at))
+		}
+		if effects[a.IdempotencyKey] != 1 {
+			t.Errorf("action %s applied %d times at the shop", a.IdempotencyKey, effects[a.IdempotencyKey])
 		}
 		byRelay[at[0].Relay]++
 	}
@@ -210,7 +197,14 @@ func TestTwoRelaysNeverClaimTheSameAction(t *testing.T) {
 	if len(e.sim.Effects()) != n || st.Replays != 0 || st.Conflicts != 0 {
 		t.Fatalf("effects %d (want %d), replays %d, conflicts %d", len(e.sim.Effects()), n, st.Replays, st.Conflicts)
 	}
-	t.Logf("actions by relay: %v", byRelay)
+	for _, r := range relays {
+		if byRelay[r.ID()] == 0 {
+			t.Errorf("relay %s did nothing (actions by relay: %v); the test proves nothing", r.ID(), byRelay)
+		}
+	}
+	if len(byRelay) != len(relays) || byRelay[relays[0].ID()]+byRelay[relays[1].ID()] != n {
+		t.Errorf("actions by relay %v, want all %d by the two relays", byRelay, n)
+	}
 }
 
 // A 4xx validation answer is final: the action is dead after one attempt.
@@ -433,8 +427,8 @@ func TestOrderFollowUpPushesTheSecondReplyOrHandsOver(t *testing.T) {
 	if !strings.HasPrefix(handoffs[0], "ord_lost: gave up after 2 attempts") {
 		t.Fatalf("handoff: %q", handoffs[0])
 	}
-	// ok failed its second attempt (next in 10..11 s); now the shop is back
-	// but the first push of the reply fails (next in 15..16.5 s).
+	// ok failed its second attempt (next in 9..11 s); now the shop is back
+	// but the first push of the reply fails (next in 13.5..16.5 s).
 	waitFor(t, 10*time.Second, "second failure", func() bool {
 		a := e.find(t, "ord_ok")
 		return a.Attempts == 2 && a.State == peakdesk.ActionRetrying
@@ -464,6 +458,99 @@ func TestOrderFollowUpPushesTheSecondReplyOrHandsOver(t *testing.T) {
 	if len(notices) != 1 || !strings.HasPrefix(notices[0], "Sorry, we could not look up your order") {
 		t.Fatalf("handoff notices %q; want the English one", notices)
 	}
+}
+
+// Every attempt at the shop continues the trace of the message that
+// promised the action, as a span of its own; an action without a trace
+// starts a new one per attempt. The relay's logs carry the attempt's trace
+// id.
+func TestShopCallsContinueTheTraceOfTheMessageThatPromisedThem(t *testing.T) {
+	t.Parallel()
+	e := setup(t, shopsim.Faults{Down: true})
+	msg := peakdesk.ContinueTrace("")
+	traced := e.coupon(1)
+	traced.Trace = msg.Parent
+	untraced := e.refund(1)
+	untraced.MaxAttempts = 2
+	e.enqueue(t, traced, untraced)
+	logs := &logBuffer{}
+	cfg := e.relayConfig(t)
+	cfg.Logger = slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	e.startRelay(t, cfg)
+
+	waitFor(t, 10*time.Second, "first failures", func() bool {
+		return e.all(t, func(a peakdesk.Action) bool { return a.Attempts == 1 && a.State == peakdesk.ActionRetrying })
+	})
+	e.clock.Advance(11 * time.Second)
+	waitFor(t, 10*time.Second, "the refund dead, the coupon failed twice", func() bool {
+		return e.find(t, untraced.IdempotencyKey).State == peakdesk.ActionDead &&
+			e.find(t, traced.IdempotencyKey).Attempts == 2
+	})
+	e.sim.SetFaults(shopsim.Faults{})
+	e.clock.Advance(22 * time.Second)
+	waitFor(t, 10*time.Second, "the coupon succeeded", func() bool {
+		return e.find(t, traced.IdempotencyKey).State == peakdesk.ActionSucceeded
+	})
+
+	spans := map[string]bool{}
+	var refundTraces []string
+	for _, c := range e.shopCalls() {
+		parts := strings.Split(c.Trace, "-")
+		if len(parts) != 4 {
+			t.Fatalf("%s %s: traceparent %q", c.Method, c.Path, c.Trace)
+		}
+		switch c.Key {
+		case traced.IdempotencyKey:
+			if parts[1] != msg.ID || c.Trace == msg.Parent || spans[parts[2]] {
+				t.Errorf("coupon attempt with traceparent %q; want trace %s with a span of its own", c.Trace, msg.ID)
+			}
+			spans[parts[2]] = true
+		case untraced.IdempotencyKey:
+			refundTraces = append(refundTraces, parts[1])
+		}
+	}
+	if len(spans) != 3 {
+		t.Errorf("%d coupon attempts reached the shop, want 3", len(spans))
+	}
+	if len(refundTraces) != 2 || refundTraces[0] == refundTraces[1] || refundTraces[0] == msg.ID {
+		t.Fatalf("the untraced refund's attempts were traced %v; want a new trace each", refundTraces)
+	}
+	var dead map[string]any
+	for _, rec := range logs.records(t) {
+		if rec["msg"] == "outbox action is dead" {
+			dead = rec
+		}
+	}
+	if dead == nil || dead["trace_id"] != refundTraces[1] || dead["action_id"] == nil {
+		t.Errorf("the dead refund was logged as %v; want trace_id %s", dead, refundTraces[1])
+	}
+}
+
+// logBuffer collects a JSON logger's lines.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *logBuffer) records(t *testing.T) []map[string]any {
+	t.Helper()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out []map[string]any
+	for _, line := range bytes.Split(bytes.TrimSpace(b.buf.Bytes()), []byte("\n")) {
+		var rec map[string]any
+		if err := json.Unmarshal(line, &rec); err != nil {
+			t.Fatalf("log line %q: %v", line, err)
+		}
+		out = append(out, rec)
+	}
+	return out
 }
 
 func TestRelayConfigValidation(t *testing.T) {

@@ -71,7 +71,7 @@ func (db *DB) ReplyFor(ctx context.Context, shop, messageID string) (*peakdesk.R
 		messageID, shop).Scan(&replyID)
 	switch {
 	case noRows(err) || (err == nil && replyID == nil):
-		return nil, ErrNotFound
+		return nil, notFound("reply")
 	case err != nil:
 		return nil, fmt.Errorf("storage: reply for: %w", err)
 	}
@@ -94,7 +94,7 @@ func (db *DB) reply(ctx context.Context, shop, id string) (*peakdesk.Reply, erro
 		`SELECT `+replyColumns+` FROM replies r WHERE r.id = $1 AND r.shop_id = $2`, id, shop))
 	switch {
 	case noRows(err):
-		return nil, ErrNotFound
+		return nil, notFound("reply")
 	case err != nil:
 		return nil, fmt.Errorf("reply: %w", err)
 	}
@@ -119,7 +119,7 @@ func (db *DB) Message(ctx context.Context, shop, id string) (*MessageRecord, err
 		&rec.CreatedAt, &replyID)
 	switch {
 	case noRows(err):
-		return nil, ErrNotFound
+		return nil, notFound("message")
 	case err != nil:
 		return nil, fmt.Errorf("storage: message: %w", err)
 	}
@@ -140,7 +140,7 @@ func (db *DB) ConversationOwner(ctx context.Context, shop, id string) (string, e
 		id, shop).Scan(&user)
 	switch {
 	case noRows(err):
-		return "", ErrNotFound
+		return "", notFound("conversation")
 	case err != nil:
 		return "", fmt.Errorf("storage: conversation owner: %w", err)
 	}
@@ -155,7 +155,7 @@ func (db *DB) Conversation(ctx context.Context, shop, id string) (*peakdesk.Conv
 		WHERE id = $1 AND shop_id = $2`, id, shop).Scan(&c.UserID, &c.Handoff, &c.CreatedAt)
 	switch {
 	case noRows(err):
-		return nil, ErrNotFound
+		return nil, notFound("conversation")
 	case err != nil:
 		return nil, fmt.Errorf("storage: conversation: %w", err)
 	}

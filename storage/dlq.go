@@ -25,8 +25,9 @@ const (
 
 // ErrDLQResolved is returned when an operator acts on a dead letter that was
 // already resolved the other way (re-driving a discarded one, discarding a
-// re-driven one).
-var ErrDLQResolved = errors.New("storage: dead letter already resolved")
+// re-driven one). It is an invalid_argument peakdesk.Error.
+var ErrDLQResolved = &peakdesk.Error{Code: peakdesk.EInvalid,
+	Message: "the dead letter was already resolved the other way"}
 
 // DeadLetter is a message that used up its JetStream deliveries.
 type DeadLetter struct {
@@ -291,7 +292,7 @@ func (db *DB) resolveDLQ(ctx context.Context, a DLQAction, to string, also func(
 			WHERE d.id = $1 AND ($2 = '*' OR d.shop_id = $2) FOR UPDATE`, a.ID, a.Scope))
 		switch {
 		case noRows(err):
-			return ErrNotFound
+			return notFound("dead letter")
 		case err != nil:
 			return err
 		case e.State != DLQDead && e.State != to:
@@ -336,7 +337,7 @@ func (db *DB) QueuedMessage(ctx context.Context, shop, id string) (*peakdesk.Mes
 		&m.UserID, &m.Text, &m.Channel, &prio, &m.ClientMsgID, &metadata, &m.AcceptedAt)
 	switch {
 	case noRows(err):
-		return nil, ErrNotFound
+		return nil, notFound("message")
 	case err != nil:
 		return nil, fmt.Errorf("storage: queued message: %w", err)
 	}

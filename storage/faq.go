@@ -39,7 +39,7 @@ func (db *DB) ImportFAQ(ctx context.Context, shop string, entries []FAQEntry, re
 			return err
 		}
 		if !ok {
-			return fmt.Errorf("shop %q: %w", shop, ErrNotFound)
+			return fmt.Errorf("storage: import faq: shop %q: %w", shop, notFound("shop"))
 		}
 		questions := make([]string, 0, len(entries))
 		for _, e := range entries {
@@ -93,7 +93,7 @@ func (db *DB) DeleteFAQ(ctx context.Context, shop string, id int64) error {
 		return fmt.Errorf("storage: delete faq: %w", err)
 	}
 	if tag.RowsAffected() == 0 {
-		return ErrNotFound
+		return notFound("FAQ entry")
 	}
 	return nil
 }

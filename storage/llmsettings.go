@@ -38,7 +38,7 @@ func (db *DB) ShopLLMSettings(ctx context.Context, shop string) (*LLMSettings, e
 		Scan(&s.ShopID, &s.BaseURL, &s.APIKey, &s.Models, &s.UpdatedAt)
 	switch {
 	case noRows(err):
-		return nil, ErrNotFound
+		return nil, notFound("LLM settings")
 	case err != nil:
 		return nil, fmt.Errorf("storage: shop llm settings: %w", err)
 	}
@@ -102,7 +102,7 @@ func (db *DB) ShopLLMLimits(ctx context.Context, shop string) (*LLMLimits, error
 		Scan(&l.Currency, &l.MaxTokens, &l.SpendCapPerDayCents, &l.CallsPerUserPerHour)
 	switch {
 	case noRows(err):
-		return nil, ErrNotFound
+		return nil, notFound("shop")
 	case err != nil:
 		return nil, fmt.Errorf("storage: shop llm limits: %w", err)
 	}
@@ -134,7 +134,7 @@ func (db *DB) SetShopLLMLimits(ctx context.Context, l LLMLimits) error {
 	case err != nil:
 		return fmt.Errorf("storage: set shop llm limits: %w", err)
 	case tag.RowsAffected() == 0:
-		return ErrNotFound
+		return notFound("shop")
 	}
 	return nil
 }

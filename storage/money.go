@@ -88,7 +88,7 @@ func (db *DB) CouponPolicy(ctx context.Context, shop string) (CouponPolicy, erro
 		FROM shops WHERE id = $1`, shop).Scan(&p.PerUserPerDay, &p.BudgetPerDayCents)
 	switch {
 	case noRows(err):
-		return p, ErrNotFound
+		return p, notFound("shop")
 	case err != nil:
 		return p, fmt.Errorf("storage: coupon policy: %w", err)
 	}
@@ -103,7 +103,7 @@ func (db *DB) SetCouponPolicy(ctx context.Context, shop string, p CouponPolicy) 
 	case err != nil:
 		return fmt.Errorf("storage: set coupon policy: %w", err)
 	case tag.RowsAffected() == 0:
-		return ErrNotFound
+		return notFound("shop")
 	}
 	return nil
 }
@@ -173,7 +173,7 @@ func takeGrant(ctx context.Context, tx pgx.Tx, r GrantRequest) (Grant, error) {
 			&p.PerUserPerDay, &p.BudgetPerDayCents, &userCount, &dayCents)
 		switch {
 		case noRows(err):
-			return Grant{}, ErrNotFound
+			return Grant{}, notFound("shop")
 		case err != nil:
 			return Grant{}, err
 		case userCount >= int64(p.PerUserPerDay):

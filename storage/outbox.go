@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -23,10 +24,12 @@ const AllShops = "*"
 // actions are written or retried.
 const OutboxChannel = "peakdesk_outbox"
 
-// ErrActionState is returned (wrapped, with the current state) when an
-// operator operation does not apply to the action's state, e.g. cancelling
-// an action that is running or succeeded.
-var ErrActionState = errors.New("storage: action state does not allow this")
+// ErrActionState is returned (wrapped, with the reason in its message) when
+// an operator operation does not apply to the action's state, e.g.
+// cancelling an action that is running or succeeded. It is an
+// invalid_argument peakdesk.Error naming the field "state".
+var ErrActionState = &peakdesk.Error{Code: peakdesk.EInvalid, Field: "state",
+	Message: "not possible in the action's state"}
 
 // Tx runs fn in a transaction, committed when fn returns nil.
 func (db *DB) Tx(ctx context.Context, fn func(tx pgx.Tx) error) error {
@@ -115,15 +118,16 @@ func (db *DB) PutShopAPISettings(ctx context.Context, s ShopAPISettings) error {
 // promises them, and returns how many were new. An action whose idempotency
 // key is already stored is the same action and is skipped. Each action
 // needs ShopID, Kind, Payload, IdempotencyKey and MaxAttempts;
-// ConversationID, ReplyID and NextAttemptAt (zero = now) are optional.
-// Inserting wakes the relays once the transaction commits.
+// ConversationID, ReplyID, NextAttemptAt (zero = now) and Trace (empty =
+// the trace ctx carries, peakdesk.TraceFrom) are optional. Inserting wakes
+// the relays once the transaction commits.
 func InsertActions(ctx context.Context, tx pgx.Tx, actions []peakdesk.Action) (int, error) {
 	if len(actions) == 0 {
 		return 0, nil
 	}
 	n := len(actions)
 	shops, convs, replies, kinds := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
-	payloads, keys := make([]string, n), make([]string, n)
+	payloads, keys, traces := make([]string, n), make([]string, n), make([]string, n)
 	maxAttempts := make([]int32, n)
 	next := make([]*time.Time, n)
 	grants := make([]*int64, n)
@@ -136,6 +140,7 @@ func InsertActions(ctx context.Context, tx pgx.Tx, actions []peakdesk.Action) (i
 		}
 		shops[i], convs[i], replies[i], kinds[i] = a.ShopID, a.ConversationID, a.ReplyID, string(a.Kind)
 		payloads[i], keys[i], maxAttempts[i] = string(a.Payload), a.IdempotencyKey, int32(a.MaxAttempts)
+		traces[i] = actionTrace(ctx, a)
 		if !a.NextAttemptAt.IsZero() {
 			next[i] = &a.NextAttemptAt
 		}
@@ -145,12 +150,12 @@ func InsertActions(ctx context.Context, tx pgx.Tx, actions []peakdesk.Action) (i
 		}
 	}
 	tag, err := tx.Exec(ctx, `INSERT INTO outbox_actions (shop_id, conversation_id, reply_id, kind, payload,
-			idempotency_key, max_attempts, next_attempt_at, grant_id)
-		SELECT s, c, r, k, p::jsonb, ik, m, coalesce(na, now()), g
+			idempotency_key, max_attempts, next_attempt_at, grant_id, trace)
+		SELECT s, c, r, k, p::jsonb, ik, m, coalesce(na, now()), g, tr
 		FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[],
-			$8::timestamptz[], $9::bigint[]) AS t(s, c, r, k, p, ik, m, na, g)
+			$8::timestamptz[], $9::bigint[], $10::text[]) AS t(s, c, r, k, p, ik, m, na, g, tr)
 		ON CONFLICT (idempotency_key) DO NOTHING`,
-		shops, convs, replies, kinds, payloads, keys, maxAttempts, next, grants)
+		shops, convs, replies, kinds, payloads, keys, maxAttempts, next, grants, traces)
 	if err != nil {
 		return 0, fmt.Errorf("storage: insert actions: %w", err)
 	}
@@ -160,6 +165,12 @@ func InsertActions(ctx context.Context, tx pgx.Tx, actions []peakdesk.Action) (i
 		return 0, err
 	}
 	return int(tag.RowsAffected()), nil
+}
+
+// actionTrace is the trace an action is written with: its own, or the one
+// of the request or message ctx belongs to.
+func actionTrace(ctx context.Context, a *peakdesk.Action) string {
+	return cmp.Or(a.Trace, peakdesk.TraceFrom(ctx).Parent)
 }
 
 func checkNewAction(a *peakdesk.Action) error {
@@ -182,6 +193,7 @@ func checkNewAction(a *peakdesk.Action) error {
 // InsertReplyWebhook writes a webhook.deliver action in tx if the action's
 // shop has a webhook URL configured, and reports whether it did (a shop
 // without one gets no webhooks; a repeat of the key is not inserted twice).
+// Like InsertActions, it takes ctx's trace when a has none.
 func InsertReplyWebhook(ctx context.Context, tx pgx.Tx, a peakdesk.Action) (bool, error) {
 	if a.Kind != peakdesk.ActionWebhookDeliver {
 		return false, fmt.Errorf("storage: insert reply webhook: kind is %q", a.Kind)
@@ -190,11 +202,12 @@ func InsertReplyWebhook(ctx context.Context, tx pgx.Tx, a peakdesk.Action) (bool
 		return false, err
 	}
 	tag, err := tx.Exec(ctx, `INSERT INTO outbox_actions (shop_id, conversation_id, reply_id, kind, payload,
-			idempotency_key, max_attempts)
-		SELECT $1, $2, $3, $4, $5, $6, $7
+			idempotency_key, max_attempts, trace)
+		SELECT $1, $2, $3, $4, $5, $6, $7, $8
 		WHERE EXISTS (SELECT 1 FROM shop_api_settings WHERE shop_id = $1 AND webhook_url <> '')
 		ON CONFLICT (idempotency_key) DO NOTHING`,
-		a.ShopID, a.ConversationID, a.ReplyID, string(a.Kind), []byte(a.Payload), a.IdempotencyKey, a.MaxAttempts)
+		a.ShopID, a.ConversationID, a.ReplyID, string(a.Kind), []byte(a.Payload), a.IdempotencyKey, a.MaxAttempts,
+		actionTrace(ctx, &a))
 	if err != nil {
 		return false, fmt.Errorf("storage: insert reply webhook: %w", err)
 	}
@@ -233,7 +246,7 @@ func (db *DB) LiveActionExists(ctx context.Context, shop string, kind peakdesk.A
 
 const actionColumns = `id, shop_id, conversation_id, reply_id, kind, payload, idempotency_key, key_generation,
 	state, attempts, run_attempts, max_attempts, next_attempt_at, lease_owner, lease_expires_at, last_error,
-	last_http_status, rejected, result, created_at, updated_at, completed_at, coalesce(grant_id, 0)`
+	last_http_status, rejected, result, created_at, updated_at, completed_at, coalesce(grant_id, 0), trace`
 
 func scanAction(row pgx.Row) (peakdesk.Action, error) {
 	var a peakdesk.Action
@@ -245,7 +258,7 @@ func scanAction(row pgx.Row) (peakdesk.Action, error) {
 	err := row.Scan(&a.ID, &a.ShopID, &a.ConversationID, &a.ReplyID, &kind, &payload, &a.IdempotencyKey,
 		&a.KeyGeneration, &state, &a.Attempts, &a.RunAttempts, &a.MaxAttempts, &a.NextAttemptAt, &leaseOwner,
 		&leaseExpires, &a.LastError, &status, &a.Rejected, &result, &a.CreatedAt, &a.UpdatedAt, &completed,
-		&a.GrantID)
+		&a.GrantID, &a.Trace)
 	if err != nil {
 		return a, err
 	}
@@ -558,7 +571,7 @@ func (db *DB) Action(ctx context.Context, scope string, id int64) (peakdesk.Acti
 		WHERE id = $1 AND ($2 = '*' OR shop_id = $2)`, id, scope))
 	switch {
 	case noRows(err):
-		return a, ErrNotFound
+		return a, notFound("action")
 	case err != nil:
 		return a, fmt.Errorf("storage: action: %w", err)
 	}
@@ -634,16 +647,16 @@ func updateAction(ctx context.Context, tx pgx.Tx, scope string, id int64, now ti
 			id, scope).Scan(&state)
 		switch {
 		case noRows(err):
-			return a, ErrNotFound
+			return a, notFound("action")
 		case err != nil:
 			return a, fmt.Errorf("storage: update action: %w", err)
 		}
-		return a, fmt.Errorf("%w: the action is %s", ErrActionState, state)
+		return a, actionStateError("the action is " + state)
 	}
 	if isUniqueViolation(err) {
 		// Retrying a dead money action brings its grant back, which the
 		// order's other live grant refuses.
-		return a, fmt.Errorf("%w: another refund or coupon of the same order is live", ErrActionState)
+		return a, actionStateError("another refund or coupon of the same order is live")
 	}
 	if err != nil {
 		return a, fmt.Errorf("storage: update action: %w", err)
@@ -683,8 +696,7 @@ func bulkUpdate(ctx context.Context, tx pgx.Tx, scope string, f ActionFilter, no
 	where := f.where(scope, &args)
 	tag, err := tx.Exec(ctx, `UPDATE outbox_actions SET `+set+` WHERE `+where+` AND state IN `+states, args...)
 	if isUniqueViolation(err) {
-		return 0, fmt.Errorf("%w: two of the matching coupons or refunds are for the same order; retry them one by one",
-			ErrActionState)
+		return 0, actionStateError("two of the matching coupons or refunds are for the same order; retry them one by one")
 	}
 	if err != nil {
 		return 0, fmt.Errorf("storage: bulk update actions: %w", err)

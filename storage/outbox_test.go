@@ -108,6 +108,47 @@ func TestInsertReplyWebhookOnlyForShopsWithAWebhookURL(t *testing.T) {
 	}
 }
 
+// An action keeps the trace of the message whose reply promised it: its own
+// Trace, or else the trace of the context it is written in, so the relay's
+// shop calls continue that message's trace.
+func TestActionsKeepTheTraceOfTheMessageThatPromisedThem(t *testing.T) {
+	t.Parallel()
+	db := setupDB(t)
+	msg := peakdesk.ContinueTrace("")
+	ctx := peakdesk.WithTrace(context.Background(), msg)
+	own := newAction("shop1", peakdesk.ActionCouponIssue, "own", `{}`)
+	own.Trace = peakdesk.ContinueTrace("").Parent
+	if err := db.PutShopAPISettings(ctx, storage.ShopAPISettings{ShopID: "shop1", WebhookURL: "http://example.invalid/hook"}); err != nil {
+		t.Fatal(err)
+	}
+	err := db.Tx(ctx, func(tx pgx.Tx) error {
+		if _, err := storage.InsertActions(ctx, tx, []peakdesk.Action{own,
+			newAction("shop1", peakdesk.ActionRefundRequest, "from-ctx", `{}`)}); err != nil {
+			return err
+		}
+		_, err := storage.InsertReplyWebhook(ctx, tx, newAction("shop1", peakdesk.ActionWebhookDeliver, "webhook", `{}`))
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	enqueue(t, db, newAction("shop1", peakdesk.ActionCouponIssue, "untraced", `{}`))
+	got, err := db.ListActions(context.Background(), "shop1", storage.ActionFilter{}, 0, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"own": own.Trace, "from-ctx": msg.Parent, "webhook": msg.Parent, "untraced": ""}
+	for _, a := range got {
+		if a.Trace != want[a.IdempotencyKey] {
+			t.Errorf("action %s has trace %q, want %q", a.IdempotencyKey, a.Trace, want[a.IdempotencyKey])
+		}
+		delete(want, a.IdempotencyKey)
+	}
+	if len(want) != 0 {
+		t.Errorf("actions not stored: %v", want)
+	}
+}
+
 func TestConcurrentClaimsNeverShareAnAction(t *testing.T) {
 	t.Parallel()
 	db := setupDB(t)

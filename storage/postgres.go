@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
 
+	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/migrations"
 )
 
@@ -55,8 +56,11 @@ func (db *DB) Migrate(ctx context.Context) error {
 	return migrations.Up(ctx, sqldb)
 }
 
-// ErrNotFound is returned by lookups that find no row in the caller's shop.
-var ErrNotFound = errors.New("storage: not found")
+// ErrNotFound is returned (often wrapped, with a message naming what was not
+// found) by lookups that find no row in the caller's shop. It is a
+// not_found peakdesk.Error, so callers pass it on as it is; errors.Is
+// matches it through the wrapping.
+var ErrNotFound = &peakdesk.Error{Code: peakdesk.ENotFound, Message: "not found"}
 
 func isUniqueViolation(err error) bool {
 	var pgErr *pgconn.PgError

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/maintnotifications"
 )
 
 // OpenRedis returns a client for url. It does not insist that Redis answers
@@ -20,6 +21,11 @@ func OpenRedis(url string) (*redis.Client, error) {
 	opt.DialTimeout = cmpDuration(opt.DialTimeout, 2*time.Second)
 	opt.ReadTimeout = cmpDuration(opt.ReadTimeout, time.Second)
 	opt.WriteTimeout = cmpDuration(opt.WriteTimeout, time.Second)
+	// Maintenance notifications are a Redis Cloud/Enterprise feature for
+	// failovers; peakdesk's Redis holds caches and counters, and a client
+	// cloned from these options (the edge limiter's) would register the
+	// handlers twice and warn at every start.
+	opt.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
 	return redis.NewClient(opt), nil
 }
 

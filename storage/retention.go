@@ -49,7 +49,7 @@ func (db *DB) SetShopRetention(ctx context.Context, shop string, days int) error
 		return fmt.Errorf("storage: set shop retention: %w", err)
 	}
 	if tag.RowsAffected() == 0 {
-		return ErrNotFound
+		return notFound("shop")
 	}
 	return nil
 }

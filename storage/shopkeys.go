@@ -43,7 +43,7 @@ func scanShopKey(row pgx.Row) (*ShopKey, error) {
 	var k ShopKey
 	err := row.Scan(&k.KID, &k.ShopID, &k.Secret, &k.CreatedAt, &k.NotAfter)
 	if noRows(err) {
-		return nil, ErrNotFound
+		return nil, notFound("signing key")
 	}
 	return &k, err
 }
@@ -64,7 +64,7 @@ func (db *DB) EnsureShopKey(ctx context.Context, shop, kid, secret string) (*Sho
 	_, err := db.pool.Exec(ctx, `INSERT INTO shop_keys (kid, shop_id, secret) VALUES ($1, $2, $3)
 		ON CONFLICT (shop_id) WHERE not_after IS NULL DO NOTHING`, kid, shop, secret)
 	if isForeignKeyViolation(err) {
-		return nil, ErrNotFound
+		return nil, notFound("shop")
 	}
 	if err != nil {
 		return nil, fmt.Errorf("storage: ensure shop key: %w", err)
@@ -90,7 +90,7 @@ func (db *DB) RotateShopKey(ctx context.Context, shop, kid, secret string, overl
 		var one int
 		if err := tx.QueryRow(ctx, `SELECT 1 FROM shops WHERE id = $1 FOR UPDATE`, shop).Scan(&one); err != nil {
 			if noRows(err) {
-				return ErrNotFound
+				return notFound("shop")
 			}
 			return err
 		}
@@ -121,7 +121,7 @@ func (db *DB) ExpireShopKey(ctx context.Context, shop, kid string, at time.Time)
 	case err != nil:
 		return fmt.Errorf("storage: expire shop key: %w", err)
 	case tag.RowsAffected() == 0:
-		return ErrNotFound
+		return notFound("signing key")
 	}
 	return nil
 }

@@ -55,7 +55,7 @@ func (db *DB) ShopSettings(ctx context.Context, id string) (*ShopSettings, error
 		&s.P0PerUserPerHour, &s.ReadPerUserPerMinute, &s.SSEStreamsPerUser)
 	switch {
 	case noRows(err):
-		return nil, ErrNotFound
+		return nil, notFound("shop")
 	case err != nil:
 		return nil, fmt.Errorf("storage: shop settings: %w", err)
 	}
@@ -130,7 +130,7 @@ func (db *DB) SetShopEdgeLimits(ctx context.Context, shop string, l EdgeLimits) 
 	case err != nil:
 		return fmt.Errorf("storage: set shop edge limits: %w", err)
 	case tag.RowsAffected() == 0:
-		return ErrNotFound
+		return notFound("shop")
 	}
 	return nil
 }

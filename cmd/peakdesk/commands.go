@@ -54,8 +54,7 @@ Press Ctrl-C to stop.
 func runMigrate(ctx context.Context, args []string, stderr io.Writer, getenv func(string) string) error {
 	fs := flag.NewFlagSet("migrate", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	dbURL := fs.String("database-url", cmp.Or(getenv("DATABASE_URL"),
-		"postgres://peakdesk:peakdesk@127.0.0.1:5432/peakdesk?sslmode=disable"), "Postgres URL (env DATABASE_URL)")
+	dbURL := databaseURLFlag(fs, getenv, "Postgres `URL` (env DATABASE_URL)")
 	shop := fs.String("ensure-shop", "", "also create this shop id if missing (e.g. demo)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -93,8 +92,7 @@ func runToken(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 	scope := fs.String("scope", "", "space- or comma-separated scopes, e.g. priority:urgent, service, ops, ops:write")
 	ttl := fs.Duration("ttl", 24*time.Hour, "validity")
 	platform := fs.Bool("platform", false, "sign with the platform key PEAKDESK_JWT_SECRET, not the shop's key")
-	dbURL := fs.String("database-url", cmp.Or(getenv("DATABASE_URL"),
-		"postgres://peakdesk:peakdesk@127.0.0.1:5432/peakdesk?sslmode=disable"), "Postgres URL, for the shop's key (env DATABASE_URL)")
+	dbURL := databaseURLFlag(fs, getenv, "Postgres `URL`, for the shop's key (env DATABASE_URL)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

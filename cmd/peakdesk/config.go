@@ -6,6 +6,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -72,6 +74,8 @@ type Config struct {
 	SoftStop          time.Duration
 	DBMaxConns        int
 	LogLevel          string
+	// LogFormat is text, json, or auto: text on a terminal, JSON otherwise.
+	LogFormat string
 
 	// WorkerMinConcurrency is the floor of the adaptive limit; 0 = 1/8 of
 	// WorkerConcurrency.
@@ -104,61 +108,123 @@ type Config struct {
 	Migrate bool
 	// AdmissionDisabled turns the edge's load shedding off (benchmarks).
 	AdmissionDisabled bool
+	// AdmissionMaxWaitP0..P2 are the longest expected queueing per
+	// priority before the edge sheds it; AdmissionMinBacklog the backlog
+	// below which nothing is shed.
+	AdmissionMaxWaitP0, AdmissionMaxWaitP1, AdmissionMaxWaitP2 time.Duration
+	AdmissionMinBacklog                                        int
 
 	// envErr is the first malformed environment variable, reported by
 	// validate.
 	envErr error
 }
 
-// envDefaults fills the configuration from the environment.
+// envDefaults fills the configuration from the environment. A malformed
+// value is kept in envErr, naming the variable, and stops the program at
+// validate — never silently replaced by a default.
 func envDefaults(getenv func(string) string, dev bool) Config {
-	env := func(name, def string) string { return cmp.Or(getenv(name), def) }
+	e := &envReader{getenv: getenv}
 	c := Config{
 		Dev:               dev,
-		DatabaseURL:       env("DATABASE_URL", "postgres://peakdesk:peakdesk@127.0.0.1:5432/peakdesk?sslmode=disable"),
-		RedisURL:          env("REDIS_URL", "redis://127.0.0.1:6379/0"),
-		NATSURL:           getenv("NATS_URL"),
-		NATSSyncAlways:    getenv("PEAKDESK_NATS_SYNC_ALWAYS") == "true",
-		PublishBatch:      getenv("PEAKDESK_PUBLISH_BATCH") == "true",
-		HTTPAddr:          env("PEAKDESK_HTTP_ADDR", "127.0.0.1:8080"),
-		DataDir:           env("PEAKDESK_DATA_DIR", ".peakdesk"),
-		JWTSecret:         getenv("PEAKDESK_JWT_SECRET"),
-		MetricsAddr:       env("PEAKDESK_METRICS_ADDR", "127.0.0.1:9090"),
-		MaxStreams:        envInt(getenv("PEAKDESK_MAX_STREAMS"), 10_000),
-		LLMBaseURL:        getenv("PEAKDESK_LLM_BASE_URL"),
-		LLMAPIKey:         getenv("PEAKDESK_LLM_API_KEY"),
-		LLMModel:          env("PEAKDESK_LLM_MODEL", "peakdesk-sim"),
-		LLMTimeout:        envDuration(getenv("PEAKDESK_LLM_TIMEOUT"), 30*time.Second),
-		ShopAPIURL:        getenv("PEAKDESK_SHOP_API_URL"),
-		WorkerConcurrency: envInt(getenv("PEAKDESK_WORKER_CONCURRENCY"), 64),
-		AckWait:           envDuration(getenv("PEAKDESK_ACK_WAIT"), 30*time.Second),
-		SoftStop:          envDuration(getenv("PEAKDESK_SOFT_STOP"), 10*time.Second),
-		DBMaxConns:        envInt(getenv("PEAKDESK_DB_MAX_CONNS"), 20),
-		LogLevel:          env("PEAKDESK_LOG_LEVEL", "info"),
-		Roles:             splitRoles(env("PEAKDESK_ROLES", strings.Join(allRoles, ","))),
+		DatabaseURL:       e.str("DATABASE_URL", defaultDatabaseURL),
+		RedisURL:          e.str("REDIS_URL", "redis://127.0.0.1:6379/0"),
+		NATSURL:           e.str("NATS_URL", ""),
+		NATSSyncAlways:    e.bool("PEAKDESK_NATS_SYNC_ALWAYS", false),
+		PublishBatch:      e.bool("PEAKDESK_PUBLISH_BATCH", false),
+		HTTPAddr:          e.str("PEAKDESK_HTTP_ADDR", "127.0.0.1:8080"),
+		DataDir:           e.str("PEAKDESK_DATA_DIR", ".peakdesk"),
+		JWTSecret:         e.str("PEAKDESK_JWT_SECRET", ""),
+		MetricsAddr:       e.str("PEAKDESK_METRICS_ADDR", "127.0.0.1:9090"),
+		MaxStreams:        e.int("PEAKDESK_MAX_STREAMS", 10_000),
+		LLMBaseURL:        e.str("PEAKDESK_LLM_BASE_URL", ""),
+		LLMAPIKey:         e.str("PEAKDESK_LLM_API_KEY", ""),
+		LLMModel:          e.str("PEAKDESK_LLM_MODEL", "peakdesk-sim"),
+		LLMTimeout:        e.duration("PEAKDESK_LLM_TIMEOUT", 30*time.Second),
+		ShopAPIURL:        e.str("PEAKDESK_SHOP_API_URL", ""),
+		WorkerConcurrency: e.int("PEAKDESK_WORKER_CONCURRENCY", 64),
+		AckWait:           e.duration("PEAKDESK_ACK_WAIT", 30*time.Second),
+		SoftStop:          e.duration("PEAKDESK_SOFT_STOP", 10*time.Second),
+		DBMaxConns:        e.int("PEAKDESK_DB_MAX_CONNS", 20),
+		LogLevel:          e.str("PEAKDESK_LOG_LEVEL", "info"),
+		LogFormat:         e.str("PEAKDESK_LOG_FORMAT", "auto"),
+		Roles:             splitRoles(e.str("PEAKDESK_ROLES", strings.Join(allRoles, ","))),
 	}
 	// Worker scheduling, turns and the provider budget.
-	c.WorkerMinConcurrency = envInt(getenv("PEAKDESK_WORKER_MIN_CONCURRENCY"), 0)
-	c.WorkerWeights = env("PEAKDESK_WORKER_WEIGHTS", "4:1")
-	c.WorkerGather = envDuration(getenv("PEAKDESK_WORKER_GATHER"), 50*time.Millisecond)
-	c.LLMRPM = envInt(getenv("PEAKDESK_LLM_RPM"), 0)
-	c.LLMTPM = envInt(getenv("PEAKDESK_LLM_TPM"), 0)
-	c.StreamReplicas = envInt(getenv("PEAKDESK_STREAM_REPLICAS"), 1)
-	c.RelayConcurrency = envInt(getenv("PEAKDESK_RELAY_CONCURRENCY"), 32)
-	c.LLMPrices = getenv("PEAKDESK_LLM_PRICES")
-	c.FXRates = env("PEAKDESK_FX_RATES", llm.DefaultFXRates)
-	c.LLMMaxTokensParam = env("PEAKDESK_LLM_MAX_TOKENS_PARAM", llm.ParamMaxTokens)
+	c.WorkerMinConcurrency = e.int("PEAKDESK_WORKER_MIN_CONCURRENCY", 0)
+	c.WorkerWeights = e.str("PEAKDESK_WORKER_WEIGHTS", "4:1")
+	c.WorkerGather = e.duration("PEAKDESK_WORKER_GATHER", 50*time.Millisecond)
+	c.LLMRPM = e.int("PEAKDESK_LLM_RPM", 0)
+	c.LLMTPM = e.int("PEAKDESK_LLM_TPM", 0)
+	c.StreamReplicas = e.int("PEAKDESK_STREAM_REPLICAS", 1)
+	c.RelayConcurrency = e.int("PEAKDESK_RELAY_CONCURRENCY", 32)
+	c.LLMPrices = e.str("PEAKDESK_LLM_PRICES", "")
+	c.FXRates = e.str("PEAKDESK_FX_RATES", llm.DefaultFXRates)
+	c.LLMMaxTokensParam = e.str("PEAKDESK_LLM_MAX_TOKENS_PARAM", llm.ParamMaxTokens)
 	// Outbound safety: dev's shops (the simulator) live on loopback.
-	c.AllowPrivateShopURLs = dev
-	if v := getenv("PEAKDESK_ALLOW_PRIVATE_SHOP_URLS"); v != "" {
-		b, err := strconv.ParseBool(v)
-		if err != nil {
-			c.envErr = cmp.Or(c.envErr, fmt.Errorf("config: PEAKDESK_ALLOW_PRIVATE_SHOP_URLS: want true or false, got %q", v))
-		}
-		c.AllowPrivateShopURLs = b
-	}
-	c.JWTPreviousSecrets = splitSecrets(getenv("PEAKDESK_JWT_PREVIOUS_SECRETS"))
+	c.AllowPrivateShopURLs = e.bool("PEAKDESK_ALLOW_PRIVATE_SHOP_URLS", dev)
+	c.JWTPreviousSecrets = splitSecrets(e.str("PEAKDESK_JWT_PREVIOUS_SECRETS", ""))
+	// Admission control: when the edge starts shedding.
+	c.AdmissionMaxWaitP0 = e.duration("PEAKDESK_ADMISSION_MAX_WAIT_P0", 5*time.Minute)
+	c.AdmissionMaxWaitP1 = e.duration("PEAKDESK_ADMISSION_MAX_WAIT_P1", 2*time.Minute)
+	c.AdmissionMaxWaitP2 = e.duration("PEAKDESK_ADMISSION_MAX_WAIT_P2", 30*time.Second)
+	c.AdmissionMinBacklog = e.int("PEAKDESK_ADMISSION_MIN_BACKLOG", 2000)
+	c.AdmissionDisabled = e.bool("PEAKDESK_ADMISSION_DISABLED", false)
+	c.envErr = e.err
 	return c
+}
+
+// envReader reads typed environment variables, keeping the first malformed
+// one as an error that names it.
+type envReader struct {
+	getenv func(string) string
+	err    error
+}
+
+func (e *envReader) str(name, def string) string { return cmp.Or(e.getenv(name), def) }
+
+func (e *envReader) fail(name, want, got string) {
+	if e.err == nil {
+		e.err = fmt.Errorf("config: %s: want %s, got %q", name, want, got)
+	}
+}
+
+func (e *envReader) int(name string, def int) int {
+	v := strings.TrimSpace(e.getenv(name))
+	if v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		e.fail(name, "a whole number", v)
+		return def
+	}
+	return n
+}
+
+func (e *envReader) duration(name string, def time.Duration) time.Duration {
+	v := strings.TrimSpace(e.getenv(name))
+	if v == "" {
+		return def
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		e.fail(name, "a duration like 30s or 2m", v)
+		return def
+	}
+	return d
+}
+
+func (e *envReader) bool(name string, def bool) bool {
+	v := strings.TrimSpace(e.getenv(name))
+	if v == "" {
+		return def
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		e.fail(name, "true or false", v)
+		return def
+	}
+	return b
 }
 
 // splitSecrets splits a comma-separated list of secrets.
@@ -170,20 +236,6 @@ func splitSecrets(s string) []string {
 		}
 	}
 	return out
-}
-
-func envInt(s string, def int) int {
-	if n, err := strconv.Atoi(s); err == nil {
-		return n
-	}
-	return def
-}
-
-func envDuration(s string, def time.Duration) time.Duration {
-	if d, err := time.ParseDuration(s); err == nil {
-		return d
-	}
-	return def
 }
 
 func splitRoles(s string) []string {
@@ -205,8 +257,8 @@ func parseFlags(name string, args []string, stderr io.Writer, getenv func(string
 	if !dev {
 		fs.StringVar(&roles, "roles", roles, "comma-separated roles to run: "+strings.Join(allRoles, ", ")+" (env PEAKDESK_ROLES)")
 	}
-	fs.StringVar(&c.DatabaseURL, "database-url", c.DatabaseURL, "Postgres URL (env DATABASE_URL)")
-	fs.StringVar(&c.RedisURL, "redis-url", c.RedisURL, "Redis URL (env REDIS_URL)")
+	fs.Var(secretURL{&c.DatabaseURL}, "database-url", "Postgres `URL` (env DATABASE_URL)")
+	fs.Var(secretURL{&c.RedisURL}, "redis-url", "Redis `URL` (env REDIS_URL)")
 	fs.StringVar(&c.NATSURL, "nats-url", c.NATSURL, "NATS URL; empty in dev = embedded server (env NATS_URL)")
 	fs.BoolVar(&c.NATSSyncAlways, "nats-sync-always", c.NATSSyncAlways, "embedded JetStream fsyncs before every ack (env PEAKDESK_NATS_SYNC_ALWAYS)")
 	fs.BoolVar(&c.PublishBatch, "publish-batch", c.PublishBatch, "group concurrent publishes into atomic batches; use with fsync-always JetStream (env PEAKDESK_PUBLISH_BATCH)")
@@ -294,6 +346,19 @@ func (c *Config) validate() error {
 	if c.MaxStreams < 1 {
 		return errors.New("config: --max-streams must be at least 1")
 	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.LogLevel)); err != nil {
+		return fmt.Errorf("config: --log-level (PEAKDESK_LOG_LEVEL): want debug, info, warn or error, got %q", c.LogLevel)
+	}
+	if !slices.Contains([]string{"auto", "text", "json"}, c.LogFormat) {
+		return fmt.Errorf("config: PEAKDESK_LOG_FORMAT: want auto, text or json, got %q", c.LogFormat)
+	}
+	if c.AdmissionMaxWaitP0 <= 0 || c.AdmissionMaxWaitP1 <= 0 || c.AdmissionMaxWaitP2 <= 0 {
+		return errors.New("config: PEAKDESK_ADMISSION_MAX_WAIT_P0..P2 must be positive")
+	}
+	if c.AdmissionMinBacklog < 1 {
+		return errors.New("config: PEAKDESK_ADMISSION_MIN_BACKLOG must be at least 1")
+	}
 	if c.RelayConcurrency < 1 {
 		return errors.New("config: --relay-concurrency must be at least 1")
 	}
@@ -319,4 +384,32 @@ func (c *Config) workerWeights() (p1, p2 int, err error) {
 		return 0, 0, fmt.Errorf("config: --worker-weights: want p1:p2 with whole numbers ≥ 1, like 4:1, got %q", c.WorkerWeights)
 	}
 	return p1, p2, nil
+}
+
+// defaultDatabaseURL is the local database `make run` and the tests use.
+const defaultDatabaseURL = "postgres://peakdesk:peakdesk@127.0.0.1:5432/peakdesk?sslmode=disable"
+
+// secretURL is a flag.Value for a URL that may hold a password: help texts
+// and errors show it with the password redacted.
+type secretURL struct{ p *string }
+
+func (u secretURL) String() string {
+	if u.p == nil || *u.p == "" {
+		return ""
+	}
+	parsed, err := url.Parse(*u.p)
+	if err != nil {
+		return "(unparseable URL)"
+	}
+	return parsed.Redacted()
+}
+
+func (u secretURL) Set(s string) error { *u.p = s; return nil }
+
+// databaseURLFlag defines --database-url on fs with DATABASE_URL (else the
+// local dev database) as its default, shown without the password.
+func databaseURLFlag(fs *flag.FlagSet, getenv func(string) string, usage string) *string {
+	v := cmp.Or(getenv("DATABASE_URL"), defaultDatabaseURL)
+	fs.Var(secretURL{&v}, "database-url", usage)
+	return &v
 }

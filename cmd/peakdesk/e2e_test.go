@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -22,6 +21,7 @@ import (
 	"github.com/peakdesk/peakdesk/ingest/token"
 	"github.com/peakdesk/peakdesk/loadtest/llmsim"
 	"github.com/peakdesk/peakdesk/loadtest/shopsim"
+	"github.com/peakdesk/peakdesk/loadtest/sse"
 	"github.com/peakdesk/peakdesk/storage"
 	"github.com/peakdesk/peakdesk/storage/queue"
 	"github.com/peakdesk/peakdesk/storage/storagetest"
@@ -478,21 +478,9 @@ func TestWaitPollConversationAndEvents(t *testing.T) {
 	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/event-stream") {
 		t.Fatalf("content type %q", ct)
 	}
-	sc := bufio.NewScanner(resp.Body)
-	var event, evID, data string
-	for sc.Scan() && data == "" {
-		line := sc.Text()
-		switch {
-		case strings.HasPrefix(line, "event: "):
-			event = strings.TrimPrefix(line, "event: ")
-		case strings.HasPrefix(line, "id: "):
-			evID = strings.TrimPrefix(line, "id: ")
-		case strings.HasPrefix(line, "data: "):
-			data = strings.TrimPrefix(line, "data: ")
-		}
-	}
-	var ev peakdesk.Reply
-	if event != "reply" || evID == "" || json.Unmarshal([]byte(data), &ev) != nil || !ev.Answers(id) {
-		t.Fatalf("event %q id %q data %q", event, evID, data)
+	ev, err := sse.NewReader(resp.Body).Next()
+	var got peakdesk.Reply
+	if err != nil || ev.Type != "reply" || ev.ID == "" || json.Unmarshal([]byte(ev.Data), &got) != nil || !got.Answers(id) {
+		t.Fatalf("event %+v, %v; want the reply to %s with an id", ev, err, id)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -21,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/ingest"
 	"github.com/peakdesk/peakdesk/ingest/token"
 	"github.com/peakdesk/peakdesk/loadtest/llmsim"
@@ -66,12 +68,27 @@ type Program struct {
 	stopOnce sync.Once
 }
 
-// NewProgram returns a Program for cfg that logs to logw.
+// NewProgram returns a Program for cfg that logs to logw: human-readable
+// text when logw is a terminal (or cfg.LogFormat says text), JSON otherwise.
 func NewProgram(cfg Config, logw io.Writer) *Program {
 	level := slog.LevelInfo
-	_ = level.UnmarshalText([]byte(cfg.LogLevel))
-	log := slog.New(slog.NewJSONHandler(logw, &slog.HandlerOptions{Level: level}))
-	return &Program{Config: cfg, Log: log, serveErr: make(chan error, 2)}
+	_ = level.UnmarshalText([]byte(cfg.LogLevel)) // validated
+	opts := &slog.HandlerOptions{Level: level}
+	var h slog.Handler = slog.NewJSONHandler(logw, opts)
+	if cfg.LogFormat == "text" || (cfg.LogFormat != "json" && isTerminal(logw)) {
+		h = slog.NewTextHandler(logw, opts)
+	}
+	return &Program{Config: cfg, Log: slog.New(h), serveErr: make(chan error, 2)}
+}
+
+// isTerminal reports whether w is a character device (a terminal).
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
 
 // Addr is the address the HTTP server listens on, once started.
@@ -188,7 +205,9 @@ func (p *Program) Start(ctx context.Context) (err error) {
 			Logger: p.Log, Registerer: p.registry,
 			BatchPublish: cfg.PublishBatch,
 			FAQ:          edgeFAQ{p.faq},
-			Admission:    ingest.AdmissionConfig{Disabled: cfg.AdmissionDisabled},
+			Admission: ingest.AdmissionConfig{Disabled: cfg.AdmissionDisabled, MinBacklog: int64(cfg.AdmissionMinBacklog),
+				MaxWait: map[peakdesk.Priority]time.Duration{
+					peakdesk.P0: cfg.AdmissionMaxWaitP0, peakdesk.P1: cfg.AdmissionMaxWaitP1, peakdesk.P2: cfg.AdmissionMaxWaitP2}},
 		})
 		if err != nil {
 			return err

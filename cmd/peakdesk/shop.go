@@ -1,7 +1,6 @@
 package main
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -40,8 +39,7 @@ func runShopRotateKey(ctx context.Context, args []string, stdout, stderr io.Writ
 	shop := fs.String("shop", "", "shop id (required)")
 	overlap := fs.Duration("overlap", 24*time.Hour, "how long tokens signed with the shop's older keys stay valid; 0 revokes them at once")
 	showSecret := fs.Bool("show-secret", false, "also print the new key's secret (for the shop's backend, which mints tokens with it)")
-	dbURL := fs.String("database-url", cmp.Or(getenv("DATABASE_URL"),
-		"postgres://peakdesk:peakdesk@127.0.0.1:5432/peakdesk?sslmode=disable"), "Postgres URL (env DATABASE_URL)")
+	dbURL := databaseURLFlag(fs, getenv, "Postgres `URL` (env DATABASE_URL)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

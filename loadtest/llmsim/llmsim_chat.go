@@ -13,6 +13,8 @@ import (
 	"time"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/peakdesk/peakdesk"
 )
 
 // llmToolNames are the functions the simulator calls on cue; the position is the
@@ -457,21 +459,6 @@ func (f *Faults) delay(r llmRolls) time.Duration {
 	return max(d, 0)
 }
 
-// llmSleep waits d or until ctx is done.
-func llmSleep(ctx context.Context, d time.Duration) error {
-	if d <= 0 {
-		return ctx.Err()
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
-}
-
 // llmSetRetryAfter announces a wait in whole seconds (rounded up) and in milliseconds.
 func llmSetRetryAfter(h http.Header, d time.Duration) {
 	ms := max((d+time.Millisecond-1)/time.Millisecond, 1)
@@ -589,16 +576,12 @@ func (s *Sim) handleChat(w http.ResponseWriter, r *http.Request) {
 	rolls := s.roll()
 	ctx := r.Context()
 	if f.Hang {
-		t := time.NewTimer(f.HangMax)
-		defer t.Stop()
-		select {
-		case <-ctx.Done():
-		case <-t.C:
+		if peakdesk.Sleep(ctx, f.HangMax) == nil {
 			fail(http.StatusGatewayTimeout, "timeout", "timeout", "Request timed out (simulated hang).")
 		}
 		return
 	}
-	if llmSleep(ctx, f.delay(rolls)) != nil {
+	if peakdesk.Sleep(ctx, f.delay(rolls)) != nil {
 		return
 	}
 	if rolls.err < f.ErrorRate {
@@ -741,7 +724,7 @@ func (s *Sim) stream(ctx context.Context, w http.ResponseWriter, f *Faults, roll
 	}
 
 	for i, d := range deltas {
-		if i > 0 && llmSleep(ctx, f.ChunkDelay) != nil {
+		if i > 0 && peakdesk.Sleep(ctx, f.ChunkDelay) != nil {
 			return
 		}
 		chunk := head

@@ -29,6 +29,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/peakdesk/peakdesk"
 )
 
 // ShopDefaultShop is the shop a request belongs to when it carries no
@@ -444,17 +446,7 @@ func shopDelay(ctx context.Context, f Faults) error {
 	if f.LatencyJitterMS > 0 {
 		d += time.Duration(rand.IntN(f.LatencyJitterMS+1)) * time.Millisecond
 	}
-	if d <= 0 {
-		return ctx.Err()
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return peakdesk.Sleep(ctx, d)
 }
 
 // --- admin ---------------------------------------------------------------

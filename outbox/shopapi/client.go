@@ -2,7 +2,8 @@
 // §7): orders and logistics lookups, coupons and refunds, reply webhooks
 // signed with the shop's secret. Every call goes through the egress guard
 // (https, public addresses, no redirects), carries the action's
-// Idempotency-Key and reads at most 64 KiB of the answer. Per-shop base URLs
+// Idempotency-Key and a W3C traceparent, and reads at most 64 KiB of the
+// answer. Per-shop base URLs
 // and secrets come from Postgres, cached.
 package shopapi
 
@@ -92,8 +93,9 @@ func (c *Config) validate() error {
 
 // Client calls shops' own systems over HTTP JSON: orders, logistics,
 // coupons, refunds, and reply webhooks. Every call names the shop in
-// X-Peakdesk-Shop, carries the shop's secret as a bearer token and, when
-// given, an Idempotency-Key. Every call passes egress's checks (https, public
+// X-Peakdesk-Shop, carries the shop's secret as a bearer token, the trace of
+// ctx as traceparent (peakdesk.TraceFrom; a new trace when ctx has none)
+// and, when given, an Idempotency-Key. Every call passes egress's checks (https, public
 // addresses only, no redirects). It is safe for concurrent use.
 type Client struct {
 	cfg  Config
@@ -276,6 +278,11 @@ func (c *Client) do(ctx context.Context, cl call) (*Response, error) {
 		req.Header.Set("Content-Type", "application/json")
 	}
 	req.Header.Set(ShopHeader, cl.shop)
+	trace := peakdesk.TraceFrom(ctx)
+	if trace.Parent == "" {
+		trace = peakdesk.ContinueTrace("")
+	}
+	req.Header.Set(peakdesk.TraceHeader, trace.Parent)
 	if cl.key != "" {
 		req.Header.Set("Idempotency-Key", cl.key)
 	}
