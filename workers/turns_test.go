@@ -351,11 +351,15 @@ func countEvents(t testing.TB, b *testBundle, conv string) uint64 {
 
 // The trace the edge started goes on in the worker: its calls to the LLM
 // carry the message's trace id (in a span of the worker's own), so the
-// provider's logs can be searched by it. A turn no message stands behind
-// (the sweeper's) starts a trace of its own.
+// provider's logs can be searched by it, and so do the outbox actions its
+// reply promises (here the reply webhook), for the relay's calls.
 func TestTheMessagesTraceReachesTheLLM(t *testing.T) {
 	t.Parallel()
 	b := setup(t, bundleOpts{})
+	if err := b.db.PutShopAPISettings(context.Background(), storage.ShopAPISettings{ShopID: "demo",
+		WebhookURL: "http://127.0.0.1:9/replies", WebhookSecret: "whsec-test"}); err != nil {
+		t.Fatal(err)
+	}
 	b.start(t, nil)
 	m := message(peakdesk.P1, "", "where is my parcel")
 	edge := peakdesk.ContinueTrace("")
@@ -374,5 +378,13 @@ func TestTheMessagesTraceReachesTheLLM(t *testing.T) {
 		if got := peakdesk.ContinueTrace(c.trace).ID; got != edge.ID || c.trace == edge.Parent {
 			t.Fatalf("LLM call with traceparent %q; want trace %s in a span of the worker's", c.trace, edge.ID)
 		}
+	}
+	var actionTrace string
+	if err := b.pool.QueryRow(context.Background(), `SELECT a.trace FROM outbox_actions a
+		JOIN messages m ON m.reply_id = a.reply_id WHERE m.id = $1`, m.ID).Scan(&actionTrace); err != nil {
+		t.Fatal(err)
+	}
+	if got := peakdesk.ContinueTrace(actionTrace).ID; got != edge.ID {
+		t.Fatalf("the reply's webhook action has trace %q; want trace %s", actionTrace, edge.ID)
 	}
 }
