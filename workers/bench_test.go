@@ -2,6 +2,7 @@ package workers
 
 import (
 	"context"
+	"fmt"
 	"encoding/json"
 	"slices"
 	"sync"
@@ -39,13 +40,7 @@ func (b *testBundle) drain(tb testing.TB, n int, timeout time.Duration, start fu
 	tb.Helper()
 	t0 := time.Now()
 	start()
-	deadline := t0.Add(timeout)
-	for b.answeredTotal(tb) < n {
-		if time.Now().After(deadline) {
-			tb.Fatalf("only %d of %d answered in %v", b.answeredTotal(tb), n, timeout)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	workertest.WaitFor(tb, fmt.Sprintf("%d answers", n), timeout, func() bool { return b.answeredTotal(tb) >= n })
 	return time.Since(t0)
 }
 

@@ -14,7 +14,7 @@ import (
 	"time"
 )
 
-// WaitFor polls cond every few milliseconds until it holds, and fails the
+// WaitFor polls cond every 10 ms until it holds, and fails the
 // test naming what it waited for if it does not within timeout.
 func WaitFor(t testing.TB, what string, timeout time.Duration, cond func() bool) {
 	t.Helper()
@@ -23,7 +23,7 @@ func WaitFor(t testing.TB, what string, timeout time.Duration, cond func() bool)
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out after %v waiting for %s", timeout, what)
 		}
-		time.Sleep(5 * time.Millisecond)
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
