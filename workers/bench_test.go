@@ -2,8 +2,8 @@ package workers
 
 import (
 	"context"
-	"fmt"
 	"encoding/json"
+	"fmt"
 	"slices"
 	"sync"
 	"testing"
