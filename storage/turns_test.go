@@ -105,18 +105,18 @@ func TestClaimsOfOneConversationSerialise(t *testing.T) {
 }
 
 // A holder whose lease expired and was taken over stores nothing: its
-// reply would race the new holder's.
+// reply would race the new holder's. (The lease is taken already expired,
+// as Postgres's clock sees it: the test waits for nothing.)
 func TestSaveTurnIsFencedByTheHold(t *testing.T) {
 	t.Parallel()
 	db := setupDB(t)
 	ctx := context.Background()
 	m := newMessage("shop1", hexID("c", 2), "u1", 1)
-	c, err := db.ClaimMessage(ctx, m, hexID("o", 1), 50*time.Millisecond, 20)
+	c, err := db.ClaimMessage(ctx, m, hexID("o", 1), -time.Second, 20)
 	if err != nil || c.Hold == nil {
 		t.Fatalf("%+v %v", c, err)
 	}
 	stale := c.Hold
-	time.Sleep(100 * time.Millisecond) // the lease runs out
 	fresh, err := db.ClaimConversation(ctx, "shop1", m.ConversationID, hexID("o", 2), lease, 20)
 	if err != nil || fresh == nil || !slices.Equal(fresh.MessageIDs(), []string{m.ID}) {
 		t.Fatalf("take-over: %+v %v", fresh, err)
@@ -137,39 +137,48 @@ func TestSaveTurnIsFencedByTheHold(t *testing.T) {
 }
 
 // A failed turn keeps its messages in line, notes the error, and the sweeper
-// finds the conversation once the retry time has come, not before.
+// finds the conversation once the retry time has come, not before. Two
+// conversations fail, one to be retried in an hour, one at once: the test
+// compares against Postgres's clock and waits for nothing.
 func TestFailedTurnIsRetriedAfterItsDelay(t *testing.T) {
 	t.Parallel()
 	db := setupDB(t)
 	ctx := context.Background()
-	m := newMessage("shop1", hexID("c", 3), "u1", 1)
-	m.AcceptedAt = time.Now().Add(-time.Minute)
-	c, err := db.ClaimMessage(ctx, m, hexID("o", 1), lease, 20)
-	if err != nil || c.Hold == nil {
-		t.Fatalf("%+v %v", c, err)
-	}
-	due := func() bool {
+	due := func(conv string) bool {
 		refs, err := db.DueConversations(ctx, 0, 100)
 		if err != nil {
 			t.Fatal(err)
 		}
-		return slices.Contains(refs, storage.ConversationRef{ShopID: "shop1", ConversationID: m.ConversationID})
+		return slices.Contains(refs, storage.ConversationRef{ShopID: "shop1", ConversationID: conv})
 	}
-	if due() {
-		t.Fatal("a held conversation is due")
+	failed := func(n int, retryAfter time.Duration) *peakdesk.Message {
+		m := newMessage("shop1", hexID("c", 30+n), "u1", n)
+		m.AcceptedAt = time.Now().Add(-time.Minute)
+		c, err := db.ClaimMessage(ctx, m, hexID("o", n), lease, 20)
+		if err != nil || c.Hold == nil {
+			t.Fatalf("%+v %v", c, err)
+		}
+		if due(m.ConversationID) {
+			t.Fatal("a held conversation is due")
+		}
+		if err := db.FailTurn(ctx, c.Hold, retryAfter, "llm: 503"); err != nil {
+			t.Fatal(err)
+		}
+		return m
 	}
-	if err := db.FailTurn(ctx, c.Hold, 200*time.Millisecond, "llm: 503"); err != nil {
-		t.Fatal(err)
-	}
-	if due() {
+	later, now := failed(1, time.Hour), failed(2, 0)
+
+	if due(later.ConversationID) {
 		t.Fatal("due before its retry time")
 	}
-	time.Sleep(300 * time.Millisecond)
-	if !due() {
-		t.Fatal("not due after its retry time")
+	if h, err := db.ClaimConversation(ctx, "shop1", later.ConversationID, hexID("o", 3), lease, 20); err != nil || h != nil {
+		t.Fatalf("claimed before its retry time: %+v %v", h, err)
 	}
-	h, err := db.ClaimConversation(ctx, "shop1", m.ConversationID, hexID("o", 2), lease, 20)
-	if err != nil || h == nil || h.Messages[0].Attempts != 2 {
+	if !due(now.ConversationID) {
+		t.Fatal("not due once its retry time has come")
+	}
+	h, err := db.ClaimConversation(ctx, "shop1", now.ConversationID, hexID("o", 4), lease, 20)
+	if err != nil || h == nil || h.Messages[0].Attempts != 2 || h.Messages[0].ID != now.ID {
 		t.Fatalf("retry: %+v %v; want the message on its second attempt", h, err)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/peakdesk/peakdesk/storage"
 	"github.com/peakdesk/peakdesk/storage/queue"
 	"github.com/peakdesk/peakdesk/workers/faq"
+	"github.com/peakdesk/peakdesk/workers/workertest"
 )
 
 // plainMessage is a message of a new conversation of user whose text goes
@@ -68,11 +69,11 @@ func (b *testBundle) lastEvent(t testing.TB, conv string) peakdesk.Reply {
 func TestRefundToolActionStoredWithReply(t *testing.T) {
 	t.Parallel()
 	b := setup(t, bundleOpts{})
-	b.start(t, func(c *Config) { c.Tools = b.tools })
+	b.start(t, func(c *Config, l *LimitsConfig) { c.Tools = b.tools })
 	// Catalogue order 1234567890123456 belongs to user u6.
 	m := plainMessage(peakdesk.P0, "u6", "我要退款，订单号 1234567890123456")
 	b.publish(t, m)
-	waitFor(t, "the answer", 15*time.Second, func() bool { return b.answered(t, []string{m.ID}) == 1 })
+	workertest.WaitFor(t, "the answer", 15*time.Second, func() bool { return b.answered(t, []string{m.ID}) == 1 })
 
 	r := b.replies(t, m.ConversationID)
 	t.Logf("replies: %+v", r)
@@ -107,10 +108,10 @@ func TestToolActionsKeptWhenTheLLMFailsAfterwards(t *testing.T) {
 	t.Parallel()
 	b := setup(t, bundleOpts{})
 	b.calls.failAfterTools.Store(true)
-	b.start(t, func(c *Config) { c.Tools = b.tools })
+	b.start(t, func(c *Config, l *LimitsConfig) { c.Tools = b.tools })
 	m := plainMessage(peakdesk.P0, "u6", "我要退款，订单号 1234567890123456")
 	b.publish(t, m)
-	waitFor(t, "the answer", 15*time.Second, func() bool { return b.answered(t, []string{m.ID}) == 1 })
+	workertest.WaitFor(t, "the answer", 15*time.Second, func() bool { return b.answered(t, []string{m.ID}) == 1 })
 	r := b.replies(t, m.ConversationID)
 	if len(r) != 1 || r[0].source != peakdesk.SourceHandoff {
 		t.Fatalf("replies %+v; want the handoff", r)
@@ -128,10 +129,10 @@ func TestToolActionsKeptWhenTheLLMFailsAfterwards(t *testing.T) {
 func TestToolHandoffMarksConversation(t *testing.T) {
 	t.Parallel()
 	b := setup(t, bundleOpts{})
-	b.start(t, func(c *Config) { c.Tools = b.tools })
+	b.start(t, func(c *Config, l *LimitsConfig) { c.Tools = b.tools })
 	m := plainMessage(peakdesk.P1, "u1", "我要人工客服")
 	b.publish(t, m)
-	waitFor(t, "the answer", 15*time.Second, func() bool { return b.answered(t, []string{m.ID}) == 1 })
+	workertest.WaitFor(t, "the answer", 15*time.Second, func() bool { return b.answered(t, []string{m.ID}) == 1 })
 	r := b.replies(t, m.ConversationID)
 	if len(r) != 1 || r[0].source != peakdesk.SourceLLM {
 		t.Fatalf("replies %+v; want the LLM's answer", r)
@@ -144,9 +145,9 @@ func TestToolHandoffMarksConversation(t *testing.T) {
 	}
 }
 
-// With the LLM down, a question the demo FAQ answers gets the FAQ's answer
-// (or, should retrieval not be confident, the handoff) in its first turn,
-// once.
+// With the LLM down, a question the demo FAQ answers gets that entry's
+// answer in its first turn, once; a question it does not know gets the
+// handoff, and the conversation goes to a human.
 func TestLLMOutageFallsBackToDemoFAQ(t *testing.T) {
 	t.Parallel()
 	b := setup(t, bundleOpts{faults: llmsim.Faults{Outage: true}})
@@ -154,41 +155,46 @@ func TestLLMOutageFallsBackToDemoFAQ(t *testing.T) {
 	if _, err := b.db.ImportFAQ(context.Background(), "demo", entries, false); err != nil {
 		t.Fatal(err)
 	}
-	b.start(t, func(c *Config) { c.Tools = b.tools }) // the FAQ is loaded at start
-	m := plainMessage(peakdesk.P1, "u1", "退款多久能到账？")
-	b.publish(t, m)
-	waitFor(t, "the answer", 15*time.Second, func() bool { return b.answered(t, []string{m.ID}) == 1 })
+	const question = "退款多久能到账？"
+	var want string
+	for _, e := range entries {
+		if e.Question == question {
+			want = e.Answer
+		}
+	}
+	if want == "" {
+		t.Fatalf("the demo FAQ has no entry %q", question)
+	}
+	b.start(t, func(c *Config, l *LimitsConfig) { c.Tools = b.tools }) // the FAQ is loaded at start
+	known := plainMessage(peakdesk.P1, "u1", question)
+	unknown := plainMessage(peakdesk.P1, "u2", "你们的仓库能寄到南极科考站吗？")
+	b.publish(t, known, unknown)
+	workertest.WaitFor(t, "two answers", 15*time.Second, func() bool { return b.answered(t, ids([]peakdesk.Message{known, unknown})) == 2 })
 
-	r := b.replies(t, m.ConversationID)
-	if len(r) != 1 {
-		t.Fatalf("%d replies, want 1", len(r))
+	r := b.replies(t, known.ConversationID)
+	if len(r) != 1 || r[0].source != peakdesk.SourceFAQ || r[0].text != want {
+		t.Fatalf("replies %+v; want one from the FAQ: %q", r, want)
 	}
-	t.Logf("reply: %+v", r[0])
-	switch r[0].source {
-	case peakdesk.SourceFAQ:
-		known := false
-		for _, e := range entries {
-			known = known || e.Answer == r[0].text
-		}
-		if !known {
-			t.Fatalf("FAQ reply %q is no entry's answer", r[0].text)
-		}
-	case peakdesk.SourceHandoff:
-		if !b.handedOff(t, m.ConversationID) {
-			t.Fatal("handoff reply, but the conversation is not marked for a human")
-		}
-	default:
-		t.Fatalf("reply %+v; want source faq or handoff", r[0])
+	if b.handedOff(t, known.ConversationID) {
+		t.Fatal("a question the FAQ answered was handed to a human")
 	}
-	if n := b.attempts(t, m.ID); n != 1 {
+	if n := b.attempts(t, known.ID); n != 1 {
 		t.Fatalf("answered in turn %d, want the first", n)
+	}
+	workertest.WaitFor(t, "the reply event", 10*time.Second, func() bool { return countEvents(t, b, known.ConversationID) == 1 })
+	if kinds := b.actionsOf(t, r[0].id); len(kinds) != 0 {
+		t.Fatalf("actions %v for a fallback without tool calls", kinds)
+	}
+
+	r = b.replies(t, unknown.ConversationID)
+	if len(r) != 1 || r[0].source != peakdesk.SourceHandoff {
+		t.Fatalf("replies %+v; want the handoff for a question the FAQ does not know", r)
+	}
+	if !b.handedOff(t, unknown.ConversationID) {
+		t.Fatal("handoff reply, but the conversation is not marked for a human")
 	}
 	if b.sim.Stats().ByStatus[503] == 0 {
 		t.Fatal("the LLM was not asked")
-	}
-	waitFor(t, "the reply event", 10*time.Second, func() bool { return countEvents(t, b, m.ConversationID) == 1 })
-	if kinds := b.actionsOf(t, r[0].id); len(kinds) != 0 {
-		t.Fatalf("actions %v for a fallback without tool calls", kinds)
 	}
 }
 
@@ -205,10 +211,10 @@ func TestReplyWebhookActionPerReply(t *testing.T) {
 	conv := newConvID()
 	first := message(peakdesk.P2, conv, "hello")
 	b.publish(t, first)
-	waitFor(t, "the first answer", 15*time.Second, func() bool { return b.answered(t, []string{first.ID}) == 1 })
+	workertest.WaitFor(t, "the first answer", 15*time.Second, func() bool { return b.answered(t, []string{first.ID}) == 1 })
 	msgs := []peakdesk.Message{first, message(peakdesk.P2, conv, "and another thing"), message(peakdesk.P1, "", "hi")}
 	b.publish(t, msgs[1:]...)
-	waitFor(t, "three answers", 15*time.Second, func() bool { return b.answered(t, ids(msgs)) == 3 })
+	workertest.WaitFor(t, "three answers", 15*time.Second, func() bool { return b.answered(t, ids(msgs)) == 3 })
 
 	rows, err := b.pool.Query(context.Background(), `SELECT r.id, count(a.id), min(a.payload->'reply'->>'reply_id')
 		FROM replies r LEFT JOIN outbox_actions a ON a.reply_id = r.id AND a.kind = 'webhook.deliver'
@@ -280,9 +286,9 @@ func TestUrgentAnswerStreamsPartials(t *testing.T) {
 	m := message(peakdesk.P1, "", "where is my parcel")
 	partials := b.followPartials(t, m.ConversationID)
 	b.publish(t, m)
-	waitFor(t, "the reply event", 15*time.Second, func() bool { return countEvents(t, b, m.ConversationID) == 1 })
+	workertest.WaitFor(t, "the reply event", 15*time.Second, func() bool { return countEvents(t, b, m.ConversationID) == 1 })
 	ev := b.lastEvent(t, m.ConversationID)
-	waitFor(t, "a partial reply", 5*time.Second, func() bool { return len(partials.snapshot()) > 0 })
+	workertest.WaitFor(t, "a partial reply", 5*time.Second, func() bool { return len(partials.snapshot()) > 0 })
 	for _, p := range partials.snapshot() {
 		if p.ConversationID != m.ConversationID || len(p.MessageIDs) != 1 || p.MessageIDs[0] != m.ID ||
 			p.Text == "" || !strings.HasPrefix(ev.Text, p.Text) {
@@ -303,10 +309,10 @@ func TestBrokenStreamReplyReplacesPartial(t *testing.T) {
 	m := message(peakdesk.P0, "", "my payment failed")
 	partials := b.followPartials(t, m.ConversationID)
 	b.publish(t, m)
-	waitFor(t, "the reply event", 15*time.Second, func() bool { return countEvents(t, b, m.ConversationID) == 1 })
+	workertest.WaitFor(t, "the reply event", 15*time.Second, func() bool { return countEvents(t, b, m.ConversationID) == 1 })
 	ev := b.lastEvent(t, m.ConversationID)
 	if ev.Source == peakdesk.SourceLLM || !ev.ReplacesPartial {
 		t.Fatalf("reply event %+v; want a fallback that replaces the partial text", ev)
 	}
-	waitFor(t, "a partial reply", 5*time.Second, func() bool { return len(partials.snapshot()) > 0 })
+	workertest.WaitFor(t, "a partial reply", 5*time.Second, func() bool { return len(partials.snapshot()) > 0 })
 }

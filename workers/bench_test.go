@@ -3,6 +3,7 @@ package workers
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"slices"
 	"sync"
 	"testing"
@@ -13,6 +14,7 @@ import (
 	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/loadtest/llmsim"
 	"github.com/peakdesk/peakdesk/storage/queue"
+	"github.com/peakdesk/peakdesk/workers/workertest"
 )
 
 // The benchmarks run one scenario each (a few to 30 seconds) on the real
@@ -38,13 +40,7 @@ func (b *testBundle) drain(tb testing.TB, n int, timeout time.Duration, start fu
 	tb.Helper()
 	t0 := time.Now()
 	start()
-	deadline := t0.Add(timeout)
-	for b.answeredTotal(tb) < n {
-		if time.Now().After(deadline) {
-			tb.Fatalf("only %d of %d answered in %v", b.answeredTotal(tb), n, timeout)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	workertest.WaitFor(tb, fmt.Sprintf("%d answers", n), timeout, func() bool { return b.answeredTotal(tb) >= n })
 	return time.Since(t0)
 }
 
@@ -61,7 +57,7 @@ func BenchmarkAnswersPerSecondInstantLLM(b *testing.B) {
 		}
 		tb.publish(b, msgs...)
 		took := tb.drain(b, n, 2*time.Minute, func() {
-			tb.start(b, func(c *Config) { c.Concurrency = 64; c.Logger = testLogger(b) })
+			tb.start(b, func(c *Config, l *LimitsConfig) { l.Concurrency = 64; c.Logger = workertest.Logger(b) })
 		})
 		b.ReportMetric(float64(n)/took.Seconds(), "answers/s")
 	}
@@ -85,7 +81,7 @@ func BenchmarkProviderLimitedDrain(b *testing.B) {
 		tb.publish(b, msgs...)
 		took := tb.drain(b, n, 2*time.Minute, func() {
 			for range 2 {
-				tb.start(b, func(c *Config) { c.Concurrency = 32; c.ProviderRPM = r * 60 })
+				tb.start(b, func(c *Config, l *LimitsConfig) { l.Concurrency = 32; l.ProviderRPM = r * 60 })
 			}
 		})
 		st := tb.sim.Stats()
@@ -138,7 +134,7 @@ func BenchmarkOverloadP0Latency(b *testing.B) {
 			b.Fatal(err)
 		}
 
-		tb.start(b, func(c *Config) { c.Concurrency, c.MinConcurrency = concurrency, concurrency })
+		tb.start(b, func(c *Config, l *LimitsConfig) { l.Concurrency, l.MinConcurrency = concurrency, concurrency })
 		// Offer 5x capacity for 6 s in 10 ms ticks.
 		const offerFor = 6 * time.Second
 		perTick := offered / 100
@@ -169,7 +165,7 @@ func BenchmarkOverloadP0Latency(b *testing.B) {
 			tb.publish(b, batch...)
 		}
 		tick.Stop()
-		waitFor(b, "every p0 answer", time.Minute, func() bool {
+		workertest.WaitFor(b, "every p0 answer", time.Minute, func() bool {
 			mu.Lock()
 			defer mu.Unlock()
 			return len(p0Lat) >= p0Sent

@@ -64,37 +64,38 @@ func (w *Worker) moveDeadLetters(ctx context.Context) {
 		if err != nil {
 			cancel()
 			w.log.Warn("dead letters: fetch failed", "err", err)
-			sleepCtx(ctx, time.Second)
+			_ = peakdesk.Sleep(ctx, time.Second)
 			continue
 		}
 		for msg := range batch.Messages() {
-			w.moveDeadLetter(msg)
+			w.settle(w.log, msg, w.handleAdvisory(msg))
 		}
 		cancel()
 		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) &&
 			!errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
 			w.log.Warn("dead letters: fetch failed", "err", err)
-			sleepCtx(ctx, time.Second)
+			_ = peakdesk.Sleep(ctx, time.Second)
 		}
 	}
 }
 
-func (w *Worker) moveDeadLetter(adv jetstream.Msg) {
+// handleAdvisory decides the fate of a max-deliveries advisory: ack once its
+// message is moved (steps 1–4), nak to try again later, term for an
+// advisory that cannot be read.
+func (w *Worker) handleAdvisory(adv jetstream.Msg) verdict {
 	// Short and idempotent: finish even when stopping.
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	var a maxDeliveriesAdvisory
 	if err := json.Unmarshal(adv.Data(), &a); err != nil || a.StreamSeq == 0 {
 		w.log.Error("dead letters: undecodable advisory dropped", "err", err)
-		_ = adv.Term()
-		return
+		return term("undecodable advisory")
 	}
 	if err := w.deadLetter(ctx, a); err != nil {
 		w.log.Error("dead letters: moving a message failed; will retry", "in_seq", a.StreamSeq, "err", err)
-		_ = adv.NakWithDelay(5 * time.Second)
-		return
+		return nak(5 * time.Second)
 	}
-	_ = adv.Ack()
+	return ack()
 }
 
 func (w *Worker) deadLetter(ctx context.Context, a maxDeliveriesAdvisory) error {
@@ -120,7 +121,8 @@ func (w *Worker) deadLetter(ctx context.Context, a maxDeliveriesAdvisory) error 
 		}
 		return deleteIn(ctx, in, a.StreamSeq)
 	}
-	log := w.log.With("shop", m.ShopID, "conversation_id", m.ConversationID, "message_id", m.ID)
+	log := w.log.With("trace_id", peakdesk.ContinueTrace(raw.Header.Get(peakdesk.TraceHeader)).ID,
+		"shop", m.ShopID, "conversation_id", m.ConversationID, "message_id", m.ID)
 
 	out, err := w.cfg.DB.RecordDeadLetter(ctx, &storage.DeadLetter{
 		Message: m, Subject: raw.Subject, InSeq: a.StreamSeq, Deliveries: a.Deliveries, Reason: reason,
@@ -190,13 +192,4 @@ func deleteIn(ctx context.Context, in jetstream.Stream, seq uint64) error {
 
 func handoffNotice(question string) string {
 	return texts.Text(texts.Detect(question, texts.DefaultLang), texts.HandoffDeadLetter, nil)
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-ctx.Done():
-	}
 }

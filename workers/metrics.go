@@ -12,7 +12,6 @@ import (
 )
 
 type workerMetrics struct {
-	limit       prometheus.Gauge
 	inflight    prometheus.Gauge
 	answers     *prometheus.CounterVec
 	latency     *prometheus.HistogramVec
@@ -21,17 +20,11 @@ type workerMetrics struct {
 	waited      prometheus.Counter
 	swept       *prometheus.CounterVec
 	deadLetters *prometheus.CounterVec
-	rateWait    *prometheus.HistogramVec
-	rateLocal   prometheus.Gauge
 	backlog     *backlogCollector
 }
 
 func newWorkerMetrics(reg prometheus.Registerer) (*workerMetrics, error) {
 	m := &workerMetrics{
-		limit: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "peakdesk_worker_concurrency_limit",
-			Help: "Messages this worker process may answer at once (adaptive, AIMD).",
-		}),
 		inflight: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "peakdesk_worker_inflight",
 			Help: "Messages this worker process is answering now.",
@@ -66,21 +59,12 @@ func newWorkerMetrics(reg prometheus.Registerer) (*workerMetrics, error) {
 			Name: "peakdesk_dead_letters_total",
 			Help: "Messages moved to CHAT_DLQ after their last delivery, by priority.",
 		}, []string{"priority"}),
-		rateWait: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "peakdesk_llm_rate_wait_seconds",
-			Help:    "Time an LLM call waited for the provider's requests/tokens-per-minute budget, by priority.",
-			Buckets: prometheus.ExponentialBuckets(0.001, 4, 9),
-		}, []string{"priority"}),
-		rateLocal: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "peakdesk_llm_rate_local",
-			Help: "1 while Redis is unreachable and this process enforces its share of the provider budget locally.",
-		}),
 		backlog: &backlogCollector{desc: prometheus.NewDesc("peakdesk_queue_backlog",
 			"Messages queued per priority and not answered yet (consumer num_pending + num_ack_pending; cached for 2 s).",
 			[]string{"priority"}, nil)},
 	}
-	for _, c := range []prometheus.Collector{m.limit, m.inflight, m.answers, m.latency, m.redelivered,
-		m.turnSize, m.waited, m.swept, m.deadLetters, m.rateWait, m.rateLocal, m.backlog} {
+	for _, c := range []prometheus.Collector{m.inflight, m.answers, m.latency, m.redelivered,
+		m.turnSize, m.waited, m.swept, m.deadLetters, m.backlog} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

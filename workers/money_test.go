@@ -12,6 +12,7 @@ import (
 
 	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/storage"
+	"github.com/peakdesk/peakdesk/workers/workertest"
 )
 
 // scriptedCoupons is an OpenAI-compatible LLM that answers a question with
@@ -67,11 +68,11 @@ func TestThreeCouponCallsInOneResponsePromiseOne(t *testing.T) {
 		storage.CouponPolicy{PerUserPerDay: 10, BudgetPerDayCents: 100000}); err != nil {
 		t.Fatal(err)
 	}
-	b.start(t, func(c *Config) { c.Tools = b.tools })
+	b.start(t, func(c *Config, l *LimitsConfig) { c.Tools = b.tools })
 	// p2 with an order-like number: offered tools, answered without streaming.
 	m := plainMessage(peakdesk.P2, "u7", "my parcel 1234567 is late, I want coupons")
 	b.publish(t, m)
-	waitFor(t, "the answer", 15*time.Second, func() bool { return b.answered(t, []string{m.ID}) == 1 })
+	workertest.WaitFor(t, "the answer", 15*time.Second, func() bool { return b.answered(t, []string{m.ID}) == 1 })
 	r := b.replies(t, m.ConversationID)
 	if len(r) != 1 || r[0].source != peakdesk.SourceLLM {
 		t.Fatalf("replies %+v; want the model's answer", r)

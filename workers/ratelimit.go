@@ -187,12 +187,8 @@ func (l *ProviderLimiter) take(ctx context.Context, name string, lim redis_rate.
 			n -= got
 			continue
 		}
-		t := time.NewTimer(wait)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
+		if err := peakdesk.Sleep(ctx, wait); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -12,6 +12,7 @@ import (
 	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/storage"
 	"github.com/peakdesk/peakdesk/storage/storagetest"
+	"github.com/peakdesk/peakdesk/workers/workertest"
 )
 
 // admissions records when calls were admitted.
@@ -144,7 +145,7 @@ func TestProviderLimiterFallsBackToALocalShare(t *testing.T) {
 	t.Parallel()
 	dead := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", DialTimeout: 50 * time.Millisecond})
 	t.Cleanup(func() { _ = dead.Close() })
-	l := NewProviderLimiter(ProviderLimitConfig{Redis: dead, Key: "test-" + newID(), RPM: 1200, Logger: testLogger(t)})
+	l := NewProviderLimiter(ProviderLimitConfig{Redis: dead, Key: "test-" + newID(), RPM: 1200, Logger: workertest.Logger(t)})
 	var degraded atomic.Bool
 	l.Degraded = func(local bool) { degraded.Store(local) }
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -182,13 +183,13 @@ func TestProviderLimiterServesP0First(t *testing.T) {
 		})
 	}
 	call("first", peakdesk.P2) // holds the line, waiting for the budget
-	waitFor(t, "the first caller to wait", 5*time.Second, func() bool {
+	workertest.WaitFor(t, "the first caller to wait", 5*time.Second, func() bool {
 		l.mu.Lock()
 		defer l.mu.Unlock()
 		return l.busy
 	})
 	call("p2", peakdesk.P2)
-	waitFor(t, "the p2 caller to queue", 5*time.Second, func() bool {
+	workertest.WaitFor(t, "the p2 caller to queue", 5*time.Second, func() bool {
 		l.mu.Lock()
 		defer l.mu.Unlock()
 		return l.line.Len() == 1

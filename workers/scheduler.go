@@ -97,9 +97,15 @@ func (s *scheduler) fetchLoop(fetchCtx, workCtx context.Context) {
 		s.take(<-s.results)
 	}
 	s.parkCancel()
+	s.releaseHeld()
+}
+
+// releaseHeld gives back the messages held for a slot when stopping: they
+// were never started, so another worker may take them at once.
+func (s *scheduler) releaseHeld() {
 	for i := range s.held {
 		for _, h := range s.held[i] {
-			_ = h.msg.Nak()
+			s.w.settle(s.w.log, h.msg, nak(0))
 		}
 		s.held[i] = nil
 	}
@@ -268,7 +274,7 @@ func (s *scheduler) beatHeld() {
 		for j := range s.held[i] {
 			h := &s.held[i][j]
 			if now.Sub(h.beatAt) >= s.w.cfg.AckWait/3 {
-				_ = h.msg.InProgress()
+				s.w.settle(s.w.log, h.msg, inProgress())
 				h.beatAt = now
 			}
 		}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/loadtest/llmsim"
+	"github.com/peakdesk/peakdesk/workers/workertest"
 )
 
 func TestPickerSharesByWeight(t *testing.T) {
@@ -142,8 +143,8 @@ func TestP0JumpsAheadOfQueuedP2(t *testing.T) {
 		p2 = append(p2, message(peakdesk.P2, "", "pre-sale question "+string(rune('a'+i%26))))
 	}
 	b.publish(t, p2...)
-	b.start(t, func(c *Config) { c.Concurrency, c.MinConcurrency = concurrency, concurrency })
-	waitFor(t, "the worker to be busy with p2", 30*time.Second, func() bool { return b.calls.len() >= 20 })
+	b.start(t, func(c *Config, l *LimitsConfig) { l.Concurrency, l.MinConcurrency = concurrency, concurrency })
+	workertest.WaitFor(t, "the worker to be busy with p2", 30*time.Second, func() bool { return b.calls.len() >= 20 })
 
 	urgent := message(peakdesk.P0, "", "refund failed")
 	b.publish(t, urgent) // returns once JetStream has stored it
@@ -152,7 +153,7 @@ func TestP0JumpsAheadOfQueuedP2(t *testing.T) {
 	if err := b.pool.QueryRow(ctx, `SELECT count(*) FROM messages WHERE priority = 'p2'`).Scan(&startedBefore); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the p0 answer", 30*time.Second, func() bool { return b.answered(t, []string{urgent.ID}) == 1 })
+	workertest.WaitFor(t, "the p0 answer", 30*time.Second, func() bool { return b.answered(t, []string{urgent.ID}) == 1 })
 
 	// A message starts when its worker stores it (created_at). Only p2
 	// messages already in flight when the p0 was queued (at most one per
@@ -172,7 +173,10 @@ func TestP0JumpsAheadOfQueuedP2(t *testing.T) {
 }
 
 // Under sustained p0 traffic and backlogs of p1 and p2, the slots p0 leaves
-// are shared 4:1 between p1 and p2: p2 is served at its weight, never starved.
+// are shared 4:1 between p1 and p2: p2 is served at its weight, never
+// starved. The p0 messages arrive with the work, not with the clock: one
+// after every fourth LLM call, so the share does not depend on how fast
+// the machine is.
 func TestP2ServedAtItsWeightUnderOverload(t *testing.T) {
 	t.Parallel()
 	b := setup(t, bundleOpts{faults: llmsim.Faults{Latency: 20 * time.Millisecond}})
@@ -181,24 +185,25 @@ func TestP2ServedAtItsWeightUnderOverload(t *testing.T) {
 		backlog = append(backlog, message(peakdesk.P1, "", "where is my order"), message(peakdesk.P2, "", "any coupons"))
 	}
 	b.publish(t, backlog...)
-	b.start(t, func(c *Config) { c.Concurrency, c.MinConcurrency = 5, 5 })
+	b.start(t, func(c *Config, l *LimitsConfig) { l.Concurrency, l.MinConcurrency = 5, 5 })
 
 	// A steady stream of p0 takes part of the capacity all along.
 	ctx, stop := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		tick := time.NewTicker(15 * time.Millisecond)
-		defer tick.Stop()
-		for {
+		for next := 4; ; {
 			select {
-			case <-tick.C:
-				b.publish(t, message(peakdesk.P0, "", "complaint"))
+			case <-b.calls.called:
+				if b.calls.len() >= next {
+					b.publish(t, message(peakdesk.P0, "", "complaint"))
+					next += 4
+				}
 			case <-ctx.Done():
 				return
 			}
 		}
 	})
-	waitFor(t, "300 LLM calls", 60*time.Second, func() bool { return b.calls.len() >= 300 })
+	workertest.WaitFor(t, "300 LLM calls", 60*time.Second, func() bool { return b.calls.len() >= 300 })
 	stop()
 	wg.Wait()
 
@@ -206,42 +211,47 @@ func TestP2ServedAtItsWeightUnderOverload(t *testing.T) {
 	for _, c := range b.calls.snapshot()[:300] {
 		counts[c.prio]++
 	}
-	if counts["p0"] == 0 {
-		t.Fatalf("no p0 answered: %v", counts)
+	if counts["p0"] < 30 {
+		t.Fatalf("%d p0 answered among 300 calls: %v; want them to take part of the capacity", counts["p0"], counts)
 	}
 	share := float64(counts["p2"]) / float64(counts["p1"]+counts["p2"])
-	if share < 0.12 || share > 0.28 {
-		t.Fatalf("p2 got %.2f of the slots p0 left (calls %v), want about 0.2 (weight 1 of 5)", share, counts)
+	if share < 0.17 || share > 0.23 {
+		t.Fatalf("p2 got %.2f of the slots p0 left (calls %v), want 0.2 (weight 1 of 5)", share, counts)
 	}
 }
 
 // An idle worker starts a new message at once, from any priority, without
-// polling: its parked pulls deliver it.
+// polling: its parked pulls deliver it. The parked pulls wait 10 minutes,
+// far longer than the test, so only they can bring the messages; and an
+// idle worker sends a handful of pull requests per message it answers,
+// not a stream of them while it waits.
 func TestIdleWorkerWakesForEachPriority(t *testing.T) {
 	t.Parallel()
 	b := setup(t, bundleOpts{})
-	w := b.start(t, func(c *Config) { c.Concurrency, c.MinConcurrency = 2, 2; c.IdleWait = 30 * time.Second })
+	w := b.start(t, func(c *Config, l *LimitsConfig) {
+		l.Concurrency, l.MinConcurrency = 2, 2
+		c.IdleWait = 10 * time.Minute
+	})
+	const perMessage = 8 // pull requests one message may cost an idle worker
+	answered := 0
 	for _, p := range []peakdesk.Priority{peakdesk.P2, peakdesk.P0, peakdesk.P1, peakdesk.P2} {
-		// Idle, the worker sends no pull requests: its parked pulls (which
-		// wait 30 s) are what wakes it.
-		time.Sleep(50 * time.Millisecond)
-		before := w.pulls.Load()
-		time.Sleep(300 * time.Millisecond)
-		if n := w.pulls.Load() - before; n != 0 {
-			t.Fatalf("an idle worker sent %d pull requests in 300 ms; it should wait on its parked pulls", n)
-		}
+		b.waitParked(t, 1)
 		m := message(p, "", "hello")
 		b.publish(t, m)
-		waitFor(t, "the "+string(p)+" answer", 20*time.Second, func() bool { return b.answered(t, []string{m.ID}) == 1 })
+		workertest.WaitFor(t, "the "+string(p)+" answer", 20*time.Second, func() bool { return b.answered(t, []string{m.ID}) == 1 })
+		answered++
+		if n := w.pulls.Load(); n > int64(len(peakdesk.Priorities)+perMessage*answered) {
+			t.Fatalf("%d pull requests for %d messages; an idle worker should wait on its parked pulls", n, answered)
+		}
 	}
 	// Three messages at once with two slots: one is held, none is lost.
 	var msgs []peakdesk.Message
 	for _, p := range peakdesk.Priorities {
 		msgs = append(msgs, message(p, "", "at once"))
 	}
-	time.Sleep(50 * time.Millisecond)
+	b.waitParked(t, 1)
 	b.publish(t, msgs...)
-	waitFor(t, "three answers", 20*time.Second, func() bool { return b.answered(t, ids(msgs)) == 3 })
+	workertest.WaitFor(t, "three answers", 20*time.Second, func() bool { return b.answered(t, ids(msgs)) == 3 })
 	for _, c := range b.calls.snapshot() {
 		if !strings.HasPrefix(c.users[len(c.users)-1], "[p") {
 			t.Fatalf("unexpected call %+v", c)

@@ -3,6 +3,8 @@ package workers
 import (
 	"context"
 	"time"
+
+	"github.com/peakdesk/peakdesk"
 )
 
 // The sweeper makes sure no stored message is forgotten. A message that
@@ -70,11 +72,16 @@ func (w *Worker) sweepOnce(ctx, workCtx context.Context) {
 			continue
 		}
 		w.metrics.swept.WithLabelValues("turn").Inc()
-		log := w.log.With("shop", ref.ShopID, "conversation_id", ref.ConversationID, "swept", true)
+		// No queued message stands behind the turn: it starts a trace of
+		// its own.
+		tr := peakdesk.ContinueTrace("")
+		log := w.log.With("trace_id", tr.ID, "shop", ref.ShopID, "conversation_id", ref.ConversationID,
+			"swept", true)
 		w.startWork(func() {
-			ka := w.keepAlive(workCtx, nil)
+			ctx := peakdesk.WithTrace(workCtx, tr)
+			ka := w.keepAlive(ctx, nil)
 			defer ka.stop()
-			w.runTurns(workCtx, log, ka, hold, nil)
+			w.runTurns(ctx, log, ka, hold)
 		})
 	}
 }

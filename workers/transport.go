@@ -1,53 +1,49 @@
 package workers
 
 import (
-	"bytes"
 	"context"
 	"errors"
-	"io"
 	"net/http"
-	"regexp"
-	"strconv"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/peakdesk/peakdesk"
+	"github.com/peakdesk/peakdesk/workers/llm"
 )
 
 // LLMTransport is an http.RoundTripper for the LLM provider's HTTP client
-// that puts every call under a Worker's provider budget and adaptive
-// concurrency limit: it waits for the requests/tokens-per-minute budget
-// (most urgent priority first) and feeds the call's latency and status
-// (429, 503, 529, timeouts) to the AIMD limit. Because it sits under the
-// client, it sees each attempt of a retry loop and each model of a fallback
-// chain, which a wrapper around "answer this turn" cannot.
+// that puts every call made for a worker's turn under the process's Limits:
+// it waits for the requests/tokens-per-minute budget (most urgent priority
+// first) and feeds the call's latency and status (429, 503, 529, timeouts)
+// to the adaptive concurrency limit. Because it sits under the client, it
+// sees each attempt of a retry loop and each model of a fallback chain,
+// which a wrapper around "answer this turn" cannot.
 //
-// Create it first, build the LLM client (or llm.CallerConfig.HTTPClient)
-// on it, and pass it in Config.LLMTransport: New binds it to the Worker.
-// Until then, and for calls made outside a worker's turn, it passes calls
-// through untouched.
+// A call's tokens are estimated from its request when it is admitted and
+// settled with the usage the llm.Client parsed from the answer (llm.OnUsage);
+// a call that reports none keeps the estimate. Calls made outside a worker's
+// turn pass through untouched.
 type LLMTransport struct {
-	next http.RoundTripper
-	w    atomic.Pointer[Worker]
+	next   http.RoundTripper
+	limits *Limits
 }
 
 // NewLLMTransport returns a transport over next (nil: a clone of
-// http.DefaultTransport tuned for many calls to one host).
-func NewLLMTransport(next http.RoundTripper) *LLMTransport {
+// http.DefaultTransport tuned for many calls to one host) that applies
+// limits. Give the Worker the same Limits.
+func NewLLMTransport(next http.RoundTripper, limits *Limits) *LLMTransport {
 	if next == nil {
 		t := http.DefaultTransport.(*http.Transport).Clone()
 		t.MaxIdleConns, t.MaxIdleConnsPerHost = 1024, 1024
 		next = t
 	}
-	return &LLMTransport{next: next}
+	limits.transports.Add(1)
+	return &LLMTransport{next: next, limits: limits}
 }
 
 // RoundTrip implements http.RoundTripper.
 func (t *LLMTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	w := t.w.Load()
 	prio, ok := priorityFrom(req.Context())
-	if w == nil || !ok {
+	if !ok {
 		return t.next.RoundTrip(req)
 	}
 	// A JSON prompt has about one token per 3 bytes (CJK) to 4 (English);
@@ -56,7 +52,7 @@ func (t *LLMTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if req.ContentLength > 0 {
 		est += int(req.ContentLength / 3)
 	}
-	permit, err := w.limiter.Wait(req.Context(), prio, est)
+	permit, err := t.limits.provider.Wait(req.Context(), prio, est)
 	if err != nil {
 		return nil, err
 	}
@@ -65,16 +61,18 @@ func (t *LLMTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	took := time.Since(start)
 	switch {
 	case err != nil:
-		w.observeCall(took, signalOfTransport(req.Context(), err, 0))
+		t.limits.observeCall(took, signalOfTransport(req.Context(), err, 0))
 		permit.Done(0)
 		return nil, err
 	case resp.StatusCode >= 300:
-		w.observeCall(took, signalOfTransport(req.Context(), nil, resp.StatusCode))
+		t.limits.observeCall(took, signalOfTransport(req.Context(), nil, resp.StatusCode))
 		permit.Done(0)
 		return resp, nil
 	}
-	w.observeCall(took, SignalOK)
-	resp.Body = &usageBody{ReadCloser: resp.Body, done: permit.Done}
+	t.limits.observeCall(took, SignalOK)
+	if !llm.OnUsage(req.Context(), permit.Done) {
+		permit.Done(-1) // not an llm.Client call: the estimate stands
+	}
 	return resp, nil
 }
 
@@ -89,65 +87,6 @@ func signalOfTransport(ctx context.Context, err error, status int) Signal {
 		return SignalOverload // the call's own timeout
 	}
 	return SignalIgnore
-}
-
-// usageBody settles a permit with the usage the provider reports at the end
-// of its answer (plain JSON or the last chunk of a stream).
-type usageBody struct {
-	io.ReadCloser
-	done func(int)
-	mu   sync.Mutex
-	tail []byte
-	once sync.Once
-}
-
-var (
-	promptTokensRE     = regexp.MustCompile(`"prompt_tokens"\s*:\s*(\d+)`)
-	completionTokensRE = regexp.MustCompile(`"completion_tokens"\s*:\s*(\d+)`)
-)
-
-func (b *usageBody) Read(p []byte) (int, error) {
-	n, err := b.ReadCloser.Read(p)
-	b.mu.Lock()
-	b.tail = append(b.tail, p[:n]...)
-	if len(b.tail) > 4096 {
-		b.tail = append(b.tail[:0], b.tail[len(b.tail)-2048:]...)
-	}
-	b.mu.Unlock()
-	if err == io.EOF {
-		b.settle()
-	}
-	return n, err
-}
-
-func (b *usageBody) Close() error {
-	b.settle()
-	return b.ReadCloser.Close()
-}
-
-func (b *usageBody) settle() {
-	b.once.Do(func() {
-		b.mu.Lock()
-		tail := bytes.Clone(b.tail)
-		b.mu.Unlock()
-		used := -1 // not reported: keep the estimate
-		if p := lastNumber(promptTokensRE, tail); p >= 0 {
-			used = p + max(lastNumber(completionTokensRE, tail), 0)
-		}
-		b.done(used)
-	})
-}
-
-func lastNumber(re *regexp.Regexp, b []byte) int {
-	all := re.FindAllSubmatch(b, -1)
-	if len(all) == 0 {
-		return -1
-	}
-	n, err := strconv.Atoi(string(all[len(all)-1][1]))
-	if err != nil {
-		return -1
-	}
-	return n
 }
 
 type priorityKey struct{}

@@ -6,11 +6,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"regexp"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -32,6 +30,7 @@ import (
 	"github.com/peakdesk/peakdesk/storage/storagetest"
 	"github.com/peakdesk/peakdesk/workers/answer"
 	"github.com/peakdesk/peakdesk/workers/llm"
+	"github.com/peakdesk/peakdesk/workers/workertest"
 )
 
 // testBundle is the real services one test's workers share: an embedded
@@ -107,7 +106,7 @@ func setup(t testing.TB, o bundleOpts) *testBundle {
 	t.Cleanup(func() { _ = rdb.Close() })
 
 	sim := llmsim.New(o.faults)
-	calls := &callLog{active: map[string]int{}, maxActive: map[string]int{}}
+	calls := &callLog{active: map[string]int{}, maxActive: map[string]int{}, called: make(chan struct{}, 1)}
 	srv := httptest.NewServer(calls.wrap(sim))
 	t.Cleanup(srv.Close)
 
@@ -128,18 +127,48 @@ func setup(t testing.TB, o bundleOpts) *testBundle {
 }
 
 // start runs a Worker, with an Answerer of its own on the simulated LLM, as
-// one worker process would; mod changes the test defaults. It stops when
-// the test ends.
-func (b *testBundle) start(t testing.TB, mod func(*Config)) *Worker {
+// one worker process would; mod changes the test defaults of the worker and
+// its limits. It stops when the test ends.
+func (b *testBundle) start(t testing.TB, mod func(*Config, *LimitsConfig)) *Worker {
+	t.Helper()
+	w := b.worker(t, mod)
+	if err := w.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(w.Stop)
+	return w
+}
+
+// worker returns the Worker start runs, not started: a test drives its
+// handler itself.
+func (b *testBundle) worker(t testing.TB, mod func(*Config, *LimitsConfig)) *Worker {
 	t.Helper()
 	// One registry per worker process, shared by its Answerer as in
 	// production.
 	reg := prometheus.NewRegistry()
-	var tr *LLMTransport
+	lc := LimitsConfig{Concurrency: 8, ProviderKey: b.key, Redis: b.rdb, Logger: workertest.Logger(t),
+		Registerer: reg}
+	cfg := Config{
+		JS: b.js, DB: b.db,
+		Memory:        &storage.Memory{DB: b.db, Redis: b.rdb},
+		Logger:        workertest.Logger(t),
+		Registerer:    reg,
+		AckWait:       b.ackWait,
+		SoftStop:      2 * time.Second,
+		SweepInterval: 200 * time.Millisecond,
+		SweepGrace:    500 * time.Millisecond,
+	}
+	if mod != nil {
+		mod(&cfg, &lc)
+	}
+	limits, err := NewLimits(lc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Limits = limits
 	hc := llm.NewHTTPClient()
 	if b.transport {
-		tr = NewLLMTransport(nil)
-		hc = &http.Client{Transport: tr}
+		hc = &http.Client{Transport: NewLLMTransport(nil, limits)}
 	}
 	ans, err := answer.New(answer.Config{
 		DB: b.db, Redis: b.rdb,
@@ -148,7 +177,7 @@ func (b *testBundle) start(t testing.TB, mod func(*Config)) *Worker {
 		HTTPClient: hc,
 		LLM:        llm.CallerConfig{CallTimeout: 10 * time.Second},
 		KeyPrefix:  "pd:" + b.key + ":",
-		Logger:     testLogger(t),
+		Logger:     workertest.Logger(t),
 		Registerer: reg,
 	})
 	if err != nil {
@@ -158,42 +187,12 @@ func (b *testBundle) start(t testing.TB, mod func(*Config)) *Worker {
 		t.Fatal(err)
 	}
 	t.Cleanup(ans.Stop) // after the worker's Stop (cleanups run last first)
-	cfg := Config{
-		JS: b.js, DB: b.db, Answerer: ans,
-		Memory:        &storage.Memory{DB: b.db, Redis: b.rdb},
-		Logger:        testLogger(t),
-		Registerer:    reg,
-		Concurrency:   8,
-		AckWait:       b.ackWait,
-		SoftStop:      2 * time.Second,
-		SweepInterval: 200 * time.Millisecond,
-		SweepGrace:    500 * time.Millisecond,
-		ProviderKey:   b.key,
-		LLMTransport:  tr,
-	}
-	if mod != nil {
-		mod(&cfg)
-	}
+	cfg.Answerer = ans
 	w, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := w.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(w.Stop)
 	return w
-}
-
-func testLogger(t testing.TB) *slog.Logger {
-	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
-}
-
-type testWriter struct{ t testing.TB }
-
-func (w testWriter) Write(b []byte) (int, error) {
-	w.t.Log(strings.TrimSpace(string(b)))
-	return len(b), nil
 }
 
 // message returns a message of a new conversation unless conv is given.
@@ -263,16 +262,26 @@ func (b *testBundle) publish(t testing.TB, msgs ...peakdesk.Message) {
 	}
 }
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t testing.TB, what string, timeout time.Duration, cond func() bool) {
+// waitParked waits until every priority consumer has n pull requests
+// waiting at the server: n idle workers, each with its pulls parked.
+func (b *testBundle) waitParked(t testing.TB, n int) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
+	workertest.WaitFor(t, fmt.Sprintf("%d parked pulls per priority", n), 10*time.Second, func() bool {
+		for _, p := range peakdesk.Priorities {
+			cons, err := b.js.Consumer(context.Background(), queue.StreamIn, queue.ConsumerName(p))
+			if err != nil {
+				t.Fatal(err)
+			}
+			info, err := cons.Info(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if info.NumWaiting < n {
+				return false
+			}
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return true
+	})
 }
 
 // answered counts the messages among ids that have a reply.
@@ -304,6 +313,8 @@ type callLog struct {
 	// failAfterTools answers 503 to every call that carries tool results:
 	// the LLM fails once its tools have run.
 	failAfterTools atomic.Bool
+	// called is signalled (without blocking) after each call is noted.
+	called chan struct{}
 }
 
 type llmCall struct {
@@ -313,6 +324,8 @@ type llmCall struct {
 	history []string
 	conv    string
 	prio    string
+	// trace is the call's traceparent header.
+	trace string
 }
 
 var tagRE = regexp.MustCompile(`^\[(p[0-2]) c:([0-9a-f]+)\]`)
@@ -332,7 +345,7 @@ func (l *callLog) wrap(next http.Handler) http.Handler {
 			} `json:"messages"`
 		}
 		_ = json.Unmarshal(body, &req)
-		var c llmCall
+		c := llmCall{trace: r.Header.Get(peakdesk.TraceHeader)}
 		for _, m := range req.Messages {
 			if m.Role == "tool" && l.failAfterTools.Load() {
 				http.Error(w, `{"error":{"message":"down after tools","type":"server_error"}}`, http.StatusServiceUnavailable)
@@ -357,6 +370,10 @@ func (l *callLog) wrap(next http.Handler) http.Handler {
 		l.active[c.conv]++
 		l.maxActive[c.conv] = max(l.maxActive[c.conv], l.active[c.conv])
 		l.mu.Unlock()
+		select {
+		case l.called <- struct{}{}:
+		default:
+		}
 		defer func() {
 			l.mu.Lock()
 			l.active[c.conv]--

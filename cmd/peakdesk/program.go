@@ -225,7 +225,15 @@ func (p *Program) Start(ctx context.Context) (err error) {
 	if cfg.hasRole(roleWorker) {
 		// Every LLM HTTP call goes through the worker's transport: the
 		// provider budget and the adaptive concurrency limit.
-		llmTransport := workers.NewLLMTransport(nil)
+		limits, err := workers.NewLimits(workers.LimitsConfig{
+			Concurrency: cfg.WorkerConcurrency, MinConcurrency: cfg.WorkerMinConcurrency,
+			ProviderRPM: cfg.LLMRPM, ProviderTPM: cfg.LLMTPM, ProviderKey: cfg.LLMModel,
+			Redis: p.rdb, Logger: p.Log, Registerer: p.registry,
+		})
+		if err != nil {
+			return err
+		}
+		llmTransport := workers.NewLLMTransport(nil, limits)
 		base, err := p.llmBaseURL()
 		if err != nil {
 			return err
@@ -265,22 +273,16 @@ func (p *Program) Start(ctx context.Context) (err error) {
 		p1Weight, p2Weight, _ := cfg.workerWeights() // validated
 		p.worker, err = workers.New(workers.Config{
 			JS: p.js, DB: p.db, Answerer: p.answerer, Tools: tools,
-			Memory:      &storage.Memory{DB: p.db, Redis: p.rdb},
-			Logger:      p.Log,
-			Registerer:  p.registry,
-			Concurrency: cfg.WorkerConcurrency,
-			AckWait:     topo.AckWait,
-			SoftStop:    cfg.SoftStop,
-			// Adaptive concurrency, p1:p2 weights, turn gathering and the
-			// provider budget shared through Redis (issue 5).
-			MinConcurrency: cfg.WorkerMinConcurrency,
-			P1Weight:       p1Weight,
-			P2Weight:       p2Weight,
-			GatherWait:     cfg.WorkerGather,
-			ProviderRPM:    cfg.LLMRPM,
-			ProviderTPM:    cfg.LLMTPM,
-			ProviderKey:    cfg.LLMModel,
-			LLMTransport:   llmTransport,
+			Memory:     &storage.Memory{DB: p.db, Redis: p.rdb},
+			Logger:     p.Log,
+			Registerer: p.registry,
+			Limits:     limits,
+			AckWait:    topo.AckWait,
+			SoftStop:   cfg.SoftStop,
+			// p1:p2 weights and turn gathering (issue 5).
+			P1Weight:   p1Weight,
+			P2Weight:   p2Weight,
+			GatherWait: cfg.WorkerGather,
 		})
 		if err != nil {
 			return err

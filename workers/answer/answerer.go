@@ -24,6 +24,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/bsm/redislock"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
@@ -176,6 +177,7 @@ type Answerer struct {
 
 	flightsMu sync.Mutex
 	flights   map[string]*flight // in-process coalescing, by key
+	locks     *redislock.Client  // the leader leases of coalescing across processes
 
 	unpriced sync.Map // models already logged as missing from the price table
 
@@ -205,6 +207,7 @@ func New(cfg Config) (*Answerer, error) {
 		settings: newSettingsCache(cfg.DB, cfg.Provider, cfg.SettingsTTL),
 		limits:   newLimiter(cfg.Redis, cfg.KeyPrefix, cfg.Logger.With("component", "answerer")),
 		flights:  map[string]*flight{},
+		locks:    redislock.New(cfg.Redis),
 	}
 	if a.faq == nil {
 		a.ownFAQ = true

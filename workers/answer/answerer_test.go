@@ -28,39 +28,10 @@ import (
 	"github.com/peakdesk/peakdesk/workers/faq"
 	"github.com/peakdesk/peakdesk/workers/llm"
 	"github.com/peakdesk/peakdesk/workers/pii"
+	"github.com/peakdesk/peakdesk/workers/workertest"
 )
 
 const shop = "shop1"
-
-// recClock is an llm.Clock whose Sleep records the wait and moves its time
-// on at once: retry waits are asserted, never slept.
-type recClock struct {
-	mu     sync.Mutex
-	now    time.Time
-	sleeps []time.Duration
-}
-
-func newRecClock() *recClock { return &recClock{now: time.Now()} }
-
-func (c *recClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *recClock) Sleep(ctx context.Context, d time.Duration) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.sleeps = append(c.sleeps, d)
-	c.now = c.now.Add(d)
-	return ctx.Err()
-}
-
-func (c *recClock) Sleeps() []time.Duration {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return append([]time.Duration(nil), c.sleeps...)
-}
 
 // bodies records the request bodies a provider receives, then hands the
 // request on to it.
@@ -111,7 +82,7 @@ type bundle struct {
 	sim    *llmsim.Sim
 	url    string
 	bodies *bodies
-	clock  *recClock
+	clock  *workertest.Clock
 	prefix string
 	cfg    answer.Config
 }
@@ -120,7 +91,7 @@ type bundle struct {
 // models "primary" then "secondary".
 func setup(t testing.TB, f llmsim.Faults, mod func(*answer.Config)) (*answer.Answerer, *bundle) {
 	t.Helper()
-	b := &bundle{db: storagetest.DB(t), sim: llmsim.New(f), clock: newRecClock(), prefix: randomPrefix()}
+	b := &bundle{db: storagetest.DB(t), sim: llmsim.New(f), clock: workertest.NewClock(), prefix: randomPrefix()}
 	b.bodies = &bodies{next: b.sim}
 	srv := httptest.NewServer(b.bodies)
 	t.Cleanup(srv.Close)
@@ -206,7 +177,7 @@ var msgSeq struct {
 }
 
 // request is a p1 question without history, due in 10 s on clock.
-func request(clock *recClock, question string) answer.Request {
+func request(clock *workertest.Clock, question string) answer.Request {
 	msgSeq.Lock()
 	msgSeq.n++
 	n := msgSeq.n
@@ -571,12 +542,12 @@ func TestFollowersAnswerThemselvesWhenTheLeaderGivesUp(t *testing.T) {
 			t.Error("the cancelled leader answered")
 		}
 	}()
-	waitFor(t, 5*time.Second, func() bool {
+	workertest.WaitFor(t, "the leader key", 5*time.Second, func() bool {
 		keys, _ := rdb.Keys(context.Background(), b.prefix+"ans:lead:*").Result()
 		return len(keys) == 1
 	})
 	// Mid-call: the leader's call has reached the provider.
-	waitFor(t, 5*time.Second, func() bool { return b.sim.Stats().Requests == 1 })
+	workertest.WaitFor(t, "the leader's call", 5*time.Second, func() bool { return b.sim.Stats().Requests == 1 })
 
 	// The follower learns that the leader gave up and answers itself,
 	// without waiting CoalesceWait out.
@@ -591,7 +562,7 @@ func TestFollowersAnswerThemselvesWhenTheLeaderGivesUp(t *testing.T) {
 		ans, err := a2.Answer(context.Background(), req)
 		answered <- result{ans, err}
 	}()
-	waitFor(t, 5*time.Second, func() bool { return coalesceCount(t, reg, "follower") == 1 })
+	workertest.WaitFor(t, "a follower", 5*time.Second, func() bool { return coalesceCount(t, reg, "follower") == 1 })
 	leave()
 	res := <-answered
 	if res.err != nil {
@@ -630,17 +601,6 @@ func coalesceCount(t *testing.T, reg *prometheus.Registry, role string) float64 
 		}
 	}
 	return 0
-}
-
-func waitFor(t *testing.T, limit time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(limit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %v", limit)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 func TestAFollowerTakesOverFromACrashedLeader(t *testing.T) {

@@ -2,7 +2,6 @@ package answer
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -12,7 +11,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
-	"github.com/redis/go-redis/v9"
+	"github.com/bsm/redislock"
 
 	"github.com/peakdesk/peakdesk"
 )
@@ -23,8 +22,8 @@ import (
 //
 //   - in the process, the first request for a key runs the flight and the
 //     others wait for its answer;
-//   - across processes, the flight's runner takes a Redis leader key (SET NX,
-//     a 3 s lease the leader renews while it answers); the leader answers and
+//   - across processes, the flight's runner takes a Redis leader lease
+//     (redislock, 3 s, renewed while it answers); the leader answers and
 //     stores the result, the others poll for it (5 → 50 ms). A leader that
 //     crashed lets its lease lapse and the next follower takes over; one that
 //     gave up says so; if no result comes within CoalesceWait (at most half
@@ -123,9 +122,6 @@ const leaseTTL = 3 * time.Second
 // follower of another process's leader. It returns the answer for this
 // request and what to share with the flight's followers.
 func (a *Answerer) acrossProcesses(ctx context.Context, key string, t turn) (*Answer, *shared) {
-	var tok [12]byte
-	_, _ = rand.Read(tok[:])
-	token := hex.EncodeToString(tok[:])
 	deadline := time.Now().Add(a.followWait(t.deadline))
 	for round, pause := 0, 5*time.Millisecond; ; round, pause = round+1, min(2*pause, 50*time.Millisecond) {
 		// 1. An answer already there: the cache, or the result of the
@@ -152,10 +148,10 @@ func (a *Answerer) acrossProcesses(ctx context.Context, key string, t turn) (*An
 
 		// 2. Lead: the first to ask, or the next after a leader vanished.
 		lctx, cancel := context.WithTimeout(ctx, time.Second)
-		won, err := a.cfg.Redis.SetNX(lctx, a.leadKey(key), token, leaseTTL).Result()
+		lease, err := a.locks.Obtain(lctx, a.leadKey(key), leaseTTL, nil)
 		cancel()
-		if err == nil && won {
-			return a.lead(ctx, key, token, t)
+		if err == nil {
+			return a.lead(ctx, key, lease, t)
 		}
 		if round == 0 {
 			a.metrics.coalesce.WithLabelValues("follower").Inc()
@@ -168,12 +164,8 @@ func (a *Answerer) acrossProcesses(ctx context.Context, key string, t turn) (*An
 			ans := a.compose(ctx, t)
 			return ans, share(ans)
 		}
-		timer := time.NewTimer(pause)
-		select {
-		case <-ctx.Done():
-			timer.Stop()
+		if peakdesk.Sleep(ctx, pause) != nil {
 			return nil, nil
-		case <-timer.C:
 		}
 	}
 }
@@ -202,11 +194,11 @@ func (a *Answerer) lookup(ctx context.Context, key string) (*shared, error) {
 
 // lead answers as the burst's leader, keeping its lease alive meanwhile,
 // and publishes the result.
-func (a *Answerer) lead(ctx context.Context, key, token string, t turn) (*Answer, *shared) {
+func (a *Answerer) lead(ctx context.Context, key string, lease *redislock.Lock, t turn) (*Answer, *shared) {
 	// A leader elected just after the previous one published must not ask
 	// again.
 	if s, err := a.lookup(ctx, key); err == nil && s != nil && s.Source != "" {
-		a.release(ctx, key, token)
+		release(ctx, lease)
 		a.metrics.coalesce.WithLabelValues("follower").Inc()
 		return s.forFollower(), s
 	}
@@ -222,7 +214,7 @@ func (a *Answerer) lead(ctx context.Context, key, token string, t turn) (*Answer
 				return
 			case <-tick.C:
 				rctx, cancel := context.WithTimeout(context.Background(), time.Second)
-				_ = renewScript.Run(rctx, a.cfg.Redis, []string{a.leadKey(key)}, token, leaseTTL.Milliseconds()).Err()
+				_ = lease.Refresh(rctx, leaseTTL, nil)
 				cancel()
 			}
 		}
@@ -231,7 +223,8 @@ func (a *Answerer) lead(ctx context.Context, key, token string, t turn) (*Answer
 	close(stop)
 	wg.Wait()
 	s := share(ans)
-	a.publish(ctx, key, token, s)
+	a.publish(ctx, key, s)
+	release(ctx, lease)
 	return ans, s
 }
 
@@ -242,9 +235,9 @@ func (a *Answerer) followWait(deadline time.Time) time.Duration {
 }
 
 // publish stores the leader's result for the followers (and, for an LLM
-// answer, in the cache), then gives up the leader key. A nil result tells
-// the followers to answer on their own.
-func (a *Answerer) publish(ctx context.Context, key, token string, s *shared) {
+// answer, in the cache). A nil result tells the followers to answer on their
+// own.
+func (a *Answerer) publish(ctx context.Context, key string, s *shared) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
 	defer cancel()
 	res := s
@@ -260,20 +253,15 @@ func (a *Answerer) publish(ctx context.Context, key, token string, s *shared) {
 	if _, err := pipe.Exec(ctx); err != nil {
 		a.log.Warn("coalesced answer not shared; followers will answer on their own", "err", err)
 	}
-	a.release(ctx, key, token)
 }
 
-// release gives up the leader key if it is still ours.
-func (a *Answerer) release(ctx context.Context, key, token string) {
+// release gives up the leader lease if it is still ours (a lapsed one may
+// be another leader's now: redislock releases only its own).
+func release(ctx context.Context, lease *redislock.Lock) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
 	defer cancel()
-	_ = releaseScript.Run(ctx, a.cfg.Redis, []string{a.leadKey(key)}, token).Err()
+	_ = lease.Release(ctx)
 }
-
-var (
-	releaseScript = redis.NewScript(`if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) end return 0`)
-	renewScript   = redis.NewScript(`if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("pexpire", KEYS[1], ARGV[2]) end return 0`)
-)
 
 func (a *Answerer) cacheKey(key string) string  { return a.cfg.KeyPrefix + "ans:cache:" + key }
 func (a *Answerer) leadKey(key string) string   { return a.cfg.KeyPrefix + "ans:lead:" + key }

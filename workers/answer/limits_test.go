@@ -21,6 +21,7 @@ import (
 	"github.com/peakdesk/peakdesk/storage"
 	"github.com/peakdesk/peakdesk/workers/answer"
 	"github.com/peakdesk/peakdesk/workers/llm"
+	"github.com/peakdesk/peakdesk/workers/workertest"
 )
 
 func (b *bodies) list() []string {
@@ -236,7 +237,7 @@ func TestConcurrentAnswersNeverReservePastTheCap(t *testing.T) {
 	first := make(chan *answer.Answer)
 	go func() { first <- mustAnswer(t, a, req()) }()
 	var worst int64
-	waitFor(t, 10*time.Second, func() bool {
+	workertest.WaitFor(t, "the first call's reservation", 10*time.Second, func() bool {
 		worst, _ = rdb.Get(ctx, key).Int64()
 		return worst > 0
 	})
@@ -398,7 +399,7 @@ func TestUserCallCapFallsBackAndSparesOtherUsers(t *testing.T) {
 	}
 
 	// The next hour, u1 is answered by the LLM again.
-	b.clock.advance(time.Hour)
+	b.clock.Advance(time.Hour)
 	if ans := mustAnswer(t, a, inConversation(request(b.clock, otherQuestion), "u1")); ans.Source != peakdesk.SourceLLM {
 		t.Errorf("u1 an hour later: %+v, want the LLM's", ans)
 	}

@@ -107,12 +107,6 @@ func withTools(req answer.Request, box *toolBox) answer.Request {
 	return req
 }
 
-func (c *recClock) advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
-
 // toolCallsMetric reads peakdesk_llm_tool_calls_total{tool} from reg.
 func toolCallsMetric(t *testing.T, reg *prometheus.Registry, tool string) float64 {
 	t.Helper()
@@ -422,7 +416,7 @@ func TestToolRoundsStopAtTheDeadline(t *testing.T) {
 	t.Parallel()
 	a, b := setup(t, llmsim.Faults{}, nil)
 	// The tool takes longer than the answer may.
-	box := &toolBox{onCall: func() { b.clock.advance(time.Minute) }}
+	box := &toolBox{onCall: func() { b.clock.Advance(time.Minute) }}
 	ans := mustAnswer(t, a, withTools(request(b.clock, "我要退款 "+orderA), box))
 	if ans.Source != peakdesk.SourceHandoff || len(box.all()) != 1 {
 		t.Errorf("answer %+v, %d tool calls: want a handoff after the one tool call", ans, len(box.all()))

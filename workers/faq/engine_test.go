@@ -10,6 +10,7 @@ import (
 	"github.com/peakdesk/peakdesk/storage"
 	"github.com/peakdesk/peakdesk/storage/storagetest"
 	"github.com/peakdesk/peakdesk/workers/faq"
+	"github.com/peakdesk/peakdesk/workers/workertest"
 )
 
 // setup returns a started engine over a fresh database with shops "s1" and
@@ -114,7 +115,7 @@ func TestEngineRefreshesWhenEntriesChange(t *testing.T) {
 	}, false); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, func() bool { _, ok := e.Search(ctx, "s2", q); return ok })
+	workertest.WaitFor(t, "the new entry", 5*time.Second, func() bool { _, ok := e.Search(ctx, "s2", q); return ok })
 	if m, _ := e.Search(ctx, "s2", q); m.Answer != "周末正常发货。" {
 		t.Errorf("answer %q", m.Answer)
 	}
@@ -124,11 +125,11 @@ func TestEngineRefreshesWhenEntriesChange(t *testing.T) {
 	}, false); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, func() bool { m, _ := e.Search(ctx, "s2", q); return m.Answer == "周末也发货。" })
+	workertest.WaitFor(t, "the changed answer", 5*time.Second, func() bool { m, _ := e.Search(ctx, "s2", q); return m.Answer == "周末也发货。" })
 	if _, err := db.ImportFAQ(ctx, "s2", []storage.FAQEntry{{Question: "别的问题", Answer: "别的答案"}}, true); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, func() bool { _, ok := e.Search(ctx, "s2", q); return !ok })
+	workertest.WaitFor(t, "the removal", 5*time.Second, func() bool { _, ok := e.Search(ctx, "s2", q); return !ok })
 	// Shops never see each other's entries.
 	if _, ok := e.Search(ctx, "s2", "双11满减活动怎么算"); ok {
 		t.Error("s2 found s1's entry")
@@ -149,16 +150,5 @@ func TestTopGivesContextBelowTheThreshold(t *testing.T) {
 	}
 	if e.Top(context.Background(), "s1", "   ", 3) != nil {
 		t.Error("blank question found entries")
-	}
-}
-
-func waitFor(t *testing.T, limit time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(limit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %v", limit)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -2,7 +2,6 @@ package llm
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -13,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/bsm/redislock"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"github.com/sony/gobreaker/v2"
@@ -52,8 +52,8 @@ const (
 // unreachable each process falls back to a local breaker rather than
 // failing or stalling the call.
 type breakers struct {
-	rdb      *redis.Client // nil: local breakers only
-	store    *redisStore
+	rdb      *redis.Client     // nil: local breakers only
+	locks    *redislock.Client // the shared state's lock and the half-open probe leases
 	prefix   string
 	settings breakerSettings
 	log      *slog.Logger
@@ -66,7 +66,7 @@ type breakers struct {
 func newBreakers(rdb *redis.Client, prefix string, s breakerSettings, log *slog.Logger, state *prometheus.GaugeVec) *breakers {
 	bs := &breakers{rdb: rdb, prefix: prefix, settings: s, log: log, state: state, m: map[string]*breaker{}}
 	if rdb != nil {
-		bs.store = &redisStore{rdb: rdb, prefix: prefix, held: map[string]string{}}
+		bs.locks = redislock.New(rdb)
 	}
 	return bs
 }
@@ -97,6 +97,9 @@ func (bs *breakers) get(provider, apiKey, model string, own bool) *breaker {
 		b.credential = credentialShop
 	}
 	b.local = gobreaker.NewTwoStepCircuitBreaker[struct{}](b.gobreakerSettings())
+	if bs.rdb != nil {
+		b.store = &redisStore{rdb: bs.rdb, locks: bs.locks, prefix: bs.prefix, held: map[string]*redislock.Lock{}}
+	}
 	bs.m[name] = b
 	bs.setGaugeLocked(b)
 	return b
@@ -135,11 +138,13 @@ type breaker struct {
 	credential    string       // credentialDefault or credentialShop
 	seen          atomic.Int32 // the gobreaker.State this process saw last
 	local         *gobreaker.TwoStepCircuitBreaker[struct{}]
+	store         *redisStore  // this breaker's shared state in Redis; nil: local only
 	openUntil     atomic.Int64 // unix nanos: known open until then, no need to ask Redis
 	degradedUntil atomic.Int64 // unix nanos: Redis failed, use the local breaker until then
 	// dcbMu serialises this process's updates of the shared state (gobreaker
 	// reads the state before it takes the Redis lock, so concurrent updates
-	// from one process would overwrite each other); it guards dcb.
+	// from one process would overwrite each other); it guards dcb and its
+	// creation.
 	dcbMu sync.Mutex
 	dcb   *gobreaker.DistributedCircuitBreaker[struct{}]
 }
@@ -181,24 +186,27 @@ func (b *breaker) observe(s gobreaker.State) {
 type ticket struct {
 	probe bool
 	gen   uint64
-	// probeKey is the Redis key of the half-open probe slot taken.
-	probeKey string
+	// probeLease is the half-open probe slot taken (a lease that lapses by
+	// itself should its caller vanish).
+	probeLease *redislock.Lock
 	// localDone is set when the local breaker admitted the call.
 	localDone func(error)
 }
 
 // allow decides whether a call may go out now. It never waits: an open
 // breaker answers ErrBreakerOpen from memory once it has been seen open, and
-// otherwise costs one Redis GET (plus an INCR for a half-open probe).
+// otherwise costs one Redis GET (plus taking a probe lease when half-open).
+// The first call of a breaker in a process also creates its gobreaker
+// (which takes the shared state's lock once).
 func (b *breaker) allow(ctx context.Context) (ticket, error) {
 	now := time.Now() // gobreaker keeps wall-clock time; so must we
 	if now.UnixNano() < b.openUntil.Load() {
 		return ticket{}, ErrBreakerOpen
 	}
-	if b.set.store == nil || now.UnixNano() < b.degradedUntil.Load() {
+	if b.store == nil || now.UnixNano() < b.degradedUntil.Load() {
 		return b.allowLocal()
 	}
-	st, found, err := b.set.store.sharedState(ctx, b.key)
+	st, found, err := b.sharedState(ctx)
 	if err != nil {
 		b.degrade(err)
 		return b.allowLocal()
@@ -222,16 +230,32 @@ func (b *breaker) allow(ctx context.Context) (ticket, error) {
 	if st.State == gobreaker.StateOpen {
 		gen++
 	}
-	key := fmt.Sprintf("%sgobreaker:probe:%s:%d", b.set.prefix, b.key, gen)
-	n, err := b.set.store.takeSlot(ctx, key, b.set.settings.probeTTL)
-	if err != nil {
+	lease, err := b.takeProbe(ctx, gen)
+	switch {
+	case errors.Is(err, redislock.ErrNotObtained):
+		return ticket{}, ErrBreakerOpen
+	case err != nil:
 		b.degrade(err)
 		return b.allowLocal()
 	}
-	if n > int64(b.set.settings.probes) {
-		return ticket{}, ErrBreakerOpen
+	return ticket{probe: true, gen: gen, probeLease: lease}, nil
+}
+
+// takeProbe takes one of the half-open round's probe slots, shared by all
+// processes: a lease per slot, held until the probe's result is in (or
+// probeTTL, should its caller vanish). It returns redislock.ErrNotObtained
+// when every slot is taken.
+func (b *breaker) takeProbe(ctx context.Context, gen uint64) (*redislock.Lock, error) {
+	ctx, cancel := context.WithTimeout(ctx, storeOpTimeout)
+	defer cancel()
+	for i := range b.set.settings.probes {
+		key := fmt.Sprintf("%sllm:probe:%s:%d:%d", b.set.prefix, b.key, gen, i)
+		lease, err := b.set.locks.Obtain(ctx, key, b.set.settings.probeTTL, nil)
+		if !errors.Is(err, redislock.ErrNotObtained) {
+			return lease, err
+		}
 	}
-	return ticket{probe: true, gen: gen, probeKey: key}, nil
+	return nil, redislock.ErrNotObtained
 }
 
 func (b *breaker) allowLocal() (ticket, error) {
@@ -253,7 +277,7 @@ func (b *breaker) record(ctx context.Context, t ticket, outcome error) (open boo
 		b.observe(st)
 		return st == gobreaker.StateOpen
 	}
-	if b.set.store == nil {
+	if b.store == nil {
 		return false
 	}
 	if !t.probe && errors.Is(outcome, errExcluded) {
@@ -261,7 +285,7 @@ func (b *breaker) record(ctx context.Context, t ticket, outcome error) (open boo
 	}
 	b.dcbMu.Lock()
 	defer b.dcbMu.Unlock()
-	st, found, err := b.set.store.sharedState(ctx, b.key)
+	st, found, err := b.sharedStateLocked(ctx)
 	if err != nil {
 		b.degrade(err)
 		return false
@@ -275,15 +299,13 @@ func (b *breaker) record(ctx context.Context, t ticket, outcome error) (open boo
 		b.releaseProbe(ctx, t, outcome)
 		return st.State == gobreaker.StateOpen && time.Now().Before(st.Expiry)
 	}
-	if b.dcb == nil || !found {
-		// First use in this process, or the shared state expired or was
-		// flushed: (re)create it.
-		dcb, err := gobreaker.NewDistributedCircuitBreaker[struct{}](b.set.store, b.gobreakerSettings())
-		if err != nil {
+	if !found {
+		// The shared state expired or was flushed: recreate it.
+		b.dcb = nil
+		if err := b.ensureDCBLocked(); err != nil {
 			b.degrade(err)
 			return false
 		}
-		b.dcb = dcb
 	}
 	_, err = b.dcb.Execute(func() (struct{}, error) { return struct{}{}, outcome })
 	if err != nil && !errors.Is(err, outcome) && !errors.Is(err, gobreaker.ErrOpenState) &&
@@ -297,7 +319,7 @@ func (b *breaker) record(ctx context.Context, t ticket, outcome error) (open boo
 	}
 	b.observe(gobreaker.StateOpen)
 	until := time.Now().Add(b.set.settings.openFor)
-	if st, found, err := b.set.store.sharedState(ctx, b.key); err == nil && found && st.State == gobreaker.StateOpen {
+	if st, found, err := b.sharedStateLocked(ctx); err == nil && found && st.State == gobreaker.StateOpen {
 		until = st.Expiry
 	}
 	b.openUntil.Store(until.UnixNano())
@@ -307,9 +329,50 @@ func (b *breaker) record(ctx context.Context, t ticket, outcome error) (open boo
 // releaseProbe gives a probe slot back when its call told nothing about the
 // provider, so another call can probe at once.
 func (b *breaker) releaseProbe(ctx context.Context, t ticket, outcome error) {
-	if t.probe && errors.Is(outcome, errExcluded) {
-		_ = b.set.rdb.Decr(ctx, t.probeKey).Err()
+	if t.probe && t.probeLease != nil && errors.Is(outcome, errExcluded) {
+		ctx, cancel := context.WithTimeout(ctx, storeOpTimeout)
+		defer cancel()
+		_ = t.probeLease.Release(ctx)
 	}
+}
+
+// sharedState reads the breaker's shared state without taking its lock: as
+// gobreaker last stored it through the store (see redisStore). found is
+// false when there is none (yet, or any more).
+func (b *breaker) sharedState(ctx context.Context) (gobreaker.SharedState, bool, error) {
+	if !b.store.seen() {
+		b.dcbMu.Lock()
+		err := b.ensureDCBLocked()
+		b.dcbMu.Unlock()
+		if err != nil {
+			return gobreaker.SharedState{}, false, err
+		}
+	}
+	return b.store.state(ctx)
+}
+
+// sharedStateLocked is sharedState with dcbMu held.
+func (b *breaker) sharedStateLocked(ctx context.Context) (gobreaker.SharedState, bool, error) {
+	if err := b.ensureDCBLocked(); err != nil {
+		return gobreaker.SharedState{}, false, err
+	}
+	return b.store.state(ctx)
+}
+
+// ensureDCBLocked creates this process's DistributedCircuitBreaker on the
+// store if there is none; creating it stores the initial shared state when
+// there is none, and shows the store where gobreaker keeps it. dcbMu must be
+// held.
+func (b *breaker) ensureDCBLocked() error {
+	if b.dcb != nil {
+		return nil
+	}
+	dcb, err := gobreaker.NewDistributedCircuitBreaker[struct{}](b.store, b.gobreakerSettings())
+	if err != nil {
+		return err
+	}
+	b.dcb = dcb
+	return nil
 }
 
 func (b *breaker) degrade(err error) {
@@ -320,82 +383,118 @@ func (b *breaker) degrade(err error) {
 	}
 }
 
-// redisStore is gobreaker's SharedDataStore on Redis. Its lock is a real
-// Redis lock: SET NX with an expiry and a random token, released only by its
-// holder (compare-and-delete).
+// redisStore is one breaker's gobreaker SharedDataStore on Redis. Its lock
+// is a redislock lock (with an expiry, released only by its holder).
+//
+// The breaker reads its shared state without the lock (allow must not wait
+// for it) through the store, not by naming gobreaker's keys: the store
+// notes the name gobreaker reads and writes the breaker's state under
+// (the one piece of data a DistributedCircuitBreaker stores; a store serves
+// one breaker), and state returns what is stored under it, decoded as the
+// gobreaker.SharedState it is.
 type redisStore struct {
 	rdb    *redis.Client
+	locks  *redislock.Client
 	prefix string
 
-	mu   sync.Mutex
-	held map[string]string // lock name -> token this process holds
+	mu        sync.Mutex
+	held      map[string]*redislock.Lock // lock name -> the lock this process holds
+	lockLost  bool                       // Redis failed when Lock was called: SetData must not write
+	stateName string                     // the data name gobreaker uses, once seen
 }
 
 const (
 	storeOpTimeout = time.Second
-	lockTTL        = 2 * time.Second        // a crashed holder's lock frees itself
-	lockSpin       = 250 * time.Millisecond // how long Lock tries before gobreaker's 500 ms pause
-	stateTTL       = 24 * time.Hour         // an idle breaker's state is forgotten
+	lockTTL        = 2 * time.Second      // a crashed holder's lock frees itself
+	lockRetry      = 5 * time.Millisecond // how often Lock tries again ...
+	lockTries      = 50                   // ... for about 250 ms before gobreaker's 500 ms pause
+	stateTTL       = 24 * time.Hour       // an idle breaker's state is forgotten
 )
-
-// stateKey mirrors the key gobreaker v2 stores a breaker's shared state
-// under, so that allow can read it without taking the lock.
-func stateKey(name string) string { return "gobreaker:state:" + name }
-
-var unlockScript = redis.NewScript(`if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) end return 0`)
 
 var errLockBusy = errors.New("llm: breaker lock busy")
 
 // Lock takes the lock name, trying for a little while.
 func (s *redisStore) Lock(name string) error {
-	var tok [12]byte
-	_, _ = rand.Read(tok[:])
-	token := hex.EncodeToString(tok[:])
-	deadline := time.Now().Add(lockSpin)
-	for wait := 500 * time.Microsecond; ; wait = min(2*wait, 8*time.Millisecond) {
-		ctx, cancel := context.WithTimeout(context.Background(), storeOpTimeout)
-		ok, err := s.rdb.SetNX(ctx, s.prefix+name, token, lockTTL).Result()
-		cancel()
-		if err != nil {
-			// Redis is failing: the state write that follows fails too and
-			// the caller falls back to its local breaker. Returning an error
-			// here instead would have gobreaker retry for 5 s.
-			s.mu.Lock()
-			s.held[name] = ""
-			s.mu.Unlock()
-			return nil
-		}
-		if ok {
-			s.mu.Lock()
-			s.held[name] = token
-			s.mu.Unlock()
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return errLockBusy
-		}
-		time.Sleep(wait)
+	ctx, cancel := context.WithTimeout(context.Background(), storeOpTimeout)
+	defer cancel()
+	lock, err := s.locks.Obtain(ctx, s.prefix+name, lockTTL, &redislock.Options{
+		RetryStrategy: redislock.LimitRetry(redislock.LinearBackoff(lockRetry), lockTries)})
+	switch {
+	case errors.Is(err, redislock.ErrNotObtained):
+		return errLockBusy
+	case err != nil:
+		// Redis is failing. Returning an error would have gobreaker retry
+		// for 5 s; instead the lock counts as taken but SetData writes
+		// nothing under it, and the caller's next read of the state fails
+		// and falls back to its local breaker. (Failing SetData instead
+		// would crash gobreaker v2.4.0's NewDistributedCircuitBreaker,
+		// whose deferred unlock runs on the nil it returns on error.)
+		s.mu.Lock()
+		s.lockLost = true
+		s.mu.Unlock()
+		return nil
 	}
+	s.mu.Lock()
+	s.held[name] = lock
+	s.mu.Unlock()
+	return nil
 }
 
 // Unlock releases the lock name if this process still holds it.
 func (s *redisStore) Unlock(name string) error {
 	s.mu.Lock()
-	token := s.held[name]
+	lock := s.held[name]
 	delete(s.held, name)
+	s.lockLost = false
 	s.mu.Unlock()
-	if token == "" {
+	if lock == nil {
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), storeOpTimeout)
 	defer cancel()
-	return unlockScript.Run(ctx, s.rdb, []string{s.prefix + name}, token).Err()
+	if err := lock.Release(ctx); err != nil && !errors.Is(err, redislock.ErrLockNotHeld) {
+		return err
+	}
+	return nil // a lapsed lock has nothing to release
 }
 
 // GetData returns the data stored under name, nil when there is none.
 func (s *redisStore) GetData(name string) ([]byte, error) {
+	s.noteState(name)
 	ctx, cancel := context.WithTimeout(context.Background(), storeOpTimeout)
 	defer cancel()
+	return s.get(ctx, name)
+}
+
+// SetData stores data under name, unless Lock could not reach Redis: a
+// write without the lock could undo another process's update.
+func (s *redisStore) SetData(name string, data []byte) error {
+	s.noteState(name)
+	s.mu.Lock()
+	lost := s.lockLost
+	s.mu.Unlock()
+	if lost {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), storeOpTimeout)
+	defer cancel()
+	return s.rdb.Set(ctx, s.prefix+name, data, stateTTL).Err()
+}
+
+// seen reports whether gobreaker has used the store yet.
+func (s *redisStore) seen() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stateName != ""
+}
+
+func (s *redisStore) noteState(name string) {
+	s.mu.Lock()
+	s.stateName = name
+	s.mu.Unlock()
+}
+
+func (s *redisStore) get(ctx context.Context, name string) ([]byte, error) {
 	b, err := s.rdb.Get(ctx, s.prefix+name).Bytes()
 	if errors.Is(err, redis.Nil) {
 		return nil, nil
@@ -403,37 +502,24 @@ func (s *redisStore) GetData(name string) ([]byte, error) {
 	return b, err
 }
 
-// SetData stores data under name.
-func (s *redisStore) SetData(name string, data []byte) error {
-	ctx, cancel := context.WithTimeout(context.Background(), storeOpTimeout)
-	defer cancel()
-	return s.rdb.Set(ctx, s.prefix+name, data, stateTTL).Err()
-}
-
-// sharedState reads the shared state of the breaker called name.
-func (s *redisStore) sharedState(ctx context.Context, name string) (gobreaker.SharedState, bool, error) {
-	var st gobreaker.SharedState
+// state reads the shared state gobreaker stored last, without its lock;
+// found is false when there is none, or gobreaker has not used the store
+// yet.
+func (s *redisStore) state(ctx context.Context) (st gobreaker.SharedState, found bool, err error) {
+	s.mu.Lock()
+	name := s.stateName
+	s.mu.Unlock()
+	if name == "" {
+		return st, false, nil
+	}
 	ctx, cancel := context.WithTimeout(ctx, storeOpTimeout)
 	defer cancel()
-	b, err := s.rdb.Get(ctx, s.prefix+stateKey(name)).Bytes()
-	switch {
-	case errors.Is(err, redis.Nil):
-		return st, false, nil
-	case err != nil:
+	b, err := s.get(ctx, name)
+	if err != nil || b == nil {
 		return st, false, err
 	}
 	if err := json.Unmarshal(b, &st); err != nil {
 		return st, false, fmt.Errorf("decode breaker state: %w", err)
 	}
 	return st, true, nil
-}
-
-var takeSlotScript = redis.NewScript(`local n = redis.call("incr", KEYS[1]) if n == 1 then redis.call("pexpire", KEYS[1], ARGV[1]) end return n`)
-
-// takeSlot increments the counter key and returns it; the counter expires
-// ttl after it was first taken, so slots of vanished callers come back.
-func (s *redisStore) takeSlot(ctx context.Context, key string, ttl time.Duration) (int64, error) {
-	ctx, cancel := context.WithTimeout(ctx, storeOpTimeout)
-	defer cancel()
-	return takeSlotScript.Run(ctx, s.rdb, []string{key}, ttl.Milliseconds()).Int64()
 }

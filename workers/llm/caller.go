@@ -15,6 +15,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"github.com/sony/gobreaker/v2"
+
+	"github.com/peakdesk/peakdesk"
 )
 
 // CallerConfig configures a Caller.
@@ -187,7 +189,7 @@ func (c *Caller) Do(ctx context.Context, call Call) (*Completion, error) {
 	}
 	br := c.breakers.get(call.BaseURL, call.APIKey, call.Model, call.OwnKey)
 	jitter := max(c.cfg.RetryJitter, 0)
-	schedule := backoff.WithMaxRetries(&LinearBackOff{Step: c.cfg.RetryStep, Max: c.cfg.RetryMaxWait, Jitter: jitter},
+	schedule := backoff.WithMaxRetries(&peakdesk.LinearBackOff{Step: c.cfg.RetryStep, Max: c.cfg.RetryMaxWait, Jitter: jitter},
 		uint64(c.cfg.MaxAttempts-1))
 	for attempt := 1; ; attempt++ {
 		t, err := br.allow(ctx)
@@ -299,10 +301,10 @@ func (c *Caller) BreakerState(ctx context.Context, baseURL, apiKey, model string
 	if time.Now().UnixNano() < b.openUntil.Load() {
 		return gobreaker.StateOpen
 	}
-	if b.set.store == nil || time.Now().UnixNano() < b.degradedUntil.Load() {
+	if b.store == nil || time.Now().UnixNano() < b.degradedUntil.Load() {
 		return b.local.State()
 	}
-	st, found, err := b.set.store.sharedState(ctx, b.key)
+	st, found, err := b.sharedState(ctx)
 	switch {
 	case err != nil || !found:
 		return b.local.State()

@@ -25,43 +25,14 @@ import (
 	"github.com/peakdesk/peakdesk/storage"
 	"github.com/peakdesk/peakdesk/storage/storagetest"
 	"github.com/peakdesk/peakdesk/workers/llm"
+	"github.com/peakdesk/peakdesk/workers/workertest"
 )
-
-// recClock is a Clock whose Sleep records the wait and moves its time on at
-// once, so the retry schedule is asserted, never slept.
-type recClock struct {
-	mu     sync.Mutex
-	now    time.Time
-	sleeps []time.Duration
-}
-
-func newRecClock() *recClock { return &recClock{now: time.Now()} }
-
-func (c *recClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *recClock) Sleep(ctx context.Context, d time.Duration) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.sleeps = append(c.sleeps, d)
-	c.now = c.now.Add(d)
-	return ctx.Err()
-}
-
-func (c *recClock) Sleeps() []time.Duration {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return append([]time.Duration(nil), c.sleeps...)
-}
 
 // testBundle is what one test's Caller talks to.
 type testBundle struct {
 	sim    *llmsim.Sim
 	url    string
-	clock  *recClock
+	clock  *workertest.Clock
 	rdb    *redis.Client
 	prefix string
 	reg    *prometheus.Registry
@@ -71,7 +42,7 @@ type testBundle struct {
 // it with its own Redis key prefix (so tests never share a breaker).
 func setup(t *testing.T, f llmsim.Faults, mod func(*llm.CallerConfig)) (*llm.Caller, *testBundle) {
 	t.Helper()
-	b := &testBundle{sim: llmsim.New(f), clock: newRecClock(), prefix: randomPrefix()}
+	b := &testBundle{sim: llmsim.New(f), clock: workertest.NewClock(), prefix: randomPrefix()}
 	srv := httptest.NewServer(b.sim)
 	t.Cleanup(srv.Close)
 	b.url = srv.URL + "/v1"
@@ -287,7 +258,9 @@ func TestBreakerOpensAfterThreeFailuresRefusesWithoutWaitingAndRecovers(t *testi
 
 	// Half-open after BreakerOpen: one probe goes through, the rest are
 	// refused until it has succeeded; then it is closed.
-	waitFor(t, 5*time.Second, func() bool { return c.BreakerState(ctx, b.url, "", "m1") == gobreaker.StateHalfOpen })
+	workertest.WaitFor(t, "the breaker to be half-open", 5*time.Second, func() bool {
+		return c.BreakerState(ctx, b.url, "", "m1") == gobreaker.StateHalfOpen
+	})
 	b.sim.ResetStats()
 	var wg sync.WaitGroup
 	var mu sync.Mutex
@@ -320,7 +293,7 @@ func TestBreakerOpenedByOneProcessRefusesInAnother(t *testing.T) {
 	c1, b := setup(t, llmsim.Faults{Outage: true}, nil)
 	// A second process: its own Redis client, registry and clock, the
 	// same Redis and the same provider.
-	clock2 := newRecClock()
+	clock2 := workertest.NewClock()
 	b2 := *b
 	b2.clock = clock2
 	c2, _ := newCaller(t, &b2, openRedis(t), nil)
@@ -434,7 +407,7 @@ func TestBreakerFallsBackToLocalWhenRedisIsDown(t *testing.T) {
 	sim := llmsim.New(llmsim.Faults{Outage: true})
 	srv := httptest.NewServer(sim)
 	t.Cleanup(srv.Close)
-	b := &testBundle{sim: sim, url: srv.URL + "/v1", clock: newRecClock(), prefix: randomPrefix()}
+	b := &testBundle{sim: sim, url: srv.URL + "/v1", clock: workertest.NewClock(), prefix: randomPrefix()}
 	c, _ := newCaller(t, b, dead, nil)
 	ctx := context.Background()
 	start := time.Now()
@@ -510,17 +483,6 @@ func breakerGauge(t *testing.T, b *testBundle, model, credential string) float64
 	}
 	host := strings.TrimPrefix(strings.TrimSuffix(b.url, "/v1"), "http://")
 	return testutil.ToFloat64(g.WithLabelValues(host, model, credential))
-}
-
-func waitFor(t *testing.T, limit time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(limit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %v", limit)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 var _ http.Handler = (*llmsim.Sim)(nil)

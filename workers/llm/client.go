@@ -26,6 +26,8 @@ import (
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
 	"github.com/openai/openai-go/v3/shared"
+
+	"github.com/peakdesk/peakdesk"
 )
 
 // Config configures a Client.
@@ -223,13 +225,17 @@ func (c *Client) Do(ctx context.Context, req Request) (*Completion, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
 	defer cancel()
+	ctx, usage := withUsageReport(ctx)
+	defer usage.report(-1) // a call that ended without usage
+	opts := traceOption(ctx)
 	if req.OnDelta != nil {
-		return c.stream(ctx, model, params, req.OnDelta)
+		return c.stream(ctx, model, params, req.OnDelta, usage, opts)
 	}
-	resp, err := c.client.Chat.Completions.New(ctx, params)
+	resp, err := c.client.Chat.Completions.New(ctx, params, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("llm: %s: %w", model, err)
 	}
+	usage.report(usedTokens(resp.Usage.PromptTokens, resp.Usage.CompletionTokens))
 	if len(resp.Choices) == 0 {
 		return nil, fmt.Errorf("llm: %s: %w", model, errEmpty)
 	}
@@ -263,9 +269,9 @@ var errBadChunk = errors.New("stream chunk does not fit the stream")
 var errBadRequest = errors.New("bad request")
 
 func (c *Client) stream(ctx context.Context, model string, params openai.ChatCompletionNewParams,
-	onDelta func(string)) (*Completion, error) {
+	onDelta func(string), usage *usageReport, opts []option.RequestOption) (*Completion, error) {
 	params.StreamOptions = openai.ChatCompletionStreamOptionsParam{IncludeUsage: openai.Bool(true)}
-	s := c.client.Chat.Completions.NewStreaming(ctx, params)
+	s := c.client.Chat.Completions.NewStreaming(ctx, params, opts...)
 	defer s.Close()
 	var (
 		// The accumulator puts the tool calls' pieces together (they come
@@ -302,6 +308,9 @@ func (c *Client) stream(ctx context.Context, model string, params openai.ChatCom
 		}
 	}
 	err = cmp.Or(err, s.Err())
+	// The usage comes in the last chunk; a stream that broke before it
+	// reports none.
+	usage.report(usedTokens(acc.Usage.PromptTokens, acc.Usage.CompletionTokens))
 	out := Completion{
 		Model:            cmp.Or(acc.Model, model),
 		PromptTokens:     int(acc.Usage.PromptTokens),
@@ -325,6 +334,16 @@ func (c *Client) stream(ctx context.Context, model string, params openai.ChatCom
 		return nil, fmt.Errorf("llm: %s: %w after %d bytes: %w", model, ErrStreamBroken, shown, err)
 	}
 	return nil, fmt.Errorf("llm: %s: %w", model, err)
+}
+
+// traceOption sends the trace ctx carries (peakdesk.WithTrace) to the
+// provider as its traceparent header, so a call can be found in the
+// provider's logs by the trace id of the message it answers.
+func traceOption(ctx context.Context) []option.RequestOption {
+	if t := peakdesk.TraceFrom(ctx); t.Parent != "" {
+		return []option.RequestOption{option.WithHeader(peakdesk.TraceHeader, t.Parent)}
+	}
+	return nil
 }
 
 func messages(turns []Turn) []openai.ChatCompletionMessageParamUnion {

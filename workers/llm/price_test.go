@@ -3,9 +3,6 @@ package llm_test
 import (
 	"fmt"
 	"testing"
-	"time"
-
-	"github.com/cenkalti/backoff/v4"
 
 	"github.com/peakdesk/peakdesk/workers/llm"
 )
@@ -39,40 +36,6 @@ func TestCostMicroUSD(t *testing.T) {
 	}
 	if got, ok := p.CostMicroUSD("other", 1000, 200); got != 0 || ok {
 		t.Errorf("unpriced model cost = %d %v, want 0 false", got, ok)
-	}
-}
-
-func TestLinearBackOff(t *testing.T) {
-	t.Parallel()
-	b := &llm.LinearBackOff{Step: 100 * time.Millisecond, Max: 250 * time.Millisecond}
-	var got []time.Duration
-	for range 4 {
-		got = append(got, b.NextBackOff())
-	}
-	want := []time.Duration{100 * time.Millisecond, 200 * time.Millisecond, 250 * time.Millisecond, 250 * time.Millisecond}
-	if !equalDurations(got, want) {
-		t.Errorf("schedule %v, want %v", got, want)
-	}
-	b.Reset()
-	if d := b.NextBackOff(); d != 100*time.Millisecond {
-		t.Errorf("after Reset: %v", d)
-	}
-
-	// Jitter spreads ±Jitter around step·n: the extremes of the random source.
-	for _, tc := range []struct {
-		r    float64
-		want time.Duration
-	}{{0, 80 * time.Millisecond}, {0.5, 100 * time.Millisecond}, {0.999999, 120 * time.Millisecond}} {
-		j := &llm.LinearBackOff{Step: 100 * time.Millisecond, Jitter: 0.2, Rand: func() float64 { return tc.r }}
-		if d := j.NextBackOff(); d < tc.want-time.Microsecond || d > tc.want+time.Microsecond {
-			t.Errorf("rand %v: wait %v, want %v", tc.r, d, tc.want)
-		}
-	}
-
-	// With backoff.WithMaxRetries it stops.
-	s := backoff.WithMaxRetries(&llm.LinearBackOff{Step: time.Millisecond}, 2)
-	if s.NextBackOff() == backoff.Stop || s.NextBackOff() == backoff.Stop || s.NextBackOff() != backoff.Stop {
-		t.Error("WithMaxRetries(2) did not stop after two waits")
 	}
 }
 
