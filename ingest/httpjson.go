@@ -23,6 +23,8 @@ func statusOf(code string) int {
 		return http.StatusForbidden
 	case peakdesk.ENotFound:
 		return http.StatusNotFound
+	case peakdesk.EConflict:
+		return http.StatusConflict
 	case peakdesk.EPayloadTooLarge:
 		return http.StatusRequestEntityTooLarge
 	case peakdesk.ERateLimited:

@@ -69,6 +69,11 @@ type Program struct {
 	metricsListener net.Listener
 	serveErr        chan error
 
+	// Human takeover: the agents' operations (ingest and dashboard roles)
+	// and the handoff_sla notices (relay role).
+	desk  *outbox.Desk
+	waits *outbox.WaitNotifier
+
 	stopOnce sync.Once
 }
 
@@ -198,6 +203,12 @@ func (p *Program) Start(ctx context.Context) (err error) {
 		}
 	}
 
+	if cfg.hasRole(roleIngest) || cfg.hasRole(roleDashboard) {
+		if err := p.newDesk(); err != nil {
+			return err
+		}
+	}
+
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /readyz", p.ready)
@@ -221,6 +232,7 @@ func (p *Program) Start(ctx context.Context) (err error) {
 		}
 		p.edge.Register(mux)
 		ingest.RegisterOpsDLQ(mux, auth, p.db, p.js, p.Log)
+		ingest.RegisterDesk(mux, auth, p.desk, p.Log)
 	}
 	if cfg.hasRole(roleWorker) {
 		// Every LLM HTTP call goes through the worker's transport: the
@@ -442,6 +454,9 @@ func (p *Program) Stop() {
 		}
 		if p.redactor != nil {
 			p.redactor.Stop()
+		}
+		if p.waits != nil {
+			p.waits.Stop()
 		}
 		if p.faq != nil {
 			p.faq.Stop()

@@ -80,6 +80,9 @@ func (p *Program) startRelay(ctx context.Context, mux *http.ServeMux, auth *toke
 	if err := p.redactor.Start(ctx); err != nil {
 		return err
 	}
+	if err := p.startWaitNotifier(ctx); err != nil {
+		return err
+	}
 	ops, err := outbox.NewOps(outbox.OpsConfig{DB: p.db, Logger: p.Log})
 	if err != nil {
 		return err
