@@ -126,7 +126,16 @@ func (w *Worker) handle(ctx context.Context, log *slog.Logger, ka *keepAlive, ms
 		// A human agent owns the conversation: the message is stored for
 		// the agent. Tell the agents before the conversation's next
 		// message is claimed, so they hear of them in order.
-		announced = w.cfg.DB.AnnounceHumanMessage(ctx, &m)
+		if announced = w.cfg.DB.AnnounceHumanMessage(ctx, &m); announced == nil {
+			// And show it at once to the agents following the
+			// conversation's events (best effort: the webhook and the
+			// stored message are the durable record).
+			st := peakdesk.MessageState{ID: m.ID, ConversationID: m.ConversationID, Priority: m.Priority,
+				Status: peakdesk.StatusQueued, Text: m.Text, CreatedAt: m.AcceptedAt}
+			if err := queue.PublishDeskMessage(w.cfg.JS.Conn(), m.ShopID, &st); err != nil {
+				log.Warn("showing a message to the agents live failed", "err", err)
+			}
+		}
 	}
 	claimDone()
 	switch {
