@@ -22,8 +22,12 @@ var (
 		"reason.agent_takeover": "an agent took over",
 		"who.customer":          "customer %s", "who.bot": "bot (%s)", "who.agent": "agent %s",
 		"flash.claimed": "The conversation is yours.", "flash.replied": "Sent.",
-		"flash.resolved":   "Resolved: the bot answers the customer's next message.",
-		"flash.handedback": "Handed back: the bot answers the customer again.",
+		"flash.resolved":     "Resolved: the bot answers the customer's next message.",
+		"flash.handedback":   "Handed back: the bot answers the customer again.",
+		"flash.taken":        "Refused: the conversation is assigned to %s.",
+		"flash.claimfirst":   "Claim the conversation before replying.",
+		"flash.notwithagent": "Refused: the conversation is not with an agent (%s).",
+		"flash.refused":      "Refused: another agent changed the conversation; look again.",
 	}
 	inboxZH = map[string]string{
 		"nav.inbox": "待接待", "inbox.title": "待接待",
@@ -43,8 +47,12 @@ var (
 		"reason.agent_takeover": "客服主动接入",
 		"who.customer":          "顾客 %s", "who.bot": "机器人（%s）", "who.agent": "客服 %s",
 		"flash.claimed": "已接入该会话。", "flash.replied": "已发送。",
-		"flash.resolved":   "会话已结束：顾客的下一条消息由机器人回复。",
-		"flash.handedback": "已交还机器人：机器人继续回复顾客。",
+		"flash.resolved":     "会话已结束：顾客的下一条消息由机器人回复。",
+		"flash.handedback":   "已交还机器人：机器人继续回复顾客。",
+		"flash.taken":        "操作被拒绝：该会话已由 %s 接待。",
+		"flash.claimfirst":   "请先接入会话再回复。",
+		"flash.notwithagent": "操作被拒绝：该会话当前不在客服手中（%s）。",
+		"flash.refused":      "操作被拒绝：其他客服刚刚改动了该会话，请刷新后再看。",
 	}
 )
 

@@ -222,13 +222,32 @@ func (c *Console) inboxChange(w http.ResponseWriter, r *http.Request, rq *reques
 	switch err := fn(agentOf(rq.op), conv); peakdesk.ErrorCode(err) {
 	case "":
 		c.flash(r, rq.t(done), false)
-	case peakdesk.EConflict, peakdesk.EInvalid:
+	case peakdesk.EConflict:
+		c.flash(r, c.refusal(r, rq, conv), true)
+	case peakdesk.EInvalid:
 		c.flash(r, peakdesk.ErrorMessage(err), true)
 	default:
 		return err
 	}
 	http.Redirect(w, r, Prefix+"/inbox/"+conv, http.StatusSeeOther)
 	return nil
+}
+
+// refusal says, in the agent's language, why a change of conversation conv
+// was refused: another agent has it, it must be claimed first, or no human
+// owns it any more.
+func (c *Console) refusal(r *http.Request, rq *request, conv string) string {
+	a := agentOf(rq.op)
+	d, err := c.desk.Conversation(r.Context(), a, conv)
+	switch {
+	case err != nil:
+		return rq.t("flash.refused")
+	case d.State == peakdesk.StateAssigned && d.Agent != a.ID:
+		return rq.t("flash.taken", d.Agent)
+	case d.State == peakdesk.StateWaitingHuman:
+		return rq.t("flash.claimfirst")
+	}
+	return rq.t("flash.notwithagent", rq.t("cstate."+string(d.State)))
 }
 
 // waited writes a wait the way an agent reads it: 45s, 3m05s, 2h07m.

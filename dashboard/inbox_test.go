@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -93,6 +95,12 @@ func TestInboxRolesAndClaims(t *testing.T) {
 	if p := bob.get("/console/inbox/" + conv); !strings.Contains(p.body, "assigned to "+annEmail) ||
 		strings.Contains(p.body, `id="reply-form"`) {
 		t.Fatalf("bob's page after his claim was refused:\n%s", p.body)
+	}
+	// The refusal in Chinese, for an agent who reads the console in it.
+	bob.get("/console/lang?to=zh&back=/console/inbox")
+	bob.post("/console/inbox/"+conv+"/claim", nil)
+	if p := bob.get("/console/inbox/" + conv); !strings.Contains(p.body, "操作被拒绝：该会话已由 "+annEmail+" 接待") {
+		t.Fatalf("bob's refusal in Chinese:\n%s", p.body)
 	}
 	if p := bob.post("/console/inbox/"+conv+"/reply", url.Values{"text": {"bob here"}}); p.status != http.StatusSeeOther {
 		t.Fatalf("bob's reply: %d", p.status)
@@ -197,4 +205,100 @@ func TestBrowserAgentAnswersAHandedOverCustomer(t *testing.T) {
 	if err != nil || !strings.Contains(string(raw.Data), reply.ID) {
 		t.Fatalf("the customer's event stream: %v; want the agent's reply", err)
 	}
+}
+
+// The inbox in Chinese, in a real browser: the agent switches the console
+// to Chinese, sees a conversation handed over appear by itself, claims it,
+// replies, sees the customer's answer arrive by itself and hands the
+// conversation back to the bot.
+func TestBrowserInboxInChinese(t *testing.T) {
+	t.Parallel()
+	b := setup(t, bundleOptions{})
+	browser := newBrowser(t, 1280, 900)
+	email := b.operator(t, storage.RoleAgent, "demo")
+	agent := b.loginAgent(t, browser, email)
+	run(t, agent, "switch to Chinese",
+		chromedp.Navigate(b.url+"/console/lang?to=zh&back=/console/inbox"),
+		chromedp.WaitVisible("#inbox-live", chromedp.ByQuery))
+	waitText(t, agent, "h1", "待接待")
+	waitText(t, agent, "#waiting", "没有等待人工的顾客")
+
+	conv := b.handedOver(t, "demo", 21, "转人工，我要投诉")
+	waitText(t, agent, "#waiting", "转人工，我要投诉")
+	waitText(t, agent, "#waiting", "顾客要求人工")
+	run(t, agent, "open and claim",
+		chromedp.Click(fmt.Sprintf(`tr[data-conv="%s"] a.open`, conv), chromedp.ByQuery),
+		chromedp.WaitVisible("#claim", chromedp.ByQuery),
+		chromedp.Click("#claim", chromedp.ByQuery),
+		chromedp.WaitVisible("#reply-text", chromedp.ByQuery),
+	)
+	waitText(t, agent, "#flash", "已接入该会话")
+	waitText(t, agent, "#conv-state", "客服接待中")
+	run(t, agent, "reply",
+		chromedp.SendKeys("#reply-text", "您好，请告诉我订单号", chromedp.ByQuery),
+		chromedp.Click("#send", chromedp.ByQuery),
+		chromedp.WaitVisible("#flash", chromedp.ByQuery),
+	)
+	waitText(t, agent, "#flash", "已发送")
+	name, _, _ := strings.Cut(email, "@")
+	waitText(t, agent, "#chat", "客服 "+name)
+
+	b.customerWrites(t, "demo", conv, "cust21", 22, "订单号 20251111")
+	waitText(t, agent, "#chat", "订单号 20251111")
+	waitText(t, agent, "#chat", "待回复")
+	run(t, agent, "hand back", chromedp.Click("#handback", chromedp.ByQuery), chromedp.WaitVisible("#flash", chromedp.ByQuery))
+	waitText(t, agent, "#flash", "已交还机器人")
+	waitText(t, agent, "#conv-state", "机器人")
+	c, err := b.db.Conversation(context.Background(), "demo", conv)
+	if err != nil || c.State != peakdesk.StateBot {
+		t.Fatalf("after hand back: %+v %v; want the bot's", c, err)
+	}
+}
+
+// TestInboxScreenshot takes the README's picture of the inbox, with a
+// conversation open beside a busy queue:
+// go test -run TestInboxScreenshot ./dashboard/ -update-screenshots
+func TestInboxScreenshot(t *testing.T) {
+	if !*updateScreenshots {
+		t.Skip("run with -update-screenshots to write docs/console-inbox*.png")
+	}
+	b := setup(t, bundleOptions{})
+	ctx := context.Background()
+	waiting := []struct {
+		text, prio string
+		ago        time.Duration
+	}{
+		{"我要人工，退款申请三天了还没处理", "p0", 14 * time.Minute},
+		{"Can I talk to a human? My parcel shows delivered but I never got it.", "p1", 9 * time.Minute},
+		{"转人工", "p1", 6*time.Minute + 20*time.Second},
+		{"优惠券用不了，客服在吗", "p2", 3*time.Minute + 5*time.Second},
+		{"I need an agent to change my delivery address", "p2", 40 * time.Second},
+	}
+	for i, w := range waiting {
+		conv := b.handedOver(t, "demo", 100+i, w.text)
+		if _, err := b.conn.Exec(ctx, `UPDATE conversations SET waiting_priority = $2,
+				waiting_since = now() - $3::interval WHERE id = $1`, conv, w.prio, fmt.Sprintf("%d seconds", int(w.ago.Seconds()))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	email := b.operator(t, storage.RoleAgent, "demo")
+	mine := b.handedOver(t, "demo", 120, "我要人工，快递显示签收了但我没收到")
+	if _, _, err := b.db.ClaimForAgent(ctx, storage.DeskActor{Agent: email, Scope: "demo", Via: "test"}, mine); err != nil {
+		t.Fatal(err)
+	}
+	b.customerWrites(t, "demo", mine, "cust120", 121, "单号 SF1234567890，昨天下午显示签收")
+
+	browser := newBrowser(t, 1440, 900)
+	agent := b.loginAgent(t, browser, email)
+	dir := filepath.Join("..", "docs")
+	shot := func(name, url, waitSel string) {
+		var png []byte
+		run(t, agent, name, chromedp.Navigate(url), chromedp.WaitVisible(waitSel, chromedp.ByQuery),
+			chromedp.CaptureScreenshot(&png))
+		if err := os.WriteFile(filepath.Join(dir, name+".png"), png, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	shot("console-inbox", b.url+"/console/inbox", "#waiting")
+	shot("console-inbox-zh", b.url+"/console/lang?to=zh&back=/console/inbox/"+mine, "#reply-text")
 }
