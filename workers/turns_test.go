@@ -127,8 +127,8 @@ func TestConversationAnsweredInOrderOneTurnAtATime(t *testing.T) {
 
 // Five messages sent at once reach three idle workers at about the same
 // time: still one turn at a time, in the order they were sent. (The gather
-// window is wider than the default so that a loaded test machine cannot
-// delay a claim past it.)
+// window is far wider than the default, 2 s: a test machine loaded by other
+// packages' tests delayed claims past 300 ms.)
 func TestBurstOfOneConversationAcrossWorkers(t *testing.T) {
 	t.Parallel()
 	b := setup(t, bundleOpts{faults: llmsim.Faults{Latency: 50 * time.Millisecond}})
