@@ -133,7 +133,7 @@ func TestBurstOfOneConversationAcrossWorkers(t *testing.T) {
 	t.Parallel()
 	b := setup(t, bundleOpts{faults: llmsim.Faults{Latency: 50 * time.Millisecond}})
 	for range 3 {
-		b.start(t, func(c *Config, l *LimitsConfig) { c.GatherWait = 300 * time.Millisecond })
+		b.start(t, func(c *Config, l *LimitsConfig) { c.GatherWait = 2 * time.Second })
 	}
 	for round := range 3 {
 		conv := newConvID()
