@@ -82,10 +82,10 @@ func (b *Backend) Routes() http.Handler {
 func (b *Backend) CustomerToken(customer string, ttl time.Duration) (string, error) {
 	now := b.Now()
 	t := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{
-		"shop":  b.Shop,
-		"sub":   customer,
-		"iat":   now.Unix(),
-		"exp":   now.Add(ttl).Unix(),
+		"shop": b.Shop,
+		"sub":  customer,
+		"iat":  now.Unix(),
+		"exp":  now.Add(ttl).Unix(),
 	})
 	t.Header["kid"] = b.KeyID
 	return t.SignedString(b.KeySecret)
