@@ -51,7 +51,7 @@ func setupDesk(t *testing.T) *deskEnv {
 		t.Fatal(err)
 	}
 	reg := prometheus.NewRegistry()
-	desk, err := outbox.NewDesk(outbox.DeskConfig{DB: e.db, JS: js, Logger: testLogger(t), Registerer: reg})
+	desk, err := outbox.NewDesk(outbox.DeskConfig{DB: e.db, JS: js, Logger: storagetest.Logger(t), Registerer: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,7 +177,7 @@ func TestWaitNotifierTellsTheCustomerOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	reg := prometheus.NewRegistry()
-	n, err := outbox.NewWaitNotifier(outbox.WaitNotifierConfig{DB: e.db, JS: e.js, Logger: testLogger(t),
+	n, err := outbox.NewWaitNotifier(outbox.WaitNotifierConfig{DB: e.db, JS: e.js, Logger: storagetest.Logger(t),
 		Registerer: reg, Interval: 20 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)

@@ -11,8 +11,8 @@ import (
 	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/storage"
 	"github.com/peakdesk/peakdesk/storage/queue"
+	"github.com/peakdesk/peakdesk/storage/storagetest"
 	"github.com/peakdesk/peakdesk/workers/texts"
-	"github.com/peakdesk/peakdesk/workers/workertest"
 )
 
 func TestAsksForHuman(t *testing.T) {
@@ -95,7 +95,7 @@ func TestCustomerAskingForHumanIsHandedOverWithoutTheLLM(t *testing.T) {
 	en := plainMessage(peakdesk.P0, "u2", "Can I talk to an agent? My payment failed")
 	ai := plainMessage(peakdesk.P2, "u3", "你们是人工智能吗？")
 	b.publish(t, zh, en, ai)
-	workertest.WaitFor(t, "three answers", 15*time.Second, func() bool {
+	storagetest.WaitFor(t, "three answers", 15*time.Second, func() bool {
 		return b.answered(t, ids([]peakdesk.Message{zh, en, ai})) == 3
 	})
 
@@ -140,7 +140,7 @@ func TestBotIsSilentWhileAHumanOwnsTheConversation(t *testing.T) {
 	b.start(t, nil)
 	first := plainMessage(peakdesk.P1, "u1", "转人工")
 	b.publish(t, first)
-	workertest.WaitFor(t, "the handoff", 15*time.Second, func() bool { return b.answered(t, []string{first.ID}) == 1 })
+	storagetest.WaitFor(t, "the handoff", 15*time.Second, func() bool { return b.answered(t, []string{first.ID}) == 1 })
 	calls := b.calls.len()
 
 	var later []peakdesk.Message
@@ -151,7 +151,7 @@ func TestBotIsSilentWhileAHumanOwnsTheConversation(t *testing.T) {
 		later = append(later, m)
 		b.publish(t, m) // one by one: they reach the worker in this order
 	}
-	workertest.WaitFor(t, "the three messages stored for the agent and acked", 15*time.Second, func() bool {
+	storagetest.WaitFor(t, "the three messages stored for the agent and acked", 15*time.Second, func() bool {
 		return slices.Equal(b.statuses(t, ids(later)), []string{"human", "human", "human"}) && b.settled(t, peakdesk.P1)
 	})
 	if r := b.replies(t, first.ConversationID); len(r) != 1 {
@@ -194,7 +194,7 @@ func TestBotIsSilentWhileAHumanOwnsTheConversation(t *testing.T) {
 	again := plainMessage(peakdesk.P1, "u1", "谢谢，另外双11满减怎么算？")
 	again.ConversationID = first.ConversationID
 	b.publish(t, again)
-	workertest.WaitFor(t, "the bot's answer", 15*time.Second, func() bool { return b.answered(t, []string{again.ID}) == 1 })
+	storagetest.WaitFor(t, "the bot's answer", 15*time.Second, func() bool { return b.answered(t, []string{again.ID}) == 1 })
 	if got := b.replies(t, first.ConversationID); got[len(got)-1].source != peakdesk.SourceLLM {
 		t.Fatalf("after hand back: %+v; want the LLM's answer", got[len(got)-1])
 	}
@@ -248,7 +248,7 @@ func TestBotAnswerDroppedWhenAHumanTakesOverMidTurn(t *testing.T) {
 		t.Fatalf("take over: %+v, %v", d, err)
 	}
 	close(gate.release)
-	workertest.WaitFor(t, "the worker to let go of the conversation and ack", 15*time.Second, func() bool {
+	storagetest.WaitFor(t, "the worker to let go of the conversation and ack", 15*time.Second, func() bool {
 		var held bool
 		if err := b.pool.QueryRow(ctx, `SELECT turn_owner IS NOT NULL FROM conversations WHERE id = $1`,
 			m.ConversationID).Scan(&held); err != nil {

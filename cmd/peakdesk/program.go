@@ -69,8 +69,8 @@ type Program struct {
 	metricsListener net.Listener
 	serveErr        chan error
 
-	// Human takeover: the agents' operations (ingest and dashboard roles)
-	// and the handoff_sla notices (relay role).
+	// Human takeover: the agents' operations (dashboard role) and the
+	// handoff_sla notices (relay role).
 	desk  *outbox.Desk
 	waits *outbox.WaitNotifier
 
@@ -203,12 +203,6 @@ func (p *Program) Start(ctx context.Context) (err error) {
 		}
 	}
 
-	if cfg.hasRole(roleIngest) || cfg.hasRole(roleDashboard) {
-		if err := p.newDesk(); err != nil {
-			return err
-		}
-	}
-
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /readyz", p.ready)
@@ -219,7 +213,7 @@ func (p *Program) Start(ctx context.Context) (err error) {
 			DB: p.db, Redis: p.rdb, JS: p.js,
 			Logger: p.Log, Registerer: p.registry,
 			BatchPublish: cfg.PublishBatch,
-			FAQ:          edgeFAQ{p.faq},
+			FAQ:          edgeFAQ{p.faq}, ReplyWebhook: outbox.ReplyWebhook,
 			Admission: ingest.AdmissionConfig{Disabled: cfg.AdmissionDisabled, MinBacklog: int64(cfg.AdmissionMinBacklog),
 				MaxWait: map[peakdesk.Priority]time.Duration{
 					peakdesk.P0: cfg.AdmissionMaxWaitP0, peakdesk.P1: cfg.AdmissionMaxWaitP1, peakdesk.P2: cfg.AdmissionMaxWaitP2}},
@@ -231,8 +225,6 @@ func (p *Program) Start(ctx context.Context) (err error) {
 			return err
 		}
 		p.edge.Register(mux)
-		ingest.RegisterOpsDLQ(mux, auth, p.db, p.js, p.Log)
-		ingest.RegisterDesk(mux, auth, p.desk, p.Log)
 	}
 	if cfg.hasRole(roleWorker) {
 		// Every LLM HTTP call goes through the worker's transport: the
@@ -305,7 +297,7 @@ func (p *Program) Start(ctx context.Context) (err error) {
 	}
 
 	if cfg.hasRole(roleRelay) {
-		if err := p.startRelay(ctx, mux, auth); err != nil {
+		if err := p.startRelay(ctx); err != nil {
 			return err
 		}
 	}
@@ -314,7 +306,7 @@ func (p *Program) Start(ctx context.Context) (err error) {
 		return err
 	}
 	if cfg.hasRole(roleDashboard) {
-		if err := p.startConsole(ctx, mux); err != nil {
+		if err := p.startConsole(ctx, mux, auth); err != nil {
 			return err
 		}
 	}

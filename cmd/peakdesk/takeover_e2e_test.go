@@ -169,7 +169,9 @@ func TestEndToEndHumanTakeover(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := b.start(t, []string{roleIngest, roleWorker, roleRelay}, nil)
+	// The agent API is the dashboard role's; agents read conversations on
+	// the edge.
+	p := b.start(t, []string{roleIngest, roleWorker, roleRelay, roleDashboard}, nil)
 	base := "http://" + p.Addr()
 	alice := bearer(t, "demo", "alice")
 	ann := bearer(t, "demo", "ann", "agent")
@@ -346,7 +348,7 @@ func TestEndToEndHumanTakeover(t *testing.T) {
 // neither the models nor the FAQ can answer.
 func TestEndToEndEveryHandoffWaitsForAHuman(t *testing.T) {
 	b := setup(t, llmsim.Faults{Latency: 5 * time.Millisecond})
-	p := b.start(t, []string{roleIngest, roleWorker}, nil)
+	p := b.start(t, []string{roleIngest, roleWorker, roleDashboard}, nil)
 	base := "http://" + p.Addr()
 	ann := bearer(t, "demo", "ann", "agent")
 

@@ -1,4 +1,4 @@
-package ingest
+package dashboard_test
 
 import (
 	"bytes"
@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/peakdesk/peakdesk"
+	"github.com/peakdesk/peakdesk/dashboard"
 	"github.com/peakdesk/peakdesk/ingest/token"
 	"github.com/peakdesk/peakdesk/outbox"
 	"github.com/peakdesk/peakdesk/storage"
@@ -70,7 +71,7 @@ func newDeskServer(t *testing.T) *deskServer {
 		t.Fatal(err)
 	}
 	mux := http.NewServeMux()
-	RegisterDesk(mux, token.NewAuthenticator([]byte(dlqTestSecret)), desk, nil)
+	dashboard.RegisterDeskAPI(mux, dashboard.DeskAPIConfig{Auth: token.NewAuthenticator([]byte(dlqTestSecret)), Desk: desk})
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
 	return &deskServer{url: srv.URL, conv: m.ConversationID}
@@ -119,6 +120,7 @@ func TestDeskAPIRefusals(t *testing.T) {
 		{"reply before claiming", "POST", replies, ann, `{"text":"hello"}`, 409, peakdesk.EConflict},
 		{"an unknown field", "POST", replies, ann, `{"text":"hello","source":"llm"}`, 400, peakdesk.EInvalid},
 		{"an empty reply", "POST", replies, ann, `{"text":"  "}`, 400, peakdesk.EInvalid},
+		{"invalid UTF-8", "POST", replies, ann, "{\"text\":\"\xff\"}", 400, peakdesk.EInvalid},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			status, body := s.do(t, tc.method, tc.path, tc.tok, tc.body)

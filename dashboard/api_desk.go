@@ -1,27 +1,29 @@
-package ingest
+package dashboard
 
 import (
 	"bytes"
 	"cmp"
 	"context"
-	"encoding/json"
+	"io"
 	"log/slog"
 	"net/http"
-	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
 
 	"github.com/peakdesk/peakdesk"
+	"github.com/peakdesk/peakdesk/ingest/httpjson"
 	"github.com/peakdesk/peakdesk/ingest/token"
 	"github.com/peakdesk/peakdesk/outbox"
 	"github.com/peakdesk/peakdesk/storage"
 )
 
-// RegisterDesk mounts the agent API of human takeover (DESIGN.md §9.2) on
-// mux, for a shop's own agent desk (Chatwoot, Zendesk, …) that learns of
-// handoffs and customer messages from the desk webhooks. Every call needs a
-// token of the shop with scope agent; its subject is the agent.
+// The agent API of human takeover (DESIGN.md §9.2), served by the
+// dashboard role beside the console's inbox and through the same Desk: for
+// a shop's own agent desk (Chatwoot, Zendesk, …) that learns of handoffs
+// and customer messages from the desk webhooks. Every call needs a token of
+// the shop (its own key) with scope agent; the token's subject is the
+// agent, and signs the agent's replies to customers.
 //
 //	GET  /v1/inbox?limit=                   → {"waiting":[…],"waiting_total":N,"mine":[…]}
 //	POST /v1/conversations/{id}/claim       → the conversation (409 conflict: another agent has it)
@@ -29,10 +31,22 @@ import (
 //	POST /v1/conversations/{id}/resolve     → the conversation
 //	POST /v1/conversations/{id}/handback    → the conversation
 //
-// An agent's token may also read the shop's conversations
-// (GET /v1/conversations/{id}, its events) like a service token.
-func RegisterDesk(mux *http.ServeMux, auth *token.Authenticator, desk *outbox.Desk, log *slog.Logger) {
-	h := &deskAPI{auth: auth, desk: desk, log: cmp.Or(log, slog.Default()).With("component", "desk-api")}
+// An agent's token also reads the shop's conversations on the edge
+// (GET /v1/conversations/{id}, its events with `event: message` for each
+// customer message stored for a human) like a service token.
+
+// DeskAPIConfig configures the agent API. Every field but Logger is
+// required.
+type DeskAPIConfig struct {
+	Auth *token.Authenticator
+	Desk *outbox.Desk
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+// RegisterDeskAPI mounts the agent API on mux.
+func RegisterDeskAPI(mux *http.ServeMux, cfg DeskAPIConfig) {
+	h := &deskAPI{cfg: cfg, log: cmp.Or(cfg.Logger, slog.Default()).With("component", "desk-api")}
 	mux.Handle("GET /v1/inbox", h.handle(h.inbox))
 	mux.Handle("POST /v1/conversations/{id}/claim", h.handle(h.claim))
 	mux.Handle("POST /v1/conversations/{id}/replies", h.handle(h.reply))
@@ -41,25 +55,24 @@ func RegisterDesk(mux *http.ServeMux, auth *token.Authenticator, desk *outbox.De
 }
 
 type deskAPI struct {
-	auth *token.Authenticator
-	desk *outbox.Desk
-	log  *slog.Logger
+	cfg DeskAPIConfig
+	log *slog.Logger
 }
 
-func (h *deskAPI) handle(fn handlerFunc) http.Handler {
+func (h *deskAPI) handle(fn func(http.ResponseWriter, *http.Request) error) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		trace := peakdesk.ContinueTrace(r.Header.Get(peakdesk.TraceHeader))
 		r = r.WithContext(peakdesk.WithTrace(r.Context(), trace))
 		w.Header().Set(peakdesk.TraceHeader, trace.Parent)
 		if err := fn(w, r); err != nil {
-			writeError(w, r, h.log.With("trace_id", trace.ID), err)
+			httpjson.WriteError(w, r, h.log.With("trace_id", trace.ID), err)
 		}
 	})
 }
 
 // agent authenticates an agent of one shop.
 func (h *deskAPI) agent(r *http.Request) (outbox.Agent, error) {
-	c, err := h.auth.Authenticate(r)
+	c, err := h.cfg.Auth.Authenticate(r)
 	switch {
 	case err != nil:
 		return outbox.Agent{}, err
@@ -71,8 +84,8 @@ func (h *deskAPI) agent(r *http.Request) (outbox.Agent, error) {
 	return outbox.Agent{ID: c.Subject, Name: c.Subject, Shop: c.Shop, Via: "api"}, nil
 }
 
-// inboxItem is a conversation of an agent's inbox.
-type inboxItem struct {
+// deskInboxItem is a conversation of an agent's inbox.
+type deskInboxItem struct {
 	peakdesk.DeskConversation
 	// Pending counts the customer's messages no one answered yet.
 	Pending  int       `json:"pending"`
@@ -80,10 +93,10 @@ type inboxItem struct {
 	LastAt   time.Time `json:"last_at,omitzero"`
 }
 
-func inboxItems(entries []storage.InboxEntry) []inboxItem {
-	out := make([]inboxItem, len(entries))
+func deskInboxItems(entries []storage.InboxEntry) []deskInboxItem {
+	out := make([]deskInboxItem, len(entries))
 	for i, e := range entries {
-		out[i] = inboxItem{DeskConversation: e.DeskConversation, Pending: e.Pending, LastText: e.LastText, LastAt: e.LastAt}
+		out[i] = deskInboxItem{DeskConversation: e.DeskConversation, Pending: e.Pending, LastText: e.LastText, LastAt: e.LastAt}
 	}
 	return out
 }
@@ -93,31 +106,29 @@ func (h *deskAPI) inbox(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	limit := outbox.DefaultPageSize
-	if s := r.URL.Query().Get("limit"); s != "" {
-		if limit, err = strconv.Atoi(s); err != nil || limit < 1 || limit > outbox.MaxPageSize {
-			return peakdesk.FieldError("limit", "limit must be 1..%d", outbox.MaxPageSize)
-		}
-	}
-	in, err := h.desk.Inbox(r.Context(), a, limit)
+	limit, err := pageLimit(r, outbox.MaxPageSize)
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"waiting": inboxItems(in.Waiting), "waiting_total": in.WaitingTotal,
-		"mine": inboxItems(in.Mine)})
+	in, err := h.cfg.Desk.Inbox(r.Context(), a, cmp.Or(limit, outbox.DefaultPageSize))
+	if err != nil {
+		return err
+	}
+	httpjson.WriteJSON(w, http.StatusOK, map[string]any{"waiting": deskInboxItems(in.Waiting),
+		"waiting_total": in.WaitingTotal, "mine": deskInboxItems(in.Mine)})
 	return nil
 }
 
 func (h *deskAPI) claim(w http.ResponseWriter, r *http.Request) error {
-	return h.change(w, r, h.desk.Claim)
+	return h.change(w, r, h.cfg.Desk.Claim)
 }
 
 func (h *deskAPI) resolve(w http.ResponseWriter, r *http.Request) error {
-	return h.change(w, r, h.desk.Resolve)
+	return h.change(w, r, h.cfg.Desk.Resolve)
 }
 
 func (h *deskAPI) handback(w http.ResponseWriter, r *http.Request) error {
-	return h.change(w, r, h.desk.HandBack)
+	return h.change(w, r, h.cfg.Desk.HandBack)
 }
 
 func (h *deskAPI) change(w http.ResponseWriter, r *http.Request,
@@ -130,14 +141,17 @@ func (h *deskAPI) change(w http.ResponseWriter, r *http.Request,
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, c)
+	httpjson.WriteJSON(w, http.StatusOK, c)
 	return nil
 }
 
-// replyRequest is the body of POST /v1/conversations/{id}/replies.
-type replyRequest struct {
+// deskReplyRequest is the body of POST /v1/conversations/{id}/replies.
+type deskReplyRequest struct {
 	Text string `json:"text"`
 }
+
+// maxReplyKey bounds an agent reply's Idempotency-Key, as the edge's.
+const maxReplyKey = 128
 
 func (h *deskAPI) reply(w http.ResponseWriter, r *http.Request) error {
 	a, err := h.agent(r)
@@ -145,26 +159,23 @@ func (h *deskAPI) reply(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	key := strings.TrimSpace(r.Header.Get("Idempotency-Key"))
-	if key != "" && !printableASCII(key, maxKeyLen) {
-		return peakdesk.FieldError("Idempotency-Key", "Idempotency-Key must be 1..%d printable ASCII characters", maxKeyLen)
+	if len(key) > maxReplyKey || strings.IndexFunc(key, func(c rune) bool { return c < 0x21 || c > 0x7e }) >= 0 {
+		return peakdesk.FieldError("Idempotency-Key", "Idempotency-Key must be 1..%d printable ASCII characters", maxReplyKey)
 	}
-	body, err := readBody(r, peakdesk.MaxBodyBytes)
+	// Invalid UTF-8 is refused, not turned into U+FFFD by the decoder.
+	body, err := httpjson.ReadBody(r, maxAPIBody)
 	if err != nil {
 		return err
 	}
 	if !utf8.Valid(body) {
 		return peakdesk.Errorf(peakdesk.EInvalid, "request body is not valid UTF-8")
 	}
-	var req replyRequest
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
-		return jsonError(err)
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	var req deskReplyRequest
+	if err := httpjson.DecodeObject(r, maxAPIBody, &req); err != nil {
+		return err
 	}
-	if dec.More() {
-		return peakdesk.Errorf(peakdesk.EInvalid, "request body must be one JSON object")
-	}
-	reply, stored, err := h.desk.Reply(r.Context(), a, r.PathValue("id"), req.Text, key)
+	reply, stored, err := h.cfg.Desk.Reply(r.Context(), a, r.PathValue("id"), req.Text, key)
 	if err != nil {
 		return err
 	}
@@ -172,6 +183,6 @@ func (h *deskAPI) reply(w http.ResponseWriter, r *http.Request) error {
 	if !stored {
 		status = http.StatusOK
 	}
-	writeJSON(w, status, reply)
+	httpjson.WriteJSON(w, status, reply)
 	return nil
 }
