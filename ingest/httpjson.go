@@ -68,3 +68,13 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(v)
 }
+
+// WriteError answers err in the error format of DESIGN.md §4, for the JSON
+// APIs other roles serve (the dashboard's operator and admin API): one
+// mapping of codes to statuses for every API.
+func WriteError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err error) {
+	writeError(w, r, log, err)
+}
+
+// WriteJSON answers v as JSON with status, never cached.
+func WriteJSON(w http.ResponseWriter, status int, v any) { writeJSON(w, status, v) }
