@@ -38,6 +38,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/peakdesk/peakdesk"
+	"github.com/peakdesk/peakdesk/dashboard/shopadmin"
 	"github.com/peakdesk/peakdesk/outbox"
 	"github.com/peakdesk/peakdesk/storage"
 )
@@ -101,6 +102,13 @@ type Config struct {
 
 	// Now is the clock of session timeouts and samples. Default time.Now.
 	Now func() time.Time
+
+	// AllowPrivateShopURLs lets shop administration accept plain http and
+	// private addresses in shop and LLM URLs: development and tests only.
+	AllowPrivateShopURLs bool
+	// FAQThreshold is the FAQ's answering confidence shown when an admin
+	// tries a question. Default faq.DefaultThreshold.
+	FAQThreshold float64
 }
 
 func (c *Config) setDefaults() {
@@ -146,6 +154,7 @@ type Console struct {
 	limiter  *redis_rate.Limiter
 	ops      *outbox.Ops
 	dlq      *outbox.DLQOps
+	admin    *shopadmin.Admin
 	pages    map[string]*template.Template
 	sampler  *sampler
 	counts   shopCounts
@@ -171,6 +180,10 @@ func New(cfg Config) (*Console, error) {
 		return nil, err
 	}
 	if c.dlq, err = outbox.NewDLQOps(outbox.DLQOpsConfig{DB: cfg.DB, JS: cfg.JS, Logger: cfg.Logger}); err != nil {
+		return nil, err
+	}
+	if c.admin, err = shopadmin.New(shopadmin.Config{DB: cfg.DB, AllowPrivateURLs: cfg.AllowPrivateShopURLs,
+		FAQThreshold: cfg.FAQThreshold, Logger: cfg.Logger}); err != nil {
 		return nil, err
 	}
 	if c.pages, err = parsePages(); err != nil {
@@ -267,6 +280,7 @@ func (c *Console) routes() (http.Handler, error) {
 	pages.Handle("GET "+Prefix+"/conversations", c.authed(false, c.conversations))
 	pages.Handle("GET "+Prefix+"/conversations/{id}", c.authed(false, c.conversation))
 	pages.Handle("GET "+Prefix+"/audit", c.authed(false, c.audit))
+	c.shopRoutes(pages)
 	pages.HandleFunc(Prefix+"/", func(w http.ResponseWriter, r *http.Request) {
 		c.fail(w, r, &request{lang: pickLang(r)}, peakdesk.Errorf(peakdesk.ENotFound, "not found"))
 	})

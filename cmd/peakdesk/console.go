@@ -29,11 +29,14 @@ func (p *Program) startConsole(ctx context.Context, mux *http.ServeMux) error {
 		Lifetime:       cfg.ConsoleLifetime,
 		SampleInterval: cfg.ConsoleSampleInterval,
 		SnapshotPrefix: cfg.SnapshotPrefix,
+		// Shop administration checks URLs by the rules of the shop calls.
+		AllowPrivateShopURLs: cfg.AllowPrivateShopURLs,
 	})
 	if err != nil {
 		return err
 	}
 	p.console.Register(mux)
+	p.console.RegisterAdminAPI(mux, p.auth)
 	return p.console.Start(ctx)
 }
 
