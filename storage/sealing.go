@@ -171,3 +171,25 @@ func (db *DB) HasSecrets(ctx context.Context) (bool, error) {
 	}
 	return has, nil
 }
+
+// SealedElsewhere reports whether any stored secret is sealed under a
+// master key other than the one db seals with: a tool about to fall back to
+// the dev-only key must not mix it into a database sealed with a real one.
+func (db *DB) SealedElsewhere(ctx context.Context) (bool, error) {
+	box := db.secrets.box
+	if box == nil {
+		return false, ErrNoMasterKey
+	}
+	var conds []string
+	for _, c := range sealedColumns {
+		conds = append(conds, `EXISTS (SELECT 1 FROM `+c.table+` WHERE left(`+c.column+`, $1) = $2
+			AND left(`+c.column+`, $3) <> $4)`)
+	}
+	var found bool
+	err := db.pool.QueryRow(ctx, `SELECT `+strings.Join(conds, " OR "), len(secrets.Prefix), secrets.Prefix,
+		len(box.CurrentPrefix()), box.CurrentPrefix()).Scan(&found)
+	if err != nil {
+		return false, fmt.Errorf("storage: sealed elsewhere: %w", err)
+	}
+	return found, nil
+}

@@ -114,7 +114,8 @@ func openSecretsDB(ctx context.Context, dbURL string, getenv func(string) string
 	if err != nil {
 		return nil, err
 	}
-	if box == nil {
+	dev := box == nil
+	if dev {
 		fmt.Fprintln(stderr, "PEAKDESK_MASTER_KEY is unset; using the dev-only master key")
 		box, _ = secrets.New(devMasterKey[:])
 	}
@@ -123,5 +124,17 @@ func openSecretsDB(ctx context.Context, dbURL string, getenv func(string) string
 		return nil, err
 	}
 	db.UseSecrets(box)
+	if dev {
+		// A forgotten variable must not seal new secrets under the public
+		// key beside ones sealed under the real key.
+		elsewhere, err := db.SealedElsewhere(ctx)
+		if err == nil && elsewhere {
+			err = errors.New("PEAKDESK_MASTER_KEY is required: the database's secrets are sealed under a master key")
+		}
+		if err != nil {
+			db.Close()
+			return nil, err
+		}
+	}
 	return db, nil
 }

@@ -65,51 +65,86 @@ func TestAChainOverTwoProvidersAnswersFromTheSecondWhenTheFirstIsDown(t *testing
 }
 
 // A setting changed through one process (the dashboard role's admin API)
-// is applied by another process (an edge) within 2 s, through the settings
-// notification — its shop cache would otherwise keep the old rules for 30 s.
+// is applied by the other processes — an edge and a worker, each on its
+// own — within 2 s, through the settings notification: their caches would
+// otherwise keep the old keyword rules and the old model chain for 30 s.
+// "Within 2 s" is checked as: a message sent less than 2 s after the admin
+// API confirmed the change is handled with the new setting (how long the
+// answer itself takes on a loaded machine does not count).
 func TestASettingChangeReachesAnotherProcessWithinTwoSeconds(t *testing.T) {
 	b := setup(t, llmsim.Faults{})
+	_, urlB := simulatedProvider(t, llmsim.Faults{})
 	edge := b.start(t, []string{roleIngest}, nil)
+	b.start(t, []string{roleWorker}, nil)
 	console := b.start(t, []string{roleDashboard}, nil)
 	edgeURL := "http://" + edge.Addr()
+	admin := bearer(t, "*", "admin-bot", token.ScopeAdmin)
 	n := 0
-	post := func() string {
+	// post sends a new customer's message (no per-customer limit is in the
+	// way, no answer cache either) and returns the edge's answer.
+	post := func(wait string) response {
 		t.Helper()
-		n++ // a new customer each time: no per-customer limit is in the way
-		r := call(t, "POST", edgeURL+"/v1/messages", bearer(t, "demo", fmt.Sprintf("cust-%d", n)),
-			[]byte(`{"text":"zzflash sale question"}`))
-		if r.status != http.StatusAccepted {
+		n++
+		r := call(t, "POST", edgeURL+"/v1/messages"+wait, bearer(t, "demo", fmt.Sprintf("cust-%d", n)),
+			[]byte(fmt.Sprintf(`{"text":"zzflash sale question number %d"}`, n)))
+		if r.status != http.StatusAccepted && r.status != http.StatusOK {
 			t.Fatalf("post: %d %s", r.status, r.raw)
 		}
-		return r.body["priority"].(string)
+		return r
 	}
-	// The edge has the shop's settings cached.
-	if got := post(); got != string(peakdesk.P2) {
-		t.Fatalf("before: %s", got)
-	}
-	r := call(t, "PATCH", "http://"+console.Addr()+"/v1/admin/shops/demo", bearer(t, "*", "admin-bot", token.ScopeAdmin),
-		[]byte(`{"rules":{"p0":["zzflash"]}}`))
-	if r.status != http.StatusOK {
-		t.Fatalf("patch: %d %s", r.status, r.raw)
-	}
-	changed := time.Now()
-	for post() != string(peakdesk.P0) {
-		if time.Since(changed) > 2*time.Second {
-			t.Fatal("the edge did not apply the new keyword rule within 2 s")
+	patch := func(body string) time.Time {
+		t.Helper()
+		r := call(t, "PATCH", "http://"+console.Addr()+"/v1/admin/shops/demo", admin, []byte(body))
+		if r.status != http.StatusOK {
+			t.Fatalf("patch %s: %d %s", body, r.status, r.raw)
 		}
-		time.Sleep(20 * time.Millisecond)
+		return time.Now()
 	}
-	t.Logf("applied by the other process %v after the change", time.Since(changed))
+	// until posts messages until ok holds for one, failing if the next
+	// message would be sent 2 s or more after changed.
+	until := func(what string, changed time.Time, wait string, ok func(response) bool) {
+		t.Helper()
+		for {
+			if time.Since(changed) >= 2*time.Second {
+				t.Fatalf("%s: not applied by another process within 2 s", what)
+			}
+			if ok(post(wait)) {
+				t.Logf("%s: applied by another process within %v", what, time.Since(changed))
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
 
-	// The change is audited.
+	// Both processes have the shop's settings cached: the edge its rules,
+	// the worker its LLM route (the default provider's model).
+	if got := post("").body["priority"]; got != string(peakdesk.P2) {
+		t.Fatalf("before: priority %v", got)
+	}
+	before := post("?wait=10s")
+	if reply, _ := before.body["reply"].(map[string]any); before.status != http.StatusOK || reply["source"] != peakdesk.SourceLLM {
+		t.Fatalf("before: %d %s", before.status, before.raw)
+	}
+
+	changed := patch(`{"rules":{"p0":["zzflash"]}}`)
+	until("the edge's keyword rules", changed, "", func(r response) bool { return r.body["priority"] == string(peakdesk.P0) })
+
+	changed = patch(fmt.Sprintf(`{"llm":{"chain":[{"model":"model-at-b","base_url":%q,"api_key":"sk-b-0123456789"}]}}`, urlB))
+	until("the worker's model chain", changed, "?wait=10s", func(r response) bool {
+		reply, _ := r.body["reply"].(map[string]any)
+		return reply["model"] == "model-at-b"
+	})
+
+	// Both changes are audited, naming the fields and not the key.
 	conn, err := pgx.Connect(context.Background(), b.dbURL)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close(context.Background())
 	var details string
-	if err := conn.QueryRow(context.Background(), `SELECT details::text FROM operator_audit
-		WHERE action = 'shop.update' AND shop = 'demo' AND actor = 'admin-bot'`).Scan(&details); err != nil || !strings.Contains(details, "rules") {
+	if err := conn.QueryRow(context.Background(), `SELECT string_agg(details::text, ' ' ORDER BY id) FROM operator_audit
+		WHERE action = 'shop.update' AND shop = 'demo' AND actor = 'admin-bot'`).Scan(&details); err != nil ||
+		!strings.Contains(details, "rules") || !strings.Contains(details, "llm.chain[0].model") || strings.Contains(details, "sk-b-") {
 		t.Fatalf("audit %q, %v", details, err)
 	}
 }
@@ -209,6 +244,13 @@ func TestShopCommands(t *testing.T) {
 	if err != nil || !strings.Contains(out, "cli-shop\ten\tCNY\tCLI Shop") {
 		t.Fatalf("list: %q, %v", out, err)
 	}
+	// Without the master key, no command falls back to the dev-only key on
+	// a database sealed with a real one.
+	delete(env, "PEAKDESK_MASTER_KEY")
+	if _, _, err := cmd("", "create", "--shop", "cli-shop-2"); err == nil || !strings.Contains(err.Error(), "PEAKDESK_MASTER_KEY is required") {
+		t.Errorf("create without the master key: %v", err)
+	}
+	env["PEAKDESK_MASTER_KEY"] = testMasterKey
 	out, _, err = cmd("", "encrypt-secrets")
 	if err != nil || !strings.HasSuffix(strings.TrimSpace(out), "secrets sealed") {
 		t.Fatalf("encrypt-secrets: %q, %v", out, err)
