@@ -3,7 +3,6 @@ package dashboard
 import (
 	"cmp"
 	"encoding/json"
-	"errors"
 	"io"
 	"log/slog"
 	"mime"
@@ -14,7 +13,7 @@ import (
 
 	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/dashboard/shopadmin"
-	"github.com/peakdesk/peakdesk/ingest"
+	"github.com/peakdesk/peakdesk/ingest/httpjson"
 	"github.com/peakdesk/peakdesk/ingest/token"
 	"github.com/peakdesk/peakdesk/storage"
 )
@@ -75,21 +74,9 @@ func (h *adminAPI) handle(fn apiFunc) http.Handler {
 			err = fn(w, r, shopadmin.Operator{ID: c.Subject, Shop: c.Shop})
 		}
 		if err != nil {
-			ingest.WriteError(w, r, h.log, err)
+			httpjson.WriteError(w, r, h.log, err)
 		}
 	})
-}
-
-// readBody reads a request body of at most limit bytes.
-func readBody(r *http.Request, limit int64) ([]byte, error) {
-	b, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, limit))
-	if err != nil {
-		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
-			return nil, peakdesk.Errorf(peakdesk.EPayloadTooLarge, "the body is larger than %d KiB", limit>>10)
-		}
-		return nil, peakdesk.Errorf(peakdesk.EInvalid, "cannot read the body")
-	}
-	return b, nil
 }
 
 // decodeStrict reads JSON into v, refusing unknown fields.
@@ -116,7 +103,7 @@ func (h *adminAPI) list(w http.ResponseWriter, r *http.Request, o shopadmin.Oper
 	if len(shops) == limit {
 		res["next_after"] = shops[len(shops)-1].ID
 	}
-	ingest.WriteJSON(w, http.StatusOK, res)
+	httpjson.WriteJSON(w, http.StatusOK, res)
 	return nil
 }
 
@@ -127,12 +114,8 @@ type createRequest struct {
 }
 
 func (h *adminAPI) create(w http.ResponseWriter, r *http.Request, o shopadmin.Operator) error {
-	body, err := readBody(r, maxSettingsBody)
-	if err != nil {
-		return err
-	}
 	var req createRequest
-	if err := decodeStrict(body, &req); err != nil {
+	if err := httpjson.DecodeObject(r, maxSettingsBody, &req); err != nil {
 		return err
 	}
 	name := ""
@@ -143,7 +126,7 @@ func (h *adminAPI) create(w http.ResponseWriter, r *http.Request, o shopadmin.Op
 	if err != nil {
 		return err
 	}
-	ingest.WriteJSON(w, http.StatusCreated, res)
+	httpjson.WriteJSON(w, http.StatusCreated, res)
 	return nil
 }
 
@@ -152,12 +135,12 @@ func (h *adminAPI) get(w http.ResponseWriter, r *http.Request, o shopadmin.Opera
 	if err != nil {
 		return err
 	}
-	ingest.WriteJSON(w, http.StatusOK, map[string]any{"shop": s})
+	httpjson.WriteJSON(w, http.StatusOK, map[string]any{"shop": s})
 	return nil
 }
 
 func (h *adminAPI) update(w http.ResponseWriter, r *http.Request, o shopadmin.Operator) error {
-	body, err := readBody(r, maxSettingsBody)
+	body, err := httpjson.ReadBody(r, maxSettingsBody)
 	if err != nil {
 		return err
 	}
@@ -169,12 +152,12 @@ func (h *adminAPI) update(w http.ResponseWriter, r *http.Request, o shopadmin.Op
 	if err != nil {
 		return err
 	}
-	ingest.WriteJSON(w, http.StatusOK, map[string]any{"shop": s})
+	httpjson.WriteJSON(w, http.StatusOK, map[string]any{"shop": s})
 	return nil
 }
 
 func (h *adminAPI) rotateKey(w http.ResponseWriter, r *http.Request, o shopadmin.Operator) error {
-	body, err := readBody(r, maxSettingsBody)
+	body, err := httpjson.ReadBody(r, maxSettingsBody)
 	if err != nil {
 		return err
 	}
@@ -190,7 +173,7 @@ func (h *adminAPI) rotateKey(w http.ResponseWriter, r *http.Request, o shopadmin
 	if err != nil {
 		return err
 	}
-	ingest.WriteJSON(w, http.StatusOK, k)
+	httpjson.WriteJSON(w, http.StatusOK, k)
 	return nil
 }
 
@@ -220,7 +203,7 @@ func (h *adminAPI) faqList(w http.ResponseWriter, r *http.Request, o shopadmin.O
 	for i, e := range entries {
 		out[i] = toFAQEntry(e)
 	}
-	ingest.WriteJSON(w, http.StatusOK, map[string]any{"entries": out})
+	httpjson.WriteJSON(w, http.StatusOK, map[string]any{"entries": out})
 	return nil
 }
 
@@ -241,7 +224,7 @@ func (h *adminAPI) faqImport(w http.ResponseWriter, r *http.Request, o shopadmin
 		defer f.Close()
 		name, file = hdr.Filename, f
 	default:
-		body, err := readBody(r, maxFAQBody)
+		body, err := httpjson.ReadBody(r, maxFAQBody)
 		if err != nil {
 			return err
 		}
@@ -252,7 +235,7 @@ func (h *adminAPI) faqImport(w http.ResponseWriter, r *http.Request, o shopadmin
 	if err != nil {
 		return err
 	}
-	ingest.WriteJSON(w, http.StatusOK, map[string]int{"inserted": res.Inserted, "updated": res.Updated,
+	httpjson.WriteJSON(w, http.StatusOK, map[string]int{"inserted": res.Inserted, "updated": res.Updated,
 		"unchanged": res.Unchanged, "deleted": res.Deleted})
 	return nil
 }
@@ -262,16 +245,12 @@ func (h *adminAPI) faqPut(w http.ResponseWriter, r *http.Request, o shopadmin.Op
 	if err != nil || id <= 0 {
 		return peakdesk.Errorf(peakdesk.ENotFound, "FAQ entry not found")
 	}
-	body, err := readBody(r, maxSettingsBody)
-	if err != nil {
-		return err
-	}
 	var req struct {
 		Question string   `json:"question"`
 		Answer   string   `json:"answer"`
 		Tags     []string `json:"tags"`
 	}
-	if err := decodeStrict(body, &req); err != nil {
+	if err := httpjson.DecodeObject(r, maxSettingsBody, &req); err != nil {
 		return err
 	}
 	e, err := h.admin.PutFAQ(r.Context(), o, r.PathValue("shop"), storage.FAQEntry{ID: id, Question: req.Question,
@@ -279,7 +258,7 @@ func (h *adminAPI) faqPut(w http.ResponseWriter, r *http.Request, o shopadmin.Op
 	if err != nil {
 		return err
 	}
-	ingest.WriteJSON(w, http.StatusOK, map[string]any{"entry": toFAQEntry(*e)})
+	httpjson.WriteJSON(w, http.StatusOK, map[string]any{"entry": toFAQEntry(*e)})
 	return nil
 }
 
@@ -296,20 +275,16 @@ func (h *adminAPI) faqDelete(w http.ResponseWriter, r *http.Request, o shopadmin
 }
 
 func (h *adminAPI) faqTest(w http.ResponseWriter, r *http.Request, o shopadmin.Operator) error {
-	body, err := readBody(r, maxSettingsBody)
-	if err != nil {
-		return err
-	}
 	var req struct {
 		Question string `json:"question"`
 	}
-	if err := decodeStrict(body, &req); err != nil {
+	if err := httpjson.DecodeObject(r, maxSettingsBody, &req); err != nil {
 		return err
 	}
 	t, err := h.admin.TryFAQ(r.Context(), o, r.PathValue("shop"), req.Question)
 	if err != nil {
 		return err
 	}
-	ingest.WriteJSON(w, http.StatusOK, t)
+	httpjson.WriteJSON(w, http.StatusOK, t)
 	return nil
 }

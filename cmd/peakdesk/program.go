@@ -64,7 +64,6 @@ type Program struct {
 	console  *dashboard.Console
 	reporter *snapshot.Reporter
 	watch    *shopwatch.Watcher // tells the caches when a shop's settings change
-	auth     *token.Authenticator
 	httpSrv  *http.Server
 	listener net.Listener
 	// metricsSrv serves /metrics on its own listener, apart from the API.
@@ -184,7 +183,6 @@ func (p *Program) Start(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	p.auth = auth
 
 	// The shop API (the simulator in dev) and the FAQ engine, shared by the
 	// edge's load shedding and the workers' fallback.
@@ -215,7 +213,7 @@ func (p *Program) Start(ctx context.Context) (err error) {
 			DB: p.db, Redis: p.rdb, JS: p.js,
 			Logger: p.Log, Registerer: p.registry,
 			BatchPublish: cfg.PublishBatch,
-			FAQ:          edgeFAQ{p.faq},
+			FAQ:          edgeFAQ{p.faq}, ReplyWebhook: outbox.ReplyWebhook,
 			Admission: ingest.AdmissionConfig{Disabled: cfg.AdmissionDisabled, MinBacklog: int64(cfg.AdmissionMinBacklog),
 				MaxWait: map[peakdesk.Priority]time.Duration{
 					peakdesk.P0: cfg.AdmissionMaxWaitP0, peakdesk.P1: cfg.AdmissionMaxWaitP1, peakdesk.P2: cfg.AdmissionMaxWaitP2}},
@@ -227,7 +225,6 @@ func (p *Program) Start(ctx context.Context) (err error) {
 			return err
 		}
 		p.edge.Register(mux)
-		ingest.RegisterOpsDLQ(mux, auth, p.db, p.js, p.Log)
 	}
 	if cfg.hasRole(roleWorker) {
 		// Every LLM HTTP call goes through the worker's transport: the
@@ -300,7 +297,7 @@ func (p *Program) Start(ctx context.Context) (err error) {
 	}
 
 	if cfg.hasRole(roleRelay) {
-		if err := p.startRelay(ctx, mux, auth); err != nil {
+		if err := p.startRelay(ctx); err != nil {
 			return err
 		}
 	}
@@ -309,7 +306,7 @@ func (p *Program) Start(ctx context.Context) (err error) {
 		return err
 	}
 	if cfg.hasRole(roleDashboard) {
-		if err := p.startConsole(ctx, mux); err != nil {
+		if err := p.startConsole(ctx, mux, auth); err != nil {
 			return err
 		}
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/peakdesk/peakdesk/ingest/token"
 	"github.com/peakdesk/peakdesk/loadtest/llmsim"
 	"github.com/peakdesk/peakdesk/storage/secrets"
+	"github.com/peakdesk/peakdesk/storage/storagetest"
 )
 
 // testMasterKey seals the shops' secrets in the end-to-end tests.
@@ -175,7 +176,7 @@ func TestServeSealsPlaintextSecretsAndRefusesToRunWithoutAKey(t *testing.T) {
 	if err := cfg.validate(); err != nil {
 		t.Fatal(err)
 	}
-	p := NewProgram(cfg, testLogWriter{t})
+	p := NewProgram(cfg, storagetest.LogWriter(t))
 	err = p.Start(context.Background())
 	p.Stop()
 	if err == nil || !strings.Contains(err.Error(), "PEAKDESK_MASTER_KEY is required") {
