@@ -269,6 +269,11 @@ func (e *Edge) Stop() {
 	})
 }
 
+// ForgetShop drops what the edge cached of shop's settings (every shop's
+// for ""): they changed. Subscribe it to the settings notifications
+// (storage/shopwatch).
+func (e *Edge) ForgetShop(shop string) { e.shops.forget(shop) }
+
 // Register mounts the edge's routes on mux.
 func (e *Edge) Register(mux *http.ServeMux) {
 	mux.Handle("POST /v1/messages", e.instrument("post_message", e.postMessage))
@@ -424,7 +429,7 @@ func (e *Edge) acceptMessage(ctx context.Context, claims *token.Claims, info *sh
 	}
 	// Shed load lowest priority first: an instant FAQ answer when one fits,
 	// else 429 with the time the backlog needs to drain.
-	if retry, ok := e.admit.check(prio); !ok {
+	if retry, ok := e.admit.check(prio, info.admission); !ok {
 		// A repeat of a message already accepted gets its first result, not
 		// a shed.
 		if key != "" {
