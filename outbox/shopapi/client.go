@@ -364,7 +364,9 @@ type Logistics struct {
 	Carrier    string           `json:"carrier"`
 	TrackingNo string           `json:"tracking_no"`
 	Status     string           `json:"status"`
-	Events     []LogisticsEvent `json:"events"`
+	// ETA is when the carrier expects to deliver, if it says.
+	ETA    *time.Time       `json:"eta,omitempty"`
+	Events []LogisticsEvent `json:"events"`
 }
 
 // LogisticsEvent is one scan of a parcel.
