@@ -200,9 +200,9 @@ type Sim struct {
 	effects     []Effect
 	webhooks    []Webhook
 	webhookSeen map[shopKey]bool
-	sigSeen     map[string]bool  // accepted webhook signatures, for replay refusal
-	sigQueue    []shopSeenSig    // the same, in arrival order, to forget them
-	seq         map[string]int64 // object id sequences by kind
+	sigSeen     map[string]bool          // accepted webhook signatures, for replay refusal
+	sigQueue    []shopSeenSig            // the same, in arrival order, to forget them
+	seq         map[string]int64         // object id sequences by kind
 	refunds     map[shopKey][]shopRefund // by (shop, order id)
 	stats       Stats
 }

@@ -66,14 +66,14 @@ type shopCoupon struct {
 
 // shopRefund is a created refund.
 type shopRefund struct {
-	ID          string    `json:"id"`
-	Object      string    `json:"object"`
-	Shop        string    `json:"shop"`
-	OrderID     string    `json:"order_id"`
-	UserID      string    `json:"user_id"`
-	AmountCents int64     `json:"amount_cents"`
-	Currency    string    `json:"currency,omitempty"`
-	Reason      string    `json:"reason"`
+	ID          string `json:"id"`
+	Object      string `json:"object"`
+	Shop        string `json:"shop"`
+	OrderID     string `json:"order_id"`
+	UserID      string `json:"user_id"`
+	AmountCents int64  `json:"amount_cents"`
+	Currency    string `json:"currency,omitempty"`
+	Reason      string `json:"reason"`
 	// Status is processing until the refund is done (simulated: never).
 	Status     string     `json:"status"`
 	CreatedAt  time.Time  `json:"created_at"`
