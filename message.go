@@ -85,6 +85,10 @@ const (
 	// SourceFollowUp marks a reply pushed later on a conversation, such as
 	// the facts of an order lookup that was too slow for the first answer.
 	SourceFollowUp = "followup"
+	// SourceOrder marks an answer from the shop's order data without the
+	// LLM: an order's status and parcel, a customer's recent orders, a
+	// refund's state (or "checking", when the shop was too slow).
+	SourceOrder = "order"
 )
 
 // Reply is one answer on a conversation. It answers one or more messages.
@@ -100,8 +104,12 @@ type Reply struct {
 	CompletionTokens int      `json:"completion_tokens,omitempty"`
 	// CostMicroUSD is what the answer cost at the LLM provider, in
 	// millionths of a US dollar.
-	CostMicroUSD int64     `json:"cost_micro_usd,omitempty"`
-	CreatedAt    time.Time `json:"created_at"`
+	CostMicroUSD int64 `json:"cost_micro_usd,omitempty"`
+	// FollowUp means a further reply comes on the conversation: this one
+	// tells the customer their order is being looked up, and the facts (or
+	// a human, should the shop stay down) follow as a reply of their own.
+	FollowUp  bool      `json:"follow_up,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
 	// ReplacesPartial tells a client that showed the partial text of a
 	// streamed answer that this reply replaces it (the stream broke, or the
 	// answer fell back after text was shown). Only the live event carries it.
