@@ -1,6 +1,7 @@
 package outbox
 
 import (
+	"cmp"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
@@ -41,14 +42,27 @@ type RefundPayload struct {
 	Reason      string `json:"reason"`
 }
 
-// FollowUpPayload is the payload of an order.followup action.
+// FollowUpPayload is the payload of an order.followup action: the order
+// question to answer once the shop does.
 type FollowUpPayload struct {
-	OrderID   string `json:"order_id"`
+	// OrderID or TrackingNo is the number the customer gave; neither: the
+	// customer's recent orders answer.
+	OrderID    string `json:"order_id"`
+	TrackingNo string `json:"tracking_no,omitempty"`
+	// Topic is TopicOrder (empty too) or TopicRefund.
+	Topic     string `json:"topic,omitempty"`
 	UserID    string `json:"user_id"`
 	MessageID string `json:"message_id,omitempty"`
 	// Lang is the customer's language, for the texts pushed later (empty:
 	// texts.DefaultLang).
 	Lang texts.Lang `json:"lang,omitempty"`
+	// AskedAt is when the customer asked, for the time to the final answer.
+	AskedAt time.Time `json:"asked_at,omitzero"`
+}
+
+// question is the order question the follow-up answers.
+func (p FollowUpPayload) question() OrderQuestion {
+	return OrderQuestion{Topic: cmp.Or(p.Topic, TopicOrder), OrderID: p.OrderID, TrackingNo: p.TrackingNo}
 }
 
 // WebhookEvent is the body of a reply webhook, and the payload of its

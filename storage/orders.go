@@ -113,3 +113,14 @@ func isCheckViolation(err error) bool {
 	var pgErr *pgconn.PgError
 	return errors.As(err, &pgErr) && pgErr.Code == "23514"
 }
+
+// HurryFollowUps makes shop's order follow-ups that wait for a retry due at
+// now (the shop answers again) and returns how many it moved.
+func (db *DB) HurryFollowUps(ctx context.Context, shop string, now time.Time) (int64, error) {
+	tag, err := db.pool.Exec(ctx, `UPDATE outbox_actions SET next_attempt_at = $2, updated_at = now()
+		WHERE shop_id = $1 AND kind = 'order.followup' AND state = 'retrying' AND next_attempt_at > $2`, shop, now)
+	if err != nil {
+		return 0, fmt.Errorf("storage: hurry follow-ups: %w", err)
+	}
+	return tag.RowsAffected(), nil
+}
