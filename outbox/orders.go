@@ -3,6 +3,7 @@ package outbox
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"regexp"
 	"strings"
@@ -326,14 +327,17 @@ func (t *Tools) AnswerOrder(ctx context.Context, c DirectCall) (DirectAnswer, er
 		t.metrics.final.WithLabelValues(finalDirect).Observe(sinceAsked(c.AskedAt))
 		return DirectAnswer{Text: a.text, Masked: a.masked}, nil
 	}
-	if ctx.Err() != nil {
+	if errors.Is(ctx.Err(), context.Canceled) {
 		return DirectAnswer{}, ctx.Err()
 	}
+	// Out of time or the shop failed: "checking" now, the facts later.
 	act, err := t.followUp(c)
 	if err != nil {
 		return DirectAnswer{}, err
 	}
-	return DirectAnswer{Text: t.desk.checking(ctx, c.Shop, c.Lang, c.Question), Actions: []peakdesk.Action{act},
+	tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+	defer cancel()
+	return DirectAnswer{Text: t.desk.checking(tctx, c.Shop, c.Lang, c.Question), Actions: []peakdesk.Action{act},
 		FollowUp: true}, nil
 }
 
