@@ -18,10 +18,11 @@ import (
 // Default attempt budgets. With the relay's default steps (15 s, and 5 s for
 // follow-ups) a shop may be down for about 75 minutes before a coupon,
 // refund or webhook is dead, and a follow-up hands the customer to a human
-// after about 2 minutes.
+// after about 4 minutes (its attempts at 0, 5, 15, 30, … 225 s): a shop
+// down for the 2 minutes of a midnight spike still answers its customers.
 const (
 	DefaultMaxAttempts         = 25
-	DefaultFollowUpMaxAttempts = 8
+	DefaultFollowUpMaxAttempts = 10
 )
 
 // CouponPayload is the payload of a coupon.issue action.

@@ -63,6 +63,7 @@ func (p *Program) startRelay(ctx context.Context, mux *http.ServeMux, auth *toke
 	p.relay, err = outbox.NewRelay(outbox.Config{
 		DB: p.db, Shop: p.shop,
 		OnFollowUp: pusher.followUp, OnHandoff: pusher.handoff,
+		Lookups: p.orders.lookups, Texts: p.orders.texts, FollowUpStep: p.Config.FollowUpStep,
 		Logger: p.Log, Registerer: p.registry,
 		Concurrency: p.Config.RelayConcurrency,
 		SoftStop:    p.Config.SoftStop,

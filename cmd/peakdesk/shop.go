@@ -14,7 +14,9 @@ import (
 
 // runShop dispatches `peakdesk shop <subcommand>`.
 func runShop(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
-	const usage = "usage: peakdesk shop rotate-key --shop S [--overlap 24h] [--show-secret]"
+	const usage = "usage: peakdesk shop rotate-key --shop S [--overlap 24h] [--show-secret]\n" +
+		"       peakdesk shop order-answers --shop S [llm|direct]\n" +
+		"       peakdesk shop text --shop S [--lang zh|en --key K (--file F | --delete)]"
 	if len(args) == 0 {
 		fmt.Fprintln(stderr, usage)
 		return errors.New("shop: no subcommand given")
@@ -22,6 +24,8 @@ func runShop(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 	switch args[0] {
 	case "rotate-key":
 		return runShopRotateKey(ctx, args[1:], stdout, stderr, getenv)
+	case "order-answers", "text": // shop_orders.go
+		return runShopOrders(ctx, args[0], args[1:], stdout, stderr, getenv)
 	default:
 		fmt.Fprintln(stderr, usage)
 		return fmt.Errorf("shop: unknown subcommand %q", args[0])
