@@ -24,6 +24,7 @@ import (
 	"github.com/peakdesk/peakdesk/ingest/token"
 	"github.com/peakdesk/peakdesk/loadtest/shopsim"
 	"github.com/peakdesk/peakdesk/loadtest/sse"
+	"github.com/peakdesk/peakdesk/workers/texts"
 )
 
 // ScenarioOrders is the order scenario (RunOrders): customers of the
@@ -118,6 +119,10 @@ type orderCustomer struct {
 	finals    int
 	checkings int
 	final     orderReply
+	// wrongLang counts peakdesk's own texts (not the LLM's) to this
+	// customer in the other language.
+	wrongLang int
+	wrongText string
 }
 
 type orderReply struct {
@@ -152,6 +157,12 @@ type OrdersReport struct {
 	// where a human took over.
 	FinalSources map[string]int `json:"final_sources"`
 	Handoffs     int            `json:"handoffs"`
+	// WrongLanguage counts customers who got one of peakdesk's own texts
+	// (checking, order facts, follow-up, handoff — not the LLM's words) in
+	// the other language; ChineseFollowUps those asking in Chinese whose
+	// final answer a follow-up pushed.
+	WrongLanguage    int `json:"wrong_language"`
+	ChineseFollowUps int `json:"zh_follow_ups"`
 	// Kinds counts customers by question kind and language.
 	Kinds map[string]int `json:"kinds"`
 	// Latencies in ms: first reply and final answer, from the POST.
@@ -369,6 +380,10 @@ func (c *orderCustomer) observe(r orderReply, at time.Time) {
 		return
 	}
 	c.replies[r.ID] = r
+	if ownText(r) && texts.Detect(r.Text, "") != texts.Lang(c.lang) {
+		c.wrongLang++
+		c.wrongText = r.Text
+	}
 	if c.firstAt.IsZero() {
 		c.firstAt = at
 	}
@@ -380,6 +395,16 @@ func (c *orderCustomer) observe(r orderReply, at time.Time) {
 	if c.finals == 1 {
 		c.finalAt, c.final = at, r
 	}
+}
+
+// ownText reports whether r is one of peakdesk's own texts (templates in
+// the customer's language), not the LLM's words.
+func ownText(r orderReply) bool {
+	switch r.Source {
+	case peakdesk.SourceOrder, peakdesk.SourceFollowUp, peakdesk.SourceHandoff:
+		return true
+	}
+	return false
 }
 
 func (c *orderCustomer) finalCount() int {
@@ -415,6 +440,15 @@ func (rep *OrdersReport) fill(customers []*orderCustomer, cfg OrdersConfig) {
 		}
 		if c.checkings > 0 {
 			rep.Checking++
+		}
+		if c.wrongLang > 0 {
+			rep.WrongLanguage++
+			if len(rep.Samples) < 10 {
+				rep.Samples = append(rep.Samples, fmt.Sprintf("in the wrong language: %s asked %q (%s), got %q", c.user, c.text, c.lang, c.wrongText))
+			}
+		}
+		if c.lang == string(texts.ZH) && c.finals > 0 && c.final.Source == peakdesk.SourceFollowUp {
+			rep.ChineseFollowUps++
 		}
 		switch c.finals {
 		case 0:
@@ -455,6 +489,8 @@ func (rep *OrdersReport) Print(w io.Writer) {
 	fmt.Fprintf(tw, "final answer\t%d exactly once, %d lost, %d answered twice; %d handed to a human\n", rep.FinalOnce, rep.Lost,
 		rep.Twice, rep.Handoffs)
 	fmt.Fprintf(tw, "final sources\t%s\n", countsString(rep.FinalSources))
+	fmt.Fprintf(tw, "language\t%d customers got a text of ours in the other language; %d Chinese customers answered by a follow-up\n",
+		rep.WrongLanguage, rep.ChineseFollowUps)
 	fmt.Fprintf(tw, "questions\t%s\n", countsString(rep.Kinds))
 	for _, l := range []struct {
 		name string
@@ -469,9 +505,10 @@ func (rep *OrdersReport) Print(w io.Writer) {
 }
 
 // OK reports whether every customer got a first reply within the budget
-// and exactly one final answer.
+// and exactly one final answer, and our texts in their language.
 func (rep *OrdersReport) OK() bool {
-	return rep.Accepted == rep.Customers && rep.FirstInBudget == rep.Accepted && rep.Lost == 0 && rep.Twice == 0
+	return rep.Accepted == rep.Customers && rep.FirstInBudget == rep.Accepted && rep.Lost == 0 && rep.Twice == 0 &&
+		rep.WrongLanguage == 0
 }
 
 func countsString(m map[string]int) string {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -12,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -41,6 +43,9 @@ type drillConfig struct {
 	LLMDown bool
 	// FirstBudget and Deadline are the orders scenario's.
 	FirstBudget, Deadline time.Duration
+	// Linger is how long the streams stay open after the last final
+	// answer, to catch a second one (0: the scenario's default, 3 s).
+	Linger time.Duration
 	// FollowUpStep and FollowUpMaxAttempts are the follow-ups' schedule
 	// (0: the configured defaults); tests compress them.
 	FollowUpStep        time.Duration
@@ -119,8 +124,14 @@ func (r *drillResult) problem() string {
 		return fmt.Sprintf("%d customers got no first reply within the budget", rep.Accepted-rep.FirstInBudget)
 	case rep.Lost > 0 || rep.Twice > 0:
 		return fmt.Sprintf("%d customers without a final answer, %d answered twice", rep.Lost, rep.Twice)
-	case r.LLMDown && rep.Handoffs > 0:
-		return fmt.Sprintf("with the LLM down %d customers were handed to a human instead of answered from the shop's data", rep.Handoffs)
+	case rep.WrongLanguage > 0:
+		return fmt.Sprintf("%d customers got a text in the other language", rep.WrongLanguage)
+	case r.LLMDown:
+		// Every order question is answered from the shop's data: directly
+		// or by a follow-up, not by the FAQ, a fallback or a human.
+		if other := rep.FinalOnce + rep.Twice - rep.FinalSources[peakdesk.SourceOrder] - rep.FinalSources[peakdesk.SourceFollowUp]; other > 0 {
+			return fmt.Sprintf("with the LLM down %d customers were not answered from the shop's data (%v)", other, rep.FinalSources)
+		}
 	}
 	return ""
 }
@@ -149,8 +160,15 @@ func drillOrders(ctx context.Context, cfg drillConfig) (*drillResult, error) {
 	defer stopShop()
 
 	// The drill's shop: replies go to the simulated shop's webhook receiver.
-	env := func(k string) string { return cfg.Getenv(k) }
-	dbURL := databaseURL(env)
+	// Everything the drill touches is on this machine: it writes a shop of
+	// its own into the database and offers load, never to another host.
+	dbURL := databaseURL(cfg.Getenv)
+	redisURL := cmp.Or(strings.TrimSpace(cfg.Getenv("REDIS_URL")), "redis://127.0.0.1:6379/0")
+	for name, u := range map[string]string{"DATABASE_URL": dbURL, "REDIS_URL": redisURL} {
+		if err := loopbackOnly(u); err != nil {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+	}
 	db, err := storage.Open(ctx, dbURL, 2)
 	if err != nil {
 		return nil, err
@@ -198,10 +216,13 @@ func drillOrders(ctx context.Context, cfg drillConfig) (*drillResult, error) {
 			return "warn"
 		case "DATABASE_URL":
 			return dbURL
+		case "REDIS_URL":
+			return redisURL
 		}
 		return cfg.Getenv(k)
 	}, false)
 	pc.Roles = []string{roleIngest, roleWorker, roleRelay}
+	pc.MetricsAddr = ""            // no listener but the edge's, on a free loopback port
 	pc.AllowPrivateShopURLs = true // the simulated shop listens on loopback
 	pc.SnapshotPrefix = "pd:drill:" + randomHex(4) + ":"
 	if cfg.FollowUpStep > 0 {
@@ -235,7 +256,7 @@ func drillOrders(ctx context.Context, cfg drillConfig) (*drillResult, error) {
 		res.OutageTo = time.Since(start).Seconds()
 	}()
 	rep, err := loadtest.RunOrders(ctx, loadtest.OrdersConfig{BaseURL: "http://" + p.Addr(), Secret: []byte(secret),
-		Shop: drillShop, Rate: cfg.Rate, Duration: cfg.Duration, FirstBudget: cfg.FirstBudget, Deadline: cfg.Deadline,
+		Shop: drillShop, Rate: cfg.Rate, Duration: cfg.Duration, FirstBudget: cfg.FirstBudget, Deadline: cfg.Deadline, Linger: cfg.Linger,
 		Logger: slog.New(slog.NewTextHandler(cfg.Log, nil))})
 	<-outage
 	if err != nil {
@@ -258,6 +279,23 @@ func serveLoopback(h http.Handler) (string, func(), error) {
 		defer cancel()
 		_ = srv.Shutdown(ctx)
 	}, nil
+}
+
+// loopbackOnly refuses a service URL whose host is not this machine (a
+// Unix socket is).
+func loopbackOnly(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil || u.Scheme == "" {
+		return errors.New("the drill takes a URL (scheme://host/...) of a service on this machine")
+	}
+	host := u.Hostname()
+	if host == "" || host == "localhost" {
+		return nil
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
+		return nil
+	}
+	return fmt.Errorf("the drill runs against services on this machine only, not %q", host)
 }
 
 func randomHex(n int) string {
