@@ -19,6 +19,7 @@ import (
 	"github.com/peakdesk/peakdesk/outbox"
 	"github.com/peakdesk/peakdesk/storage"
 	"github.com/peakdesk/peakdesk/storage/queue"
+	"github.com/peakdesk/peakdesk/storage/storagetest"
 )
 
 // deadLetter records a dead letter of a new message in shop.
@@ -181,7 +182,7 @@ func TestOverviewShowsWhatProcessesPublish(t *testing.T) {
 	b.seedActions(t, "demo", peakdesk.ActionCouponIssue, 7, peakdesk.ActionDead, "boom")
 	c, _ := b.loggedIn(t, storage.RoleViewer, "")
 	orderTile := regexp.MustCompile(`id="order-answers">to final answer p99 <b>(\d[^<]*)</b> · shop lookups <b>([^<]+)</b>/s · coalesced <b>([^<]+)</b>/s`)
-	waitFor(t, 10*time.Second, "the overview to show the worker", func() bool {
+	storagetest.WaitFor(t, "the overview to show the worker", 10*time.Second, func() bool {
 		lookups.WithLabelValues("order", "ran").Inc()
 		lookups.WithLabelValues("order", "joined").Add(5)
 		lookups.WithLabelValues("orders", "cached").Add(4)

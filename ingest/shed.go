@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/peakdesk/peakdesk"
-	"github.com/peakdesk/peakdesk/outbox"
 	"github.com/peakdesk/peakdesk/storage/queue"
 )
 
@@ -18,7 +17,7 @@ import (
 // edge shed. It returns nil when m is not an order question or storing
 // fails (the caller goes on shedding).
 func (e *Edge) answerOrderShed(ctx context.Context, m *peakdesk.Message) *peakdesk.Reply {
-	if e.cfg.Orders == nil {
+	if e.cfg.Orders == nil || e.cfg.ReplyWebhook == nil {
 		return nil
 	}
 	text, actions, ok, err := e.cfg.Orders.ShedOrder(ctx, m)
@@ -39,7 +38,7 @@ func (e *Edge) answerOrderShed(ctx context.Context, m *peakdesk.Message) *peakde
 // returns nil when there is no confident answer or storing fails (the
 // caller then sheds with 429).
 func (e *Edge) answerFromFAQ(ctx context.Context, m *peakdesk.Message) *peakdesk.Reply {
-	if e.cfg.FAQ == nil {
+	if e.cfg.FAQ == nil || e.cfg.ReplyWebhook == nil {
 		return nil
 	}
 	text, ok := e.cfg.FAQ.Answer(ctx, m.ShopID, m.Text)
@@ -62,7 +61,7 @@ func newReplyID() string {
 func (e *Edge) storeShedAnswer(ctx context.Context, m *peakdesk.Message, reply *peakdesk.Reply, actions ...peakdesk.Action) *peakdesk.Reply {
 	// Message and answer commit together, so no worker sees the message
 	// unanswered.
-	stored, existed, err := e.cfg.DB.SaveAnsweredMessage(ctx, m, reply, outbox.ReplyWebhook, actions...)
+	stored, existed, err := e.cfg.DB.SaveAnsweredMessage(ctx, m, reply, e.cfg.ReplyWebhook, actions...)
 	switch {
 	case err != nil:
 		e.log.WarnContext(ctx, "storing a shed answer failed", "trace_id", peakdesk.TraceFrom(ctx).ID, "err", err)

@@ -30,7 +30,7 @@ func TestOrderDrillShort(t *testing.T) {
 				Rate: 4, Duration: 5 * time.Second, OutageAt: time.Second, OutageFor: 2500 * time.Millisecond,
 				LLMDown: llmDown, FirstBudget: 25 * time.Second, Deadline: 30 * time.Second, Linger: time.Second,
 				FollowUpStep: 300 * time.Millisecond, FollowUpMaxAttempts: 30,
-				Getenv: func(k string) string { return env[k] }, Log: testLogWriter{t},
+				Getenv: func(k string) string { return env[k] }, Log: storagetest.LogWriter(t),
 			})
 			if err != nil {
 				t.Fatal(err)
@@ -78,7 +78,7 @@ func TestDrillStaysOnThisMachine(t *testing.T) {
 	_, err := drillOrders(context.Background(), drillConfig{Rate: 1, Duration: time.Second, Deadline: time.Second,
 		Getenv: func(k string) string {
 			return map[string]string{"DATABASE_URL": "postgres://u@db.example.com/db"}[k]
-		}, Log: testLogWriter{t}})
+		}, Log: storagetest.LogWriter(t)})
 	if err == nil || !strings.Contains(err.Error(), "DATABASE_URL") {
 		t.Fatalf("a remote database: %v", err)
 	}
