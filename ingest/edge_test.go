@@ -678,7 +678,7 @@ func (shedOrders) ShedOrder(_ context.Context, m *peakdesk.Message) (string, []p
 func TestShedOrderQuestionsAreFollowedUp(t *testing.T) {
 	t.Parallel()
 	b := setup(t, queue.Topology{}, func(c *Config) {
-		c.Orders = shedOrders{}
+		c.Orders, c.ReplyWebhook = shedOrders{}, outbox.ReplyWebhook
 		c.Admission = AdmissionConfig{MinBacklog: 5, Refresh: 50 * time.Millisecond,
 			MaxWait: map[peakdesk.Priority]time.Duration{peakdesk.P0: time.Hour, peakdesk.P1: time.Second, peakdesk.P2: time.Second}}
 	})
