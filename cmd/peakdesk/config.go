@@ -309,6 +309,8 @@ func parseFlags(name string, args []string, stderr io.Writer, getenv func(string
 	fs.IntVar(&c.RelayConcurrency, "relay-concurrency", c.RelayConcurrency, "outbox actions one relay carries out at once (env PEAKDESK_RELAY_CONCURRENCY)")
 	fs.DurationVar(&c.OrderCacheTTL, "order-cache-ttl", c.OrderCacheTTL, "how long a shop lookup's result answers further customers (env PEAKDESK_ORDER_CACHE_TTL)")
 	fs.DurationVar(&c.OrderLookupBudget, "order-lookup-budget", c.OrderLookupBudget, "longest a shop lookup may take while answering before the customer is told \"checking\" and followed up (env PEAKDESK_ORDER_LOOKUP_BUDGET)")
+	fs.DurationVar(&c.FollowUpStep, "followup-step", c.FollowUpStep, "step of the order follow-ups' linear backoff (env PEAKDESK_FOLLOWUP_STEP)")
+	fs.IntVar(&c.FollowUpMaxAttempts, "followup-max-attempts", c.FollowUpMaxAttempts, "attempts of an order follow-up before a human takes over (env PEAKDESK_FOLLOWUP_MAX_ATTEMPTS)")
 	fs.StringVar(&c.ShopAPIURL, "shop-api-url", c.ShopAPIURL, "default shop API base URL; empty in dev = simulator (env PEAKDESK_SHOP_API_URL)")
 	fs.BoolVar(&c.AllowPrivateShopURLs, "allow-private-shop-urls", c.AllowPrivateShopURLs, "let shop calls use plain http and reach loopback/private addresses; dev and tests only (env PEAKDESK_ALLOW_PRIVATE_SHOP_URLS; default on in dev)")
 	fs.IntVar(&c.StreamReplicas, "stream-replicas", c.StreamReplicas, "JetStream replicas per stream: 1, or 3 in a cluster (env PEAKDESK_STREAM_REPLICAS)")

@@ -27,14 +27,11 @@ import (
 	"github.com/peakdesk/peakdesk/storage/queue"
 )
 
-// drillShop is the tenant of order drills: a shop of its own, whose shop
-// API and webhook receiver are the drill's simulated shop.
-const drillShop = "drill"
-
 // drillConfig is one order drill: the orders load-test scenario against
-// every role of peakdesk in this process (embedded JetStream, the
-// configured Postgres and Redis), the simulated LLM and shop on loopback,
-// and the shop API down for a while in the middle of the run.
+// every role of peakdesk in this process (embedded JetStream, a scratch
+// database on the configured Postgres, dropped at the end, the configured
+// Redis; all on this machine), the simulated LLM and shop on loopback, and
+// the shop API down for a while in the middle of the run.
 type drillConfig struct {
 	Rate                float64
 	Duration            time.Duration
@@ -50,8 +47,12 @@ type drillConfig struct {
 	// (0: the configured defaults); tests compress them.
 	FollowUpStep        time.Duration
 	FollowUpMaxAttempts int
-	// Getenv supplies DATABASE_URL and REDIS_URL.
+	// Getenv supplies DATABASE_URL (the server the drill makes its
+	// database on; its role needs CREATEDB) and REDIS_URL.
 	Getenv func(string) string
+	// OwnDatabase says DATABASE_URL is a migrated database of this drill's
+	// alone already (tests: storagetest's), used as it is.
+	OwnDatabase bool
 	// Log receives peakdesk's logs (warnings and up) and progress.
 	Log io.Writer
 }
@@ -169,12 +170,24 @@ func drillOrders(ctx context.Context, cfg drillConfig) (*drillResult, error) {
 			return nil, fmt.Errorf("%s: %w", name, err)
 		}
 	}
+	// A database of its own (the relays of other processes on the same
+	// database would carry out its follow-ups) and a shop of its own (Redis
+	// is shared: rate limits, lookups, breakers are keyed by shop).
+	if !cfg.OwnDatabase {
+		scratch, dropDB, err := storage.ScratchDatabase(ctx, dbURL, "peakdesk_drill_")
+		if err != nil {
+			return nil, err
+		}
+		defer func() {
+			if err := dropDB(context.WithoutCancel(ctx)); err != nil {
+				fmt.Fprintf(cfg.Log, "drill orders: %v\n", err)
+			}
+		}()
+		dbURL = scratch
+	}
+	drillShop := "drill-" + randomHex(4)
 	db, err := storage.Open(ctx, dbURL, 2)
 	if err != nil {
-		return nil, err
-	}
-	if err := db.Migrate(ctx); err != nil {
-		db.Close()
 		return nil, err
 	}
 	err = errors.Join(db.EnsureShop(ctx, drillShop, "Order drill"),

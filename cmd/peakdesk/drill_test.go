@@ -33,7 +33,7 @@ func TestOrderDrillShort(t *testing.T) {
 				// reports the message's budget.
 				LLMDown: llmDown, FirstBudget: 90 * time.Second, Deadline: 90 * time.Second, Linger: time.Second,
 				FollowUpStep: 300 * time.Millisecond, FollowUpMaxAttempts: 30,
-				Getenv: func(k string) string { return env[k] }, Log: storagetest.LogWriter(t),
+				Getenv: func(k string) string { return env[k] }, OwnDatabase: true, Log: storagetest.LogWriter(t),
 			})
 			if err != nil {
 				t.Fatal(err)
