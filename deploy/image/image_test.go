@@ -3,7 +3,9 @@ package main
 import (
 	"archive/tar"
 	"bytes"
+	"crypto/sha256"
 	"debug/elf"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"io"
@@ -17,6 +19,7 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
 // The image `make image` writes runs peakdesk as a non-root user from a
@@ -108,12 +111,21 @@ func TestImageTarballRunsPeakdeskAsNonRoot(t *testing.T) {
 	if err := json.Unmarshal(index, &idx); err != nil || len(idx.Manifests) != 1 {
 		t.Fatalf("index.json: %v %s", err, index)
 	}
-	digest, _ := img.Digest()
-	if idx.Manifests[0].Digest != digest || idx.Manifests[0].Annotations["io.containerd.image.name"] != "peakdesk:9.8.7-test" {
-		t.Errorf("index.json names %v, the image is %v", idx.Manifests[0], digest)
+	d := idx.Manifests[0]
+	if d.Annotations["io.containerd.image.name"] != "peakdesk:9.8.7-test" {
+		t.Errorf("index.json names %v", d.Annotations)
 	}
-	if m := tarEntry(t, out, "blobs/sha256/"+digest.Hex); !bytes.Contains(m, []byte("application/vnd.oci.image.manifest.v1+json")) {
-		t.Errorf("the manifest blob is not an OCI manifest: %s", m)
+	m := tarEntry(t, out, "blobs/sha256/"+d.Digest.Hex)
+	var manifest v1.Manifest
+	if sum := sha256.Sum256(m); hex.EncodeToString(sum[:]) != d.Digest.Hex || json.Unmarshal(m, &manifest) != nil {
+		t.Fatalf("the manifest blob does not match index.json's digest")
+	}
+	cfgName, _ := img.ConfigName()
+	if manifest.MediaType != types.OCIManifestSchema1 || manifest.Config.Digest != cfgName || len(manifest.Layers) != 2 {
+		t.Errorf("OCI manifest %+v; config is %v", manifest, cfgName)
+	}
+	for _, l := range manifest.Layers {
+		tarEntry(t, out, "blobs/sha256/"+l.Digest.Hex)
 	}
 }
 

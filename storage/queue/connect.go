@@ -45,22 +45,14 @@ func InboxPrefix(roles ...string) string {
 	return "_INBOX"
 }
 
-// Validate reports the first setting that cannot work, naming it.
+// Validate reports the first setting that cannot work, naming it. Files
+// are read when connecting (a missing one fails Connect, naming it).
 func (c ConnectConfig) Validate() error {
 	if c.URL == "" {
 		return errors.New("queue: NATS_URL is empty")
 	}
 	if (c.Cert == "") != (c.Key == "") {
 		return errors.New("queue: NATS_TLS_CERT and NATS_TLS_KEY go together")
-	}
-	for name, file := range map[string]string{"NATS_CREDS": c.Creds, "NATS_CA": c.CA,
-		"NATS_TLS_CERT": c.Cert, "NATS_TLS_KEY": c.Key} {
-		if file == "" {
-			continue
-		}
-		if _, err := os.Stat(file); err != nil {
-			return fmt.Errorf("queue: %s: %w", name, err)
-		}
 	}
 	return nil
 }
