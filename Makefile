@@ -3,7 +3,7 @@ SHELL := /bin/bash
 GO    ?= go
 PKGS  ?= ./...
 
-.PHONY: run test bench bench-short services build vet fmt nats clean
+.PHONY: run test bench bench-short services build image drill vet fmt nats clean
 
 ## run: start Postgres and Redis, then every role in one process (dev mode).
 ## The binary runs in place of the shell, so Ctrl-C stops it cleanly.
@@ -36,8 +36,32 @@ bench-short:
 services:
 	@bash deploy/local/services.sh
 
+VERSION    ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT     ?= $(shell git rev-parse HEAD 2>/dev/null)
+BUILD_DATE ?= $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
+LDFLAGS    := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT) -X main.buildDate=$(BUILD_DATE)
+IMAGE_ARCH ?= amd64
+
 build:
-	$(GO) build -o bin/peakdesk ./cmd/peakdesk
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/peakdesk ./cmd/peakdesk
+
+## image: an OCI image tarball without Docker (deploy/image): the static
+## binary, Debian's CA certificates and time zones, user 65532, entrypoint
+## peakdesk. `docker load -i bin/peakdesk-image.tar` or `podman load -i …`.
+## deploy/Dockerfile builds the same image with Docker.
+image:
+	CGO_ENABLED=0 GOOS=linux GOARCH=$(IMAGE_ARCH) $(GO) build -trimpath -ldflags "$(LDFLAGS)" \
+	  -o bin/peakdesk-linux-$(IMAGE_ARCH) ./cmd/peakdesk
+	$(GO) run ./deploy/image --binary bin/peakdesk-linux-$(IMAGE_ARCH) --arch $(IMAGE_ARCH) \
+	  --tag peakdesk:$(VERSION) --version $(VERSION) --revision $(COMMIT) --out bin/peakdesk-image.tar
+
+## drill: the long NATS cluster drills (a 3-node cluster of real
+## nats-server processes with auth.conf's users and TLS: the CHAT_IN leader
+## killed during a burst, a rolling restart under load), printing their
+## figures. `make test` runs short versions of the same tests.
+drill: services
+	set -o pipefail; PEAKDESK_DRILL=full $(GO) test -count=1 -timeout 20m -v -run 'ClusterDrill' ./cmd/peakdesk/ \
+	  | grep -E '^(=== RUN|--- |PASS|FAIL|ok)|DRILL|_test.go:[0-9]+: [^{]'
 
 vet:
 	$(GO) vet ./...

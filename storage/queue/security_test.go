@@ -3,8 +3,6 @@ package queue_test
 import (
 	"context"
 	"errors"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -12,7 +10,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/nats-io/nkeys"
 
 	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/storage/queue"
@@ -30,22 +27,7 @@ var roles = []string{"ingest", "worker", "relay", "dashboard", "admin"}
 
 func secureCluster(t *testing.T) *SecureCluster {
 	t.Helper()
-	dir := t.TempDir()
-	var env []string
-	creds := map[string]string{}
-	for _, r := range roles {
-		kp, err := nkeys.CreateUser()
-		if err != nil {
-			t.Fatal(err)
-		}
-		pub, _ := kp.PublicKey()
-		seed, _ := kp.Seed()
-		creds[r] = filepath.Join(dir, r+".nk")
-		if err := os.WriteFile(creds[r], seed, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		env = append(env, "PEAKDESK_NKEY_"+strings.ToUpper(r)+"="+pub)
-	}
+	env, creds := storagetest.NATSUsers(t, roles...)
 	c := storagetest.StartNATSCluster(t, storagetest.NATSClusterConfig{
 		Include: "../../deploy/k8s/nats/auth.conf", Env: env, TLS: true})
 	sc := &SecureCluster{NATSCluster: c, creds: creds}

@@ -22,6 +22,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nkeys"
 )
 
 // NATSClusterConfig configures NATSCluster.
@@ -141,6 +143,36 @@ cluster {
 	}
 	c.WaitHealthy(60 * time.Second)
 	return c
+}
+
+// NATSUsers makes a user per role for deploy/k8s/nats/auth.conf: the
+// servers' environment (PEAKDESK_NKEY_<ROLE>=its public nkey, for
+// NATSClusterConfig.Env) and, per role, a file holding its nkey seed (the
+// role's NATS_CREDS).
+func NATSUsers(t testing.TB, roles ...string) (env []string, creds map[string]string) {
+	t.Helper()
+	dir := t.TempDir()
+	creds = map[string]string{}
+	for _, r := range roles {
+		kp, err := nkeys.CreateUser()
+		if err != nil {
+			t.Fatal(err)
+		}
+		pub, err := kp.PublicKey()
+		if err != nil {
+			t.Fatal(err)
+		}
+		seed, err := kp.Seed()
+		if err != nil {
+			t.Fatal(err)
+		}
+		creds[r] = filepath.Join(dir, r+".nk")
+		if err := os.WriteFile(creds[r], seed, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		env = append(env, "PEAKDESK_NKEY_"+strings.ToUpper(r)+"="+pub)
+	}
+	return env, creds
 }
 
 // URL is the comma-separated client URLs of the three nodes (NATS_URL).
