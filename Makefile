@@ -61,7 +61,7 @@ image:
 ## figures. `make test` runs short versions of the same tests.
 drill: services
 	set -o pipefail; PEAKDESK_DRILL=full $(GO) test -count=1 -timeout 20m -v -run 'ClusterDrill' ./cmd/peakdesk/ \
-	  | grep -E '^(=== RUN|--- |PASS|FAIL|ok)|DRILL|_test.go:[0-9]+: [^{]'
+	  | grep -E '^(=== RUN|--- |PASS|FAIL|ok)|cluster_drill_test.go:[0-9]+:'
 
 vet:
 	$(GO) vet ./...
