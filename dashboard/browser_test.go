@@ -23,6 +23,7 @@ import (
 	"github.com/peakdesk/peakdesk/outbox/shopapi"
 	"github.com/peakdesk/peakdesk/storage"
 	"github.com/peakdesk/peakdesk/storage/queue"
+	"github.com/peakdesk/peakdesk/storage/storagetest"
 )
 
 // The browser tests drive Debian's chromium, headless, through chromedp.
@@ -154,7 +155,7 @@ func (b *testBundle) startRelay(t testing.TB, sim *shopsim.Sim) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := outbox.NewRelay(outbox.Config{DB: b.db, Shop: shop, Logger: testLogger(t),
+	r, err := outbox.NewRelay(outbox.Config{DB: b.db, Shop: shop, Logger: storagetest.Logger(t),
 		PollInterval: 50 * time.Millisecond, Step: 30 * time.Millisecond, Jitter: 0.1, Concurrency: 64,
 		Lease: 10 * time.Second, AttemptTimeout: 4 * time.Second,
 		OnFollowUp: func(context.Context, peakdesk.Action, outbox.FollowUpResult) error { return nil },
@@ -188,7 +189,7 @@ func TestBrowser(t *testing.T) {
 		t.Fatal(err)
 	}
 	var refund peakdesk.Action
-	waitFor(t, 30*time.Second, "the refund to die", func() bool {
+	storagetest.WaitFor(t, "the refund to die", 30*time.Second, func() bool {
 		page, err := b.db.ListActions(ctx, "demo", storage.ActionFilter{Q: "browser-refund-1"}, 0, 1)
 		if err != nil || len(page) == 0 {
 			return false
@@ -253,7 +254,7 @@ func TestBrowser(t *testing.T) {
 		// Every one of them succeeds at the shop; the panel shows none left
 		// waiting and none dead again (a succeeded action's error is
 		// cleared, so it leaves an error-word filter).
-		waitFor(t, 60*time.Second, "1,000 coupons to succeed", func() bool {
+		storagetest.WaitFor(t, "1,000 coupons to succeed", 60*time.Second, func() bool {
 			var n int
 			err := b.conn.QueryRow(ctx, `SELECT count(*) FROM outbox_actions WHERE id = ANY($1) AND state = 'succeeded'`,
 				ids).Scan(&n)

@@ -7,13 +7,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/cookiejar"
 	"net/http/httptest"
 	"net/url"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -30,24 +28,6 @@ import (
 	"github.com/peakdesk/peakdesk/storage/storagetest"
 )
 
-// testClock is a clock the test moves by hand.
-type testClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *testClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *testClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
-
 // testBundle is a console on a fresh database, a real Redis and an
 // embedded JetStream, served on a loopback port, with shops demo and other.
 type testBundle struct {
@@ -59,7 +39,7 @@ type testBundle struct {
 	console *dashboard.Console
 	url     string
 	prefix  string // Redis key prefix of this test
-	clock   *testClock
+	clock   *storagetest.Clock
 }
 
 type bundleOptions struct {
@@ -109,12 +89,12 @@ func setup(t testing.TB, o bundleOptions) *testBundle {
 	if _, err := queue.EnsureTopology(ctx, b.js, queue.Topology{}); err != nil {
 		t.Fatal(err)
 	}
-	cfg := dashboard.Config{DB: b.db, Redis: b.rdb, JS: b.js, Logger: testLogger(t),
+	cfg := dashboard.Config{DB: b.db, Redis: b.rdb, JS: b.js, Logger: storagetest.Logger(t),
 		LoginKeyPrefix: b.prefix + "login:", SnapshotPrefix: b.prefix + "snap:",
 		SampleInterval: o.sampleInterval, PollInterval: time.Second,
 		LoginPerEmail: o.loginPerEmail, LoginPerIP: o.loginPerIP}
 	if o.clock {
-		b.clock = &testClock{now: time.Now()}
+		b.clock = storagetest.NewClock()
 		cfg.Now = b.clock.Now
 	}
 	if b.console, err = dashboard.New(cfg); err != nil {
@@ -140,17 +120,6 @@ func randomHex() string {
 	var x [6]byte
 	_, _ = rand.Read(x[:])
 	return hex.EncodeToString(x[:])
-}
-
-func testLogger(t testing.TB) *slog.Logger {
-	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
-}
-
-type testWriter struct{ t testing.TB }
-
-func (w testWriter) Write(b []byte) (int, error) {
-	w.t.Log(strings.TrimSpace(string(b)))
-	return len(b), nil
 }
 
 const testPassword = "correct horse battery"
@@ -301,16 +270,4 @@ func (b *testBundle) audit(t testing.TB, name string) []storage.AuditEntry {
 		}
 	}
 	return out
-}
-
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }

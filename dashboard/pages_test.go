@@ -18,6 +18,7 @@ import (
 	"github.com/peakdesk/peakdesk/outbox"
 	"github.com/peakdesk/peakdesk/storage"
 	"github.com/peakdesk/peakdesk/storage/queue"
+	"github.com/peakdesk/peakdesk/storage/storagetest"
 )
 
 // deadLetter records a dead letter of a new message in shop.
@@ -174,7 +175,7 @@ func TestOverviewShowsWhatProcessesPublish(t *testing.T) {
 	t.Cleanup(rep.Stop)
 	b.seedActions(t, "demo", peakdesk.ActionCouponIssue, 7, peakdesk.ActionDead, "boom")
 	c, _ := b.loggedIn(t, storage.RoleViewer, "")
-	waitFor(t, 10*time.Second, "the overview to show the worker", func() bool {
+	storagetest.WaitFor(t, "the overview to show the worker", 10*time.Second, func() bool {
 		p := c.get("/console/overview/live", "HX-Request", "true")
 		return strings.Contains(p.body, `id="inflight">17 <span class="muted">/ 64`) &&
 			strings.Contains(p.body, `qwen-max <span class="badge b-open">open`) &&

@@ -20,6 +20,7 @@ import (
 	"github.com/peakdesk/peakdesk/dashboard/snapshot"
 	"github.com/peakdesk/peakdesk/loadtest/shopsim"
 	"github.com/peakdesk/peakdesk/storage"
+	"github.com/peakdesk/peakdesk/storage/storagetest"
 )
 
 var updateScreenshots = flag.Bool("update-screenshots", false, "write the console's screenshots to docs/")
@@ -108,7 +109,7 @@ func TestScreenshots(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, 30*time.Second, "the refunds to die", func() bool {
+	storagetest.WaitFor(t, "the refunds to die", 30*time.Second, func() bool {
 		n, err := b.db.CountActions(ctx, "demo", storage.ActionFilter{Q: "damaged"}, []peakdesk.ActionState{peakdesk.ActionDead})
 		return err == nil && n == 3
 	})

@@ -13,6 +13,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/peakdesk/peakdesk"
+	"github.com/peakdesk/peakdesk/ingest/httpjson"
 	"github.com/peakdesk/peakdesk/ingest/token"
 )
 
@@ -35,7 +36,7 @@ type batchResult struct {
 }
 
 type batchError struct {
-	errorDetail
+	httpjson.ErrorDetail
 	// RetryAfter is in seconds, for rate_limited and overloaded.
 	RetryAfter int `json:"retry_after,omitempty"`
 }
@@ -59,7 +60,7 @@ func (e *Edge) postBatch(w http.ResponseWriter, r *http.Request) error {
 	if r.Header.Get("Idempotency-Key") != "" {
 		return peakdesk.Errorf(peakdesk.EInvalid, "a batch takes client_msg_id on each message, not an Idempotency-Key header")
 	}
-	body, err := readBody(r, MaxBatchBodyBytes)
+	body, err := httpjson.ReadBody(r, MaxBatchBodyBytes)
 	if err != nil {
 		return err
 	}
@@ -86,7 +87,7 @@ func (e *Edge) postBatch(w http.ResponseWriter, r *http.Request) error {
 		})
 	}
 	wg.Wait()
-	writeJSON(w, http.StatusOK, struct {
+	httpjson.WriteJSON(w, http.StatusOK, struct {
 		Results []batchResult `json:"results"`
 	}{results})
 	return nil
@@ -116,7 +117,7 @@ func (e *Edge) acceptBatchItem(ctx context.Context, claims *token.Claims, info *
 		if code == peakdesk.EInternal {
 			e.log.ErrorContext(ctx, "batch message failed", "trace_id", peakdesk.TraceFrom(ctx).ID, "shop", claims.Shop, "err", err)
 		}
-		be := &batchError{errorDetail: errorDetail{Code: code, Message: peakdesk.ErrorMessage(err)}}
+		be := &batchError{ErrorDetail: httpjson.ErrorDetail{Code: code, Message: peakdesk.ErrorMessage(err)}}
 		var pe *peakdesk.Error
 		if errors.As(err, &pe) {
 			be.Field = pe.Field
@@ -125,7 +126,7 @@ func (e *Edge) acceptBatchItem(ctx context.Context, claims *token.Claims, info *
 			}
 		}
 		e.metrics.requests.WithLabelValues("post_batch_message", code).Inc()
-		return batchResult{HTTPStatus: statusOf(code), Error: be}
+		return batchResult{HTTPStatus: httpjson.Status(code), Error: be}
 	}
 	e.metrics.requests.WithLabelValues("post_batch_message", "ok").Inc()
 	status := http.StatusAccepted

@@ -22,6 +22,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/peakdesk/peakdesk"
+	"github.com/peakdesk/peakdesk/ingest/httpjson"
 	"github.com/peakdesk/peakdesk/ingest/token"
 	"github.com/peakdesk/peakdesk/storage"
 	"github.com/peakdesk/peakdesk/storage/queue"
@@ -70,6 +71,10 @@ type Config struct {
 	MaxPending int
 	// FAQ answers shed messages instantly when it is confident; optional.
 	FAQ FAQ
+	// ReplyWebhook builds the webhook.deliver action of a shed message's FAQ
+	// answer, stored in the answer's transaction like every reply's
+	// (outbox.ReplyWebhook); required with FAQ.
+	ReplyWebhook func(*peakdesk.Reply) (peakdesk.Action, error)
 	// MaxStreams caps the event streams open on this process at once; one
 	// more is answered 429. Default 10,000.
 	MaxStreams int
@@ -285,7 +290,7 @@ func (e *Edge) instrument(route string, h handlerFunc) http.Handler {
 		start := time.Now()
 		err := h(w, r)
 		if err != nil {
-			writeError(w, r, e.log.With("trace_id", trace.ID), err)
+			httpjson.WriteError(w, r, e.log.With("trace_id", trace.ID), err)
 		}
 		code := cmp.Or(peakdesk.ErrorCode(err), "ok")
 		e.metrics.requests.WithLabelValues(route, code).Inc()
@@ -308,7 +313,7 @@ func (e *Edge) postMessage(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	body, err := readBody(r, peakdesk.MaxBodyBytes)
+	body, err := httpjson.ReadBody(r, peakdesk.MaxBodyBytes)
 	if err != nil {
 		return err
 	}
@@ -339,7 +344,7 @@ func (e *Edge) postMessage(w http.ResponseWriter, r *http.Request) error {
 	if res.Status == peakdesk.StatusAnswered {
 		status = http.StatusOK
 	}
-	writeJSON(w, status, res)
+	httpjson.WriteJSON(w, status, res)
 	return nil
 }
 
@@ -587,7 +592,7 @@ func (e *Edge) getMessage(w http.ResponseWriter, r *http.Request) error {
 		if err := e.chargeRead(ctx, "get_message", claims, rec.UserID); err != nil {
 			return err
 		}
-		writeJSON(w, http.StatusOK, rec.MessageState)
+		httpjson.WriteJSON(w, http.StatusOK, rec.MessageState)
 		return nil
 	case !errors.Is(err, storage.ErrNotFound):
 		return err
@@ -603,7 +608,7 @@ func (e *Edge) getMessage(w http.ResponseWriter, r *http.Request) error {
 	if err := e.chargeRead(ctx, "get_message", claims, owner); err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, state)
+	httpjson.WriteJSON(w, http.StatusOK, state)
 	return nil
 }
 
@@ -725,7 +730,7 @@ func (e *Edge) getConversation(w http.ResponseWriter, r *http.Request) error {
 	if err := e.chargeRead(ctx, "get_conversation", claims, c.UserID); err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, c)
+	httpjson.WriteJSON(w, http.StatusOK, c)
 	return nil
 }
 

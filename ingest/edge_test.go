@@ -22,6 +22,7 @@ import (
 	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/ingest/token"
 	"github.com/peakdesk/peakdesk/loadtest/sse"
+	"github.com/peakdesk/peakdesk/outbox"
 	"github.com/peakdesk/peakdesk/storage"
 	"github.com/peakdesk/peakdesk/storage/queue"
 	"github.com/peakdesk/peakdesk/storage/storagetest"
@@ -331,7 +332,7 @@ func (fixedFAQ) Answer(_ context.Context, _, q string) (string, bool) {
 func TestAdmissionShedsLowPriorityFirst(t *testing.T) {
 	t.Parallel()
 	b := setup(t, queue.Topology{}, func(c *Config) {
-		c.FAQ = fixedFAQ{}
+		c.FAQ, c.ReplyWebhook = fixedFAQ{}, outbox.ReplyWebhook
 		c.Admission = AdmissionConfig{MinBacklog: 5, Refresh: 50 * time.Millisecond,
 			MaxWait: map[peakdesk.Priority]time.Duration{peakdesk.P0: time.Hour, peakdesk.P1: time.Hour, peakdesk.P2: time.Second}}
 	})

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"net/http"
 	"strings"
 	"unicode"
 	"unicode/utf8"
@@ -29,19 +28,6 @@ const (
 	maxKeyLen     = 128
 	maxChannelLen = 32
 )
-
-// readBody reads at most limit bytes of r's body: payload_too_large beyond.
-func readBody(r *http.Request, limit int64) ([]byte, error) {
-	body, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, limit))
-	var tooLarge *http.MaxBytesError
-	switch {
-	case errors.As(err, &tooLarge):
-		return nil, peakdesk.Errorf(peakdesk.EPayloadTooLarge, "request body exceeds %d bytes", limit)
-	case err != nil:
-		return nil, peakdesk.Errorf(peakdesk.EInvalid, "could not read request body")
-	}
-	return body, nil
-}
 
 // decodePostRequest parses and validates a POST /v1/messages body. It
 // returns the request with text trimmed, or an invalid_argument error that

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/peakdesk/peakdesk"
-	"github.com/peakdesk/peakdesk/outbox"
 	"github.com/peakdesk/peakdesk/storage/queue"
 )
 
@@ -17,7 +16,7 @@ import (
 // returns nil when there is no confident answer or storing fails (the
 // caller then sheds with 429).
 func (e *Edge) answerFromFAQ(ctx context.Context, m *peakdesk.Message) *peakdesk.Reply {
-	if e.cfg.FAQ == nil {
+	if e.cfg.FAQ == nil || e.cfg.ReplyWebhook == nil {
 		return nil
 	}
 	text, ok := e.cfg.FAQ.Answer(ctx, m.ShopID, m.Text)
@@ -30,7 +29,7 @@ func (e *Edge) answerFromFAQ(ctx context.Context, m *peakdesk.Message) *peakdesk
 		MessageIDs: []string{m.ID}, Text: text, Source: peakdesk.SourceFAQ}
 	// Message and answer commit together, so no worker sees the message
 	// unanswered.
-	stored, existed, err := e.cfg.DB.SaveAnsweredMessage(ctx, m, reply, outbox.ReplyWebhook)
+	stored, existed, err := e.cfg.DB.SaveAnsweredMessage(ctx, m, reply, e.cfg.ReplyWebhook)
 	switch {
 	case err != nil:
 		e.log.WarnContext(ctx, "storing a shed answer failed", "trace_id", peakdesk.TraceFrom(ctx).ID, "err", err)

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -27,26 +26,6 @@ import (
 	"github.com/peakdesk/peakdesk/storage/storagetest"
 )
 
-// testClock is a clock the test moves by hand.
-type testClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func newTestClock() *testClock { return &testClock{now: time.Now().UTC().Truncate(time.Millisecond)} }
-
-func (c *testClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *testClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
-
 // testEnv is a fresh database with shops "demo" and "other", the simulated
 // shop API behind a real HTTP server, and a shop client pointed at it.
 type testEnv struct {
@@ -55,7 +34,7 @@ type testEnv struct {
 	sim   *shopsim.Sim
 	url   string
 	shop  *shopapi.Client
-	clock *testClock
+	clock *storagetest.Clock
 
 	mu    sync.Mutex
 	calls []shopCall
@@ -87,7 +66,7 @@ func setup(t testing.TB, faults shopsim.Faults) *testEnv {
 			t.Fatal(err)
 		}
 	}
-	e := &testEnv{dbURL: dbURL, db: db, sim: shopsim.New(faults, []byte(testWebhookSecret)), clock: newTestClock()}
+	e := &testEnv{dbURL: dbURL, db: db, sim: shopsim.New(faults, []byte(testWebhookSecret)), clock: storagetest.NewClock()}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		e.mu.Lock()
 		e.calls = append(e.calls, shopCall{Method: r.Method, Path: r.URL.Path, Key: r.Header.Get("Idempotency-Key"),
@@ -154,7 +133,7 @@ func dropEarly(t testing.TB, dbURL string) {
 func (e *testEnv) relayConfig(t testing.TB) outbox.Config {
 	return outbox.Config{
 		DB: e.db, Shop: e.shop, Now: e.clock.Now,
-		Logger:       testLogger(t),
+		Logger:       storagetest.Logger(t),
 		PollInterval: 10 * time.Millisecond,
 		Step:         10 * time.Second, FollowUpStep: 5 * time.Second, Jitter: 0.1,
 		Lease: time.Minute, AttemptTimeout: 10 * time.Second,
@@ -180,29 +159,6 @@ func (e *testEnv) startRelay(t testing.TB, cfg outbox.Config) *outbox.Relay {
 	}
 	t.Cleanup(r.Stop)
 	return r
-}
-
-func testLogger(t testing.TB) *slog.Logger {
-	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
-}
-
-type testWriter struct{ t testing.TB }
-
-func (w testWriter) Write(b []byte) (int, error) {
-	w.t.Log(strings.TrimSpace(string(b)))
-	return len(b), nil
-}
-
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 // coupon returns a coupon action for catalogue user u7, due at the test

@@ -16,6 +16,7 @@ import (
 	"github.com/peakdesk/peakdesk/loadtest/shopsim"
 	"github.com/peakdesk/peakdesk/outbox/shopapi"
 	"github.com/peakdesk/peakdesk/storage"
+	"github.com/peakdesk/peakdesk/storage/storagetest"
 )
 
 // guardedClient is a shop client as production runs it: https only, public
@@ -78,7 +79,7 @@ func TestRefusedShopURLsKillTheActionAtOnce(t *testing.T) {
 	cfg := e.relayConfig(t)
 	cfg.Shop = e.guardedClient(t)
 	e.startRelay(t, cfg)
-	waitFor(t, 10*time.Second, "every action dead", func() bool {
+	storagetest.WaitFor(t, "every action dead", 10*time.Second, func() bool {
 		return e.all(t, func(a peakdesk.Action) bool { return a.State == peakdesk.ActionDead })
 	})
 
@@ -124,7 +125,7 @@ func TestRedirectsAreNotFollowed(t *testing.T) {
 	e.enqueue(t, e.coupon(1))
 	e.startRelay(t, e.relayConfig(t)) // private URLs allowed: httptest is on loopback
 	var a peakdesk.Action
-	waitFor(t, 10*time.Second, "dead", func() bool {
+	storagetest.WaitFor(t, "dead", 10*time.Second, func() bool {
 		a = e.actions(t)[0]
 		return a.State == peakdesk.ActionDead
 	})
@@ -217,7 +218,7 @@ func TestShopAnswersAreBoundedAndExcerptsCapped(t *testing.T) {
 	e.enqueue(t, e.coupon(1))
 	e.startRelay(t, e.relayConfig(t))
 	var a peakdesk.Action
-	waitFor(t, 10*time.Second, "dead", func() bool {
+	storagetest.WaitFor(t, "dead", 10*time.Second, func() bool {
 		a = e.actions(t)[0]
 		return a.State == peakdesk.ActionDead
 	})

@@ -9,6 +9,7 @@ import (
 	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/loadtest/shopsim"
 	"github.com/peakdesk/peakdesk/outbox"
+	"github.com/peakdesk/peakdesk/storage/storagetest"
 )
 
 // BenchmarkRelay measures how many actions per second 1 and 2 relays carry
@@ -41,8 +42,8 @@ func BenchmarkRelay(b *testing.B) {
 			start := time.Now()
 			// The simulator counts effects in memory: cheap to poll. Then
 			// wait for the last results to be recorded.
-			waitFor(b, 10*time.Minute, "every effect applied", func() bool { return len(e.sim.Effects()) >= b.N })
-			waitFor(b, time.Minute, "every action succeeded", func() bool {
+			storagetest.WaitFor(b, "every effect applied", 10*time.Minute, func() bool { return len(e.sim.Effects()) >= b.N })
+			storagetest.WaitFor(b, "every action succeeded", time.Minute, func() bool {
 				counts, err := e.db.ActionCounts(ctx)
 				if err != nil {
 					b.Fatal(err)

@@ -18,6 +18,7 @@ import (
 	"github.com/peakdesk/peakdesk/outbox"
 	"github.com/peakdesk/peakdesk/outbox/shopapi"
 	"github.com/peakdesk/peakdesk/storage"
+	"github.com/peakdesk/peakdesk/storage/storagetest"
 	"github.com/peakdesk/peakdesk/workers/texts"
 )
 
@@ -41,7 +42,7 @@ func TestShopOutageRetriesOnTheLinearScheduleThenSucceedsExactlyOnce(t *testing.
 	// later.
 	for n := 1; n <= 3; n++ {
 		failedAt := e.clock.Now()
-		waitFor(t, 10*time.Second, "failed attempt", func() bool {
+		storagetest.WaitFor(t, "failed attempt", 10*time.Second, func() bool {
 			return e.all(t, func(a peakdesk.Action) bool { return a.Attempts == n && a.State == peakdesk.ActionRetrying })
 		})
 		step := time.Duration(n) * 10 * time.Second
@@ -60,7 +61,7 @@ func TestShopOutageRetriesOnTheLinearScheduleThenSucceedsExactlyOnce(t *testing.
 		// Every next attempt is due once the clock passes the latest.
 		e.clock.Advance(high)
 	}
-	waitFor(t, 10*time.Second, "every action succeeded", func() bool {
+	storagetest.WaitFor(t, "every action succeeded", 10*time.Second, func() bool {
 		return e.all(t, func(a peakdesk.Action) bool { return a.State == peakdesk.ActionSucceeded })
 	})
 
@@ -107,7 +108,7 @@ func TestKilledRelaysLeasesExpireAndAnotherRelayFinishes(t *testing.T) {
 	cfg := e.relayConfig(t)
 	cfg.Concurrency = n
 	first := e.startRelay(t, cfg)
-	waitFor(t, 10*time.Second, "some effects applied", func() bool { return len(e.sim.Effects()) >= 3 })
+	storagetest.WaitFor(t, "some effects applied", 10*time.Second, func() bool { return len(e.sim.Effects()) >= 3 })
 	outbox.Kill(first)
 
 	var stranded int
@@ -128,7 +129,7 @@ func TestKilledRelaysLeasesExpireAndAnotherRelayFinishes(t *testing.T) {
 
 	e.clock.Advance(cfg.Lease + time.Second)
 	second := e.startRelay(t, e.relayConfig(t))
-	waitFor(t, 20*time.Second, "every action succeeded", func() bool {
+	storagetest.WaitFor(t, "every action succeeded", 20*time.Second, func() bool {
 		return e.all(t, func(a peakdesk.Action) bool { return a.State == peakdesk.ActionSucceeded })
 	})
 	effects := e.effectsByKey()
@@ -178,7 +179,7 @@ func TestTwoRelaysNeverClaimTheSameAction(t *testing.T) {
 		relays = append(relays, e.startRelay(t, cfg))
 	}
 	e.enqueue(t, actions...)
-	waitFor(t, 30*time.Second, "every action succeeded", func() bool {
+	storagetest.WaitFor(t, "every action succeeded", 30*time.Second, func() bool {
 		return e.all(t, func(a peakdesk.Action) bool { return a.State == peakdesk.ActionSucceeded })
 	})
 	byRelay := map[string]int{}
@@ -223,7 +224,7 @@ func TestValidationFailureIsDeadUntilAnOperatorRetriesAfterTheFix(t *testing.T) 
 	dead := func(attempts int) peakdesk.Action {
 		t.Helper()
 		var a peakdesk.Action
-		waitFor(t, 10*time.Second, "dead action", func() bool {
+		storagetest.WaitFor(t, "dead action", 10*time.Second, func() bool {
 			a = e.actions(t)[0]
 			return a.State == peakdesk.ActionDead && a.Attempts == attempts
 		})
@@ -244,7 +245,7 @@ func TestValidationFailureIsDeadUntilAnOperatorRetriesAfterTheFix(t *testing.T) 
 	if err != nil || retried.KeyGeneration != 2 || retried.State != peakdesk.ActionPending {
 		t.Fatalf("retry: %+v, %v", retried, err)
 	}
-	waitFor(t, 10*time.Second, "success after the fix", func() bool {
+	storagetest.WaitFor(t, "success after the fix", 10*time.Second, func() bool {
 		return e.actions(t)[0].State == peakdesk.ActionSucceeded
 	})
 	effects := e.sim.Effects()
@@ -271,13 +272,13 @@ func TestExhaustedActionIsDeadAndAnOperatorRetryKeepsItsKey(t *testing.T) {
 	a.MaxAttempts = 2
 	e.enqueue(t, a)
 	e.startRelay(t, e.relayConfig(t))
-	waitFor(t, 10*time.Second, "first failure", func() bool {
+	storagetest.WaitFor(t, "first failure", 10*time.Second, func() bool {
 		a := e.actions(t)[0]
 		return a.Attempts == 1 && a.State == peakdesk.ActionRetrying
 	})
 	e.clock.Advance(11 * time.Second)
 	var got peakdesk.Action
-	waitFor(t, 10*time.Second, "dead after max attempts", func() bool {
+	storagetest.WaitFor(t, "dead after max attempts", 10*time.Second, func() bool {
 		got = e.actions(t)[0]
 		return got.State == peakdesk.ActionDead
 	})
@@ -290,7 +291,7 @@ func TestExhaustedActionIsDeadAndAnOperatorRetryKeepsItsKey(t *testing.T) {
 	if err != nil || retried.KeyGeneration != 0 || retried.RunAttempts != 0 {
 		t.Fatalf("retry: %+v, %v", retried, err)
 	}
-	waitFor(t, 10*time.Second, "success", func() bool { return e.actions(t)[0].State == peakdesk.ActionSucceeded })
+	storagetest.WaitFor(t, "success", 10*time.Second, func() bool { return e.actions(t)[0].State == peakdesk.ActionSucceeded })
 	if ef := e.sim.Effects(); len(ef) != 1 || ef[0].IdempotencyKey != a.IdempotencyKey {
 		t.Fatalf("effects: %+v", ef)
 	}
@@ -305,7 +306,7 @@ func TestStopRecordsAbortedAttempts(t *testing.T) {
 	cfg := e.relayConfig(t)
 	cfg.SoftStop = 50 * time.Millisecond
 	r := e.startRelay(t, cfg)
-	waitFor(t, 10*time.Second, "claimed", func() bool { return e.actions(t)[0].State == peakdesk.ActionRunning })
+	storagetest.WaitFor(t, "claimed", 10*time.Second, func() bool { return e.actions(t)[0].State == peakdesk.ActionRunning })
 	r.Stop()
 	r.Stop()
 	a := e.actions(t)[0]
@@ -344,7 +345,7 @@ func TestReplyWebhookIsSignedAndRetriedAfterTheSecretIsFixed(t *testing.T) {
 	}
 	e.startRelay(t, e.relayConfig(t))
 	var dead peakdesk.Action
-	waitFor(t, 10*time.Second, "dead on 401", func() bool {
+	storagetest.WaitFor(t, "dead on 401", 10*time.Second, func() bool {
 		dead = e.actions(t)[0]
 		return dead.State == peakdesk.ActionDead
 	})
@@ -359,7 +360,7 @@ func TestReplyWebhookIsSignedAndRetriedAfterTheSecretIsFixed(t *testing.T) {
 	if _, err := ops.Retry(ctx, outbox.Operator{ID: "alice", Shop: "demo"}, dead.ID); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "delivered", func() bool { return e.actions(t)[0].State == peakdesk.ActionSucceeded })
+	storagetest.WaitFor(t, "delivered", 10*time.Second, func() bool { return e.actions(t)[0].State == peakdesk.ActionSucceeded })
 	var good []shopsim.Webhook
 	for _, wh := range e.sim.Webhooks() {
 		if wh.SignatureValid {
@@ -415,11 +416,11 @@ func TestOrderFollowUpPushesTheSecondReplyOrHandsOver(t *testing.T) {
 		return nil
 	}
 	e.startRelay(t, cfg)
-	waitFor(t, 10*time.Second, "first failures", func() bool {
+	storagetest.WaitFor(t, "first failures", 10*time.Second, func() bool {
 		return e.all(t, func(a peakdesk.Action) bool { return a.Attempts == 1 && a.State == peakdesk.ActionRetrying })
 	})
 	e.clock.Advance(6 * time.Second)
-	waitFor(t, 10*time.Second, "lost follow-up handed over", func() bool {
+	storagetest.WaitFor(t, "lost follow-up handed over", 10*time.Second, func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(handoffs) == 1
@@ -429,13 +430,13 @@ func TestOrderFollowUpPushesTheSecondReplyOrHandsOver(t *testing.T) {
 	}
 	// ok failed its second attempt (next in 9..11 s); now the shop is back
 	// but the first push of the reply fails (next in 13.5..16.5 s).
-	waitFor(t, 10*time.Second, "second failure", func() bool {
+	storagetest.WaitFor(t, "second failure", 10*time.Second, func() bool {
 		a := e.find(t, "ord_ok")
 		return a.Attempts == 2 && a.State == peakdesk.ActionRetrying
 	})
 	e.sim.SetFaults(shopsim.Faults{})
 	e.clock.Advance(11 * time.Second)
-	waitFor(t, 10*time.Second, "failed push recorded", func() bool {
+	storagetest.WaitFor(t, "failed push recorded", 10*time.Second, func() bool {
 		a := e.find(t, "ord_ok")
 		return a.Attempts == 3 && a.State == peakdesk.ActionRetrying
 	})
@@ -443,7 +444,7 @@ func TestOrderFollowUpPushesTheSecondReplyOrHandsOver(t *testing.T) {
 		t.Fatalf("%d pushes, want 1", calls.Load())
 	}
 	e.clock.Advance(17 * time.Second)
-	waitFor(t, 10*time.Second, "follow-up succeeded", func() bool {
+	storagetest.WaitFor(t, "follow-up succeeded", 10*time.Second, func() bool {
 		return e.find(t, "ord_ok").State == peakdesk.ActionSucceeded
 	})
 	mu.Lock()
@@ -478,17 +479,17 @@ func TestShopCallsContinueTheTraceOfTheMessageThatPromisedThem(t *testing.T) {
 	cfg.Logger = slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	e.startRelay(t, cfg)
 
-	waitFor(t, 10*time.Second, "first failures", func() bool {
+	storagetest.WaitFor(t, "first failures", 10*time.Second, func() bool {
 		return e.all(t, func(a peakdesk.Action) bool { return a.Attempts == 1 && a.State == peakdesk.ActionRetrying })
 	})
 	e.clock.Advance(11 * time.Second)
-	waitFor(t, 10*time.Second, "the refund dead, the coupon failed twice", func() bool {
+	storagetest.WaitFor(t, "the refund dead, the coupon failed twice", 10*time.Second, func() bool {
 		return e.find(t, untraced.IdempotencyKey).State == peakdesk.ActionDead &&
 			e.find(t, traced.IdempotencyKey).Attempts == 2
 	})
 	e.sim.SetFaults(shopsim.Faults{})
 	e.clock.Advance(22 * time.Second)
-	waitFor(t, 10*time.Second, "the coupon succeeded", func() bool {
+	storagetest.WaitFor(t, "the coupon succeeded", 10*time.Second, func() bool {
 		return e.find(t, traced.IdempotencyKey).State == peakdesk.ActionSucceeded
 	})
 
@@ -595,7 +596,7 @@ func TestRelayWakesOnNotify(t *testing.T) {
 	cfg.PollInterval = time.Hour
 	e.startRelay(t, cfg)
 	e.enqueue(t, e.coupon(1))
-	waitFor(t, 10*time.Second, "the new action attempted", func() bool {
+	storagetest.WaitFor(t, "the new action attempted", 10*time.Second, func() bool {
 		return e.actions(t)[0].State == peakdesk.ActionDead
 	})
 	e.sim.SetFaults(shopsim.Faults{})
@@ -603,7 +604,7 @@ func TestRelayWakesOnNotify(t *testing.T) {
 	if _, err := ops.Retry(context.Background(), outbox.Operator{ID: "alice", Shop: "*"}, e.actions(t)[0].ID); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "the retried action succeeded", func() bool {
+	storagetest.WaitFor(t, "the retried action succeeded", 10*time.Second, func() bool {
 		return e.actions(t)[0].State == peakdesk.ActionSucceeded
 	})
 }
@@ -642,7 +643,7 @@ func TestOrderFollowUpReplyIsMaskedBeforeItIsStored(t *testing.T) {
 		return err
 	}
 	e.startRelay(t, cfg)
-	waitFor(t, 10*time.Second, "follow-up succeeded", func() bool {
+	storagetest.WaitFor(t, "follow-up succeeded", 10*time.Second, func() bool {
 		return e.find(t, "ord_masked").State == peakdesk.ActionSucceeded
 	})
 	c, err := e.db.Conversation(ctx, "demo", conv)

@@ -14,8 +14,8 @@ import (
 	"github.com/peakdesk/peakdesk/loadtest/llmsim"
 	"github.com/peakdesk/peakdesk/storage"
 	"github.com/peakdesk/peakdesk/storage/queue"
+	"github.com/peakdesk/peakdesk/storage/storagetest"
 	"github.com/peakdesk/peakdesk/workers/faq"
-	"github.com/peakdesk/peakdesk/workers/workertest"
 )
 
 // plainMessage is a message of a new conversation of user whose text goes
@@ -73,7 +73,7 @@ func TestRefundToolActionStoredWithReply(t *testing.T) {
 	// Catalogue order 1234567890123456 belongs to user u6.
 	m := plainMessage(peakdesk.P0, "u6", "我要退款，订单号 1234567890123456")
 	b.publish(t, m)
-	workertest.WaitFor(t, "the answer", 15*time.Second, func() bool { return b.answered(t, []string{m.ID}) == 1 })
+	storagetest.WaitFor(t, "the answer", 15*time.Second, func() bool { return b.answered(t, []string{m.ID}) == 1 })
 
 	r := b.replies(t, m.ConversationID)
 	t.Logf("replies: %+v", r)
@@ -111,7 +111,7 @@ func TestToolActionsKeptWhenTheLLMFailsAfterwards(t *testing.T) {
 	b.start(t, func(c *Config, l *LimitsConfig) { c.Tools = b.tools })
 	m := plainMessage(peakdesk.P0, "u6", "我要退款，订单号 1234567890123456")
 	b.publish(t, m)
-	workertest.WaitFor(t, "the answer", 15*time.Second, func() bool { return b.answered(t, []string{m.ID}) == 1 })
+	storagetest.WaitFor(t, "the answer", 15*time.Second, func() bool { return b.answered(t, []string{m.ID}) == 1 })
 	r := b.replies(t, m.ConversationID)
 	if len(r) != 1 || r[0].source != peakdesk.SourceHandoff {
 		t.Fatalf("replies %+v; want the handoff", r)
@@ -132,7 +132,7 @@ func TestToolHandoffMarksConversation(t *testing.T) {
 	b.start(t, func(c *Config, l *LimitsConfig) { c.Tools = b.tools })
 	m := plainMessage(peakdesk.P1, "u1", "我要人工客服")
 	b.publish(t, m)
-	workertest.WaitFor(t, "the answer", 15*time.Second, func() bool { return b.answered(t, []string{m.ID}) == 1 })
+	storagetest.WaitFor(t, "the answer", 15*time.Second, func() bool { return b.answered(t, []string{m.ID}) == 1 })
 	r := b.replies(t, m.ConversationID)
 	if len(r) != 1 || r[0].source != peakdesk.SourceLLM {
 		t.Fatalf("replies %+v; want the LLM's answer", r)
@@ -169,7 +169,7 @@ func TestLLMOutageFallsBackToDemoFAQ(t *testing.T) {
 	known := plainMessage(peakdesk.P1, "u1", question)
 	unknown := plainMessage(peakdesk.P1, "u2", "你们的仓库能寄到南极科考站吗？")
 	b.publish(t, known, unknown)
-	workertest.WaitFor(t, "two answers", 15*time.Second, func() bool { return b.answered(t, ids([]peakdesk.Message{known, unknown})) == 2 })
+	storagetest.WaitFor(t, "two answers", 15*time.Second, func() bool { return b.answered(t, ids([]peakdesk.Message{known, unknown})) == 2 })
 
 	r := b.replies(t, known.ConversationID)
 	if len(r) != 1 || r[0].source != peakdesk.SourceFAQ || r[0].text != want {
@@ -181,7 +181,7 @@ func TestLLMOutageFallsBackToDemoFAQ(t *testing.T) {
 	if n := b.attempts(t, known.ID); n != 1 {
 		t.Fatalf("answered in turn %d, want the first", n)
 	}
-	workertest.WaitFor(t, "the reply event", 10*time.Second, func() bool { return countEvents(t, b, known.ConversationID) == 1 })
+	storagetest.WaitFor(t, "the reply event", 10*time.Second, func() bool { return countEvents(t, b, known.ConversationID) == 1 })
 	if kinds := b.actionsOf(t, r[0].id); len(kinds) != 0 {
 		t.Fatalf("actions %v for a fallback without tool calls", kinds)
 	}
@@ -211,10 +211,10 @@ func TestReplyWebhookActionPerReply(t *testing.T) {
 	conv := newConvID()
 	first := message(peakdesk.P2, conv, "hello")
 	b.publish(t, first)
-	workertest.WaitFor(t, "the first answer", 15*time.Second, func() bool { return b.answered(t, []string{first.ID}) == 1 })
+	storagetest.WaitFor(t, "the first answer", 15*time.Second, func() bool { return b.answered(t, []string{first.ID}) == 1 })
 	msgs := []peakdesk.Message{first, message(peakdesk.P2, conv, "and another thing"), message(peakdesk.P1, "", "hi")}
 	b.publish(t, msgs[1:]...)
-	workertest.WaitFor(t, "three answers", 15*time.Second, func() bool { return b.answered(t, ids(msgs)) == 3 })
+	storagetest.WaitFor(t, "three answers", 15*time.Second, func() bool { return b.answered(t, ids(msgs)) == 3 })
 
 	rows, err := b.pool.Query(context.Background(), `SELECT r.id, count(a.id), min(a.payload->'reply'->>'reply_id')
 		FROM replies r LEFT JOIN outbox_actions a ON a.reply_id = r.id AND a.kind = 'webhook.deliver'
@@ -286,9 +286,9 @@ func TestUrgentAnswerStreamsPartials(t *testing.T) {
 	m := message(peakdesk.P1, "", "where is my parcel")
 	partials := b.followPartials(t, m.ConversationID)
 	b.publish(t, m)
-	workertest.WaitFor(t, "the reply event", 15*time.Second, func() bool { return countEvents(t, b, m.ConversationID) == 1 })
+	storagetest.WaitFor(t, "the reply event", 15*time.Second, func() bool { return countEvents(t, b, m.ConversationID) == 1 })
 	ev := b.lastEvent(t, m.ConversationID)
-	workertest.WaitFor(t, "a partial reply", 5*time.Second, func() bool { return len(partials.snapshot()) > 0 })
+	storagetest.WaitFor(t, "a partial reply", 5*time.Second, func() bool { return len(partials.snapshot()) > 0 })
 	for _, p := range partials.snapshot() {
 		if p.ConversationID != m.ConversationID || len(p.MessageIDs) != 1 || p.MessageIDs[0] != m.ID ||
 			p.Text == "" || !strings.HasPrefix(ev.Text, p.Text) {
@@ -309,10 +309,10 @@ func TestBrokenStreamReplyReplacesPartial(t *testing.T) {
 	m := message(peakdesk.P0, "", "my payment failed")
 	partials := b.followPartials(t, m.ConversationID)
 	b.publish(t, m)
-	workertest.WaitFor(t, "the reply event", 15*time.Second, func() bool { return countEvents(t, b, m.ConversationID) == 1 })
+	storagetest.WaitFor(t, "the reply event", 15*time.Second, func() bool { return countEvents(t, b, m.ConversationID) == 1 })
 	ev := b.lastEvent(t, m.ConversationID)
 	if ev.Source == peakdesk.SourceLLM || !ev.ReplacesPartial {
 		t.Fatalf("reply event %+v; want a fallback that replaces the partial text", ev)
 	}
-	workertest.WaitFor(t, "a partial reply", 5*time.Second, func() bool { return len(partials.snapshot()) > 0 })
+	storagetest.WaitFor(t, "a partial reply", 5*time.Second, func() bool { return len(partials.snapshot()) > 0 })
 }

@@ -14,7 +14,7 @@ import (
 	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/loadtest/llmsim"
 	"github.com/peakdesk/peakdesk/storage/queue"
-	"github.com/peakdesk/peakdesk/workers/workertest"
+	"github.com/peakdesk/peakdesk/storage/storagetest"
 )
 
 // The benchmarks run one scenario each (a few to 30 seconds) on the real
@@ -40,7 +40,7 @@ func (b *testBundle) drain(tb testing.TB, n int, timeout time.Duration, start fu
 	tb.Helper()
 	t0 := time.Now()
 	start()
-	workertest.WaitFor(tb, fmt.Sprintf("%d answers", n), timeout, func() bool { return b.answeredTotal(tb) >= n })
+	storagetest.WaitFor(tb, fmt.Sprintf("%d answers", n), timeout, func() bool { return b.answeredTotal(tb) >= n })
 	return time.Since(t0)
 }
 
@@ -57,7 +57,7 @@ func BenchmarkAnswersPerSecondInstantLLM(b *testing.B) {
 		}
 		tb.publish(b, msgs...)
 		took := tb.drain(b, n, 2*time.Minute, func() {
-			tb.start(b, func(c *Config, l *LimitsConfig) { l.Concurrency = 64; c.Logger = workertest.Logger(b) })
+			tb.start(b, func(c *Config, l *LimitsConfig) { l.Concurrency = 64; c.Logger = storagetest.Logger(b) })
 		})
 		b.ReportMetric(float64(n)/took.Seconds(), "answers/s")
 	}
@@ -165,7 +165,7 @@ func BenchmarkOverloadP0Latency(b *testing.B) {
 			tb.publish(b, batch...)
 		}
 		tick.Stop()
-		workertest.WaitFor(b, "every p0 answer", time.Minute, func() bool {
+		storagetest.WaitFor(b, "every p0 answer", time.Minute, func() bool {
 			mu.Lock()
 			defer mu.Unlock()
 			return len(p0Lat) >= p0Sent

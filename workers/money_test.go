@@ -12,7 +12,7 @@ import (
 
 	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/storage"
-	"github.com/peakdesk/peakdesk/workers/workertest"
+	"github.com/peakdesk/peakdesk/storage/storagetest"
 )
 
 // scriptedCoupons is an OpenAI-compatible LLM that answers a question with
@@ -72,7 +72,7 @@ func TestThreeCouponCallsInOneResponsePromiseOne(t *testing.T) {
 	// p2 with an order-like number: offered tools, answered without streaming.
 	m := plainMessage(peakdesk.P2, "u7", "my parcel 1234567 is late, I want coupons")
 	b.publish(t, m)
-	workertest.WaitFor(t, "the answer", 15*time.Second, func() bool { return b.answered(t, []string{m.ID}) == 1 })
+	storagetest.WaitFor(t, "the answer", 15*time.Second, func() bool { return b.answered(t, []string{m.ID}) == 1 })
 	r := b.replies(t, m.ConversationID)
 	if len(r) != 1 || r[0].source != peakdesk.SourceLLM {
 		t.Fatalf("replies %+v; want the model's answer", r)

@@ -12,7 +12,6 @@ import (
 	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/storage"
 	"github.com/peakdesk/peakdesk/storage/storagetest"
-	"github.com/peakdesk/peakdesk/workers/workertest"
 )
 
 // admissions records when calls were admitted.
@@ -145,7 +144,7 @@ func TestProviderLimiterFallsBackToALocalShare(t *testing.T) {
 	t.Parallel()
 	dead := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", DialTimeout: 50 * time.Millisecond})
 	t.Cleanup(func() { _ = dead.Close() })
-	l := NewProviderLimiter(ProviderLimitConfig{Redis: dead, Key: "test-" + newID(), RPM: 1200, Logger: workertest.Logger(t)})
+	l := NewProviderLimiter(ProviderLimitConfig{Redis: dead, Key: "test-" + newID(), RPM: 1200, Logger: storagetest.Logger(t)})
 	var degraded atomic.Bool
 	l.Degraded = func(local bool) { degraded.Store(local) }
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -183,13 +182,13 @@ func TestProviderLimiterServesP0First(t *testing.T) {
 		})
 	}
 	call("first", peakdesk.P2) // holds the line, waiting for the budget
-	workertest.WaitFor(t, "the first caller to wait", 5*time.Second, func() bool {
+	storagetest.WaitFor(t, "the first caller to wait", 5*time.Second, func() bool {
 		l.mu.Lock()
 		defer l.mu.Unlock()
 		return l.busy
 	})
 	call("p2", peakdesk.P2)
-	workertest.WaitFor(t, "the p2 caller to queue", 5*time.Second, func() bool {
+	storagetest.WaitFor(t, "the p2 caller to queue", 5*time.Second, func() bool {
 		l.mu.Lock()
 		defer l.mu.Unlock()
 		return l.line.Len() == 1

@@ -9,7 +9,7 @@ import (
 
 	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/loadtest/llmsim"
-	"github.com/peakdesk/peakdesk/workers/workertest"
+	"github.com/peakdesk/peakdesk/storage/storagetest"
 )
 
 func TestPickerSharesByWeight(t *testing.T) {
@@ -144,7 +144,7 @@ func TestP0JumpsAheadOfQueuedP2(t *testing.T) {
 	}
 	b.publish(t, p2...)
 	b.start(t, func(c *Config, l *LimitsConfig) { l.Concurrency, l.MinConcurrency = concurrency, concurrency })
-	workertest.WaitFor(t, "the worker to be busy with p2", 30*time.Second, func() bool { return b.calls.len() >= 20 })
+	storagetest.WaitFor(t, "the worker to be busy with p2", 30*time.Second, func() bool { return b.calls.len() >= 20 })
 
 	urgent := message(peakdesk.P0, "", "refund failed")
 	b.publish(t, urgent) // returns once JetStream has stored it
@@ -153,7 +153,7 @@ func TestP0JumpsAheadOfQueuedP2(t *testing.T) {
 	if err := b.pool.QueryRow(ctx, `SELECT count(*) FROM messages WHERE priority = 'p2'`).Scan(&startedBefore); err != nil {
 		t.Fatal(err)
 	}
-	workertest.WaitFor(t, "the p0 answer", 30*time.Second, func() bool { return b.answered(t, []string{urgent.ID}) == 1 })
+	storagetest.WaitFor(t, "the p0 answer", 30*time.Second, func() bool { return b.answered(t, []string{urgent.ID}) == 1 })
 
 	// A message starts when its worker stores it (created_at). Only p2
 	// messages already in flight when the p0 was queued (at most one per
@@ -203,7 +203,7 @@ func TestP2ServedAtItsWeightUnderOverload(t *testing.T) {
 			}
 		}
 	})
-	workertest.WaitFor(t, "300 LLM calls", 60*time.Second, func() bool { return b.calls.len() >= 300 })
+	storagetest.WaitFor(t, "300 LLM calls", 60*time.Second, func() bool { return b.calls.len() >= 300 })
 	stop()
 	wg.Wait()
 
@@ -238,7 +238,7 @@ func TestIdleWorkerWakesForEachPriority(t *testing.T) {
 		b.waitParked(t, 1)
 		m := message(p, "", "hello")
 		b.publish(t, m)
-		workertest.WaitFor(t, "the "+string(p)+" answer", 20*time.Second, func() bool { return b.answered(t, []string{m.ID}) == 1 })
+		storagetest.WaitFor(t, "the "+string(p)+" answer", 20*time.Second, func() bool { return b.answered(t, []string{m.ID}) == 1 })
 		answered++
 		if n := w.pulls.Load(); n > int64(len(peakdesk.Priorities)+perMessage*answered) {
 			t.Fatalf("%d pull requests for %d messages; an idle worker should wait on its parked pulls", n, answered)
@@ -251,7 +251,7 @@ func TestIdleWorkerWakesForEachPriority(t *testing.T) {
 	}
 	b.waitParked(t, 1)
 	b.publish(t, msgs...)
-	workertest.WaitFor(t, "three answers", 20*time.Second, func() bool { return b.answered(t, ids(msgs)) == 3 })
+	storagetest.WaitFor(t, "three answers", 20*time.Second, func() bool { return b.answered(t, ids(msgs)) == 3 })
 	for _, c := range b.calls.snapshot() {
 		if !strings.HasPrefix(c.users[len(c.users)-1], "[p") {
 			t.Fatalf("unexpected call %+v", c)

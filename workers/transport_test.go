@@ -9,8 +9,8 @@ import (
 
 	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/loadtest/llmsim"
+	"github.com/peakdesk/peakdesk/storage/storagetest"
 	"github.com/peakdesk/peakdesk/workers/llm"
-	"github.com/peakdesk/peakdesk/workers/workertest"
 )
 
 // With the Answerer's HTTP client on the worker's transport, every HTTP
@@ -24,7 +24,7 @@ func TestLLMTransportBacksOffOnOverload(t *testing.T) {
 	w := b.start(t, func(c *Config, l *LimitsConfig) { l.Concurrency, l.MinConcurrency = 16, 2 })
 	m := message(peakdesk.P1, "", "hello")
 	b.publish(t, m)
-	workertest.WaitFor(t, "the handoff", 20*time.Second, func() bool { return b.answered(t, []string{m.ID}) == 1 })
+	storagetest.WaitFor(t, "the handoff", 20*time.Second, func() bool { return b.answered(t, []string{m.ID}) == 1 })
 	if got := w.limits.Limit(); got >= 16 {
 		t.Fatalf("limit %d after 429s, want it below 16", got)
 	}
@@ -45,7 +45,7 @@ func TestLLMTransportKeepsTheBudget(t *testing.T) {
 	}
 	b.publish(t, msgs...)
 	b.start(t, func(c *Config, l *LimitsConfig) { l.Concurrency, l.ProviderRPM = 16, 600 })
-	workertest.WaitFor(t, "25 answers", 20*time.Second, func() bool { return b.answered(t, ids(msgs)) == 25 })
+	storagetest.WaitFor(t, "25 answers", 20*time.Second, func() bool { return b.answered(t, ids(msgs)) == 25 })
 	st := b.sim.Stats()
 	if st.ByStatus[429] != 0 || st.ByStatus[200] != 25 {
 		t.Fatalf("simulator statuses %v; want 25 answers and no 429", st.ByStatus)

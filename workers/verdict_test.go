@@ -12,7 +12,7 @@ import (
 	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/loadtest/llmsim"
 	"github.com/peakdesk/peakdesk/storage/queue"
-	"github.com/peakdesk/peakdesk/workers/workertest"
+	"github.com/peakdesk/peakdesk/storage/storagetest"
 )
 
 // countingMsg is a real JetStream message that notes every verdict told
@@ -167,7 +167,7 @@ func TestFurtherTurnsDoNotSettleTheFirstMessageAgain(t *testing.T) {
 		defer close(done)
 		w.process(context.Background(), head, nil, func() {})
 	}()
-	workertest.WaitFor(t, "the first turn's LLM call", 10*time.Second, func() bool { return b.calls.len() == 1 })
+	storagetest.WaitFor(t, "the first turn's LLM call", 10*time.Second, func() bool { return b.calls.len() == 1 })
 	b.publish(t, second)
 	queued := b.nextQueued(t, peakdesk.P1)
 	w.process(context.Background(), queued, nil, func() {})
@@ -196,7 +196,7 @@ func TestStopMidTurnHandsTheMessageBackOnce(t *testing.T) {
 		defer close(done)
 		w.process(ctx, msg, nil, func() {})
 	}()
-	workertest.WaitFor(t, "the LLM call", 10*time.Second, func() bool { return b.calls.len() == 1 })
+	storagetest.WaitFor(t, "the LLM call", 10*time.Second, func() bool { return b.calls.len() == 1 })
 	cancel()
 	<-done
 	wantVerdicts(t, "a message whose turn was cut short", msg, "nak")

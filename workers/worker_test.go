@@ -30,7 +30,6 @@ import (
 	"github.com/peakdesk/peakdesk/storage/storagetest"
 	"github.com/peakdesk/peakdesk/workers/answer"
 	"github.com/peakdesk/peakdesk/workers/llm"
-	"github.com/peakdesk/peakdesk/workers/workertest"
 )
 
 // testBundle is the real services one test's workers share: an embedded
@@ -146,12 +145,12 @@ func (b *testBundle) worker(t testing.TB, mod func(*Config, *LimitsConfig)) *Wor
 	// One registry per worker process, shared by its Answerer as in
 	// production.
 	reg := prometheus.NewRegistry()
-	lc := LimitsConfig{Concurrency: 8, ProviderKey: b.key, Redis: b.rdb, Logger: workertest.Logger(t),
+	lc := LimitsConfig{Concurrency: 8, ProviderKey: b.key, Redis: b.rdb, Logger: storagetest.Logger(t),
 		Registerer: reg}
 	cfg := Config{
 		JS: b.js, DB: b.db,
 		Memory:        &storage.Memory{DB: b.db, Redis: b.rdb},
-		Logger:        workertest.Logger(t),
+		Logger:        storagetest.Logger(t),
 		Registerer:    reg,
 		AckWait:       b.ackWait,
 		SoftStop:      2 * time.Second,
@@ -177,7 +176,7 @@ func (b *testBundle) worker(t testing.TB, mod func(*Config, *LimitsConfig)) *Wor
 		HTTPClient: hc,
 		LLM:        llm.CallerConfig{CallTimeout: 10 * time.Second},
 		KeyPrefix:  "pd:" + b.key + ":",
-		Logger:     workertest.Logger(t),
+		Logger:     storagetest.Logger(t),
 		Registerer: reg,
 	})
 	if err != nil {
@@ -266,7 +265,7 @@ func (b *testBundle) publish(t testing.TB, msgs ...peakdesk.Message) {
 // waiting at the server: n idle workers, each with its pulls parked.
 func (b *testBundle) waitParked(t testing.TB, n int) {
 	t.Helper()
-	workertest.WaitFor(t, fmt.Sprintf("%d parked pulls per priority", n), 10*time.Second, func() bool {
+	storagetest.WaitFor(t, fmt.Sprintf("%d parked pulls per priority", n), 10*time.Second, func() bool {
 		for _, p := range peakdesk.Priorities {
 			cons, err := b.js.Consumer(context.Background(), queue.StreamIn, queue.ConsumerName(p))
 			if err != nil {

@@ -15,13 +15,24 @@ import (
 	"strings"
 
 	"github.com/peakdesk/peakdesk/dashboard"
+	"github.com/peakdesk/peakdesk/ingest/token"
+	"github.com/peakdesk/peakdesk/outbox"
 	"github.com/peakdesk/peakdesk/storage"
 )
 
-// startConsole runs the operator console (the dashboard role) on mux.
-func (p *Program) startConsole(ctx context.Context, mux *http.ServeMux) error {
+// startConsole runs the dashboard role on mux: the operator console and the
+// operator JSON API (operators' tokens checked by auth).
+func (p *Program) startConsole(ctx context.Context, mux *http.ServeMux, auth *token.Authenticator) error {
 	cfg := &p.Config
-	var err error
+	ops, err := outbox.NewOps(outbox.OpsConfig{DB: p.db, Logger: p.Log})
+	if err != nil {
+		return err
+	}
+	dlq, err := outbox.NewDLQOps(outbox.DLQOpsConfig{DB: p.db, JS: p.js, Logger: p.Log})
+	if err != nil {
+		return err
+	}
+	dashboard.RegisterAPI(mux, dashboard.APIConfig{Auth: auth, Ops: ops, DLQ: dlq, Logger: p.Log})
 	p.console, err = dashboard.New(dashboard.Config{
 		DB: p.db, Redis: p.rdb, JS: p.js, Logger: p.Log,
 		Origin:         cfg.ConsoleOrigin,

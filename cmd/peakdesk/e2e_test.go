@@ -95,19 +95,12 @@ func (b *testBundle) start(t *testing.T, roles []string, mod func(*Config)) *Pro
 	if err := cfg.validate(); err != nil {
 		t.Fatal(err)
 	}
-	p := NewProgram(cfg, testLogWriter{t})
+	p := NewProgram(cfg, storagetest.LogWriter(t))
 	if err := p.Start(context.Background()); err != nil {
 		t.Fatalf("start %v: %v", roles, err)
 	}
 	t.Cleanup(p.Stop)
 	return p
-}
-
-type testLogWriter struct{ t *testing.T }
-
-func (w testLogWriter) Write(b []byte) (int, error) {
-	w.t.Log(strings.TrimSpace(string(b)))
-	return len(b), nil
 }
 
 func bearer(t *testing.T, shop, sub string, scopes ...string) string {

@@ -58,7 +58,7 @@ func TestMetricsOnlyOnTheMetricsListener(t *testing.T) {
 // an operator; operator tokens come from the platform key.
 func TestShopKeysFromTheCommands(t *testing.T) {
 	b := setup(t, llmsim.Faults{})
-	p := b.start(t, []string{roleIngest}, nil)
+	p := b.start(t, []string{roleIngest, roleDashboard}, nil)
 	base := "http://" + p.Addr()
 	env := map[string]string{"DATABASE_URL": b.dbURL, "PEAKDESK_JWT_SECRET": testSecret}
 	cmd := func(args ...string) (string, error) {

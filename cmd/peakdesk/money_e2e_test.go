@@ -10,6 +10,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/peakdesk/peakdesk/loadtest/llmsim"
+	"github.com/peakdesk/peakdesk/storage/storagetest"
 )
 
 // Customers farming the desk at midnight, through the real roles, the
@@ -72,21 +73,14 @@ func TestMoneyCannotBeFarmed(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close(ctx)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	storagetest.WaitFor(t, "every money action succeeded", 30*time.Second, func() bool {
 		var open int
 		if err := conn.QueryRow(ctx, `SELECT count(*) FROM outbox_actions
 			WHERE kind IN ('refund.request', 'coupon.issue') AND state <> 'succeeded'`).Scan(&open); err != nil {
 			t.Fatal(err)
 		}
-		if open == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d money actions not succeeded after 30 s", open)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return open == 0
+	})
 	effects := map[string]int{}
 	for _, e := range b.shop.Effects() {
 		effects[e.Kind]++

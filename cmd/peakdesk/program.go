@@ -214,7 +214,7 @@ func (p *Program) Start(ctx context.Context) (err error) {
 			DB: p.db, Redis: p.rdb, JS: p.js,
 			Logger: p.Log, Registerer: p.registry,
 			BatchPublish: cfg.PublishBatch,
-			FAQ:          edgeFAQ{p.faq},
+			FAQ:          edgeFAQ{p.faq}, ReplyWebhook: outbox.ReplyWebhook,
 			Admission: ingest.AdmissionConfig{Disabled: cfg.AdmissionDisabled, MinBacklog: int64(cfg.AdmissionMinBacklog),
 				MaxWait: map[peakdesk.Priority]time.Duration{
 					peakdesk.P0: cfg.AdmissionMaxWaitP0, peakdesk.P1: cfg.AdmissionMaxWaitP1, peakdesk.P2: cfg.AdmissionMaxWaitP2}},
@@ -226,7 +226,6 @@ func (p *Program) Start(ctx context.Context) (err error) {
 			return err
 		}
 		p.edge.Register(mux)
-		ingest.RegisterOpsDLQ(mux, auth, p.db, p.js, p.Log)
 	}
 	if cfg.hasRole(roleWorker) {
 		// Every LLM HTTP call goes through the worker's transport: the
@@ -299,7 +298,7 @@ func (p *Program) Start(ctx context.Context) (err error) {
 	}
 
 	if cfg.hasRole(roleRelay) {
-		if err := p.startRelay(ctx, mux, auth); err != nil {
+		if err := p.startRelay(ctx); err != nil {
 			return err
 		}
 	}
@@ -308,7 +307,7 @@ func (p *Program) Start(ctx context.Context) (err error) {
 		return err
 	}
 	if cfg.hasRole(roleDashboard) {
-		if err := p.startConsole(ctx, mux); err != nil {
+		if err := p.startConsole(ctx, mux, auth); err != nil {
 			return err
 		}
 	}

@@ -5,13 +5,10 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"net/http"
 
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/peakdesk/peakdesk"
-	"github.com/peakdesk/peakdesk/ingest"
-	"github.com/peakdesk/peakdesk/ingest/token"
 	"github.com/peakdesk/peakdesk/outbox"
 	"github.com/peakdesk/peakdesk/storage"
 	"github.com/peakdesk/peakdesk/storage/queue"
@@ -57,7 +54,7 @@ func (p replyPusher) push(ctx context.Context, r *peakdesk.Reply, handoff bool) 
 // startRelay starts the outbox relay role, with the retention job, and
 // mounts the operator actions API. The shop API is the configured one, or in
 // dev the simulator.
-func (p *Program) startRelay(ctx context.Context, mux *http.ServeMux, auth *token.Authenticator) error {
+func (p *Program) startRelay(ctx context.Context) error {
 	pusher := replyPusher{db: p.db, js: p.js}
 	var err error
 	p.relay, err = outbox.NewRelay(outbox.Config{
@@ -80,10 +77,5 @@ func (p *Program) startRelay(ctx context.Context, mux *http.ServeMux, auth *toke
 	if err := p.redactor.Start(ctx); err != nil {
 		return err
 	}
-	ops, err := outbox.NewOps(outbox.OpsConfig{DB: p.db, Logger: p.Log})
-	if err != nil {
-		return err
-	}
-	ingest.RegisterOpsActions(mux, auth, ops, p.Log)
 	return nil
 }

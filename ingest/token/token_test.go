@@ -15,24 +15,6 @@ import (
 
 var testSecret = []byte("token-test-secret-0123456789abcdef0123456")
 
-// testClock is a clock tests move by hand.
-type testClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *testClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *testClock) Add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
 func authRequest(tok string) *http.Request {
 	r := httptest.NewRequest("GET", "/", nil)
 	r.Header.Set("Authorization", "Bearer "+tok)
@@ -55,7 +37,7 @@ func TestShopKeyRotationOverlap(t *testing.T) {
 	if err := db.EnsureShop(ctx, "shop1", "shop1"); err != nil {
 		t.Fatal(err)
 	}
-	clock := &testClock{t: time.Now()}
+	clock := storagetest.NewClock()
 	auth, err := NewShopAuthenticator(Config{Secret: testSecret, DB: db, Now: clock.Now})
 	if err != nil {
 		t.Fatal(err)
@@ -81,7 +63,7 @@ func TestShopKeyRotationOverlap(t *testing.T) {
 	newTok, _ := SignWithShopKey(k2, "alice", nil, 24*time.Hour)
 
 	// Within the overlap, both work (the old key read again meanwhile).
-	clock.Add(30 * time.Minute)
+	clock.Advance(30 * time.Minute)
 	for name, tok := range map[string]string{"old": oldTok, "new": newTok} {
 		if code := authCode(auth, tok); code != "" {
 			t.Errorf("%s key's token within the overlap: %s", name, code)
@@ -89,7 +71,7 @@ func TestShopKeyRotationOverlap(t *testing.T) {
 	}
 	// Past the old key's not_after: its tokens are refused, the cached one
 	// and a fresh one alike.
-	clock.Add(31 * time.Minute)
+	clock.Advance(31 * time.Minute)
 	freshOld, _ := SignWithShopKey(k1, "bob", nil, 24*time.Hour)
 	for name, tok := range map[string]string{"cached": oldTok, "fresh": freshOld} {
 		if code := authCode(auth, tok); code != peakdesk.EUnauthenticated {
@@ -108,7 +90,7 @@ func TestShopKeyRotationOverlap(t *testing.T) {
 	if code := authCode(auth, newTok); code != "" {
 		t.Errorf("within KeyRefresh the cached key still counts: %s", code)
 	}
-	clock.Add(6 * time.Second)
+	clock.Advance(6 * time.Second)
 	if code := authCode(auth, newTok); code != peakdesk.EUnauthenticated {
 		t.Errorf("token of a key expired in the database: %q, want unauthenticated", code)
 	}

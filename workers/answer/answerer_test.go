@@ -28,7 +28,6 @@ import (
 	"github.com/peakdesk/peakdesk/workers/faq"
 	"github.com/peakdesk/peakdesk/workers/llm"
 	"github.com/peakdesk/peakdesk/workers/pii"
-	"github.com/peakdesk/peakdesk/workers/workertest"
 )
 
 const shop = "shop1"
@@ -82,7 +81,7 @@ type bundle struct {
 	sim    *llmsim.Sim
 	url    string
 	bodies *bodies
-	clock  *workertest.Clock
+	clock  *storagetest.Clock
 	prefix string
 	cfg    answer.Config
 }
@@ -91,7 +90,7 @@ type bundle struct {
 // models "primary" then "secondary".
 func setup(t testing.TB, f llmsim.Faults, mod func(*answer.Config)) (*answer.Answerer, *bundle) {
 	t.Helper()
-	b := &bundle{db: storagetest.DB(t), sim: llmsim.New(f), clock: workertest.NewClock(), prefix: randomPrefix()}
+	b := &bundle{db: storagetest.DB(t), sim: llmsim.New(f), clock: storagetest.NewClock(), prefix: randomPrefix()}
 	b.bodies = &bodies{next: b.sim}
 	srv := httptest.NewServer(b.bodies)
 	t.Cleanup(srv.Close)
@@ -177,7 +176,7 @@ var msgSeq struct {
 }
 
 // request is a p1 question without history, due in 10 s on clock.
-func request(clock *workertest.Clock, question string) answer.Request {
+func request(clock *storagetest.Clock, question string) answer.Request {
 	msgSeq.Lock()
 	msgSeq.n++
 	n := msgSeq.n
@@ -542,12 +541,12 @@ func TestFollowersAnswerThemselvesWhenTheLeaderGivesUp(t *testing.T) {
 			t.Error("the cancelled leader answered")
 		}
 	}()
-	workertest.WaitFor(t, "the leader key", 5*time.Second, func() bool {
+	storagetest.WaitFor(t, "the leader key", 5*time.Second, func() bool {
 		keys, _ := rdb.Keys(context.Background(), b.prefix+"ans:lead:*").Result()
 		return len(keys) == 1
 	})
 	// Mid-call: the leader's call has reached the provider.
-	workertest.WaitFor(t, "the leader's call", 5*time.Second, func() bool { return b.sim.Stats().Requests == 1 })
+	storagetest.WaitFor(t, "the leader's call", 5*time.Second, func() bool { return b.sim.Stats().Requests == 1 })
 
 	// The follower learns that the leader gave up and answers itself,
 	// without waiting CoalesceWait out.
@@ -562,7 +561,7 @@ func TestFollowersAnswerThemselvesWhenTheLeaderGivesUp(t *testing.T) {
 		ans, err := a2.Answer(context.Background(), req)
 		answered <- result{ans, err}
 	}()
-	workertest.WaitFor(t, "a follower", 5*time.Second, func() bool { return coalesceCount(t, reg, "follower") == 1 })
+	storagetest.WaitFor(t, "a follower", 5*time.Second, func() bool { return coalesceCount(t, reg, "follower") == 1 })
 	leave()
 	res := <-answered
 	if res.err != nil {

@@ -19,9 +19,9 @@ import (
 	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/loadtest/llmsim"
 	"github.com/peakdesk/peakdesk/storage"
+	"github.com/peakdesk/peakdesk/storage/storagetest"
 	"github.com/peakdesk/peakdesk/workers/answer"
 	"github.com/peakdesk/peakdesk/workers/llm"
-	"github.com/peakdesk/peakdesk/workers/workertest"
 )
 
 func (b *bodies) list() []string {
@@ -237,7 +237,7 @@ func TestConcurrentAnswersNeverReservePastTheCap(t *testing.T) {
 	first := make(chan *answer.Answer)
 	go func() { first <- mustAnswer(t, a, req()) }()
 	var worst int64
-	workertest.WaitFor(t, "the first call's reservation", 10*time.Second, func() bool {
+	storagetest.WaitFor(t, "the first call's reservation", 10*time.Second, func() bool {
 		worst, _ = rdb.Get(ctx, key).Int64()
 		return worst > 0
 	})

@@ -10,7 +10,6 @@ import (
 	"github.com/peakdesk/peakdesk/storage"
 	"github.com/peakdesk/peakdesk/storage/storagetest"
 	"github.com/peakdesk/peakdesk/workers/faq"
-	"github.com/peakdesk/peakdesk/workers/workertest"
 )
 
 // setup returns a started engine over a fresh database with shops "s1" and
@@ -115,7 +114,7 @@ func TestEngineRefreshesWhenEntriesChange(t *testing.T) {
 	}, false); err != nil {
 		t.Fatal(err)
 	}
-	workertest.WaitFor(t, "the new entry", 5*time.Second, func() bool { _, ok := e.Search(ctx, "s2", q); return ok })
+	storagetest.WaitFor(t, "the new entry", 5*time.Second, func() bool { _, ok := e.Search(ctx, "s2", q); return ok })
 	if m, _ := e.Search(ctx, "s2", q); m.Answer != "周末正常发货。" {
 		t.Errorf("answer %q", m.Answer)
 	}
@@ -125,11 +124,11 @@ func TestEngineRefreshesWhenEntriesChange(t *testing.T) {
 	}, false); err != nil {
 		t.Fatal(err)
 	}
-	workertest.WaitFor(t, "the changed answer", 5*time.Second, func() bool { m, _ := e.Search(ctx, "s2", q); return m.Answer == "周末也发货。" })
+	storagetest.WaitFor(t, "the changed answer", 5*time.Second, func() bool { m, _ := e.Search(ctx, "s2", q); return m.Answer == "周末也发货。" })
 	if _, err := db.ImportFAQ(ctx, "s2", []storage.FAQEntry{{Question: "别的问题", Answer: "别的答案"}}, true); err != nil {
 		t.Fatal(err)
 	}
-	workertest.WaitFor(t, "the removal", 5*time.Second, func() bool { _, ok := e.Search(ctx, "s2", q); return !ok })
+	storagetest.WaitFor(t, "the removal", 5*time.Second, func() bool { _, ok := e.Search(ctx, "s2", q); return !ok })
 	// Shops never see each other's entries.
 	if _, ok := e.Search(ctx, "s2", "双11满减活动怎么算"); ok {
 		t.Error("s2 found s1's entry")

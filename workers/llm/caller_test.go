@@ -25,14 +25,13 @@ import (
 	"github.com/peakdesk/peakdesk/storage"
 	"github.com/peakdesk/peakdesk/storage/storagetest"
 	"github.com/peakdesk/peakdesk/workers/llm"
-	"github.com/peakdesk/peakdesk/workers/workertest"
 )
 
 // testBundle is what one test's Caller talks to.
 type testBundle struct {
 	sim    *llmsim.Sim
 	url    string
-	clock  *workertest.Clock
+	clock  *storagetest.Clock
 	rdb    *redis.Client
 	prefix string
 	reg    *prometheus.Registry
@@ -42,7 +41,7 @@ type testBundle struct {
 // it with its own Redis key prefix (so tests never share a breaker).
 func setup(t *testing.T, f llmsim.Faults, mod func(*llm.CallerConfig)) (*llm.Caller, *testBundle) {
 	t.Helper()
-	b := &testBundle{sim: llmsim.New(f), clock: workertest.NewClock(), prefix: randomPrefix()}
+	b := &testBundle{sim: llmsim.New(f), clock: storagetest.NewClock(), prefix: randomPrefix()}
 	srv := httptest.NewServer(b.sim)
 	t.Cleanup(srv.Close)
 	b.url = srv.URL + "/v1"
@@ -258,7 +257,7 @@ func TestBreakerOpensAfterThreeFailuresRefusesWithoutWaitingAndRecovers(t *testi
 
 	// Half-open after BreakerOpen: one probe goes through, the rest are
 	// refused until it has succeeded; then it is closed.
-	workertest.WaitFor(t, "the breaker to be half-open", 5*time.Second, func() bool {
+	storagetest.WaitFor(t, "the breaker to be half-open", 5*time.Second, func() bool {
 		return c.BreakerState(ctx, b.url, "", "m1") == gobreaker.StateHalfOpen
 	})
 	b.sim.ResetStats()
@@ -293,7 +292,7 @@ func TestBreakerOpenedByOneProcessRefusesInAnother(t *testing.T) {
 	c1, b := setup(t, llmsim.Faults{Outage: true}, nil)
 	// A second process: its own Redis client, registry and clock, the
 	// same Redis and the same provider.
-	clock2 := workertest.NewClock()
+	clock2 := storagetest.NewClock()
 	b2 := *b
 	b2.clock = clock2
 	c2, _ := newCaller(t, &b2, openRedis(t), nil)
@@ -407,7 +406,7 @@ func TestBreakerFallsBackToLocalWhenRedisIsDown(t *testing.T) {
 	sim := llmsim.New(llmsim.Faults{Outage: true})
 	srv := httptest.NewServer(sim)
 	t.Cleanup(srv.Close)
-	b := &testBundle{sim: sim, url: srv.URL + "/v1", clock: workertest.NewClock(), prefix: randomPrefix()}
+	b := &testBundle{sim: sim, url: srv.URL + "/v1", clock: storagetest.NewClock(), prefix: randomPrefix()}
 	c, _ := newCaller(t, b, dead, nil)
 	ctx := context.Background()
 	start := time.Now()

@@ -1,4 +1,4 @@
-package ingest
+package httpjson
 
 import (
 	"bytes"
@@ -37,7 +37,7 @@ func TestWriteErrorMapsCodesAndHidesInternals(t *testing.T) {
 	log := slog.New(slog.NewJSONHandler(&logs, nil))
 	for _, tc := range cases {
 		w := httptest.NewRecorder()
-		writeError(w, httptest.NewRequest("GET", "/x", nil), log, tc.err)
+		WriteError(w, httptest.NewRequest("GET", "/x", nil), log, tc.err)
 		var body errorBody
 		if err := json.Unmarshal(w.Body.Bytes(), &body); err != nil {
 			t.Fatal(err)
@@ -53,7 +53,7 @@ func TestWriteErrorMapsCodesAndHidesInternals(t *testing.T) {
 	if !strings.Contains(logs.String(), "password authentication failed") {
 		t.Error("the internal error was not logged for operators")
 	}
-	if got := statusOf("no_such_code"); got != http.StatusInternalServerError {
+	if got := Status("no_such_code"); got != http.StatusInternalServerError {
 		t.Errorf("unknown code maps to %d", got)
 	}
 }

@@ -1,4 +1,4 @@
-package ingest
+package dashboard_test
 
 import (
 	"context"
@@ -15,7 +15,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/peakdesk/peakdesk"
+	"github.com/peakdesk/peakdesk/dashboard"
 	"github.com/peakdesk/peakdesk/ingest/token"
+	"github.com/peakdesk/peakdesk/outbox"
 	"github.com/peakdesk/peakdesk/storage"
 	"github.com/peakdesk/peakdesk/storage/queue"
 	"github.com/peakdesk/peakdesk/storage/storagetest"
@@ -87,7 +89,12 @@ func newDLQServer(t *testing.T) *dlqServer {
 		s.entries[m.ID], s.msgs[m.ID] = out.Entry, m
 	}
 	mux := http.NewServeMux()
-	RegisterOpsDLQ(mux, token.NewAuthenticator([]byte(dlqTestSecret)), db, js, nil)
+	ops, err := outbox.NewOps(outbox.OpsConfig{DB: db})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dashboard.RegisterAPI(mux, dashboard.APIConfig{Auth: token.NewAuthenticator([]byte(dlqTestSecret)), Ops: ops,
+		DLQ: mustDLQOps(t, db, js)})
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
 	s.url = srv.URL
@@ -174,9 +181,13 @@ func TestOpsDLQListIsScopedByShop(t *testing.T) {
 	if got := entryIDs(all); len(got) != 3 {
 		t.Fatalf("platform operator sees %v, want all three", got)
 	}
-	_, demo := s.do(t, "GET", "/v1/ops/dlq?shop=other", dlqToken(t, "demo", "op", token.ScopeOps))
+	// A shop's operator asking for another shop is refused, like for actions.
+	if status, body := s.do(t, "GET", "/v1/ops/dlq?shop=other", dlqToken(t, "demo", "op", token.ScopeOps)); status != http.StatusForbidden {
+		t.Fatalf("demo's operator asking for other: %d %v, want 403", status, body)
+	}
+	_, demo := s.do(t, "GET", "/v1/ops/dlq", dlqToken(t, "demo", "op", token.ScopeOps))
 	if got := entryIDs(demo); len(got) != 2 || got[0] != newTestHex(1, 'a') || got[1] != newTestHex(0, 'a') {
-		t.Fatalf("demo's operator (asking for other) sees %v, want demo's two, newest first", got)
+		t.Fatalf("demo's operator sees %v, want demo's two, newest first", got)
 	}
 	e := all["entries"].([]any)[0].(map[string]any)
 	if e["reason"] == "" || e["text"] == "" || e["state"] != "dead" {
@@ -255,4 +266,24 @@ func TestOpsDLQRedriveAndDiscard(t *testing.T) {
 	if got := entryIDs(dead); len(got) != 1 || got[0] != newTestHex(2, 'a') {
 		t.Fatalf("dead entries %v, want only other's", got)
 	}
+}
+
+// mustDLQOps returns the DLQ operations over db and js; a nil js serves
+// tests that never re-drive.
+func mustDLQOps(t *testing.T, db *storage.DB, js jetstream.JetStream) *outbox.DLQOps {
+	t.Helper()
+	if js == nil {
+		ns := storagetest.NATS(t)
+		nc, err := nats.Connect(ns.ClientURL())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(nc.Close)
+		js, _ = jetstream.New(nc)
+	}
+	o, err := outbox.NewDLQOps(outbox.DLQOpsConfig{DB: db, JS: js})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return o
 }

@@ -1,12 +1,13 @@
-// Package workertest holds the test helpers the workers packages share: a
-// poller that waits for a condition with a deadline, a logger that writes to
-// the test's log, and a clock whose sleeps are recorded instead of slept.
-// Nothing here stands in for a real service: the tests run on real
-// Postgres, Redis and JetStream (storage/storagetest).
-package workertest
+package storagetest
+
+// The helpers every test package shares: a poller that waits for a
+// condition with a deadline, a logger (and writer) that goes to the test's
+// log, and a clock the test moves by hand, whose sleeps are recorded
+// instead of slept.
 
 import (
 	"context"
+	"io"
 	"log/slog"
 	"strings"
 	"sync"
@@ -30,8 +31,11 @@ func WaitFor(t testing.TB, what string, timeout time.Duration, cond func() bool)
 // Logger returns a logger that writes warnings and errors to t's log, so a
 // failing test shows what the component complained about.
 func Logger(t testing.TB) *slog.Logger {
-	return slog.New(slog.NewTextHandler(logWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	return slog.New(slog.NewTextHandler(LogWriter(t), &slog.HandlerOptions{Level: slog.LevelWarn}))
 }
+
+// LogWriter returns an io.Writer whose every write is a line of t's log.
+func LogWriter(t testing.TB) io.Writer { return logWriter{t} }
 
 type logWriter struct{ t testing.TB }
 
@@ -48,8 +52,9 @@ type Clock struct {
 	sleeps []time.Duration
 }
 
-// NewClock returns a Clock that starts at the current time.
-func NewClock() *Clock { return &Clock{now: time.Now()} }
+// NewClock returns a Clock that starts at the current time (whole
+// milliseconds, UTC, so that it survives a round trip through Postgres).
+func NewClock() *Clock { return &Clock{now: time.Now().UTC().Truncate(time.Millisecond)} }
 
 // Now returns the clock's time.
 func (c *Clock) Now() time.Time {

@@ -1,4 +1,4 @@
-package ingest
+package dashboard_test
 
 import (
 	"bytes"
@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/peakdesk/peakdesk"
+	"github.com/peakdesk/peakdesk/dashboard"
 	"github.com/peakdesk/peakdesk/ingest/token"
 	"github.com/peakdesk/peakdesk/outbox"
 	"github.com/peakdesk/peakdesk/storage"
@@ -58,7 +59,8 @@ func newOpsServer(t *testing.T) *opsServer {
 		t.Fatal(err)
 	}
 	mux := http.NewServeMux()
-	RegisterOpsActions(mux, token.NewAuthenticator([]byte(opsTestSecret)), ops, nil)
+	dashboard.RegisterAPI(mux, dashboard.APIConfig{Auth: token.NewAuthenticator([]byte(opsTestSecret)), Ops: ops,
+		DLQ: mustDLQOps(t, db, nil)})
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
 	s := &opsServer{t: t, url: srv.URL, db: db, ids: map[string]int64{}}
