@@ -5,6 +5,7 @@ package k8s
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -363,5 +364,79 @@ func TestStrictDecodingRefusesUnknownFields(t *testing.T) {
 	var d appsv1.Deployment
 	if err := yaml.UnmarshalStrict(doc, &d); err == nil || !strings.Contains(err.Error(), "replica") {
 		t.Errorf("a misspelt field decoded: %v", err)
+	}
+}
+
+// prometheusRule mirrors the Prometheus Operator's monitoring.coreos.com/v1
+// PrometheusRule, strictly like the rest.
+type prometheusRule struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata"`
+	Spec              struct {
+		Groups []struct {
+			Name     string `json:"name"`
+			Interval string `json:"interval,omitempty"`
+			Rules    []struct {
+				Alert       string            `json:"alert,omitempty"`
+				Record      string            `json:"record,omitempty"`
+				Expr        string            `json:"expr"`
+				For         string            `json:"for,omitempty"`
+				Labels      map[string]string `json:"labels,omitempty"`
+				Annotations map[string]string `json:"annotations,omitempty"`
+			} `json:"rules"`
+		} `json:"groups"`
+	} `json:"spec"`
+}
+
+// Every YAML file here is checked: those kustomization.yaml applies by
+// TestManifestsApply, and the ones applied apart — secrets.example.yaml
+// (the Secrets to create; TestK8sConfigPassesEachRolesValidation reads its
+// keys) and alerts.yaml (needs the Prometheus Operator) — decode strictly
+// here. A new file nobody checks fails.
+func TestEveryYAMLFileIsChecked(t *testing.T) {
+	k, _ := load(t)
+	files, err := filepath.Glob("*.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range files {
+		if f == "kustomization.yaml" || slices.Contains(k.Resources, f) {
+			continue
+		}
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, doc := range splitDocs(b) {
+			var tm metav1.TypeMeta
+			if err := yaml.Unmarshal(doc, &tm); err != nil {
+				t.Fatalf("%s: %v", f, err)
+			}
+			var obj any
+			switch {
+			case f == "secrets.example.yaml" && tm.APIVersion == "v1" && tm.Kind == "Secret":
+				obj = &corev1.Secret{}
+			case f == "alerts.yaml" && tm.APIVersion == "monitoring.coreos.com/v1" && tm.Kind == "PrometheusRule":
+				obj = &prometheusRule{}
+			default:
+				t.Errorf("%s: %s %s is neither applied by kustomization.yaml nor checked here", f, tm.APIVersion, tm.Kind)
+				continue
+			}
+			if err := yaml.UnmarshalStrict(doc, obj); err != nil {
+				t.Errorf("%s: %s: %v", f, tm.Kind, err)
+			}
+			if r, ok := obj.(*prometheusRule); ok {
+				if len(r.Spec.Groups) == 0 {
+					t.Errorf("%s: no rule groups", f)
+				}
+				for _, g := range r.Spec.Groups {
+					for _, rule := range g.Rules {
+						if (rule.Alert == "") == (rule.Record == "") || rule.Expr == "" {
+							t.Errorf("%s: rule %q/%q: want an alert or a record, and an expr", f, rule.Alert, rule.Record)
+						}
+					}
+				}
+			}
+		}
 	}
 }
