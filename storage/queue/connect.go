@@ -57,10 +57,19 @@ func (c ConnectConfig) Validate() error {
 	return nil
 }
 
-// Options turns c into nats.go options.
+// Options turns c into nats.go options. It reads the files c names, and a
+// missing one fails naming its variable.
 func (c ConnectConfig) Options() ([]nats.Option, error) {
 	if err := c.Validate(); err != nil {
 		return nil, err
+	}
+	for _, f := range []struct{ name, path string }{{"NATS_CA", c.CA}, {"NATS_TLS_CERT", c.Cert}, {"NATS_TLS_KEY", c.Key}} {
+		if f.path == "" {
+			continue
+		}
+		if _, err := os.Stat(f.path); err != nil {
+			return nil, fmt.Errorf("queue: %s: %w", f.name, err)
+		}
 	}
 	opts := []nats.Option{nats.Name(c.Name)}
 	if c.InboxPrefix != "" && c.InboxPrefix != "_INBOX" {
