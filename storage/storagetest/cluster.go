@@ -297,7 +297,7 @@ func (c *NATSCluster) healthy(i int, path string) bool {
 // StreamLeader is the index of the node leading stream's RAFT group, as
 // the running nodes' monitoring reports it; -1 if none knows one.
 func (c *NATSCluster) StreamLeader(stream string) int {
-	for i, n := range c.nodes {
+	for _, n := range c.nodes {
 		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/jsz?streams=true&acc=%s", n.monitor, c.Account))
 		if err != nil {
 			continue
@@ -329,7 +329,6 @@ func (c *NATSCluster) StreamLeader(stream string) int {
 				}
 			}
 		}
-		_ = i
 	}
 	return -1
 }
