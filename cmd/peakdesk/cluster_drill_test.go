@@ -185,7 +185,7 @@ func postDrill(client *http.Client, base, tok string, body []byte) (id, conv str
 // check waits until every accepted message is answered and checks exactly
 // once: 0 lost, one distinct reply per message in CHAT_EVENTS, and each
 // message stored in CHAT_IN once. It returns the time from the end of the
-// load to the last answer.
+// load to the last answer and its reply event.
 func (d *clusterDrill) check(t *testing.T, l *drillLoad, want int) time.Duration {
 	t.Helper()
 	l.wait()
@@ -223,10 +223,30 @@ func (d *clusterDrill) check(t *testing.T, l *drillLoad, want int) time.Duration
 	}
 	defer nc.Close()
 	js, _ := jetstream.New(nc)
-	events := streamReplies(t, js)
+	// A reply event is published after the reply is stored; one whose
+	// publish failed while a server was down is re-published (redelivery,
+	// the sweeper). Wait until every message has its event.
+	events := &replyReader{js: js, byMessage: map[string]map[string]bool{}}
+	for deadline := time.Now().Add(120 * time.Second); ; {
+		events.read(t)
+		missing := 0
+		for _, id := range l.ids {
+			if len(events.byMessage[id]) == 0 {
+				missing++
+			}
+		}
+		if missing == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d answered messages have no reply event in CHAT_EVENTS 120 s later", missing)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	drain = time.Since(done)
 	dups := 0
 	for _, id := range l.ids {
-		if n := len(events[id]); n != 1 {
+		if n := len(events.byMessage[id]); n != 1 {
 			dups++
 			if dups <= 5 {
 				t.Errorf("message %s answered by %d distinct replies in CHAT_EVENTS, want 1", id, n)
@@ -257,14 +277,21 @@ func (d *clusterDrill) check(t *testing.T, l *drillLoad, want int) time.Duration
 	return drain
 }
 
-// streamReplies reads every reply event in CHAT_EVENTS by sequence, as the
-// admin user may (replyEvents's consumer needs a user that may consume), and
-// returns, per message id, the distinct reply ids that answered it.
-func streamReplies(t *testing.T, js jetstream.JetStream) map[string]map[string]bool {
+// replyReader reads the reply events of CHAT_EVENTS by sequence, as the
+// admin user may (replyEvents's consumer needs a user that may consume),
+// each call from where the last one stopped. byMessage holds, per message
+// id, the distinct reply ids that answered it.
+type replyReader struct {
+	js        jetstream.JetStream
+	next      uint64
+	byMessage map[string]map[string]bool
+}
+
+func (rr *replyReader) read(t *testing.T) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	s, err := js.Stream(ctx, queue.StreamEvents)
+	s, err := rr.js.Stream(ctx, queue.StreamEvents)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -272,31 +299,29 @@ func streamReplies(t *testing.T, js jetstream.JetStream) map[string]map[string]b
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := map[string]map[string]bool{}
-	for seq := info.State.FirstSeq; info.State.Msgs > 0 && seq <= info.State.LastSeq; seq++ {
-		msg, err := s.GetMsg(ctx, seq)
+	for rr.next = max(rr.next, info.State.FirstSeq); info.State.Msgs > 0 && rr.next <= info.State.LastSeq; rr.next++ {
+		msg, err := s.GetMsg(ctx, rr.next)
 		for errors.Is(err, nats.ErrNoResponders) && ctx.Err() == nil { // a leader moving
 			time.Sleep(50 * time.Millisecond)
-			msg, err = s.GetMsg(ctx, seq)
+			msg, err = s.GetMsg(ctx, rr.next)
 		}
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			continue
 		}
 		if err != nil {
-			t.Fatalf("reply event %d: %v", seq, err)
+			t.Fatalf("reply event %d: %v", rr.next, err)
 		}
 		var r peakdesk.Reply
 		if err := json.Unmarshal(msg.Data, &r); err != nil {
 			t.Fatalf("reply event %q: %v", msg.Data, err)
 		}
 		for _, id := range r.MessageIDs {
-			if out[id] == nil {
-				out[id] = map[string]bool{}
+			if rr.byMessage[id] == nil {
+				rr.byMessage[id] = map[string]bool{}
 			}
-			out[id][r.ID] = true
+			rr.byMessage[id][r.ID] = true
 		}
 	}
-	return out
 }
 
 // Kill the CHAT_IN stream leader (SIGKILL) in the middle of a burst: the
@@ -304,7 +329,7 @@ func streamReplies(t *testing.T, js jetstream.JetStream) map[string]map[string]b
 // are retried by their clients with the same client_msg_id, and every
 // message is answered exactly once. The killed node then rejoins.
 func TestClusterDrillStreamLeaderKilledDuringBurst(t *testing.T) {
-	users, perUser, pace := 40, 8, 20*time.Millisecond
+	users, perUser, pace := 30, 6, 20*time.Millisecond
 	if drillFull() {
 		users, perUser, pace = 200, 20, 50*time.Millisecond
 	}
@@ -351,7 +376,7 @@ func TestClusterDrillStreamLeaderKilledDuringBurst(t *testing.T) {
 	drain := d.check(t, l, want)
 	t.Logf("DRILL leader-kill: %d messages (%d users × %d) in %s, CHAT_IN leader n%d killed after %d; "+
 		"new leader in %s, edge accepting again in %s; client retries %d, slowest acceptance %s; "+
-		"killed node healthy %s after restart; last answer %s after the load; 0 lost, 0 duplicated",
+		"killed node healthy %s after restart; last answer and its event %s after the load; 0 lost, 0 duplicated",
 		want, users, perUser, loaded.Round(time.Millisecond), leader, acceptedBefore, elected.Round(time.Millisecond),
 		resumed.Round(time.Millisecond), l.retries.Load(), time.Duration(l.maxAccept.Load()).Round(time.Millisecond),
 		rejoined.Round(time.Millisecond), drain.Round(time.Millisecond))
@@ -362,7 +387,7 @@ func TestClusterDrillStreamLeaderKilledDuringBurst(t *testing.T) {
 // update does) while messages keep coming: every message is answered
 // exactly once.
 func TestClusterDrillRollingRestartUnderLoad(t *testing.T) {
-	users, perUser, pace := 20, 10, 300*time.Millisecond
+	users, perUser, pace := 12, 14, 300*time.Millisecond
 	if drillFull() {
 		users, perUser, pace = 100, 20, 400*time.Millisecond
 	}
@@ -387,7 +412,7 @@ func TestClusterDrillRollingRestartUnderLoad(t *testing.T) {
 	loaded := time.Since(start)
 	drain := d.check(t, l, want)
 	t.Logf("DRILL rolling-restart: %d messages (%d users × %d) in %s; nodes restarted one by one, each "+
-		"stop→healthy %v; client retries %d, slowest acceptance %s; last answer %s after the load; 0 lost, 0 duplicated",
+		"stop→healthy %v; client retries %d, slowest acceptance %s; last answer and its event %s after the load; 0 lost, 0 duplicated",
 		want, users, perUser, loaded.Round(time.Millisecond), steps, l.retries.Load(),
 		time.Duration(l.maxAccept.Load()).Round(time.Millisecond), drain.Round(time.Millisecond))
 }
