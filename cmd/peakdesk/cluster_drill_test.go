@@ -387,7 +387,7 @@ func TestClusterDrillStreamLeaderKilledDuringBurst(t *testing.T) {
 // update does) while messages keep coming: every message is answered
 // exactly once.
 func TestClusterDrillRollingRestartUnderLoad(t *testing.T) {
-	users, perUser, pace := 12, 14, 300*time.Millisecond
+	users, perUser, pace := 12, 14, 500*time.Millisecond
 	if drillFull() {
 		users, perUser, pace = 100, 20, 400*time.Millisecond
 	}
