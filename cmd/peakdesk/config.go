@@ -15,6 +15,7 @@ import (
 
 	"github.com/peakdesk/peakdesk/outbox"
 	"github.com/peakdesk/peakdesk/outbox/egress"
+	"github.com/peakdesk/peakdesk/storage/queue"
 	"github.com/peakdesk/peakdesk/workers/llm"
 )
 
@@ -42,6 +43,13 @@ type Config struct {
 	RedisURL    string
 	// NATSURL empty in dev starts an embedded server.
 	NATSURL string
+	// NATSCreds, NATSCA, NATSTLSCert and NATSTLSKey are the process's NATS
+	// credentials file and TLS files (queue.ConnectConfig).
+	NATSCreds, NATSCA, NATSTLSCert, NATSTLSKey string
+	// NATSTopology is "ensure" (create or update the streams and
+	// consumers at start) or "check" (only check they exist: for NATS users
+	// that may not change them; `peakdesk migrate` creates them).
+	NATSTopology string
 	// NATSSyncAlways makes the embedded JetStream fsync before every ack.
 	NATSSyncAlways bool
 	// PublishBatch makes the edge group concurrent publishes into atomic
@@ -194,6 +202,12 @@ func envDefaults(getenv func(string) string, dev bool) Config {
 	c.FXRates = e.str("PEAKDESK_FX_RATES", llm.DefaultFXRates)
 	c.LLMMaxTokensParam = e.str("PEAKDESK_LLM_MAX_TOKENS_PARAM", llm.ParamMaxTokens)
 	// Outbound safety: dev's shops (the simulator) live on loopback.
+	// NATS credentials and TLS (deploy/k8s/nats/auth.conf: a user per role).
+	c.NATSCreds = e.str("NATS_CREDS", "")
+	c.NATSCA = e.str("NATS_CA", "")
+	c.NATSTLSCert = e.str("NATS_TLS_CERT", "")
+	c.NATSTLSKey = e.str("NATS_TLS_KEY", "")
+	c.NATSTopology = e.str("PEAKDESK_NATS_TOPOLOGY", topologyEnsure)
 	c.AllowPrivateShopURLs = e.bool("PEAKDESK_ALLOW_PRIVATE_SHOP_URLS", dev)
 	c.JWTPreviousSecrets = splitSecrets(e.str("PEAKDESK_JWT_PREVIOUS_SECRETS", ""))
 	c.MasterKey = e.str("PEAKDESK_MASTER_KEY", "")
@@ -299,6 +313,9 @@ func parseFlags(name string, args []string, stderr io.Writer, getenv func(string
 	fs.Var(secretURL{&c.DatabaseURL}, "database-url", "Postgres `URL` (env DATABASE_URL)")
 	fs.Var(secretURL{&c.RedisURL}, "redis-url", "Redis `URL` (env REDIS_URL)")
 	fs.StringVar(&c.NATSURL, "nats-url", c.NATSURL, "NATS URL; empty in dev = embedded server (env NATS_URL)")
+	fs.StringVar(&c.NATSCreds, "nats-creds", c.NATSCreds, "NATS credentials `file`: .creds (user JWT + seed) or nkey seed (env NATS_CREDS)")
+	fs.StringVar(&c.NATSCA, "nats-ca", c.NATSCA, "PEM `file` of the CAs of the NATS servers' certificates; requires TLS (env NATS_CA)")
+	fs.StringVar(&c.NATSTopology, "nats-topology", c.NATSTopology, "ensure: create/update streams and consumers at start; check: only check they exist (env PEAKDESK_NATS_TOPOLOGY)")
 	fs.BoolVar(&c.NATSSyncAlways, "nats-sync-always", c.NATSSyncAlways, "embedded JetStream fsyncs before every ack (env PEAKDESK_NATS_SYNC_ALWAYS)")
 	fs.BoolVar(&c.PublishBatch, "publish-batch", c.PublishBatch, "group concurrent publishes into atomic batches; use with fsync-always JetStream (env PEAKDESK_PUBLISH_BATCH)")
 	fs.StringVar(&c.HTTPAddr, "http-addr", c.HTTPAddr, "HTTP listen address (env PEAKDESK_HTTP_ADDR)")
@@ -426,6 +443,14 @@ func (c *Config) validate() error {
 	if c.ConsoleSampleInterval < 100*time.Millisecond {
 		return errors.New("config: --console-sample-interval must be at least 100ms")
 	}
+	if c.NATSTopology != topologyEnsure && c.NATSTopology != topologyCheck {
+		return fmt.Errorf("config: PEAKDESK_NATS_TOPOLOGY: want %s or %s, got %q", topologyEnsure, topologyCheck, c.NATSTopology)
+	}
+	if c.NATSURL != "" {
+		if err := c.natsConnect("").Validate(); err != nil {
+			return fmt.Errorf("config: %w", err)
+		}
+	}
 	if c.StreamReplicas != 1 && c.StreamReplicas != 3 && c.StreamReplicas != 5 {
 		return errors.New("config: --stream-replicas must be 1, 3 or 5")
 	}
@@ -433,6 +458,22 @@ func (c *Config) validate() error {
 }
 
 func (c *Config) hasRole(r string) bool { return slices.Contains(c.Roles, r) }
+
+// Values of PEAKDESK_NATS_TOPOLOGY.
+const (
+	topologyEnsure = "ensure"
+	topologyCheck  = "check"
+)
+
+// natsConnect is how this process reaches NATS. inbox overrides the reply
+// prefix its roles give (migrate uses the admin user's).
+func (c *Config) natsConnect(inbox string) queue.ConnectConfig {
+	return queue.ConnectConfig{
+		URL: c.NATSURL, Name: "peakdesk " + strings.Join(c.Roles, ","),
+		Creds: c.NATSCreds, CA: c.NATSCA, Cert: c.NATSTLSCert, Key: c.NATSTLSKey,
+		InboxPrefix: cmp.Or(inbox, queue.InboxPrefix(c.Roles...)),
+	}
+}
 
 // workerWeights parses WorkerWeights, "p1:p2" (e.g. "4:1").
 func (c *Config) workerWeights() (p1, p2 int, err error) {

@@ -47,6 +47,7 @@ Commands:
   faq       import a shop's FAQ entries (faq import --shop S FILE)
   operator  add an operator of the console (operator add --email E --role R [--shop S])
   bench     measure the performance targets side by side with their baselines
+  version   print the version, commit, build date and Go version
 
 Run "peakdesk <command> -h" for a command's flags.
 `
@@ -84,6 +85,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		return runFAQ(ctx, rest, stdout, stderr, getenv)
 	case "operator":
 		return runOperator(ctx, rest, os.Stdin, stdout, stderr, getenv)
+	case "version", "--version":
+		return runVersion(stdout)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil

@@ -141,15 +141,21 @@ func (p *Program) Start(ctx context.Context) (err error) {
 		p.Log.Info("embedded NATS JetStream started", "url", natsURL, "store", filepath.Join(cfg.DataDir, "jetstream"),
 			"sync_always", cfg.NATSSyncAlways)
 	}
-	p.nc, err = nats.Connect(natsURL, nats.Name("peakdesk"), nats.MaxReconnects(-1),
-		nats.ReconnectWait(250*time.Millisecond))
-	if err != nil {
-		return fmt.Errorf("connect nats: %w", err)
+	conn := cfg.natsConnect("")
+	conn.URL = natsURL
+	if p.nc, err = queue.Connect(conn); err != nil {
+		return err
 	}
 	if p.js, err = jetstream.New(p.nc); err != nil {
 		return fmt.Errorf("jetstream: %w", err)
 	}
-	topo, err := queue.EnsureTopology(ctx, p.js, queue.Topology{AckWait: cfg.AckWait, Replicas: cfg.StreamReplicas})
+	// The streams and consumers: made here, or (per-role NATS users, which
+	// may not change them) made by `peakdesk migrate` and checked here.
+	ensure := queue.EnsureTopology
+	if cfg.NATSTopology == topologyCheck {
+		ensure = queue.CheckTopology
+	}
+	topo, err := ensure(ctx, p.js, queue.Topology{AckWait: cfg.AckWait, Replicas: cfg.StreamReplicas})
 	if err != nil {
 		return err
 	}

@@ -180,6 +180,26 @@ func EnsureTopology(ctx context.Context, js jetstream.JetStream, t Topology) (To
 	return t, nil
 }
 
+// CheckTopology is EnsureTopology for a process whose NATS user may not
+// create or change streams (deploy/k8s: the per-role users; `peakdesk
+// migrate` creates the topology with the admin user): it only checks that
+// the worker consumers exist, and returns t with the AckWait they were
+// created with, which the workers' heartbeats must beat.
+func CheckTopology(ctx context.Context, js jetstream.JetStream, t Topology) (Topology, error) {
+	t = t.withDefaults()
+	for i, p := range peakdesk.Priorities {
+		c, err := js.Consumer(ctx, StreamIn, ConsumerName(p))
+		if err != nil {
+			return t, fmt.Errorf("queue: consumer %s of %s: %w (run peakdesk migrate with NATS_URL set first)",
+				ConsumerName(p), StreamIn, err)
+		}
+		if i == 0 {
+			t.AckWait = c.CachedInfo().Config.AckWait
+		}
+	}
+	return t, nil
+}
+
 // NATSServerConfig configures the embedded NATS server.
 type NATSServerConfig struct {
 	// StoreDir is where JetStream keeps its files.
