@@ -17,6 +17,8 @@ type shopInfo struct {
 	limits Limits
 	abuse  storage.EdgeLimits
 	rules  []Rule
+	// origins are the web origins allowed to call the API for the shop.
+	origins []string
 }
 
 // shopDirectory caches shop settings, so the hot path reads Postgres about
@@ -78,8 +80,9 @@ func (d *shopDirectory) load(ctx context.Context, shop string) (*shopInfo, error
 			UserPerMinute: cmp.Or(s.UserRatePerMinute, d.defaults.UserPerMinute),
 			UserBurst:     cmp.Or(s.UserRateBurst, d.defaults.UserBurst),
 		},
-		abuse: s.EdgeLimits,
-		rules: d.rules,
+		abuse:   s.EdgeLimits,
+		rules:   d.rules,
+		origins: s.AllowedOrigins,
 	}
 	if len(s.Rules) > 0 {
 		byPrio := map[peakdesk.Priority][]string{}

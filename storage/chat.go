@@ -78,14 +78,17 @@ func (db *DB) ReplyFor(ctx context.Context, shop, messageID string) (*peakdesk.R
 	return db.reply(ctx, shop, *replyID)
 }
 
+// replyColumns are the columns scanReply reads: the reply, its customer
+// (whose event subject it is published on) and the messages it answers.
 const replyColumns = `r.id, r.shop_id, r.conversation_id, r.text, r.source, r.model,
 	r.prompt_tokens, r.completion_tokens, r.created_at,
-	coalesce((SELECT array_agg(m.id ORDER BY m.accepted_at, m.id) FROM messages m WHERE m.reply_id = r.id), '{}')`
+	coalesce((SELECT array_agg(m.id ORDER BY m.accepted_at, m.id) FROM messages m WHERE m.reply_id = r.id), '{}'),
+	(SELECT c.user_id FROM conversations c WHERE c.id = r.conversation_id AND c.shop_id = r.shop_id)`
 
 func scanReply(row pgx.Row) (*peakdesk.Reply, error) {
 	var r peakdesk.Reply
 	err := row.Scan(&r.ID, &r.ShopID, &r.ConversationID, &r.Text, &r.Source, &r.Model,
-		&r.PromptTokens, &r.CompletionTokens, &r.CreatedAt, &r.MessageIDs)
+		&r.PromptTokens, &r.CompletionTokens, &r.CreatedAt, &r.MessageIDs, &r.UserID)
 	return &r, err
 }
 

@@ -104,6 +104,7 @@ func (w *Worker) compose(ctx context.Context, log *slog.Logger, hold *storage.Ho
 		ID:             newID(),
 		ShopID:         hold.ShopID,
 		ConversationID: hold.ConversationID,
+		UserID:         last.UserID,
 		MessageIDs:     hold.MessageIDs(),
 	}
 	history, err := w.cfg.Memory.Load(ctx, hold.ShopID, hold.ConversationID, reply.MessageIDs)
