@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	mrand "math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -128,9 +129,11 @@ type PushReport struct {
 type PushOpens struct {
 	Attempted int `json:"attempted"`
 	Opened    int `json:"opened"`
-	// Retried counts opens answered 429/503 and tried again after
-	// Retry-After.
+	// Retried counts opens tried again: answered 429/503 (after
+	// Retry-After), or whose connection failed (after 0.1–1 s).
 	Retried int `json:"retried"`
+	// Errors counts the failed attempts by kind.
+	Errors map[string]int `json:"errors,omitempty"`
 	// AllOpenSeconds is from the wave's start until its last stream
 	// opened.
 	AllOpenSeconds float64         `json:"all_open_seconds"`
@@ -182,6 +185,9 @@ func (rep *PushReport) WriteText(w io.Writer) error {
 	opens := func(name string, o PushOpens) {
 		fmt.Fprintf(&b, "  %-10s %d/%d open in %.2f s (%d retried); open latency p50 %.1f ms, p99 %.1f ms, max %.1f ms\n",
 			name, o.Opened, o.Attempted, o.AllOpenSeconds, o.Retried, o.Latency.P50, o.Latency.P99, o.Latency.Max)
+		if len(o.Errors) > 0 {
+			fmt.Fprintf(&b, "  %-10s failed attempts: %s\n", "", loadCounts(o.Errors))
+		}
 	}
 	delivery := func(name string, d PushDelivery) {
 		fmt.Fprintf(&b, "  %-10s %d/%d delivered, %d lost, %d questions failed; commit→client p50 %.1f ms, p99 %.1f ms, max %.1f ms\n",
@@ -323,7 +329,7 @@ func (r *pushRun) rss(ctx context.Context) int64 {
 func (r *pushRun) openWave(ctx context.Context, clients []*pushClient) PushOpens {
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.Deadline)
 	defer cancel()
-	out := PushOpens{Attempted: len(clients)}
+	out := PushOpens{Attempted: len(clients), Errors: map[string]int{}}
 	h := loadNewHist()
 	var mu sync.Mutex
 	var opened, retried atomic.Int64
@@ -343,6 +349,9 @@ func (r *pushRun) openWave(ctx context.Context, clients []*pushClient) PushOpens
 					mu.Unlock()
 					return
 				}
+				mu.Lock()
+				out.Errors[pushErrorKind(err)]++
+				mu.Unlock()
 				if retryAfter <= 0 || ctx.Err() != nil {
 					r.cfg.Logger.Warn("stream open failed", "err", err)
 					return
@@ -369,7 +378,7 @@ func (r *pushRun) open(ctx context.Context, c *pushClient) (retryAfter time.Dura
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "tcp", r.host)
 	if err != nil {
-		return 100 * time.Millisecond, err // the listener's backlog overflowed: try again
+		return pushPause(), err // the listener's backlog overflowed: try again
 	}
 	c.mu.Lock()
 	last := c.lastID
@@ -384,13 +393,13 @@ func (r *pushRun) open(ctx context.Context, c *pushClient) (retryAfter time.Dura
 	defer stop()
 	if _, err := conn.Write(req.Bytes()); err != nil {
 		conn.Close()
-		return 100 * time.Millisecond, err
+		return pushPause(), err
 	}
 	br := bufio.NewReaderSize(conn, 1024)
 	resp, err := http.ReadResponse(br, nil)
 	if err != nil {
 		conn.Close()
-		return 100 * time.Millisecond, err
+		return pushPause(), err
 	}
 	if resp.StatusCode != http.StatusOK {
 		body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
@@ -407,6 +416,28 @@ func (r *pushRun) open(ctx context.Context, c *pushClient) (retryAfter time.Dura
 	c.mu.Unlock()
 	r.readers.Go(func() { r.read(c, conn, resp.Body) })
 	return 0, nil
+}
+
+// pushPause is how long a client waits before it tries again after a
+// failed connection: 0.1 to 1 s, so retries do not come back as one wave.
+func pushPause() time.Duration { return 100*time.Millisecond + mrand.N(900*time.Millisecond) }
+
+// pushErrorKind names the kind of a failed open for the report.
+func pushErrorKind(err error) string {
+	s := err.Error()
+	switch {
+	case strings.HasPrefix(s, "GET /v1/events: "):
+		return "http " + strings.Fields(s)[2]
+	case errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF):
+		return "closed before the response"
+	case strings.Contains(s, "timeout"):
+		return "timeout"
+	case strings.Contains(s, "refused"):
+		return "refused"
+	case strings.Contains(s, "reset"):
+		return "reset"
+	}
+	return "other"
 }
 
 // read follows one connection of c until it ends.
