@@ -338,7 +338,19 @@
     backoff = Math.min(10000, backoff ? backoff * 2 : 1000);
     reopenTimer = setTimeout(connect, backoff / 2 + Math.random() * backoff / 2);
   }
-  window.addEventListener("online", function () { if (!panel.hidden) { backoff = 0; reopen(); } });
+  // Offline, the open stream is as good as dead (a phone changing networks
+  // keeps a silent socket): close it, and reopen from the last event id
+  // when the browser is back online.
+  window.addEventListener("offline", function () {
+    if (es) { es.close(); es = null; }
+    clearTimeout(reopenTimer);
+    setBanner(TEXT.offline);
+  });
+  window.addEventListener("online", function () {
+    if (es || connecting || (panel.hidden && !state.conv)) return;
+    backoff = 0;
+    connect();
+  });
 
   function start() {
     document.body.appendChild(root);
