@@ -15,6 +15,7 @@ import (
 	cdppage "github.com/chromedp/cdproto/page"
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
+	"github.com/chromedp/chromedp/kb"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/peakdesk/peakdesk/ingest/token"
@@ -282,5 +283,38 @@ func TestWidgetChatsInARealBrowser(t *testing.T) {
 	}
 	if n := count(`SELECT count(*) FROM conversations WHERE user_id = 'shopper-foreign'`); n != 0 {
 		t.Fatalf("a foreign origin's page started %d conversations", n)
+	}
+
+	// 6. On a phone-sized screen, in English, with the keyboard only: the
+	// panel fills the screen; Escape closes it and gives the focus back to
+	// the launcher; Enter opens it with the focus in the input; Enter sends.
+	browse(t, tab, "open /demo on a phone",
+		chromedp.EmulateViewport(390, 844, chromedp.EmulateMobile),
+		chromedp.Navigate(base+"/demo?lang=en"),
+		chromedp.WaitVisible(".pdw-panel", chromedp.ByQuery),
+	)
+	if w := jsInt(t, tab, `Math.round(document.querySelector('.pdw-panel').getBoundingClientRect().width) - window.innerWidth`); w != 0 {
+		t.Errorf("on a phone the panel is %d px narrower than the screen", -w)
+	}
+	var title string
+	browse(t, tab, "title", chromedp.Text(".pdw-title", &title, chromedp.ByQuery))
+	if title != "Customer service" {
+		t.Errorf("the English widget's title is %q", title)
+	}
+	browse(t, tab, "Escape closes", chromedp.Focus(".pdw-input", chromedp.ByQuery), chromedp.KeyEvent(kb.Escape))
+	waitJS(t, tab, "the panel closed, the launcher focused",
+		`document.querySelector('.pdw-panel').hidden && document.activeElement === document.querySelector('.pdw-launcher')`)
+	browse(t, tab, "Enter opens", chromedp.KeyEvent(kb.Enter))
+	waitJS(t, tab, "the panel open, the input focused",
+		`!document.querySelector('.pdw-panel').hidden && document.activeElement === document.querySelector('.pdw-input')`)
+	before := jsInt(t, tab, `document.querySelectorAll('[data-reply-id]').length`)
+	browse(t, tab, "type and send with Enter", chromedp.KeyEvent("What coupons do you have?"), chromedp.KeyEvent(kb.Enter))
+	waitJS(t, tab, "the answer on the phone", fmt.Sprintf(`document.querySelectorAll('[data-reply-id]').length > %d`, before))
+	if *updateWidgetShot {
+		var png []byte
+		browse(t, tab, "phone screenshot", cdppage.BringToFront(), chromedp.Sleep(500*time.Millisecond), chromedp.CaptureScreenshot(&png))
+		if err := os.WriteFile("../../docs/widget-phone.png", png, 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
