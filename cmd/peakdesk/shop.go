@@ -6,15 +6,18 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
+	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/ingest/token"
 	"github.com/peakdesk/peakdesk/storage"
 )
 
 // runShop dispatches `peakdesk shop <subcommand>`.
 func runShop(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
-	const usage = "usage: peakdesk shop rotate-key --shop S [--overlap 24h] [--show-secret]"
+	const usage = "usage: peakdesk shop rotate-key --shop S [--overlap 24h] [--show-secret]\n" +
+		"       peakdesk shop origins --shop S [--set https://a.example,https://b.example]"
 	if len(args) == 0 {
 		fmt.Fprintln(stderr, usage)
 		return errors.New("shop: no subcommand given")
@@ -22,6 +25,8 @@ func runShop(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 	switch args[0] {
 	case "rotate-key":
 		return runShopRotateKey(ctx, args[1:], stdout, stderr, getenv)
+	case "origins":
+		return runShopOrigins(ctx, args[1:], stdout, stderr, getenv)
 	default:
 		fmt.Fprintln(stderr, usage)
 		return fmt.Errorf("shop: unknown subcommand %q", args[0])
@@ -69,5 +74,60 @@ func runShopRotateKey(ctx context.Context, args []string, stdout, stderr io.Writ
 		fmt.Fprintln(stdout, key.Secret)
 	}
 	fmt.Fprintf(stderr, "shop %s: new signing key %s; older keys expire in %s\n", *shop, key.KID, *overlap)
+	return nil
+}
+
+// runShopOrigins prints, or with --set replaces, the web origins whose
+// pages may call the chat API for a shop from a browser (CORS; the chat
+// widget on the shop's own site). --set "" allows none.
+func runShopOrigins(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
+	fs := flag.NewFlagSet("shop origins", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	shop := fs.String("shop", "", "shop id (required)")
+	set := fs.String("set", "", "comma-separated origins to allow, replacing the current ones, e.g. https://shop.example.com")
+	dbURL := databaseURLFlag(fs, getenv, "Postgres `URL` (env DATABASE_URL)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	switch {
+	case *shop == "":
+		return errors.New("shop origins: --shop is required")
+	case fs.NArg() > 0:
+		return fmt.Errorf("shop origins: unexpected argument %q", fs.Arg(0))
+	}
+	replace := false
+	fs.Visit(func(f *flag.Flag) { replace = replace || f.Name == "set" })
+	origins := []string{}
+	for o := range strings.SplitSeq(*set, ",") {
+		if o = strings.TrimSpace(o); o == "" {
+			continue
+		}
+		n, err := peakdesk.NormalizeOrigin(o)
+		if err != nil {
+			return fmt.Errorf("shop origins: --set: %w", err)
+		}
+		origins = append(origins, n)
+	}
+	db, err := storage.Open(ctx, *dbURL, 2)
+	if err != nil {
+		return fmt.Errorf("shop origins: %w", err)
+	}
+	defer db.Close()
+	if replace {
+		if err := db.SetShopAllowedOrigins(ctx, *shop, origins); errors.Is(err, storage.ErrNotFound) {
+			return fmt.Errorf("shop origins: shop %q does not exist", *shop)
+		} else if err != nil {
+			return fmt.Errorf("shop origins: %w", err)
+		}
+	}
+	s, err := db.ShopSettings(ctx, *shop)
+	if errors.Is(err, storage.ErrNotFound) {
+		return fmt.Errorf("shop origins: shop %q does not exist", *shop)
+	} else if err != nil {
+		return fmt.Errorf("shop origins: %w", err)
+	}
+	for _, o := range s.AllowedOrigins {
+		fmt.Fprintln(stdout, o)
+	}
 	return nil
 }
