@@ -26,8 +26,10 @@ import (
 // conversation. Both speak server-sent events (event: reply, id: its
 // CHAT_EVENTS sequence; event: partial, the text of an answer so far, live
 // only) or, when the request asks to upgrade, WebSocket (one JSON message
-// per event). A stream first replays what the client missed after its
-// Last-Event-ID, then follows live events from the process's reply hub; any
+// per event). Agents' and gateways' conversation streams also show, live
+// only, event: message for each customer message stored while a human
+// owns the conversation (takeover). A stream first replays what the
+// client missed after its Last-Event-ID, then follows live events from the process's reply hub; any
 // edge serves any customer, because the events live in JetStream.
 //
 // An open is cheap: it waits its turn in the open gate (a reconnect storm
@@ -86,6 +88,7 @@ func (e *Edge) serveEvents(w http.ResponseWriter, r *http.Request, route, conv s
 		return err
 	}
 	s := newPushStream(e.hub, claims.Shop, user, conv, last, e.cfg.StreamBacklog)
+	s.forOthers = readsForOthers(claims)
 	s.release = release
 
 	transport := "sse"
@@ -165,10 +168,10 @@ func (e *Edge) streamClaims(r *http.Request, route string) (*token.Claims, error
 // conversation id's HMAC proves that without a read (whether its first
 // message is stored or still queued), else one cached owner lookup does.
 func (e *Edge) streamOwner(ctx context.Context, claims *token.Claims, conv, named string) (string, error) {
-	service := claims.HasScope(token.ScopeService)
+	service := readsForOthers(claims) // a gateway or an agent
 	if named != "" && named != claims.Subject && !service {
 		return "", &peakdesk.Error{Code: peakdesk.EPermissionDenied, Field: "user_id",
-			Message: "user_id may differ from the token subject only with the service scope"}
+			Message: "user_id may differ from the token subject only with the service or agent scope"}
 	}
 	user := claims.Subject
 	if service {

@@ -26,6 +26,9 @@ type pushStream struct {
 	key        string // index key in the hub: shop and customer, or shop and conversation
 	shop, user string
 	conv       string // "" for a customer's stream
+	// forOthers marks a stream of an agent or a gateway: it also shows
+	// customer messages stored for a human agent (event: message).
+	forOthers  bool
 	out        streamOut
 	maxBacklog int
 	// release gives back the stream's place under the stream caps; called
@@ -86,10 +89,12 @@ func newPushStream(h *replyHub, shop, user, conv string, last uint64, maxBacklog
 func (s *pushStream) push(ev hubEvent) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed {
+	if s.closed || (ev.desk && !s.forOthers) {
 		return
 	}
-	if ev.partial {
+	if ev.desk {
+		// Live only, like partials; nothing supersedes it.
+	} else if ev.partial {
 		// A newer partial of the same answer supersedes a queued one.
 		for i := range s.queue {
 			if q := &s.queue[i]; q.partial && q.conv == ev.conv {
@@ -172,10 +177,10 @@ func (s *pushStream) finishReplay(last uint64) {
 	kept := s.queue[:0]
 	s.queued = 0
 	for _, ev := range s.queue {
-		if !ev.partial && ev.seq <= s.sent {
+		if !ev.liveOnly() && ev.seq <= s.sent {
 			continue
 		}
-		if !ev.partial {
+		if !ev.liveOnly() {
 			s.sent = ev.seq
 		}
 		kept = append(kept, ev)
@@ -232,10 +237,14 @@ func putWriteBuf(b *[]byte) {
 // appendSSE appends the server-sent events of evs, or a keep-alive comment.
 func appendSSE(b []byte, evs []hubEvent, beat bool) []byte {
 	for _, ev := range evs {
-		if ev.partial {
+		switch {
+		case ev.desk:
+			// A customer message for the agent: no id, live only.
+			b = append(b, "event: message\ndata: "...)
+		case ev.partial:
 			// Streamed text so far: no id, so resuming is unaffected.
 			b = append(b, "event: partial\ndata: "...)
-		} else {
+		default:
 			b = append(b, "event: reply\nid: "...)
 			b = strconv.AppendUint(b, ev.seq, 10)
 			b = append(b, "\ndata: "...)
@@ -253,9 +262,12 @@ func appendSSE(b []byte, evs []hubEvent, beat bool) []byte {
 // {"event":"reply","id":"<seq>","data":<reply>} or
 // {"event":"partial","data":<partial>}.
 func appendWS(b []byte, ev hubEvent) []byte {
-	if ev.partial {
+	switch {
+	case ev.desk:
+		b = append(b, `{"event":"message","data":`...)
+	case ev.partial:
 		b = append(b, `{"event":"partial","data":`...)
-	} else {
+	default:
 		b = append(b, `{"event":"reply","id":"`...)
 		b = strconv.AppendUint(b, ev.seq, 10)
 		b = append(b, `","data":`...)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -48,6 +49,7 @@ type replyHub struct {
 
 	cc       jetstream.ConsumeContext
 	partials *nats.Subscription
+	desk     *nats.Subscription
 	beats    sync.WaitGroup // the heartbeat goroutine
 	stopBeat chan struct{}
 	// goroutines counts the streams' reader and writer goroutines, so
@@ -56,13 +58,20 @@ type replyHub struct {
 }
 
 // hubEvent is one reply event with its CHAT_EVENTS sequence, or a partial
-// reply (streamed text so far), which has no sequence and is not replayable.
+// reply (streamed text so far), or a customer message stored for a human
+// agent (desk, shown only to those who read for others); the last two have
+// no sequence and are not replayable.
 type hubEvent struct {
 	seq     uint64
 	data    []byte
 	conv    string
 	partial bool
+	desk    bool
 }
+
+// liveOnly reports whether ev is not a stored reply event: it has no
+// sequence and is never replayed.
+func (ev hubEvent) liveOnly() bool { return ev.partial || ev.desk }
 
 func newReplyHub(heartbeat time.Duration, m *pushMetrics) *replyHub {
 	return &replyHub{
@@ -104,6 +113,13 @@ func (h *replyHub) start(ctx context.Context, js jetstream.JetStream, events jet
 		h.cc.Stop()
 		return fmt.Errorf("partial replies: %w", err)
 	}
+	// So do customer messages announced to human agents (takeover).
+	h.desk, err = js.Conn().Subscribe("chat.desk.>", h.onDesk)
+	if err != nil {
+		_ = h.partials.Unsubscribe()
+		h.cc.Stop()
+		return fmt.Errorf("desk messages: %w", err)
+	}
 	h.beats.Go(h.beat)
 	return nil
 }
@@ -126,6 +142,9 @@ func (h *replyHub) legacyActive() bool {
 }
 
 func (h *replyHub) stop() {
+	if h.desk != nil {
+		_ = h.desk.Unsubscribe()
+	}
 	if h.partials != nil {
 		_ = h.partials.Unsubscribe()
 	}
@@ -202,6 +221,22 @@ func (h *replyHub) onPartial(msg *nats.Msg) {
 		}
 	}
 	for s := h.byConv[userKey(rt.Shop, rt.Conversation)]; s != nil; s = s.next {
+		s.push(ev)
+	}
+}
+
+// onDesk hands a customer message stored for a human agent
+// (queue.DeskSubject: chat.desk.<shop>.<conversation>) to the
+// conversation's open streams; those of readers for others show it.
+func (h *replyHub) onDesk(msg *nats.Msg) {
+	shop, conv, ok := strings.Cut(strings.TrimPrefix(msg.Subject, "chat.desk."), ".")
+	if !ok || shop == "" || conv == "" || strings.Contains(conv, ".") {
+		return
+	}
+	ev := hubEvent{data: msg.Data, conv: conv, desk: true}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for s := h.byConv[userKey(shop, conv)]; s != nil; s = s.next {
 		s.push(ev)
 	}
 }

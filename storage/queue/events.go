@@ -180,3 +180,46 @@ func NextReplyEvent(ctx context.Context, s jetstream.Stream, shop, user, conv st
 		after = msg.Sequence
 	}
 }
+
+// DeskSubject is the core NATS subject on which a conversation's customer
+// messages stored for a human agent are announced live (human takeover).
+// It is not a stream: the durable records are the message in Postgres and
+// its message.created webhook; this only lets an agent's open event stream
+// show the message at once.
+func DeskSubject(shop, conv string) string {
+	return "chat.desk." + shop + "." + conv
+}
+
+// PublishDeskMessage announces m, a customer message of shop stored while a
+// human owns its conversation, to the agents following the conversation's
+// events. Best effort (core NATS, at most once).
+func PublishDeskMessage(nc *nats.Conn, shop string, m *peakdesk.MessageState) error {
+	data, err := json.Marshal(m)
+	if err != nil {
+		return fmt.Errorf("queue: encode desk message: %w", err)
+	}
+	if err := nc.Publish(DeskSubject(shop, m.ConversationID), data); err != nil {
+		return fmt.Errorf("queue: publish desk message: %w", err)
+	}
+	return nil
+}
+
+// ConversationEvents returns the reply events of conversation conv of
+// shop, oldest first, by walking the shop's events in CHAT_EVENTS: for
+// tests and tools (event streams read a customer's subject instead).
+func ConversationEvents(ctx context.Context, s jetstream.Stream, shop, conv string) ([]*jetstream.RawStreamMsg, error) {
+	var out []*jetstream.RawStreamMsg
+	for after := uint64(0); ; {
+		msg, err := s.GetMsg(ctx, after+1, jetstream.WithGetMsgSubject("chat.events."+shop+".>"))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return out, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		if rt, ok := RouteOf(msg.Subject, msg.Header); ok && rt.Conversation == conv {
+			out = append(out, msg)
+		}
+		after = msg.Sequence
+	}
+}
