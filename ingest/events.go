@@ -320,7 +320,7 @@ func (e *Edge) acceptSSE(w http.ResponseWriter, r *http.Request) (out streamOut,
 				return nil, nil, nil, errStreamGone
 			}
 			startReader = func(s *pushStream) {
-				e.hub.goroutines.Go(func() {
+				started := e.hub.goroutines.Go(func() {
 					// A client sends nothing after its request: a read
 					// returns when the connection ends.
 					var b [64]byte
@@ -331,6 +331,9 @@ func (e *Edge) acceptSSE(w http.ResponseWriter, r *http.Request) (out streamOut,
 						}
 					}
 				})
+				if !started {
+					s.close(closeShutdown) // the edge is stopping
+				}
 			}
 			return c, startReader, nil, nil
 		case !errors.Is(err, http.ErrNotSupported):
@@ -367,7 +370,7 @@ func (e *Edge) acceptWebSocket(w http.ResponseWriter, r *http.Request) (streamOu
 	}
 	c.SetReadLimit(4 << 10)
 	startReader := func(s *pushStream) {
-		e.hub.goroutines.Go(func() {
+		started := e.hub.goroutines.Go(func() {
 			for {
 				_, rd, err := c.Reader(context.Background())
 				if err != nil {
@@ -377,6 +380,9 @@ func (e *Edge) acceptWebSocket(w http.ResponseWriter, r *http.Request) (streamOu
 				_, _ = io.Copy(io.Discard, rd) // clients have nothing to say; ignore it
 			}
 		})
+		if !started {
+			s.close(closeShutdown) // the edge is stopping
+		}
 	}
 	return &wsConn{c: c, timeout: e.cfg.StreamWriteTimeout, hub: e.hub}, startReader, nil
 }

@@ -120,6 +120,7 @@ func (s *pushStream) push(ev hubEvent) {
 		// it loses nothing.
 		s.closed = true
 		s.queue, s.queued = nil, 0
+		// (Refused only once the edge has stopped every stream.)
 		s.hub.goroutines.Go(func() { s.finishClose(closeSlow) })
 		return
 	}
@@ -131,8 +132,7 @@ func (s *pushStream) kickLocked() {
 	if s.busy || s.closed || (len(s.queue) == 0 && !s.beat) {
 		return
 	}
-	s.busy = true
-	s.hub.goroutines.Go(s.drain)
+	s.busy = s.hub.goroutines.Go(s.drain) // refused: the edge is stopping
 }
 
 // drain writes what is queued until the queue is empty, then ends.
@@ -405,13 +405,17 @@ func (c *wsConn) close(reason closeReason, _ bool) {
 	switch reason {
 	case closeShutdown:
 		// The close handshake waits for the client: not on the caller.
-		c.hub.goroutines.Go(func() {
+		if !c.hub.goroutines.Go(func() {
 			_ = c.c.Close(websocket.StatusServiceRestart, "server restarting: reconnect with your last event id")
-		})
+		}) {
+			_ = c.c.CloseNow()
+		}
 	case closeSlow:
-		c.hub.goroutines.Go(func() {
+		if !c.hub.goroutines.Go(func() {
 			_ = c.c.Close(wsCloseReconnect, "too far behind: reconnect with your last event id")
-		})
+		}) {
+			_ = c.c.CloseNow()
+		}
 	default:
 		_ = c.c.CloseNow()
 	}

@@ -54,7 +54,34 @@ type replyHub struct {
 	stopBeat chan struct{}
 	// goroutines counts the streams' reader and writer goroutines, so
 	// CloseStreams can wait for them.
-	goroutines sync.WaitGroup
+	goroutines goGroup
+}
+
+// goGroup runs goroutines and waits for them, refusing new ones once the
+// wait has begun (a WaitGroup must not be added to while it is waited on).
+type goGroup struct {
+	mu     sync.Mutex
+	closed bool
+	wg     sync.WaitGroup
+}
+
+// Go runs f in a goroutine, unless Wait has begun: then it reports false.
+func (g *goGroup) Go(f func()) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed {
+		return false
+	}
+	g.wg.Go(f)
+	return true
+}
+
+// Wait refuses new goroutines and waits for those running.
+func (g *goGroup) Wait() {
+	g.mu.Lock()
+	g.closed = true
+	g.mu.Unlock()
+	g.wg.Wait()
 }
 
 // hubEvent is one reply event with its CHAT_EVENTS sequence, or a partial
