@@ -98,9 +98,13 @@ const (
 
 // Reply is one answer on a conversation. It answers one or more messages.
 type Reply struct {
-	ID               string   `json:"reply_id"`
-	ShopID           string   `json:"-"`
-	ConversationID   string   `json:"conversation_id"`
+	ID             string `json:"reply_id"`
+	ShopID         string `json:"-"`
+	ConversationID string `json:"conversation_id"`
+	// UserID is the customer the conversation belongs to. It is not part
+	// of the JSON form: reply events are published on the customer's
+	// subject (queue.UserEventSubject), which needs it.
+	UserID           string   `json:"-"`
 	MessageIDs       []string `json:"message_ids"`
 	Text             string   `json:"text"`
 	Source           string   `json:"source"`

@@ -640,7 +640,7 @@ func TestEventStreamForwardsPartials(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		for {
-			_ = nc.Publish("chat.partial.shop1."+conv, []byte(`{"text":"您好，关于"}`))
+			_ = nc.PublishMsg(queue.PartialMsg("shop1", b.salt+"u1", conv, []byte(`{"text":"您好，关于"}`)))
 			select {
 			case <-done:
 				return

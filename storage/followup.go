@@ -21,8 +21,8 @@ func (db *DB) SaveFollowUp(ctx context.Context, r *peakdesk.Reply, webhook func(
 			SELECT $1, $2, $3, $4, $5, $6
 			WHERE EXISTS (SELECT 1 FROM conversations WHERE id = $3 AND shop_id = $2)
 			ON CONFLICT (id) DO NOTHING
-			RETURNING created_at`,
-			r.ID, r.ShopID, r.ConversationID, r.Text, r.Source, r.Model).Scan(&r.CreatedAt)
+			RETURNING created_at, (SELECT user_id FROM conversations WHERE id = $3 AND shop_id = $2)`,
+			r.ID, r.ShopID, r.ConversationID, r.Text, r.Source, r.Model).Scan(&r.CreatedAt, &r.UserID)
 		if noRows(err) {
 			return nil // a repeat, or a conversation not of this shop
 		}
@@ -152,6 +152,7 @@ func (db *DB) SaveAnsweredMessage(ctx context.Context, m *peakdesk.Message, r *p
 		return nil, false, ErrHumanOwned
 	}
 	if !existed {
+		r.UserID = m.UserID
 		return r, false, nil
 	}
 	prev, err := db.ReplyFor(ctx, m.ShopID, m.ID)

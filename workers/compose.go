@@ -107,6 +107,7 @@ func (w *Worker) compose(ctx context.Context, log *slog.Logger, hold *storage.Ho
 		ID:             newID(),
 		ShopID:         hold.ShopID,
 		ConversationID: hold.ConversationID,
+		UserID:         last.UserID,
 		MessageIDs:     hold.MessageIDs(),
 	}
 	prio := peakdesk.P2

@@ -58,8 +58,11 @@ peakdesk dev is up on http://%[1]s (shop "demo", user "alice"; token valid 24 h)
   curl -s -X POST 'http://%[1]s/v1/messages?wait=5s' -H "Authorization: Bearer $TOKEN" \
        -H 'Content-Type: application/json' -d '{"text":"双11满减怎么算？"}'
 
+Or chat in your browser: http://%[1]s/demo  (a pretend shop page with the chat widget, signed in as
+customer %[4]s, who owns order %[5]s: ask about 双11满减, the order, a refund)
+
 %[3]sPress Ctrl-C to stop.
-`, addr, tok, console)
+`, addr, tok, console, demoCustomer, demoOrder)
 }
 
 func printConsoleBanner(w io.Writer, addr, email, password string) {

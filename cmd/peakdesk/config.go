@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/outbox"
 	"github.com/peakdesk/peakdesk/outbox/egress"
 	"github.com/peakdesk/peakdesk/storage/queue"
@@ -146,6 +147,13 @@ type Config struct {
 	ConsoleIdleTimeout    time.Duration
 	ConsoleLifetime       time.Duration
 	ConsoleSampleInterval time.Duration
+	// DevOrigins are web origins (comma-separated) whose pages may call
+	// the chat API for every shop, beside each shop's allowed origins;
+	// for development. StreamOpens and StreamOpenWait shape the edge's
+	// event stream open queue (ingest.Config).
+	DevOrigins     string
+	StreamOpens    int
+	StreamOpenWait time.Duration
 	// SnapshotPrefix names the Redis keys of the metric snapshots every
 	// process publishes for the console; empty = the default (tests set
 	// their own so parallel tests do not see each other).
@@ -222,8 +230,27 @@ func envDefaults(getenv func(string) string, dev bool) Config {
 	c.ConsoleIdleTimeout = e.duration("PEAKDESK_CONSOLE_IDLE_TIMEOUT", 30*time.Minute)
 	c.ConsoleLifetime = e.duration("PEAKDESK_CONSOLE_LIFETIME", 12*time.Hour)
 	c.ConsoleSampleInterval = e.duration("PEAKDESK_CONSOLE_SAMPLE_INTERVAL", 5*time.Second)
+	c.DevOrigins = e.str("PEAKDESK_DEV_ORIGINS", "")
+	c.StreamOpens = e.int("PEAKDESK_STREAM_OPENS", 64)
+	c.StreamOpenWait = e.duration("PEAKDESK_STREAM_OPEN_WAIT", 10*time.Second)
 	c.envErr = e.err
 	return c
+}
+
+// devOrigins returns DevOrigins normalized, or an error naming the setting.
+func (c *Config) devOrigins() ([]string, error) {
+	var out []string
+	for o := range strings.SplitSeq(c.DevOrigins, ",") {
+		if o = strings.TrimSpace(o); o == "" {
+			continue
+		}
+		n, err := peakdesk.NormalizeOrigin(o)
+		if err != nil {
+			return nil, fmt.Errorf("config: PEAKDESK_DEV_ORIGINS: %q is not a web origin like http://localhost:3000", o)
+		}
+		out = append(out, n)
+	}
+	return out, nil
 }
 
 // envReader reads typed environment variables, keeping the first malformed
@@ -321,6 +348,9 @@ func parseFlags(name string, args []string, stderr io.Writer, getenv func(string
 	fs.StringVar(&c.HTTPAddr, "http-addr", c.HTTPAddr, "HTTP listen address (env PEAKDESK_HTTP_ADDR)")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", c.MetricsAddr, "listen address of /metrics, apart from the API; empty: none (env PEAKDESK_METRICS_ADDR)")
 	fs.IntVar(&c.MaxStreams, "max-streams", c.MaxStreams, "event streams one edge process holds open at most (env PEAKDESK_MAX_STREAMS)")
+	fs.IntVar(&c.StreamOpens, "stream-opens", c.StreamOpens, "event stream opens set up at once; more wait their turn (env PEAKDESK_STREAM_OPENS)")
+	fs.DurationVar(&c.StreamOpenWait, "stream-open-wait", c.StreamOpenWait, "how long an event stream open may wait for its turn before 503 (env PEAKDESK_STREAM_OPEN_WAIT)")
+	fs.StringVar(&c.DevOrigins, "dev-origins", c.DevOrigins, "comma-separated web origins whose pages may call the chat API for every shop, e.g. http://localhost:3000 (env PEAKDESK_DEV_ORIGINS)")
 	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "local data directory (env PEAKDESK_DATA_DIR)")
 	fs.StringVar(&c.LLMBaseURL, "llm-base-url", c.LLMBaseURL, "OpenAI-compatible base URL; empty in dev = simulator (env PEAKDESK_LLM_BASE_URL)")
 	fs.StringVar(&c.LLMModel, "llm-model", c.LLMModel, "LLM model (env PEAKDESK_LLM_MODEL)")
@@ -363,6 +393,12 @@ func (c *Config) validate() error {
 	}
 	if len(c.Roles) == 0 {
 		return errors.New("config: --roles: name at least one role")
+	}
+	if _, err := c.devOrigins(); err != nil {
+		return err
+	}
+	if c.StreamOpens < 1 || c.StreamOpenWait <= 0 {
+		return errors.New("config: PEAKDESK_STREAM_OPENS and PEAKDESK_STREAM_OPEN_WAIT must be positive")
 	}
 	for _, r := range c.Roles {
 		if !slices.Contains(allRoles, r) {

@@ -18,6 +18,9 @@ func TestMalformedEnvironmentIsRefused(t *testing.T) {
 		"PEAKDESK_ADMISSION_MAX_WAIT_P2": "soon",
 		"PEAKDESK_ADMISSION_MIN_BACKLOG": "-3",
 		"PEAKDESK_MAX_STREAMS":           "10k",
+		"PEAKDESK_DEV_ORIGINS":           "http://localhost:3000,localhost:5173",
+		"PEAKDESK_STREAM_OPENS":          "0",
+		"PEAKDESK_STREAM_OPEN_WAIT":      "-1s",
 	} {
 		env := map[string]string{name: value}
 		c := envDefaults(func(k string) string { return env[k] }, true)

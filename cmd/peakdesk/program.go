@@ -27,6 +27,7 @@ import (
 	"github.com/peakdesk/peakdesk/dashboard/snapshot"
 	"github.com/peakdesk/peakdesk/ingest"
 	"github.com/peakdesk/peakdesk/ingest/token"
+	"github.com/peakdesk/peakdesk/ingest/widget"
 	"github.com/peakdesk/peakdesk/loadtest/llmsim"
 	"github.com/peakdesk/peakdesk/outbox"
 	"github.com/peakdesk/peakdesk/outbox/shopapi"
@@ -223,8 +224,13 @@ func (p *Program) Start(ctx context.Context) (err error) {
 	mux.HandleFunc("GET /readyz", p.ready)
 
 	if cfg.hasRole(roleIngest) {
+		devOrigins, err := cfg.devOrigins()
+		if err != nil {
+			return err
+		}
 		p.edge, err = ingest.New(ingest.Config{
 			Secret: secret, PreviousSecrets: previous, Auth: auth, MaxStreams: cfg.MaxStreams,
+			StreamOpens: cfg.StreamOpens, StreamOpenWait: cfg.StreamOpenWait, DevOrigins: devOrigins,
 			DB: p.db, Redis: p.rdb, JS: p.js,
 			Logger: p.Log, Registerer: p.registry,
 			BatchPublish: cfg.PublishBatch,
@@ -241,6 +247,17 @@ func (p *Program) Start(ctx context.Context) (err error) {
 			return err
 		}
 		p.edge.Register(mux)
+		widget.Register(mux)
+		if cfg.Dev {
+			// The pretend shop page a newcomer chats on; dev only, since
+			// anyone who loads it chats as the demo customer.
+			demo := widget.Demo(widget.DemoConfig{Shop: "demo", User: demoCustomer, Order: demoOrder,
+				Token: func(shop, user string, ttl time.Duration) (string, error) {
+					return token.Sign(secret, shop, user, nil, ttl)
+				}})
+			mux.Handle("GET /demo", demo)
+			mux.Handle("GET /demo/token", demo)
+		}
 	}
 	if cfg.hasRole(roleWorker) {
 		// Every LLM HTTP call goes through the worker's transport: the

@@ -164,13 +164,13 @@ func TestEachRoleIsRefusedWhatItMustNotDo(t *testing.T) {
 
 	// What each needs.
 	allowed(t, "ingest", "publish "+in, publish(ingest, in))
-	allowed(t, "ingest", "publish reply events", publish(ingest, queue.EventSubject("demo", "c1")))
+	allowed(t, "ingest", "publish reply events", publish(ingest, queue.UserEventSubject("demo", "u1")))
 	allowed(t, "ingest", "read reply events", func(ctx context.Context) error {
 		s, err := ingest.Stream(ctx, queue.StreamEvents)
 		if err != nil {
 			return err
 		}
-		_, err = s.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(queue.EventSubject("demo", "c1")))
+		_, err = s.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(queue.UserEventSubject("demo", "u1")))
 		return err
 	})
 	allowed(t, "ingest", "follow reply events", func(ctx context.Context) error {
@@ -189,9 +189,10 @@ func TestEachRoleIsRefusedWhatItMustNotDo(t *testing.T) {
 		})
 	}
 	allowed(t, "worker", "pull "+p0, pull(worker, queue.StreamIn, p0))
-	allowed(t, "worker", "publish reply events", publish(worker, queue.EventSubject("demo", "c2")))
-	allowed(t, "relay", "publish reply events", publish(relay, queue.EventSubject("demo", "c3")))
+	allowed(t, "worker", "publish reply events", publish(worker, queue.UserEventSubject("demo", "u2")))
+	allowed(t, "relay", "publish reply events", publish(relay, queue.LegacyEventSubject("demo", "c3")))
 	allowed(t, "dashboard", "re-drive into "+in, publish(dash, in))
+	allowed(t, "dashboard", "publish an agent's reply event", publish(dash, queue.UserEventSubject("demo", "u3")))
 
 	// What each must not do.
 	refused(t, "worker", vWorker, in, publish(worker, in))

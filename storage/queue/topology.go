@@ -1,8 +1,9 @@
 // Package queue is peakdesk's JetStream topology (DESIGN.md §5): the
 // streams CHAT_IN (accepted messages, one subject per priority and shop,
-// work-queue retention), CHAT_EVENTS (reply events for SSE and replay),
-// CHAT_DLQ and CHAT_ADVISORIES, the workers' durable consumers, the embedded
-// server dev mode and tests run, and the publishing of reply events.
+// work-queue retention), CHAT_EVENTS (reply events, one subject per
+// customer, for event streams and replay), CHAT_DLQ and CHAT_ADVISORIES,
+// the workers' durable consumers, the embedded server dev mode and tests
+// run, and the publishing of reply events.
 package queue
 
 import (
@@ -43,11 +44,6 @@ func DLQSubject(shop string) string { return "chat.dlq." + shop }
 // InSubject is the subject a message of priority p for shop is published on.
 func InSubject(p peakdesk.Priority, shop string) string {
 	return "chat.in." + string(p) + "." + shop
-}
-
-// EventSubject is the subject of reply events of one conversation.
-func EventSubject(shop, conv string) string {
-	return "chat.events." + shop + "." + conv
 }
 
 // ConsumerName is the durable consumer the workers pull priority p from.
@@ -115,15 +111,15 @@ func EnsureTopology(ctx context.Context, js jetstream.JetStream, t Topology) (To
 		AllowAtomicPublish: true,
 	}, {
 		Name:        StreamEvents,
-		Description: "reply events, by shop and conversation",
-		Subjects:    []string{"chat.events.>"},
+		Description: "reply events, by shop and customer",
+		Subjects:    []string{EventsFilter},
 		Retention:   jetstream.LimitsPolicy,
 		Storage:     jetstream.FileStorage,
 		Replicas:    t.Replicas,
 		MaxAge:      t.EventsMaxAge,
 		Discard:     jetstream.DiscardOld,
 		Duplicates:  2 * time.Minute,
-		// Event streams replay a conversation with direct gets by subject.
+		// Event streams replay a customer's subject with direct gets.
 		AllowDirect: true,
 	}, {
 		Name:        StreamDLQ,
