@@ -38,6 +38,10 @@ const (
 	ScopeOps = "ops"
 	// ScopeOpsWrite lets an operator act through the operator API.
 	ScopeOpsWrite = "ops:write"
+	// ScopeAgent lets a shop's human agent (the subject) work the agent
+	// API — claim, reply, resolve, hand back — and read the shop's
+	// conversations. Shop keys may grant it.
+	ScopeAgent = "agent"
 	// ScopeAdmin lets an operator administer shops (/v1/admin/shops): a
 	// platform operator (shop "*") every shop, a shop's operator its own.
 	ScopeAdmin = "admin"
