@@ -117,7 +117,7 @@ type Reply struct {
 	// Agent is the name a human agent's reply (source agent) is signed
 	// with: the part of a console operator's e-mail before the @, or an
 	// API agent's token subject.
-	Agent     string    `json:"agent,omitempty"`
+	Agent string `json:"agent,omitempty"`
 	// FollowUp means a further reply comes on the conversation: this one
 	// tells the customer their order is being looked up, and the facts (or
 	// a human, should the shop stay down) follow as a reply of their own.

@@ -209,6 +209,7 @@ func drillOrders(ctx context.Context, cfg drillConfig) (*drillResult, error) {
 		ns.WaitForShutdown()
 	}()
 	secret := randomHex(32)
+	masterKey := randomHex(32)
 	pc := envDefaults(func(k string) string {
 		switch k {
 		case "NATS_URL":
@@ -229,6 +230,8 @@ func drillOrders(ctx context.Context, cfg drillConfig) (*drillResult, error) {
 			return "warn"
 		case "DATABASE_URL":
 			return dbURL
+		case "PEAKDESK_MASTER_KEY":
+			return masterKey // the drill's database is its own
 		case "REDIS_URL":
 			return redisURL
 		}

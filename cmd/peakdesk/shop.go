@@ -30,10 +30,11 @@ const shopUsage = `Usage: peakdesk shop <subcommand> [flags] [field=value ...]
                                          a new token-signing key; prints its kid
   encrypt-secrets                        seal every shop secret not yet sealed
                                          under PEAKDESK_MASTER_KEY (start does it too)
-  order-answers --shop S [llm|direct]    how order questions are answered: from the
-                                         shop's data first (direct) or by the LLM
+  order-answers --shop S [llm|direct]    show or set how order questions are answered
+                                         (direct: from the shop's data, without the LLM)
   text --shop S [--lang zh|en --key K (--file F | --delete)]
-                                         the shop's own wording of a customer text
+                                         list, set or remove the shop's wording of a
+                                         customer text (order.update, order.checking, ...)
   origins --shop S [--set https://a.example,https://b.example]
                                          web origins whose pages may use the chat
                                          widget and API (CORS)

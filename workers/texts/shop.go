@@ -87,10 +87,10 @@ var samples = func() map[Key]any {
 	list := NewOrderList(ZH, []OrderFacts{{ID: "1234567", Status: "shipped", CreatedAt: at,
 		Items: []OrderItem{{Name: "Kettle", Quantity: 1}}}})
 	return map[Key]any{
-		HandoffUnavailable: order, HandoffDeadLetter: order, HandoffOrderLookup: order,
-		OrderUpdate: order, OrderChecking: order, OrderNotFound: order, RefundNone: order,
+		HandoffUnavailable: order, HandoffDeadLetter: order, HandoffOrderLookup: order, HandoffRequested: order,
+		HandoffWaiting: Wait{Minutes: 3},
+		OrderUpdate:    order, OrderChecking: order, OrderNotFound: order, RefundNone: order,
 		OrdersNone: list, OrdersChoose: list,
-		HandoffRequested: order, HandoffWaiting: Wait{Minutes: 3},
 		RefundStatus: NewRefund(ZH, RefundFacts{OrderID: "1234567", AmountCents: 100, Status: "processing", ExpectedAt: &at}),
 	}
 }()
