@@ -120,7 +120,7 @@ func (w *Worker) handle(ctx context.Context, log *slog.Logger, ka *keepAlive, ms
 		case <-ctx.Done():
 		}
 	}
-	claim, err := w.cfg.DB.ClaimMessage(ctx, &m, newID(), w.cfg.AckWait, w.cfg.MaxBatch)
+	claim, err := w.cfg.DB.ClaimMessage(ctx, &m, newID(), w.ackWait, w.cfg.MaxBatch)
 	claimDone()
 	switch {
 	case errors.Is(err, storage.ErrForeignConversation):
@@ -223,7 +223,7 @@ func (w *Worker) turn(ctx context.Context, log *slog.Logger, ka *keepAlive, hold
 		saveCtx, cancel := context.WithTimeout(context.WithoutCancel(turnCtx), 10*time.Second)
 		next, err = w.cfg.DB.SaveTurn(saveCtx, hold, storage.TurnReply{
 			Reply: reply, EventPending: eventPending, InTx: ans.inTx(),
-		}, w.cfg.AckWait, w.cfg.MaxBatch)
+		}, w.ackWait, w.cfg.MaxBatch)
 		cancel()
 	}
 	ka.hold(ctx, nil)

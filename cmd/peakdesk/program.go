@@ -141,7 +141,9 @@ func (p *Program) Start(ctx context.Context) (err error) {
 	if p.js, err = jetstream.New(p.nc); err != nil {
 		return fmt.Errorf("jetstream: %w", err)
 	}
-	topo, err := queue.EnsureTopology(ctx, p.js, queue.Topology{AckWait: cfg.AckWait, Replicas: cfg.StreamReplicas})
+	_, err = queue.EnsureTopology(ctx, p.js, queue.Topology{
+		AckWait: cfg.AckWait, AckWaitP0: cfg.AckWaitP0, Replicas: cfg.StreamReplicas,
+	})
 	if err != nil {
 		return err
 	}
@@ -276,8 +278,7 @@ func (p *Program) Start(ctx context.Context) (err error) {
 			Logger:     p.Log,
 			Registerer: p.registry,
 			Limits:     limits,
-			AckWait:    topo.AckWait,
-			SoftStop:   cfg.SoftStop,
+			SoftStop:   cfg.WorkerSoftStop, // AckWait: the consumers'
 			// p1:p2 weights and turn gathering (issue 5).
 			P1Weight:   p1Weight,
 			P2Weight:   p2Weight,
