@@ -508,7 +508,9 @@ type TurnReply struct {
 
 // SaveTurn stores tr.Reply as the one reply to h's messages, in one
 // transaction that first checks h still holds the conversation
-// (ErrTurnLost otherwise: nothing is stored).
+// (ErrTurnLost otherwise: nothing is stored). Outbox actions it stores do
+// not wake the relays: call NotifyRelays after it (batched; see
+// deferRelayNotify).
 //
 // If more messages waited meanwhile, the hold is renewed for lease and the
 // next turn, with up to maxBatch of them, is returned; otherwise the hold is
@@ -517,6 +519,9 @@ func (db *DB) SaveTurn(ctx context.Context, h *Hold, tr TurnReply, lease time.Du
 	r := tr.Reply
 	err = pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
 		b := &pgx.Batch{}
+		// No NOTIFY from this transaction (it would serialise every turn's
+		// commit): the caller wakes the relays after commit (NotifyRelays).
+		b.Queue(deferRelayNotify)
 		b.Queue(`UPDATE conversations SET turn_until = now() + $4::interval, updated_at = now(),
 				handoff = handoff OR $5
 			WHERE id = $1 AND shop_id = $2 AND turn_owner = $3`,
@@ -558,6 +563,9 @@ func (db *DB) SaveTurn(ctx context.Context, h *Hold, tr TurnReply, lease time.Du
 // saveTurnBatch reads SaveTurn's batch and closes it.
 func saveTurnBatch(br pgx.BatchResults, h *Hold, r *peakdesk.Reply, next **Hold) error {
 	defer br.Close()
+	if _, err := br.Exec(); err != nil { // deferRelayNotify
+		return err
+	}
 	tag, err := br.Exec()
 	if err != nil {
 		return err

@@ -230,6 +230,7 @@ func (w *Worker) turn(ctx context.Context, log *slog.Logger, ka *keepAlive, hold
 	if err != nil {
 		return turnEnd{head: w.turnFailed(ctx, log, hold, err)}
 	}
+	w.wakeRelays() // for the reply webhook and the actions the turn stored
 	w.answered(ctx, hold, reply)
 	pubCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	err = w.publishEvent(pubCtx, reply)

@@ -188,6 +188,9 @@ type Worker struct {
 	fetchDone           chan struct{}
 	bg                  sync.WaitGroup // parked pulls, sweeper, dead letters
 	inflight            sync.WaitGroup
+	relayWake           chan struct{} // wakeRelays → notifyRelays
+	relayStop           chan struct{}
+	relayDone           chan struct{}
 }
 
 // New returns a Worker for cfg.
@@ -213,6 +216,9 @@ func New(cfg Config) (*Worker, error) {
 		limits:    limits,
 		slots:     limits.slots,
 		fetchDone: make(chan struct{}),
+		relayWake: make(chan struct{}, 1),
+		relayStop: make(chan struct{}),
+		relayDone: make(chan struct{}),
 		// Until Start reads the consumers' (a worker a test drives
 		// without starting it).
 		ackWait: cmp.Or(cfg.AckWait, 30*time.Second),
@@ -256,6 +262,7 @@ func (w *Worker) Start(ctx context.Context) error {
 		fetchCtx, fetchCancel := context.WithCancel(context.Background())
 		workCtx, workCancel := context.WithCancel(context.Background())
 		w.fetchCancel, w.workCancel = fetchCancel, workCancel
+		go func() { defer close(w.relayDone); w.notifyRelays(w.relayStop) }()
 		go newScheduler(w).fetchLoop(fetchCtx, workCtx)
 		w.bg.Add(2)
 		go func() { defer w.bg.Done(); w.sweep(fetchCtx, workCtx) }()
@@ -293,6 +300,8 @@ func (w *Worker) Stop() {
 			<-done
 		}
 		w.workCancel()
+		close(w.relayStop)
+		<-w.relayDone
 	})
 }
 
