@@ -11,9 +11,11 @@
 // (verdict.go). The files follow the steps: worker.go (configuration and
 // lifecycle), scheduler.go (what starts when a slot frees), handle.go
 // (claim, turns, the verdict), compose.go (the reply and what it promises),
-// keepalive.go, sweeper.go, deadletters.go, and limits.go with transport.go
-// (the adaptive concurrency limit and the provider budget, applied to every
-// LLM call).
+// handoff.go (a customer asking for a human), keepalive.go, sweeper.go,
+// deadletters.go, and limits.go with transport.go (the adaptive concurrency
+// limit and the provider budget, applied to every LLM call). While a human
+// agent owns a conversation the bot is silent: its messages are stored for
+// the agent and acked (storage's takeover).
 package workers
 
 import (
@@ -178,6 +180,7 @@ type Worker struct {
 	claims    claimLine
 	pulls     atomic.Int64 // pull requests sent to the priority consumers
 	tools     []llm.Tool   // Config.Tools as offered to the LLM
+	words     *handoffWords
 	// ackWait is the shortest AckWait of the consumers (or Config.AckWait):
 	// the lease of conversation holds; heartbeats every third of it.
 	ackWait time.Duration
@@ -216,6 +219,7 @@ func New(cfg Config) (*Worker, error) {
 		limits:    limits,
 		slots:     limits.slots,
 		fetchDone: make(chan struct{}),
+		words:     &handoffWords{db: cfg.DB, log: cfg.Logger.With("component", "worker")},
 		relayWake: make(chan struct{}, 1),
 		relayStop: make(chan struct{}),
 		relayDone: make(chan struct{}),
