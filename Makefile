@@ -3,7 +3,7 @@ SHELL := /bin/bash
 GO    ?= go
 PKGS  ?= ./...
 
-.PHONY: run test bench bench-short services build vet fmt nats clean
+.PHONY: run test bench bench-short drill services build vet fmt nats clean
 
 ## run: start Postgres and Redis, then every role in one process (dev mode).
 ## The binary runs in place of the shell, so Ctrl-C stops it cleanly.
@@ -31,6 +31,16 @@ bench: services
 
 bench-short:
 	$(MAKE) bench BENCH_FLAGS=--short
+
+## drill: the order drill (DESIGN.md §8, issue 15), twice: customers ask
+## about their orders for 4 minutes while the shop API is down from minute 1
+## to minute 3, first with the LLM up, then with it down. Bounded (at most
+## 4 + 5 minutes each); fails when a customer gets no first reply within the
+## message's budget or not exactly one final answer.
+DRILL_FLAGS ?= --rate 5 --duration 4m --outage-at 1m --outage-for 2m
+drill: services
+	$(GO) run ./cmd/peakdesk drill orders $(DRILL_FLAGS)
+	$(GO) run ./cmd/peakdesk drill orders $(DRILL_FLAGS) --llm-down
 
 ## services: install (Debian packages) and start Postgres and Redis; idempotent.
 services:

@@ -90,6 +90,10 @@ const (
 	SourceFollowUp = "followup"
 	// SourceAgent marks a reply a human agent wrote (human takeover).
 	SourceAgent = "agent"
+	// SourceOrder marks an answer from the shop's order data without the
+	// LLM: an order's status and parcel, a customer's recent orders, a
+	// refund's state (or "checking", when the shop was too slow).
+	SourceOrder = "order"
 )
 
 // Reply is one answer on a conversation. It answers one or more messages.
@@ -110,6 +114,10 @@ type Reply struct {
 	// with: the part of a console operator's e-mail before the @, or an
 	// API agent's token subject.
 	Agent     string    `json:"agent,omitempty"`
+	// FollowUp means a further reply comes on the conversation: this one
+	// tells the customer their order is being looked up, and the facts (or
+	// a human, should the shop stay down) follow as a reply of their own.
+	FollowUp  bool      `json:"follow_up,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
 	// ReplacesPartial tells a client that showed the partial text of a
 	// streamed answer that this reply replaces it (the stream broke, or the

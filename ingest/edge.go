@@ -71,13 +71,23 @@ type Config struct {
 	MaxPending int
 	// FAQ answers shed messages instantly when it is confident; optional.
 	FAQ FAQ
+	// Orders takes shed order questions (outbox.Tools): "checking" at once
+	// and a follow-up that pushes the facts; optional.
+	Orders ShedOrders
 	// ReplyWebhook builds the webhook.deliver action of a shed message's FAQ
-	// answer, stored in the answer's transaction like every reply's
-	// (outbox.ReplyWebhook); required with FAQ.
+	// or order answer, stored in the answer's transaction like every
+	// reply's (outbox.ReplyWebhook); required with FAQ or Orders.
 	ReplyWebhook func(*peakdesk.Reply) (peakdesk.Action, error)
 	// MaxStreams caps the event streams open on this process at once; one
 	// more is answered 429. Default 10,000.
 	MaxStreams int
+}
+
+// ShedOrders answers an order question the edge sheds: the reply's text
+// and the actions it promises (an order follow-up), or ok false when m is
+// not an order question. It must not wait on the shop.
+type ShedOrders interface {
+	ShedOrder(ctx context.Context, m *peakdesk.Message) (text string, actions []peakdesk.Action, ok bool, err error)
 }
 
 // FAQ answers a question from a shop's FAQ when it is confident enough.
@@ -427,8 +437,9 @@ func (e *Edge) acceptMessage(ctx context.Context, claims *token.Claims, info *sh
 		Metadata:       req.Metadata,
 		AcceptedAt:     time.Now().UTC(),
 	}
-	// Shed load lowest priority first: an instant FAQ answer when one fits,
-	// else 429 with the time the backlog needs to drain.
+	// Shed load lowest priority first: an order question is told "checking"
+	// and followed up from the shop's data, a question the FAQ knows gets
+	// its answer at once, else 429 with the time the backlog needs to drain.
 	if retry, ok := e.admit.check(prio, info.admission); !ok {
 		// A repeat of a message already accepted gets its first result, not
 		// a shed.
@@ -437,6 +448,11 @@ func (e *Edge) acceptMessage(ctx context.Context, claims *token.Claims, info *sh
 				return accepted{MessageID: m.ID, ConversationID: st.ConversationID, Priority: st.Priority,
 					Status: st.Status, Reply: st.Reply}, nil
 			}
+		}
+		if reply := e.answerOrderShed(ctx, m); reply != nil {
+			e.metrics.shed.WithLabelValues(string(prio), "order").Inc()
+			return accepted{MessageID: m.ID, ConversationID: conv, Priority: prio,
+				Status: peakdesk.StatusAnswered, Reply: reply}, nil
 		}
 		if reply := e.answerFromFAQ(ctx, m); reply != nil {
 			e.metrics.shed.WithLabelValues(string(prio), "faq").Inc()

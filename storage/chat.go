@@ -88,12 +88,13 @@ func (db *DB) ReplyFor(ctx context.Context, shop, messageID string) (*peakdesk.R
 
 const replyColumns = `r.id, r.shop_id, r.conversation_id, r.text, r.source, r.model,
 	r.prompt_tokens, r.completion_tokens, r.agent, r.created_at,
-	coalesce((SELECT array_agg(m.id ORDER BY m.accepted_at, m.id) FROM messages m WHERE m.reply_id = r.id), '{}')`
+	coalesce((SELECT array_agg(m.id ORDER BY m.accepted_at, m.id) FROM messages m WHERE m.reply_id = r.id), '{}'),
+	EXISTS (SELECT 1 FROM outbox_actions a WHERE a.reply_id = r.id AND a.kind = 'order.followup' AND a.shop_id = r.shop_id)`
 
 func scanReply(row pgx.Row) (*peakdesk.Reply, error) {
 	var r peakdesk.Reply
 	err := row.Scan(&r.ID, &r.ShopID, &r.ConversationID, &r.Text, &r.Source, &r.Model,
-		&r.PromptTokens, &r.CompletionTokens, &r.Agent, &r.CreatedAt, &r.MessageIDs)
+		&r.PromptTokens, &r.CompletionTokens, &r.Agent, &r.CreatedAt, &r.MessageIDs, &r.FollowUp)
 	return &r, err
 }
 

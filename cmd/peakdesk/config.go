@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/peakdesk/peakdesk/outbox"
 	"github.com/peakdesk/peakdesk/outbox/egress"
 	"github.com/peakdesk/peakdesk/workers/llm"
 )
@@ -107,6 +108,14 @@ type Config struct {
 	// RelayConcurrency is how many outbox actions one relay carries out at
 	// once.
 	RelayConcurrency int
+	// Order answers: OrderCacheTTL is how long a shop lookup's result
+	// answers further customers (coalesced across processes);
+	// OrderLookupBudget bounds a lookup made while answering (the message's
+	// deadline bounds it too); FollowUpStep and FollowUpMaxAttempts are the
+	// order follow-ups' linear retry schedule, after which a human takes
+	// over.
+	OrderCacheTTL, OrderLookupBudget, FollowUpStep time.Duration
+	FollowUpMaxAttempts                            int
 	// LLMPrices is the price table, "model=in/out,…" in USD per million
 	// tokens.
 	LLMPrices string
@@ -185,6 +194,10 @@ func envDefaults(getenv func(string) string, dev bool) Config {
 	c.LLMTPM = e.int("PEAKDESK_LLM_TPM", 0)
 	c.StreamReplicas = e.int("PEAKDESK_STREAM_REPLICAS", 1)
 	c.RelayConcurrency = e.int("PEAKDESK_RELAY_CONCURRENCY", 32)
+	c.OrderCacheTTL = e.duration("PEAKDESK_ORDER_CACHE_TTL", 30*time.Second)
+	c.OrderLookupBudget = e.duration("PEAKDESK_ORDER_LOOKUP_BUDGET", 2*time.Second)
+	c.FollowUpStep = e.duration("PEAKDESK_FOLLOWUP_STEP", 5*time.Second)
+	c.FollowUpMaxAttempts = e.int("PEAKDESK_FOLLOWUP_MAX_ATTEMPTS", outbox.DefaultFollowUpMaxAttempts)
 	c.LLMPrices = e.str("PEAKDESK_LLM_PRICES", "")
 	c.FXRates = e.str("PEAKDESK_FX_RATES", llm.DefaultFXRates)
 	c.LLMMaxTokensParam = e.str("PEAKDESK_LLM_MAX_TOKENS_PARAM", llm.ParamMaxTokens)
@@ -310,6 +323,10 @@ func parseFlags(name string, args []string, stderr io.Writer, getenv func(string
 	fs.IntVar(&c.LLMRPM, "llm-rpm", c.LLMRPM, "LLM provider requests per minute for all workers together; 0 = unlimited (env PEAKDESK_LLM_RPM)")
 	fs.IntVar(&c.LLMTPM, "llm-tpm", c.LLMTPM, "LLM provider tokens per minute for all workers together; 0 = unlimited (env PEAKDESK_LLM_TPM)")
 	fs.IntVar(&c.RelayConcurrency, "relay-concurrency", c.RelayConcurrency, "outbox actions one relay carries out at once (env PEAKDESK_RELAY_CONCURRENCY)")
+	fs.DurationVar(&c.OrderCacheTTL, "order-cache-ttl", c.OrderCacheTTL, "how long a shop lookup's result answers further customers (env PEAKDESK_ORDER_CACHE_TTL)")
+	fs.DurationVar(&c.OrderLookupBudget, "order-lookup-budget", c.OrderLookupBudget, "longest a shop lookup may take while answering before the customer is told \"checking\" and followed up (env PEAKDESK_ORDER_LOOKUP_BUDGET)")
+	fs.DurationVar(&c.FollowUpStep, "followup-step", c.FollowUpStep, "step of the order follow-ups' linear backoff (env PEAKDESK_FOLLOWUP_STEP)")
+	fs.IntVar(&c.FollowUpMaxAttempts, "followup-max-attempts", c.FollowUpMaxAttempts, "attempts of an order follow-up before a human takes over (env PEAKDESK_FOLLOWUP_MAX_ATTEMPTS)")
 	fs.StringVar(&c.ShopAPIURL, "shop-api-url", c.ShopAPIURL, "default shop API base URL; empty in dev = simulator (env PEAKDESK_SHOP_API_URL)")
 	fs.BoolVar(&c.AllowPrivateShopURLs, "allow-private-shop-urls", c.AllowPrivateShopURLs, "let shop calls use plain http and reach loopback/private addresses; dev and tests only (env PEAKDESK_ALLOW_PRIVATE_SHOP_URLS; default on in dev)")
 	fs.IntVar(&c.StreamReplicas, "stream-replicas", c.StreamReplicas, "JetStream replicas per stream: 1, or 3 in a cluster (env PEAKDESK_STREAM_REPLICAS)")
@@ -407,6 +424,9 @@ func (c *Config) validate() error {
 	}
 	if c.RelayConcurrency < 1 {
 		return errors.New("config: --relay-concurrency must be at least 1")
+	}
+	if c.OrderCacheTTL <= 0 || c.OrderLookupBudget <= 0 || c.FollowUpStep <= 0 || c.FollowUpMaxAttempts < 1 {
+		return errors.New("config: PEAKDESK_ORDER_CACHE_TTL, PEAKDESK_ORDER_LOOKUP_BUDGET and PEAKDESK_FOLLOWUP_STEP must be positive and PEAKDESK_FOLLOWUP_MAX_ATTEMPTS at least 1")
 	}
 	if c.ShopAPIURL != "" {
 		if err := egress.CheckURL(c.ShopAPIURL, c.AllowPrivateShopURLs); err != nil {

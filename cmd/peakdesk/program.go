@@ -56,6 +56,7 @@ type Program struct {
 	shopSrv  *http.Server // the simulated shop API in dev
 	faq      *faq.Engine
 	shop     *shopapi.Client
+	orders   *orderAnswers // lookups, texts and tools of order answers
 	relay    *outbox.Relay
 	redactor *retention.Redactor // masks expired chat texts (relay role)
 	edge     *ingest.Edge
@@ -201,6 +202,9 @@ func (p *Program) Start(ctx context.Context) (err error) {
 			return err
 		}
 	}
+	if p.orders, err = p.newOrderAnswers(); err != nil {
+		return err
+	}
 	if cfg.hasRole(roleIngest) || cfg.hasRole(roleWorker) {
 		if p.faq, err = faq.New(faq.Config{DB: p.db, Logger: p.Log, Registerer: p.registry}); err != nil {
 			return err
@@ -221,6 +225,7 @@ func (p *Program) Start(ctx context.Context) (err error) {
 			Logger: p.Log, Registerer: p.registry,
 			BatchPublish: cfg.PublishBatch,
 			FAQ:          edgeFAQ{p.faq}, ReplyWebhook: outbox.ReplyWebhook,
+			Orders: p.orders.tools,
 			Admission: ingest.AdmissionConfig{Disabled: cfg.AdmissionDisabled, MinBacklog: int64(cfg.AdmissionMinBacklog),
 				MaxWait: map[peakdesk.Priority]time.Duration{
 					peakdesk.P0: cfg.AdmissionMaxWaitP0, peakdesk.P1: cfg.AdmissionMaxWaitP1, peakdesk.P2: cfg.AdmissionMaxWaitP2}},
@@ -277,10 +282,7 @@ func (p *Program) Start(ctx context.Context) (err error) {
 		if err := p.answerer.Start(ctx); err != nil {
 			return err
 		}
-		tools, err := outbox.NewTools(outbox.ToolsConfig{DB: p.db, Shop: p.shop})
-		if err != nil {
-			return err
-		}
+		tools := p.orders.tools
 		p1Weight, p2Weight, _ := cfg.workerWeights() // validated
 		p.worker, err = workers.New(workers.Config{
 			JS: p.js, DB: p.db, Answerer: p.answerer, Tools: tools,
@@ -455,6 +457,9 @@ func (p *Program) Stop() {
 		}
 		if p.relay != nil {
 			p.relay.Stop()
+		}
+		if p.orders != nil {
+			p.orders.lookups.Wait() // lookups whose customers stopped waiting
 		}
 		if p.redactor != nil {
 			p.redactor.Stop()

@@ -60,6 +60,7 @@ func (p *Program) startRelay(ctx context.Context) error {
 	p.relay, err = outbox.NewRelay(outbox.Config{
 		DB: p.db, Shop: p.shop,
 		OnFollowUp: pusher.followUp, OnHandoff: pusher.handoff,
+		Lookups: p.orders.lookups, Texts: p.orders.texts, FollowUpStep: p.Config.FollowUpStep,
 		Logger: p.Log, Registerer: p.registry,
 		Concurrency: p.Config.RelayConcurrency,
 		SoftStop:    p.Config.SoftStop,

@@ -30,6 +30,10 @@ const shopUsage = `Usage: peakdesk shop <subcommand> [flags] [field=value ...]
                                          a new token-signing key; prints its kid
   encrypt-secrets                        seal every shop secret not yet sealed
                                          under PEAKDESK_MASTER_KEY (start does it too)
+  order-answers --shop S [llm|direct]    how order questions are answered: from the
+                                         shop's data first (direct) or by the LLM
+  text --shop S [--lang zh|en --key K (--file F | --delete)]
+                                         the shop's own wording of a customer text
 
 Fields are the JSON paths of "show", e.g. language=en limits.rate_per_second=50
 webhook.url=https://shop.example/hooks admission.max_wait_p2=20s
@@ -55,6 +59,8 @@ func runShop(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 		return runShopAdmin(ctx, args[0], args[1:], os.Stdin, stdout, stderr, getenv)
 	case "rotate-key":
 		return runShopRotateKey(ctx, args[1:], stdout, stderr, getenv)
+	case "order-answers", "text": // shop_orders.go
+		return runShopOrders(ctx, args[0], args[1:], stdout, stderr, getenv)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, shopUsage)
 		return nil

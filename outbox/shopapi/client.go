@@ -376,11 +376,13 @@ type OrderItem struct {
 
 // Logistics is where an order's parcel is.
 type Logistics struct {
-	OrderID    string           `json:"order_id"`
-	Carrier    string           `json:"carrier"`
-	TrackingNo string           `json:"tracking_no"`
-	Status     string           `json:"status"`
-	Events     []LogisticsEvent `json:"events"`
+	OrderID    string `json:"order_id"`
+	Carrier    string `json:"carrier"`
+	TrackingNo string `json:"tracking_no"`
+	Status     string `json:"status"`
+	// ETA is when the carrier expects to deliver, if it says.
+	ETA    *time.Time       `json:"eta,omitempty"`
+	Events []LogisticsEvent `json:"events"`
 }
 
 // LogisticsEvent is one scan of a parcel.
