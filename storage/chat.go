@@ -543,7 +543,8 @@ type TurnReply struct {
 // transaction that first checks h still holds the conversation
 // (ErrTurnLost otherwise) and that the bot still has it (ErrHumanOwned
 // otherwise: a human agent took it meanwhile); on either error nothing is
-// stored.
+// stored. Outbox actions it stores do not wake the relays: call
+// NotifyRelays after it (batched; see deferRelayNotify).
 //
 // If more messages waited meanwhile, the hold is renewed for lease and the
 // next turn, with up to maxBatch of them, is returned; otherwise (or when
@@ -553,6 +554,9 @@ func (db *DB) SaveTurn(ctx context.Context, h *Hold, tr TurnReply, lease time.Du
 	r := tr.Reply
 	err = pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
 		b := &pgx.Batch{}
+		// No NOTIFY from this transaction (it would serialise every turn's
+		// commit): the caller wakes the relays after commit (NotifyRelays).
+		b.Queue(deferRelayNotify)
 		b.Queue(`UPDATE conversations SET turn_until = now() + $4::interval, updated_at = now()
 			WHERE id = $1 AND shop_id = $2 AND turn_owner = $3
 			RETURNING state`,
@@ -608,6 +612,9 @@ func (db *DB) SaveTurn(ctx context.Context, h *Hold, tr TurnReply, lease time.Du
 // takes the next turn.
 func saveTurnBatch(br pgx.BatchResults, h *Hold, r *peakdesk.Reply, next **Hold, withNext bool) error {
 	defer br.Close()
+	if _, err := br.Exec(); err != nil { // deferRelayNotify
+		return err
+	}
 	var state string
 	err := br.QueryRow().Scan(&state)
 	switch {

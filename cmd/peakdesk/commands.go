@@ -130,7 +130,7 @@ func runMigrate(ctx context.Context, args []string, stderr io.Writer, getenv fun
 	if err != nil {
 		return err
 	}
-	topo, err := queue.EnsureTopology(ctx, js, queue.Topology{AckWait: cfg.AckWait, Replicas: cfg.StreamReplicas})
+	topo, err := queue.EnsureTopology(ctx, js, queue.Topology{AckWait: cfg.AckWait, AckWaitP0: cfg.AckWaitP0, Replicas: cfg.StreamReplicas})
 	if err != nil {
 		return err
 	}

@@ -87,10 +87,16 @@ type Config struct {
 	AllowPrivateShopURLs bool
 
 	WorkerConcurrency int
-	AckWait           time.Duration
-	SoftStop          time.Duration
-	DBMaxConns        int
-	LogLevel          string
+	// AckWait is the p1/p2 consumers' AckWait, AckWaitP0 the p0
+	// consumer's (at most AckWait): how soon a dead worker's messages come
+	// back.
+	AckWait, AckWaitP0 time.Duration
+	// SoftStop is how long a stopping relay lets attempts in flight finish;
+	// WorkerSoftStop the same for a stopping worker's messages (default 0:
+	// handed back at once).
+	SoftStop, WorkerSoftStop time.Duration
+	DBMaxConns               int
+	LogLevel                 string
 	// LogFormat is text, json, or auto: text on a terminal, JSON otherwise.
 	LogFormat string
 
@@ -187,8 +193,10 @@ func envDefaults(getenv func(string) string, dev bool) Config {
 		LLMTimeout:        e.duration("PEAKDESK_LLM_TIMEOUT", 30*time.Second),
 		ShopAPIURL:        e.str("PEAKDESK_SHOP_API_URL", ""),
 		WorkerConcurrency: e.int("PEAKDESK_WORKER_CONCURRENCY", 64),
-		AckWait:           e.duration("PEAKDESK_ACK_WAIT", 30*time.Second),
+		AckWait:           e.duration("PEAKDESK_ACK_WAIT", 8*time.Second),
+		AckWaitP0:         e.duration("PEAKDESK_ACK_WAIT_P0", 3*time.Second),
 		SoftStop:          e.duration("PEAKDESK_SOFT_STOP", 10*time.Second),
+		WorkerSoftStop:    e.duration("PEAKDESK_WORKER_SOFT_STOP", 0),
 		DBMaxConns:        e.int("PEAKDESK_DB_MAX_CONNS", 20),
 		LogLevel:          e.str("PEAKDESK_LOG_LEVEL", "info"),
 		LogFormat:         e.str("PEAKDESK_LOG_FORMAT", "auto"),
@@ -369,8 +377,10 @@ func parseFlags(name string, args []string, stderr io.Writer, getenv func(string
 	fs.StringVar(&c.ShopAPIURL, "shop-api-url", c.ShopAPIURL, "default shop API base URL; empty in dev = simulator (env PEAKDESK_SHOP_API_URL)")
 	fs.BoolVar(&c.AllowPrivateShopURLs, "allow-private-shop-urls", c.AllowPrivateShopURLs, "let shop calls use plain http and reach loopback/private addresses; dev and tests only (env PEAKDESK_ALLOW_PRIVATE_SHOP_URLS; default on in dev)")
 	fs.IntVar(&c.StreamReplicas, "stream-replicas", c.StreamReplicas, "JetStream replicas per stream: 1, or 3 in a cluster (env PEAKDESK_STREAM_REPLICAS)")
-	fs.DurationVar(&c.AckWait, "ack-wait", c.AckWait, "JetStream AckWait of the worker consumers (env PEAKDESK_ACK_WAIT)")
-	fs.DurationVar(&c.SoftStop, "soft-stop", c.SoftStop, "how long a stopping worker lets in-flight messages finish (env PEAKDESK_SOFT_STOP)")
+	fs.DurationVar(&c.AckWait, "ack-wait", c.AckWait, "JetStream AckWait of the p1 and p2 worker consumers: how soon a dead worker's messages come back (env PEAKDESK_ACK_WAIT)")
+	fs.DurationVar(&c.AckWaitP0, "ack-wait-p0", c.AckWaitP0, "JetStream AckWait of the p0 worker consumer, at most --ack-wait (env PEAKDESK_ACK_WAIT_P0)")
+	fs.DurationVar(&c.SoftStop, "soft-stop", c.SoftStop, "how long a stopping relay lets outbox attempts in flight finish (env PEAKDESK_SOFT_STOP)")
+	fs.DurationVar(&c.WorkerSoftStop, "worker-soft-stop", c.WorkerSoftStop, "how long a stopping worker lets in-flight messages finish before it hands them back; 0 = at once (env PEAKDESK_WORKER_SOFT_STOP)")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error (env PEAKDESK_LOG_LEVEL)")
 	fs.StringVar(&c.ConsoleOrigin, "console-origin", c.ConsoleOrigin, "the operator console's public origin, e.g. https://console.example.com; https makes its cookies Secure (env PEAKDESK_CONSOLE_ORIGIN)")
 	fs.DurationVar(&c.ConsoleIdleTimeout, "console-idle-timeout", c.ConsoleIdleTimeout, "console sessions end after this long without use (env PEAKDESK_CONSOLE_IDLE_TIMEOUT)")
@@ -423,6 +433,9 @@ func (c *Config) validate() error {
 	}
 	if c.WorkerConcurrency < 1 {
 		return errors.New("config: --worker-concurrency must be at least 1")
+	}
+	if c.AckWait < 0 || c.AckWaitP0 < 0 || c.WorkerSoftStop < 0 {
+		return errors.New("config: PEAKDESK_ACK_WAIT, PEAKDESK_ACK_WAIT_P0 and PEAKDESK_WORKER_SOFT_STOP must not be negative")
 	}
 	if c.WorkerMinConcurrency < 0 || c.WorkerMinConcurrency > c.WorkerConcurrency {
 		return errors.New("config: --worker-min-concurrency must be within 0..--worker-concurrency")

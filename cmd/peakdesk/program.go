@@ -156,7 +156,9 @@ func (p *Program) Start(ctx context.Context) (err error) {
 	if cfg.NATSTopology == topologyCheck {
 		ensure = queue.CheckTopology
 	}
-	topo, err := ensure(ctx, p.js, queue.Topology{AckWait: cfg.AckWait, Replicas: cfg.StreamReplicas})
+	_, err = ensure(ctx, p.js, queue.Topology{
+		AckWait: cfg.AckWait, AckWaitP0: cfg.AckWaitP0, Replicas: cfg.StreamReplicas,
+	})
 	if err != nil {
 		return err
 	}
@@ -311,8 +313,7 @@ func (p *Program) Start(ctx context.Context) (err error) {
 			Logger:     p.Log,
 			Registerer: p.registry,
 			Limits:     limits,
-			AckWait:    topo.AckWait,
-			SoftStop:   cfg.SoftStop,
+			SoftStop:   cfg.WorkerSoftStop, // AckWait: the consumers'
 			// p1:p2 weights and turn gathering (issue 5).
 			P1Weight:   p1Weight,
 			P2Weight:   p2Weight,

@@ -62,9 +62,13 @@ type Topology struct {
 	DuplicateWindow time.Duration
 	// EventsMaxAge is how long reply events stay replayable. Default 24 h.
 	EventsMaxAge time.Duration
-	// AckWait is how long a worker may hold a message without a heartbeat
-	// before it is redelivered. Default 30 s.
+	// AckWait is how long a worker may hold a p1 or p2 message without a
+	// heartbeat before it is redelivered: how long the messages of a worker
+	// that died wait. Workers send heartbeats every third of it. Default 8 s.
 	AckWait time.Duration
+	// AckWaitP0 is the same for p0 messages, at most AckWait: a dead
+	// worker's urgent messages come back sooner. Default 3 s.
+	AckWaitP0 time.Duration
 	// MaxDeliver is the number of delivery attempts per message. Default 6.
 	MaxDeliver int
 }
@@ -84,12 +88,24 @@ func (t Topology) withDefaults() Topology {
 		t.EventsMaxAge = 24 * time.Hour
 	}
 	if t.AckWait <= 0 {
-		t.AckWait = 30 * time.Second
+		t.AckWait = 8 * time.Second
 	}
+	if t.AckWaitP0 <= 0 {
+		t.AckWaitP0 = 3 * time.Second
+	}
+	t.AckWaitP0 = min(t.AckWaitP0, t.AckWait)
 	if t.MaxDeliver <= 0 {
 		t.MaxDeliver = 6
 	}
 	return t
+}
+
+// AckWaitOf is the AckWait of priority p's consumer.
+func (t Topology) AckWaitOf(p peakdesk.Priority) time.Duration {
+	if p == peakdesk.P0 {
+		return t.AckWaitP0
+	}
+	return t.AckWait
 }
 
 // EnsureTopology creates or updates the streams and the worker consumers.
@@ -164,7 +180,7 @@ func EnsureTopology(ctx context.Context, js jetstream.JetStream, t Topology) (To
 			Description:   "workers pulling " + string(p) + " messages",
 			FilterSubject: "chat.in." + string(p) + ".>",
 			AckPolicy:     jetstream.AckExplicitPolicy,
-			AckWait:       t.AckWait,
+			AckWait:       t.AckWaitOf(p),
 			MaxDeliver:    t.MaxDeliver,
 			MaxAckPending: 100_000,
 			Replicas:      t.Replicas,
