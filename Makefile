@@ -18,7 +18,7 @@ test: services
 	  if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
 	$(GO) test -race -count=1 -timeout 15m $(PKGS)
 
-## bench: the DESIGN.md §11 scenarios, each beside its baseline from the same
+## bench: the performance scenarios (docs/performance.md), each beside its baseline from the same
 ## run, with ratios; then the worker, LLM-resilience and relay benchmarks.
 ## bench-short: the same with fewer messages, for a quick check.
 BENCH_N ?= 1

@@ -160,7 +160,7 @@ func (c *Config) validate() error {
 	return nil
 }
 
-// Edge serves the chat API of DESIGN.md §4.
+// Edge serves the chat API of docs/api.md.
 type Edge struct {
 	cfg     Config
 	log     *slog.Logger

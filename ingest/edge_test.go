@@ -536,7 +536,7 @@ func TestShopIsolation(t *testing.T) {
 	}
 }
 
-// Every error the edge can give has the documented shape (DESIGN.md §4):
+// Every error the edge can give has the documented shape (docs/api.md):
 // {"error":{"code","message","field"?}} as JSON, the code's status, a
 // field only where one is at fault, Retry-After exactly where the caller is
 // told to come back, and no internals in an internal error's message. Each

@@ -1,5 +1,5 @@
 -- +goose Up
--- Order answers (issue 15, DESIGN.md §8).
+-- Order answers (issue 15, docs/architecture.md).
 
 -- order_answers: 'llm' lets the LLM answer order and logistics questions with
 -- its tools (the shop's data answers them directly only when the LLM cannot);

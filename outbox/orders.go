@@ -20,7 +20,7 @@ import (
 	"github.com/peakdesk/peakdesk/workers/texts"
 )
 
-// Order answers from the shop's own data, without the LLM (DESIGN.md §8).
+// Order answers from the shop's own data, without the LLM (docs/architecture.md).
 // "我的快递到哪了？" is answered from the shop's order system when the LLM
 // is unavailable (breaker open, a spend or user cap, the edge shedding
 // load) or always, for a shop whose order_answers is "direct":

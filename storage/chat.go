@@ -265,7 +265,7 @@ func (db *DB) RecentTurns(ctx context.Context, shop, conv string, n int, exclude
 	return turns, nil
 }
 
-// Conversation turns (DESIGN.md §6). One worker at a time holds a
+// Conversation turns (docs/architecture.md). One worker at a time holds a
 // conversation: the holder has a lease on the conversation row (a random
 // owner token and an expiry it renews while it works). A message that
 // arrives while another worker holds its conversation is stored as waiting;

@@ -27,7 +27,7 @@ type ShopSettings struct {
 	AllowedOrigins []string
 }
 
-// EdgeLimits are a shop's abuse limits at the ingest edge (DESIGN.md §14).
+// EdgeLimits are a shop's abuse limits at the ingest edge (docs/policies.md).
 // Each counts per end user: the token's subject, or the user a service
 // token names.
 type EdgeLimits struct {

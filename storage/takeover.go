@@ -18,7 +18,7 @@ import (
 	"github.com/peakdesk/peakdesk"
 )
 
-// Human takeover (DESIGN.md §9.2): the conversation's state says who
+// Human takeover (docs/architecture.md): the conversation's state says who
 // answers, the bot or a human agent. Every change of state happens in a
 // transaction that holds the conversation row (an UPDATE or SELECT … FOR
 // UPDATE), the same lock ClaimMessage's upsert of the row takes, so state

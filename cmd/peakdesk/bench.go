@@ -32,7 +32,7 @@ import (
 )
 
 // benchRow is one line of the bench report: a measurement next to its
-// baseline from the same run, and the target ratio of DESIGN.md §11.
+// baseline from the same run, and the target ratio of docs/performance.md.
 type benchRow struct {
 	Scenario string  `json:"scenario"`
 	Measured string  `json:"measured"`
@@ -59,7 +59,7 @@ type benchReport struct {
 	Rows    []benchRow `json:"rows"`
 }
 
-// runBench runs the DESIGN.md §11 scenarios that exist so far, each side by
+// runBench runs the performance scenarios (docs/performance.md) that exist so far, each side by
 // side with its baseline in the same process, and prints the ratios.
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
@@ -242,7 +242,7 @@ func benchIngest(ctx context.Context, getenv func(string) string, logw io.Writer
 	}
 	batchCPU := meter.perMsg(ctx, n)
 
-	// Targets (DESIGN.md §11, revised by issue 16): with the default fsync
+	// Targets (docs/performance.md, revised by issue 16): with the default fsync
 	// a single POST against the machine's HTTP ceiling (≥ 0.5) and batches
 	// against raw async publish (≥ 0.3); with fsync always both against
 	// naive publish (≥ 5). A single POST against raw publish is a reference.

@@ -30,7 +30,7 @@ import (
 	"github.com/peakdesk/peakdesk/storage/queue"
 )
 
-// benchAnswers measures DESIGN.md §11's "answers/s end to end with the LLM
+// benchAnswers measures docs/performance.md's "answers/s end to end with the LLM
 // at 0 ms" beside the bare path of the same messages, in one run:
 //
 //   - end to end: the edge, workers and relay in this process with an

@@ -127,7 +127,8 @@ func (p *Program) Start(ctx context.Context) (err error) {
 	}()
 	cfg := &p.Config
 	p.registry = prometheus.NewRegistry()
-	p.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	p.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		buildInfoCollector(readBuildInfo()))
 
 	// Queue: external NATS, or in dev an embedded server.
 	natsURL := cfg.NATSURL
@@ -368,8 +369,9 @@ func (p *Program) Start(ctx context.Context) (err error) {
 		p.httpSrv.RegisterOnShutdown(p.edge.CloseStreams)
 	}
 	go func() { p.serveErr <- p.httpSrv.Serve(p.listener) }()
-	p.Log.Info("peakdesk started", "addr", p.Addr(), "metrics_addr", p.MetricsAddr(),
-		"roles", strings.Join(cfg.Roles, ","), "dev", cfg.Dev)
+	b := readBuildInfo()
+	p.Log.Info("peakdesk started", "version", b.Version, "commit", b.Commit, "addr", p.Addr(),
+		"metrics_addr", p.MetricsAddr(), "roles", strings.Join(cfg.Roles, ","), "dev", cfg.Dev)
 	return nil
 }
 

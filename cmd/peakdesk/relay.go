@@ -17,7 +17,7 @@ import (
 
 // replyPusher stores and publishes replies that answer no single message:
 // the second reply of an order follow-up, and the notice that a human takes
-// over when a follow-up is given up (DESIGN.md §8).
+// over when a follow-up is given up (docs/architecture.md).
 type replyPusher struct {
 	db *storage.DB
 	js jetstream.JetStream

@@ -6,6 +6,8 @@ import (
 	"io"
 	"runtime"
 	"runtime/debug"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Set at link time by `make build`/`make image` (-ldflags "-X main.version=…
@@ -43,4 +45,17 @@ func runVersion(stdout io.Writer) error {
 	_, err := fmt.Fprintf(stdout, "peakdesk %s commit %s built %s %s %s/%s\n",
 		b.Version, b.Commit, b.Date, b.Go, runtime.GOOS, runtime.GOARCH)
 	return err
+}
+
+// buildInfoCollector is the peakdesk_build_info gauge: always 1, labelled
+// with what this binary is, so dashboards can tell versions apart during a
+// rollout.
+func buildInfoCollector(b buildInfo) prometheus.Collector {
+	g := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name:        "peakdesk_build_info",
+		Help:        "Always 1; the labels say which peakdesk build this process runs.",
+		ConstLabels: prometheus.Labels{"version": b.Version, "commit": b.Commit, "go_version": b.Go},
+	})
+	g.Set(1)
+	return g
 }

@@ -1,5 +1,5 @@
-// Package shopapi is the HTTP client of a shop's own systems (DESIGN.md
-// §7): orders and logistics lookups, coupons and refunds, reply webhooks
+// Package shopapi is the HTTP client of a shop's own systems
+// (openapi.yaml, docs/integration.md): orders and logistics lookups, coupons and refunds, reply webhooks
 // signed with the shop's secret. Every call goes through the egress guard
 // (https, public addresses, no redirects), carries the action's
 // Idempotency-Key and a W3C traceparent, and reads at most 64 KiB of the

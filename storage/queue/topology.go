@@ -1,4 +1,4 @@
-// Package queue is peakdesk's JetStream topology (DESIGN.md §5): the
+// Package queue is peakdesk's JetStream topology (docs/architecture.md): the
 // streams CHAT_IN (accepted messages, one subject per priority and shop,
 // work-queue retention), CHAT_EVENTS (reply events, one subject per
 // customer, for event streams and replay), CHAT_DLQ and CHAT_ADVISORIES,
@@ -17,7 +17,7 @@ import (
 	"github.com/peakdesk/peakdesk"
 )
 
-// JetStream topology (DESIGN.md §5).
+// JetStream topology (docs/architecture.md).
 const (
 	// StreamIn holds accepted chat messages until a worker answers them.
 	StreamIn = "CHAT_IN"
