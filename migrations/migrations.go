@@ -10,6 +10,8 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io/fs"
+	"path/filepath"
+	"time"
 
 	"github.com/pressly/goose/v3"
 )
@@ -59,4 +61,35 @@ func Fingerprint() string {
 		h.Write(b)
 	}
 	return hex.EncodeToString(h.Sum(nil))[:12]
+}
+
+// State is one migration of this binary and whether db has it.
+type State struct {
+	Version   int64
+	Name      string // file name, e.g. 00001_init.sql
+	Applied   bool
+	AppliedAt time.Time // zero when pending
+}
+
+// Status lists every migration of this binary, in order, with whether db
+// has applied it.
+func Status(ctx context.Context, db *sql.DB) ([]State, error) {
+	p, err := goose.NewProvider(goose.DialectPostgres, db, files)
+	if err != nil {
+		return nil, fmt.Errorf("migrations: %w", err)
+	}
+	results, err := p.Status(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("migrations: status: %w", err)
+	}
+	states := make([]State, 0, len(results))
+	for _, r := range results {
+		states = append(states, State{
+			Version:   r.Source.Version,
+			Name:      filepath.Base(r.Source.Path),
+			Applied:   r.State == goose.StateApplied,
+			AppliedAt: r.AppliedAt,
+		})
+	}
+	return states, nil
 }

@@ -66,6 +66,14 @@ func (db *DB) MigrationsPending(ctx context.Context) (bool, error) {
 	return migrations.Pending(ctx, sqldb)
 }
 
+// MigrationStatus lists every migration of this binary, in order, with
+// whether the database has applied it (peakdesk migrate status).
+func (db *DB) MigrationStatus(ctx context.Context) ([]migrations.State, error) {
+	sqldb := stdlib.OpenDBFromPool(db.pool)
+	defer sqldb.Close()
+	return migrations.Status(ctx, sqldb)
+}
+
 // ErrNotFound is returned (often wrapped, with a message naming what was not
 // found) by lookups that find no row in the caller's shop. It is a
 // not_found peakdesk.Error, so callers pass it on as it is; errors.Is

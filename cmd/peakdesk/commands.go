@@ -82,9 +82,13 @@ func printConsoleBanner(w io.Writer, addr, email, password string) {
 // until the database has every migration of this binary: the init
 // container of each role in deploy/k8s, so no pod of a new version starts
 // against an old schema while the migrate Job runs.
-func runMigrate(ctx context.Context, args []string, stderr io.Writer, getenv func(string) string) error {
+func runMigrate(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
+	if len(args) > 0 && args[0] == "status" {
+		return runMigrateStatus(ctx, args[1:], stdout, stderr, getenv)
+	}
 	fs := flag.NewFlagSet("migrate", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	setUsage(fs, "migrate", "Subcommands:\n  status    list every migration of this binary as applied or pending (run \"peakdesk migrate status -h\")\n")
 	dbURL := databaseURLFlag(fs, getenv, "Postgres `URL` (env DATABASE_URL)")
 	shop := fs.String("ensure-shop", "", "also create this shop id if missing (e.g. demo)")
 	cfg := envDefaults(getenv, false)
@@ -135,6 +139,45 @@ func runMigrate(ctx context.Context, args []string, stderr io.Writer, getenv fun
 		return err
 	}
 	fmt.Fprintf(stderr, "JetStream streams and consumers ready (replicas %d, ack wait %s)\n", topo.Replicas, topo.AckWait)
+	return nil
+}
+
+// runMigrateStatus prints every migration of this binary, in order, as
+// applied (with when) or pending, and a last line counting the pending ones.
+func runMigrateStatus(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
+	fs := flag.NewFlagSet("migrate status", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	dbURL := databaseURLFlag(fs, getenv, "Postgres `URL` (env DATABASE_URL)")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), "Usage: peakdesk migrate status [flags]\n\nList every migration of this binary as applied or pending; changes nothing.\n\n")
+		printFlags(fs.Output(), fs)
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("migrate status: unexpected arguments %q", fs.Args())
+	}
+	db, err := storage.Open(ctx, *dbURL, 2)
+	if err != nil {
+		return fmt.Errorf("migrate status: %w", err)
+	}
+	defer db.Close()
+	states, err := db.MigrationStatus(ctx)
+	if err != nil {
+		return fmt.Errorf("migrate status: %w", err)
+	}
+	pending := 0
+	for _, s := range states {
+		switch {
+		case s.Applied:
+			fmt.Fprintf(stdout, "%-8s %5d  %-48s %s\n", "applied", s.Version, s.Name, s.AppliedAt.UTC().Format(time.RFC3339))
+		default:
+			pending++
+			fmt.Fprintf(stdout, "%-8s %5d  %s\n", "pending", s.Version, s.Name)
+		}
+	}
+	fmt.Fprintf(stdout, "%d migrations, %d pending\n", len(states), pending)
 	return nil
 }
 

@@ -347,11 +347,11 @@ func parseFlags(name string, args []string, stderr io.Writer, getenv func(string
 	}
 	fs.Var(secretURL{&c.DatabaseURL}, "database-url", "Postgres `URL` (env DATABASE_URL)")
 	fs.Var(secretURL{&c.RedisURL}, "redis-url", "Redis `URL` (env REDIS_URL)")
-	fs.StringVar(&c.NATSURL, "nats-url", c.NATSURL, "NATS URL; empty in dev = embedded server (env NATS_URL)")
+	fs.StringVar(&c.NATSURL, "nats-url", c.NATSURL, modeHelp(dev, "NATS URL; empty = an embedded server (env NATS_URL)", "NATS URL (required) (env NATS_URL)"))
 	fs.StringVar(&c.NATSCreds, "nats-creds", c.NATSCreds, "NATS credentials `file`: .creds (user JWT + seed) or nkey seed (env NATS_CREDS)")
 	fs.StringVar(&c.NATSCA, "nats-ca", c.NATSCA, "PEM `file` of the CAs of the NATS servers' certificates; requires TLS (env NATS_CA)")
 	fs.StringVar(&c.NATSTopology, "nats-topology", c.NATSTopology, "ensure: create/update streams and consumers at start; check: only check they exist (env PEAKDESK_NATS_TOPOLOGY)")
-	fs.BoolVar(&c.NATSSyncAlways, "nats-sync-always", c.NATSSyncAlways, "embedded JetStream fsyncs before every ack (env PEAKDESK_NATS_SYNC_ALWAYS)")
+	fs.BoolVar(&c.NATSSyncAlways, "nats-sync-always", c.NATSSyncAlways, "the embedded JetStream fsyncs before every ack (env PEAKDESK_NATS_SYNC_ALWAYS)")
 	fs.BoolVar(&c.PublishBatch, "publish-batch", c.PublishBatch, "group concurrent publishes into atomic batches; use with fsync-always JetStream (env PEAKDESK_PUBLISH_BATCH)")
 	fs.StringVar(&c.HTTPAddr, "http-addr", c.HTTPAddr, "HTTP listen address (env PEAKDESK_HTTP_ADDR)")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", c.MetricsAddr, "listen address of /metrics, apart from the API; empty: none (env PEAKDESK_METRICS_ADDR)")
@@ -359,8 +359,8 @@ func parseFlags(name string, args []string, stderr io.Writer, getenv func(string
 	fs.IntVar(&c.StreamOpens, "stream-opens", c.StreamOpens, "event stream opens set up at once; more wait their turn (env PEAKDESK_STREAM_OPENS)")
 	fs.DurationVar(&c.StreamOpenWait, "stream-open-wait", c.StreamOpenWait, "how long an event stream open may wait for its turn before 503 (env PEAKDESK_STREAM_OPEN_WAIT)")
 	fs.StringVar(&c.DevOrigins, "dev-origins", c.DevOrigins, "comma-separated web origins whose pages may call the chat API for every shop, e.g. http://localhost:3000 (env PEAKDESK_DEV_ORIGINS)")
-	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "local data directory (env PEAKDESK_DATA_DIR)")
-	fs.StringVar(&c.LLMBaseURL, "llm-base-url", c.LLMBaseURL, "OpenAI-compatible base URL; empty in dev = simulator (env PEAKDESK_LLM_BASE_URL)")
+	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "local data directory: the embedded NATS store, the dev console login (env PEAKDESK_DATA_DIR)")
+	fs.StringVar(&c.LLMBaseURL, "llm-base-url", c.LLMBaseURL, modeHelp(dev, "OpenAI-compatible base URL; empty = the built-in simulator (env PEAKDESK_LLM_BASE_URL)", "OpenAI-compatible base URL of the LLM provider (required by the worker role) (env PEAKDESK_LLM_BASE_URL)"))
 	fs.StringVar(&c.LLMModel, "llm-model", c.LLMModel, "LLM model (env PEAKDESK_LLM_MODEL)")
 	fs.DurationVar(&c.LLMTimeout, "llm-timeout", c.LLMTimeout, "timeout of one LLM call (env PEAKDESK_LLM_TIMEOUT)")
 	fs.IntVar(&c.WorkerConcurrency, "worker-concurrency", c.WorkerConcurrency, "messages one worker process answers at once (env PEAKDESK_WORKER_CONCURRENCY)")
@@ -374,8 +374,8 @@ func parseFlags(name string, args []string, stderr io.Writer, getenv func(string
 	fs.DurationVar(&c.OrderLookupBudget, "order-lookup-budget", c.OrderLookupBudget, "longest a shop lookup may take while answering before the customer is told \"checking\" and followed up (env PEAKDESK_ORDER_LOOKUP_BUDGET)")
 	fs.DurationVar(&c.FollowUpStep, "followup-step", c.FollowUpStep, "step of the order follow-ups' linear backoff (env PEAKDESK_FOLLOWUP_STEP)")
 	fs.IntVar(&c.FollowUpMaxAttempts, "followup-max-attempts", c.FollowUpMaxAttempts, "attempts of an order follow-up before a human takes over (env PEAKDESK_FOLLOWUP_MAX_ATTEMPTS)")
-	fs.StringVar(&c.ShopAPIURL, "shop-api-url", c.ShopAPIURL, "default shop API base URL; empty in dev = simulator (env PEAKDESK_SHOP_API_URL)")
-	fs.BoolVar(&c.AllowPrivateShopURLs, "allow-private-shop-urls", c.AllowPrivateShopURLs, "let shop calls use plain http and reach loopback/private addresses; dev and tests only (env PEAKDESK_ALLOW_PRIVATE_SHOP_URLS; default on in dev)")
+	fs.StringVar(&c.ShopAPIURL, "shop-api-url", c.ShopAPIURL, modeHelp(dev, "default shop API base URL; empty = the built-in simulator (env PEAKDESK_SHOP_API_URL)", "default shop API base URL (required by the worker and relay roles) (env PEAKDESK_SHOP_API_URL)"))
+	fs.BoolVar(&c.AllowPrivateShopURLs, "allow-private-shop-urls", c.AllowPrivateShopURLs, modeHelp(dev, "let shop calls use plain http and reach loopback/private addresses; on by default here (env PEAKDESK_ALLOW_PRIVATE_SHOP_URLS)", "let shop calls use plain http and reach loopback/private addresses; for tests only (env PEAKDESK_ALLOW_PRIVATE_SHOP_URLS)"))
 	fs.IntVar(&c.StreamReplicas, "stream-replicas", c.StreamReplicas, "JetStream replicas per stream: 1, or 3 in a cluster (env PEAKDESK_STREAM_REPLICAS)")
 	fs.DurationVar(&c.AckWait, "ack-wait", c.AckWait, "JetStream AckWait of the p1 and p2 worker consumers: how soon a dead worker's messages come back (env PEAKDESK_ACK_WAIT)")
 	fs.DurationVar(&c.AckWaitP0, "ack-wait-p0", c.AckWaitP0, "JetStream AckWait of the p0 worker consumer, at most --ack-wait (env PEAKDESK_ACK_WAIT_P0)")
@@ -387,6 +387,13 @@ func parseFlags(name string, args []string, stderr io.Writer, getenv func(string
 	fs.DurationVar(&c.ConsoleLifetime, "console-lifetime", c.ConsoleLifetime, "console sessions end this long after login (env PEAKDESK_CONSOLE_LIFETIME)")
 	fs.DurationVar(&c.ConsoleSampleInterval, "console-sample-interval", c.ConsoleSampleInterval, "how often the console samples the desk for its live view and charts (env PEAKDESK_CONSOLE_SAMPLE_INTERVAL)")
 	fs.BoolVar(&c.Migrate, "migrate", c.Migrate || dev, "apply database migrations at start")
+	// serve's help shows what production needs: the embedded server's
+	// settings are dev's (still accepted, so scripts keep working).
+	hidden := []string{}
+	if !dev {
+		hidden = []string{"data-dir", "nats-sync-always"}
+	}
+	setUsage(fs, name, envOnlyText(dev), hidden...)
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -395,6 +402,15 @@ func parseFlags(name string, args []string, stderr io.Writer, getenv func(string
 	}
 	c.Roles = splitRoles(roles)
 	return c, c.validate()
+}
+
+// modeHelp is a flag's help in dev or in serve, which differ in defaults
+// and in what is required.
+func modeHelp(dev bool, devText, serveText string) string {
+	if dev {
+		return devText
+	}
+	return serveText
 }
 
 func (c *Config) validate() error {

@@ -46,7 +46,7 @@ func TestHelpHidesPasswords(t *testing.T) {
 	getenv := func(k string) string { return env[k] }
 	var out strings.Builder
 	_, _ = parseFlags("serve", []string{"-h"}, &out, getenv, false)
-	_ = runMigrate(t.Context(), []string{"-h"}, &out, getenv)
+	_ = runMigrate(t.Context(), []string{"-h"}, &out, &out, getenv)
 	if strings.Contains(out.String(), "s3cret-pw") || strings.Contains(out.String(), "r3dis-pw") ||
 		!strings.Contains(out.String(), "database-url") {
 		t.Fatalf("help shows a password:\n%s", out.String())

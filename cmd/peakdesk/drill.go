@@ -153,7 +153,7 @@ func drillOrders(ctx context.Context, cfg drillConfig) (*drillResult, error) {
 	}
 	defer stopLLM()
 	webhookSecret := randomHex(16)
-	shop := shopsim.New(shopsim.Faults{LatencyMS: 30, LatencyJitterMS: 40}, []byte(webhookSecret))
+	shop := shopsim.New(shopsim.Faults{LatencyMS: 50, LatencyJitterMS: 20}, []byte(webhookSecret))
 	shopURL, stopShop, err := serveLoopback(shop)
 	if err != nil {
 		return nil, err
@@ -268,7 +268,7 @@ func drillOrders(ctx context.Context, cfg drillConfig) (*drillResult, error) {
 		shop.SetFaults(shopsim.Faults{Down: true})
 		res.OutageFrom = time.Since(start).Seconds()
 		_ = peakdesk.Sleep(ctx, cfg.OutageFor)
-		shop.SetFaults(shopsim.Faults{LatencyMS: 30, LatencyJitterMS: 40})
+		shop.SetFaults(shopsim.Faults{LatencyMS: 50, LatencyJitterMS: 20})
 		res.OutageTo = time.Since(start).Seconds()
 	}()
 	rep, err := loadtest.RunOrders(ctx, loadtest.OrdersConfig{BaseURL: "http://" + p.Addr(), Secret: []byte(secret),

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/url"
 	"os"
 	"time"
 
@@ -21,12 +23,17 @@ const loadtestDevSecret = "peakdesk-dev-secret-do-not-use-in-production"
 // runLoadtest runs `peakdesk loadtest`: it offers load to a running peakdesk,
 // prints the report, optionally writes it as JSON and HTML, and fails when
 // any accepted message was lost or answered twice.
-func runLoadtest(ctx context.Context, args []string, stdout io.Writer) error {
+func runLoadtest(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
 	fs := flag.NewFlagSet("loadtest", flag.ContinueOnError)
-	fs.SetOutput(stdout)
+	fs.SetOutput(stderr)
+	setUsage(fs, "loadtest", `Environment-only settings:
+  PEAKDESK_JWT_SECRET  the target's platform signing key, when --secret is not given. Without
+                       either, only a loopback target (a local peakdesk dev) is driven, with the
+                       public dev secret.
+`)
 	var (
 		baseURL       = fs.String("url", "http://127.0.0.1:8080", "base URL of the peakdesk ingest edge")
-		secret        = fs.String("secret", "", "JWT secret of the target (default $PEAKDESK_JWT_SECRET, else the dev secret)")
+		secret        = fs.String("secret", "", "JWT secret of the target (default $PEAKDESK_JWT_SECRET; the dev secret only for a loopback --url)")
 		shop          = fs.String("shop", "demo", "shop id the tokens name")
 		scenario      = fs.String("scenario", "steady", "load shape: steady, burst or ramp; push: idle event streams, live delivery and a reconnect storm")
 		rate          = fs.Float64("rate", 100, "messages per second (steady; start rate of ramp)")
@@ -57,6 +64,10 @@ func runLoadtest(ctx context.Context, args []string, stdout io.Writer) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("loadtest: unexpected arguments %q", fs.Args())
 	}
+	key, err := loadtestSecret(*baseURL, *secret, getenv)
+	if err != nil {
+		return err
+	}
 	mix, err := loadtest.ParseLoadMix(*mixFlag)
 	if err != nil {
 		return fmt.Errorf("loadtest: --mix: %w", err)
@@ -68,7 +79,7 @@ func runLoadtest(ctx context.Context, args []string, stdout io.Writer) error {
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	if *scenario == "push" {
 		rep, runErr := loadtest.RunPush(ctx, loadtest.PushConfig{
-			BaseURL: *baseURL, Secret: []byte(cmp.Or(*secret, os.Getenv("PEAKDESK_JWT_SECRET"), loadtestDevSecret)),
+			BaseURL: *baseURL, Secret: key,
 			Shop: *shop, Streams: *streams, Replies: *replies, Storm: *storm, StormReplies: *stormReplies,
 			Concurrency: min(*concurrency, 64), MetricsURL: *metricsURL, Deadline: *deadline, Logger: logger,
 		})
@@ -88,7 +99,7 @@ func runLoadtest(ctx context.Context, args []string, stdout io.Writer) error {
 
 	rep, runErr := loadtest.RunLoad(ctx, loadtest.LoadConfig{
 		BaseURL:        *baseURL,
-		Secret:         []byte(cmp.Or(*secret, os.Getenv("PEAKDESK_JWT_SECRET"), loadtestDevSecret)),
+		Secret:         key,
 		Shop:           *shop,
 		Scenario:       loadtest.Scenario(*scenario),
 		Rate:           *rate,
@@ -124,6 +135,25 @@ func runLoadtest(ctx context.Context, args []string, stdout io.Writer) error {
 		return fmt.Errorf("loadtest: %w", err)
 	}
 	return nil
+}
+
+// loadtestSecret is the key the load test signs tokens with: --secret, else
+// PEAKDESK_JWT_SECRET, else — only when the target is on this machine, so a
+// local dev — the public dev secret. Guessing it against another host would
+// at best fail every request and at worst work against a misconfigured one.
+func loadtestSecret(baseURL, flagSecret string, getenv func(string) string) ([]byte, error) {
+	if s := cmp.Or(flagSecret, getenv("PEAKDESK_JWT_SECRET")); s != "" {
+		return []byte(s), nil
+	}
+	u, err := url.Parse(baseURL)
+	if err != nil || u.Hostname() == "" {
+		return nil, fmt.Errorf("loadtest: --url %q is not a URL", baseURL)
+	}
+	host := u.Hostname()
+	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return nil, fmt.Errorf("loadtest: %s is not a loopback address: set PEAKDESK_JWT_SECRET (or --secret) to the target's secret; the dev secret is only used against a local peakdesk dev", host)
+	}
+	return []byte(loadtestDevSecret), nil
 }
 
 // loadtestWriteFile writes a report file through write.

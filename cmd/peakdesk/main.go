@@ -30,33 +30,11 @@ func main() {
 	}
 }
 
-const usage = `peakdesk keeps an AI customer-service desk answering through peak sales.
-
-Usage: peakdesk <command> [flags]
-
-Commands:
-  dev       run every role in one process with embedded NATS and simulators
-  serve     run the roles named by --roles against external services
-  migrate   apply the database migrations
-  token     print a signed bearer token
-  shop      shop administration (shop list|show|create|set|rotate-key|encrypt-secrets)
-  mockllm   serve the simulated LLM provider
-  mockshop  serve the simulated shop API
-  loadtest  offer load to a peakdesk URL and report what happened
-  drill     orders: the order scenario with the shop API down mid-run, every role in-process
-  faq       import a shop's FAQ entries (faq import --shop S FILE)
-  operator  add an operator of the console (operator add --email E --role R [--shop S])
-  bench     measure the performance targets side by side with their baselines
-  version   print the version, commit, build date and Go version
-
-Run "peakdesk <command> -h" for a command's flags.
-`
-
 // run dispatches a command. getenv is os.Getenv in production and a map in
 // tests; nothing else reads the environment.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
 	if len(args) == 0 {
-		fmt.Fprint(stderr, usage)
+		fmt.Fprint(stderr, topUsage())
 		return errors.New("no command given")
 	}
 	cmd, rest := args[0], args[1:]
@@ -66,17 +44,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	case "serve":
 		return runServe(ctx, rest, stdout, stderr, getenv, false)
 	case "migrate":
-		return runMigrate(ctx, rest, stderr, getenv)
+		return runMigrate(ctx, rest, stdout, stderr, getenv)
 	case "token":
 		return runToken(ctx, rest, stdout, stderr, getenv)
 	case "shop":
 		return runShop(ctx, rest, stdout, stderr, getenv)
 	case "mockllm":
-		return runMockLLM(ctx, rest, stdout)
+		return runMockLLM(ctx, rest, stdout, stderr)
 	case "mockshop":
-		return runMockShop(ctx, rest, stdout)
+		return runMockShop(ctx, rest, stdout, stderr)
 	case "loadtest":
-		return runLoadtest(ctx, rest, stdout)
+		return runLoadtest(ctx, rest, stdout, stderr, getenv)
 	case "drill":
 		return runDrill(ctx, rest, stdout, stderr, getenv)
 	case "bench":
@@ -86,12 +64,25 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	case "operator":
 		return runOperator(ctx, rest, os.Stdin, stdout, stderr, getenv)
 	case "version", "--version":
+		if len(rest) > 0 {
+			fmt.Fprint(stderr, commandHeader("version"))
+			if isHelpArg(rest[0]) {
+				return flag.ErrHelp
+			}
+			return fmt.Errorf("version: unexpected arguments %q", rest)
+		}
 		return runVersion(stdout)
 	case "help", "-h", "--help":
-		fmt.Fprint(stdout, usage)
-		return nil
+		dispatch := func(args []string, stdout, stderr io.Writer) error {
+			return run(ctx, args, stdout, stderr, getenv)
+		}
+		err := runHelp(dispatch, rest, stdout)
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
 	default:
-		fmt.Fprint(stderr, usage)
+		fmt.Fprint(stderr, topUsage())
 		return fmt.Errorf("unknown command %q", cmd)
 	}
 }

@@ -17,21 +17,22 @@ import (
 
 // runMockLLM serves the simulated OpenAI-compatible LLM provider (and its /admin
 // endpoints for changing faults at run time) until ctx is cancelled.
-func runMockLLM(ctx context.Context, args []string, stdout io.Writer) error {
+func runMockLLM(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("mockllm", flag.ContinueOnError)
-	fs.SetOutput(stdout)
-	addr := fs.String("addr", "127.0.0.1:8090", "listen address (`host:port`; port 0 picks a free one)")
+	fs.SetOutput(stderr)
+	addr := httpAddrFlag(fs, "127.0.0.1:8090")
+	setUsage(fs, "mockllm", simulatorHelp, "addr")
 	var f llmsim.Faults
 	fs.StringVar(&f.Model, "model", "", "model name answered when a request names none (default llmsim-1)")
 	fs.DurationVar(&f.Latency, "latency", 0, "mean wait before an answer starts")
-	fs.DurationVar(&f.LatencyJitter, "latency-jitter", 0, "spread of the wait, uniform in latency ± this")
+	fs.DurationVar(&f.LatencyJitter, "latency-jitter", 0, "spread of the wait: uniform in --latency ± this, never below 0")
 	fs.Float64Var(&f.SlowRate, "slow-rate", 0, "share (0..1) of requests that wait --slow instead of --latency")
 	fs.DurationVar(&f.Slow, "slow", 0, "wait of a request in the slow tail")
 	fs.DurationVar(&f.ChunkDelay, "chunk-delay", 0, "pause between streamed chunks")
 	fs.Float64Var(&f.ErrorRate, "error-rate", 0, "share (0..1) of requests answered with an error")
-	fs.Func("error-statuses", "weighted statuses of injected errors, e.g. `429=1,500=1,503=1,529=1` (default 500)",
+	fs.Func("error-statuses", "statuses of injected errors, weighted: e.g. `429=1,500=1,503=1,529=1`, or one status (default 500)",
 		func(s string) error {
-			statuses, err := parseMockLLMStatuses(s)
+			statuses, err := parseErrorStatuses(s)
 			f.ErrorStatuses = statuses
 			return err
 		})
@@ -88,9 +89,25 @@ func runMockLLM(ctx context.Context, args []string, stdout io.Writer) error {
 	return nil
 }
 
-// parseMockLLMStatuses parses "429=1,500=2" into status weights; a status
+// simulatorHelp ends the help of mockllm and mockshop: the flags they
+// share mean the same in both.
+const simulatorHelp = `The simulators share their fault flags: --latency is the mean wait, --latency-jitter
+spreads it uniformly over latency ± jitter (never below 0), --error-rate is the share of
+requests that fail and --error-statuses their weighted statuses. /admin/faults changes
+them at run time.
+`
+
+// httpAddrFlag defines --http-addr, the listen address of every command
+// that serves HTTP, with --addr as its hidden deprecated alias.
+func httpAddrFlag(fs *flag.FlagSet, def string) *string {
+	addr := fs.String("http-addr", def, "HTTP listen address (`host:port`; port 0 picks a free one)")
+	fs.StringVar(addr, "addr", def, "deprecated: use --http-addr")
+	return addr
+}
+
+// parseErrorStatuses parses "429=1,500=2" into status weights; a status
 // without "=weight" weighs 1.
-func parseMockLLMStatuses(s string) (map[int]float64, error) {
+func parseErrorStatuses(s string) (map[int]float64, error) {
 	statuses := map[int]float64{}
 	for part := range strings.SplitSeq(s, ",") {
 		part = strings.TrimSpace(part)

@@ -15,14 +15,21 @@ import (
 
 // runMockShop serves the simulated shop API (orders, logistics, coupons,
 // refunds, reply-webhook receiver, /admin) until ctx is cancelled.
-func runMockShop(ctx context.Context, args []string, stdout io.Writer) error {
+func runMockShop(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("mockshop", flag.ContinueOnError)
-	fs.SetOutput(stdout)
-	addr := fs.String("addr", "127.0.0.1:8091", "listen address (`host:port`; port 0 picks a free one)")
-	latency := fs.Duration("latency", 0, "added latency of every shop request")
-	jitter := fs.Duration("latency-jitter", 0, "extra random latency, uniform in 0..this")
-	errorRate := fs.Float64("error-rate", 0, "probability (0..1) that a shop request fails with --error-status")
-	errorStatus := fs.Int("error-status", http.StatusServiceUnavailable, "HTTP status of injected failures")
+	fs.SetOutput(stderr)
+	addr := httpAddrFlag(fs, "127.0.0.1:8091")
+	setUsage(fs, "mockshop", simulatorHelp, "addr", "error-status")
+	latency := fs.Duration("latency", 0, "mean added latency of every shop request")
+	jitter := fs.Duration("latency-jitter", 0, "spread of the latency: uniform in --latency ± this, never below 0")
+	errorRate := fs.Float64("error-rate", 0, "share (0..1) of shop requests that fail with one of --error-statuses")
+	var statuses map[int]float64
+	fs.Func("error-statuses", "statuses of injected failures, weighted: e.g. `500=1,503=3`, or one status (default 503)",
+		func(s string) (err error) {
+			statuses, err = parseErrorStatuses(s)
+			return err
+		})
+	errorStatus := fs.Int("error-status", http.StatusServiceUnavailable, "deprecated: use --error-statuses")
 	down := fs.Bool("down", false, "answer every shop request 503 at once")
 	validationFail := fs.Bool("validation-fail", false, "answer every POST 422 validation_failed")
 	secret := fs.String("webhook-secret", "", "webhook secret of the shops: reply webhooks' Peakdesk-Signature is verified, stale (>5 min) and replayed signatures refused; empty records them unchecked")
@@ -37,6 +44,7 @@ func runMockShop(ctx context.Context, args []string, stdout io.Writer) error {
 		LatencyJitterMS: int(jitter.Milliseconds()),
 		ErrorRate:       *errorRate,
 		ErrorStatus:     *errorStatus,
+		ErrorStatuses:   statuses,
 		Down:            *down,
 		ValidationFail:  *validationFail,
 	}

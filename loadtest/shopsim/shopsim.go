@@ -28,6 +28,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"net/http"
@@ -74,7 +75,8 @@ type Faults struct {
 	// LatencyMS delays every shop request (not replays, not /admin) by this
 	// many milliseconds, honouring the request's cancellation.
 	LatencyMS int `json:"latency_ms"`
-	// LatencyJitterMS adds a uniformly random 0..LatencyJitterMS ms.
+	// LatencyJitterMS spreads the wait uniformly over LatencyMS ±
+	// LatencyJitterMS (never below 0), as llmsim's LatencyJitter does.
 	LatencyJitterMS int `json:"latency_jitter_ms"`
 	// ErrorRate is the probability (0..1) that a request fails with
 	// ErrorStatus after its latency. Failed requests are not stored under
@@ -82,6 +84,10 @@ type Faults struct {
 	ErrorRate float64 `json:"error_rate"`
 	// ErrorStatus is the status of a random failure; 0 means 503.
 	ErrorStatus int `json:"error_status"`
+	// ErrorStatuses, when set, weighs the statuses of random failures
+	// (e.g. {500: 1, 503: 3}) instead of ErrorStatus, as llmsim's
+	// ErrorStatuses does.
+	ErrorStatuses map[int]float64 `json:"error_statuses,omitempty"`
 	// Down answers every shop request 503 at once.
 	Down bool `json:"down"`
 	// ValidationFail answers every POST 422 validation_failed. For coupons
@@ -101,6 +107,14 @@ func (f Faults) Validate() error {
 	case f.ErrorStatus != 0 && (f.ErrorStatus < 400 || f.ErrorStatus > 599):
 		return errors.New("shop faults: error_status must be a 4xx or 5xx status")
 	}
+	for status, weight := range f.ErrorStatuses {
+		switch {
+		case status < 400 || status > 599:
+			return fmt.Errorf("shop faults: error_statuses: %d is not a 4xx or 5xx status", status)
+		case math.IsNaN(weight) || math.IsInf(weight, 0) || weight < 0:
+			return fmt.Errorf("shop faults: error_statuses: weight of %d must be a non-negative number, got %v", status, weight)
+		}
+	}
 	return nil
 }
 
@@ -109,6 +123,7 @@ func (f Faults) Validate() error {
 func (f Faults) withDefaults() Faults {
 	f.LatencyMS = max(f.LatencyMS, 0)
 	f.LatencyJitterMS = max(f.LatencyJitterMS, 0)
+	f.ErrorStatuses = maps.Clone(f.ErrorStatuses) // the caller keeps its map
 	if math.IsNaN(f.ErrorRate) || f.ErrorRate < 0 {
 		f.ErrorRate = 0
 	}
@@ -441,8 +456,9 @@ func (s *Sim) injectError(w http.ResponseWriter, f Faults) bool {
 		return false
 	}
 	s.countFault()
-	shopWriteError(w, f.ErrorStatus, shopFaultCode(f.ErrorStatus),
-		fmt.Sprintf("simulated failure (status %d)", f.ErrorStatus), "")
+	status := shopErrorStatus(f, rand.Float64())
+	shopWriteError(w, status, shopFaultCode(status),
+		fmt.Sprintf("simulated failure (status %d)", status), "")
 	return true
 }
 
@@ -452,12 +468,38 @@ func (s *Sim) countFault() {
 	s.mu.Unlock()
 }
 
+// shopErrorStatus picks the status of an injected failure from a uniform
+// roll in [0,1): by ErrorStatuses' weights, else ErrorStatus.
+func shopErrorStatus(f Faults, roll float64) int {
+	total := 0.0
+	codes := make([]int, 0, len(f.ErrorStatuses))
+	for status, weight := range f.ErrorStatuses {
+		if status >= 400 && status <= 599 && weight > 0 && !math.IsInf(weight, 0) {
+			codes = append(codes, status)
+			total += weight
+		}
+	}
+	if total == 0 {
+		return f.ErrorStatus
+	}
+	slices.Sort(codes)
+	at := roll * total
+	for _, status := range codes {
+		if at < f.ErrorStatuses[status] {
+			return status
+		}
+		at -= f.ErrorStatuses[status]
+	}
+	return codes[len(codes)-1]
+}
+
 // shopDelay waits out the injected latency or until ctx is done.
 func shopDelay(ctx context.Context, f Faults) error {
 	d := time.Duration(f.LatencyMS) * time.Millisecond
 	if f.LatencyJitterMS > 0 {
-		d += time.Duration(rand.IntN(f.LatencyJitterMS+1)) * time.Millisecond
+		d += time.Duration(rand.IntN(2*f.LatencyJitterMS+1)-f.LatencyJitterMS) * time.Millisecond
 	}
+	d = max(d, 0)
 	return peakdesk.Sleep(ctx, d)
 }
 

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -578,7 +579,7 @@ func TestShopAdmin(t *testing.T) {
 
 	var f Faults
 	decode(t, b.do(t, shopReq{Method: "GET", Path: "/admin/faults"}), &f)
-	if f != (Faults{ErrorStatus: 503}) {
+	if !reflect.DeepEqual(f, Faults{ErrorStatus: 503}) {
 		t.Errorf("default faults = %+v", f)
 	}
 	for _, bad := range []string{`{"error_rate":2}`, `{"latency_ms":-1}`, `{"error_status":200}`, `{"dwon":true}`, `nope`} {
@@ -588,7 +589,7 @@ func TestShopAdmin(t *testing.T) {
 	}
 	want := Faults{LatencyMS: 0, ErrorRate: 0.25, ErrorStatus: 500, ValidationFail: true}
 	decode(t, b.do(t, shopReq{Method: "PUT", Path: "/admin/faults", Body: want}), &f)
-	if f != want || b.sim.Faults() != want {
+	if !reflect.DeepEqual(f, want) || !reflect.DeepEqual(b.sim.Faults(), want) {
 		t.Errorf("faults after PUT = %+v / %+v, want %+v", f, b.sim.Faults(), want)
 	}
 	b.sim.SetFaults(Faults{})

@@ -70,6 +70,28 @@ func DatabaseURL(t testing.TB) string {
 	return withDatabase(t, admin, name)
 }
 
+// EmptyDatabaseURL creates a new database without any migration applied,
+// drops it when the test ends, and returns its URL: for tests of migrating.
+func EmptyDatabaseURL(t testing.TB) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	admin := AdminURL()
+	conn, err := pgx.Connect(ctx, admin)
+	if err != nil {
+		t.Fatalf("storagetest: connect %s: %v (is Postgres running? make test starts it)", redact(admin), err)
+	}
+	defer conn.Close(ctx)
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	name := "peakdesk_test_" + hex.EncodeToString(b[:])
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name); err != nil {
+		t.Fatalf("storagetest: create database: %v", err)
+	}
+	t.Cleanup(func() { dropDatabase(t, admin, name) })
+	return withDatabase(t, admin, name)
+}
+
 func withDatabase(t testing.TB, admin, name string) string {
 	t.Helper()
 	u, err := url.Parse(admin)
