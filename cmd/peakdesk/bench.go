@@ -64,6 +64,7 @@ type benchReport struct {
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	setUsage(fs, "bench", "")
 	short := fs.Bool("short", false, "quick check: fewer messages")
 	jsonOut := fs.String("json", "", "also write the report as JSON to this file")
 	conc := fs.Int("concurrency", 128, "concurrent HTTP clients for the ingest scenarios")

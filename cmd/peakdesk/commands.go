@@ -207,6 +207,11 @@ func waitForSchema(ctx context.Context, db *storage.DB, limit time.Duration, std
 func runToken(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
 	fs := flag.NewFlagSet("token", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	setUsage(fs, "token", `Environment-only settings:
+  PEAKDESK_JWT_SECRET  the platform signing key (--platform, operator scopes, shop *); unset = the
+                       public dev secret, for a local peakdesk dev only
+  PEAKDESK_MASTER_KEY  opens the shop's sealed signing key in the database
+`)
 	shop := fs.String("shop", "demo", "shop (tenant) id; * for a platform operator")
 	sub := fs.String("sub", "", "subject: end-user id, service or operator name (required)")
 	scope := fs.String("scope", "", "space- or comma-separated scopes, e.g. priority:urgent, service, ops, ops:write")

@@ -96,12 +96,16 @@ var emailRe = regexp.MustCompile(`^[^@\s]+@[^@\s]+\.[^@\s]+$`)
 // runOperator manages console operators: `operator add --email E --role R
 // [--shop S] [--password-stdin]`.
 func runOperator(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, getenv func(string) string) error {
+	if len(args) > 0 && isHelpArg(args[0]) {
+		args = []string{"add", "-h"}
+	}
 	if len(args) == 0 || args[0] != "add" {
 		fmt.Fprintln(stderr, "usage: peakdesk operator add --email E --role viewer|operator|agent|admin [--shop S] [--password-stdin]")
 		return errors.New("operator: name a subcommand: add")
 	}
 	fs := flag.NewFlagSet("operator add", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	setUsage(fs, "operator", "")
 	dbURL := fs.String("database-url", cmp.Or(getenv("DATABASE_URL"),
 		"postgres://peakdesk:peakdesk@127.0.0.1:5432/peakdesk?sslmode=disable"), "Postgres URL (env DATABASE_URL)")
 	email := fs.String("email", "", "the operator's e-mail address, their login (required)")

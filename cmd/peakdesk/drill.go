@@ -74,11 +74,15 @@ type drillResult struct {
 // without exactly one final answer (or, with --llm-down, was handed to a
 // human instead of answered from the shop's data).
 func runDrill(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
+	if len(args) > 0 && isHelpArg(args[0]) {
+		args = []string{"orders", "-h"}
+	}
 	if len(args) == 0 || args[0] != "orders" {
 		return errors.New("usage: peakdesk drill orders [--rate 5 --duration 4m --outage-at 1m --outage-for 2m --llm-down --json FILE]")
 	}
 	fs := flag.NewFlagSet("drill orders", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	setUsage(fs, "drill", "")
 	cfg := drillConfig{Getenv: getenv, Log: stderr}
 	fs.Float64Var(&cfg.Rate, "rate", 5, "customers asking per second")
 	fs.DurationVar(&cfg.Duration, "duration", 4*time.Minute, "how long customers keep coming")

@@ -29,7 +29,7 @@ var commands = []command{
 	{"loadtest", "offer load to a peakdesk URL and report what happened", "[flags]"},
 	{"drill", "the order scenario with the shop API down mid-run, every role in-process", "orders [flags]"},
 	{"bench", "measure the performance targets side by side with their baselines", "[flags]"},
-	{"version", "print the version, commit, build date and Go version", ""},
+	{"version", "print the version, commit, build date and Go version", "(no flags)"},
 	{"help", "print this usage, or a command's help (help <command>)", "[command]"},
 }
 
