@@ -495,12 +495,17 @@ func shopErrorStatus(f Faults, roll float64) int {
 
 // shopDelay waits out the injected latency or until ctx is done.
 func shopDelay(ctx context.Context, f Faults) error {
+	return peakdesk.Sleep(ctx, shopWait(f))
+}
+
+// shopWait is one request's injected latency: uniform in LatencyMS ±
+// LatencyJitterMS, never below 0.
+func shopWait(f Faults) time.Duration {
 	d := time.Duration(f.LatencyMS) * time.Millisecond
 	if f.LatencyJitterMS > 0 {
 		d += time.Duration(rand.IntN(2*f.LatencyJitterMS+1)-f.LatencyJitterMS) * time.Millisecond
 	}
-	d = max(d, 0)
-	return peakdesk.Sleep(ctx, d)
+	return max(d, 0)
 }
 
 // --- admin ---------------------------------------------------------------

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"reflect"
@@ -415,6 +416,7 @@ func TestShopFaultNotStored(t *testing.T) {
 		{"error rate default status", Faults{ErrorRate: 1}, 503, "unavailable"},
 		{"error rate 500", Faults{ErrorRate: 1, ErrorStatus: 500}, 500, "internal"},
 		{"error rate 429", Faults{ErrorRate: 1, ErrorStatus: 429}, 429, "rate_limited"},
+		{"error statuses over error status", Faults{ErrorRate: 1, ErrorStatus: 503, ErrorStatuses: map[int]float64{500: 1}}, 500, "internal"},
 		{"down", Faults{Down: true, LatencyMS: int(time.Hour / time.Millisecond)}, 503, "unavailable"},
 	}
 	for _, tc := range tests {
@@ -705,6 +707,46 @@ func TestShopCatalogueOrderRule(t *testing.T) {
 		o, ok := CatalogueOrder("demo", tc.id)
 		if ok != tc.ok || o.UserID != tc.user || o.AmountCents != tc.amount || o.Status != tc.status {
 			t.Errorf("%s: ok=%v %+v, want ok=%v user %s amount %d status %s", tc.id, ok, o, tc.ok, tc.user, tc.amount, tc.status)
+		}
+	}
+}
+
+// TestShopErrorStatusesWeighted: a roll over [0,1) falls on each status by
+// its weight, in status order; no usable weight falls back to ErrorStatus;
+// Validate refuses what llmsim refuses.
+func TestShopErrorStatusesWeighted(t *testing.T) {
+	t.Parallel()
+	f := Faults{ErrorStatus: 503, ErrorStatuses: map[int]float64{429: 1, 500: 3}}
+	for roll, want := range map[float64]int{0: 429, 0.24: 429, 0.25: 500, 0.99: 500} {
+		if got := shopErrorStatus(f, roll); got != want {
+			t.Errorf("roll %v: %d, want %d", roll, got, want)
+		}
+	}
+	if got := shopErrorStatus(Faults{ErrorStatus: 502, ErrorStatuses: map[int]float64{500: 0}}, 0.5); got != 502 {
+		t.Errorf("zero weights: %d, want ErrorStatus 502", got)
+	}
+	for _, bad := range []map[int]float64{{200: 1}, {500: -1}, {500: math.NaN()}} {
+		if err := (Faults{ErrorStatuses: bad}).Validate(); err == nil {
+			t.Errorf("Validate accepted %v", bad)
+		}
+	}
+}
+
+// TestShopLatencyJitterAroundLatency: the jitter spreads the wait over
+// latency ± jitter, as llmsim's does, and a wait never goes below 0.
+func TestShopLatencyJitterAroundLatency(t *testing.T) {
+	t.Parallel()
+	lo, hi := time.Duration(math.MaxInt64), time.Duration(0)
+	for range 2000 {
+		d := shopWait(Faults{LatencyMS: 100, LatencyJitterMS: 50})
+		lo, hi = min(lo, d), max(hi, d)
+	}
+	if lo < 50*time.Millisecond || hi > 150*time.Millisecond || lo >= 70*time.Millisecond || hi <= 130*time.Millisecond {
+		t.Errorf("waits in [%v, %v], want spread over 100ms ± 50ms", lo, hi)
+	}
+	for range 200 {
+		if d := shopWait(Faults{LatencyMS: 5, LatencyJitterMS: 20}); d < 0 || d > 25*time.Millisecond {
+			t.Fatalf("wait %v outside [0, 25ms]", d)
 		}
 	}
 }
