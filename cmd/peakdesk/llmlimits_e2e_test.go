@@ -60,7 +60,7 @@ func TestLLMCapsFallBackWithoutCallingTheLLM(t *testing.T) {
 	if got := ask(u2, "预售定金可以退吗？"); got != "llm" {
 		t.Errorf("u2's question: source %q, want llm: u1's cap is not u2's", got)
 	}
-	if got := ask(bearer(t, "other", "u1-"+run), "你们几点发货？"); got != "handoff" {
+	if got := ask(bearer(t, "other", "u1-"+run), "会员积分怎么用？"); got != "handoff" {
 		t.Errorf("the spent shop's answer: source %q, want handoff", got)
 	}
 	if st := b.llm.Stats(); st.Requests != 2 || st.WithMaxTokens != 2 {
