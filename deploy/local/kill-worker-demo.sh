@@ -18,7 +18,7 @@ cleanup() { kill -INT "${pids[@]}" 2>/dev/null || true; sleep 2; kill "${pids[@]
 trap cleanup EXIT
 
 go tool nats-server -js -a 127.0.0.1 -p 4333 -sd "$work/nats" >"$work/nats.log" 2>&1 & pids+=($!)
-bin/peakdesk mockllm --addr 127.0.0.1:8095 --latency 300ms --latency-jitter 100ms >"$work/llm.log" 2>&1 & pids+=($!)
+bin/peakdesk mockllm --http-addr 127.0.0.1:8095 --latency 300ms --latency-jitter 100ms >"$work/llm.log" 2>&1 & pids+=($!)
 sleep 2
 bin/peakdesk migrate --ensure-shop demo
 bin/peakdesk serve --roles ingest --http-addr 127.0.0.1:8181 --metrics-addr 127.0.0.1:9181 >"$work/ingest.log" 2>&1 & pids+=($!)
