@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -70,11 +71,27 @@ type Config struct {
 	// MaxPending caps asynchronous publishes in flight. Default 8192.
 	MaxPending int
 	// FAQ answers shed messages instantly when it is confident; optional.
+	// Its answers are cached (FAQCacheTTL, FAQCacheSize) and its searches
+	// bounded (FAQConcurrency); the answers are published to CHAT_IN for
+	// the shed writer (workers/shedwriter) to store.
 	FAQ FAQ
-	// ReplyWebhook builds the webhook.deliver action of a shed message's FAQ
-	// answer, stored in the answer's transaction like every reply's
-	// (outbox.ReplyWebhook); required with FAQ.
+	// FAQCacheTTL is how long an FAQ answer (or the lack of one) to a
+	// normalised question is reused for shed messages. Default 10 s.
+	FAQCacheTTL time.Duration
+	// FAQCacheSize caps the cached questions. Default 20,000.
+	FAQCacheSize int
+	// FAQConcurrency caps FAQ searches running at once; more wait their
+	// turn. Default GOMAXPROCS.
+	FAQConcurrency int
+	// ReplyWebhook builds the webhook.deliver action of a reply the edge
+	// stores itself (outbox.ReplyWebhook); optional. Shed answers are
+	// stored by the shed writer, which builds their webhooks.
 	ReplyWebhook func(*peakdesk.Reply) (peakdesk.Action, error)
+	// MaxInFlight caps the requests this process handles at once, event
+	// streams aside (MaxStreams caps those); one more is answered 503
+	// overloaded at once, so a burst never queues unbounded work here.
+	// Default 4,096.
+	MaxInFlight int
 	// MaxStreams caps the event streams open on this process at once; one
 	// more is answered 429. Default 10,000.
 	MaxStreams int
@@ -102,6 +119,10 @@ func (c *Config) setDefaults() {
 	c.MaxBatch = cmp.Or(c.MaxBatch, 256)
 	c.MaxPending = cmp.Or(c.MaxPending, 8192)
 	c.MaxStreams = cmp.Or(c.MaxStreams, 10_000)
+	c.FAQCacheTTL = cmp.Or(c.FAQCacheTTL, 10*time.Second)
+	c.FAQCacheSize = cmp.Or(c.FAQCacheSize, 20_000)
+	c.FAQConcurrency = cmp.Or(c.FAQConcurrency, runtime.GOMAXPROCS(0))
+	c.MaxInFlight = cmp.Or(c.MaxInFlight, 4096)
 }
 
 func (c *Config) validate() error {
@@ -114,6 +135,10 @@ func (c *Config) validate() error {
 		return errors.New("ingest: config: JS is required")
 	case c.MaxStreams < 0:
 		return errors.New("ingest: config: MaxStreams must not be negative")
+	case c.MaxInFlight < 0:
+		return errors.New("ingest: config: MaxInFlight must not be negative")
+	case c.FAQCacheSize < 0 || c.FAQConcurrency < 0 || c.FAQCacheTTL < 0:
+		return errors.New("ingest: config: FAQCacheTTL, FAQCacheSize and FAQConcurrency must not be negative")
 	}
 	return nil
 }
@@ -131,7 +156,10 @@ type Edge struct {
 	admit   *admission
 	pub     publisher
 	queuedW *queuedWriter
-	events  jetstream.Stream // CHAT_EVENTS, for replay by direct get
+	faq     *faqAnswers
+	// inflight holds a token per request being handled (MaxInFlight).
+	inflight chan struct{}
+	events   jetstream.Stream // CHAT_EVENTS, for replay by direct get
 
 	stopOnce    sync.Once
 	closeOnce   sync.Once
@@ -173,6 +201,9 @@ func New(cfg Config) (*Edge, error) {
 		admit:   newAdmission(cfg.Admission, cfg.JS, m),
 		closing: make(chan struct{}),
 
+		faq:      newFAQAnswers(cfg.FAQ, cfg.FAQCacheTTL, cfg.FAQCacheSize, cfg.FAQConcurrency, m),
+		inflight: make(chan struct{}, cfg.MaxInFlight),
+
 		userStreams: map[string]int{},
 	}, nil
 }
@@ -201,6 +232,12 @@ func (e *Edge) Start(ctx context.Context) error {
 		return fmt.Errorf("ingest: start: %w", err)
 	}
 	e.queuedW = newQueuedWriter(e.cfg.Redis, e.metrics.redisErrors)
+	if err := e.metrics.bindBounds(e.cfg.Registerer, e); err != nil {
+		e.queuedW.stop()
+		e.hub.stop()
+		e.pub.stop()
+		return fmt.Errorf("ingest: start: metrics: %w", err)
+	}
 	e.admit.start()
 	return nil
 }
@@ -283,12 +320,21 @@ func (e *Edge) Register(mux *http.ServeMux) {
 type handlerFunc func(w http.ResponseWriter, r *http.Request) error
 
 func (e *Edge) instrument(route string, h handlerFunc) http.Handler {
+	bounded := route != "conversation_events" // MaxStreams bounds those
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		trace := peakdesk.ContinueTrace(r.Header.Get(peakdesk.TraceHeader))
 		r = r.WithContext(peakdesk.WithTrace(r.Context(), trace))
 		w.Header().Set(peakdesk.TraceHeader, trace.Parent)
 		start := time.Now()
-		err := h(w, r)
+		var err error
+		if !bounded {
+			err = h(w, r)
+		} else if err = e.enter(route); err == nil {
+			func() {
+				defer func() { <-e.inflight }()
+				err = h(w, r)
+			}()
+		}
 		if err != nil {
 			httpjson.WriteError(w, r, e.log.With("trace_id", trace.ID), err)
 		}
@@ -296,6 +342,19 @@ func (e *Edge) instrument(route string, h handlerFunc) http.Handler {
 		e.metrics.requests.WithLabelValues(route, code).Inc()
 		e.metrics.duration.WithLabelValues(route).Observe(time.Since(start).Seconds())
 	})
+}
+
+// enter takes an in-flight slot for a request, or refuses it with 503 when
+// MaxInFlight requests are being handled.
+func (e *Edge) enter(route string) error {
+	select {
+	case e.inflight <- struct{}{}:
+		return nil
+	default:
+		e.metrics.inflightRefusals.WithLabelValues(route).Inc()
+		return &peakdesk.Error{Code: peakdesk.EOverloaded, RetryAfter: time.Second,
+			Message: "this server is handling too many requests, retry shortly"}
+	}
 }
 
 // accepted is the answer to POST /v1/messages.
@@ -425,22 +484,7 @@ func (e *Edge) acceptMessage(ctx context.Context, claims *token.Claims, info *sh
 	// Shed load lowest priority first: an instant FAQ answer when one fits,
 	// else 429 with the time the backlog needs to drain.
 	if retry, ok := e.admit.check(prio); !ok {
-		// A repeat of a message already accepted gets its first result, not
-		// a shed.
-		if key != "" {
-			if st, ok := e.knownMessage(ctx, m); ok {
-				return accepted{MessageID: m.ID, ConversationID: st.ConversationID, Priority: st.Priority,
-					Status: st.Status, Reply: st.Reply}, nil
-			}
-		}
-		if reply := e.answerFromFAQ(ctx, m); reply != nil {
-			e.metrics.shed.WithLabelValues(string(prio), "faq").Inc()
-			return accepted{MessageID: m.ID, ConversationID: conv, Priority: prio,
-				Status: peakdesk.StatusAnswered, Reply: reply}, nil
-		}
-		e.metrics.shed.WithLabelValues(string(prio), "rejected").Inc()
-		return accepted{}, &peakdesk.Error{Code: peakdesk.ERateLimited, RetryAfter: retry,
-			Message: "the desk is very busy right now, retry later"}
+		return e.shed(ctx, m, key, retry)
 	}
 	// Listen for the reply before publishing, so it cannot slip past.
 	var replies <-chan *peakdesk.Reply
@@ -513,10 +557,18 @@ func (e *Edge) publish(ctx context.Context, m *peakdesk.Message) (duplicate bool
 	msg.Data = data
 	msg.Header.Set(peakdesk.TraceHeader, peakdesk.TraceFrom(ctx).Parent)
 	msg.Header.Set(jetstream.MsgIDHeader, m.ID)
+	return e.publishMsg(ctx, msg, m)
+}
+
+// publishMsg publishes msg, which carries message m or its shed answer, to
+// CHAT_IN and returns once JetStream has acked it.
+func (e *Edge) publishMsg(ctx context.Context, msg *nats.Msg, m *peakdesk.Message) (duplicate bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, e.cfg.PublishTimeout)
 	defer cancel()
 	start := time.Now()
+	e.metrics.publishInflight.Inc()
 	duplicate, err = e.pub.publish(ctx, msg)
+	e.metrics.publishInflight.Dec()
 	e.metrics.publish.Observe(time.Since(start).Seconds())
 	if err != nil {
 		// The message may or may not be stored; either way the client is
@@ -535,12 +587,23 @@ func (e *Edge) publish(ctx context.Context, m *peakdesk.Message) (duplicate bool
 }
 
 // queuedState is what the edge remembers in Redis about a message it
-// published, so GET can describe it before a worker stores it.
+// published, so GET can describe it before a worker stores it: the message,
+// and for a shed message the answer it got.
 type queuedState struct {
 	Shop     string            `json:"s"`
 	User     string            `json:"u"`
 	Conv     string            `json:"c"`
 	Priority peakdesk.Priority `json:"p"`
+	Reply    *peakdesk.Reply   `json:"r,omitempty"`
+}
+
+// state is the message state q describes.
+func (q queuedState) state(id string) peakdesk.MessageState {
+	st := peakdesk.MessageState{ID: id, ConversationID: q.Conv, Priority: q.Priority, Status: peakdesk.StatusQueued}
+	if q.Reply != nil {
+		st.Status, st.Reply = peakdesk.StatusAnswered, q.Reply
+	}
+	return st
 }
 
 func queuedKey(id string) string { return "pd:queued:" + id }
@@ -548,6 +611,14 @@ func queuedKey(id string) string { return "pd:queued:" + id }
 func (e *Edge) rememberQueued(_ context.Context, m *peakdesk.Message) {
 	b, _ := json.Marshal(queuedState{Shop: m.ShopID, User: m.UserID, Conv: m.ConversationID, Priority: m.Priority})
 	e.queuedW.add(queuedKey(m.ID), b)
+}
+
+// remember records shed message m's answer r, for GET until the shed
+// writer has stored it; it returns once Redis has it (or after a short
+// bound).
+func (e *Edge) remember(ctx context.Context, m *peakdesk.Message, r *peakdesk.Reply) {
+	b, _ := json.Marshal(queuedState{Shop: m.ShopID, User: m.UserID, Conv: m.ConversationID, Priority: m.Priority, Reply: r})
+	e.queuedW.addWait(ctx, queuedKey(m.ID), b)
 }
 
 // awaitReply waits up to d for the reply to message id, then looks in
@@ -597,11 +668,12 @@ func (e *Edge) getMessage(w http.ResponseWriter, r *http.Request) error {
 	case !errors.Is(err, storage.ErrNotFound):
 		return err
 	}
-	// Not stored yet: is it a message this edge queued for this caller?
+	// Not stored yet: is it a message this edge queued (or answered when
+	// shedding) for this caller?
 	state := peakdesk.MessageState{ID: id, Status: peakdesk.StatusQueued}
 	owner := claims.Subject
 	if q, ok := e.queued(ctx, id); ok && q.Shop == claims.Shop && mayRead(claims, q.User) {
-		state.ConversationID, state.Priority, owner = q.Conv, q.Priority, q.User
+		state, owner = q.state(id), q.User
 	} else if !e.ids.Valid("msg", claims.Shop, claims.Subject, id) {
 		return notFound
 	}
@@ -641,17 +713,21 @@ func (e *Edge) edgeLimits(ctx context.Context, shop string) storage.EdgeLimits {
 	return storage.DefaultEdgeLimits
 }
 
-// knownMessage returns the state of message m if this edge accepted it
-// before (stored by a worker, or remembered as queued).
+// knownMessage returns the state of message m if the edge accepted it
+// before, or answered it when shedding. It asks the queued-state cache
+// first, which knows every message an edge took (best effort), so an
+// unknown message — the common case while shedding — costs one Redis
+// read, not a Postgres query; a known one is then read from Postgres for
+// its latest state.
 func (e *Edge) knownMessage(ctx context.Context, m *peakdesk.Message) (peakdesk.MessageState, bool) {
+	q, ok := e.queued(ctx, m.ID)
+	if !ok || q.Shop != m.ShopID || q.User != m.UserID {
+		return peakdesk.MessageState{}, false
+	}
 	if rec, err := e.cfg.DB.Message(ctx, m.ShopID, m.ID); err == nil && rec.UserID == m.UserID {
 		return rec.MessageState, true
 	}
-	if q, ok := e.queued(ctx, m.ID); ok && q.Shop == m.ShopID && q.User == m.UserID {
-		return peakdesk.MessageState{ID: m.ID, ConversationID: q.Conv, Priority: q.Priority,
-			Status: peakdesk.StatusQueued}, true
-	}
-	return peakdesk.MessageState{}, false
+	return q.state(m.ID), true
 }
 
 func (e *Edge) queued(ctx context.Context, id string) (queuedState, bool) {

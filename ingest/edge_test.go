@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -26,6 +27,7 @@ import (
 	"github.com/peakdesk/peakdesk/storage"
 	"github.com/peakdesk/peakdesk/storage/queue"
 	"github.com/peakdesk/peakdesk/storage/storagetest"
+	"github.com/peakdesk/peakdesk/workers/shedwriter"
 )
 
 var testSecret = []byte("ingest-test-secret-0123456789abcdef012345")
@@ -379,13 +381,55 @@ func TestAdmissionShedsLowPriorityFirst(t *testing.T) {
 	if faq.status != http.StatusOK || faq.body["status"] != "answered" || reply["source"] != peakdesk.SourceFAQ {
 		t.Fatalf("FAQ shed: %d %s", faq.status, faq.raw)
 	}
-	if g := b.do(t, "GET", "/v1/messages/"+faq.body["message_id"].(string), u, ""); g.body["status"] != "answered" {
-		t.Errorf("the FAQ answer is not stored: %s", g.raw)
+	// GET shows the answer at once, before anything stored it in Postgres
+	// (no writer runs yet): the edge remembered it in Redis.
+	faqID := faq.body["message_id"].(string)
+	if g := b.do(t, "GET", "/v1/messages/"+faqID, u, ""); g.body["status"] != "answered" {
+		t.Errorf("GET of a shed answer before it is stored: %s", g.raw)
+	}
+	if _, err := b.db.Message(context.Background(), "shop1", faqID); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("the shed answer was stored on the request path: %v", err)
+	}
+	// A repeat gets the same answer, not a second one.
+	faqAgain := b.do(t, "POST", "/v1/messages", u, `{"text":"双11满减怎么算？","client_msg_id":"k-faq"}`)
+	faqAgain2 := b.do(t, "POST", "/v1/messages", u, `{"text":"双11满减怎么算？","client_msg_id":"k-faq"}`)
+	r1, _ := faqAgain.body["reply"].(map[string]any)
+	r2, _ := faqAgain2.body["reply"].(map[string]any)
+	if faqAgain2.status != http.StatusOK || r1 == nil || r2 == nil || r1["reply_id"] != r2["reply_id"] {
+		t.Errorf("repeat of a shed answer: %s then %s, want the same reply", faqAgain.raw, faqAgain2.raw)
+	}
+	// The shed writer stores the answers, with their webhooks, and
+	// publishes their events.
+	w, err := shedwriter.New(shedwriter.Config{JS: b.js, DB: b.db, Webhook: outbox.ReplyWebhook,
+		Logger: storagetest.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(w.Stop)
+	for _, id := range []string{faqID, faqAgain.body["message_id"].(string)} {
+		storagetest.WaitFor(t, "the shed answer stored", 10*time.Second, func() bool {
+			rec, err := b.db.Message(context.Background(), "shop1", id)
+			return err == nil && rec.Status == peakdesk.StatusAnswered
+		})
+	}
+	if rec, _ := b.db.Message(context.Background(), "shop1", faqID); rec.Reply.ID != reply["reply_id"] {
+		t.Errorf("stored reply %s, the customer got %v", rec.Reply.ID, reply["reply_id"])
 	}
 	// Like every reply, it goes to the shop's webhook through the outbox.
 	hooks, err := b.db.ListActions(context.Background(), "shop1", storage.ActionFilter{Kind: peakdesk.ActionWebhookDeliver}, 0, 10)
-	if err != nil || len(hooks) != 1 || hooks[0].ReplyID != reply["reply_id"] {
-		t.Errorf("webhook actions %+v (%v), want one for reply %v", hooks, err, reply["reply_id"])
+	if err != nil || len(hooks) != 2 {
+		t.Errorf("webhook actions %+v (%v), want one per shed answer", hooks, err)
+	}
+	events, err := b.js.Stream(context.Background(), queue.StreamEvents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, err := events.GetLastMsgForSubject(context.Background(), queue.EventSubject("shop1", faq.body["conversation_id"].(string)))
+	if err != nil || !strings.Contains(string(ev.Data), reply["reply_id"].(string)) {
+		t.Errorf("last reply event of the conversation: %v, want reply %v", err, reply["reply_id"])
 	}
 	again := b.do(t, "POST", "/v1/messages", u, `{"text":"早就问过的问题","client_msg_id":"k-early"}`)
 	if again.status != http.StatusAccepted || again.body["message_id"] != first.body["message_id"] || again.body["status"] != "queued" {

@@ -1,6 +1,6 @@
 // Package queue is peakdesk's JetStream topology (DESIGN.md §5): the
 // streams CHAT_IN (accepted messages, one subject per priority and shop,
-// work-queue retention), CHAT_EVENTS (reply events for SSE and replay),
+// and the edge's shed answers on their own subject, work-queue retention), CHAT_EVENTS (reply events for SSE and replay),
 // CHAT_DLQ and CHAT_ADVISORIES, the workers' durable consumers, the embedded
 // server dev mode and tests run, and the publishing of reply events.
 package queue
@@ -101,8 +101,8 @@ func EnsureTopology(ctx context.Context, js jetstream.JetStream, t Topology) (To
 	t = t.withDefaults()
 	streams := []jetstream.StreamConfig{{
 		Name:        StreamIn,
-		Description: "accepted chat messages, by priority and shop",
-		Subjects:    []string{"chat.in.>"},
+		Description: "accepted chat messages, by priority and shop; shed answers, by shop",
+		Subjects:    []string{"chat.in.>", "chat.shed.>"},
 		Retention:   jetstream.WorkQueuePolicy,
 		Storage:     jetstream.FileStorage,
 		Replicas:    t.Replicas,
@@ -161,6 +161,19 @@ func EnsureTopology(ctx context.Context, js jetstream.JetStream, t Topology) (To
 	})
 	if err != nil {
 		return t, fmt.Errorf("queue: consumer %s: %w", ConsumerDeadLetters, err)
+	}
+	_, err = js.CreateOrUpdateConsumer(ctx, StreamIn, jetstream.ConsumerConfig{
+		Durable:       ConsumerShedWriter,
+		Description:   "the shed writer storing the edge's FAQ answers in batches",
+		FilterSubject: "chat.shed.>",
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       30 * time.Second,
+		MaxDeliver:    -1, // an answer the customer has is never dropped; failures retry with a delay
+		MaxAckPending: 20_000,
+		Replicas:      t.Replicas,
+	})
+	if err != nil {
+		return t, fmt.Errorf("queue: consumer %s: %w", ConsumerShedWriter, err)
 	}
 	for _, p := range peakdesk.Priorities {
 		_, err := js.CreateOrUpdateConsumer(ctx, StreamIn, jetstream.ConsumerConfig{
