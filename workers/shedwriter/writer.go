@@ -156,12 +156,21 @@ func (w *Writer) Start(ctx context.Context) error {
 	return nil
 }
 
-// Stop stops fetching, commits what was fetched and waits. Records fetched
-// but not committed are delivered again. It is idempotent.
+// Stop stops fetching, commits what was fetched and waits. It is
+// idempotent. Records it could not commit (the database gone) are
+// delivered again.
 func (w *Writer) Stop() {
 	w.stopOnce.Do(func() {
 		if w.cc != nil {
-			w.cc.Stop()
+			// Drain hands what the pull buffered to receive, and the
+			// committers store it, so a stopping writer leaves nothing to
+			// wait out AckWait.
+			w.cc.Drain()
+			select {
+			case <-w.cc.Closed():
+			case <-time.After(10 * time.Second):
+				w.cc.Stop()
+			}
 		}
 		close(w.quit)
 		w.wg.Wait()
