@@ -57,6 +57,13 @@ type Config struct {
 	MetricsAddr string
 	// MaxStreams caps the event streams one edge process holds open.
 	MaxStreams int
+	// MaxInFlight caps the requests one edge process handles at once (event
+	// streams aside); FAQCacheTTL is how long the edge reuses an FAQ answer
+	// to a shed question; ShedWriterBatch caps the shed answers the worker
+	// role stores per transaction.
+	MaxInFlight     int
+	FAQCacheTTL     time.Duration
+	ShedWriterBatch int
 
 	// LLMBaseURL empty in dev starts the built-in simulated LLM.
 	LLMBaseURL string
@@ -183,6 +190,10 @@ func envDefaults(getenv func(string) string, dev bool) Config {
 	c.AdmissionMaxWaitP2 = e.duration("PEAKDESK_ADMISSION_MAX_WAIT_P2", 30*time.Second)
 	c.AdmissionMinBacklog = e.int("PEAKDESK_ADMISSION_MIN_BACKLOG", 2000)
 	c.AdmissionDisabled = e.bool("PEAKDESK_ADMISSION_DISABLED", false)
+	// Shedding at the speed of accepting: the edge's bounds and the writer.
+	c.MaxInFlight = e.int("PEAKDESK_MAX_INFLIGHT", 4096)
+	c.FAQCacheTTL = e.duration("PEAKDESK_SHED_FAQ_CACHE_TTL", 10*time.Second)
+	c.ShedWriterBatch = e.int("PEAKDESK_SHED_WRITER_BATCH", 500)
 	c.ConsoleOrigin = e.str("PEAKDESK_CONSOLE_ORIGIN", "")
 	c.ConsoleIdleTimeout = e.duration("PEAKDESK_CONSOLE_IDLE_TIMEOUT", 30*time.Minute)
 	c.ConsoleLifetime = e.duration("PEAKDESK_CONSOLE_LIFETIME", 12*time.Hour)
@@ -283,6 +294,8 @@ func parseFlags(name string, args []string, stderr io.Writer, getenv func(string
 	fs.StringVar(&c.HTTPAddr, "http-addr", c.HTTPAddr, "HTTP listen address (env PEAKDESK_HTTP_ADDR)")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", c.MetricsAddr, "listen address of /metrics, apart from the API; empty: none (env PEAKDESK_METRICS_ADDR)")
 	fs.IntVar(&c.MaxStreams, "max-streams", c.MaxStreams, "event streams one edge process holds open at most (env PEAKDESK_MAX_STREAMS)")
+	fs.IntVar(&c.MaxInFlight, "max-inflight", c.MaxInFlight, "requests one edge process handles at once; more are answered 503 (env PEAKDESK_MAX_INFLIGHT)")
+	fs.IntVar(&c.ShedWriterBatch, "shed-writer-batch", c.ShedWriterBatch, "shed answers the worker role stores per transaction (env PEAKDESK_SHED_WRITER_BATCH)")
 	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "local data directory (env PEAKDESK_DATA_DIR)")
 	fs.StringVar(&c.LLMBaseURL, "llm-base-url", c.LLMBaseURL, "OpenAI-compatible base URL; empty in dev = simulator (env PEAKDESK_LLM_BASE_URL)")
 	fs.StringVar(&c.LLMModel, "llm-model", c.LLMModel, "LLM model (env PEAKDESK_LLM_MODEL)")
@@ -367,6 +380,15 @@ func (c *Config) validate() error {
 	}
 	if c.MaxStreams < 1 {
 		return errors.New("config: --max-streams must be at least 1")
+	}
+	if c.MaxInFlight < 1 {
+		return errors.New("config: --max-inflight (PEAKDESK_MAX_INFLIGHT) must be at least 1")
+	}
+	if c.FAQCacheTTL <= 0 {
+		return errors.New("config: PEAKDESK_SHED_FAQ_CACHE_TTL must be positive")
+	}
+	if c.ShedWriterBatch < 1 {
+		return errors.New("config: --shed-writer-batch (PEAKDESK_SHED_WRITER_BATCH) must be at least 1")
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(c.LogLevel)); err != nil {
