@@ -824,3 +824,29 @@ func loadPath(v any, keys ...string) any {
 	}
 	return v
 }
+
+// The shedding stretch runs from the first to the last shed offer (answered
+// on POST or refused 429) and counts every offer completed within it.
+func TestLoadShedding(t *testing.T) {
+	t.Parallel()
+	start := time.Unix(1000, 0)
+	at := func(s float64) time.Time { return start.Add(time.Duration(s * float64(time.Second))) }
+	offers := []*loadOffer{
+		{outcome: loadAccepted, doneAt: at(0.5)},             // queued before the shedding
+		{outcome: loadAccepted, onPost: true, doneAt: at(1)}, // first shed answer
+		{outcome: loadAccepted, doneAt: at(1.5)},             // p0 still queued meanwhile
+		{outcome: loadRateLimited, doneAt: at(2)},            // shed with 429
+		{outcome: loadOverloaded, doneAt: at(2.5)},           // within, counted as an offer
+		{outcome: loadAccepted, onPost: true, doneAt: at(3)}, // last shed answer
+		{outcome: loadAccepted, doneAt: at(4)},               // after
+		{outcome: loadNotSent},
+	}
+	sh := loadShedding(start, offers)
+	want := &LoadShedding{FromS: 1, ToS: 3, Offers: 5, OffersPerS: 2.5, AnsweredOnPost: 2, Rejected429: 1}
+	if sh == nil || *sh != *want {
+		t.Fatalf("shedding %+v, want %+v", sh, want)
+	}
+	if got := loadShedding(start, offers[:1]); got != nil {
+		t.Errorf("no shed offer: %+v, want nil", got)
+	}
+}
