@@ -13,7 +13,7 @@ run: services
 
 ## test: start Postgres and Redis, then run every test with the race detector.
 test: services
-	$(GO) vet ./...
+	$(GO) vet -race ./...   # -race: the same build as the tests, so nothing compiles twice
 	@unformatted="$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))"; \
 	  if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
 	$(GO) test -race -count=1 -timeout 15m $(PKGS)
@@ -40,7 +40,7 @@ build:
 	$(GO) build -o bin/peakdesk ./cmd/peakdesk
 
 vet:
-	$(GO) vet ./...
+	$(GO) vet -race ./...   # -race: the same build as the tests, so nothing compiles twice
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')
