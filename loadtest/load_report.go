@@ -29,7 +29,7 @@ import (
 //	  "offered", "accepted", "answered", "answered_on_post",
 //	  "rejected": {"rate_limited_429", "overloaded_503"},
 //	  "errors": {"400 invalid_argument": n, "timeout": n, …},
-//	  "lost", "failed", "duplicates", "redeliveries", "unmatched_replies",
+//	  "lost", "failed", "shed_unstored", "duplicates", "redeliveries", "unmatched_replies",
 //	  "sse_missed", "sse_reconnects", "audit_errors", "delayed_by_concurrency",
 //	  "sources": {"llm": n, "faq": n, …}, "questions": {"hot": n, …}, "hints": {"p0": n, "none": n, …},
 //	  "by_priority": {"p0": {"accepted", "answered", "answered_on_post", "lost", "duplicates"}, …},
@@ -73,6 +73,10 @@ type LoadReport struct {
 	// how many of them the server reported as failed.
 	Lost   int `json:"lost"`
 	Failed int `json:"failed"`
+	// ShedUnstored counts answers given on a POST (a shed message answered
+	// from the FAQ) never seen stored by the deadline: no reply event, and
+	// not in the conversation read back. Such an answer is lost too.
+	ShedUnstored int `json:"shed_unstored"`
 	// Duplicates counts messages answered by more than one distinct reply.
 	Duplicates int `json:"duplicates"`
 	// Redeliveries counts reply events seen again with the same reply_id.
@@ -281,8 +285,9 @@ type LoadSecondLatency struct {
 // target proves nothing), so that scripts can gate on it.
 func (rep *LoadReport) Check() error {
 	switch {
-	case rep.Lost > 0 || rep.Duplicates > 0:
-		return fmt.Errorf("load check: %d lost, %d duplicates", rep.Lost, rep.Duplicates)
+	case rep.Lost > 0 || rep.Duplicates > 0 || rep.ShedUnstored > 0:
+		return fmt.Errorf("load check: %d lost, %d duplicates, %d answers on POST not stored",
+			rep.Lost, rep.Duplicates, rep.ShedUnstored)
 	case rep.Offered > 0 && rep.Accepted == 0:
 		return fmt.Errorf("load check: none of %d offered messages was accepted", rep.Offered)
 	}
@@ -336,8 +341,8 @@ func (rep *LoadReport) WriteText(w io.Writer) error {
 		rep.Offered, rep.Accepted, rep.Answered, rep.AnsweredOnPost, rep.Rejected.RateLimited429,
 		rep.Rejected.Overloaded503, loadSum(rep.Errors), rep.Lost, rep.Failed, rep.Duplicates, rep.Redeliveries)
 
-	p("delayed by concurrency %d, SSE reconnects %d, SSE missed %d, unmatched replies %d, audit errors %d\n",
-		rep.DelayedByConcurrency, rep.SSEReconnects, rep.SSEMissed, rep.UnmatchedReplies, rep.AuditErrors)
+	p("answers on POST not seen stored %d, delayed by concurrency %d, SSE reconnects %d, SSE missed %d, unmatched replies %d, audit errors %d\n",
+		rep.ShedUnstored, rep.DelayedByConcurrency, rep.SSEReconnects, rep.SSEMissed, rep.UnmatchedReplies, rep.AuditErrors)
 	p("sources: %s\n", loadCounts(rep.Sources))
 	p("questions: %s\n", loadCounts(rep.Questions))
 	p("hints: %s\n", loadCounts(rep.Hints))
@@ -558,6 +563,13 @@ func (r *loadRun) report(end time.Time) *LoadReport {
 		if o.onPost {
 			rep.AnsweredOnPost++
 			pc.AnsweredOnPost++
+			if !o.stored {
+				rep.ShedUnstored++
+				if len(rep.LostSamples) < 10 {
+					rep.LostSamples = append(rep.LostSamples, fmt.Sprintf("answer %s to message %s (%s, %q) not seen stored",
+						o.postReply, o.messageID, o.priority, o.text))
+				}
+			}
 		}
 		if o.missed {
 			rep.SSEMissed++
