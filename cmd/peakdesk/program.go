@@ -211,7 +211,7 @@ func (p *Program) Start(ctx context.Context) (err error) {
 			Logger: p.Log, Registerer: p.registry,
 			BatchPublish: cfg.PublishBatch,
 			FAQ:          edgeFAQ{p.faq}, ReplyWebhook: outbox.ReplyWebhook,
-			FAQCacheTTL:  cfg.FAQCacheTTL, MaxInFlight: cfg.MaxInFlight,
+			FAQCacheTTL: cfg.FAQCacheTTL, MaxInFlight: cfg.MaxInFlight,
 			Admission: ingest.AdmissionConfig{Disabled: cfg.AdmissionDisabled, MinBacklog: int64(cfg.AdmissionMinBacklog),
 				MaxWait: map[peakdesk.Priority]time.Duration{
 					peakdesk.P0: cfg.AdmissionMaxWaitP0, peakdesk.P1: cfg.AdmissionMaxWaitP1, peakdesk.P2: cfg.AdmissionMaxWaitP2}},
