@@ -499,7 +499,17 @@ func (e *Edge) acceptMessage(ctx context.Context, claims *token.Claims, info *sh
 	}
 	keptP0 = !duplicate
 	e.metrics.accepted.WithLabelValues(string(prio)).Inc()
-	e.rememberQueued(ctx, m)
+	if !duplicate {
+		e.rememberQueued(ctx, m)
+	} else if st, ok := e.knownMessage(ctx, m); ok {
+		// A repeat: its first result stands — the answer it got when it
+		// was shed, too — and so does what the edge remembers of it.
+		if st.Status == peakdesk.StatusAnswered {
+			return stateResult(m.ID, st), nil
+		}
+	} else {
+		e.rememberQueued(ctx, m)
+	}
 
 	res := accepted{MessageID: m.ID, ConversationID: conv, Priority: prio, Status: peakdesk.StatusQueued}
 	if wait > 0 {
