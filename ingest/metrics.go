@@ -121,14 +121,18 @@ func newEdgeMetrics(reg prometheus.Registerer) (*edgeMetrics, error) {
 }
 
 // bindBounds registers the gauges read from the edge's bounded queues at
-// scrape time: requests in flight (MaxInFlight) and queued-state cache
-// writes waiting for Redis.
+// scrape time: requests in flight (MaxInFlight), cached FAQ answers
+// (FAQCacheSize) and queued-state cache writes waiting for Redis.
 func (m *edgeMetrics) bindBounds(reg prometheus.Registerer, e *Edge) error {
 	for _, c := range []prometheus.Collector{
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "peakdesk_ingest_inflight_requests",
 			Help: "Requests being handled now, event streams aside (bounded by MaxInFlight).",
 		}, func() float64 { return float64(len(e.inflight)) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "peakdesk_ingest_faq_cache_entries",
+			Help: "Questions whose FAQ answer (or its absence) the edge holds for shed messages (bounded by FAQCacheSize).",
+		}, func() float64 { return float64(e.faq.len()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "peakdesk_ingest_queued_cache_buffered",
 			Help: "Queued-state and shed-answer cache writes waiting for Redis (bounded; beyond it they are dropped and counted in peakdesk_ingest_redis_errors_total).",

@@ -153,6 +153,16 @@ func (c *faqAnswers) answer(ctx context.Context, shop, question string) (string,
 	return e.answer, e.ok
 }
 
+// len is how many questions are cached.
+func (c *faqAnswers) len() int {
+	if c == nil {
+		return 0
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.entries)
+}
+
 // store caches e under key, making room first when the cache is full:
 // expired entries go, then, if that was not enough, entries at random
 // (Go's map order) until it is half full.

@@ -18,9 +18,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -223,9 +225,9 @@ func (w *Writer) gather(batch []jetstream.Msg) []jetstream.Msg {
 	return batch
 }
 
-// commit stores a batch, publishes the stored replies' events and settles
-// every record: ack once stored and published, nak with a delay otherwise.
-// Results are recorded even while stopping.
+// commit decodes a batch and stores it (see store): a record is acked once
+// stored and its event published, nak'ed with a delay otherwise. Results
+// are recorded even while stopping.
 func (w *Writer) commit(batch []jetstream.Msg) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -248,10 +250,27 @@ func (w *Writer) commit(batch []jetstream.Msg) {
 	if len(answers) == 0 {
 		return
 	}
+	w.store(ctx, answers, msgs)
+}
+
+// store saves answers, fetched as msgs, in one transaction, publishes the
+// stored replies' events and settles every record. A batch the database
+// refuses (or that cannot be built) is split in halves, each stored on its
+// own, so that one record that can never be stored — retried alone, never
+// dropped — holds back no other; a database that cannot be reached is not
+// asked again at once: the whole batch is delivered again after RetryDelay.
+func (w *Writer) store(ctx context.Context, answers []storage.ShedAnswer, msgs []jetstream.Msg) {
 	w.metrics.batch.Observe(float64(len(answers)))
 	start := time.Now()
 	outcomes, err := w.cfg.DB.SaveShedAnswers(ctx, answers, w.cfg.Webhook)
 	w.metrics.commit.Observe(time.Since(start).Seconds())
+	if err != nil && len(answers) > 1 && refused(err) && ctx.Err() == nil {
+		w.log.Warn("a batch of shed answers was refused; its halves are stored apart", "records", len(answers), "err", err)
+		half := len(answers) / 2
+		w.store(ctx, answers[:half], msgs[:half])
+		w.store(ctx, answers[half:], msgs[half:])
+		return
+	}
 	if err != nil {
 		w.log.Warn("storing shed answers failed; they are retried", "records", len(answers), "err", err)
 		w.metrics.records.WithLabelValues("retried").Add(float64(len(answers)))
@@ -295,6 +314,18 @@ func (w *Writer) commit(batch []jetstream.Msg) {
 		w.metrics.records.WithLabelValues(outcomes[i].String()).Inc()
 		_ = m.Ack()
 	}
+}
+
+// refused reports whether err is the database's (or the batch's own) rather
+// than a failure to reach the database.
+func refused(err error) bool {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return true
+	}
+	var netErr net.Error
+	return !errors.As(err, &netErr) && !errors.Is(err, context.DeadlineExceeded) &&
+		!errors.Is(err, context.Canceled) && !pgconn.SafeToRetry(err)
 }
 
 // published waits for an event's publish ack.

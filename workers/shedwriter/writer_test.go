@@ -76,8 +76,13 @@ func (b *testBundle) publish(t *testing.T, n int, msgID bool) *peakdesk.Message 
 
 func (b *testBundle) start(t *testing.T, reg prometheus.Registerer, maxBatch int) *shedwriter.Writer {
 	t.Helper()
-	w, err := shedwriter.New(shedwriter.Config{JS: b.js, DB: b.db, Webhook: outbox.ReplyWebhook, MaxBatch: maxBatch,
-		Registerer: reg, Logger: storagetest.Logger(t)})
+	return b.startWith(t, shedwriter.Config{Webhook: outbox.ReplyWebhook, MaxBatch: maxBatch, Registerer: reg})
+}
+
+func (b *testBundle) startWith(t *testing.T, cfg shedwriter.Config) *shedwriter.Writer {
+	t.Helper()
+	cfg.JS, cfg.DB, cfg.Logger = b.js, b.db, storagetest.Logger(t)
+	w, err := shedwriter.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -178,4 +183,40 @@ func mustCounter(t *testing.T, reg *prometheus.Registry, outcome string) prometh
 		}
 	}
 	return prometheus.NewCounter(prometheus.CounterOpts{Name: "x"})
+}
+
+// A record that can never be stored holds back no other: its batch is
+// split until it is alone, and it alone waits to be retried — never dropped.
+func TestAShedAnswerThatCannotBeStoredHoldsBackNoOther(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	const n, poison = 64, 37
+	var msgs []*peakdesk.Message
+	for i := range n {
+		msgs = append(msgs, b.publish(t, i, true))
+	}
+	poisonReply := fmt.Sprintf("r%031x", poison)
+	// A failed record is not delivered again within the test: every record
+	// is stored by the attempt that fetched it, or not at all.
+	b.startWith(t, shedwriter.Config{MaxBatch: n, RetryDelay: time.Hour,
+		Webhook: func(r *peakdesk.Reply) (peakdesk.Action, error) {
+			if r.ID == poisonReply {
+				return peakdesk.Action{}, fmt.Errorf("no webhook for reply %s", r.ID)
+			}
+			return outbox.ReplyWebhook(r)
+		}})
+	for i, m := range msgs {
+		if i == poison {
+			continue
+		}
+		storagetest.WaitFor(t, "message "+m.ID+" stored", 20*time.Second, func() bool {
+			rec, err := b.db.Message(ctx, "shop1", m.ID)
+			return err == nil && rec.Status == peakdesk.StatusAnswered
+		})
+	}
+	if _, err := b.db.Message(ctx, "shop1", msgs[poison].ID); err == nil {
+		t.Errorf("the record that cannot be stored was stored")
+	}
+	storagetest.WaitFor(t, "only the poison record left", 10*time.Second, func() bool { return b.pending(t) == 1 })
 }
