@@ -146,7 +146,11 @@ func (c *faqAnswers) answer(ctx context.Context, shop, question string) (string,
 		c.inflight.Dec()
 		<-c.sem
 		e := faqEntry{answer: answer, ok: ok, until: time.Now().Add(c.ttl)}
-		c.store(key, e)
+		if ctx.Err() == nil {
+			// A search cut short by its request says nothing about the
+			// question: it is not cached.
+			c.store(key, e)
+		}
 		return e, nil
 	})
 	e := v.(faqEntry)

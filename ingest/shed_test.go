@@ -4,8 +4,12 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/outbox"
@@ -68,5 +72,83 @@ func TestRepeatOfAShedAnswerGetsTheSameAnswerAfterTheShedding(t *testing.T) {
 	}
 	if info, err := c.Info(context.Background()); err != nil || info.NumPending != 0 {
 		t.Errorf("p2 pending %d (%v) after the repeat, want 0: the repeat queued a second message", info.NumPending, err)
+	}
+}
+
+func TestNormaliseQuestion(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct{ in, want string }{
+		{"双11满减怎么算？", "双11满减怎么算"},
+		{"  Where is   my ORDER?! ", "where is my order"},
+		{"where is order 20241111001", "where is order #"},
+		{"where is order 20241111002", "where is order #"},
+		{"coupon 12345 ok", "coupon 12345 ok"},
+		{"订单2024111100123到哪了", "订单#到哪了"},
+	} {
+		if got := normaliseQuestion(c.in); got != c.want {
+			t.Errorf("normaliseQuestion(%q) = %q, want %q", c.in, got, c.want)
+		}
+	}
+}
+
+// countingFAQ answers "满减" questions and counts its searches; a search
+// whose request is gone finds nothing.
+type countingFAQ struct {
+	mu       sync.Mutex
+	searches int
+}
+
+func (f *countingFAQ) Answer(ctx context.Context, _, q string) (string, bool) {
+	f.mu.Lock()
+	f.searches++
+	f.mu.Unlock()
+	if ctx.Err() != nil || !strings.Contains(q, "满减") {
+		return "", false
+	}
+	return "满300减50", true
+}
+
+func (f *countingFAQ) count() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.searches
+}
+
+// The edge's FAQ answers are cached per shop and normalised question —
+// answers and their absence — within a bounded size; a search cut short by
+// its request is not cached.
+func TestFAQAnswersAreCachedAndBounded(t *testing.T) {
+	t.Parallel()
+	m, err := newEdgeMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &countingFAQ{}
+	c := newFAQAnswers(f, time.Hour, 10, 2, m)
+	ctx := context.Background()
+	gone, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, ok := c.answer(gone, "shop1", "双11满减怎么算？"); ok {
+		t.Fatal("a search cut short answered")
+	}
+	for _, q := range []string{"双11满减怎么算？", "  双11满减怎么算。", "双11满减怎么算!!"} {
+		if a, ok := c.answer(ctx, "shop1", q); !ok || a != "满300减50" {
+			t.Errorf("answer(%q) = %q, %v", q, a, ok)
+		}
+	}
+	if _, ok := c.answer(ctx, "shop1", "随便问问"); ok {
+		t.Error("an unknown question answered")
+	}
+	c.answer(ctx, "shop1", "随便问问")
+	c.answer(ctx, "shop2", "双11满减怎么算？")
+	// The cut-short search, then one per (shop, question): 1 + 3.
+	if got := f.count(); got != 4 {
+		t.Errorf("%d searches, want 4", got)
+	}
+	for i := range 50 {
+		c.answer(ctx, "shop1", fmt.Sprintf("问题 %d 号", i))
+		if n := c.len(); n > 10 {
+			t.Fatalf("%d cached questions, more than the bound 10", n)
+		}
 	}
 }
