@@ -33,10 +33,10 @@ func TestSaveShedAnswersStoresEachAnswerOnce(t *testing.T) {
 	}
 	batch := []storage.ShedAnswer{
 		shedAnswer(newMessage("shop1", conv, "u1", 71), "shed-71"),
-		shedAnswer(newMessage("shop1", conv, "u1", 72), "shed-72"),          // same conversation in one batch
+		shedAnswer(newMessage("shop1", conv, "u1", 72), "shed-72"),           // same conversation in one batch
 		shedAnswer(newMessage("shop2", hexID("c", 73), "u9", 73), "shed-73"), // another shop, no webhook URL
 		shedAnswer(queued, "shed-70"),                                        // a message a worker has
-		shedAnswer(newMessage("shop1", conv, "u2", 74), "shed-74"),          // another user's conversation
+		shedAnswer(newMessage("shop1", conv, "u2", 74), "shed-74"),           // another user's conversation
 	}
 	want := []storage.ShedOutcome{storage.ShedStored, storage.ShedStored, storage.ShedStored, storage.ShedRepeat, storage.ShedForeign}
 	for round := range 2 {
