@@ -131,6 +131,7 @@ func TestFAQAnswersAreCachedAndBounded(t *testing.T) {
 	if _, ok := c.answer(gone, "shop1", "双11满减怎么算？"); ok {
 		t.Fatal("a search cut short answered")
 	}
+	cut := f.count() // 0 or 1: a gone request may not even wait for its turn
 	for _, q := range []string{"双11满减怎么算？", "  双11满减怎么算。", "双11满减怎么算!!"} {
 		if a, ok := c.answer(ctx, "shop1", q); !ok || a != "满300减50" {
 			t.Errorf("answer(%q) = %q, %v", q, a, ok)
@@ -141,9 +142,9 @@ func TestFAQAnswersAreCachedAndBounded(t *testing.T) {
 	}
 	c.answer(ctx, "shop1", "随便问问")
 	c.answer(ctx, "shop2", "双11满减怎么算？")
-	// The cut-short search, then one per (shop, question): 1 + 3.
-	if got := f.count(); got != 4 {
-		t.Errorf("%d searches, want 4", got)
+	// One search per (shop, question), the cut-short one not counting.
+	if got := f.count() - cut; got != 3 {
+		t.Errorf("%d searches after the cut-short one, want 3", got)
 	}
 	for i := range 50 {
 		c.answer(ctx, "shop1", fmt.Sprintf("问题 %d 号", i))
