@@ -18,6 +18,9 @@ func TestMalformedEnvironmentIsRefused(t *testing.T) {
 		"PEAKDESK_ADMISSION_MAX_WAIT_P2": "soon",
 		"PEAKDESK_ADMISSION_MIN_BACKLOG": "-3",
 		"PEAKDESK_MAX_STREAMS":           "10k",
+		"PEAKDESK_MAX_INFLIGHT":          "0",
+		"PEAKDESK_SHED_FAQ_CACHE_TTL":    "-1s",
+		"PEAKDESK_SHED_WRITER_BATCH":     "lots",
 	} {
 		env := map[string]string{name: value}
 		c := envDefaults(func(k string) string { return env[k] }, true)
