@@ -15,10 +15,13 @@ const (
 	EUnauthenticated  = "unauthenticated"
 	EPermissionDenied = "permission_denied"
 	ENotFound         = "not_found"
-	EPayloadTooLarge  = "payload_too_large"
-	ERateLimited      = "rate_limited"
-	EOverloaded       = "overloaded"
-	EInternal         = "internal"
+	// EConflict: the request clashes with the current state of what it
+	// names (a conversation another agent has claimed).
+	EConflict        = "conflict"
+	EPayloadTooLarge = "payload_too_large"
+	ERateLimited     = "rate_limited"
+	EOverloaded      = "overloaded"
+	EInternal        = "internal"
 )
 
 // Error is an application error with a code a client can act on. Message is

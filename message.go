@@ -2,7 +2,10 @@ package peakdesk
 
 import (
 	"encoding/json"
+	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 )
 
 // Priority orders the work: p0 is answered first.
@@ -85,6 +88,8 @@ const (
 	// SourceFollowUp marks a reply pushed later on a conversation, such as
 	// the facts of an order lookup that was too slow for the first answer.
 	SourceFollowUp = "followup"
+	// SourceAgent marks a reply a human agent wrote (human takeover).
+	SourceAgent = "agent"
 )
 
 // Reply is one answer on a conversation. It answers one or more messages.
@@ -100,12 +105,39 @@ type Reply struct {
 	CompletionTokens int      `json:"completion_tokens,omitempty"`
 	// CostMicroUSD is what the answer cost at the LLM provider, in
 	// millionths of a US dollar.
-	CostMicroUSD int64     `json:"cost_micro_usd,omitempty"`
-	CreatedAt    time.Time `json:"created_at"`
+	CostMicroUSD int64 `json:"cost_micro_usd,omitempty"`
+	// Agent is the name a human agent's reply (source agent) is signed
+	// with: the part of a console operator's e-mail before the @, or an
+	// API agent's token subject.
+	Agent     string    `json:"agent,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
 	// ReplacesPartial tells a client that showed the partial text of a
 	// streamed answer that this reply replaces it (the stream broke, or the
 	// answer fell back after text was shown). Only the live event carries it.
 	ReplacesPartial bool `json:"replaces_partial,omitempty"`
+}
+
+// CheckText returns a chat text (a customer's message, an agent's reply)
+// trimmed, or an invalid_argument error naming field: 1..MaxTextRunes
+// characters of valid UTF-8, no control characters other than newline and
+// tab.
+func CheckText(field, text string) (string, error) {
+	text = strings.TrimSpace(text)
+	switch n := utf8.RuneCountInString(text); {
+	case n == 0:
+		return "", FieldError(field, "%s is required", field)
+	case n > MaxTextRunes:
+		return "", FieldError(field, "%s must be at most %d characters", field, MaxTextRunes)
+	}
+	if !utf8.ValidString(text) {
+		return "", FieldError(field, "%s must be valid UTF-8", field)
+	}
+	for _, r := range text {
+		if unicode.IsControl(r) && r != '\n' && r != '\t' {
+			return "", FieldError(field, "%s must not contain control characters other than newline and tab", field)
+		}
+	}
+	return text, nil
 }
 
 // Answers reports whether r answers the message with the given id.
@@ -132,10 +164,14 @@ type MessageState struct {
 
 // Conversation is a chat between one end user and a shop.
 type Conversation struct {
-	ID        string         `json:"conversation_id"`
-	ShopID    string         `json:"-"`
-	UserID    string         `json:"user_id"`
-	Handoff   bool           `json:"handoff"`
+	ID     string `json:"conversation_id"`
+	ShopID string `json:"-"`
+	UserID string `json:"user_id"`
+	// Handoff is true while a human owns the conversation (State waiting_human
+	// or assigned).
+	Handoff bool `json:"handoff"`
+	// Takeover says who answers: the bot or a human agent.
+	Takeover
 	CreatedAt time.Time      `json:"created_at"`
 	Messages  []MessageState `json:"messages"`
 	// Replies holds every reply in order, including those that answer no

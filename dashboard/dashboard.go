@@ -101,6 +101,10 @@ type Config struct {
 
 	// Now is the clock of session timeouts and samples. Default time.Now.
 	Now func() time.Time
+
+	// Desk is the agents' operations (human takeover), shared with the
+	// edge's agent API; default one of the console's own.
+	Desk *outbox.Desk
 }
 
 func (c *Config) setDefaults() {
@@ -146,6 +150,7 @@ type Console struct {
 	limiter  *redis_rate.Limiter
 	ops      *outbox.Ops
 	dlq      *outbox.DLQOps
+	desk     *outbox.Desk
 	pages    map[string]*template.Template
 	sampler  *sampler
 	counts   shopCounts
@@ -172,6 +177,11 @@ func New(cfg Config) (*Console, error) {
 	}
 	if c.dlq, err = outbox.NewDLQOps(outbox.DLQOpsConfig{DB: cfg.DB, JS: cfg.JS, Logger: cfg.Logger}); err != nil {
 		return nil, err
+	}
+	if c.desk = cfg.Desk; c.desk == nil {
+		if c.desk, err = outbox.NewDesk(outbox.DeskConfig{DB: cfg.DB, JS: cfg.JS, Logger: cfg.Logger}); err != nil {
+			return nil, err
+		}
 	}
 	if c.pages, err = parsePages(); err != nil {
 		return nil, err
@@ -245,7 +255,7 @@ func (c *Console) routes() (http.Handler, error) {
 	pages.HandleFunc("POST "+Prefix+"/logout", c.logout)
 	pages.HandleFunc("GET "+Prefix+"/lang", c.switchLang)
 
-	pages.Handle("GET "+Prefix+"/{$}", c.authed(false, c.overview))
+	pages.Handle("GET "+Prefix+"/{$}", c.authed(false, c.home))
 	pages.Handle("GET "+Prefix+"/overview/live", c.authed(false, c.overviewLive))
 	pages.Handle("GET "+Prefix+"/overview/series", c.authed(false, c.overviewSeries))
 
@@ -267,6 +277,15 @@ func (c *Console) routes() (http.Handler, error) {
 	pages.Handle("GET "+Prefix+"/conversations", c.authed(false, c.conversations))
 	pages.Handle("GET "+Prefix+"/conversations/{id}", c.authed(false, c.conversation))
 	pages.Handle("GET "+Prefix+"/audit", c.authed(false, c.audit))
+
+	pages.Handle("GET "+Prefix+"/inbox", c.authed(false, c.inbox))
+	pages.Handle("GET "+Prefix+"/inbox/live", c.authed(false, c.inboxLive))
+	pages.Handle("GET "+Prefix+"/inbox/{id}", c.authed(false, c.inboxConversation))
+	pages.Handle("GET "+Prefix+"/inbox/{id}/live", c.authed(false, c.inboxConversationLive))
+	pages.Handle("POST "+Prefix+"/inbox/{id}/claim", c.authed(false, answering(c.inboxClaim)))
+	pages.Handle("POST "+Prefix+"/inbox/{id}/reply", c.authed(false, answering(c.inboxReply)))
+	pages.Handle("POST "+Prefix+"/inbox/{id}/resolve", c.authed(false, answering(c.inboxResolve)))
+	pages.Handle("POST "+Prefix+"/inbox/{id}/handback", c.authed(false, answering(c.inboxHandBack)))
 	pages.HandleFunc(Prefix+"/", func(w http.ResponseWriter, r *http.Request) {
 		c.fail(w, r, &request{lang: pickLang(r)}, peakdesk.Errorf(peakdesk.ENotFound, "not found"))
 	})
@@ -414,6 +433,8 @@ func (c *Console) fail(w http.ResponseWriter, r *http.Request, rq *request, err 
 		status, msg = http.StatusForbidden, rq.t("error.forbidden")
 	case peakdesk.ENotFound:
 		status, msg = http.StatusNotFound, rq.t("error.notfound")
+	case peakdesk.EConflict:
+		status, msg = http.StatusConflict, peakdesk.ErrorMessage(err)
 	case peakdesk.ERateLimited:
 		status, msg = http.StatusTooManyRequests, peakdesk.ErrorMessage(err)
 	case peakdesk.EOverloaded:

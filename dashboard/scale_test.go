@@ -63,6 +63,12 @@ func seedScale(t testing.TB, conn *pgx.Conn, n int) {
 		SELECT CASE WHEN (g % $2 + 1) % 10 = 0 THEN 'other' ELSE 'demo' END, md5('m' || g), md5('c' || (g % $2 + 1)),
 			'p1', 'chat.in.p1.demo', g, 6, 'max deliveries; last error: llm timeout', CASE WHEN g % 100 = 0 THEN 'dead' ELSE 'redriven' END
 		FROM generate_series(1, $1 / 10) g`,
+		// One conversation in 200 handed to a human: waiting, or with an agent.
+		`UPDATE conversations SET state = CASE WHEN right(id, 1) < '8' THEN 'waiting_human' ELSE 'assigned' END,
+			agent = CASE WHEN right(id, 1) < '8' THEN '' ELSE 'agent@demo.example' END,
+			waiting_priority = (ARRAY['p0','p1','p2'])[get_byte(decode(right(id, 2), 'hex'), 0) % 3 + 1],
+			waiting_since = updated_at, assigned_at = CASE WHEN right(id, 1) < '8' THEN NULL ELSE updated_at END
+		WHERE left(id, 2) IN ('00', 'ff') AND $1 > 0`,
 		`ANALYZE`,
 	} {
 		var args []any
@@ -104,6 +110,10 @@ func consolePages(n int) []string {
 		"/console/conversations?q=" + deadOrder,
 		"/console/conversations/" + md5hex("c"+strconv.Itoa(convs/2)),
 		"/console/audit",
+		"/console/inbox",
+		"/console/inbox/live",
+		"/console/inbox/" + md5hex("c"+strconv.Itoa(convs/2)),
+		"shop:/console/inbox",
 		"shop:/console/outbox",
 		"shop:/console/outbox?state=dead",
 		"shop:/console/dlq",

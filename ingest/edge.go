@@ -696,12 +696,13 @@ func (e *Edge) getMessage(w http.ResponseWriter, r *http.Request) error {
 
 // chargeRead counts a read (a GET, an event stream opened) against the
 // read limit of the customer whose data it is. An end user's token is
-// charged before anything is looked up (owner ""); a service token — a
-// gateway reading for many customers — is charged per customer, once the
-// owner of the data is known. The other call is a no-op.
+// charged before anything is looked up (owner ""); a service or agent
+// token — a gateway or an agent reading for many customers — is charged
+// per customer, once the owner of the data is known. The other call is a
+// no-op.
 func (e *Edge) chargeRead(ctx context.Context, route string, claims *token.Claims, owner string) error {
 	user := owner
-	switch service := claims.HasScope(token.ScopeService); {
+	switch service := readsForOthers(claims); {
 	case !service && owner == "":
 		user = claims.Subject
 	case service != (owner != ""):
@@ -755,9 +756,15 @@ func (e *Edge) queued(ctx context.Context, id string) (queuedState, bool) {
 }
 
 // mayRead reports whether the caller may read data of end user owner in the
-// caller's shop: the user themself, or a service of the shop.
+// caller's shop: the user themself, or a service or an agent of the shop.
 func mayRead(c *token.Claims, owner string) bool {
-	return c.Subject == owner || c.HasScope(token.ScopeService)
+	return c.Subject == owner || readsForOthers(c)
+}
+
+// readsForOthers reports whether the caller reads many customers' data: a
+// service (a chat gateway) or a human agent of the shop.
+func readsForOthers(c *token.Claims) bool {
+	return c.HasScope(token.ScopeService) || c.HasScope(token.ScopeAgent)
 }
 
 // checkConversation makes sure conversation conv may take a message from
@@ -815,6 +822,11 @@ func (e *Edge) getConversation(w http.ResponseWriter, r *http.Request) error {
 	}
 	if err := e.chargeRead(ctx, "get_conversation", claims, c.UserID); err != nil {
 		return err
+	}
+	if !readsForOthers(claims) {
+		// Who the agent is (an operator's login) is not the customer's
+		// business; replies carry the agent's name.
+		c.Agent = ""
 	}
 	httpjson.WriteJSON(w, http.StatusOK, c)
 	return nil

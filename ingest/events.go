@@ -22,6 +22,9 @@ import (
 // node can serve any conversation because the events live in JetStream.
 // While a worker streams an answer, `event: partial` carries the text so far
 // (live only, never replayed); the final `event: reply` supersedes it.
+// An agent's (or service's) stream also shows, live only, `event: message`
+// for each customer message stored while a human owns the conversation
+// (human takeover); the message itself stays in GET /v1/conversations/{id}.
 func (e *Edge) conversationEvents(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
 	claims, err := e.auth.Authenticate(r)
@@ -96,6 +99,17 @@ func (e *Edge) conversationEvents(w http.ResponseWriter, r *http.Request) error 
 	for {
 		select {
 		case ev := <-l.ch:
+			if ev.desk {
+				// A customer message for the agent: only those who
+				// read for others (an agent, the shop's gateway) see it.
+				if readsForOthers(claims) {
+					if _, err := fmt.Fprintf(w, "event: message\ndata: %s\n\n", ev.data); err != nil {
+						return nil
+					}
+					flusher.Flush()
+				}
+				continue
+			}
 			if ev.partial {
 				// Streamed text so far; no id, so resuming is unaffected.
 				if _, err := fmt.Fprintf(w, "event: partial\ndata: %s\n\n", ev.data); err != nil {

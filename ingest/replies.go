@@ -28,14 +28,17 @@ type replyHub struct {
 	streams  map[string]map[*eventListener]struct{} // by event subject
 	cc       jetstream.ConsumeContext
 	partials *nats.Subscription
+	desk     *nats.Subscription
 }
 
 // hubEvent is one reply event with its CHAT_EVENTS sequence, or a partial
-// reply (streamed text so far), which has no sequence and is not replayable.
+// reply (streamed text so far), or a customer message stored for a human
+// agent (desk); the last two have no sequence and are not replayable.
 type hubEvent struct {
 	seq     uint64
 	data    []byte
 	partial bool
+	desk    bool
 }
 
 // eventListener receives the live events of one conversation. If it falls
@@ -73,10 +76,20 @@ func (h *replyHub) start(ctx context.Context, js jetstream.JetStream) error {
 		h.cc.Stop()
 		return fmt.Errorf("partial replies: %w", err)
 	}
+	// So do customer messages announced to human agents.
+	h.desk, err = js.Conn().Subscribe("chat.desk.>", h.onDesk)
+	if err != nil {
+		_ = h.partials.Unsubscribe()
+		h.cc.Stop()
+		return fmt.Errorf("desk messages: %w", err)
+	}
 	return nil
 }
 
 func (h *replyHub) stop() {
+	if h.desk != nil {
+		_ = h.desk.Unsubscribe()
+	}
 	if h.partials != nil {
 		_ = h.partials.Unsubscribe()
 	}
@@ -89,8 +102,18 @@ func (h *replyHub) stop() {
 // onPartial hands a partial reply to the conversation's open streams. A
 // listener that is behind skips it: the final reply event follows anyway.
 func (h *replyHub) onPartial(msg *nats.Msg) {
-	subject := "chat.events." + strings.TrimPrefix(msg.Subject, "chat.partial.")
-	ev := hubEvent{data: msg.Data, partial: true}
+	h.live("chat.events."+strings.TrimPrefix(msg.Subject, "chat.partial."), hubEvent{data: msg.Data, partial: true})
+}
+
+// onDesk hands a customer message stored for a human agent to the
+// conversation's open streams (the agents' among them show it).
+func (h *replyHub) onDesk(msg *nats.Msg) {
+	h.live("chat.events."+strings.TrimPrefix(msg.Subject, "chat.desk."), hubEvent{data: msg.Data, desk: true})
+}
+
+// live hands ev, which has no sequence, to the listeners of subject; a
+// listener that is behind skips it.
+func (h *replyHub) live(subject string, ev hubEvent) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for l := range h.streams[subject] {

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"io"
 	"strings"
-	"unicode"
 	"unicode/utf8"
 
 	"github.com/peakdesk/peakdesk"
@@ -83,18 +82,11 @@ func jsonKind(field string) string {
 }
 
 func (req *postRequest) validate() error {
-	req.Text = strings.TrimSpace(req.Text)
-	switch n := utf8.RuneCountInString(req.Text); {
-	case n == 0:
-		return peakdesk.FieldError("text", "text is required")
-	case n > peakdesk.MaxTextRunes:
-		return peakdesk.FieldError("text", "text must be at most %d characters", peakdesk.MaxTextRunes)
+	text, err := peakdesk.CheckText("text", req.Text)
+	if err != nil {
+		return err
 	}
-	for _, r := range req.Text {
-		if unicode.IsControl(r) && r != '\n' && r != '\t' {
-			return peakdesk.FieldError("text", "text must not contain control characters other than newline and tab")
-		}
-	}
+	req.Text = text
 	if req.ConversationID != "" && !isHexID(req.ConversationID) {
 		return peakdesk.FieldError("conversation_id", "conversation_id must be 32 lowercase hex characters")
 	}

@@ -41,8 +41,9 @@ func (db *DB) EnsureShop(ctx context.Context, id, name string) error {
 
 // queueMessageInsert queues the upsert of m's conversation (returning its
 // shop and user, which the caller scans first) and the insert of m with
-// status unless it is stored already. The message goes in only if the
-// conversation is the same shop's and user's.
+// status unless it is stored already (status human while a human agent owns
+// the conversation). The message goes in only if the conversation is the
+// same shop's and user's.
 func queueMessageInsert(b *pgx.Batch, m *peakdesk.Message, status string) {
 	var clientMsgID *string
 	if m.ClientMsgID != "" {
@@ -55,10 +56,12 @@ func queueMessageInsert(b *pgx.Batch, m *peakdesk.Message, status string) {
 	b.Queue(`INSERT INTO conversations (id, shop_id, user_id) VALUES ($1, $2, $3)
 		ON CONFLICT (id) DO UPDATE SET updated_at = now()
 		RETURNING shop_id, user_id`, m.ConversationID, m.ShopID, m.UserID)
+	// While a human owns the conversation the message is the agent's.
 	b.Queue(`INSERT INTO messages (id, shop_id, conversation_id, user_id, text, channel, priority,
 			client_msg_id, metadata, status, accepted_at)
-		SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $11, $10
-		WHERE EXISTS (SELECT 1 FROM conversations WHERE id = $3 AND shop_id = $2 AND user_id = $4)
+		SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9,
+			CASE WHEN c.state IN ('waiting_human', 'assigned') THEN 'human' ELSE $11 END, $10
+		FROM conversations c WHERE c.id = $3 AND c.shop_id = $2 AND c.user_id = $4
 		ON CONFLICT DO NOTHING`,
 		m.ID, m.ShopID, m.ConversationID, m.UserID, m.Text, m.Channel, string(m.Priority),
 		clientMsgID, metadata, m.AcceptedAt, status)
@@ -79,13 +82,13 @@ func (db *DB) ReplyFor(ctx context.Context, shop, messageID string) (*peakdesk.R
 }
 
 const replyColumns = `r.id, r.shop_id, r.conversation_id, r.text, r.source, r.model,
-	r.prompt_tokens, r.completion_tokens, r.created_at,
+	r.prompt_tokens, r.completion_tokens, r.agent, r.created_at,
 	coalesce((SELECT array_agg(m.id ORDER BY m.accepted_at, m.id) FROM messages m WHERE m.reply_id = r.id), '{}')`
 
 func scanReply(row pgx.Row) (*peakdesk.Reply, error) {
 	var r peakdesk.Reply
 	err := row.Scan(&r.ID, &r.ShopID, &r.ConversationID, &r.Text, &r.Source, &r.Model,
-		&r.PromptTokens, &r.CompletionTokens, &r.CreatedAt, &r.MessageIDs)
+		&r.PromptTokens, &r.CompletionTokens, &r.Agent, &r.CreatedAt, &r.MessageIDs)
 	return &r, err
 }
 
@@ -151,14 +154,15 @@ func (db *DB) ConversationOwner(ctx context.Context, shop, id string) (string, e
 // replies in order, or ErrNotFound.
 func (db *DB) Conversation(ctx context.Context, shop, id string) (*peakdesk.Conversation, error) {
 	c := peakdesk.Conversation{ID: id, ShopID: shop, Messages: []peakdesk.MessageState{}, Replies: []peakdesk.Reply{}}
-	err := db.pool.QueryRow(ctx, `SELECT user_id, handoff, created_at FROM conversations
-		WHERE id = $1 AND shop_id = $2`, id, shop).Scan(&c.UserID, &c.Handoff, &c.CreatedAt)
+	d, err := scanDesk(db.pool.QueryRow(ctx, `SELECT `+deskColumns+`, created_at FROM conversations
+		WHERE id = $1 AND shop_id = $2`, id, shop), &c.CreatedAt)
 	switch {
 	case noRows(err):
 		return nil, notFound("conversation")
 	case err != nil:
 		return nil, fmt.Errorf("storage: conversation: %w", err)
 	}
+	c.UserID, c.Takeover, c.Handoff = d.UserID, d.Takeover, d.State.HumanOwned()
 	rows, err := db.pool.Query(ctx, `SELECT `+replyColumns+` FROM replies r
 		WHERE r.conversation_id = $1 AND r.shop_id = $2 ORDER BY r.created_at, r.id`, id, shop)
 	if err != nil {
@@ -212,9 +216,10 @@ type Turn struct {
 }
 
 // apiStatus is the status a client sees: a message waiting for its
-// conversation's next turn is still queued as far as the customer can tell.
+// conversation's next turn, or for a human agent, is still queued as far as
+// the customer can tell.
 func apiStatus(s string) peakdesk.MessageStatus {
-	if s == statusWaiting {
+	if s == statusWaiting || s == statusHuman {
 		return peakdesk.StatusQueued
 	}
 	return peakdesk.MessageStatus(s)
@@ -260,6 +265,9 @@ func (db *DB) RecentTurns(ctx context.Context, shop, conv string, n int, exclude
 // come in order even after a failed turn.
 
 const statusWaiting = "waiting"
+
+// statusHuman is a message a human agent answers (human takeover).
+const statusHuman = "human"
 
 // ErrTurnLost is returned when a worker's lease on a conversation expired and
 // another worker may have taken it; the work of the turn must be dropped.
@@ -313,6 +321,10 @@ type Claim struct {
 	Waiting bool
 	// Failed: the message was dead-lettered; nothing more is done with it.
 	Failed bool
+	// Human: a human agent owns the conversation; the message is stored
+	// for the agent (announce it with AnnounceHumanMessage) and the bot
+	// must not answer it.
+	Human bool
 }
 
 const unansweredFilter = `conversation_id = $1 AND shop_id = $2 AND reply_id IS NULL
@@ -363,8 +375,12 @@ func (db *DB) ClaimMessage(ctx context.Context, m *peakdesk.Message, owner strin
 	// message is either seen waiting by the holder or finds it gone.
 	b := &pgx.Batch{}
 	queueMessageInsert(b, m, "waiting")
-	b.Queue(`UPDATE conversations SET turn_owner = $4, turn_until = now() + $5::interval, next_turn_at = NULL
+	// Only the bot takes turns; a resolved conversation is the bot's again
+	// with the customer's next message.
+	b.Queue(`UPDATE conversations SET turn_owner = $4, turn_until = now() + $5::interval, next_turn_at = NULL,
+			state = 'bot'
 		WHERE id = $1 AND shop_id = $2 AND user_id = $3 AND (turn_owner IS NULL OR turn_until < now())
+		AND state IN ('bot', 'resolved')
 		AND EXISTS (SELECT 1 FROM messages WHERE id = $6 AND shop_id = $2 AND reply_id IS NULL
 			AND status IN ('waiting', 'processing'))`,
 		m.ConversationID, m.ShopID, m.UserID, owner, lease, m.ID)
@@ -411,6 +427,8 @@ func (db *DB) ClaimMessage(ctx context.Context, m *peakdesk.Message, owner strin
 		return &Claim{Reply: r}, nil
 	case status == string(peakdesk.StatusFailed):
 		return &Claim{Failed: true}, nil
+	case status == statusHuman:
+		return &Claim{Human: true}, nil
 	case turn != nil:
 		return &Claim{Hold: turn}, nil
 	}
@@ -423,9 +441,11 @@ func (db *DB) ClaimMessage(ctx context.Context, m *peakdesk.Message, owner strin
 // stands behind any more (waiting ones whose holder died, turns that failed).
 func (db *DB) ClaimConversation(ctx context.Context, shop, conv, owner string, lease time.Duration, maxBatch int) (*Hold, error) {
 	b := &pgx.Batch{}
-	b.Queue(`UPDATE conversations SET turn_owner = $3, turn_until = now() + $4::interval, next_turn_at = NULL
+	b.Queue(`UPDATE conversations SET turn_owner = $3, turn_until = now() + $4::interval, next_turn_at = NULL,
+			state = 'bot'
 		WHERE id = $1 AND shop_id = $2 AND (turn_owner IS NULL OR turn_until < now())
-		AND (next_turn_at IS NULL OR next_turn_at <= now())`, conv, shop, owner, lease)
+		AND (next_turn_at IS NULL OR next_turn_at <= now()) AND state IN ('bot', 'resolved')`,
+		conv, shop, owner, lease)
 	b.Queue(takeBatch, conv, shop, owner, maxBatch)
 	b.Queue(releaseIfDone, conv, shop, owner)
 	var turn *Hold
@@ -504,23 +524,30 @@ type TurnReply struct {
 	// InTx, when set, runs in the reply's transaction once the reply is
 	// stored (outbox actions, the reply webhook); its error undoes it all.
 	InTx func(ctx context.Context, tx pgx.Tx, r *peakdesk.Reply) error
+	// Handoff, when set, hands the conversation to a human with the reply
+	// (the handoff reply, a tool's handoff): the reply answers the turn's
+	// messages, later ones wait for the agent, and the turn ends.
+	Handoff *HandOff
 }
 
 // SaveTurn stores tr.Reply as the one reply to h's messages, in one
 // transaction that first checks h still holds the conversation
-// (ErrTurnLost otherwise: nothing is stored).
+// (ErrTurnLost otherwise) and that the bot still has it (ErrHumanOwned
+// otherwise: a human agent took it meanwhile); on either error nothing is
+// stored.
 //
 // If more messages waited meanwhile, the hold is renewed for lease and the
-// next turn, with up to maxBatch of them, is returned; otherwise the hold is
-// given up and next is nil.
+// next turn, with up to maxBatch of them, is returned; otherwise (or when
+// the reply hands the conversation to a human) the hold is given up and
+// next is nil.
 func (db *DB) SaveTurn(ctx context.Context, h *Hold, tr TurnReply, lease time.Duration, maxBatch int) (next *Hold, err error) {
 	r := tr.Reply
 	err = pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
 		b := &pgx.Batch{}
-		b.Queue(`UPDATE conversations SET turn_until = now() + $4::interval, updated_at = now(),
-				handoff = handoff OR $5
-			WHERE id = $1 AND shop_id = $2 AND turn_owner = $3`,
-			h.ConversationID, h.ShopID, h.Owner, lease, r.Source == peakdesk.SourceHandoff)
+		b.Queue(`UPDATE conversations SET turn_until = now() + $4::interval, updated_at = now()
+			WHERE id = $1 AND shop_id = $2 AND turn_owner = $3
+			RETURNING state`,
+			h.ConversationID, h.ShopID, h.Owner, lease)
 		b.Queue(`INSERT INTO replies (id, shop_id, conversation_id, text, source, model,
 				prompt_tokens, completion_tokens, cost_micro_usd, event_pending)
 			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING created_at`,
@@ -532,12 +559,25 @@ func (db *DB) SaveTurn(ctx context.Context, h *Hold, tr TurnReply, lease time.Du
 		b.Queue(`UPDATE messages
 			SET status = 'answered', reply_id = $1, answered_at = now(), last_error = NULL
 			WHERE id = ANY($2) AND shop_id = $3 AND conversation_id = $4 AND reply_id IS NULL
-				AND status <> 'failed'`,
+				AND status IN ('waiting', 'processing')`,
 			r.ID, r.MessageIDs, r.ShopID, r.ConversationID)
-		b.Queue(takeBatch, h.ConversationID, h.ShopID, h.Owner, maxBatch)
-		b.Queue(releaseIfDone, h.ConversationID, h.ShopID, h.Owner)
-		if err := saveTurnBatch(tx.SendBatch(ctx, b), h, r, &next); err != nil {
+		if tr.Handoff == nil {
+			b.Queue(takeBatch, h.ConversationID, h.ShopID, h.Owner, maxBatch)
+			b.Queue(releaseIfDone, h.ConversationID, h.ShopID, h.Owner)
+		}
+		if err := saveTurnBatch(tx.SendBatch(ctx, b), h, r, &next, tr.Handoff == nil); err != nil {
 			return err
+		}
+		if tr.Handoff != nil {
+			// The reply answers the turn; whatever came meanwhile waits
+			// for the agent, and the bot's turn ends here.
+			if _, err := handOff(ctx, tx, h.ShopID, h.ConversationID, *tr.Handoff); err != nil {
+				return err
+			}
+			if _, err := tx.Exec(ctx, `UPDATE conversations SET turn_owner = NULL, turn_until = NULL
+				WHERE id = $1 AND shop_id = $2 AND turn_owner = $3`, h.ConversationID, h.ShopID, h.Owner); err != nil {
+				return err
+			}
 		}
 		if tr.InTx != nil {
 			return tr.InTx(ctx, tx, r)
@@ -545,7 +585,7 @@ func (db *DB) SaveTurn(ctx context.Context, h *Hold, tr TurnReply, lease time.Du
 		return nil
 	})
 	switch {
-	case errors.Is(err, ErrTurnLost), errors.Is(err, ErrAlreadyAnswered):
+	case errors.Is(err, ErrTurnLost), errors.Is(err, ErrAlreadyAnswered), errors.Is(err, ErrHumanOwned):
 		return nil, err
 	case isUniqueViolation(err):
 		return nil, ErrAlreadyAnswered
@@ -555,24 +595,32 @@ func (db *DB) SaveTurn(ctx context.Context, h *Hold, tr TurnReply, lease time.Du
 	return next, nil
 }
 
-// saveTurnBatch reads SaveTurn's batch and closes it.
-func saveTurnBatch(br pgx.BatchResults, h *Hold, r *peakdesk.Reply, next **Hold) error {
+// saveTurnBatch reads SaveTurn's batch and closes it; withNext: the batch
+// takes the next turn.
+func saveTurnBatch(br pgx.BatchResults, h *Hold, r *peakdesk.Reply, next **Hold, withNext bool) error {
 	defer br.Close()
-	tag, err := br.Exec()
-	if err != nil {
-		return err
-	}
-	if tag.RowsAffected() == 0 {
+	var state string
+	err := br.QueryRow().Scan(&state)
+	switch {
+	case noRows(err):
 		return ErrTurnLost
+	case err != nil:
+		return err
+	case peakdesk.ConversationState(state).HumanOwned():
+		return ErrHumanOwned
 	}
 	if err := br.QueryRow().Scan(&r.CreatedAt); err != nil {
 		return err
 	}
-	if tag, err = br.Exec(); err != nil {
+	tag, err := br.Exec()
+	if err != nil {
 		return err
 	}
 	if int(tag.RowsAffected()) != len(r.MessageIDs) {
 		return ErrAlreadyAnswered
+	}
+	if !withNext {
+		return br.Close()
 	}
 	rows, err := br.Query()
 	if err != nil {

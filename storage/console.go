@@ -156,6 +156,10 @@ type ConversationSummary struct {
 	Handoff   bool
 	CreatedAt time.Time
 	UpdatedAt time.Time
+	// State is who answers (human takeover); Agent who owns it or last
+	// resolved it.
+	State peakdesk.ConversationState
+	Agent string
 }
 
 // FindConversations returns up to limit conversations of scope that q
@@ -169,7 +173,7 @@ func (db *DB) FindConversations(ctx context.Context, scope, q string, limit int)
 			UNION SELECT conversation_id FROM outbox_actions
 				WHERE (payload ->> 'order_id') = $1 AND conversation_id <> ''
 		)
-		SELECT c.id, c.shop_id, c.user_id, c.handoff, c.created_at, c.updated_at
+		SELECT c.id, c.shop_id, c.user_id, c.handoff, c.created_at, c.updated_at, c.state, c.agent
 		FROM conversations c JOIN found f ON f.id = c.id
 		WHERE ($2 = '*' OR c.shop_id = $2)
 		ORDER BY c.updated_at DESC, c.id LIMIT $3`, q, scope, limit)
@@ -178,7 +182,7 @@ func (db *DB) FindConversations(ctx context.Context, scope, q string, limit int)
 	}
 	found, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (ConversationSummary, error) {
 		var c ConversationSummary
-		err := row.Scan(&c.ID, &c.ShopID, &c.UserID, &c.Handoff, &c.CreatedAt, &c.UpdatedAt)
+		err := row.Scan(&c.ID, &c.ShopID, &c.UserID, &c.Handoff, &c.CreatedAt, &c.UpdatedAt, &c.State, &c.Agent)
 		return c, err
 	})
 	if err != nil {
@@ -226,9 +230,9 @@ type Timeline struct {
 func (db *DB) ConversationTimeline(ctx context.Context, scope, id string, limit int) (*Timeline, error) {
 	t := &Timeline{}
 	c := &t.Conversation
-	err := db.pool.QueryRow(ctx, `SELECT id, shop_id, user_id, handoff, created_at, updated_at
+	err := db.pool.QueryRow(ctx, `SELECT id, shop_id, user_id, handoff, created_at, updated_at, state, agent
 		FROM conversations WHERE id = $1 AND ($2 = '*' OR shop_id = $2)`, id, scope).Scan(
-		&c.ID, &c.ShopID, &c.UserID, &c.Handoff, &c.CreatedAt, &c.UpdatedAt)
+		&c.ID, &c.ShopID, &c.UserID, &c.Handoff, &c.CreatedAt, &c.UpdatedAt, &c.State, &c.Agent)
 	switch {
 	case noRows(err):
 		return nil, ErrNotFound
@@ -254,7 +258,7 @@ func (db *DB) ConversationTimeline(ctx context.Context, scope, id string, limit 
 		t.Messages, t.Truncated = t.Messages[1:], true
 	}
 	rows, err = db.pool.Query(ctx, `SELECT * FROM (
-			SELECT id, text, source, model, prompt_tokens, completion_tokens, cost_micro_usd, created_at
+			SELECT id, text, source, model, prompt_tokens, completion_tokens, cost_micro_usd, agent, created_at
 			FROM replies WHERE conversation_id = $1 AND shop_id = $2
 			ORDER BY created_at DESC, id DESC LIMIT $3) r ORDER BY created_at, id`, id, shop, limit+1)
 	if err != nil {
@@ -263,7 +267,7 @@ func (db *DB) ConversationTimeline(ctx context.Context, scope, id string, limit 
 	if t.Replies, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (peakdesk.Reply, error) {
 		r := peakdesk.Reply{ShopID: shop, ConversationID: id}
 		err := row.Scan(&r.ID, &r.Text, &r.Source, &r.Model, &r.PromptTokens, &r.CompletionTokens,
-			&r.CostMicroUSD, &r.CreatedAt)
+			&r.CostMicroUSD, &r.Agent, &r.CreatedAt)
 		return r, err
 	}); err != nil {
 		return nil, fmt.Errorf("storage: timeline replies: %w", err)

@@ -167,8 +167,8 @@ func (db *DB) RecordDeadLetter(ctx context.Context, d *DeadLetter, noticeText st
 			m.ID); err != nil {
 			return err
 		}
-		if _, err := tx.Exec(ctx, `UPDATE conversations SET handoff = true, updated_at = now() WHERE id = $1`,
-			m.ConversationID); err != nil {
+		if _, err := handOff(ctx, tx, m.ShopID, m.ConversationID, HandOff{Reason: peakdesk.HandoffDeadLetter,
+			Priority: m.Priority, Announce: []string{m.ID}}); err != nil {
 			return err
 		}
 		noticeID := noticeID(m.ID, d.InSeq)

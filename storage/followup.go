@@ -14,7 +14,7 @@ import (
 // follow-up, a handoff notice) together with its webhook action, built by
 // webhook from the stored reply (nil: none), in one transaction. The reply id is derived by the caller from what caused it, so
 // a repeat stores nothing and reports stored = false. With handoff set, the
-// conversation is marked for a human.
+// conversation goes to a human (an order follow-up given up).
 func (db *DB) SaveFollowUp(ctx context.Context, r *peakdesk.Reply, webhook func(*peakdesk.Reply) (peakdesk.Action, error), handoff bool) (stored bool, err error) {
 	err = pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
 		err := tx.QueryRow(ctx, `INSERT INTO replies (id, shop_id, conversation_id, text, source, model)
@@ -31,7 +31,10 @@ func (db *DB) SaveFollowUp(ctx context.Context, r *peakdesk.Reply, webhook func(
 		}
 		stored = true
 		if handoff {
-			if err := MarkHandoff(ctx, tx, r.ShopID, r.ConversationID); err != nil {
+			// A follow-up gives up on an order lookup: what the customer
+			// waits with is an order question.
+			if _, err := handOff(ctx, tx, r.ShopID, r.ConversationID,
+				HandOff{Reason: peakdesk.HandoffOrderLookup, Priority: peakdesk.P1}); err != nil {
 				return err
 			}
 		}
@@ -60,17 +63,6 @@ func (db *DB) SaveFollowUp(ctx context.Context, r *peakdesk.Reply, webhook func(
 	return stored, nil
 }
 
-// MarkHandoff marks conversation conv of shop for a human agent, in tx (the
-// transaction of the reply that hands it over).
-func MarkHandoff(ctx context.Context, tx pgx.Tx, shop, conv string) error {
-	_, err := tx.Exec(ctx, `UPDATE conversations SET handoff = true, updated_at = now()
-		WHERE id = $1 AND shop_id = $2`, conv, shop)
-	if err != nil {
-		return fmt.Errorf("storage: mark handoff: %w", err)
-	}
-	return nil
-}
-
 // SaveAnsweredMessage stores message m already answered by r — the edge's
 // instant FAQ answer to a shed message — in one transaction, so no worker
 // ever sees m unanswered. If m is stored already (an idempotent repeat), it
@@ -80,17 +72,22 @@ func MarkHandoff(ctx context.Context, tx pgx.Tx, shop, conv string) error {
 // webhook builds the reply's webhook action from the stored reply (nil:
 // none); it is inserted in the same transaction when the shop has a
 // webhook URL.
+//
+// While a human agent owns m's conversation, r is not stored: m is stored
+// for the agent (announced with its message.created webhook) and
+// ErrHumanOwned is returned.
 func (db *DB) SaveAnsweredMessage(ctx context.Context, m *peakdesk.Message, r *peakdesk.Reply,
 	webhook func(*peakdesk.Reply) (peakdesk.Action, error)) (stored *peakdesk.Reply, existed bool, err error) {
 	var clientMsgID *string
 	if m.ClientMsgID != "" {
 		clientMsgID = &m.ClientMsgID
 	}
+	human := false
 	err = pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
-		var convShop, convUser string
+		var convShop, convUser, state string
 		if err := tx.QueryRow(ctx, `INSERT INTO conversations (id, shop_id, user_id) VALUES ($1, $2, $3)
 			ON CONFLICT (id) DO UPDATE SET updated_at = now()
-			RETURNING shop_id, user_id`, m.ConversationID, m.ShopID, m.UserID).Scan(&convShop, &convUser); err != nil {
+			RETURNING shop_id, user_id, state`, m.ConversationID, m.ShopID, m.UserID).Scan(&convShop, &convUser, &state); err != nil {
 			return err
 		}
 		if convShop != m.ShopID || convUser != m.UserID {
@@ -103,6 +100,12 @@ func (db *DB) SaveAnsweredMessage(ctx context.Context, m *peakdesk.Message, r *p
 		if exists {
 			existed = true
 			return nil
+		}
+		if peakdesk.ConversationState(state).HumanOwned() {
+			// A human agent owns the conversation: the bot says nothing,
+			// not even from the FAQ; the message is the agent's.
+			human = true
+			return storeHumanMessage(ctx, tx, m)
 		}
 		if err := tx.QueryRow(ctx, `INSERT INTO replies (id, shop_id, conversation_id, text, source, model)
 			VALUES ($1, $2, $3, $4, $5, $6) RETURNING created_at`,
@@ -135,6 +138,8 @@ func (db *DB) SaveAnsweredMessage(ctx context.Context, m *peakdesk.Message, r *p
 		existed = true // a racing copy of the same message got in first
 	case err != nil:
 		return nil, false, fmt.Errorf("storage: save answered message: %w", err)
+	case human:
+		return nil, false, ErrHumanOwned
 	}
 	if !existed {
 		return r, false, nil

@@ -114,3 +114,9 @@ func (m *Memory) Append(ctx context.Context, shop, conv string, turns ...Turn) {
 	pipe.Expire(ctx, key, m.ttl())
 	_, _ = pipe.Exec(ctx)
 }
+
+// Forget drops conversation conv's cached turns: the next Load rebuilds them
+// from Postgres (after a human agent's replies, which no worker appended).
+func (m *Memory) Forget(ctx context.Context, shop, conv string) {
+	_ = m.Redis.Del(ctx, m.key(shop, conv)).Err()
+}

@@ -124,13 +124,14 @@ func TestToolActionsKeptWhenTheLLMFailsAfterwards(t *testing.T) {
 	}
 }
 
-// A customer asking for a person: the LLM calls handoff_to_human and
-// answers; the reply is the LLM's and the conversation goes to a human.
+// A customer asking for a person in words the worker does not take for a
+// handoff itself: the LLM calls handoff_to_human and answers; the reply is
+// the LLM's and the conversation goes to a human.
 func TestToolHandoffMarksConversation(t *testing.T) {
 	t.Parallel()
 	b := setup(t, bundleOpts{})
 	b.start(t, func(c *Config, l *LimitsConfig) { c.Tools = b.tools })
-	m := plainMessage(peakdesk.P1, "u1", "我要人工客服")
+	m := plainMessage(peakdesk.P1, "u1", "let me talk to a real person please")
 	b.publish(t, m)
 	storagetest.WaitFor(t, "the answer", 15*time.Second, func() bool { return b.answered(t, []string{m.ID}) == 1 })
 	r := b.replies(t, m.ConversationID)
@@ -142,6 +143,9 @@ func TestToolHandoffMarksConversation(t *testing.T) {
 	}
 	if !b.handedOff(t, m.ConversationID) {
 		t.Fatal("conversation not marked for a human")
+	}
+	if d := b.desk(t, m.ConversationID); d.State != peakdesk.StateWaitingHuman || d.Reason != peakdesk.HandoffTool {
+		t.Fatalf("conversation %+v; want waiting_human by the tool", d.Takeover)
 	}
 }
 

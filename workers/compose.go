@@ -27,20 +27,23 @@ import (
 type turnAnswer struct {
 	// Reply is the one reply to the turn's messages.
 	Reply *peakdesk.Reply
-	// Handoff marks the conversation for a human agent: a tool asked for
-	// one, or the reply is the handoff reply.
-	Handoff bool
+	// Handoff, when set, hands the conversation to a human agent with the
+	// reply: the customer asked for one, a tool did, or the reply is the
+	// handoff reply.
+	Handoff *storage.HandOff
 
 	mu sync.Mutex
 	// actions are the outbox actions the reply promises (the tools'); they
 	// are stored in the reply's transaction (ReplyID and ConversationID
 	// filled in).
 	actions []peakdesk.Action
+	// toolHandoff is why a tool asked for a human (peakdesk.HandoffTool,
+	// or HandoffPolicy when a policy refused a promise); "" when none did.
+	toolHandoff string
 }
 
 // inTx stores what comes with a's reply in its transaction: the actions the
-// tools promised, the reply webhook (for shops with a webhook URL), and the
-// handoff a tool asked for.
+// tools promised and the reply webhook (for shops with a webhook URL).
 func (a *turnAnswer) inTx() func(context.Context, pgx.Tx, *peakdesk.Reply) error {
 	return func(ctx context.Context, tx pgx.Tx, r *peakdesk.Reply) error {
 		a.mu.Lock()
@@ -61,15 +64,8 @@ func (a *turnAnswer) inTx() func(context.Context, pgx.Tx, *peakdesk.Reply) error
 		if err != nil {
 			return err
 		}
-		if _, err := storage.InsertReplyWebhook(ctx, tx, wh); err != nil {
-			return err
-		}
-		if a.Handoff && r.Source != peakdesk.SourceHandoff {
-			// SaveTurn marks handoff replies itself; a tool's handoff comes
-			// with the LLM's reply.
-			return storage.MarkHandoff(ctx, tx, r.ShopID, r.ConversationID)
-		}
-		return nil
+		_, err = storage.InsertReplyWebhook(ctx, tx, wh)
+		return err
 	}
 }
 
@@ -87,6 +83,12 @@ func (a *turnAnswer) callTool(tools *outbox.Turn) func(context.Context, string, 
 		}
 		a.mu.Lock()
 		a.actions = append(a.actions, res.Actions...)
+		switch {
+		case res.Handoff && res.Refused:
+			a.toolHandoff = peakdesk.HandoffPolicy
+		case res.Handoff && a.toolHandoff == "":
+			a.toolHandoff = peakdesk.HandoffTool
+		}
 		a.mu.Unlock()
 		return answer.ToolOutcome{Text: res.Text, Handoff: res.Handoff}, nil
 	}
@@ -94,9 +96,10 @@ func (a *turnAnswer) callTool(tools *outbox.Turn) func(context.Context, string, 
 
 // compose produces the one reply to hold's messages: the Answerer's answer
 // to all of them together (the LLM's, or its fallback: FAQ, handoff), so no
-// message goes unanswered. This is the single place that turns messages
-// into a reply (and the actions it promises). It fails only when ctx ends
-// or the conversation memory cannot be read.
+// message goes unanswered — or, when the customer asks for a human, the
+// handoff at once, without the Answerer. This is the single place that
+// turns messages into a reply (and the actions it promises). It fails only
+// when ctx ends or the conversation memory cannot be read.
 func (w *Worker) compose(ctx context.Context, log *slog.Logger, hold *storage.Hold) (*turnAnswer, error) {
 	msgs := hold.Messages
 	last := msgs[len(msgs)-1]
@@ -106,20 +109,29 @@ func (w *Worker) compose(ctx context.Context, log *slog.Logger, hold *storage.Ho
 		ConversationID: hold.ConversationID,
 		MessageIDs:     hold.MessageIDs(),
 	}
+	prio := peakdesk.P2
+	lines := make([]string, len(msgs))
+	askedForHuman := false
+	words := w.words.of(ctx, hold.ShopID)
+	for i, m := range msgs {
+		lines[i] = m.Text
+		if m.Priority.Rank() < prio.Rank() {
+			prio = m.Priority
+		}
+		askedForHuman = askedForHuman || asksForHuman(m.Text, words)
+	}
+	if askedForHuman {
+		reply.Text = texts.Text(texts.Detect(strings.Join(lines, "\n"), texts.DefaultLang), texts.HandoffRequested, nil)
+		reply.Source = peakdesk.SourceHandoff
+		log.Debug("the customer asked for a human")
+		return &turnAnswer{Reply: reply, Handoff: &storage.HandOff{Reason: peakdesk.HandoffCustomerAsked, Priority: prio}}, nil
+	}
 	history, err := w.cfg.Memory.Load(ctx, hold.ShopID, hold.ConversationID, reply.MessageIDs)
 	if err != nil {
 		return nil, err
 	}
 	if len(history) > w.cfg.HistoryTurns {
 		history = history[len(history)-w.cfg.HistoryTurns:]
-	}
-	prio := peakdesk.P2
-	lines := make([]string, len(msgs))
-	for i, m := range msgs {
-		lines[i] = m.Text
-		if m.Priority.Rank() < prio.Rank() {
-			prio = m.Priority
-		}
 	}
 	req := answer.Request{
 		Shop:           hold.ShopID,
@@ -161,8 +173,18 @@ func (w *Worker) compose(ctx context.Context, log *slog.Logger, hold *storage.Ho
 	reply.PromptTokens, reply.CompletionTokens = ans.PromptTokens, ans.CompletionTokens
 	reply.CostMicroUSD = ans.CostMicroUSD
 	reply.ReplacesPartial = ans.StreamBroken && stream.shown()
-	ta.Handoff = ans.Handoff || ans.Source == peakdesk.SourceHandoff
-	log.Debug("answered", "source", ans.Source, "tools", ans.ToolCalls, "handoff", ta.Handoff)
+	ta.mu.Lock()
+	why := ta.toolHandoff
+	ta.mu.Unlock()
+	switch {
+	case ans.Source == peakdesk.SourceHandoff:
+		// Neither the models nor the FAQ could answer (or a tool's
+		// handoff came before they failed).
+		ta.Handoff = &storage.HandOff{Reason: cmp.Or(why, peakdesk.HandoffFallback), Priority: prio}
+	case ans.Handoff:
+		ta.Handoff = &storage.HandOff{Reason: cmp.Or(why, peakdesk.HandoffTool), Priority: prio}
+	}
+	log.Debug("answered", "source", ans.Source, "tools", ans.ToolCalls, "handoff", ta.Handoff != nil)
 	return ta, nil
 }
 

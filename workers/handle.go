@@ -121,6 +121,22 @@ func (w *Worker) handle(ctx context.Context, log *slog.Logger, ka *keepAlive, ms
 		}
 	}
 	claim, err := w.cfg.DB.ClaimMessage(ctx, &m, newID(), w.cfg.AckWait, w.cfg.MaxBatch)
+	var announced error
+	if err == nil && claim.Human {
+		// A human agent owns the conversation: the message is stored for
+		// the agent. Tell the agents before the conversation's next
+		// message is claimed, so they hear of them in order.
+		if announced = w.cfg.DB.AnnounceHumanMessage(ctx, &m); announced == nil {
+			// And show it at once to the agents following the
+			// conversation's events (best effort: the webhook and the
+			// stored message are the durable record).
+			st := peakdesk.MessageState{ID: m.ID, ConversationID: m.ConversationID, Priority: m.Priority,
+				Status: peakdesk.StatusQueued, Text: m.Text, CreatedAt: m.AcceptedAt}
+			if err := queue.PublishDeskMessage(w.cfg.JS.Conn(), m.ShopID, &st); err != nil {
+				log.Warn("showing a message to the agents live failed", "err", err)
+			}
+		}
+	}
 	claimDone()
 	switch {
 	case errors.Is(err, storage.ErrForeignConversation):
@@ -142,6 +158,17 @@ func (w *Worker) handle(ctx context.Context, log *slog.Logger, ka *keepAlive, ms
 		return ack(), nil
 	case claim.Failed:
 		log.Warn("message was dead-lettered before; dropping this delivery")
+		return ack(), nil
+	case claim.Human:
+		// The bot says nothing; the agents were told (or are, when the
+		// message comes again).
+		switch {
+		case announced != nil && ctx.Err() != nil:
+			return nak(0), nil
+		case announced != nil:
+			log.Warn("announcing a message to the agents failed; will retry", "err", announced)
+			return nak(retryDelay(int(meta.NumDelivered))), nil
+		}
 		return ack(), nil
 	case claim.Waiting:
 		// Another worker holds the conversation: the message is stored and
@@ -222,7 +249,7 @@ func (w *Worker) turn(ctx context.Context, log *slog.Logger, ka *keepAlive, hold
 		reply = ans.Reply
 		saveCtx, cancel := context.WithTimeout(context.WithoutCancel(turnCtx), 10*time.Second)
 		next, err = w.cfg.DB.SaveTurn(saveCtx, hold, storage.TurnReply{
-			Reply: reply, EventPending: eventPending, InTx: ans.inTx(),
+			Reply: reply, EventPending: eventPending, InTx: ans.inTx(), Handoff: ans.Handoff,
 		}, w.cfg.AckWait, w.cfg.MaxBatch)
 		cancel()
 	}
@@ -273,6 +300,15 @@ func (w *Worker) turnFailed(ctx context.Context, log *slog.Logger, hold *storage
 		// Stopping: release both at once for another worker.
 		_ = w.cfg.DB.ReleaseHold(bg, hold)
 		return nak(0)
+	case errors.Is(err, storage.ErrHumanOwned):
+		// A human agent took the conversation while the bot composed its
+		// answer: the answer is dropped, never sent, and the turn's
+		// messages are the agent's (the handoff gave them over).
+		log.Info("a human agent took the conversation; the bot's answer is dropped")
+		if err := w.cfg.DB.ReleaseHold(bg, hold); err != nil {
+			log.Warn("releasing the conversation failed; the hold expires by itself", "err", err)
+		}
+		return ack()
 	case errors.Is(err, storage.ErrTurnLost):
 		// Our hold expired and another worker took the conversation; it
 		// answers these messages. A short delay lets the redelivery find

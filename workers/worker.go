@@ -11,9 +11,11 @@
 // (verdict.go). The files follow the steps: worker.go (configuration and
 // lifecycle), scheduler.go (what starts when a slot frees), handle.go
 // (claim, turns, the verdict), compose.go (the reply and what it promises),
-// keepalive.go, sweeper.go, deadletters.go, and limits.go with transport.go
-// (the adaptive concurrency limit and the provider budget, applied to every
-// LLM call).
+// handoff.go (a customer asking for a human), keepalive.go, sweeper.go,
+// deadletters.go, and limits.go with transport.go (the adaptive concurrency
+// limit and the provider budget, applied to every LLM call). While a human
+// agent owns a conversation the bot is silent: its messages are stored for
+// the agent and acked (storage's takeover).
 package workers
 
 import (
@@ -170,6 +172,7 @@ type Worker struct {
 	claims    claimLine
 	pulls     atomic.Int64 // pull requests sent to the priority consumers
 	tools     []llm.Tool   // Config.Tools as offered to the LLM
+	words     *handoffWords
 
 	startOnce, stopOnce sync.Once
 	fetchCancel         context.CancelFunc // stops fetching, sweeping, dead letters
@@ -202,6 +205,7 @@ func New(cfg Config) (*Worker, error) {
 		limits:    limits,
 		slots:     limits.slots,
 		fetchDone: make(chan struct{}),
+		words:     &handoffWords{db: cfg.DB, log: cfg.Logger.With("component", "worker")},
 	}
 	if cfg.Tools != nil {
 		for _, d := range cfg.Tools.Definitions() {

@@ -33,8 +33,12 @@ func (p *Program) startConsole(ctx context.Context, mux *http.ServeMux, auth *to
 		return err
 	}
 	dashboard.RegisterAPI(mux, dashboard.APIConfig{Auth: auth, Ops: ops, DLQ: dlq, Logger: p.Log})
+	if err := p.newDesk(); err != nil {
+		return err
+	}
+	dashboard.RegisterDeskAPI(mux, dashboard.DeskAPIConfig{Auth: auth, Desk: p.desk, Logger: p.Log})
 	p.console, err = dashboard.New(dashboard.Config{
-		DB: p.db, Redis: p.rdb, JS: p.js, Logger: p.Log,
+		DB: p.db, Redis: p.rdb, JS: p.js, Logger: p.Log, Desk: p.desk,
 		Origin:         cfg.ConsoleOrigin,
 		IdleTimeout:    cfg.ConsoleIdleTimeout,
 		Lifetime:       cfg.ConsoleLifetime,
@@ -90,7 +94,7 @@ var emailRe = regexp.MustCompile(`^[^@\s]+@[^@\s]+\.[^@\s]+$`)
 // [--shop S] [--password-stdin]`.
 func runOperator(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, getenv func(string) string) error {
 	if len(args) == 0 || args[0] != "add" {
-		fmt.Fprintln(stderr, "usage: peakdesk operator add --email E --role viewer|operator|admin [--shop S] [--password-stdin]")
+		fmt.Fprintln(stderr, "usage: peakdesk operator add --email E --role viewer|operator|agent|admin [--shop S] [--password-stdin]")
 		return errors.New("operator: name a subcommand: add")
 	}
 	fs := flag.NewFlagSet("operator add", flag.ContinueOnError)
@@ -98,7 +102,7 @@ func runOperator(ctx context.Context, args []string, stdin io.Reader, stdout, st
 	dbURL := fs.String("database-url", cmp.Or(getenv("DATABASE_URL"),
 		"postgres://peakdesk:peakdesk@127.0.0.1:5432/peakdesk?sslmode=disable"), "Postgres URL (env DATABASE_URL)")
 	email := fs.String("email", "", "the operator's e-mail address, their login (required)")
-	role := fs.String("role", "", "viewer (looks only), operator (retries, cancels, re-drives) or admin (required)")
+	role := fs.String("role", "", "viewer (looks only), operator (retries, cancels, re-drives), agent (answers customers handed to a human) or admin (required)")
 	shop := fs.String("shop", "", "confine the operator to this shop; empty = every shop")
 	fromStdin := fs.Bool("password-stdin", false, "read the password from the first line of standard input instead of generating one")
 	if err := fs.Parse(args[1:]); err != nil {
@@ -108,8 +112,8 @@ func runOperator(ctx context.Context, args []string, stdin io.Reader, stdout, st
 	switch {
 	case !emailRe.MatchString(e):
 		return errors.New("operator add: --email must be an e-mail address")
-	case *role != storage.RoleViewer && *role != storage.RoleOperator && *role != storage.RoleAdmin:
-		return errors.New("operator add: --role must be viewer, operator or admin")
+	case *role != storage.RoleViewer && *role != storage.RoleOperator && *role != storage.RoleAgent && *role != storage.RoleAdmin:
+		return errors.New("operator add: --role must be viewer, operator, agent or admin")
 	}
 	password, generated := "", false
 	if *fromStdin {

@@ -71,6 +71,11 @@ type Program struct {
 	metricsListener net.Listener
 	serveErr        chan error
 
+	// Human takeover: the agents' operations (dashboard role) and the
+	// handoff_sla notices (relay role).
+	desk  *outbox.Desk
+	waits *outbox.WaitNotifier
+
 	stopOnce sync.Once
 }
 
@@ -455,6 +460,9 @@ func (p *Program) Stop() {
 		}
 		if p.redactor != nil {
 			p.redactor.Stop()
+		}
+		if p.waits != nil {
+			p.waits.Stop()
 		}
 		if p.faq != nil {
 			p.faq.Stop()

@@ -77,5 +77,8 @@ func (p *Program) startRelay(ctx context.Context) error {
 	if err := p.redactor.Start(ctx); err != nil {
 		return err
 	}
+	if err := p.startWaitNotifier(ctx); err != nil {
+		return err
+	}
 	return nil
 }

@@ -30,6 +30,8 @@ func Status(code string) int {
 		return http.StatusForbidden
 	case peakdesk.ENotFound:
 		return http.StatusNotFound
+	case peakdesk.EConflict:
+		return http.StatusConflict
 	case peakdesk.EPayloadTooLarge:
 		return http.StatusRequestEntityTooLarge
 	case peakdesk.ERateLimited:

@@ -38,6 +38,10 @@ const (
 	ScopeOps = "ops"
 	// ScopeOpsWrite lets an operator act through the operator API.
 	ScopeOpsWrite = "ops:write"
+	// ScopeAgent lets a shop's human agent (the subject) work the agent
+	// API — claim, reply, resolve, hand back — and read the shop's
+	// conversations. Shop keys may grant it.
+	ScopeAgent = "agent"
 )
 
 // IsOperatorScope reports whether scope s is an operator's: ops, ops:write

@@ -37,3 +37,26 @@ func ReplyEventMsg(r *peakdesk.Reply) (*nats.Msg, error) {
 	msg.Header.Set(jetstream.MsgIDHeader, r.ID)
 	return msg, nil
 }
+
+// DeskSubject is the core NATS subject on which a conversation's customer
+// messages stored for a human agent are announced live (human takeover).
+// It is not a stream: the durable records are the message in Postgres and
+// its message.created webhook; this only lets an agent's open event stream
+// show the message at once.
+func DeskSubject(shop, conv string) string {
+	return "chat.desk." + shop + "." + conv
+}
+
+// PublishDeskMessage announces m, a customer message of shop stored while a
+// human owns its conversation, to the agents following the conversation's
+// events. Best effort (core NATS, at most once).
+func PublishDeskMessage(nc *nats.Conn, shop string, m *peakdesk.MessageState) error {
+	data, err := json.Marshal(m)
+	if err != nil {
+		return fmt.Errorf("queue: encode desk message: %w", err)
+	}
+	if err := nc.Publish(DeskSubject(shop, m.ConversationID), data); err != nil {
+		return fmt.Errorf("queue: publish desk message: %w", err)
+	}
+	return nil
+}

@@ -86,13 +86,27 @@ const (
 	// OrderUpdate: the facts of an order, pushed after a slow lookup
 	// (data: Order).
 	OrderUpdate Key = "order.update"
+	// HandoffRequested: the customer asked for a human; one takes over.
+	HandoffRequested Key = "handoff.requested"
+	// HandoffWaiting: no agent took the conversation within the shop's
+	// handoff_sla; how long it may still take (data: Wait).
+	HandoffWaiting Key = "handoff.waiting"
 )
+
+// Wait is what HandoffWaiting tells a waiting customer. Minutes 0 means no
+// estimate (no agent took a conversation lately).
+type Wait struct {
+	Minutes int
+}
 
 var catalog = map[Lang]map[Key]string{
 	ZH: {
 		HandoffUnavailable: "抱歉，智能客服暂时无法回答您的问题，已为您转接人工客服，请稍候。",
 		HandoffDeadLetter:  "抱歉，您的消息暂时无法自动处理，已为您转接人工客服，人工客服会尽快回复您。",
 		HandoffOrderLookup: "抱歉，我们暂时没能查到您的订单信息，已为您转接人工客服，请稍候。",
+		HandoffRequested:   "好的，正在为您转接人工客服，请稍候，客服会在这里回复您。",
+		HandoffWaiting: `人工客服目前较忙，{{if .Minutes}}预计还需等待约 {{.Minutes}} 分钟，{{else}}我们会尽快为您服务，{{end}}` +
+			`请不要离开，您的消息都已收到。`,
 		OrderUpdate: `您的订单 {{.ID}} 查到了：{{.Status}}，金额 {{.Total}}` +
 			`{{if .Items}}，商品：{{join .Items "、"}}{{end}}。` +
 			`{{if .Carrier}}{{.Carrier}}{{if .TrackingNo}} 运单号 {{.TrackingNo}}{{end}}，包裹{{.ParcelStatus}}。{{end}}` +
@@ -102,6 +116,10 @@ var catalog = map[Lang]map[Key]string{
 		HandoffUnavailable: "Sorry, our assistant cannot answer right now. A human agent will get back to you shortly.",
 		HandoffDeadLetter:  "Sorry, we could not process your message automatically. A human agent will get back to you shortly.",
 		HandoffOrderLookup: "Sorry, we could not look up your order right now. A human agent will follow up shortly.",
+		HandoffRequested:   "Sure, I am passing you to a human agent. Please stay here; they will reply in this chat shortly.",
+		HandoffWaiting: `Our agents are busy right now. {{if .Minutes}}The expected wait is about {{.Minutes}} ` +
+			`minute{{if gt .Minutes 1}}s{{end}}.{{else}}We will be with you as soon as we can.{{end}}` +
+			` Your messages have all been received.`,
 		OrderUpdate: `Update on your order {{.ID}}: {{.Status}}, total {{.Total}}` +
 			`{{if .Items}}; items: {{join .Items ", "}}{{end}}.` +
 			`{{if .Carrier}} Parcel {{.Carrier}}{{if .TrackingNo}} {{.TrackingNo}}{{end}}: {{.ParcelStatus}}.{{end}}` +

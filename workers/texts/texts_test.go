@@ -20,7 +20,11 @@ func TestCatalogIsComplete(t *testing.T) {
 			if _, ok := catalog[lang][k]; !ok {
 				t.Errorf("%s has no %q", lang, k)
 			}
-			if got := Text(lang, k, NewOrder(lang, OrderFacts{ID: "1"})); strings.Contains(got, "texts:") || got == "" {
+			var data any = NewOrder(lang, OrderFacts{ID: "1"})
+			if k == HandoffWaiting {
+				data = Wait{Minutes: 3}
+			}
+			if got := Text(lang, k, data); strings.Contains(got, "texts:") || got == "" {
 				t.Errorf("%s %s: %q", lang, k, got)
 			}
 		}
@@ -81,5 +85,26 @@ func TestParseLang(t *testing.T) {
 	}
 	if _, ok := ParseLang("fr"); ok {
 		t.Error("fr parsed")
+	}
+}
+
+// The waiting notice gives the expected wait when there is one, and says
+// so when there is none.
+func TestHandoffWaiting(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		lang    Lang
+		minutes int
+		want    string
+	}{
+		{ZH, 7, "预计还需等待约 7 分钟"},
+		{ZH, 0, "我们会尽快为您服务"},
+		{EN, 1, "about 1 minute."},
+		{EN, 12, "about 12 minutes."},
+		{EN, 0, "as soon as we can"},
+	} {
+		if got := Text(tc.lang, HandoffWaiting, Wait{Minutes: tc.minutes}); !strings.Contains(got, tc.want) {
+			t.Errorf("%s, %d minutes: %q; want %q in it", tc.lang, tc.minutes, got, tc.want)
+		}
 	}
 }
