@@ -38,6 +38,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/peakdesk/peakdesk"
+	"github.com/peakdesk/peakdesk/dashboard/shopadmin"
 	"github.com/peakdesk/peakdesk/outbox"
 	"github.com/peakdesk/peakdesk/storage"
 )
@@ -105,6 +106,12 @@ type Config struct {
 	// Desk is the agents' operations (human takeover), shared with the
 	// edge's agent API; default one of the console's own.
 	Desk *outbox.Desk
+	// AllowPrivateShopURLs lets shop administration accept plain http and
+	// private addresses in shop and LLM URLs: development and tests only.
+	AllowPrivateShopURLs bool
+	// FAQThreshold is the FAQ's answering confidence shown when an admin
+	// tries a question. Default faq.DefaultThreshold.
+	FAQThreshold float64
 }
 
 func (c *Config) setDefaults() {
@@ -151,6 +158,7 @@ type Console struct {
 	ops      *outbox.Ops
 	dlq      *outbox.DLQOps
 	desk     *outbox.Desk
+	admin    *shopadmin.Admin
 	pages    map[string]*template.Template
 	sampler  *sampler
 	counts   shopCounts
@@ -182,6 +190,10 @@ func New(cfg Config) (*Console, error) {
 		if c.desk, err = outbox.NewDesk(outbox.DeskConfig{DB: cfg.DB, JS: cfg.JS, Logger: cfg.Logger}); err != nil {
 			return nil, err
 		}
+	}
+	if c.admin, err = shopadmin.New(shopadmin.Config{DB: cfg.DB, AllowPrivateURLs: cfg.AllowPrivateShopURLs,
+		FAQThreshold: cfg.FAQThreshold, Logger: cfg.Logger}); err != nil {
+		return nil, err
 	}
 	if c.pages, err = parsePages(); err != nil {
 		return nil, err
@@ -286,6 +298,7 @@ func (c *Console) routes() (http.Handler, error) {
 	pages.Handle("POST "+Prefix+"/inbox/{id}/reply", c.authed(false, answering(c.inboxReply)))
 	pages.Handle("POST "+Prefix+"/inbox/{id}/resolve", c.authed(false, answering(c.inboxResolve)))
 	pages.Handle("POST "+Prefix+"/inbox/{id}/handback", c.authed(false, answering(c.inboxHandBack)))
+	c.shopRoutes(pages)
 	pages.HandleFunc(Prefix+"/", func(w http.ResponseWriter, r *http.Request) {
 		c.fail(w, r, &request{lang: pickLang(r)}, peakdesk.Errorf(peakdesk.ENotFound, "not found"))
 	})

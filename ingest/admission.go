@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/peakdesk/peakdesk"
+	"github.com/peakdesk/peakdesk/storage"
 	"github.com/peakdesk/peakdesk/storage/queue"
 )
 
@@ -131,9 +132,10 @@ func (a *admission) refresh(ctx context.Context) {
 	a.metrics.drain.Set(a.drain)
 }
 
-// check decides whether a message of priority p may be queued now. When it
-// may not, it returns how long until it probably could.
-func (a *admission) check(p peakdesk.Priority) (retryAfter time.Duration, ok bool) {
+// check decides whether a message of priority p of a shop with the
+// thresholds shop (zero fields: the configured ones) may be queued now.
+// When it may not, it returns how long until it probably could.
+func (a *admission) check(p peakdesk.Priority, shop storage.ShopAdmission) (retryAfter time.Duration, ok bool) {
 	if a.cfg.Disabled {
 		return 0, true
 	}
@@ -146,10 +148,17 @@ func (a *admission) check(p peakdesk.Priority) (retryAfter time.Duration, ok boo
 	for r := 0; r <= p.Rank(); r++ {
 		ahead += a.backlog[r]
 	}
-	if ahead < a.cfg.MinBacklog {
+	minBacklog := a.cfg.MinBacklog
+	if shop.MinBacklog > 0 {
+		minBacklog = int64(shop.MinBacklog)
+	}
+	if ahead < minBacklog {
 		return 0, true
 	}
 	maxWait := a.cfg.MaxWait[p].Seconds()
+	if d := [3]time.Duration{shop.MaxWaitP0, shop.MaxWaitP1, shop.MaxWaitP2}[p.Rank()]; d > 0 {
+		maxWait = d.Seconds()
+	}
 	drain := math.Max(a.drain, 1)
 	wait := float64(ahead) / drain
 	if wait <= maxWait {

@@ -76,7 +76,9 @@ type Config struct {
 	// the shed writer (workers/shedwriter) to store.
 	FAQ FAQ
 	// FAQCacheTTL is how long an FAQ answer (or the lack of one) to a
-	// normalised question is reused for shed messages. Default 10 s.
+	// normalised question is reused for shed messages. Default 2 s, so an
+	// edit of the shop's FAQ reaches shed answers as soon as it reaches
+	// the FAQ engine.
 	FAQCacheTTL time.Duration
 	// FAQCacheSize caps the cached questions. Default 20,000.
 	FAQCacheSize int
@@ -119,7 +121,7 @@ func (c *Config) setDefaults() {
 	c.MaxBatch = cmp.Or(c.MaxBatch, 256)
 	c.MaxPending = cmp.Or(c.MaxPending, 8192)
 	c.MaxStreams = cmp.Or(c.MaxStreams, 10_000)
-	c.FAQCacheTTL = cmp.Or(c.FAQCacheTTL, 10*time.Second)
+	c.FAQCacheTTL = cmp.Or(c.FAQCacheTTL, 2*time.Second)
 	c.FAQCacheSize = cmp.Or(c.FAQCacheSize, 20_000)
 	c.FAQConcurrency = cmp.Or(c.FAQConcurrency, runtime.GOMAXPROCS(0))
 	c.MaxInFlight = cmp.Or(c.MaxInFlight, 4096)
@@ -306,6 +308,11 @@ func (e *Edge) Stop() {
 	})
 }
 
+// ForgetShop drops what the edge cached of shop's settings (every shop's
+// for ""): they changed. Subscribe it to the settings notifications
+// (storage/shopwatch).
+func (e *Edge) ForgetShop(shop string) { e.shops.forget(shop) }
+
 // Register mounts the edge's routes on mux.
 func (e *Edge) Register(mux *http.ServeMux) {
 	mux.Handle("POST /v1/messages", e.instrument("post_message", e.postMessage))
@@ -483,7 +490,7 @@ func (e *Edge) acceptMessage(ctx context.Context, claims *token.Claims, info *sh
 	}
 	// Shed load lowest priority first: an instant FAQ answer when one fits,
 	// else 429 with the time the backlog needs to drain.
-	if retry, ok := e.admit.check(prio); !ok {
+	if retry, ok := e.admit.check(prio, info.admission); !ok {
 		return e.shed(ctx, m, key, retry)
 	}
 	// Listen for the reply before publishing, so it cannot slip past.

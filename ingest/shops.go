@@ -13,10 +13,11 @@ import (
 
 // shopInfo is what the edge knows about one shop.
 type shopInfo struct {
-	exists bool
-	limits Limits
-	abuse  storage.EdgeLimits
-	rules  []Rule
+	exists    bool
+	limits    Limits
+	abuse     storage.EdgeLimits
+	admission storage.ShopAdmission
+	rules     []Rule
 }
 
 // shopDirectory caches shop settings, so the hot path reads Postgres about
@@ -30,6 +31,9 @@ type shopDirectory struct {
 
 	mu      sync.Mutex
 	entries map[string]shopEntry
+	// forgets counts calls of forget: a load that began before one may
+	// have read the old settings, and is not cached.
+	forgets uint64
 }
 
 type shopEntry struct {
@@ -41,6 +45,7 @@ func (d *shopDirectory) lookup(ctx context.Context, shop string) (*shopInfo, err
 	now := time.Now()
 	d.mu.Lock()
 	ent, ok := d.entries[shop]
+	forgets := d.forgets
 	d.mu.Unlock()
 	if ok && now.Before(ent.until) {
 		return ent.info, nil
@@ -57,9 +62,24 @@ func (d *shopDirectory) lookup(ctx context.Context, shop string) (*shopInfo, err
 		ttl = 5 * time.Second
 	}
 	d.mu.Lock()
-	d.entries[shop] = shopEntry{info: info, until: now.Add(ttl)}
+	if d.forgets == forgets {
+		d.entries[shop] = shopEntry{info: info, until: now.Add(ttl)}
+	}
 	d.mu.Unlock()
 	return info, nil
+}
+
+// forget drops what the directory knows of shop (every shop for ""), so
+// the next lookup reads it again: its settings changed.
+func (d *shopDirectory) forget(shop string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.forgets++
+	if shop == "" {
+		clear(d.entries)
+		return
+	}
+	delete(d.entries, shop)
 }
 
 func (d *shopDirectory) load(ctx context.Context, shop string) (*shopInfo, error) {
@@ -78,8 +98,9 @@ func (d *shopDirectory) load(ctx context.Context, shop string) (*shopInfo, error
 			UserPerMinute: cmp.Or(s.UserRatePerMinute, d.defaults.UserPerMinute),
 			UserBurst:     cmp.Or(s.UserRateBurst, d.defaults.UserBurst),
 		},
-		abuse: s.EdgeLimits,
-		rules: d.rules,
+		abuse:     s.EdgeLimits,
+		admission: s.Admission,
+		rules:     d.rules,
 	}
 	if len(s.Rules) > 0 {
 		byPrio := map[peakdesk.Priority][]string{}

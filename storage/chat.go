@@ -23,14 +23,19 @@ var ErrAlreadyAnswered = errors.New("storage: message already answered")
 var ErrForeignConversation = errors.New("storage: conversation belongs to someone else")
 
 // EnsureShop creates shop id if it does not exist, with a webhook secret of
-// its own (shop_api_settings.webhook_secret's default).
+// its own (32 random bytes in hex, sealed).
 func (db *DB) EnsureShop(ctx context.Context, id, name string) error {
-	err := pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
+	webhookSecret, err := db.newWebhookSecret(id)
+	if err != nil {
+		return fmt.Errorf("storage: ensure shop: %w", err)
+	}
+	err = pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx,
 			`INSERT INTO shops (id, name) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING`, id, name); err != nil {
 			return err
 		}
-		_, err := tx.Exec(ctx, `INSERT INTO shop_api_settings (shop_id) VALUES ($1) ON CONFLICT DO NOTHING`, id)
+		_, err := tx.Exec(ctx, `INSERT INTO shop_api_settings (shop_id, webhook_secret) VALUES ($1, $2)
+			ON CONFLICT DO NOTHING`, id, webhookSecret)
 		return err
 	})
 	if err != nil {

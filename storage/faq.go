@@ -2,11 +2,15 @@ package storage
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/peakdesk/peakdesk"
 )
 
 // FAQEntry is one question and answer of a shop's FAQ.
@@ -32,58 +36,80 @@ type FAQImport struct {
 // With replace, entries whose question is not in entries are deleted. The
 // shop must exist.
 func (db *DB) ImportFAQ(ctx context.Context, shop string, entries []FAQEntry, replace bool) (FAQImport, error) {
+	return db.ImportFAQAudited(ctx, shop, entries, replace, nil)
+}
+
+// ImportFAQAudited is ImportFAQ that also writes audit (when not nil) in
+// the import's transaction, its details set to the import's counts.
+func (db *DB) ImportFAQAudited(ctx context.Context, shop string, entries []FAQEntry, replace bool, audit *AuditEntry) (FAQImport, error) {
 	var res FAQImport
 	err := pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
-		var ok bool
-		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM shops WHERE id = $1)`, shop).Scan(&ok); err != nil {
+		if err := db.importFAQ(ctx, tx, shop, entries, replace, &res); err != nil {
 			return err
 		}
-		if !ok {
-			return fmt.Errorf("storage: import faq: shop %q: %w", shop, notFound("shop"))
+		if audit == nil {
+			return nil
 		}
-		questions := make([]string, 0, len(entries))
-		for _, e := range entries {
-			q, a := strings.TrimSpace(e.Question), strings.TrimSpace(e.Answer)
-			tags := e.Tags
-			if tags == nil {
-				tags = []string{}
-			}
-			// xmax = 0 tells an inserted row from an updated one; the WHERE
-			// skips rows that would not change, so their version stays.
-			var inserted bool
-			err := tx.QueryRow(ctx, `INSERT INTO faq_entries (shop_id, question, answer, tags)
-				VALUES ($1, $2, $3, $4)
-				ON CONFLICT (shop_id, question) DO UPDATE
-					SET answer = EXCLUDED.answer, tags = EXCLUDED.tags, updated_at = now()
-					WHERE faq_entries.answer IS DISTINCT FROM EXCLUDED.answer
-					   OR faq_entries.tags IS DISTINCT FROM EXCLUDED.tags
-				RETURNING xmax = 0`, shop, q, a, tags).Scan(&inserted)
-			switch {
-			case noRows(err):
-				res.Unchanged++
-			case err != nil:
-				return err
-			case inserted:
-				res.Inserted++
-			default:
-				res.Updated++
-			}
-			questions = append(questions, q)
-		}
-		if replace {
-			tag, err := tx.Exec(ctx, `DELETE FROM faq_entries WHERE shop_id = $1 AND NOT (question = ANY ($2))`,
-				shop, questions)
-			if err != nil {
-				return err
-			}
-			res.Deleted = int(tag.RowsAffected())
-		}
-		return nil
+		audit.Details, _ = json.Marshal(map[string]any{"entries": len(entries), "replace": replace,
+			"inserted": res.Inserted, "updated": res.Updated, "unchanged": res.Unchanged, "deleted": res.Deleted})
+		return InsertAudit(ctx, tx, audit)
 	})
 	if err != nil {
+		if errors.Is(err, ErrNotFound) {
+			return FAQImport{}, err
+		}
 		return FAQImport{}, fmt.Errorf("storage: import faq: %w", err)
 	}
 	return res, nil
+}
+
+// importFAQ is ImportFAQ's work in tx; res counts what it changed.
+func (db *DB) importFAQ(ctx context.Context, tx pgx.Tx, shop string, entries []FAQEntry, replace bool, res *FAQImport) error {
+	var ok bool
+	if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM shops WHERE id = $1)`, shop).Scan(&ok); err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("storage: import faq: shop %q: %w", shop, notFound("shop"))
+	}
+	questions := make([]string, 0, len(entries))
+	for _, e := range entries {
+		q, a := strings.TrimSpace(e.Question), strings.TrimSpace(e.Answer)
+		tags := e.Tags
+		if tags == nil {
+			tags = []string{}
+		}
+		// xmax = 0 tells an inserted row from an updated one; the WHERE
+		// skips rows that would not change, so their version stays.
+		var inserted bool
+		err := tx.QueryRow(ctx, `INSERT INTO faq_entries (shop_id, question, answer, tags)
+			VALUES ($1, $2, $3, $4)
+			ON CONFLICT (shop_id, question) DO UPDATE
+				SET answer = EXCLUDED.answer, tags = EXCLUDED.tags, updated_at = now()
+				WHERE faq_entries.answer IS DISTINCT FROM EXCLUDED.answer
+				   OR faq_entries.tags IS DISTINCT FROM EXCLUDED.tags
+			RETURNING xmax = 0`, shop, q, a, tags).Scan(&inserted)
+		switch {
+		case noRows(err):
+			res.Unchanged++
+		case err != nil:
+			return err
+		case inserted:
+			res.Inserted++
+		default:
+			res.Updated++
+		}
+		questions = append(questions, q)
+	}
+	if replace {
+		tag, err := tx.Exec(ctx, `DELETE FROM faq_entries WHERE shop_id = $1 AND NOT (question = ANY ($2))`,
+			shop, questions)
+		if err != nil {
+			return err
+		}
+		res.Deleted = int(tag.RowsAffected())
+	}
+	return nil
 }
 
 // DeleteFAQ removes entry id from shop's FAQ; ErrNotFound if it has no such entry.
@@ -152,4 +178,70 @@ func (db *DB) FAQVersions(ctx context.Context) (map[string]int64, error) {
 		return nil, fmt.Errorf("storage: faq versions: %w", err)
 	}
 	return versions, nil
+}
+
+// FAQEntry returns entry id of shop's FAQ, or ErrNotFound.
+func (db *DB) FAQEntry(ctx context.Context, shop string, id int64) (*FAQEntry, error) {
+	var e FAQEntry
+	err := db.pool.QueryRow(ctx, `SELECT id, shop_id, question, answer, tags, updated_at
+		FROM faq_entries WHERE shop_id = $1 AND id = $2`, shop, id).
+		Scan(&e.ID, &e.ShopID, &e.Question, &e.Answer, &e.Tags, &e.UpdatedAt)
+	switch {
+	case noRows(err):
+		return nil, notFound("FAQ entry")
+	case err != nil:
+		return nil, fmt.Errorf("storage: faq entry: %w", err)
+	}
+	return &e, nil
+}
+
+// UpdateFAQEntry replaces the question, answer and tags of entry e.ID of
+// e.ShopID's FAQ and writes audit in the same transaction. ErrNotFound if
+// the shop has no such entry; invalid_argument if another entry has the
+// question.
+func (db *DB) UpdateFAQEntry(ctx context.Context, e *FAQEntry, audit *AuditEntry) error {
+	tags := e.Tags
+	if tags == nil {
+		tags = []string{}
+	}
+	err := db.Tx(ctx, func(tx pgx.Tx) error {
+		err := tx.QueryRow(ctx, `UPDATE faq_entries SET question = $3, answer = $4, tags = $5, updated_at = now()
+			WHERE shop_id = $1 AND id = $2 RETURNING updated_at`,
+			e.ShopID, e.ID, strings.TrimSpace(e.Question), strings.TrimSpace(e.Answer), tags).Scan(&e.UpdatedAt)
+		if noRows(err) {
+			return notFound("FAQ entry")
+		}
+		if err != nil {
+			return err
+		}
+		return InsertAudit(ctx, tx, audit)
+	})
+	switch {
+	case isUniqueViolation(err):
+		return peakdesk.FieldError("question", "another entry of the FAQ has this question")
+	case errors.Is(err, ErrNotFound):
+		return err
+	case err != nil:
+		return fmt.Errorf("storage: update faq entry: %w", err)
+	}
+	return nil
+}
+
+// DeleteFAQEntry removes entry id of shop's FAQ and writes audit in the
+// same transaction; ErrNotFound if the shop has no such entry.
+func (db *DB) DeleteFAQEntry(ctx context.Context, shop string, id int64, audit *AuditEntry) error {
+	err := db.Tx(ctx, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `DELETE FROM faq_entries WHERE shop_id = $1 AND id = $2`, shop, id)
+		if err != nil {
+			return err
+		}
+		if tag.RowsAffected() == 0 {
+			return notFound("FAQ entry")
+		}
+		return InsertAudit(ctx, tx, audit)
+	})
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return fmt.Errorf("storage: delete faq entry: %w", err)
+	}
+	return err
 }

@@ -1,10 +1,15 @@
 package storage
 
 import (
+	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/peakdesk/peakdesk"
 )
@@ -18,46 +23,169 @@ type LLMSettings struct {
 	// APIKey for BaseURL; never logged. Empty = the default key.
 	APIKey string
 	// Models is the chain to try in order (primary, secondary, ...); empty =
-	// the default chain.
-	Models    []string
-	UpdatedAt time.Time
+	// the default chain. Read, it holds Chain's models.
+	Models []string
+	// Chain is the model chain with each model's provider, so that a chain
+	// can fail over to another provider. Read, it is always set (from
+	// Models when the shop never gave providers). Written, a non-empty
+	// Chain is the chain and Models is ignored. At most MaxChain models.
+	Chain []LLMModel
+	// SystemPrompt replaces the default system message when not empty;
+	// "{shop}" in it is replaced by the shop id.
+	SystemPrompt string
+	// Temperature is sent with every call; nil = the provider's default.
+	Temperature *float64
+	UpdatedAt   time.Time
 }
 
-// LogValue keeps the API key out of logs.
+// LLMModel is one model of a shop's chain and where it is called.
+type LLMModel struct {
+	Model string
+	// BaseURL of the model's provider; empty = the shop's BaseURL, then the
+	// default provider.
+	BaseURL string
+	// APIKey for the model's provider; never logged. Empty = the shop's key
+	// when the model has no BaseURL of its own (then: none).
+	APIKey string
+}
+
+// MaxChain is the longest model chain a shop may have.
+const MaxChain = 8
+
+// LogValue keeps the API keys out of logs.
 func (s LLMSettings) LogValue() slog.Value {
+	chain := make([]string, len(s.Chain))
+	for i, m := range s.Chain {
+		chain[i] = m.Model + "@" + cmp.Or(m.BaseURL, "shop")
+	}
 	return slog.GroupValue(slog.String("shop", s.ShopID), slog.String("base_url", s.BaseURL),
-		slog.Any("models", s.Models), slog.Bool("has_api_key", s.APIKey != ""))
+		slog.Any("models", s.Models), slog.Any("chain", chain), slog.Bool("has_api_key", s.APIKey != ""))
 }
 
 // ShopLLMSettings returns shop's LLM settings, or ErrNotFound when the shop
 // uses the defaults.
 func (db *DB) ShopLLMSettings(ctx context.Context, shop string) (*LLMSettings, error) {
-	s := &LLMSettings{}
-	err := db.pool.QueryRow(ctx, `SELECT shop_id, base_url, api_key, models, updated_at
-		FROM shop_llm_settings WHERE shop_id = $1`, shop).
-		Scan(&s.ShopID, &s.BaseURL, &s.APIKey, &s.Models, &s.UpdatedAt)
+	var s *LLMSettings
+	err := pgx.BeginTxFunc(ctx, db.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly},
+		func(tx pgx.Tx) error {
+			var err error
+			s, err = db.llmSettings(ctx, tx, shop)
+			return err
+		})
 	switch {
-	case noRows(err):
-		return nil, notFound("LLM settings")
+	case errors.Is(err, ErrNotFound):
+		return nil, err
 	case err != nil:
 		return nil, fmt.Errorf("storage: shop llm settings: %w", err)
 	}
 	return s, nil
 }
 
+// llmSettings reads shop's LLM settings in tx, secrets opened.
+func (db *DB) llmSettings(ctx context.Context, tx pgx.Tx, shop string) (*LLMSettings, error) {
+	s := &LLMSettings{}
+	err := tx.QueryRow(ctx, `SELECT shop_id, base_url, api_key, models, system_prompt, temperature, updated_at
+		FROM shop_llm_settings WHERE shop_id = $1`, shop).
+		Scan(&s.ShopID, &s.BaseURL, &s.APIKey, &s.Models, &s.SystemPrompt, &s.Temperature, &s.UpdatedAt)
+	switch {
+	case noRows(err):
+		return nil, notFound("LLM settings")
+	case err != nil:
+		return nil, err
+	}
+	if s.APIKey, err = db.open(s.APIKey, whereLLMKey(shop)); err != nil {
+		return nil, err
+	}
+	rows, err := tx.Query(ctx, `SELECT model, base_url, api_key FROM shop_llm_models
+		WHERE shop_id = $1 ORDER BY position`, shop)
+	if err != nil {
+		return nil, err
+	}
+	s.Chain, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (LLMModel, error) {
+		var m LLMModel
+		err := row.Scan(&m.Model, &m.BaseURL, &m.APIKey)
+		return m, err
+	})
+	if err != nil {
+		return nil, err
+	}
+	for i := range s.Chain {
+		if s.Chain[i].APIKey, err = db.open(s.Chain[i].APIKey, whereModelKey(shop)); err != nil {
+			return nil, err
+		}
+	}
+	if len(s.Chain) == 0 {
+		for _, m := range s.Models {
+			s.Chain = append(s.Chain, LLMModel{Model: m})
+		}
+	}
+	s.Models = make([]string, len(s.Chain))
+	for i, m := range s.Chain {
+		s.Models[i] = m.Model
+	}
+	return s, nil
+}
+
 // SetShopLLMSettings stores s for s.ShopID, replacing earlier settings.
 func (db *DB) SetShopLLMSettings(ctx context.Context, s LLMSettings) error {
-	models := s.Models
-	if models == nil {
-		models = []string{}
-	}
-	_, err := db.pool.Exec(ctx, `INSERT INTO shop_llm_settings (shop_id, base_url, api_key, models)
-		VALUES ($1, $2, $3, $4)
-		ON CONFLICT (shop_id) DO UPDATE SET base_url = EXCLUDED.base_url, api_key = EXCLUDED.api_key,
-			models = EXCLUDED.models, updated_at = now()`,
-		s.ShopID, s.BaseURL, s.APIKey, models)
-	if err != nil {
+	if err := pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error { return db.setLLMSettings(ctx, tx, s) }); err != nil {
+		if _, ok := errors.AsType[*peakdesk.Error](err); ok {
+			return err
+		}
 		return fmt.Errorf("storage: set shop llm settings: %w", err)
+	}
+	return nil
+}
+
+// setLLMSettings writes s in tx, secrets sealed.
+func (db *DB) setLLMSettings(ctx context.Context, tx pgx.Tx, s LLMSettings) error {
+	chain := s.Chain
+	if len(chain) == 0 {
+		for _, m := range s.Models {
+			chain = append(chain, LLMModel{Model: m})
+		}
+	}
+	if len(chain) > MaxChain {
+		return peakdesk.FieldError("llm.chain", "at most %d models", MaxChain)
+	}
+	models := make([]string, len(chain))
+	for i, m := range chain {
+		if m.Model = strings.TrimSpace(m.Model); m.Model == "" || len(m.Model) > 200 {
+			return peakdesk.FieldError("llm.chain", "model %d: a model name of 1..200 characters is required", i+1)
+		}
+		models[i] = m.Model
+	}
+	if s.Temperature != nil && (*s.Temperature < 0 || *s.Temperature > 2) {
+		return peakdesk.FieldError("llm.temperature", "must be within 0..2")
+	}
+	if len(s.SystemPrompt) > 8000 {
+		return peakdesk.FieldError("llm.system_prompt", "at most 8000 bytes")
+	}
+	key, err := db.seal(s.APIKey, whereLLMKey(s.ShopID))
+	if err != nil {
+		return err
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO shop_llm_settings (shop_id, base_url, api_key, models, system_prompt,
+			temperature)
+		VALUES ($1, $2, $3, $4, $5, $6)
+		ON CONFLICT (shop_id) DO UPDATE SET base_url = EXCLUDED.base_url, api_key = EXCLUDED.api_key,
+			models = EXCLUDED.models, system_prompt = EXCLUDED.system_prompt,
+			temperature = EXCLUDED.temperature, updated_at = now()`,
+		s.ShopID, s.BaseURL, key, models, s.SystemPrompt, s.Temperature); err != nil {
+		return err
+	}
+	if _, err := tx.Exec(ctx, `DELETE FROM shop_llm_models WHERE shop_id = $1`, s.ShopID); err != nil {
+		return err
+	}
+	for i, m := range chain {
+		key, err := db.seal(m.APIKey, whereModelKey(s.ShopID))
+		if err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO shop_llm_models (shop_id, position, model, base_url, api_key)
+			VALUES ($1, $2, $3, $4, $5)`, s.ShopID, i, models[i], m.BaseURL, key); err != nil {
+			return err
+		}
 	}
 	return nil
 }

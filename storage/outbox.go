@@ -3,6 +3,8 @@ package storage
 import (
 	"cmp"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -77,7 +79,25 @@ func (db *DB) ShopAPISettings(ctx context.Context, shop string) (ShopAPISettings
 	if err != nil && !noRows(err) {
 		return s, fmt.Errorf("storage: shop api settings: %w", err)
 	}
-	return s, nil
+	return s, db.openAPISecrets(&s)
+}
+
+// openAPISecrets opens the secrets of s as read from its row.
+func (db *DB) openAPISecrets(s *ShopAPISettings) error {
+	var err error
+	if s.Secret, err = db.open(s.Secret, whereAPISecret(s.ShopID)); err != nil {
+		return err
+	}
+	s.WebhookSecret, err = db.open(s.WebhookSecret, whereWebhookSecret(s.ShopID))
+	return err
+}
+
+// newWebhookSecret returns a fresh webhook secret for shop, sealed: 32
+// random bytes in hex.
+func (db *DB) newWebhookSecret(shop string) (string, error) {
+	var b [32]byte
+	_, _ = rand.Read(b[:])
+	return db.seal(hex.EncodeToString(b[:]), whereWebhookSecret(shop))
 }
 
 // PutShopAPISettings creates or replaces the settings of s.ShopID. An empty
@@ -96,16 +116,29 @@ func (db *DB) PutShopAPISettings(ctx context.Context, s ShopAPISettings) error {
 			return peakdesk.FieldError(u.field, "%s: %v", u.field, err)
 		}
 	}
-	_, err := db.pool.Exec(ctx, `INSERT INTO shop_api_settings (shop_id, base_url, secret, webhook_url,
+	secret, err := db.seal(s.Secret, whereAPISecret(s.ShopID))
+	if err != nil {
+		return err
+	}
+	webhookSecret, err := db.seal(s.WebhookSecret, whereWebhookSecret(s.ShopID))
+	if err != nil {
+		return err
+	}
+	// A fresh secret, used only if the shop has none.
+	generated, err := db.newWebhookSecret(s.ShopID)
+	if err != nil {
+		return err
+	}
+	_, err = db.pool.Exec(ctx, `INSERT INTO shop_api_settings (shop_id, base_url, secret, webhook_url,
 			webhook_secret, coupon_max_cents, refund_max_cents)
-		VALUES ($1, $2, $3, $4, COALESCE(NULLIF($5, ''), encode(gen_random_bytes(32), 'hex')), $6, $7)
+		VALUES ($1, $2, $3, $4, COALESCE(NULLIF($5, ''), $8), $6, $7)
 		ON CONFLICT (shop_id) DO UPDATE SET base_url = EXCLUDED.base_url, secret = EXCLUDED.secret,
 			webhook_url = EXCLUDED.webhook_url,
 			webhook_secret = COALESCE(NULLIF($5, ''), NULLIF(shop_api_settings.webhook_secret, ''),
 				EXCLUDED.webhook_secret),
 			coupon_max_cents = EXCLUDED.coupon_max_cents, refund_max_cents = EXCLUDED.refund_max_cents,
 			updated_at = now()`,
-		s.ShopID, s.BaseURL, s.Secret, s.WebhookURL, s.WebhookSecret, s.CouponMaxCents, s.RefundMaxCents)
+		s.ShopID, s.BaseURL, secret, s.WebhookURL, webhookSecret, s.CouponMaxCents, s.RefundMaxCents, generated)
 	if err != nil {
 		return fmt.Errorf("storage: put shop api settings: %w", err)
 	}
@@ -425,15 +458,25 @@ type ActionListener struct {
 
 // ListenActions opens a dedicated connection that listens on OutboxChannel.
 func (db *DB) ListenActions(ctx context.Context) (*ActionListener, error) {
-	conn, err := pgx.ConnectConfig(ctx, db.pool.Config().ConnConfig)
+	conn, err := db.listen(ctx, OutboxChannel)
 	if err != nil {
 		return nil, fmt.Errorf("storage: listen actions: %w", err)
 	}
-	if _, err := conn.Exec(ctx, "LISTEN "+OutboxChannel); err != nil {
-		_ = conn.Close(context.WithoutCancel(ctx))
-		return nil, fmt.Errorf("storage: listen actions: %w", err)
-	}
 	return &ActionListener{conn: conn}, nil
+}
+
+// listen opens a connection of its own (not the pool's: it waits for
+// notifications as long as it lives) that listens on channel.
+func (db *DB) listen(ctx context.Context, channel string) (*pgx.Conn, error) {
+	conn, err := pgx.ConnectConfig(ctx, db.pool.Config().ConnConfig)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{channel}.Sanitize()); err != nil {
+		_ = conn.Close(context.WithoutCancel(ctx))
+		return nil, err
+	}
+	return conn, nil
 }
 
 // Wait returns when a notification arrives, or with an error when ctx ends

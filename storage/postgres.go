@@ -21,6 +21,8 @@ import (
 // DB is the Postgres connection pool with peakdesk's queries.
 type DB struct {
 	pool *pgxpool.Pool
+	// secrets seals and opens the shops' secrets (see UseSecrets).
+	secrets secretsPolicy
 }
 
 // Open connects to Postgres at url. maxConns ≤ 0 keeps pgxpool's default.

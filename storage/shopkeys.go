@@ -39,19 +39,26 @@ func (k *ShopKey) ValidAt(t time.Time) bool {
 
 const shopKeyColumns = `kid, shop_id, secret, created_at, not_after`
 
-func scanShopKey(row pgx.Row) (*ShopKey, error) {
+// scanShopKey reads a key row, its secret opened (keys are sealed at rest).
+func (db *DB) scanShopKey(row pgx.Row) (*ShopKey, error) {
 	var k ShopKey
 	err := row.Scan(&k.KID, &k.ShopID, &k.Secret, &k.CreatedAt, &k.NotAfter)
 	if noRows(err) {
 		return nil, notFound("signing key")
 	}
-	return &k, err
+	if err != nil {
+		return nil, err
+	}
+	if k.Secret, err = db.open(k.Secret, whereShopKey(k.ShopID, k.KID)); err != nil {
+		return nil, err
+	}
+	return &k, nil
 }
 
 // ShopKeyByID returns the signing key kid, whichever shop it belongs to (the
 // token verifier learns the shop from the key), or ErrNotFound.
 func (db *DB) ShopKeyByID(ctx context.Context, kid string) (*ShopKey, error) {
-	k, err := scanShopKey(db.pool.QueryRow(ctx, `SELECT `+shopKeyColumns+` FROM shop_keys WHERE kid = $1`, kid))
+	k, err := db.scanShopKey(db.pool.QueryRow(ctx, `SELECT `+shopKeyColumns+` FROM shop_keys WHERE kid = $1`, kid))
 	if err != nil && !errors.Is(err, ErrNotFound) {
 		return nil, fmt.Errorf("storage: shop key: %w", err)
 	}
@@ -61,15 +68,19 @@ func (db *DB) ShopKeyByID(ctx context.Context, kid string) (*ShopKey, error) {
 // EnsureShopKey returns shop's current signing key. A shop without one gets
 // kid and secret as its first key. ErrNotFound if the shop does not exist.
 func (db *DB) EnsureShopKey(ctx context.Context, shop, kid, secret string) (*ShopKey, error) {
-	_, err := db.pool.Exec(ctx, `INSERT INTO shop_keys (kid, shop_id, secret) VALUES ($1, $2, $3)
-		ON CONFLICT (shop_id) WHERE not_after IS NULL DO NOTHING`, kid, shop, secret)
+	sealed, err := db.seal(secret, whereShopKey(shop, kid))
+	if err != nil {
+		return nil, err
+	}
+	_, err = db.pool.Exec(ctx, `INSERT INTO shop_keys (kid, shop_id, secret) VALUES ($1, $2, $3)
+		ON CONFLICT (shop_id) WHERE not_after IS NULL DO NOTHING`, kid, shop, sealed)
 	if isForeignKeyViolation(err) {
 		return nil, notFound("shop")
 	}
 	if err != nil {
 		return nil, fmt.Errorf("storage: ensure shop key: %w", err)
 	}
-	k, err := scanShopKey(db.pool.QueryRow(ctx, `SELECT `+shopKeyColumns+` FROM shop_keys
+	k, err := db.scanShopKey(db.pool.QueryRow(ctx, `SELECT `+shopKeyColumns+` FROM shop_keys
 		WHERE shop_id = $1 AND not_after IS NULL`, shop))
 	if err != nil {
 		// Rotated away between the two statements: rare, and a retry
@@ -84,8 +95,12 @@ func (db *DB) EnsureShopKey(ctx context.Context, shop, kid, secret string) (*Sho
 // not_after stays; overlap 0 revokes them at once). It returns the new key,
 // or ErrNotFound if the shop does not exist.
 func (db *DB) RotateShopKey(ctx context.Context, shop, kid, secret string, overlap time.Duration) (*ShopKey, error) {
+	sealed, err := db.seal(secret, whereShopKey(shop, kid))
+	if err != nil {
+		return nil, err
+	}
 	var k *ShopKey
-	err := pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
+	err = pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
 		// The shop's row lock orders concurrent rotations.
 		var one int
 		if err := tx.QueryRow(ctx, `SELECT 1 FROM shops WHERE id = $1 FOR UPDATE`, shop).Scan(&one); err != nil {
@@ -100,8 +115,8 @@ func (db *DB) RotateShopKey(ctx context.Context, shop, kid, secret string, overl
 			return err
 		}
 		var err error
-		k, err = scanShopKey(tx.QueryRow(ctx, `INSERT INTO shop_keys (kid, shop_id, secret) VALUES ($1, $2, $3)
-			RETURNING `+shopKeyColumns, kid, shop, secret))
+		k, err = db.scanShopKey(tx.QueryRow(ctx, `INSERT INTO shop_keys (kid, shop_id, secret) VALUES ($1, $2, $3)
+			RETURNING `+shopKeyColumns, kid, shop, sealed))
 		return err
 	})
 	switch {

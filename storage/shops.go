@@ -18,7 +18,10 @@ type ShopSettings struct {
 	UserRatePerMinute int
 	UserRateBurst     int
 	EdgeLimits
-	Rules []PriorityRule
+	// Admission are the shop's admission thresholds; zero fields: the
+	// process settings.
+	Admission ShopAdmission
+	Rules     []PriorityRule
 }
 
 // EdgeLimits are a shop's abuse limits at the ingest edge (DESIGN.md §14).
@@ -48,11 +51,12 @@ type PriorityRule struct {
 // ShopSettings returns the settings of shop id, or ErrNotFound.
 func (db *DB) ShopSettings(ctx context.Context, id string) (*ShopSettings, error) {
 	s := ShopSettings{ID: id}
-	var rate, burst, userRate, userBurst *int
+	var rate, burst, userRate, userBurst, p0, p1, p2, minBacklog *int
 	err := db.pool.QueryRow(ctx, `SELECT rate_per_second, rate_burst, user_rate_per_minute, user_rate_burst,
-			p0_per_user_per_hour, read_per_user_per_minute, sse_streams_per_user
+			p0_per_user_per_hour, read_per_user_per_minute, sse_streams_per_user,
+			admission_max_wait_p0_ms, admission_max_wait_p1_ms, admission_max_wait_p2_ms, admission_min_backlog
 		FROM shops WHERE id = $1`, id).Scan(&rate, &burst, &userRate, &userBurst,
-		&s.P0PerUserPerHour, &s.ReadPerUserPerMinute, &s.SSEStreamsPerUser)
+		&s.P0PerUserPerHour, &s.ReadPerUserPerMinute, &s.SSEStreamsPerUser, &p0, &p1, &p2, &minBacklog)
 	switch {
 	case noRows(err):
 		return nil, notFound("shop")
@@ -67,6 +71,8 @@ func (db *DB) ShopSettings(ctx context.Context, id string) (*ShopSettings, error
 			*p.dst = *p.src
 		}
 	}
+	s.Admission = ShopAdmission{MaxWaitP0: millis(p0), MaxWaitP1: millis(p1), MaxWaitP2: millis(p2),
+		MinBacklog: deref(minBacklog)}
 	rows, err := db.pool.Query(ctx, `SELECT priority, keyword FROM priority_rules
 		WHERE shop_id = $1 ORDER BY priority, keyword`, id)
 	if err != nil {
@@ -133,4 +139,18 @@ func (db *DB) SetShopEdgeLimits(ctx context.Context, shop string, l EdgeLimits) 
 		return notFound("shop")
 	}
 	return nil
+}
+
+// ShopLanguage returns shop's default language of customer texts ("zh" or
+// "en"), or ErrNotFound.
+func (db *DB) ShopLanguage(ctx context.Context, shop string) (string, error) {
+	var lang string
+	err := db.pool.QueryRow(ctx, `SELECT language FROM shops WHERE id = $1`, shop).Scan(&lang)
+	switch {
+	case noRows(err):
+		return "", notFound("shop")
+	case err != nil:
+		return "", fmt.Errorf("storage: shop language: %w", err)
+	}
+	return lang, nil
 }

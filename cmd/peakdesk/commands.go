@@ -132,7 +132,8 @@ func runToken(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 		fmt.Fprintln(stdout, tok)
 		return nil
 	}
-	db, err := storage.Open(ctx, *dbURL, 2)
+	// Shop keys are sealed at rest: the master key opens them.
+	db, err := openSecretsDB(ctx, *dbURL, getenv, stderr)
 	if err != nil {
 		return fmt.Errorf("token: %w", err)
 	}

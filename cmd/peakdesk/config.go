@@ -52,6 +52,12 @@ type Config struct {
 	// JWTPreviousSecrets are earlier platform keys that still verify
 	// tokens and ids after a rotation of JWTSecret.
 	JWTPreviousSecrets []string
+	// MasterKey seals the shops' secrets at rest (PEAKDESK_MASTER_KEY: 32
+	// bytes as hex or base64); empty in dev = a fixed dev-only key.
+	// MasterKeyPrevious are earlier master keys that still open what they
+	// sealed (PEAKDESK_MASTER_KEY_PREVIOUS, comma-separated): a rotation.
+	MasterKey         string
+	MasterKeyPrevious []string
 	// MetricsAddr is where /metrics (and /healthz) are served, apart from
 	// the API; empty: nowhere.
 	MetricsAddr string
@@ -184,6 +190,8 @@ func envDefaults(getenv func(string) string, dev bool) Config {
 	// Outbound safety: dev's shops (the simulator) live on loopback.
 	c.AllowPrivateShopURLs = e.bool("PEAKDESK_ALLOW_PRIVATE_SHOP_URLS", dev)
 	c.JWTPreviousSecrets = splitSecrets(e.str("PEAKDESK_JWT_PREVIOUS_SECRETS", ""))
+	c.MasterKey = e.str("PEAKDESK_MASTER_KEY", "")
+	c.MasterKeyPrevious = splitSecrets(e.str("PEAKDESK_MASTER_KEY_PREVIOUS", ""))
 	// Admission control: when the edge starts shedding.
 	c.AdmissionMaxWaitP0 = e.duration("PEAKDESK_ADMISSION_MAX_WAIT_P0", 5*time.Minute)
 	c.AdmissionMaxWaitP1 = e.duration("PEAKDESK_ADMISSION_MAX_WAIT_P1", 2*time.Minute)
@@ -192,7 +200,7 @@ func envDefaults(getenv func(string) string, dev bool) Config {
 	c.AdmissionDisabled = e.bool("PEAKDESK_ADMISSION_DISABLED", false)
 	// Shedding at the speed of accepting: the edge's bounds and the writer.
 	c.MaxInFlight = e.int("PEAKDESK_MAX_INFLIGHT", 4096)
-	c.FAQCacheTTL = e.duration("PEAKDESK_SHED_FAQ_CACHE_TTL", 10*time.Second)
+	c.FAQCacheTTL = e.duration("PEAKDESK_SHED_FAQ_CACHE_TTL", 2*time.Second)
 	c.ShedWriterBatch = e.int("PEAKDESK_SHED_WRITER_BATCH", 500)
 	c.ConsoleOrigin = e.str("PEAKDESK_CONSOLE_ORIGIN", "")
 	c.ConsoleIdleTimeout = e.duration("PEAKDESK_CONSOLE_IDLE_TIMEOUT", 30*time.Minute)
@@ -402,6 +410,9 @@ func (c *Config) validate() error {
 	}
 	if c.AdmissionMinBacklog < 1 {
 		return errors.New("config: PEAKDESK_ADMISSION_MIN_BACKLOG must be at least 1")
+	}
+	if _, err := masterKeys(c.MasterKey, c.MasterKeyPrevious); err != nil {
+		return err
 	}
 	if c.RelayConcurrency < 1 {
 		return errors.New("config: --relay-concurrency must be at least 1")

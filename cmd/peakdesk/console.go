@@ -44,11 +44,14 @@ func (p *Program) startConsole(ctx context.Context, mux *http.ServeMux, auth *to
 		Lifetime:       cfg.ConsoleLifetime,
 		SampleInterval: cfg.ConsoleSampleInterval,
 		SnapshotPrefix: cfg.SnapshotPrefix,
+		// Shop administration checks URLs by the rules of the shop calls.
+		AllowPrivateShopURLs: cfg.AllowPrivateShopURLs,
 	})
 	if err != nil {
 		return err
 	}
 	p.console.Register(mux)
+	p.console.RegisterAdminAPI(mux, auth)
 	return p.console.Start(ctx)
 }
 

@@ -81,6 +81,7 @@ func (b *testBundle) start(t *testing.T, roles []string, mod func(*Config)) *Pro
 		"PEAKDESK_METRICS_ADDR": "127.0.0.1:0",
 		"PEAKDESK_DATA_DIR":     t.TempDir(),
 		"PEAKDESK_JWT_SECRET":   testSecret,
+		"PEAKDESK_MASTER_KEY":   testMasterKey,
 		"PEAKDESK_LLM_BASE_URL": b.llmURL,
 		"PEAKDESK_SHOP_API_URL": b.shopURL,
 		"PEAKDESK_LOG_LEVEL":    "warn",

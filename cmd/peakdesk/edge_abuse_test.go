@@ -60,7 +60,7 @@ func TestShopKeysFromTheCommands(t *testing.T) {
 	b := setup(t, llmsim.Faults{})
 	p := b.start(t, []string{roleIngest, roleDashboard}, nil)
 	base := "http://" + p.Addr()
-	env := map[string]string{"DATABASE_URL": b.dbURL, "PEAKDESK_JWT_SECRET": testSecret}
+	env := map[string]string{"DATABASE_URL": b.dbURL, "PEAKDESK_JWT_SECRET": testSecret, "PEAKDESK_MASTER_KEY": testMasterKey}
 	cmd := func(args ...string) (string, error) {
 		t.Helper()
 		var out, errw bytes.Buffer

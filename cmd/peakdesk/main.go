@@ -39,7 +39,7 @@ Commands:
   serve     run the roles named by --roles against external services
   migrate   apply the database migrations
   token     print a signed bearer token
-  shop      shop administration (shop rotate-key --shop S)
+  shop      shop administration (shop list|show|create|set|rotate-key|encrypt-secrets)
   mockllm   serve the simulated LLM provider
   mockshop  serve the simulated shop API
   loadtest  offer load to a peakdesk URL and report what happened

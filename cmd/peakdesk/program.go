@@ -33,6 +33,7 @@ import (
 	"github.com/peakdesk/peakdesk/storage"
 	"github.com/peakdesk/peakdesk/storage/queue"
 	"github.com/peakdesk/peakdesk/storage/retention"
+	"github.com/peakdesk/peakdesk/storage/shopwatch"
 	"github.com/peakdesk/peakdesk/workers"
 	"github.com/peakdesk/peakdesk/workers/answer"
 	"github.com/peakdesk/peakdesk/workers/faq"
@@ -64,6 +65,7 @@ type Program struct {
 	answerer *answer.Answerer
 	console  *dashboard.Console
 	reporter *snapshot.Reporter
+	watch    *shopwatch.Watcher // tells the caches when a shop's settings change
 	httpSrv  *http.Server
 	listener net.Listener
 	// metricsSrv serves /metrics on its own listener, apart from the API.
@@ -161,6 +163,9 @@ func (p *Program) Start(ctx context.Context) (err error) {
 		if err := p.db.Migrate(ctx); err != nil {
 			return err
 		}
+	}
+	if err := p.useSecrets(ctx); err != nil {
+		return err
 	}
 	if cfg.Dev {
 		if err := p.db.EnsureShop(ctx, "demo", "Demo Shop"); err != nil {
@@ -321,6 +326,9 @@ func (p *Program) Start(ctx context.Context) (err error) {
 			return err
 		}
 	}
+	if err := p.watchSettings(ctx, auth); err != nil {
+		return err
+	}
 	// Every process publishes a few of its metrics for the console, which
 	// may run elsewhere.
 	if p.reporter, err = snapshot.NewReporter(snapshot.Config{Gatherer: p.registry, Redis: p.rdb,
@@ -439,6 +447,9 @@ func (p *Program) Stop() {
 		}
 		if p.console != nil {
 			p.console.Stop()
+		}
+		if p.watch != nil {
+			p.watch.Stop()
 		}
 		if p.reporter != nil {
 			p.reporter.Stop()

@@ -42,12 +42,16 @@ const (
 	// API — claim, reply, resolve, hand back — and read the shop's
 	// conversations. Shop keys may grant it.
 	ScopeAgent = "agent"
+	// ScopeAdmin lets an operator administer shops (/v1/admin/shops): a
+	// platform operator (shop "*") every shop, a shop's operator its own.
+	ScopeAdmin = "admin"
 )
 
 // IsOperatorScope reports whether scope s is an operator's: ops, ops:write
-// or any later ops:… scope. Only platform-key tokens may carry one.
+// or any later ops:… scope, or admin. Only platform-key tokens may carry
+// one.
 func IsOperatorScope(s string) bool {
-	return s == ScopeOps || strings.HasPrefix(s, ScopeOps+":")
+	return s == ScopeOps || strings.HasPrefix(s, ScopeOps+":") || s == ScopeAdmin
 }
 
 // Claims are the JWT claims peakdesk reads: the tenant (shop), the subject
@@ -228,6 +232,7 @@ type Authenticator struct {
 	mu       sync.Mutex
 	verified map[string]*Claims
 	keys     map[string]keyEntry
+	forgets  uint64 // calls of ForgetShop: a read begun before one is not cached
 }
 
 type keyEntry struct {
@@ -429,6 +434,9 @@ func (a *Authenticator) loadKey(ctx context.Context, kid string) (*storage.ShopK
 		return nil, ctx.Err()
 	}
 	a.keyReads.Add(1)
+	a.mu.Lock()
+	forgets := a.forgets
+	a.mu.Unlock()
 	k, err := a.cfg.DB.ShopKeyByID(ctx, kid)
 	<-a.loadSem
 	if errors.Is(err, storage.ErrNotFound) {
@@ -442,9 +450,26 @@ func (a *Authenticator) loadKey(ctx context.Context, kid string) (*storage.ShopK
 	if len(a.keys) >= a.cfg.MaxKeys {
 		a.evictKeysLocked(now)
 	}
-	a.keys[kid] = keyEntry{key: k, fetched: now}
+	if a.forgets == forgets {
+		a.keys[kid] = keyEntry{key: k, fetched: now}
+	}
 	a.mu.Unlock()
 	return k, nil
+}
+
+// ForgetShop drops the cached keys of shop (every shop's for "") and every
+// kid remembered as unknown: the shop's keys changed (a rotation, a
+// revocation, a first key). Subscribe it to the settings notifications
+// (storage/shopwatch).
+func (a *Authenticator) ForgetShop(shop string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.forgets++
+	for kid, e := range a.keys {
+		if shop == "" || e.key == nil || e.key.ShopID == shop {
+			delete(a.keys, kid)
+		}
+	}
 }
 
 // evictKeysLocked makes room in the key cache: first entries due for a

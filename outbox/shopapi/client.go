@@ -103,6 +103,7 @@ type Client struct {
 
 	mu       sync.Mutex
 	settings map[string]cachedSettings
+	forgets  uint64 // calls of ForgetShop: a read begun before one is not cached
 }
 
 type cachedSettings struct {
@@ -136,9 +137,7 @@ func (c *Client) PutSettings(ctx context.Context, s storage.ShopAPISettings) err
 	if err := c.cfg.DB.PutShopAPISettings(ctx, s); err != nil {
 		return err
 	}
-	c.mu.Lock()
-	delete(c.settings, s.ShopID)
-	c.mu.Unlock()
+	c.ForgetShop(s.ShopID)
 	return nil
 }
 
@@ -147,6 +146,7 @@ func (c *Client) Settings(ctx context.Context, shop string) (storage.ShopAPISett
 	now := time.Now()
 	c.mu.Lock()
 	e, ok := c.settings[shop]
+	forgets := c.forgets
 	c.mu.Unlock()
 	if ok && now.Before(e.until) {
 		return e.s, nil
@@ -156,9 +156,25 @@ func (c *Client) Settings(ctx context.Context, shop string) (storage.ShopAPISett
 		return s, err
 	}
 	c.mu.Lock()
-	c.settings[shop] = cachedSettings{s: s, until: now.Add(c.cfg.SettingsTTL)}
+	if c.forgets == forgets {
+		c.settings[shop] = cachedSettings{s: s, until: now.Add(c.cfg.SettingsTTL)}
+	}
 	c.mu.Unlock()
 	return s, nil
+}
+
+// ForgetShop drops the cached settings of shop (of every shop for ""):
+// they changed. Subscribe it to the settings notifications
+// (storage/shopwatch).
+func (c *Client) ForgetShop(shop string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.forgets++
+	if shop == "" {
+		clear(c.settings)
+		return
+	}
+	delete(c.settings, shop)
 }
 
 // Error is a non-2xx answer from a shop.

@@ -242,6 +242,11 @@ func (a *Answerer) Stop() {
 	})
 }
 
+// ForgetShop drops what the Answerer cached of shop's settings (every
+// shop's for ""): they changed. Subscribe it to the settings notifications
+// (storage/shopwatch).
+func (a *Answerer) ForgetShop(shop string) { a.settings.forget(shop) }
+
 // FAQ returns the FAQ engine the Answerer uses, for sharing with the edge.
 func (a *Answerer) FAQ() *faq.Engine { return a.faq }
 
@@ -408,7 +413,7 @@ func (a *Answerer) compose(ctx context.Context, t turn) *Answer {
 	// models share one conversation: a model that takes over from a failed
 	// one continues it, the tool calls made and their results included, so
 	// that no tool runs twice for one answer.
-	cv := &conversation{turns: a.prompt(t, hints)}
+	cv := &conversation{turns: a.prompt(t, route.systemPrompt, hints)}
 	models := route.Models
 	if !a.takeUserCall(ctx, t, route) {
 		cv.capped, models = CapUserCalls, nil
@@ -423,7 +428,7 @@ func (a *Answerer) compose(ctx context.Context, t turn) *Answer {
 		if t.req.OnDelta != nil && !broken {
 			stream = t.req.OnDelta
 		}
-		c, err := a.converse(ctx, t, route, model, cv, stream)
+		c, err := a.converse(ctx, t, route.at(i), model, cv, stream)
 		if err == nil {
 			text, masked := pii.MaskExcept(cv.text(c.Text), keep)
 			source := peakdesk.SourceLLM
@@ -480,15 +485,16 @@ func (a *Answerer) compose(ctx context.Context, t turn) *Answer {
 	}
 
 	// 3. A human.
-	ans.Text, ans.Source, ans.Handoff = handoffText(t.req.Question), peakdesk.SourceHandoff, true
+	ans.Text, ans.Source, ans.Handoff = handoffText(t.req.Question, route.lang), peakdesk.SourceHandoff, true
 	return ans
 }
 
-// prompt builds the turns sent to the LLM: the system message with the FAQ
-// context, the history, the question.
-func (a *Answerer) prompt(t turn, top []faq.Match) []llm.Turn {
+// prompt builds the turns sent to the LLM: the system message (the shop's
+// own, else the configured one) with the FAQ context, the history, the
+// question.
+func (a *Answerer) prompt(t turn, system string, top []faq.Match) []llm.Turn {
 	var sys strings.Builder
-	sys.WriteString(strings.ReplaceAll(a.cfg.SystemPrompt, "{shop}", t.req.Shop))
+	sys.WriteString(strings.ReplaceAll(cmp.Or(system, a.cfg.SystemPrompt), "{shop}", t.req.Shop))
 	if len(top) > 0 {
 		sys.WriteString("\n\nEntries of the shop's FAQ that may help (use them when they answer the question):")
 		for _, m := range top {

@@ -85,7 +85,8 @@ func (a *Answerer) converse(ctx context.Context, t turn, route route, model stri
 		}
 		c, err := a.caller.Do(ctx, llm.Call{BaseURL: route.BaseURL, APIKey: route.APIKey, Model: model,
 			Turns: cv.turns, Tools: t.req.Tools, NoToolCall: last, OnDelta: onDelta, Deadline: t.deadline,
-			MaxTokens: route.limits.MaxTokens, MaxTokensParam: route.MaxTokensParam, OwnKey: route.ownKey})
+			MaxTokens: route.limits.MaxTokens, MaxTokensParam: route.MaxTokensParam, OwnKey: route.ownKey,
+			Temperature: route.temperature})
 		var cost int64
 		if err == nil {
 			cost = a.cost(model, c)

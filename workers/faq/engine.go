@@ -6,7 +6,8 @@
 // analyzer is bleve's cjk chain plus English stemming and Chinese and English
 // stop words. The Engine loads every shop's FAQ from Postgres at Start and
 // rebuilds a shop's index when its FAQ version (bumped by a trigger on every
-// change) moves; it polls the versions every Refresh.
+// change) moves; it polls the versions every Refresh, and at once when told
+// a shop changed (Changed, called on the settings notifications).
 package faq
 
 import (
@@ -80,6 +81,7 @@ type Engine struct {
 	shops map[string]*shopIndex
 
 	refreshMu sync.Mutex // one refresh at a time
+	wake      chan struct{}
 
 	startOnce, stopOnce sync.Once
 	cancel              context.CancelFunc
@@ -96,6 +98,7 @@ func New(cfg Config) (*Engine, error) {
 		cfg:   cfg,
 		log:   cfg.Logger.With("component", "faq"),
 		shops: map[string]*shopIndex{},
+		wake:  make(chan struct{}, 1),
 		searches: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "peakdesk_faq_searches_total",
 			Help: "FAQ searches by result: hit (confident match), miss.",
@@ -171,11 +174,23 @@ func (e *Engine) loop(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
+		case <-e.wake:
 		case <-t.C:
-			if err := e.Refresh(ctx); err != nil && ctx.Err() == nil {
-				e.log.Warn("faq refresh failed; serving the indexes already loaded", "err", err)
-			}
 		}
+		if err := e.Refresh(ctx); err != nil && ctx.Err() == nil {
+			e.log.Warn("faq refresh failed; serving the indexes already loaded", "err", err)
+		}
+	}
+}
+
+// Changed makes the refresh loop look for changes now rather than at its
+// next tick: shop's settings changed (the FAQ's among them, maybe).
+// Subscribe it to the settings notifications (storage/shopwatch). It never
+// waits.
+func (e *Engine) Changed(shop string) {
+	select {
+	case e.wake <- struct{}{}:
+	default:
 	}
 }
 

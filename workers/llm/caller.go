@@ -170,6 +170,8 @@ type Call struct {
 	// (see Request).
 	MaxTokens      int
 	MaxTokensParam string
+	// Temperature is sent when set (see Request).
+	Temperature *float64
 	// OwnKey says APIKey is a shop's own rather than the process-wide one.
 	// It changes nothing but the metric: the breakers of shops' own keys
 	// are reported together, as credential="shop".
@@ -213,7 +215,7 @@ func (c *Caller) Do(ctx context.Context, call Call) (*Completion, error) {
 		start := time.Now()
 		comp, err := client.Do(actx, Request{Model: call.Model, Turns: call.Turns, Tools: call.Tools,
 			NoToolCall: call.NoToolCall, OnDelta: call.OnDelta, MaxTokens: call.MaxTokens,
-			MaxTokensParam: call.MaxTokensParam})
+			MaxTokensParam: call.MaxTokensParam, Temperature: call.Temperature})
 		cancel()
 		c.metrics.seconds.Observe(time.Since(start).Seconds())
 		v := classify(err)

@@ -167,6 +167,8 @@ type Request struct {
 	// MaxTokensParam names the request field MaxTokens is sent in:
 	// ParamMaxTokens (the default) or ParamMaxCompletionTokens.
 	MaxTokensParam string
+	// Temperature is sent when set; nil leaves it to the provider.
+	Temperature *float64
 }
 
 // The request fields a completion limit may be sent in. Exactly one is sent:
@@ -212,6 +214,9 @@ func (c *Client) Do(ctx context.Context, req Request) (*Completion, error) {
 	}
 	if req.NoToolCall && len(tools) > 0 {
 		params.ToolChoice = openai.ChatCompletionToolChoiceOptionUnionParam{OfAuto: openai.String("none")}
+	}
+	if req.Temperature != nil {
+		params.Temperature = openai.Float(*req.Temperature)
 	}
 	if req.MaxTokens > 0 {
 		switch req.MaxTokensParam {
