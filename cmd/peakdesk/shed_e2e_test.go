@@ -132,7 +132,7 @@ func TestShedAnswersStoredExactlyOnceAcrossShedWriterKill(t *testing.T) {
 
 	// A worker process stores them one per transaction, and is killed
 	// while it does.
-	victim := b.startChildWorker(t, "worker-1", "PEAKDESK_SHED_WRITER_BATCH=1")
+	victim := b.startChildWorker(t, "worker-1", "PEAKDESK_SHED_WRITER_BATCH=1", "PEAKDESK_MASTER_KEY="+testMasterKey)
 	stored := `SELECT count(*) FROM messages WHERE shop_id = 'demo' AND user_id LIKE 'shed-user-%' AND status = 'answered'`
 	deadline := time.Now().Add(30 * time.Second)
 	for count(stored) == 0 {
@@ -151,7 +151,7 @@ func TestShedAnswersStoredExactlyOnceAcrossShedWriterKill(t *testing.T) {
 	}
 	t.Logf("killed the shed writer with %d of %d answers stored", atKill, len(all))
 
-	b.startChildWorker(t, "worker-2")
+	b.startChildWorker(t, "worker-2", "PEAKDESK_MASTER_KEY="+testMasterKey)
 	storagetest.WaitFor(t, "every shed answer stored", 60*time.Second, func() bool {
 		return count(stored) == len(all)
 	})
