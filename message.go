@@ -90,13 +90,21 @@ const (
 	SourceFollowUp = "followup"
 	// SourceAgent marks a reply a human agent wrote (human takeover).
 	SourceAgent = "agent"
+	// SourceOrder marks an answer from the shop's order data without the
+	// LLM: an order's status and parcel, a customer's recent orders, a
+	// refund's state (or "checking", when the shop was too slow).
+	SourceOrder = "order"
 )
 
 // Reply is one answer on a conversation. It answers one or more messages.
 type Reply struct {
-	ID               string   `json:"reply_id"`
-	ShopID           string   `json:"-"`
-	ConversationID   string   `json:"conversation_id"`
+	ID             string `json:"reply_id"`
+	ShopID         string `json:"-"`
+	ConversationID string `json:"conversation_id"`
+	// UserID is the customer the conversation belongs to. It is not part
+	// of the JSON form: reply events are published on the customer's
+	// subject (queue.UserEventSubject), which needs it.
+	UserID           string   `json:"-"`
 	MessageIDs       []string `json:"message_ids"`
 	Text             string   `json:"text"`
 	Source           string   `json:"source"`
@@ -109,7 +117,11 @@ type Reply struct {
 	// Agent is the name a human agent's reply (source agent) is signed
 	// with: the part of a console operator's e-mail before the @, or an
 	// API agent's token subject.
-	Agent     string    `json:"agent,omitempty"`
+	Agent string `json:"agent,omitempty"`
+	// FollowUp means a further reply comes on the conversation: this one
+	// tells the customer their order is being looked up, and the facts (or
+	// a human, should the shop stay down) follow as a reply of their own.
+	FollowUp  bool      `json:"follow_up,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
 	// ReplacesPartial tells a client that showed the partial text of a
 	// streamed answer that this reply replaces it (the stream broke, or the

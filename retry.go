@@ -6,7 +6,7 @@ import (
 	"time"
 )
 
-// LinearBackOff is peakdesk's one retry schedule (DESIGN.md §6, §7): the n-th
+// LinearBackOff is peakdesk's one retry schedule (docs/architecture.md): the n-th
 // wait is Step·n, spread uniformly by ±Jitter (a fraction of the wait) so
 // that processes that failed together do not retry together, and capped at
 // Max. It implements github.com/cenkalti/backoff/v4's BackOff; it never

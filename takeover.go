@@ -2,7 +2,7 @@ package peakdesk
 
 import "time"
 
-// Human takeover (DESIGN.md §9.2). A conversation is answered by the bot
+// Human takeover (docs/architecture.md). A conversation is answered by the bot
 // until something hands it over to a human agent; then it waits for an
 // agent, is assigned to the one who claims it, and is resolved (or handed
 // back to the bot). While a human owns it the bot says nothing.

@@ -24,7 +24,7 @@ const (
 	maxFAQBody      = 8 << 20
 )
 
-// RegisterAdminAPI mounts the shop administration JSON API (DESIGN.md §9.3)
+// RegisterAdminAPI mounts the shop administration JSON API (docs/integration.md)
 // on mux. Every call needs an operator token (platform key) with scope
 // admin: shop "*" administers every shop and creates shops, a shop id only
 // that shop (not its request limits or admission thresholds). Errors have

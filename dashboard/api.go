@@ -14,7 +14,7 @@ import (
 	"github.com/peakdesk/peakdesk/storage"
 )
 
-// The operator JSON API (DESIGN.md §7), served by the dashboard role beside
+// The operator JSON API (docs/architecture.md), served by the dashboard role beside
 // the console and through the same operations layer (outbox.Ops,
 // outbox.DLQOps), which scopes every read and change to the operator's shop
 // and writes each change to the audit log. Callers are operators holding a

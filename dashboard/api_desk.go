@@ -18,7 +18,7 @@ import (
 	"github.com/peakdesk/peakdesk/storage"
 )
 
-// The agent API of human takeover (DESIGN.md §9.2), served by the
+// The agent API of human takeover (docs/architecture.md), served by the
 // dashboard role beside the console's inbox and through the same Desk: for
 // a shop's own agent desk (Chatwoot, Zendesk, …) that learns of handoffs
 // and customer messages from the desk webhooks. Every call needs a token of

@@ -1,5 +1,5 @@
 // Package dashboard is the operator console, the `dashboard` role
-// (DESIGN.md §9.1): server-rendered pages in Chinese and English where the
+// (docs/operations.md): server-rendered pages in Chinese and English where the
 // people who run a shop's customer service watch the desk live, find and
 // retry or cancel outbox actions (one, or every match of a filter after
 // confirming the count), re-drive or discard dead chat messages, follow a

@@ -31,6 +31,7 @@ var textEN = map[string]string{
 	"tile.llm429": "LLM 429 / s", "tile.ofcalls": "of %s calls / s", "tile.edge429": "edge 429 / s",
 	"tile.fallbacks": "Fallbacks / s", "tile.outbox": "Outbox", "tile.oldestdue": "oldest due",
 	"tile.dlqsub": "dead chat messages", "tile.dlq": "Chat DLQ", "tile.open": "open the queue", "tile.followups": "Pending follow-ups",
+	"tile.orderfinal": "to final answer", "tile.lookups": "shop lookups", "tile.coalesced": "coalesced",
 	"chart.time":    "Time",
 	"chart.backlog": "Backlog per priority", "chart.throughput": "Answers / s, in flight and limit",
 	"chart.latency": "Answer latency p99 (s)", "chart.trouble": "429s, fallbacks, dead actions, DLQ",

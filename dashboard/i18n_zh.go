@@ -31,6 +31,7 @@ var textZH = map[string]string{
 	"tile.llm429": "LLM 每秒 429", "tile.ofcalls": "共 %s 次调用/秒", "tile.edge429": "入口每秒 429",
 	"tile.fallbacks": "每秒降级", "tile.outbox": "出站操作", "tile.oldestdue": "最久待执行",
 	"tile.dlqsub": "死信聊天消息", "tile.dlq": "消息死信", "tile.open": "查看死信", "tile.followups": "待跟进订单",
+	"tile.orderfinal": "最终答复", "tile.lookups": "查询商家", "tile.coalesced": "合并",
 	"chart.time":    "时间",
 	"chart.backlog": "各优先级积压", "chart.throughput": "每秒回复、处理中与上限",
 	"chart.latency": "回复延迟 p99（秒）", "chart.trouble": "429、降级、失败操作与死信",

@@ -12,7 +12,7 @@ import (
 	"github.com/peakdesk/peakdesk/storage"
 )
 
-// The agents' inbox (human takeover, DESIGN.md §9.2): the conversations
+// The agents' inbox (human takeover, docs/architecture.md): the conversations
 // waiting for an agent, most urgent and longest waiting first, and the
 // agent's own; a conversation's chat with who said what (customer, bot,
 // agent), and claim, reply, resolve, hand back. Both pages refresh

@@ -201,8 +201,8 @@ func TestBrowserAgentAnswersAHandedOverCustomer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	raw, err := s.GetLastMsgForSubject(ctx, queue.EventSubject("demo", conv))
-	if err != nil || !strings.Contains(string(raw.Data), reply.ID) {
+	events, err := queue.ConversationEvents(ctx, s, "demo", conv)
+	if err != nil || len(events) == 0 || !strings.Contains(string(events[len(events)-1].Data), reply.ID) {
 		t.Fatalf("the customer's event stream: %v; want the agent's reply", err)
 	}
 }

@@ -67,6 +67,7 @@ func (c *Console) live(r *http.Request, rq *request) (*liveView, error) {
 		cp := *smp
 		cp.DLQ = sc.dlq
 		cp.FollowUps = 0 // platform-wide only
+		cp.OrderFinalP99, cp.OrderLookupsPerSec, cp.OrderCoalescedPerSec = 0, 0, 0
 		v.Sample = &cp
 		v.OldestDueSeconds = 0
 		spend = map[string]int64{shop: smp.Spend[shop]}

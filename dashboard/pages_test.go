@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -160,7 +161,12 @@ func TestOverviewShowsWhatProcessesPublish(t *testing.T) {
 	inflight := prometheus.NewGauge(prometheus.GaugeOpts{Name: "peakdesk_worker_inflight"})
 	limit := prometheus.NewGauge(prometheus.GaugeOpts{Name: "peakdesk_worker_concurrency_limit"})
 	breaker := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "peakdesk_llm_breaker_state"}, []string{"provider", "model"})
-	reg.MustRegister(inflight, limit, breaker)
+	// Order answers: lookups that asked the shop or were coalesced, and
+	// the time to the final answer.
+	lookups := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "peakdesk_order_lookups_total"}, []string{"kind", "outcome"})
+	final := prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "peakdesk_order_final_answer_seconds",
+		Buckets: []float64{1, 10, 60}}, []string{"path"})
+	reg.MustRegister(inflight, limit, breaker, lookups, final)
 	inflight.Set(17)
 	limit.Set(64)
 	breaker.WithLabelValues("llm.example", "qwen-max").Set(2)
@@ -175,11 +181,18 @@ func TestOverviewShowsWhatProcessesPublish(t *testing.T) {
 	t.Cleanup(rep.Stop)
 	b.seedActions(t, "demo", peakdesk.ActionCouponIssue, 7, peakdesk.ActionDead, "boom")
 	c, _ := b.loggedIn(t, storage.RoleViewer, "")
+	orderTile := regexp.MustCompile(`id="order-answers">to final answer p99 <b>(\d[^<]*)</b> · shop lookups <b>([^<]+)</b>/s · coalesced <b>([^<]+)</b>/s`)
 	storagetest.WaitFor(t, "the overview to show the worker", 10*time.Second, func() bool {
+		lookups.WithLabelValues("order", "ran").Inc()
+		lookups.WithLabelValues("order", "joined").Add(5)
+		lookups.WithLabelValues("orders", "cached").Add(4)
+		final.WithLabelValues("followup").Observe(42)
 		p := c.get("/console/overview/live", "HX-Request", "true")
+		m := orderTile.FindStringSubmatch(p.body)
 		return strings.Contains(p.body, `id="inflight">17 <span class="muted">/ 64`) &&
 			strings.Contains(p.body, `qwen-max <span class="badge b-open">open`) &&
-			strings.Contains(p.body, `id="outbox-dead">7<`)
+			strings.Contains(p.body, `id="outbox-dead">7<`) &&
+			m != nil && m[2] != "0" && m[3] != "0" && m[2] != m[3] // 9 coalesced for 1 that asked the shop
 	})
 	var series struct {
 		T      []int64

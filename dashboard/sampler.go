@@ -45,7 +45,15 @@ type Sample struct {
 	Outbox           map[string]int64 `json:"outbox"`
 	OldestDueSeconds float64          `json:"oldest_due_s"`
 	FollowUps        int64            `json:"follow_ups"`
-	DLQ              int64            `json:"dlq"`
+	// Order answers (issue 15): OrderFinalP99 is the p99 time from an
+	// order question to its final answer (directly, by a follow-up or a
+	// human) in seconds; OrderLookupsPerSec are the lookups that asked a
+	// shop, OrderCoalescedPerSec those answered by another customer's
+	// lookup (joined, cached or followed across processes).
+	OrderFinalP99        float64 `json:"order_final_p99"`
+	OrderLookupsPerSec   float64 `json:"order_lookups_per_s"`
+	OrderCoalescedPerSec float64 `json:"order_coalesced_per_s"`
+	DLQ                  int64   `json:"dlq"`
 	// Spend is today's LLM spend per shop in micro-USD.
 	Spend map[string]int64 `json:"spend"`
 }
@@ -194,6 +202,10 @@ func fromSnapshots(smp *Sample, v snapshot.View) {
 	smp.Edge429PerSec = snapshot.Total(v.Rate("peakdesk_ingest_requests_total", "", "code="+peakdesk.ERateLimited))
 	smp.Fallbacks = v.Rate("peakdesk_llm_fallbacks_total", "source")
 	smp.FallbacksPerSec = snapshot.Total(smp.Fallbacks)
+	smp.OrderFinalP99 = v.Quantile("peakdesk_order_final_answer_seconds", "", 0.99)[""]
+	lookups := v.Rate("peakdesk_order_lookups_total", "outcome")
+	smp.OrderLookupsPerSec = lookups["ran"]
+	smp.OrderCoalescedPerSec = lookups["joined"] + lookups["cached"] + lookups["followed"]
 	byModel := map[string]float64{}
 	// Breakers are keyed by provider and model: take each pair's worst.
 	for _, snap := range v {

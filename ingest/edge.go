@@ -85,9 +85,13 @@ type Config struct {
 	// FAQConcurrency caps FAQ searches running at once; more wait their
 	// turn. Default GOMAXPROCS.
 	FAQConcurrency int
-	// ReplyWebhook builds the webhook.deliver action of a reply the edge
-	// stores itself (outbox.ReplyWebhook); optional. Shed answers are
-	// stored by the shed writer, which builds their webhooks.
+	// Orders takes shed order questions (outbox.Tools): "checking" at once
+	// and a follow-up that pushes the facts; optional.
+	Orders ShedOrders
+	// ReplyWebhook builds the webhook.deliver action of a shed order
+	// answer, which the edge stores itself in the answer's transaction like
+	// every reply's (outbox.ReplyWebhook); required with Orders. Shed FAQ
+	// answers are stored by the shed writer, which builds their webhooks.
 	ReplyWebhook func(*peakdesk.Reply) (peakdesk.Action, error)
 	// MaxInFlight caps the requests this process handles at once, event
 	// streams aside (MaxStreams caps those); one more is answered 503
@@ -97,6 +101,33 @@ type Config struct {
 	// MaxStreams caps the event streams open on this process at once; one
 	// more is answered 429. Default 10,000.
 	MaxStreams int
+	// StreamOpens is how many event stream opens are set up at once; more
+	// wait their turn, so a reconnect storm queues instead of failing.
+	// Default 64.
+	StreamOpens int
+	// StreamOpenWait is how long an open may wait for its turn (at most
+	// MaxStreams wait) before it is answered 503 with Retry-After.
+	// Default 10 s.
+	StreamOpenWait time.Duration
+	// StreamBacklog bounds the bytes of events queued for one stream whose
+	// client does not keep up; beyond it the stream is cut and the client
+	// reconnects with its last event id. Default 256 KiB.
+	StreamBacklog int
+	// StreamWriteTimeout bounds one write to an event stream. Default 10 s.
+	StreamWriteTimeout time.Duration
+	// StreamTokenTTL is how long a stream token (POST /v1/stream-tokens)
+	// opens streams. Default 60 s.
+	StreamTokenTTL time.Duration
+	// DevOrigins are web origins whose pages may call the API for every
+	// shop (dev mode), beside each shop's allowed origins.
+	DevOrigins []string
+}
+
+// ShedOrders answers an order question the edge sheds: the reply's text
+// and the actions it promises (an order follow-up), or ok false when m is
+// not an order question. It must not wait on the shop.
+type ShedOrders interface {
+	ShedOrder(ctx context.Context, m *peakdesk.Message) (text string, actions []peakdesk.Action, ok bool, err error)
 }
 
 // FAQ answers a question from a shop's FAQ when it is confident enough.
@@ -125,6 +156,11 @@ func (c *Config) setDefaults() {
 	c.FAQCacheSize = cmp.Or(c.FAQCacheSize, 20_000)
 	c.FAQConcurrency = cmp.Or(c.FAQConcurrency, runtime.GOMAXPROCS(0))
 	c.MaxInFlight = cmp.Or(c.MaxInFlight, 4096)
+	c.StreamOpens = cmp.Or(c.StreamOpens, 64)
+	c.StreamOpenWait = cmp.Or(c.StreamOpenWait, 10*time.Second)
+	c.StreamBacklog = cmp.Or(c.StreamBacklog, 256<<10)
+	c.StreamWriteTimeout = cmp.Or(c.StreamWriteTimeout, 10*time.Second)
+	c.StreamTokenTTL = cmp.Or(c.StreamTokenTTL, 60*time.Second)
 }
 
 func (c *Config) validate() error {
@@ -141,11 +177,18 @@ func (c *Config) validate() error {
 		return errors.New("ingest: config: MaxInFlight must not be negative")
 	case c.FAQCacheSize < 0 || c.FAQConcurrency < 0 || c.FAQCacheTTL < 0:
 		return errors.New("ingest: config: FAQCacheTTL, FAQCacheSize and FAQConcurrency must not be negative")
+	case c.StreamOpens < 0 || c.StreamOpenWait < 0 || c.StreamBacklog < 0 || c.StreamWriteTimeout < 0 || c.StreamTokenTTL < 0:
+		return errors.New("ingest: config: StreamOpens, StreamOpenWait, StreamBacklog, StreamWriteTimeout and StreamTokenTTL must not be negative")
+	}
+	for _, o := range c.DevOrigins {
+		if n, err := peakdesk.NormalizeOrigin(o); err != nil || n != o {
+			return fmt.Errorf("ingest: config: DevOrigins: %q is not a normalized web origin", o)
+		}
 	}
 	return nil
 }
 
-// Edge serves the chat API of DESIGN.md §4.
+// Edge serves the chat API of docs/api.md.
 type Edge struct {
 	cfg     Config
 	log     *slog.Logger
@@ -162,6 +205,7 @@ type Edge struct {
 	// inflight holds a token per request being handled (MaxInFlight).
 	inflight chan struct{}
 	events   jetstream.Stream // CHAT_EVENTS, for replay by direct get
+	push     pushState
 
 	stopOnce    sync.Once
 	closeOnce   sync.Once
@@ -183,6 +227,10 @@ func New(cfg Config) (*Edge, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ingest: metrics: %w", err)
 	}
+	pm, err := newPushMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, fmt.Errorf("ingest: metrics: %w", err)
+	}
 	auth := cfg.Auth
 	if auth == nil {
 		if auth, err = token.NewShopAuthenticator(token.Config{Secret: cfg.Secret, PreviousSecrets: cfg.PreviousSecrets,
@@ -196,12 +244,19 @@ func New(cfg Config) (*Edge, error) {
 		auth:    auth,
 		ids:     newIDSigner(cfg.Secret, cfg.PreviousSecrets...),
 		metrics: m,
-		hub:     newReplyHub(),
+		hub:     newReplyHub(cfg.SSEHeartbeat, pm),
 		shops: &shopDirectory{db: cfg.DB, defaults: cfg.Limits, rules: cfg.Rules, ttl: 30 * time.Second,
 			entries: map[string]shopEntry{}},
 		limiter: newRateLimiter(cfg.Redis, m.rateFallbacks, m.rateDegraded),
 		admit:   newAdmission(cfg.Admission, cfg.JS, m),
 		closing: make(chan struct{}),
+		push: pushState{
+			metrics: pm,
+			gate:    newOpenGate(cfg.StreamOpens, cfg.MaxStreams, cfg.StreamOpenWait, pm),
+			owners:  &ownerCache{db: cfg.DB, max: 100_000, m: map[string]string{}},
+			tokens:  newStreamTokens(cfg.StreamTokenTTL, cfg.Secret, cfg.PreviousSecrets...),
+			origins: newOriginPolicy(cfg.DB, cfg.DevOrigins),
+		},
 
 		faq:      newFAQAnswers(cfg.FAQ, cfg.FAQCacheTTL, cfg.FAQCacheSize, cfg.FAQConcurrency, m),
 		inflight: make(chan struct{}, cfg.MaxInFlight),
@@ -229,7 +284,7 @@ func (e *Edge) Start(ctx context.Context) error {
 	} else {
 		e.pub = asyncPublisher{js: js}
 	}
-	if err := e.hub.start(ctx, e.cfg.JS); err != nil {
+	if err := e.hub.start(ctx, e.cfg.JS, e.events); err != nil {
 		e.pub.stop()
 		return fmt.Errorf("ingest: start: %w", err)
 	}
@@ -242,52 +297,6 @@ func (e *Edge) Start(ctx context.Context) error {
 	}
 	e.admit.start()
 	return nil
-}
-
-// CloseStreams ends open event streams and waits for them. Register it with
-// http.Server.RegisterOnShutdown: Shutdown does not end streaming requests.
-func (e *Edge) CloseStreams() {
-	e.closeOnce.Do(func() {
-		e.streamsMu.Lock()
-		e.closed = true
-		close(e.closing)
-		e.streamsMu.Unlock()
-	})
-	e.streams.Wait()
-}
-
-// openStream counts an event stream of user in shop in, unless the edge is
-// closing, the process holds MaxStreams already or the user perUser. The
-// caller must call release when the stream ends.
-func (e *Edge) openStream(shop, user string, perUser int) (release func(), err error) {
-	key := shop + "\x00" + user
-	e.streamsMu.Lock()
-	defer e.streamsMu.Unlock()
-	switch {
-	case e.closed:
-		return nil, &peakdesk.Error{Code: peakdesk.EOverloaded, Message: "the server is shutting down, reconnect",
-			RetryAfter: time.Second}
-	case e.openStreams >= e.cfg.MaxStreams:
-		e.metrics.readRefusals.WithLabelValues("conversation_events", "process_streams").Inc()
-		return nil, &peakdesk.Error{Code: peakdesk.ERateLimited, RetryAfter: 5 * time.Second,
-			Message: "this server holds too many event streams, retry later"}
-	case e.userStreams[key] >= perUser:
-		e.metrics.readRefusals.WithLabelValues("conversation_events", "user_streams").Inc()
-		return nil, &peakdesk.Error{Code: peakdesk.ERateLimited, RetryAfter: 10 * time.Second,
-			Message: fmt.Sprintf("at most %d event streams may be open per user; close one or poll", perUser)}
-	}
-	e.openStreams++
-	e.userStreams[key]++
-	e.streams.Add(1)
-	return func() {
-		e.streamsMu.Lock()
-		e.openStreams--
-		if e.userStreams[key]--; e.userStreams[key] <= 0 {
-			delete(e.userStreams, key)
-		}
-		e.streamsMu.Unlock()
-		e.streams.Done()
-	}, nil
 }
 
 // Stop ends event streams, then stops publishing and the background work.
@@ -319,7 +328,7 @@ func (e *Edge) Register(mux *http.ServeMux) {
 	mux.Handle("POST /v1/messages:batch", e.instrument("post_batch", e.postBatch))
 	mux.Handle("GET /v1/messages/{id}", e.instrument("get_message", e.getMessage))
 	mux.Handle("GET /v1/conversations/{id}", e.instrument("get_conversation", e.getConversation))
-	mux.Handle("GET /v1/conversations/{id}/events", e.instrument("conversation_events", e.conversationEvents))
+	e.registerPush(mux)
 }
 
 // handlerFunc is an HTTP handler that returns its error for instrument to
@@ -327,20 +336,23 @@ func (e *Edge) Register(mux *http.ServeMux) {
 type handlerFunc func(w http.ResponseWriter, r *http.Request) error
 
 func (e *Edge) instrument(route string, h handlerFunc) http.Handler {
-	bounded := route != "conversation_events" // MaxStreams bounds those
+	// MaxStreams bounds the event streams.
+	bounded := route != "events" && route != "conversation_events"
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		trace := peakdesk.ContinueTrace(r.Header.Get(peakdesk.TraceHeader))
 		r = r.WithContext(peakdesk.WithTrace(r.Context(), trace))
 		w.Header().Set(peakdesk.TraceHeader, trace.Parent)
 		start := time.Now()
-		var err error
-		if !bounded {
+		err := e.crossOrigin(w, r, route)
+		if err == nil && !bounded {
 			err = h(w, r)
-		} else if err = e.enter(route); err == nil {
-			func() {
-				defer func() { <-e.inflight }()
-				err = h(w, r)
-			}()
+		} else if err == nil {
+			if err = e.enter(route); err == nil {
+				func() {
+					defer func() { <-e.inflight }()
+					err = h(w, r)
+				}()
+			}
 		}
 		if err != nil {
 			httpjson.WriteError(w, r, e.log.With("trace_id", trace.ID), err)
@@ -488,8 +500,9 @@ func (e *Edge) acceptMessage(ctx context.Context, claims *token.Claims, info *sh
 		Metadata:       req.Metadata,
 		AcceptedAt:     time.Now().UTC(),
 	}
-	// Shed load lowest priority first: an instant FAQ answer when one fits,
-	// else 429 with the time the backlog needs to drain.
+	// Shed load lowest priority first: an order question is told "checking"
+	// and followed up from the shop's data, a question the FAQ knows gets
+	// its answer at once, else 429 with the time the backlog needs to drain.
 	if retry, ok := e.admit.check(prio, info.admission); !ok {
 		return e.shed(ctx, m, key, retry)
 	}

@@ -427,9 +427,19 @@ func TestAdmissionShedsLowPriorityFirst(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ev, err := events.GetLastMsgForSubject(context.Background(), queue.EventSubject("shop1", faq.body["conversation_id"].(string)))
-	if err != nil || !strings.Contains(string(ev.Data), reply["reply_id"].(string)) {
-		t.Errorf("last reply event of the conversation: %v, want reply %v", err, reply["reply_id"])
+	// The shed writer publishes on the customer's subject, like every
+	// reply event.
+	var found bool
+	for seq := uint64(0); ; {
+		ev, err := queue.NextReplyEvent(context.Background(), events, "shop1", b.salt+"u1", faq.body["conversation_id"].(string), seq)
+		if err != nil {
+			break
+		}
+		found = found || strings.Contains(string(ev.Data), reply["reply_id"].(string))
+		seq = ev.Sequence
+	}
+	if !found {
+		t.Errorf("no reply event of reply %v on the customer's subject", reply["reply_id"])
 	}
 	again := b.do(t, "POST", "/v1/messages", u, `{"text":"早就问过的问题","client_msg_id":"k-early"}`)
 	if again.status != http.StatusAccepted || again.body["message_id"] != first.body["message_id"] || again.body["status"] != "queued" {
@@ -580,7 +590,7 @@ func TestShopIsolation(t *testing.T) {
 	}
 }
 
-// Every error the edge can give has the documented shape (DESIGN.md §4):
+// Every error the edge can give has the documented shape (docs/api.md):
 // {"error":{"code","message","field"?}} as JSON, the code's status, a
 // field only where one is at fault, Retry-After exactly where the caller is
 // told to come back, and no internals in an internal error's message. Each
@@ -684,7 +694,7 @@ func TestEventStreamForwardsPartials(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		for {
-			_ = nc.Publish("chat.partial.shop1."+conv, []byte(`{"text":"您好，关于"}`))
+			_ = nc.PublishMsg(queue.PartialMsg("shop1", b.salt+"u1", conv, []byte(`{"text":"您好，关于"}`)))
 			select {
 			case <-done:
 				return
@@ -699,5 +709,56 @@ func TestEventStreamForwardsPartials(t *testing.T) {
 	}
 	if ev.Type != "partial" || ev.ID != "" || ev.Data != `{"text":"您好，关于"}` {
 		t.Fatalf("got event %+v; want a partial without an id", ev)
+	}
+}
+
+// shedOrders stands in for the order desk (outbox.Tools.ShedOrder, tested
+// there): every question with 订单 is an order question.
+type shedOrders struct{}
+
+func (shedOrders) ShedOrder(_ context.Context, m *peakdesk.Message) (string, []peakdesk.Action, bool, error) {
+	if !strings.Contains(m.Text, "订单") {
+		return "", nil, false, nil
+	}
+	return "正在为您查询订单信息", []peakdesk.Action{{ShopID: m.ShopID, Kind: peakdesk.ActionOrderFollowUp,
+		Payload: json.RawMessage(`{"order_id":"1234567","user_id":"` + m.UserID + `"}`), IdempotencyKey: "ord-" + m.ID,
+		MaxAttempts: 3}}, true, nil
+}
+
+// An order question the edge sheds is told "checking" at once (200,
+// source order, follow_up) and its follow-up is stored with the answer:
+// the facts come from the relays, not from the backlog that made the edge
+// shed.
+func TestShedOrderQuestionsAreFollowedUp(t *testing.T) {
+	t.Parallel()
+	b := setup(t, queue.Topology{}, func(c *Config) {
+		c.Orders, c.ReplyWebhook = shedOrders{}, outbox.ReplyWebhook
+		c.Admission = AdmissionConfig{MinBacklog: 5, Refresh: 50 * time.Millisecond,
+			MaxWait: map[peakdesk.Priority]time.Duration{peakdesk.P0: time.Hour, peakdesk.P1: time.Second, peakdesk.P2: time.Second}}
+	})
+	u := tok(t, "shop1", b.salt+"u1")
+	deadline := time.Now().Add(10 * time.Second)
+	for i := 0; ; i++ {
+		r := b.do(t, "POST", "/v1/messages", u, fmt.Sprintf(`{"text":"快递到哪了 %d"}`, i)) // p1
+		if r.status != http.StatusAccepted || time.Now().After(deadline) {
+			break
+		}
+		if i >= 6 {
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	r := b.do(t, "POST", "/v1/messages", u, `{"text":"我的订单1234567到哪了"}`)
+	reply, _ := r.body["reply"].(map[string]any)
+	if r.status != http.StatusOK || reply["source"] != peakdesk.SourceOrder || reply["follow_up"] != true ||
+		!strings.Contains(reply["text"].(string), "正在为您查询") {
+		t.Fatalf("shed order question: %d %s", r.status, r.raw)
+	}
+	acts, err := b.db.ListActions(context.Background(), "shop1", storage.ActionFilter{Kind: peakdesk.ActionOrderFollowUp}, 0, 10)
+	if err != nil || len(acts) != 1 || acts[0].ReplyID != reply["reply_id"] || acts[0].ConversationID != r.body["conversation_id"] {
+		t.Fatalf("follow-ups %+v (%v)", acts, err)
+	}
+	g := b.do(t, "GET", "/v1/messages/"+r.body["message_id"].(string), u, "")
+	if stored, _ := g.body["reply"].(map[string]any); stored["follow_up"] != true {
+		t.Errorf("the stored reply does not say a follow-up comes: %s", g.raw)
 	}
 }

@@ -3,10 +3,12 @@ package ingest
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -17,51 +19,113 @@ import (
 
 // replyHub is the one reader of CHAT_EVENTS in an edge process. An ordered
 // consumer delivers every new reply event, with its stream sequence, to the
-// requests waiting for it: ?wait= requests by message id and event streams
-// by conversation. One consumer per process, not one per client, so the
+// requests waiting for it: ?wait= requests by message id, and the open
+// event streams — a customer's by customer, a conversation's by
+// conversation. One consumer per process, not one per client, so the
 // number of open event streams is bounded by memory, not by JetStream's
 // consumer limits.
+//
+// The hub also remembers the last event of each customer it has seen
+// (seen), so a stream reopened with a Last-Event-ID the customer has
+// nothing newer than opens without reading JetStream at all.
 type replyHub struct {
+	heartbeat time.Duration
+	metrics   *pushMetrics
+
 	mu       sync.Mutex
 	waiters  map[string][]chan *peakdesk.Reply // by message id
 	nwaiters atomic.Int64
-	streams  map[string]map[*eventListener]struct{} // by event subject
+	byUser   map[string]*pushStream // customers' streams, by shop and customer: list heads
+	byConv   map[string]*pushStream // conversations' streams, by shop and conversation
+	streams  int
+	nextID   uint64
+	closing  bool // CloseStreams: new streams are closed at once
+	seen     seenEvents
+	// legacyUntil (unix nanos) is until when CHAT_EVENTS may hold events on
+	// the per-conversation subjects of before (queue.LegacyEventSubject):
+	// conversation streams replay those too until then.
+	legacyUntil atomic.Int64
+	eventsAge   time.Duration
+
 	cc       jetstream.ConsumeContext
 	partials *nats.Subscription
 	desk     *nats.Subscription
+	beats    sync.WaitGroup // the heartbeat goroutine
+	stopBeat chan struct{}
+	// goroutines counts the streams' reader and writer goroutines, so
+	// CloseStreams can wait for them.
+	goroutines goGroup
+}
+
+// goGroup runs goroutines and waits for them, refusing new ones once the
+// wait has begun (a WaitGroup must not be added to while it is waited on).
+type goGroup struct {
+	mu     sync.Mutex
+	closed bool
+	wg     sync.WaitGroup
+}
+
+// Go runs f in a goroutine, unless Wait has begun: then it reports false.
+func (g *goGroup) Go(f func()) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed {
+		return false
+	}
+	g.wg.Go(f)
+	return true
+}
+
+// Wait refuses new goroutines and waits for those running.
+func (g *goGroup) Wait() {
+	g.mu.Lock()
+	g.closed = true
+	g.mu.Unlock()
+	g.wg.Wait()
 }
 
 // hubEvent is one reply event with its CHAT_EVENTS sequence, or a partial
 // reply (streamed text so far), or a customer message stored for a human
-// agent (desk); the last two have no sequence and are not replayable.
+// agent (desk, shown only to those who read for others); the last two have
+// no sequence and are not replayable.
 type hubEvent struct {
 	seq     uint64
 	data    []byte
+	conv    string
 	partial bool
 	desk    bool
 }
 
-// eventListener receives the live events of one conversation. If it falls
-// too far behind, the hub drops it and closes gone: the client reconnects
-// with Last-Event-ID and loses nothing.
-type eventListener struct {
-	ch   chan hubEvent
-	gone chan struct{}
-}
+// liveOnly reports whether ev is not a stored reply event: it has no
+// sequence and is never replayed.
+func (ev hubEvent) liveOnly() bool { return ev.partial || ev.desk }
 
-const listenerBuffer = 256
-
-func newReplyHub() *replyHub {
+func newReplyHub(heartbeat time.Duration, m *pushMetrics) *replyHub {
 	return &replyHub{
-		waiters: map[string][]chan *peakdesk.Reply{},
-		streams: map[string]map[*eventListener]struct{}{},
+		heartbeat: heartbeat,
+		metrics:   m,
+		waiters:   map[string][]chan *peakdesk.Reply{},
+		byUser:    map[string]*pushStream{},
+		byConv:    map[string]*pushStream{},
+		seen:      newSeenEvents(1 << 17),
+		stopBeat:  make(chan struct{}),
 	}
 }
 
-func (h *replyHub) start(ctx context.Context, js jetstream.JetStream) error {
+func (h *replyHub) start(ctx context.Context, js jetstream.JetStream, events jetstream.Stream) error {
+	info, err := events.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("reply events: %w", err)
+	}
+	// The hub reads every event after the stream's last one now, so what it
+	// has seen of a customer is complete from there on (seenEvents' floor).
+	h.seen.floor = info.State.LastSeq
+	h.eventsAge = info.Config.MaxAge
+	h.detectLegacy(ctx, events)
 	cons, err := js.OrderedConsumer(ctx, queue.StreamEvents, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{"chat.events.>"},
-		DeliverPolicy:  jetstream.DeliverNewPolicy,
+		FilterSubjects: []string{queue.EventsFilter},
+		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:    info.State.LastSeq + 1,
 	})
 	if err != nil {
 		return fmt.Errorf("reply events consumer: %w", err)
@@ -71,19 +135,37 @@ func (h *replyHub) start(ctx context.Context, js jetstream.JetStream) error {
 		return fmt.Errorf("reply events consume: %w", err)
 	}
 	// Partial replies of streaming answers travel on core NATS only.
-	h.partials, err = js.Conn().Subscribe("chat.partial.>", h.onPartial)
+	h.partials, err = js.Conn().Subscribe(queue.PartialsFilter, h.onPartial)
 	if err != nil {
 		h.cc.Stop()
 		return fmt.Errorf("partial replies: %w", err)
 	}
-	// So do customer messages announced to human agents.
+	// So do customer messages announced to human agents (takeover).
 	h.desk, err = js.Conn().Subscribe("chat.desk.>", h.onDesk)
 	if err != nil {
 		_ = h.partials.Unsubscribe()
 		h.cc.Stop()
 		return fmt.Errorf("desk messages: %w", err)
 	}
+	h.beats.Go(h.beat)
 	return nil
+}
+
+// detectLegacy notes whether CHAT_EVENTS still holds events on the
+// per-conversation subjects of before, and until when it may.
+func (h *replyHub) detectLegacy(ctx context.Context, events jetstream.Stream) {
+	msg, err := events.GetLastMsgForSubject(ctx, "chat.events.*.*")
+	switch {
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+	case err != nil || h.eventsAge <= 0:
+		h.legacyUntil.Store(time.Now().Add(24 * time.Hour).UnixNano()) // cannot tell: keep reading them
+	default:
+		h.legacyUntil.Store(msg.Time.Add(h.eventsAge).UnixNano())
+	}
+}
+
+func (h *replyHub) legacyActive() bool {
+	return time.Now().UnixNano() < h.legacyUntil.Load()
 }
 
 func (h *replyHub) stop() {
@@ -97,30 +179,92 @@ func (h *replyHub) stop() {
 		h.cc.Stop()
 		<-h.cc.Closed()
 	}
+	select {
+	case <-h.stopBeat:
+	default:
+		close(h.stopBeat)
+	}
+	h.beats.Wait()
 }
 
-// onPartial hands a partial reply to the conversation's open streams. A
-// listener that is behind skips it: the final reply event follows anyway.
-func (h *replyHub) onPartial(msg *nats.Msg) {
-	h.live("chat.events."+strings.TrimPrefix(msg.Subject, "chat.partial."), hubEvent{data: msg.Data, partial: true})
-}
+func userKey(shop, user string) string { return shop + "\x00" + user }
 
-// onDesk hands a customer message stored for a human agent to the
-// conversation's open streams (the agents' among them show it).
-func (h *replyHub) onDesk(msg *nats.Msg) {
-	h.live("chat.events."+strings.TrimPrefix(msg.Subject, "chat.desk."), hubEvent{data: msg.Data, desk: true})
-}
+func (h *replyHub) onEvent(msg jetstream.Msg) {
+	meta, err := msg.Metadata()
+	if err != nil {
+		return
+	}
+	rt, ok := queue.RouteOf(msg.Subject(), msg.Headers())
+	if !ok {
+		return
+	}
+	ev := hubEvent{seq: meta.Sequence.Stream, data: msg.Data(), conv: rt.Conversation}
 
-// live hands ev, which has no sequence, to the listeners of subject; a
-// listener that is behind skips it.
-func (h *replyHub) live(subject string, ev hubEvent) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	for l := range h.streams[subject] {
-		select {
-		case l.ch <- ev:
-		default:
+	if rt.User != "" {
+		key := userKey(rt.Shop, rt.User)
+		h.seen.note(key, ev.seq)
+		for s := h.byUser[key]; s != nil; s = s.next {
+			s.push(ev)
 		}
+	} else if h.eventsAge > 0 {
+		// An edge or worker of before is still publishing.
+		h.legacyUntil.Store(time.Now().Add(h.eventsAge).UnixNano())
+	}
+	for s := h.byConv[userKey(rt.Shop, rt.Conversation)]; s != nil; s = s.next {
+		s.push(ev)
+	}
+	if h.nwaiters.Load() == 0 {
+		return
+	}
+	var r peakdesk.Reply
+	if json.Unmarshal(ev.data, &r) != nil {
+		return
+	}
+	for _, id := range r.MessageIDs {
+		for _, ch := range h.waiters[id] {
+			select {
+			case ch <- &r:
+			default:
+			}
+		}
+	}
+}
+
+// onPartial hands a partial reply to its customer's and its conversation's
+// open streams.
+func (h *replyHub) onPartial(msg *nats.Msg) {
+	rt, ok := queue.RouteOf(msg.Subject, msg.Header)
+	if !ok {
+		return
+	}
+	ev := hubEvent{data: msg.Data, conv: rt.Conversation, partial: true}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if rt.User != "" {
+		for s := h.byUser[userKey(rt.Shop, rt.User)]; s != nil; s = s.next {
+			s.push(ev)
+		}
+	}
+	for s := h.byConv[userKey(rt.Shop, rt.Conversation)]; s != nil; s = s.next {
+		s.push(ev)
+	}
+}
+
+// onDesk hands a customer message stored for a human agent
+// (queue.DeskSubject: chat.desk.<shop>.<conversation>) to the
+// conversation's open streams; those of readers for others show it.
+func (h *replyHub) onDesk(msg *nats.Msg) {
+	shop, conv, ok := strings.Cut(strings.TrimPrefix(msg.Subject, "chat.desk."), ".")
+	if !ok || shop == "" || conv == "" || strings.Contains(conv, ".") {
+		return
+	}
+	ev := hubEvent{data: msg.Data, conv: conv, desk: true}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for s := h.byConv[userKey(shop, conv)]; s != nil; s = s.next {
+		s.push(ev)
 	}
 }
 
@@ -151,67 +295,147 @@ func (h *replyHub) wait(id string) (<-chan *peakdesk.Reply, func()) {
 	}
 }
 
-// listen registers a listener for the events on subject; unlisten must be
-// called when the stream ends.
-func (h *replyHub) listen(subject string) *eventListener {
-	l := &eventListener{ch: make(chan hubEvent, listenerBuffer), gone: make(chan struct{})}
+// register adds stream s to the hub, so it gets every live event from now
+// on, and reports whether the stream must replay from JetStream: false when
+// the hub has seen every event of the customer after the stream's
+// Last-Event-ID, and saw none (conversation streams read events of before
+// too while there may be any). A stream registered while the hub is
+// closing is closed at once.
+func (h *replyHub) register(s *pushStream) (replay bool, err error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.streams[subject] == nil {
-		h.streams[subject] = map[*eventListener]struct{}{}
+	if h.closing {
+		return false, &peakdesk.Error{Code: peakdesk.EOverloaded, Message: "the server is shutting down, reconnect",
+			RetryAfter: time.Second}
 	}
-	h.streams[subject][l] = struct{}{}
-	return l
+	h.nextID++
+	s.id = h.nextID
+	index := h.byUser
+	if s.conv != "" {
+		index = h.byConv
+	}
+	if head := index[s.key]; head != nil {
+		head.prev = s
+		s.next = head
+	}
+	index[s.key] = s
+	h.streams++
+	replay = !h.seen.covers(userKey(s.shop, s.user), s.sent) || (s.conv != "" && h.legacyActive())
+	return replay, nil
 }
 
-func (h *replyHub) unlisten(subject string, l *eventListener) {
+// remove takes stream s out of the hub; it is idempotent.
+func (h *replyHub) remove(s *pushStream) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.dropLocked(subject, l)
-}
-
-func (h *replyHub) dropLocked(subject string, l *eventListener) {
-	set := h.streams[subject]
-	if _, ok := set[l]; !ok {
-		return
+	index := h.byUser
+	if s.conv != "" {
+		index = h.byConv
 	}
-	delete(set, l)
-	if len(set) == 0 {
-		delete(h.streams, subject)
+	if index[s.key] != s && s.prev == nil {
+		return // not (or no longer) listed
 	}
-	close(l.gone)
-}
-
-func (h *replyHub) onEvent(msg jetstream.Msg) {
-	meta, err := msg.Metadata()
-	if err != nil {
-		return
-	}
-	ev := hubEvent{seq: meta.Sequence.Stream, data: msg.Data()}
-	subject := msg.Subject()
-
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	for l := range h.streams[subject] {
-		select {
-		case l.ch <- ev:
-		default:
-			h.dropLocked(subject, l)
+	if s.prev != nil {
+		s.prev.next = s.next
+	} else {
+		index[s.key] = s.next
+		if s.next == nil {
+			delete(index, s.key)
 		}
 	}
-	if h.nwaiters.Load() == 0 {
-		return
+	if s.next != nil {
+		s.next.prev = s.prev
 	}
-	var r peakdesk.Reply
-	if json.Unmarshal(ev.data, &r) != nil {
-		return
-	}
-	for _, id := range r.MessageIDs {
-		for _, ch := range h.waiters[id] {
-			select {
-			case ch <- &r:
-			default:
+	s.prev, s.next = nil, nil
+	h.streams--
+}
+
+// closeAll closes every stream for a shutdown and makes the hub refuse new
+// ones.
+func (h *replyHub) closeAll() {
+	h.mu.Lock()
+	h.closing = true
+	var all []*pushStream
+	for _, index := range []map[string]*pushStream{h.byUser, h.byConv} {
+		for _, head := range index {
+			for s := head; s != nil; s = s.next {
+				all = append(all, s)
 			}
 		}
 	}
+	h.mu.Unlock()
+	for _, s := range all {
+		s.close(closeShutdown)
+	}
+}
+
+// heartbeatSlices is how many parts the heartbeat interval is cut into:
+// each tick looks at one slice of the streams, so keep-alives go out
+// spread over the interval, not all at once.
+const heartbeatSlices = 8
+
+// beat sends keep-alives to the streams that have been quiet for a
+// heartbeat interval; writing them also finds connections that died
+// without a word.
+func (h *replyHub) beat() {
+	t := time.NewTicker(h.heartbeat / heartbeatSlices)
+	defer t.Stop()
+	for tick := uint64(0); ; tick++ {
+		select {
+		case <-t.C:
+		case <-h.stopBeat:
+			return
+		}
+		h.mu.Lock()
+		for _, index := range []map[string]*pushStream{h.byUser, h.byConv} {
+			for _, head := range index {
+				for s := head; s != nil; s = s.next {
+					if s.id%heartbeatSlices == tick%heartbeatSlices {
+						s.heartbeat()
+					}
+				}
+			}
+		}
+		h.mu.Unlock()
+	}
+}
+
+// seenEvents remembers the last event sequence of each customer the hub has
+// seen, in two generations of bounded size: when the current one is full
+// the older one is forgotten and the floor rises to its last sequence. A
+// customer not remembered may have events up to the floor, so a stream
+// whose Last-Event-ID is below it replays from JetStream.
+type seenEvents struct {
+	floor     uint64
+	limit     int
+	cur, prev map[string]uint64
+	// curLast and prevLast are the last sequences noted in each generation.
+	curLast, prevLast uint64
+}
+
+func newSeenEvents(limit int) seenEvents {
+	return seenEvents{limit: limit, cur: map[string]uint64{}, prev: map[string]uint64{}}
+}
+
+func (s *seenEvents) note(key string, seq uint64) {
+	if _, ok := s.cur[key]; !ok && len(s.cur) >= s.limit {
+		// Events arrive in order: what prev forgets is no newer than its last.
+		s.floor = max(s.floor, s.prevLast)
+		s.prev, s.prevLast = s.cur, s.curLast
+		s.cur = make(map[string]uint64, s.limit/4)
+	}
+	s.cur[key] = seq
+	s.curLast = seq
+}
+
+// covers reports whether the hub knows that key has no event after seq.
+func (s *seenEvents) covers(key string, seq uint64) bool {
+	if seq < s.floor {
+		return false
+	}
+	last, ok := s.cur[key]
+	if !ok {
+		last = s.prev[key]
+	}
+	return last <= seq
 }

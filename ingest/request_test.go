@@ -60,7 +60,7 @@ func TestDecodePostRequest(t *testing.T) {
 }
 
 // FuzzDecodePostRequest checks that no input panics and that whatever is
-// accepted satisfies every rule of DESIGN.md §4. Seeds: testdata/fuzz.
+// accepted satisfies every rule of docs/api.md. Seeds: testdata/fuzz.
 func FuzzDecodePostRequest(f *testing.F) {
 	f.Add([]byte(`{"text":"hi"}`))
 	f.Add([]byte(`{"text":"我的订单 123456 到哪了？","priority":"p1","metadata":{"k":[1,2]}}`))

@@ -28,11 +28,19 @@ import (
 // cache in Redis, which holds the answer. The publish carries the message
 // id as Nats-Msg-Id in CHAT_IN's duplicate window, so a message is either
 // queued for the workers or answered here, never both.
+//
+// A shed order question is rarer and promises more (an order.followup
+// action), so it is stored at once, message, answer and actions in one
+// transaction (answerOrderShed), as before the shed writer.
 
-// shed answers message m, which admission control will not queue: the
-// FAQ's answer when it is confident (200 answered), a repeat's first
-// result, or 429 with retry.
+// shed answers message m, which admission control will not queue: an order
+// question with "checking" and a follow-up, a question the FAQ is confident
+// about with its answer (200 answered), a repeat with its first result, or
+// 429 with retry.
 func (e *Edge) shed(ctx context.Context, m *peakdesk.Message, key string, retry time.Duration) (accepted, error) {
+	if res, ok := e.answerOrderShed(ctx, m, key); ok {
+		return res, nil
+	}
 	text, ok := e.faq.answer(ctx, m.ShopID, m.Text)
 	if !ok {
 		// A repeat of a message accepted (or answered) before gets its
@@ -46,9 +54,9 @@ func (e *Edge) shed(ctx context.Context, m *peakdesk.Message, key string, retry 
 		return accepted{}, &peakdesk.Error{Code: peakdesk.ERateLimited, RetryAfter: retry,
 			Message: "the desk is very busy right now, retry later"}
 	}
-	var b [16]byte
-	_, _ = rand.Read(b[:])
-	reply := &peakdesk.Reply{ID: hex.EncodeToString(b[:]), ShopID: m.ShopID, ConversationID: m.ConversationID,
+	// UserID routes the reply's event to the customer's subject; the shed
+	// record carries it in the message (Reply.UserID is not encoded).
+	reply := &peakdesk.Reply{ID: newReplyID(), ShopID: m.ShopID, ConversationID: m.ConversationID, UserID: m.UserID,
 		MessageIDs: []string{m.ID}, Text: text, Source: peakdesk.SourceFAQ, CreatedAt: time.Now().UTC()}
 	data, err := queue.EncodeShed(m, reply)
 	if err != nil {
@@ -80,6 +88,70 @@ func (e *Edge) shed(ctx context.Context, m *peakdesk.Message, key string, retry 
 func stateResult(id string, st peakdesk.MessageState) accepted {
 	return accepted{MessageID: id, ConversationID: st.ConversationID, Priority: st.Priority,
 		Status: st.Status, Reply: st.Reply}
+}
+
+// answerOrderShed answers a shed order question: "checking" now, and an
+// order.followup that the relays carry out (coalesced shop lookups, no LLM,
+// no queue) pushes the facts on the conversation. The edge never waits on
+// the shop, and the customer does not wait behind the backlog that made the
+// edge shed. ok is false when m is not an order question or storing fails
+// (the caller goes on shedding).
+func (e *Edge) answerOrderShed(ctx context.Context, m *peakdesk.Message, key string) (accepted, bool) {
+	if e.cfg.Orders == nil || e.cfg.ReplyWebhook == nil {
+		return accepted{}, false
+	}
+	text, actions, ok, err := e.cfg.Orders.ShedOrder(ctx, m)
+	if err != nil {
+		e.log.WarnContext(ctx, "a shed order question could not be followed up", "trace_id", peakdesk.TraceFrom(ctx).ID, "err", err)
+	}
+	if !ok || err != nil {
+		return accepted{}, false
+	}
+	// A repeat of a message accepted (or answered) before gets its first
+	// result, not a second answer.
+	if key != "" {
+		if st, ok := e.knownMessage(ctx, m); ok {
+			return stateResult(m.ID, st), true
+		}
+	}
+	reply := &peakdesk.Reply{ID: newReplyID(), ShopID: m.ShopID, ConversationID: m.ConversationID, UserID: m.UserID,
+		MessageIDs: []string{m.ID}, Text: text, Source: peakdesk.SourceOrder, FollowUp: true}
+	stored := e.storeShedAnswer(ctx, m, reply, actions...)
+	if stored == nil {
+		return accepted{}, false
+	}
+	e.metrics.shed.WithLabelValues(string(m.Priority), "order").Inc()
+	return accepted{MessageID: m.ID, ConversationID: m.ConversationID, Priority: m.Priority,
+		Status: peakdesk.StatusAnswered, Reply: stored}, true
+}
+
+// storeShedAnswer stores m answered by reply (with the actions it
+// promises) and publishes the reply's event; nil when storing fails, or
+// when m was stored before and is still queued.
+func (e *Edge) storeShedAnswer(ctx context.Context, m *peakdesk.Message, reply *peakdesk.Reply, actions ...peakdesk.Action) *peakdesk.Reply {
+	// Message and answer commit together, so no worker sees the message
+	// unanswered.
+	stored, existed, err := e.cfg.DB.SaveAnsweredMessage(ctx, m, reply, e.cfg.ReplyWebhook, actions...)
+	switch {
+	case err != nil:
+		e.log.WarnContext(ctx, "storing a shed answer failed", "trace_id", peakdesk.TraceFrom(ctx).ID, "err", err)
+		return nil
+	case existed:
+		return stored // an idempotent repeat: its answer, or nil while it is still queued
+	}
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if err := queue.PublishReplyEvent(pctx, e.cfg.JS, stored); err != nil {
+		// The answer is stored and returned inline; only event streams miss it.
+		e.log.WarnContext(ctx, "publishing a shed answer's event failed", "trace_id", peakdesk.TraceFrom(ctx).ID, "err", err)
+	}
+	return stored
+}
+
+func newReplyID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }
 
 // faqAnswers answers shed messages from the shop's FAQ cheaply. A search of

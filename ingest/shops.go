@@ -18,6 +18,8 @@ type shopInfo struct {
 	abuse     storage.EdgeLimits
 	admission storage.ShopAdmission
 	rules     []Rule
+	// origins are the web origins allowed to call the API for the shop.
+	origins []string
 }
 
 // shopDirectory caches shop settings, so the hot path reads Postgres about
@@ -101,6 +103,7 @@ func (d *shopDirectory) load(ctx context.Context, shop string) (*shopInfo, error
 		abuse:     s.EdgeLimits,
 		admission: s.Admission,
 		rules:     d.rules,
+		origins:   s.AllowedOrigins,
 	}
 	if len(s.Rules) > 0 {
 		byPrio := map[peakdesk.Priority][]string{}

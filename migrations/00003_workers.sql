@@ -1,5 +1,5 @@
 -- +goose Up
--- Conversation turns (DESIGN.md §6): one worker at a time answers a
+-- Conversation turns (docs/architecture.md): one worker at a time answers a
 -- conversation. The turn is a lease on the conversation row: turn_owner is a
 -- random token of the holder, turn_until its expiry (renewed with the
 -- JetStream heartbeat), so a crashed holder's turn passes on by itself.

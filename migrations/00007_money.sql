@@ -1,5 +1,5 @@
 -- +goose Up
--- Money policies (DESIGN.md §14). Every promise that costs a shop money is
+-- Money policies (docs/policies.md). Every promise that costs a shop money is
 -- first a grant row, taken by the LLM tool that promises it in a short
 -- transaction of its own and confirmed in the reply's transaction together
 -- with the outbox action that carries it out. Unique indexes and a per-shop

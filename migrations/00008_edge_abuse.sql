@@ -1,5 +1,5 @@
 -- +goose Up
--- Abuse limits of the ingest edge (DESIGN.md §14), per shop:
+-- Abuse limits of the ingest edge (docs/policies.md), per shop:
 -- p0_per_user_per_hour: how often one customer may get p0 from keywords
 --   (0: keywords never give p0; the priority:urgent scope still does);
 -- read_per_user_per_minute: GETs of messages and conversations and event

@@ -1,5 +1,5 @@
 -- +goose Up
--- The operator console (DESIGN.md §9.1): operators who log in, their
+-- The operator console (docs/operations.md): operators who log in, their
 -- server-side sessions, the samples the console takes for its charts, and
 -- the indexes its list and search pages need at a million rows.
 

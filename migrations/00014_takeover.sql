@@ -1,5 +1,5 @@
 -- +goose Up
--- Human takeover (DESIGN.md §9.2). A conversation's state says who answers
+-- Human takeover (docs/architecture.md). A conversation's state says who answers
 -- it: the bot, or a human agent (waiting for one, or assigned to one). The
 -- state replaces the handoff flag, which becomes a column computed from it
 -- (true while a human owns the conversation), so there is one source of

@@ -1,5 +1,5 @@
 -- +goose Up
--- Shop administration (DESIGN.md §9.3): the settings a shop is run by,
+-- Shop administration (docs/integration.md): the settings a shop is run by,
 -- changed through /v1/admin/shops, `peakdesk shop` and the console, and a
 -- notification that tells every process at once.
 

@@ -34,6 +34,20 @@ func Up(ctx context.Context, db *sql.DB) error {
 	return nil
 }
 
+// Pending reports whether db lacks a migration of this binary: an init
+// container waits for the migrate Job with it (deploy/k8s).
+func Pending(ctx context.Context, db *sql.DB) (bool, error) {
+	p, err := goose.NewProvider(goose.DialectPostgres, db, files)
+	if err != nil {
+		return false, fmt.Errorf("migrations: %w", err)
+	}
+	pending, err := p.HasPending(ctx)
+	if err != nil {
+		return false, fmt.Errorf("migrations: pending: %w", err)
+	}
+	return pending, nil
+}
+
 // Fingerprint identifies this set of migrations: a hash of every file's name
 // and content. Tests name their migrated template database after it.
 func Fingerprint() string {

@@ -1,6 +1,7 @@
 package outbox
 
 import (
+	"cmp"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
@@ -17,10 +18,11 @@ import (
 // Default attempt budgets. With the relay's default steps (15 s, and 5 s for
 // follow-ups) a shop may be down for about 75 minutes before a coupon,
 // refund or webhook is dead, and a follow-up hands the customer to a human
-// after about 2 minutes.
+// after about 4 minutes (its attempts at 0, 5, 15, 30, … 225 s): a shop
+// down for the 2 minutes of a midnight spike still answers its customers.
 const (
 	DefaultMaxAttempts         = 25
-	DefaultFollowUpMaxAttempts = 8
+	DefaultFollowUpMaxAttempts = 10
 )
 
 // CouponPayload is the payload of a coupon.issue action.
@@ -41,14 +43,27 @@ type RefundPayload struct {
 	Reason      string `json:"reason"`
 }
 
-// FollowUpPayload is the payload of an order.followup action.
+// FollowUpPayload is the payload of an order.followup action: the order
+// question to answer once the shop does.
 type FollowUpPayload struct {
-	OrderID   string `json:"order_id"`
+	// OrderID or TrackingNo is the number the customer gave; neither: the
+	// customer's recent orders answer.
+	OrderID    string `json:"order_id"`
+	TrackingNo string `json:"tracking_no,omitempty"`
+	// Topic is TopicOrder (empty too) or TopicRefund.
+	Topic     string `json:"topic,omitempty"`
 	UserID    string `json:"user_id"`
 	MessageID string `json:"message_id,omitempty"`
 	// Lang is the customer's language, for the texts pushed later (empty:
 	// texts.DefaultLang).
 	Lang texts.Lang `json:"lang,omitempty"`
+	// AskedAt is when the customer asked, for the time to the final answer.
+	AskedAt time.Time `json:"asked_at,omitzero"`
+}
+
+// question is the order question the follow-up answers.
+func (p FollowUpPayload) question() OrderQuestion {
+	return OrderQuestion{Topic: cmp.Or(p.Topic, TopicOrder), OrderID: p.OrderID, TrackingNo: p.TrackingNo}
 }
 
 // WebhookEvent is the body of a reply webhook, and the payload of its

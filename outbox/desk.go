@@ -21,7 +21,7 @@ import (
 	"github.com/peakdesk/peakdesk/storage/queue"
 )
 
-// Desk is what human agents do (DESIGN.md §9.2), in the console inbox or
+// Desk is what human agents do (docs/architecture.md), in the console inbox or
 // through the agent API from a shop's own desk: see the inbox, claim a
 // conversation (one agent at a time), reply, resolve, hand back to the bot.
 // Each change and its desk webhooks commit in one transaction (storage's

@@ -86,10 +86,11 @@ func (e *deskEnv) lastEvent(t *testing.T, conv string) (*peakdesk.Reply, uint64)
 	if err != nil {
 		t.Fatal(err)
 	}
-	raw, err := s.GetLastMsgForSubject(context.Background(), queue.EventSubject("demo", conv))
-	if err != nil {
+	events, err := queue.ConversationEvents(context.Background(), s, "demo", conv)
+	if err != nil || len(events) == 0 {
 		return nil, 0
 	}
+	raw := events[len(events)-1]
 	var r peakdesk.Reply
 	if err := json.Unmarshal(raw.Data, &r); err != nil {
 		t.Fatal(err)

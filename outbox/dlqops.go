@@ -29,7 +29,7 @@ type DLQOpsConfig struct {
 }
 
 // DLQOps are the operator operations on the chat dead-letter queue
-// (DESIGN.md §5): look at dead letters, re-drive a message (queue it again)
+// (docs/architecture.md): look at dead letters, re-drive a message (queue it again)
 // or discard it (it stays failed, with a human agent), one at a time or all
 // that match a filter. Every change is written to the audit log in its
 // transaction. Errors are coded (peakdesk.Error).

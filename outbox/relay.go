@@ -36,14 +36,17 @@ import (
 	"github.com/peakdesk/peakdesk/outbox/egress"
 	"github.com/peakdesk/peakdesk/outbox/shopapi"
 	"github.com/peakdesk/peakdesk/storage"
-	"github.com/peakdesk/peakdesk/workers/pii"
 	"github.com/peakdesk/peakdesk/workers/texts"
 )
 
 // FollowUpResult is what an order follow-up found out once the shop
 // answered.
 type FollowUpResult struct {
-	OrderID   string
+	// OrderID is the order the customer asked about ("" when they named
+	// none).
+	OrderID string
+	// Order and Logistics are the facts of the order answered about, when
+	// the answer is about one of the customer's orders.
 	Order     *shopapi.Order
 	Logistics *shopapi.Logistics
 	// Text is the reply with the facts, in the customer's language,
@@ -63,11 +66,16 @@ type Config struct {
 	// action's IdempotencyKey. An error makes the attempt fail and retry.
 	OnFollowUp func(ctx context.Context, a peakdesk.Action, r FollowUpResult) error
 	// OnHandoff is called when an order follow-up is given up (out of
-	// attempts, or the shop says the order is not the customer's): mark the
-	// conversation for a human and tell the customer text (in their
-	// language). Like OnFollowUp it must be idempotent. Its error is
-	// recorded in the dead action's last error.
+	// attempts): mark the conversation for a human and tell the customer
+	// text (in their language). Like OnFollowUp it must be idempotent. Its
+	// error is recorded in the dead action's last error.
 	OnHandoff func(ctx context.Context, a peakdesk.Action, text, reason string) error
+	// Lookups reads orders for follow-ups, coalesced with other customers'
+	// lookups and cached; nil makes uncached ones.
+	Lookups *Lookups
+	// Texts renders follow-ups in each shop's wording; nil: the built-in
+	// texts.
+	Texts *texts.Library
 
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
@@ -177,6 +185,12 @@ type Relay struct {
 	// retry and followUpRetry schedule the next attempt after a failed one
 	// (Wait only reads them, so attempts share them).
 	retry, followUpRetry peakdesk.LinearBackOff
+	desk                 *orderDesk
+	orders               *orderMetrics
+	// hurried is when each shop's waiting follow-ups were last brought
+	// forward (a follow-up of the shop succeeded: the shop is back).
+	hurriedMu sync.Mutex
+	hurried   map[string]time.Time
 
 	slots chan struct{} // one token per action in flight
 	wake  chan struct{} // LISTEN/NOTIFY or a freed slot: look for work now
@@ -205,7 +219,19 @@ func NewRelay(cfg Config) (*Relay, error) {
 	if err != nil {
 		return nil, fmt.Errorf("outbox: metrics: %w", err)
 	}
+	om, err := newOrderMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Lookups == nil {
+		if cfg.Lookups, err = NewLookups(LookupsConfig{Shop: cfg.Shop, Registerer: cfg.Registerer}); err != nil {
+			return nil, err
+		}
+	}
 	return &Relay{
+		desk:    &orderDesk{lookups: cfg.Lookups, texts: cfg.Texts},
+		orders:  om,
+		hurried: map[string]time.Time{},
 		cfg:     cfg,
 		log:     cfg.Logger.With("component", "relay", "relay", cfg.ID),
 		metrics: m,
@@ -411,10 +437,13 @@ func (r *Relay) run(a peakdesk.Action) {
 	bg, cancelBG := context.WithTimeout(peakdesk.WithTrace(context.WithoutCancel(r.workCtx), trace), r.cfg.AttemptTimeout)
 	defer cancelBG()
 	if a.Kind == peakdesk.ActionOrderFollowUp && res.State == peakdesk.ActionDead {
-		text := texts.Text(followUpLang(a), texts.HandoffOrderLookup, nil)
+		p := followUpPayload(a)
+		text := r.desk.texts.Text(bg, a.ShopID, p.Lang, texts.HandoffOrderLookup, nil)
 		if err := r.cfg.OnHandoff(bg, a, text, res.LastError); err != nil {
 			log.Error("order follow-up: handoff failed", "err", err)
 			res.LastError += "; handoff to a human failed: " + err.Error()
+		} else {
+			r.orders.final.WithLabelValues(finalHandoff).Observe(sinceAsked(p.AskedAt))
 		}
 	}
 	res.Error, res.LastError = capText(res.Error, maxExcerpt), capText(res.LastError, maxExcerpt)
@@ -539,68 +568,75 @@ func (r *Relay) execute(ctx context.Context, a peakdesk.Action) outcome {
 	return outcome{kind: peakdesk.AttemptRejected, err: fmt.Sprintf("unknown action kind %q", a.Kind)}
 }
 
-// followUp looks the order up again and, once the shop answers, pushes the
-// second reply through OnFollowUp.
+// followUp asks the order question again and, once the shop answers,
+// pushes the answer through OnFollowUp. The answer may be the facts, "not
+// found" or the customer's recent orders to choose from: whatever the shop
+// says, the customer gets one final answer.
 func (r *Relay) followUp(ctx context.Context, a peakdesk.Action) outcome {
 	var p FollowUpPayload
 	if err := json.Unmarshal(a.Payload, &p); err != nil {
 		return rejectPayload(a, err)
 	}
-	o, err := r.cfg.Shop.Order(ctx, a.ShopID, p.OrderID, a.AttemptKey())
+	if p.UserID == "" {
+		return rejectPayload(a, errors.New("user_id is required"))
+	}
+	ans, err := r.desk.answer(ctx, a.ShopID, p.UserID, cmp.Or(p.Lang, texts.DefaultLang), p.question())
 	if err != nil {
 		return outcomeOf(nil, err)
 	}
-	if o.UserID != p.UserID {
-		return outcome{kind: peakdesk.AttemptRejected, status: 200,
-			err: "order " + p.OrderID + " does not belong to the customer"}
-	}
-	l, err := r.cfg.Shop.Logistics(ctx, a.ShopID, p.OrderID, a.AttemptKey())
-	if err != nil {
-		return outcomeOf(nil, err)
-	}
-	res := FollowUpResult{OrderID: p.OrderID, Order: o, Logistics: l,
-		Text: followUpText(p.Lang, o, l)}
+	res := FollowUpResult{OrderID: p.OrderID, Order: ans.order, Logistics: ans.logistics, Text: ans.text}
 	if err := r.cfg.OnFollowUp(ctx, a, res); err != nil {
 		return outcome{kind: peakdesk.AttemptFailed, status: 200, err: "pushing the follow-up reply failed: " + err.Error()}
 	}
+	r.orders.final.WithLabelValues(finalFollowUp).Observe(sinceAsked(p.AskedAt))
+	r.hurry(ctx, a.ShopID)
 	body, _ := json.Marshal(struct {
-		Order     *shopapi.Order     `json:"order"`
-		Logistics *shopapi.Logistics `json:"logistics"`
-	}{o, l})
+		Order     *shopapi.Order     `json:"order,omitempty"`
+		Logistics *shopapi.Logistics `json:"logistics,omitempty"`
+		Text      string             `json:"text"`
+	}{ans.order, ans.logistics, ans.text})
 	return outcome{kind: peakdesk.AttemptSucceeded, status: 200, excerpt: excerpt(body), result: body}
 }
 
-// followUpText is the follow-up reply, masked like every reply: the shop's
-// logistics texts may carry a courier's or the recipient's phone number.
-// The order and tracking numbers, which the customer needs, stay readable
-// even where they look like personal data (a Luhn-valid tracking number, a
-// 15-digit one that reads like an old ID card).
-func followUpText(lang texts.Lang, o *shopapi.Order, l *shopapi.Logistics) string {
-	own := o.ID
-	if l != nil {
-		own += "\n" + l.TrackingNo
+// hurry brings the shop's other waiting follow-ups forward once one of them
+// got through: the shop is back, and its customers need not wait out their
+// backoff. At most once per FollowUpStep per shop and relay.
+func (r *Relay) hurry(ctx context.Context, shop string) {
+	now := r.cfg.Now()
+	r.hurriedMu.Lock()
+	if last, ok := r.hurried[shop]; ok && now.Sub(last) < r.cfg.FollowUpStep {
+		r.hurriedMu.Unlock()
+		return
 	}
-	text, _ := pii.MaskExcept(texts.Text(lang, texts.OrderUpdate, texts.NewOrder(lang, OrderFacts(o, l))),
-		pii.Values(own))
-	return text
+	r.hurried[shop] = now
+	r.hurriedMu.Unlock()
+	n, err := r.cfg.DB.HurryFollowUps(ctx, shop, now)
+	if err != nil {
+		r.log.Warn("bringing the shop's follow-ups forward failed", "shop", shop, "err", err)
+	} else if n > 0 {
+		r.log.Info("the shop answers again: its waiting order follow-ups retry now", "shop", shop, "follow_ups", n)
+		r.nudge()
+	}
 }
 
-// followUpLang is the language of a follow-up's customer.
-func followUpLang(a peakdesk.Action) texts.Lang {
+// followUpPayload is a follow-up's payload, as far as it decodes.
+func followUpPayload(a peakdesk.Action) FollowUpPayload {
 	var p FollowUpPayload
 	_ = json.Unmarshal(a.Payload, &p)
-	return cmp.Or(p.Lang, texts.DefaultLang)
+	p.Lang = cmp.Or(p.Lang, texts.DefaultLang)
+	return p
 }
 
 // OrderFacts are the facts of order o and its parcel l (nil if unknown) for
 // a customer text.
 func OrderFacts(o *shopapi.Order, l *shopapi.Logistics) texts.OrderFacts {
-	f := texts.OrderFacts{ID: o.ID, Status: o.Status, AmountCents: o.AmountCents, Currency: o.Currency}
+	f := texts.OrderFacts{ID: o.ID, Status: o.Status, AmountCents: o.AmountCents, Currency: o.Currency,
+		CreatedAt: o.CreatedAt}
 	for _, it := range o.Items {
 		f.Items = append(f.Items, texts.OrderItem{Name: it.Name, Quantity: it.Quantity})
 	}
 	if l != nil {
-		f.Carrier, f.TrackingNo, f.ParcelStatus = l.Carrier, l.TrackingNo, l.Status
+		f.Carrier, f.TrackingNo, f.ParcelStatus, f.ETA = l.Carrier, l.TrackingNo, l.Status, l.ETA
 		if n := len(l.Events); n > 0 {
 			ev := l.Events[n-1]
 			f.LastScan = &texts.Scan{At: ev.At, Location: ev.Location, Description: ev.Description}
@@ -669,9 +705,14 @@ func (r *Relay) updateGauges(ctx context.Context) error {
 		return err
 	}
 	seen := map[[2]string]float64{}
+	pending := 0.0
 	for _, c := range counts {
 		seen[[2]string{string(c.State), string(c.Kind)}] = float64(c.Count)
+		if c.Kind == peakdesk.ActionOrderFollowUp && !c.State.Final() {
+			pending += float64(c.Count)
+		}
 	}
+	r.orders.pending.Set(pending)
 	for _, k := range peakdesk.ActionKinds {
 		for _, s := range peakdesk.ActionStates {
 			r.metrics.actions.WithLabelValues(string(s), string(k)).Set(seen[[2]string{string(s), string(k)}])

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/outbox/shopapi"
 	"github.com/peakdesk/peakdesk/storage"
@@ -22,6 +24,7 @@ import (
 // Tool names offered to the LLM.
 const (
 	ToolLookupOrder   = "lookup_order"
+	ToolLookupRefund  = "lookup_refund"
 	ToolIssueCoupon   = "issue_coupon"
 	ToolRequestRefund = "request_refund"
 	ToolHandoff       = "handoff_to_human"
@@ -55,6 +58,18 @@ type ToolsConfig struct {
 	// its place in the shop's limits before the reply that promises it is
 	// stored; longer than any turn runs. Default 5 minutes.
 	GrantLease time.Duration
+	// Lookups reads orders from the shops, coalesced and cached; nil
+	// makes uncached ones, coalesced within the process.
+	Lookups *Lookups
+	// Texts renders the customer texts of order answers in each shop's
+	// wording; nil: the built-in texts.
+	Texts *texts.Library
+	// SettingsTTL is how long a shop's order_answers setting is cached.
+	// Default 2 s.
+	SettingsTTL time.Duration
+	// Registerer receives the order answers' metrics; default a private
+	// registry.
+	Registerer prometheus.Registerer
 }
 
 func (c *ToolsConfig) setDefaults() {
@@ -62,6 +77,10 @@ func (c *ToolsConfig) setDefaults() {
 	c.MaxAttempts = cmp.Or(c.MaxAttempts, DefaultMaxAttempts)
 	c.FollowUpMaxAttempts = cmp.Or(c.FollowUpMaxAttempts, DefaultFollowUpMaxAttempts)
 	c.GrantLease = cmp.Or(c.GrantLease, 5*time.Minute)
+	c.SettingsTTL = cmp.Or(c.SettingsTTL, 2*time.Second)
+	if c.Registerer == nil {
+		c.Registerer = prometheus.NewRegistry()
+	}
 }
 
 func (c *ToolsConfig) validate() error {
@@ -81,7 +100,10 @@ func (c *ToolsConfig) validate() error {
 // not carried out inline but returned as actions for the caller to insert
 // in the reply's transaction.
 type Tools struct {
-	cfg ToolsConfig
+	cfg     ToolsConfig
+	desk    *orderDesk
+	modes   *modeCache
+	metrics *orderMetrics
 }
 
 // NewTools returns Tools for cfg.
@@ -90,7 +112,18 @@ func NewTools(cfg ToolsConfig) (*Tools, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	return &Tools{cfg: cfg}, nil
+	if cfg.Lookups == nil {
+		var err error
+		if cfg.Lookups, err = NewLookups(LookupsConfig{Shop: cfg.Shop, Registerer: cfg.Registerer}); err != nil {
+			return nil, err
+		}
+	}
+	m, err := newOrderMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	return &Tools{cfg: cfg, desk: &orderDesk{lookups: cfg.Lookups, texts: cfg.Texts},
+		modes: &modeCache{db: cfg.DB, ttl: cfg.SettingsTTL, m: map[string]cachedMode{}}, metrics: m}, nil
 }
 
 // ToolDef describes one tool to the LLM: a name, what it is for, and a JSON
@@ -106,10 +139,22 @@ func (t *Tools) Definitions() []ToolDef {
 	return []ToolDef{
 		{
 			Name: ToolLookupOrder,
-			Description: "Look up one of the customer's orders: status, amount, items and where the parcel is. " +
-				"Use it when the customer asks about an order, a delivery or a parcel and gives an order number.",
+			Description: "Look up one of the customer's orders: status, amount, items and where the parcel is " +
+				"(carrier, last scan, expected delivery). Use it when the customer asks about an order, a delivery " +
+				"or a parcel. Give the order number or the tracking number the customer gave; without either, " +
+				"the customer's recent orders are looked at (one open order is described, several are listed " +
+				"so that you can ask which one).",
 			Parameters: json.RawMessage(`{"type":"object","properties":{` +
-				`"order_id":{"type":"string","description":"the order number the customer gave"}},` +
+				`"order_id":{"type":"string","description":"the order number the customer gave, if any"},` +
+				`"tracking_no":{"type":"string","description":"the parcel's tracking number the customer gave, if any"}},` +
+				`"additionalProperties":false}`),
+		},
+		{
+			Name: ToolLookupRefund,
+			Description: "Look up where the refund of one of the customer's orders is: its state and when the money " +
+				"is expected back. Use it when the customer asks about a refund they already requested.",
+			Parameters: json.RawMessage(`{"type":"object","properties":{` +
+				`"order_id":{"type":"string","description":"the order whose refund the customer asks about"}},` +
 				`"required":["order_id"],"additionalProperties":false}`),
 		},
 		{
@@ -154,8 +199,11 @@ type ToolCall struct {
 	MessageID string
 	// Lang is the customer's language, for texts pushed later.
 	Lang texts.Lang
-	Name string
-	Args json.RawMessage
+	// AskedAt is when the customer asked, for the time to the final
+	// answer of a follow-up.
+	AskedAt time.Time
+	Name    string
+	Args    json.RawMessage
 }
 
 // ToolResult is what a tool call gives back.
@@ -178,6 +226,8 @@ func (t *Tools) Call(ctx context.Context, c ToolCall) (ToolResult, error) {
 	switch c.Name {
 	case ToolLookupOrder:
 		return t.lookupOrder(ctx, c)
+	case ToolLookupRefund:
+		return t.lookupRefund(ctx, c)
 	case ToolIssueCoupon:
 		return t.issueCoupon(ctx, c)
 	case ToolRequestRefund:
@@ -253,48 +303,53 @@ type lookupResult struct {
 	unavailable error
 }
 
-// lookup asks the shop for order id within the lookup budget.
-func (t *Tools) lookup(ctx context.Context, shop, user, id string, withLogistics bool) (lookupResult, error) {
+// lookup asks the shop for order id within the lookup budget (coalesced
+// with other customers' lookups of the order, and cached).
+func (t *Tools) lookup(ctx context.Context, shop, user, id string) (lookupResult, error) {
 	ctx, cancel := context.WithTimeout(ctx, t.cfg.LookupBudget)
 	defer cancel()
-	o, err := t.cfg.Shop.Order(ctx, shop, id, "")
-	if err != nil {
-		return classifyLookup(err)
-	}
-	if o.UserID != user {
-		return lookupResult{}, nil
-	}
-	res := lookupResult{order: o, mine: true}
-	if withLogistics {
-		l, err := t.cfg.Shop.Logistics(ctx, shop, id, "")
-		if err != nil {
-			r, ferr := classifyLookup(err)
-			if ferr != nil || r.unavailable != nil {
-				return r, ferr
-			}
-			res.mine = false // the order vanished between the two calls
-			return res, nil
-		}
-		res.logistics = l
-	}
-	return res, nil
-}
-
-// classifyLookup sorts a failed lookup: a final 4xx means "not yours or not
-// there"; timeouts, network errors and transient statuses mean the shop is
-// unavailable; the settings table being unreadable is our own failure.
-func classifyLookup(err error) (lookupResult, error) {
-	var se *shopapi.Error
+	f, err := t.cfg.Lookups.Order(ctx, shop, id)
 	switch {
-	case errors.As(err, &se) && !se.Transient():
-		return lookupResult{}, nil
-	case errors.As(err, &se), errors.Is(err, shopapi.ErrUnavailable):
+	case err != nil:
 		return lookupResult{unavailable: err}, nil
+	case !f.Found || f.Order.UserID != user:
+		return lookupResult{}, nil
 	}
-	return lookupResult{}, err
+	return lookupResult{order: f.Order, logistics: f.Logistics, mine: true}, nil
 }
 
 func (t *Tools) lookupOrder(ctx context.Context, c ToolCall) (ToolResult, error) {
+	var args struct {
+		OrderID    string `json:"order_id"`
+		TrackingNo string `json:"tracking_no"`
+	}
+	if r := decodeArgs(c.Name, c.Args, &args); r != nil {
+		return *r, nil
+	}
+	id, tracking := strings.TrimSpace(args.OrderID), strings.TrimSpace(args.TrackingNo)
+	switch {
+	case id != "" && !orderIDRe.MatchString(id):
+		return refused("%q is not an order number.", args.OrderID), nil
+	case tracking != "" && !orderIDRe.MatchString(tracking):
+		return refused("%q is not a tracking number.", args.TrackingNo), nil
+	case id == "":
+		// A tracking number, or the customer's recent orders: the answer
+		// as the customer would be told it.
+		return t.lookupAnswer(ctx, c, OrderQuestion{Topic: TopicOrder, TrackingNo: tracking})
+	}
+	res, err := t.lookup(ctx, c.Shop, c.User, id)
+	switch {
+	case err != nil:
+		return ToolResult{}, fmt.Errorf("outbox: lookup_order: %w", err)
+	case res.unavailable != nil:
+		return t.lookupLater(c, OrderQuestion{Topic: TopicOrder, OrderID: id}, "order "+id)
+	case !res.mine:
+		return refused("order %s was not found for this customer; ask them to check the order number.", id), nil
+	}
+	return ToolResult{Text: DescribeOrder(res.order, res.logistics)}, nil
+}
+
+func (t *Tools) lookupRefund(ctx context.Context, c ToolCall) (ToolResult, error) {
 	var args struct {
 		OrderID string `json:"order_id"`
 	}
@@ -303,26 +358,38 @@ func (t *Tools) lookupOrder(ctx context.Context, c ToolCall) (ToolResult, error)
 	}
 	id := strings.TrimSpace(args.OrderID)
 	if !orderIDRe.MatchString(id) {
-		return refused("%q is not an order number.", args.OrderID), nil
+		return refused("a refund's state needs the order number; ask the customer for it."), nil
 	}
-	res, err := t.lookup(ctx, c.Shop, c.User, id, true)
-	switch {
-	case err != nil:
-		return ToolResult{}, fmt.Errorf("outbox: lookup_order: %w", err)
-	case res.unavailable != nil:
-		// Answer now, and push the facts later in a second reply.
-		a, err := newAction(peakdesk.ActionOrderFollowUp, c.Shop, c.ConversationID, t.cfg.FollowUpMaxAttempts,
-			FollowUpPayload{OrderID: id, UserID: c.User, MessageID: c.MessageID, Lang: c.Lang}, c.MessageID, id)
-		if err != nil {
-			return ToolResult{}, err
+	return t.lookupAnswer(ctx, c, OrderQuestion{Topic: TopicRefund, OrderID: id})
+}
+
+// lookupAnswer answers q for the LLM with what the customer would be told
+// (in English: the model answers in the customer's language).
+func (t *Tools) lookupAnswer(ctx context.Context, c ToolCall, q OrderQuestion) (ToolResult, error) {
+	lctx, cancel := context.WithTimeout(ctx, t.cfg.LookupBudget)
+	defer cancel()
+	a, err := t.desk.answer(lctx, c.Shop, c.User, texts.EN, q)
+	if err != nil {
+		what := "the customer's orders"
+		if id := cmp.Or(q.OrderID, q.TrackingNo); id != "" {
+			what = "order " + id
 		}
-		return ToolResult{Actions: []peakdesk.Action{a},
-			Text: fmt.Sprintf("The shop's order system is slow right now. Tell the customer we are checking order %s "+
-				"and will send the details in this conversation shortly.", id)}, nil
-	case !res.mine:
-		return refused("order %s was not found for this customer; ask them to check the order number.", id), nil
+		return t.lookupLater(c, q, what)
 	}
-	return ToolResult{Text: DescribeOrder(res.order, res.logistics)}, nil
+	return ToolResult{Text: "What the shop's order system says: " + a.text}, nil
+}
+
+// lookupLater answers a lookup the shop was too slow for: the customer is
+// told now that we are checking, and an order.followup pushes the facts.
+func (t *Tools) lookupLater(c ToolCall, q OrderQuestion, what string) (ToolResult, error) {
+	a, err := t.followUp(DirectCall{Shop: c.Shop, User: c.User, ConversationID: c.ConversationID,
+		MessageID: c.MessageID, Lang: c.Lang, Question: q, AskedAt: c.AskedAt})
+	if err != nil {
+		return ToolResult{}, err
+	}
+	return ToolResult{Actions: []peakdesk.Action{a},
+		Text: fmt.Sprintf("The shop's order system is slow right now. Tell the customer we are checking %s "+
+			"and will send the details in this conversation shortly.", what)}, nil
 }
 
 func (t *Tools) issueCoupon(ctx context.Context, c ToolCall) (ToolResult, error) {
@@ -350,7 +417,7 @@ func (t *Tools) issueCoupon(ctx context.Context, c ToolCall) (ToolResult, error)
 		return refused("%q is not an order number.", args.OrderID), nil
 	}
 	if id != "" {
-		res, err := t.lookup(ctx, c.Shop, c.User, id, false)
+		res, err := t.lookup(ctx, c.Shop, c.User, id)
 		switch {
 		case err != nil:
 			return ToolResult{}, fmt.Errorf("outbox: issue_coupon: %w", err)
@@ -409,7 +476,7 @@ func (t *Tools) requestRefund(ctx context.Context, c ToolCall) (ToolResult, erro
 	case args.AmountCents != nil && *args.AmountCents <= 0:
 		return refused("a refund amount must be positive."), nil
 	}
-	res, err := t.lookup(ctx, c.Shop, c.User, id, false)
+	res, err := t.lookup(ctx, c.Shop, c.User, id)
 	switch {
 	case err != nil:
 		return ToolResult{}, fmt.Errorf("outbox: request_refund: %w", err)

@@ -46,7 +46,7 @@ func TestToolDefinitionsAreValidSchemas(t *testing.T) {
 			}
 		}
 	}
-	if strings.Join(names, ",") != "lookup_order,issue_coupon,request_refund,handoff_to_human" {
+	if strings.Join(names, ",") != "lookup_order,lookup_refund,issue_coupon,request_refund,handoff_to_human" {
 		t.Fatalf("tools: %v", names)
 	}
 }
@@ -155,7 +155,7 @@ func TestLookupOrderFallsBackToAFollowUp(t *testing.T) {
 		var p outbox.FollowUpPayload
 		_ = json.Unmarshal(a.Payload, &p)
 		if a.Kind != peakdesk.ActionOrderFollowUp || a.MaxAttempts != outbox.DefaultFollowUpMaxAttempts ||
-			p != (outbox.FollowUpPayload{OrderID: "1234567", UserID: "u7", MessageID: "m1"}) {
+			p != (outbox.FollowUpPayload{OrderID: "1234567", Topic: outbox.TopicOrder, UserID: "u7", MessageID: "m1"}) {
 			t.Fatalf("follow-up: %+v %+v", a, p)
 		}
 	}

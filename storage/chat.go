@@ -86,14 +86,18 @@ func (db *DB) ReplyFor(ctx context.Context, shop, messageID string) (*peakdesk.R
 	return db.reply(ctx, shop, *replyID)
 }
 
+// replyColumns are the columns scanReply reads: the reply, its customer
+// (whose event subject it is published on) and the messages it answers.
 const replyColumns = `r.id, r.shop_id, r.conversation_id, r.text, r.source, r.model,
 	r.prompt_tokens, r.completion_tokens, r.agent, r.created_at,
-	coalesce((SELECT array_agg(m.id ORDER BY m.accepted_at, m.id) FROM messages m WHERE m.reply_id = r.id), '{}')`
+	coalesce((SELECT array_agg(m.id ORDER BY m.accepted_at, m.id) FROM messages m WHERE m.reply_id = r.id), '{}'),
+	EXISTS (SELECT 1 FROM outbox_actions a WHERE a.reply_id = r.id AND a.kind = 'order.followup' AND a.shop_id = r.shop_id),
+	(SELECT c.user_id FROM conversations c WHERE c.id = r.conversation_id AND c.shop_id = r.shop_id)`
 
 func scanReply(row pgx.Row) (*peakdesk.Reply, error) {
 	var r peakdesk.Reply
 	err := row.Scan(&r.ID, &r.ShopID, &r.ConversationID, &r.Text, &r.Source, &r.Model,
-		&r.PromptTokens, &r.CompletionTokens, &r.Agent, &r.CreatedAt, &r.MessageIDs)
+		&r.PromptTokens, &r.CompletionTokens, &r.Agent, &r.CreatedAt, &r.MessageIDs, &r.FollowUp, &r.UserID)
 	return &r, err
 }
 
@@ -261,7 +265,7 @@ func (db *DB) RecentTurns(ctx context.Context, shop, conv string, n int, exclude
 	return turns, nil
 }
 
-// Conversation turns (DESIGN.md §6). One worker at a time holds a
+// Conversation turns (docs/architecture.md). One worker at a time holds a
 // conversation: the holder has a lease on the conversation row (a random
 // owner token and an expiry it renews while it works). A message that
 // arrives while another worker holds its conversation is stored as waiting;
@@ -539,7 +543,8 @@ type TurnReply struct {
 // transaction that first checks h still holds the conversation
 // (ErrTurnLost otherwise) and that the bot still has it (ErrHumanOwned
 // otherwise: a human agent took it meanwhile); on either error nothing is
-// stored.
+// stored. Outbox actions it stores do not wake the relays: call
+// NotifyRelays after it (batched; see deferRelayNotify).
 //
 // If more messages waited meanwhile, the hold is renewed for lease and the
 // next turn, with up to maxBatch of them, is returned; otherwise (or when
@@ -549,6 +554,9 @@ func (db *DB) SaveTurn(ctx context.Context, h *Hold, tr TurnReply, lease time.Du
 	r := tr.Reply
 	err = pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
 		b := &pgx.Batch{}
+		// No NOTIFY from this transaction (it would serialise every turn's
+		// commit): the caller wakes the relays after commit (NotifyRelays).
+		b.Queue(deferRelayNotify)
 		b.Queue(`UPDATE conversations SET turn_until = now() + $4::interval, updated_at = now()
 			WHERE id = $1 AND shop_id = $2 AND turn_owner = $3
 			RETURNING state`,
@@ -604,6 +612,9 @@ func (db *DB) SaveTurn(ctx context.Context, h *Hold, tr TurnReply, lease time.Du
 // takes the next turn.
 func saveTurnBatch(br pgx.BatchResults, h *Hold, r *peakdesk.Reply, next **Hold, withNext bool) error {
 	defer br.Close()
+	if _, err := br.Exec(); err != nil { // deferRelayNotify
+		return err
+	}
 	var state string
 	err := br.QueryRow().Scan(&state)
 	switch {

@@ -13,7 +13,7 @@ import (
 	"github.com/peakdesk/peakdesk"
 )
 
-// Queries of the operator console (DESIGN.md §9.1). Every one is scoped by
+// Queries of the operator console (docs/operations.md). Every one is scoped by
 // the operator's shop (a shop id, or AllShops) and answered from an index,
 // so the pages stay fast at a million rows.
 

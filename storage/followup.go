@@ -21,8 +21,8 @@ func (db *DB) SaveFollowUp(ctx context.Context, r *peakdesk.Reply, webhook func(
 			SELECT $1, $2, $3, $4, $5, $6
 			WHERE EXISTS (SELECT 1 FROM conversations WHERE id = $3 AND shop_id = $2)
 			ON CONFLICT (id) DO NOTHING
-			RETURNING created_at`,
-			r.ID, r.ShopID, r.ConversationID, r.Text, r.Source, r.Model).Scan(&r.CreatedAt)
+			RETURNING created_at, (SELECT user_id FROM conversations WHERE id = $3 AND shop_id = $2)`,
+			r.ID, r.ShopID, r.ConversationID, r.Text, r.Source, r.Model).Scan(&r.CreatedAt, &r.UserID)
 		if noRows(err) {
 			return nil // a repeat, or a conversation not of this shop
 		}
@@ -71,13 +71,14 @@ func (db *DB) SaveFollowUp(ctx context.Context, r *peakdesk.Reply, webhook func(
 //
 // webhook builds the reply's webhook action from the stored reply (nil:
 // none); it is inserted in the same transaction when the shop has a
-// webhook URL.
+// webhook URL. actions are what the reply promises (an order follow-up),
+// inserted in the same transaction with the reply's id.
 //
 // While a human agent owns m's conversation, r is not stored: m is stored
 // for the agent (announced with its message.created webhook) and
 // ErrHumanOwned is returned.
 func (db *DB) SaveAnsweredMessage(ctx context.Context, m *peakdesk.Message, r *peakdesk.Reply,
-	webhook func(*peakdesk.Reply) (peakdesk.Action, error)) (stored *peakdesk.Reply, existed bool, err error) {
+	webhook func(*peakdesk.Reply) (peakdesk.Action, error), actions ...peakdesk.Action) (stored *peakdesk.Reply, existed bool, err error) {
 	var clientMsgID *string
 	if m.ClientMsgID != "" {
 		clientMsgID = &m.ClientMsgID
@@ -121,8 +122,17 @@ func (db *DB) SaveAnsweredMessage(ctx context.Context, m *peakdesk.Message, r *p
 			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'answered', $10, $11, now())`,
 			m.ID, m.ShopID, m.ConversationID, m.UserID, m.Text, m.Channel, string(m.Priority),
 			clientMsgID, metadata, r.ID, m.AcceptedAt)
-		if err != nil || webhook == nil {
+		if err != nil {
 			return err
+		}
+		for i := range actions {
+			actions[i].ReplyID, actions[i].ConversationID = r.ID, r.ConversationID
+		}
+		if _, err := InsertActions(ctx, tx, actions); err != nil {
+			return err
+		}
+		if webhook == nil {
+			return nil
 		}
 		a, err := webhook(r)
 		if err != nil {
@@ -142,6 +152,7 @@ func (db *DB) SaveAnsweredMessage(ctx context.Context, m *peakdesk.Message, r *p
 		return nil, false, ErrHumanOwned
 	}
 	if !existed {
+		r.UserID = m.UserID
 		return r, false, nil
 	}
 	prev, err := db.ReplyFor(ctx, m.ShopID, m.ID)

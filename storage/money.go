@@ -10,7 +10,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
-// Money grants (DESIGN.md §14). A tool that promises money — a coupon, a
+// Money grants (docs/policies.md). A tool that promises money — a coupon, a
 // refund — first takes a grant in a short transaction of its own; the
 // reply's transaction confirms it together with the outbox action that
 // carries it out (InsertActions). The policies are enforced here, by

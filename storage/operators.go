@@ -12,7 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// Console operator roles (DESIGN.md §9.1), least to most privileged.
+// Console operator roles (docs/operations.md), least to most privileged.
 const (
 	RoleViewer   = "viewer"
 	RoleOperator = "operator"

@@ -757,6 +757,22 @@ func bulkUpdate(ctx context.Context, tx pgx.Tx, scope string, f ActionFilter, no
 	return tag.RowsAffected(), nil
 }
 
+// deferRelayNotify, queued in a transaction, keeps the outbox trigger from
+// notifying the relays at its commit (migration 00020): NOTIFY holds one
+// lock for the whole database from commit until the commit's WAL flush is
+// done, so a notification in every turn made the turns commit one at a
+// time. The worker calls NotifyRelays instead, a few times a second at most.
+const deferRelayNotify = `SELECT set_config('peakdesk.defer_outbox_notify', 'on', true)`
+
+// NotifyRelays wakes the relays (LISTEN/NOTIFY on OutboxChannel) to look for
+// due actions now; they also poll, so a lost notification only delays them.
+func (db *DB) NotifyRelays(ctx context.Context) error {
+	if _, err := db.pool.Exec(ctx, `SELECT pg_notify($1, '')`, OutboxChannel); err != nil {
+		return fmt.Errorf("storage: notify relays: %w", err)
+	}
+	return nil
+}
+
 func notifyRelays(ctx context.Context, tx pgx.Tx) error {
 	if _, err := tx.Exec(ctx, `SELECT pg_notify($1, '')`, OutboxChannel); err != nil {
 		return fmt.Errorf("storage: notify relays: %w", err)

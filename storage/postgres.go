@@ -58,6 +58,14 @@ func (db *DB) Migrate(ctx context.Context) error {
 	return migrations.Up(ctx, sqldb)
 }
 
+// MigrationsPending reports whether the database lacks a migration this
+// binary carries.
+func (db *DB) MigrationsPending(ctx context.Context) (bool, error) {
+	sqldb := stdlib.OpenDBFromPool(db.pool)
+	defer sqldb.Close()
+	return migrations.Pending(ctx, sqldb)
+}
+
 // ErrNotFound is returned (often wrapped, with a message naming what was not
 // found) by lookups that find no row in the caller's shop. It is a
 // not_found peakdesk.Error, so callers pass it on as it is; errors.Is

@@ -12,7 +12,7 @@ import (
 	"github.com/peakdesk/peakdesk/storage/secrets"
 )
 
-// Secrets at rest (DESIGN.md §9.3). The shops' secrets — shop API secrets,
+// Secrets at rest (docs/integration.md). The shops' secrets — shop API secrets,
 // webhook secrets, LLM API keys, token-signing keys — are sealed
 // (storage/secrets, AES-256-GCM under PEAKDESK_MASTER_KEY) when they are
 // written and opened when they are read, here and nowhere else: callers see

@@ -14,7 +14,7 @@ import (
 	"github.com/peakdesk/peakdesk"
 )
 
-// Shop administration (DESIGN.md §9.3): a shop's whole configuration read
+// Shop administration (docs/integration.md): a shop's whole configuration read
 // and written at once, in one transaction with the audit record of the
 // change. Every write notifies SettingsChannel (triggers of migration 15),
 // so every process drops what it cached of the shop.

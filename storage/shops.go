@@ -22,9 +22,12 @@ type ShopSettings struct {
 	// process settings.
 	Admission ShopAdmission
 	Rules     []PriorityRule
+	// AllowedOrigins are the web origins whose pages may call the chat API
+	// for the shop from a browser (CORS), normalized.
+	AllowedOrigins []string
 }
 
-// EdgeLimits are a shop's abuse limits at the ingest edge (DESIGN.md §14).
+// EdgeLimits are a shop's abuse limits at the ingest edge (docs/policies.md).
 // Each counts per end user: the token's subject, or the user a service
 // token names.
 type EdgeLimits struct {
@@ -54,9 +57,11 @@ func (db *DB) ShopSettings(ctx context.Context, id string) (*ShopSettings, error
 	var rate, burst, userRate, userBurst, p0, p1, p2, minBacklog *int
 	err := db.pool.QueryRow(ctx, `SELECT rate_per_second, rate_burst, user_rate_per_minute, user_rate_burst,
 			p0_per_user_per_hour, read_per_user_per_minute, sse_streams_per_user,
-			admission_max_wait_p0_ms, admission_max_wait_p1_ms, admission_max_wait_p2_ms, admission_min_backlog
+			admission_max_wait_p0_ms, admission_max_wait_p1_ms, admission_max_wait_p2_ms, admission_min_backlog,
+			allowed_origins
 		FROM shops WHERE id = $1`, id).Scan(&rate, &burst, &userRate, &userBurst,
-		&s.P0PerUserPerHour, &s.ReadPerUserPerMinute, &s.SSEStreamsPerUser, &p0, &p1, &p2, &minBacklog)
+		&s.P0PerUserPerHour, &s.ReadPerUserPerMinute, &s.SSEStreamsPerUser, &p0, &p1, &p2, &minBacklog,
+		&s.AllowedOrigins)
 	switch {
 	case noRows(err):
 		return nil, notFound("shop")
@@ -153,4 +158,40 @@ func (db *DB) ShopLanguage(ctx context.Context, shop string) (string, error) {
 		return "", fmt.Errorf("storage: shop language: %w", err)
 	}
 	return lang, nil
+}
+
+// SetShopAllowedOrigins sets the web origins whose pages may call the chat
+// API for shop from a browser; each must be normalized
+// (peakdesk.NormalizeOrigin).
+func (db *DB) SetShopAllowedOrigins(ctx context.Context, shop string, origins []string) error {
+	for _, o := range origins {
+		if n, err := peakdesk.NormalizeOrigin(o); err != nil || n != o {
+			return fmt.Errorf("storage: set allowed origins: %q is not a normalized origin", o)
+		}
+	}
+	if origins == nil {
+		origins = []string{}
+	}
+	tag, err := db.pool.Exec(ctx, `UPDATE shops SET allowed_origins = $2 WHERE id = $1`, shop, origins)
+	switch {
+	case err != nil:
+		return fmt.Errorf("storage: set allowed origins: %w", err)
+	case tag.RowsAffected() == 0:
+		return notFound("shop")
+	}
+	return nil
+}
+
+// OriginAllowedAnywhere reports whether some shop allows web origin origin.
+// A CORS preflight names no shop (it carries no token), so it is answered
+// for the origins any shop allows; the request that follows is checked
+// against its own shop. This reads no shop's data but the origin list.
+func (db *DB) OriginAllowedAnywhere(ctx context.Context, origin string) (bool, error) {
+	var ok bool
+	err := db.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM shops WHERE allowed_origins @> ARRAY[$1]::text[])`,
+		origin).Scan(&ok)
+	if err != nil {
+		return false, fmt.Errorf("storage: origin allowed: %w", err)
+	}
+	return ok, nil
 }

@@ -18,7 +18,7 @@ import (
 	"github.com/peakdesk/peakdesk"
 )
 
-// Human takeover (DESIGN.md §9.2): the conversation's state says who
+// Human takeover (docs/architecture.md): the conversation's state says who
 // answers, the bot or a human agent. Every change of state happens in a
 // transaction that holds the conversation row (an UPDATE or SELECT … FOR
 // UPDATE), the same lock ClaimMessage's upsert of the row takes, so state
@@ -388,6 +388,7 @@ func (db *DB) AgentReply(ctx context.Context, a DeskActor, conv string, r *peakd
 			return nil, takeoverConflict("the conversation is assigned to %s", d.Agent)
 		}
 		r.ShopID, r.ConversationID, r.Source = d.ShopID, d.ConversationID, peakdesk.SourceAgent
+		r.UserID = d.UserID // its event goes on the customer's subject
 		if err := tx.QueryRow(ctx, `INSERT INTO replies (id, shop_id, conversation_id, text, source, agent, event_pending)
 			VALUES ($1, $2, $3, $4, $5, $6, true) RETURNING created_at`,
 			r.ID, r.ShopID, r.ConversationID, r.Text, r.Source, r.Agent).Scan(&r.CreatedAt); err != nil {
@@ -647,8 +648,9 @@ func (db *DB) NoticeWaits(ctx context.Context, limit int, notice func(WaitFacts)
 			r := &peakdesk.Reply{ID: hex.EncodeToString(h[:16]), ShopID: d.ShopID, ConversationID: d.ConversationID,
 				MessageIDs: []string{}, Text: notice(d.WaitFacts), Source: peakdesk.SourceHandoff}
 			if err := tx.QueryRow(ctx, `INSERT INTO replies (id, shop_id, conversation_id, text, source, event_pending)
-				VALUES ($1, $2, $3, $4, $5, true) RETURNING created_at`,
-				r.ID, r.ShopID, r.ConversationID, r.Text, r.Source).Scan(&r.CreatedAt); err != nil {
+				VALUES ($1, $2, $3, $4, $5, true)
+				RETURNING created_at, (SELECT user_id FROM conversations WHERE id = $3 AND shop_id = $2)`,
+				r.ID, r.ShopID, r.ConversationID, r.Text, r.Source).Scan(&r.CreatedAt, &r.UserID); err != nil {
 				return err
 			}
 			if _, err := tx.Exec(ctx, `UPDATE conversations SET wait_noticed_at = now() WHERE id = $1`,

@@ -47,16 +47,12 @@ func (b *testBundle) actionsOf(t testing.TB, replyID string) []string {
 // lastEvent returns the last reply event published on conv.
 func (b *testBundle) lastEvent(t testing.TB, conv string) peakdesk.Reply {
 	t.Helper()
-	s, err := b.js.Stream(context.Background(), queue.StreamEvents)
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw, err := s.GetLastMsgForSubject(context.Background(), queue.EventSubject("demo", conv))
-	if err != nil {
-		t.Fatal(err)
+	events := conversationEvents(t, b, conv)
+	if len(events) == 0 {
+		t.Fatalf("no reply event on conversation %s", conv)
 	}
 	var r peakdesk.Reply
-	if err := json.Unmarshal(raw.Data, &r); err != nil {
+	if err := json.Unmarshal(events[len(events)-1].Data, &r); err != nil {
 		t.Fatal(err)
 	}
 	return r
@@ -254,7 +250,10 @@ type partialLog struct {
 func (b *testBundle) followPartials(t testing.TB, conv string) *partialLog {
 	t.Helper()
 	l := &partialLog{}
-	sub, err := b.js.Conn().Subscribe(PartialSubject("demo", conv), func(msg *nats.Msg) {
+	sub, err := b.js.Conn().Subscribe(queue.PartialsFilter, func(msg *nats.Msg) {
+		if msg.Header.Get(queue.HeaderConversation) != conv {
+			return
+		}
 		var p PartialReply
 		if err := json.Unmarshal(msg.Data, &p); err != nil {
 			t.Errorf("partial %q: %v", msg.Data, err)

@@ -107,6 +107,7 @@ func (w *Worker) compose(ctx context.Context, log *slog.Logger, hold *storage.Ho
 		ID:             newID(),
 		ShopID:         hold.ShopID,
 		ConversationID: hold.ConversationID,
+		UserID:         last.UserID,
 		MessageIDs:     hold.MessageIDs(),
 	}
 	prio := peakdesk.P2
@@ -153,7 +154,15 @@ func (w *Worker) compose(ctx context.Context, log *slog.Logger, hold *storage.Ho
 		req.Tools = w.tools
 		req.CallTool = ta.callTool(w.cfg.Tools.Turn(outbox.ToolCall{Shop: hold.ShopID, User: last.UserID,
 			ConversationID: hold.ConversationID, MessageID: last.ID,
-			Lang: texts.Detect(req.Question, texts.DefaultLang)}))
+			Lang: texts.Detect(req.Question, texts.DefaultLang), AskedAt: last.AcceptedAt}))
+	}
+	// Order questions can be answered from the shop's data (orders.go).
+	if w.cfg.Tools != nil {
+		if q, ok := outbox.ParseOrderQuestion(req.Question); ok {
+			req.Orders = ta.orders(w.cfg.Tools, outbox.DirectCall{Shop: hold.ShopID, User: last.UserID,
+				ConversationID: hold.ConversationID, MessageID: last.ID,
+				Lang: texts.Detect(req.Question, texts.DefaultLang), Question: q, AskedAt: last.AcceptedAt}, log)
+		}
 	}
 	// Urgent answers stream to the client as they are written; p2, the
 	// bulk of a peak and mostly general questions, arrives whole.
@@ -173,6 +182,7 @@ func (w *Worker) compose(ctx context.Context, log *slog.Logger, hold *storage.Ho
 	reply.PromptTokens, reply.CompletionTokens = ans.PromptTokens, ans.CompletionTokens
 	reply.CostMicroUSD = ans.CostMicroUSD
 	reply.ReplacesPartial = ans.StreamBroken && stream.shown()
+	reply.FollowUp = ta.followUp()
 	ta.mu.Lock()
 	why := ta.toolHandoff
 	ta.mu.Unlock()

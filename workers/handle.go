@@ -120,7 +120,7 @@ func (w *Worker) handle(ctx context.Context, log *slog.Logger, ka *keepAlive, ms
 		case <-ctx.Done():
 		}
 	}
-	claim, err := w.cfg.DB.ClaimMessage(ctx, &m, newID(), w.cfg.AckWait, w.cfg.MaxBatch)
+	claim, err := w.cfg.DB.ClaimMessage(ctx, &m, newID(), w.ackWait, w.cfg.MaxBatch)
 	var announced error
 	if err == nil && claim.Human {
 		// A human agent owns the conversation: the message is stored for
@@ -250,13 +250,14 @@ func (w *Worker) turn(ctx context.Context, log *slog.Logger, ka *keepAlive, hold
 		saveCtx, cancel := context.WithTimeout(context.WithoutCancel(turnCtx), 10*time.Second)
 		next, err = w.cfg.DB.SaveTurn(saveCtx, hold, storage.TurnReply{
 			Reply: reply, EventPending: eventPending, InTx: ans.inTx(), Handoff: ans.Handoff,
-		}, w.cfg.AckWait, w.cfg.MaxBatch)
+		}, w.ackWait, w.cfg.MaxBatch)
 		cancel()
 	}
 	ka.hold(ctx, nil)
 	if err != nil {
 		return turnEnd{head: w.turnFailed(ctx, log, hold, err)}
 	}
+	w.wakeRelays() // for the reply webhook and the actions the turn stored
 	w.answered(ctx, hold, reply)
 	pubCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	err = w.publishEvent(pubCtx, reply)

@@ -12,8 +12,9 @@ import (
 )
 
 // keepAlive keeps a handler's claims alive while it works: InProgress on the
-// queued message every third of AckWait, so a long LLM call is not
-// redelivered elsewhere, and the conversation hold renewed as often; if the
+// queued message every third of the worker's AckWait (the shortest of the
+// consumers', so 1 s by default), so a long LLM call is not redelivered
+// elsewhere, and the conversation hold renewed as often; if the
 // hold is lost (renewal found another owner) the turn's context is
 // cancelled with ErrTurnLost.
 type keepAlive struct {
@@ -31,7 +32,7 @@ func (w *Worker) keepAlive(ctx context.Context, msg jetstream.Msg) *keepAlive {
 	ka.wg.Add(1)
 	go func() {
 		defer ka.wg.Done()
-		t := time.NewTicker(w.cfg.AckWait / 3)
+		t := time.NewTicker(w.ackWait / 3)
 		defer t.Stop()
 		for {
 			select {
@@ -49,18 +50,21 @@ func (ka *keepAlive) beat(ctx context.Context) {
 	ka.mu.Lock()
 	msg, hold, lost := ka.msg, ka.cur, ka.lost
 	ka.mu.Unlock()
+	// The hold first: should the worker die, its hold must run out no later
+	// than the message's AckWait, so that the redelivery finds the
+	// conversation free (and answers it) rather than held (and waits for
+	// the sweeper).
+	if hold != nil {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ka.w.ackWait/3)
+		if err := ka.w.cfg.DB.RenewHold(rctx, hold, ka.w.ackWait); errors.Is(err, storage.ErrTurnLost) {
+			lost(storage.ErrTurnLost)
+		} else if err != nil {
+			ka.w.log.Warn("renewing a conversation hold failed", "conversation_id", hold.ConversationID, "err", err)
+		}
+		cancel()
+	}
 	if msg != nil {
 		ka.w.settle(ka.w.log, msg, inProgress())
-	}
-	if hold == nil {
-		return
-	}
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ka.w.cfg.AckWait/3)
-	defer cancel()
-	if err := ka.w.cfg.DB.RenewHold(rctx, hold, ka.w.cfg.AckWait); errors.Is(err, storage.ErrTurnLost) {
-		lost(storage.ErrTurnLost)
-	} else if err != nil {
-		ka.w.log.Warn("renewing a conversation hold failed", "conversation_id", hold.ConversationID, "err", err)
 	}
 }
 

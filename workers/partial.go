@@ -8,15 +8,9 @@ import (
 	"unicode"
 
 	"github.com/peakdesk/peakdesk"
+	"github.com/peakdesk/peakdesk/storage/queue"
 	"github.com/peakdesk/peakdesk/workers/pii"
 )
-
-// PartialSubject is the core NATS subject of a conversation's partial
-// replies: the text of an answer being streamed, so far. No stream captures
-// it; a client not listening misses nothing, the reply event follows.
-func PartialSubject(shop, conv string) string {
-	return "chat.partial." + shop + "." + conv
-}
 
 // PartialReply is the body of a partial reply.
 type PartialReply struct {
@@ -30,12 +24,11 @@ type PartialReply struct {
 const partialEvery = 100 * time.Millisecond
 
 // partials publishes the text of one answer as it streams, at most every
-// partialEvery. It is best effort: a partial that cannot be sent is
-// skipped.
+// partialEvery, on the customer's partial subject (queue.PartialMsg). It is
+// best effort: a partial that cannot be sent is skipped.
 type partials struct {
-	w       *Worker
-	subject string
-	reply   *peakdesk.Reply
+	w     *Worker
+	reply *peakdesk.Reply
 
 	mu   sync.Mutex
 	text strings.Builder
@@ -44,7 +37,7 @@ type partials struct {
 }
 
 func (w *Worker) newPartials(r *peakdesk.Reply) *partials {
-	return &partials{w: w, subject: PartialSubject(r.ShopID, r.ConversationID), reply: r}
+	return &partials{w: w, reply: r}
 }
 
 // add is the Answerer's OnDelta.
@@ -68,7 +61,8 @@ func (p *partials) add(delta string) {
 	if err != nil {
 		return
 	}
-	if err := p.w.cfg.JS.Conn().Publish(p.subject, data); err != nil {
+	msg := queue.PartialMsg(p.reply.ShopID, p.reply.UserID, p.reply.ConversationID, data)
+	if err := p.w.cfg.JS.Conn().PublishMsg(msg); err != nil {
 		return
 	}
 	p.last, p.sent = now, true

@@ -66,7 +66,7 @@ func newScheduler(w *Worker) *scheduler {
 func (s *scheduler) fetchLoop(fetchCtx, workCtx context.Context) {
 	w := s.w
 	defer close(w.fetchDone)
-	beat := time.NewTicker(max(w.cfg.AckWait/3, 100*time.Millisecond))
+	beat := time.NewTicker(max(w.ackWait/3, 100*time.Millisecond))
 	defer beat.Stop()
 	retry := time.NewTimer(time.Hour)
 	retry.Stop()
@@ -273,7 +273,7 @@ func (s *scheduler) beatHeld() {
 	for i := range s.held {
 		for j := range s.held[i] {
 			h := &s.held[i][j]
-			if now.Sub(h.beatAt) >= s.w.cfg.AckWait/3 {
+			if now.Sub(h.beatAt) >= s.w.ackWait/3 {
 				s.w.settle(s.w.log, h.msg, inProgress())
 				h.beatAt = now
 			}

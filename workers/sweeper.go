@@ -63,7 +63,7 @@ func (w *Worker) sweepOnce(ctx, workCtx context.Context) {
 		if !w.slots.tryAcquire() {
 			return
 		}
-		hold, err := w.cfg.DB.ClaimConversation(ctx, ref.ShopID, ref.ConversationID, newID(), w.cfg.AckWait, w.cfg.MaxBatch)
+		hold, err := w.cfg.DB.ClaimConversation(ctx, ref.ShopID, ref.ConversationID, newID(), w.ackWait, w.cfg.MaxBatch)
 		if err != nil || hold == nil {
 			w.slots.release()
 			if err != nil && ctx.Err() == nil {

@@ -2,6 +2,7 @@ package workers
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"strings"
 	"testing"
@@ -334,19 +335,32 @@ func (b *testBundle) streamMsgs(t testing.TB, name string) uint64 {
 
 func countEvents(t testing.TB, b *testBundle, conv string) uint64 {
 	t.Helper()
-	s, err := b.js.Stream(context.Background(), queue.StreamEvents)
+	return uint64(len(conversationEvents(t, b, conv)))
+}
+
+// conversationEvents returns the reply events of conversation conv, oldest
+// first: they are on its customer's subject, named in a header.
+func conversationEvents(t testing.TB, b *testBundle, conv string) []*jetstream.RawStreamMsg {
+	t.Helper()
+	ctx := context.Background()
+	s, err := b.js.Stream(ctx, queue.StreamEvents)
 	if err != nil {
 		t.Fatal(err)
 	}
-	info, err := s.Info(context.Background(), jetstream.WithSubjectFilter(queue.EventSubject("demo", conv)))
-	if err != nil {
-		t.Fatal(err)
+	var out []*jetstream.RawStreamMsg
+	for after := uint64(0); ; {
+		msg, err := s.GetMsg(ctx, after+1, jetstream.WithGetMsgSubject(queue.EventsFilter))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return out
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if msg.Header.Get(queue.HeaderConversation) == conv {
+			out = append(out, msg)
+		}
+		after = msg.Sequence
 	}
-	var n uint64
-	for _, c := range info.State.Subjects {
-		n += c
-	}
-	return n
 }
 
 // The trace the edge started goes on in the worker: its calls to the LLM

@@ -74,14 +74,22 @@ type Config struct {
 	// while both have work. Defaults 4 and 1.
 	P1Weight, P2Weight int
 
-	// AckWait must match the consumers' AckWait; heartbeats go out at a
-	// third of it, and a conversation's hold lasts as long. Default 30 s.
+	// AckWait, when set, caps the AckWait the worker keeps its messages and
+	// conversation holds alive by. Default: the shortest AckWait of the
+	// priority consumers (p0's), read when the worker starts. Heartbeats
+	// (InProgress, hold renewal) go out every third of it, and a
+	// conversation's hold lasts as long, so the messages of a worker that
+	// died come back within their consumer's AckWait and find their
+	// conversation free.
 	AckWait time.Duration
 	// IdleWait is how long an idle worker's blocking pulls wait before they
 	// are renewed (and at most how long Stop waits for them). Default 1 s.
 	IdleWait time.Duration
 	// SoftStop is how long Stop lets in-flight messages finish before it
-	// releases them for redelivery. Default 10 s.
+	// hands them back for redelivery. Default 0: at once — in a rolling
+	// deploy another worker answers them right away instead of this one
+	// finishing slow LLM calls (a turn already being saved is always
+	// finished).
 	SoftStop time.Duration
 	// HistoryTurns is how many earlier turns the LLM sees, at most
 	// Memory.Turns (both default 10).
@@ -102,7 +110,7 @@ type Config struct {
 	// Default 1 s.
 	SweepInterval time.Duration
 	// SweepGrace is how old such a message or reply must be before the
-	// sweeper takes it. Default 5 s.
+	// sweeper takes it. Default 2 s (a dead worker's conversations come back soon).
 	SweepGrace time.Duration
 }
 
@@ -114,13 +122,11 @@ func (c *Config) setDefaults() {
 	c.HistoryTurns = cmp.Or(c.HistoryTurns, 10)
 	c.P1Weight = cmp.Or(c.P1Weight, 4)
 	c.P2Weight = cmp.Or(c.P2Weight, 1)
-	c.AckWait = cmp.Or(c.AckWait, 30*time.Second)
 	c.IdleWait = cmp.Or(c.IdleWait, time.Second)
-	c.SoftStop = cmp.Or(c.SoftStop, 10*time.Second)
 	c.MaxBatch = cmp.Or(c.MaxBatch, 20)
 	c.GatherWait = cmp.Or(c.GatherWait, 50*time.Millisecond)
 	c.SweepInterval = cmp.Or(c.SweepInterval, time.Second)
-	c.SweepGrace = cmp.Or(c.SweepGrace, 5*time.Second)
+	c.SweepGrace = cmp.Or(c.SweepGrace, 2*time.Second)
 	budgets := map[peakdesk.Priority]time.Duration{
 		peakdesk.P0: 15 * time.Second, peakdesk.P1: 25 * time.Second, peakdesk.P2: 40 * time.Second,
 	}
@@ -148,6 +154,8 @@ func (c *Config) validate() error {
 		return errors.New("workers: config: IdleWait must be at least 1 ms")
 	case c.MaxBatch < 1:
 		return errors.New("workers: config: MaxBatch must be at least 1")
+	case c.AckWait < 0 || c.SoftStop < 0:
+		return errors.New("workers: config: AckWait and SoftStop must not be negative")
 	}
 	for p, d := range c.Budgets {
 		if _, err := peakdesk.ParsePriority(string(p)); err != nil {
@@ -173,6 +181,9 @@ type Worker struct {
 	pulls     atomic.Int64 // pull requests sent to the priority consumers
 	tools     []llm.Tool   // Config.Tools as offered to the LLM
 	words     *handoffWords
+	// ackWait is the shortest AckWait of the consumers (or Config.AckWait):
+	// the lease of conversation holds; heartbeats every third of it.
+	ackWait time.Duration
 
 	startOnce, stopOnce sync.Once
 	fetchCancel         context.CancelFunc // stops fetching, sweeping, dead letters
@@ -180,6 +191,9 @@ type Worker struct {
 	fetchDone           chan struct{}
 	bg                  sync.WaitGroup // parked pulls, sweeper, dead letters
 	inflight            sync.WaitGroup
+	relayWake           chan struct{} // wakeRelays → notifyRelays
+	relayStop           chan struct{}
+	relayDone           chan struct{}
 }
 
 // New returns a Worker for cfg.
@@ -206,6 +220,12 @@ func New(cfg Config) (*Worker, error) {
 		slots:     limits.slots,
 		fetchDone: make(chan struct{}),
 		words:     &handoffWords{db: cfg.DB, log: cfg.Logger.With("component", "worker")},
+		relayWake: make(chan struct{}, 1),
+		relayStop: make(chan struct{}),
+		relayDone: make(chan struct{}),
+		// Until Start reads the consumers' (a worker a test drives
+		// without starting it).
+		ackWait: cmp.Or(cfg.AckWait, 30*time.Second),
 	}
 	if cfg.Tools != nil {
 		for _, d := range cfg.Tools.Definitions() {
@@ -231,12 +251,22 @@ func (w *Worker) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("workers: consumer %s: %w", queue.ConsumerDeadLetters, err)
 	}
+	ackWait := w.cfg.AckWait
+	for _, c := range consumers {
+		if d := c.CachedInfo().Config.AckWait; d > 0 && (ackWait == 0 || d < ackWait) {
+			ackWait = d
+		}
+	}
+	if ackWait < 30*time.Millisecond {
+		return fmt.Errorf("workers: AckWait %v of the consumers is too short", ackWait)
+	}
 	w.startOnce.Do(func() {
-		w.consumers, w.deadCons = consumers, dead
+		w.consumers, w.deadCons, w.ackWait = consumers, dead, ackWait
 		w.metrics.backlog.bind(consumers)
 		fetchCtx, fetchCancel := context.WithCancel(context.Background())
 		workCtx, workCancel := context.WithCancel(context.Background())
 		w.fetchCancel, w.workCancel = fetchCancel, workCancel
+		go func() { defer close(w.relayDone); w.notifyRelays(w.relayStop) }()
 		go newScheduler(w).fetchLoop(fetchCtx, workCtx)
 		w.bg.Add(2)
 		go func() { defer w.bg.Done(); w.sweep(fetchCtx, workCtx) }()
@@ -245,28 +275,37 @@ func (w *Worker) Start(ctx context.Context) error {
 	return nil
 }
 
-// Stop stops fetching, lets in-flight messages finish for up to SoftStop,
-// then cancels the rest, which are released for redelivery (their
-// conversations are released at once for other workers). It waits for
-// everything it started and is idempotent.
+// Stop stops fetching, lets in-flight messages finish for up to SoftStop
+// (default: not at all), then cancels the rest, which are handed back for
+// redelivery at once (nak; their conversations are released for other
+// workers). It waits for everything it started and is idempotent.
 func (w *Worker) Stop() {
 	w.stopOnce.Do(func() {
 		if w.fetchCancel == nil {
 			return
 		}
 		w.fetchCancel()
+		if w.cfg.SoftStop == 0 {
+			// Hand in-flight messages back now, not after the parked
+			// pulls have come back.
+			w.workCancel()
+		}
 		<-w.fetchDone
 		w.bg.Wait()
 		done := make(chan struct{})
 		go func() { w.inflight.Wait(); close(done) }()
+		soft := time.NewTimer(w.cfg.SoftStop)
+		defer soft.Stop()
 		select {
 		case <-done:
-		case <-time.After(w.cfg.SoftStop):
+		case <-soft.C:
 			w.log.Warn("soft stop timed out; releasing in-flight messages for redelivery")
 			w.workCancel()
 			<-done
 		}
 		w.workCancel()
+		close(w.relayStop)
+		<-w.relayDone
 	})
 }
 

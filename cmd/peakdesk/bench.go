@@ -35,7 +35,7 @@ import (
 )
 
 // benchRow is one line of the bench report: a measurement next to its
-// baseline from the same run, and the target ratio of DESIGN.md §11.
+// baseline from the same run, and the target ratio of docs/performance.md.
 type benchRow struct {
 	Scenario string  `json:"scenario"`
 	Measured string  `json:"measured"`
@@ -50,6 +50,9 @@ type benchRow struct {
 	BaseCPU float64 `json:"baseline_cpu_us_per_msg,omitempty"`
 	Target  float64 `json:"target_ratio"`
 	Pass    bool    `json:"pass"`
+	// Split, when set, breaks the CPU down by process (printed under the
+	// table).
+	Split string `json:"cpu_split,omitempty"`
 }
 
 type benchReport struct {
@@ -59,7 +62,7 @@ type benchReport struct {
 	Rows    []benchRow `json:"rows"`
 }
 
-// runBench runs the DESIGN.md §11 scenarios that exist so far, each side by
+// runBench runs the performance scenarios (docs/performance.md) that exist so far, each side by
 // side with its baseline in the same process, and prints the ratios.
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
@@ -68,6 +71,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 	jsonOut := fs.String("json", "", "also write the report as JSON to this file")
 	conc := fs.Int("concurrency", 128, "concurrent HTTP clients for the ingest scenarios")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
+	only := fs.String("only", "", "run only these scenarios: ingest or answers (default both)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -90,7 +94,23 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 	rep := benchReport{Date: time.Now().UTC().Format(time.RFC3339), Machine: machine(), Mode: mode}
 
 	for _, syncAlways := range []bool{false, true} {
+		if *only == "answers" {
+			break
+		}
 		rows, err := benchIngest(ctx, getenv, stderr, syncAlways, n, naiveN, *conc)
+		if err != nil {
+			return err
+		}
+		rep.Rows = append(rep.Rows, rows...)
+	}
+	if *only != "ingest" {
+		// Bounded: a few thousand answers keep the row under two minutes
+		// on a loaded two-core machine.
+		answersN := 3_000
+		if *short {
+			answersN = 1_000
+		}
+		rows, err := benchAnswers(ctx, getenv, stderr, answersN)
 		if err != nil {
 			return err
 		}
@@ -118,6 +138,11 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 			cpu(r.CPU), r.Baseline, r.Base, r.Unit, cpu(r.BaseCPU), r.Ratio, target)
 	}
 	tw.Flush()
+	for _, r := range rep.Rows {
+		if r.Split != "" {
+			fmt.Fprintf(stdout, "\n%s — CPU by process, %s\n", r.Scenario, r.Split)
+		}
+	}
 	if *jsonOut != "" {
 		b, _ := json.MarshalIndent(rep, "", "  ")
 		if err := os.WriteFile(*jsonOut, b, 0o644); err != nil {
@@ -242,19 +267,23 @@ func benchIngest(ctx context.Context, getenv func(string) string, logw io.Writer
 		}
 	}
 
-	mode, target := "default fsync", 0.4
+	// Targets (docs/performance.md, revised by issue 16): with the default fsync
+	// a single POST against the machine's HTTP ceiling (≥ 0.5) and batches
+	// against raw async publish (≥ 0.3); with fsync always both against
+	// naive publish (≥ 5). A single POST against raw publish is a reference.
+	mode, single, batch := "default fsync", 0.0, 0.3
 	if syncAlways {
-		mode, target = "fsync always", 5
+		mode, single, batch = "fsync always", 5, 5
 	}
 	rows := []benchRow{
-		{Scenario: "ingest, " + mode, Measured: "POST /v1/messages", Value: rate, CPU: rateCPU},
-		{Scenario: "ingest, " + mode, Measured: fmt.Sprintf("POST :batch of %d", ingest.MaxBatchMessages), Value: batchRate, CPU: batchCPU},
+		{Scenario: "ingest, " + mode, Measured: "POST /v1/messages", Value: rate, CPU: rateCPU, Target: single},
+		{Scenario: "ingest, " + mode, Measured: fmt.Sprintf("POST :batch of %d", ingest.MaxBatchMessages), Value: batchRate, CPU: batchCPU, Target: batch},
 	}
 	for i := range rows {
-		rows[i].Baseline, rows[i].Base, rows[i].Unit, rows[i].Target = baseName, base, "msg/s", target
+		rows[i].Baseline, rows[i].Base, rows[i].Unit = baseName, base, "msg/s"
 		rows[i].BaseCPU = baseCPU
 		rows[i].Ratio = rows[i].Value / base
-		rows[i].Pass = rows[i].Ratio >= target
+		rows[i].Pass = rows[i].Ratio >= rows[i].Target
 	}
 	shedRow := benchRow{Scenario: "ingest under shedding, " + mode, Measured: "POST answered from the FAQ", Value: shedRate,
 		CPU: shedCPU, Baseline: "ingest, admission off", Base: rate, BaseCPU: rateCPU, Unit: "msg/s", Target: 0.8}
@@ -279,7 +308,8 @@ func benchIngest(ctx context.Context, getenv func(string) string, logw io.Writer
 			return nil, err
 		}
 		rows = append(rows, benchRow{Scenario: "ingest vs bare HTTP", Measured: "POST /v1/messages", Value: rate,
-			Baseline: "no-op HTTP handler", Base: ceiling, Unit: "req/s", Ratio: rate / ceiling})
+			Baseline: "no-op HTTP handler", Base: ceiling, Unit: "req/s", Ratio: rate / ceiling, Target: 0.5,
+			Pass: rate/ceiling >= 0.5})
 	}
 	return rows, nil
 }

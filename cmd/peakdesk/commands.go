@@ -12,8 +12,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/peakdesk/peakdesk/ingest/token"
 	"github.com/peakdesk/peakdesk/storage"
+	"github.com/peakdesk/peakdesk/storage/queue"
 )
 
 // runServe runs `dev` or `serve` until ctx is cancelled.
@@ -55,8 +58,11 @@ peakdesk dev is up on http://%[1]s (shop "demo", user "alice"; token valid 24 h)
   curl -s -X POST 'http://%[1]s/v1/messages?wait=5s' -H "Authorization: Bearer $TOKEN" \
        -H 'Content-Type: application/json' -d '{"text":"双11满减怎么算？"}'
 
+Or chat in your browser: http://%[1]s/demo  (a pretend shop page with the chat widget, signed in as
+customer %[4]s, who owns order %[5]s: ask about 双11满减, the order, a refund)
+
 %[3]sPress Ctrl-C to stop.
-`, addr, tok, console)
+`, addr, tok, console, demoCustomer, demoOrder)
 }
 
 func printConsoleBanner(w io.Writer, addr, email, password string) {
@@ -70,19 +76,35 @@ func printConsoleBanner(w io.Writer, addr, email, password string) {
 	fmt.Fprintln(w)
 }
 
+// runMigrate applies the SQL migrations and, when NATS_URL is set, creates
+// or updates the JetStream streams and consumers (with the NATS user that
+// may: deploy/k8s's admin user). With --wait it applies nothing and waits
+// until the database has every migration of this binary: the init
+// container of each role in deploy/k8s, so no pod of a new version starts
+// against an old schema while the migrate Job runs.
 func runMigrate(ctx context.Context, args []string, stderr io.Writer, getenv func(string) string) error {
 	fs := flag.NewFlagSet("migrate", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	dbURL := databaseURLFlag(fs, getenv, "Postgres `URL` (env DATABASE_URL)")
 	shop := fs.String("ensure-shop", "", "also create this shop id if missing (e.g. demo)")
+	cfg := envDefaults(getenv, false)
+	cfg.Roles = []string{"migrate"} // names the NATS connection
+	fs.StringVar(&cfg.NATSURL, "nats-url", cfg.NATSURL, "also create or update the JetStream streams and consumers on this NATS (env NATS_URL; credentials NATS_CREDS, NATS_CA, replicas PEAKDESK_STREAM_REPLICAS)")
+	wait := fs.Duration("wait", 0, "apply nothing: wait up to this long until the database has every migration of this binary")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if cfg.envErr != nil {
+		return cfg.envErr
 	}
 	db, err := storage.Open(ctx, *dbURL, 2)
 	if err != nil {
 		return err
 	}
 	defer db.Close()
+	if *wait > 0 {
+		return waitForSchema(ctx, db, *wait, stderr)
+	}
 	if err := db.Migrate(ctx); err != nil {
 		return err
 	}
@@ -96,7 +118,43 @@ func runMigrate(ctx context.Context, args []string, stderr io.Writer, getenv fun
 		u.User = nil
 		fmt.Fprintln(stderr, "migrations applied to", u.Redacted())
 	}
+	if cfg.NATSURL == "" {
+		return nil
+	}
+	nc, err := queue.Connect(cfg.natsConnect("_INBOX.admin"))
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	topo, err := queue.EnsureTopology(ctx, js, queue.Topology{AckWait: cfg.AckWait, AckWaitP0: cfg.AckWaitP0, Replicas: cfg.StreamReplicas})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stderr, "JetStream streams and consumers ready (replicas %d, ack wait %s)\n", topo.Replicas, topo.AckWait)
 	return nil
+}
+
+// waitForSchema polls until the database has every migration of this
+// binary, or fails after limit.
+func waitForSchema(ctx context.Context, db *storage.DB, limit time.Duration, stderr io.Writer) error {
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	for {
+		pending, err := db.MigrationsPending(ctx)
+		if err == nil && !pending {
+			fmt.Fprintln(stderr, "schema is current")
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("migrate --wait: the schema is not current after %s (pending %v, last error %v); is the migrate Job running?", limit, pending, err)
+		case <-time.After(2 * time.Second):
+		}
+	}
 }
 
 // runToken prints a bearer token. A shop's token is signed with the shop's

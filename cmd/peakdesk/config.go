@@ -13,7 +13,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/peakdesk/peakdesk"
+	"github.com/peakdesk/peakdesk/outbox"
 	"github.com/peakdesk/peakdesk/outbox/egress"
+	"github.com/peakdesk/peakdesk/storage/queue"
 	"github.com/peakdesk/peakdesk/workers/llm"
 )
 
@@ -41,6 +44,13 @@ type Config struct {
 	RedisURL    string
 	// NATSURL empty in dev starts an embedded server.
 	NATSURL string
+	// NATSCreds, NATSCA, NATSTLSCert and NATSTLSKey are the process's NATS
+	// credentials file and TLS files (queue.ConnectConfig).
+	NATSCreds, NATSCA, NATSTLSCert, NATSTLSKey string
+	// NATSTopology is "ensure" (create or update the streams and
+	// consumers at start) or "check" (only check they exist: for NATS users
+	// that may not change them; `peakdesk migrate` creates them).
+	NATSTopology string
 	// NATSSyncAlways makes the embedded JetStream fsync before every ack.
 	NATSSyncAlways bool
 	// PublishBatch makes the edge group concurrent publishes into atomic
@@ -84,10 +94,16 @@ type Config struct {
 	AllowPrivateShopURLs bool
 
 	WorkerConcurrency int
-	AckWait           time.Duration
-	SoftStop          time.Duration
-	DBMaxConns        int
-	LogLevel          string
+	// AckWait is the p1/p2 consumers' AckWait, AckWaitP0 the p0
+	// consumer's (at most AckWait): how soon a dead worker's messages come
+	// back.
+	AckWait, AckWaitP0 time.Duration
+	// SoftStop is how long a stopping relay lets attempts in flight finish;
+	// WorkerSoftStop the same for a stopping worker's messages (default 0:
+	// handed back at once).
+	SoftStop, WorkerSoftStop time.Duration
+	DBMaxConns               int
+	LogLevel                 string
 	// LogFormat is text, json, or auto: text on a terminal, JSON otherwise.
 	LogFormat string
 
@@ -108,6 +124,14 @@ type Config struct {
 	// RelayConcurrency is how many outbox actions one relay carries out at
 	// once.
 	RelayConcurrency int
+	// Order answers: OrderCacheTTL is how long a shop lookup's result
+	// answers further customers (coalesced across processes);
+	// OrderLookupBudget bounds a lookup made while answering (the message's
+	// deadline bounds it too); FollowUpStep and FollowUpMaxAttempts are the
+	// order follow-ups' linear retry schedule, after which a human takes
+	// over.
+	OrderCacheTTL, OrderLookupBudget, FollowUpStep time.Duration
+	FollowUpMaxAttempts                            int
 	// LLMPrices is the price table, "model=in/out,…" in USD per million
 	// tokens.
 	LLMPrices string
@@ -136,6 +160,13 @@ type Config struct {
 	ConsoleIdleTimeout    time.Duration
 	ConsoleLifetime       time.Duration
 	ConsoleSampleInterval time.Duration
+	// DevOrigins are web origins (comma-separated) whose pages may call
+	// the chat API for every shop, beside each shop's allowed origins;
+	// for development. StreamOpens and StreamOpenWait shape the edge's
+	// event stream open queue (ingest.Config).
+	DevOrigins     string
+	StreamOpens    int
+	StreamOpenWait time.Duration
 	// SnapshotPrefix names the Redis keys of the metric snapshots every
 	// process publishes for the console; empty = the default (tests set
 	// their own so parallel tests do not see each other).
@@ -169,8 +200,10 @@ func envDefaults(getenv func(string) string, dev bool) Config {
 		LLMTimeout:        e.duration("PEAKDESK_LLM_TIMEOUT", 30*time.Second),
 		ShopAPIURL:        e.str("PEAKDESK_SHOP_API_URL", ""),
 		WorkerConcurrency: e.int("PEAKDESK_WORKER_CONCURRENCY", 64),
-		AckWait:           e.duration("PEAKDESK_ACK_WAIT", 30*time.Second),
+		AckWait:           e.duration("PEAKDESK_ACK_WAIT", 8*time.Second),
+		AckWaitP0:         e.duration("PEAKDESK_ACK_WAIT_P0", 3*time.Second),
 		SoftStop:          e.duration("PEAKDESK_SOFT_STOP", 10*time.Second),
+		WorkerSoftStop:    e.duration("PEAKDESK_WORKER_SOFT_STOP", 0),
 		DBMaxConns:        e.int("PEAKDESK_DB_MAX_CONNS", 20),
 		LogLevel:          e.str("PEAKDESK_LOG_LEVEL", "info"),
 		LogFormat:         e.str("PEAKDESK_LOG_FORMAT", "auto"),
@@ -184,10 +217,20 @@ func envDefaults(getenv func(string) string, dev bool) Config {
 	c.LLMTPM = e.int("PEAKDESK_LLM_TPM", 0)
 	c.StreamReplicas = e.int("PEAKDESK_STREAM_REPLICAS", 1)
 	c.RelayConcurrency = e.int("PEAKDESK_RELAY_CONCURRENCY", 32)
+	c.OrderCacheTTL = e.duration("PEAKDESK_ORDER_CACHE_TTL", 30*time.Second)
+	c.OrderLookupBudget = e.duration("PEAKDESK_ORDER_LOOKUP_BUDGET", 2*time.Second)
+	c.FollowUpStep = e.duration("PEAKDESK_FOLLOWUP_STEP", 5*time.Second)
+	c.FollowUpMaxAttempts = e.int("PEAKDESK_FOLLOWUP_MAX_ATTEMPTS", outbox.DefaultFollowUpMaxAttempts)
 	c.LLMPrices = e.str("PEAKDESK_LLM_PRICES", "")
 	c.FXRates = e.str("PEAKDESK_FX_RATES", llm.DefaultFXRates)
 	c.LLMMaxTokensParam = e.str("PEAKDESK_LLM_MAX_TOKENS_PARAM", llm.ParamMaxTokens)
 	// Outbound safety: dev's shops (the simulator) live on loopback.
+	// NATS credentials and TLS (deploy/k8s/nats/auth.conf: a user per role).
+	c.NATSCreds = e.str("NATS_CREDS", "")
+	c.NATSCA = e.str("NATS_CA", "")
+	c.NATSTLSCert = e.str("NATS_TLS_CERT", "")
+	c.NATSTLSKey = e.str("NATS_TLS_KEY", "")
+	c.NATSTopology = e.str("PEAKDESK_NATS_TOPOLOGY", topologyEnsure)
 	c.AllowPrivateShopURLs = e.bool("PEAKDESK_ALLOW_PRIVATE_SHOP_URLS", dev)
 	c.JWTPreviousSecrets = splitSecrets(e.str("PEAKDESK_JWT_PREVIOUS_SECRETS", ""))
 	c.MasterKey = e.str("PEAKDESK_MASTER_KEY", "")
@@ -206,8 +249,27 @@ func envDefaults(getenv func(string) string, dev bool) Config {
 	c.ConsoleIdleTimeout = e.duration("PEAKDESK_CONSOLE_IDLE_TIMEOUT", 30*time.Minute)
 	c.ConsoleLifetime = e.duration("PEAKDESK_CONSOLE_LIFETIME", 12*time.Hour)
 	c.ConsoleSampleInterval = e.duration("PEAKDESK_CONSOLE_SAMPLE_INTERVAL", 5*time.Second)
+	c.DevOrigins = e.str("PEAKDESK_DEV_ORIGINS", "")
+	c.StreamOpens = e.int("PEAKDESK_STREAM_OPENS", 64)
+	c.StreamOpenWait = e.duration("PEAKDESK_STREAM_OPEN_WAIT", 10*time.Second)
 	c.envErr = e.err
 	return c
+}
+
+// devOrigins returns DevOrigins normalized, or an error naming the setting.
+func (c *Config) devOrigins() ([]string, error) {
+	var out []string
+	for o := range strings.SplitSeq(c.DevOrigins, ",") {
+		if o = strings.TrimSpace(o); o == "" {
+			continue
+		}
+		n, err := peakdesk.NormalizeOrigin(o)
+		if err != nil {
+			return nil, fmt.Errorf("config: PEAKDESK_DEV_ORIGINS: %q is not a web origin like http://localhost:3000", o)
+		}
+		out = append(out, n)
+	}
+	return out, nil
 }
 
 // envReader reads typed environment variables, keeping the first malformed
@@ -297,6 +359,9 @@ func parseFlags(name string, args []string, stderr io.Writer, getenv func(string
 	fs.Var(secretURL{&c.DatabaseURL}, "database-url", "Postgres `URL` (env DATABASE_URL)")
 	fs.Var(secretURL{&c.RedisURL}, "redis-url", "Redis `URL` (env REDIS_URL)")
 	fs.StringVar(&c.NATSURL, "nats-url", c.NATSURL, "NATS URL; empty in dev = embedded server (env NATS_URL)")
+	fs.StringVar(&c.NATSCreds, "nats-creds", c.NATSCreds, "NATS credentials `file`: .creds (user JWT + seed) or nkey seed (env NATS_CREDS)")
+	fs.StringVar(&c.NATSCA, "nats-ca", c.NATSCA, "PEM `file` of the CAs of the NATS servers' certificates; requires TLS (env NATS_CA)")
+	fs.StringVar(&c.NATSTopology, "nats-topology", c.NATSTopology, "ensure: create/update streams and consumers at start; check: only check they exist (env PEAKDESK_NATS_TOPOLOGY)")
 	fs.BoolVar(&c.NATSSyncAlways, "nats-sync-always", c.NATSSyncAlways, "embedded JetStream fsyncs before every ack (env PEAKDESK_NATS_SYNC_ALWAYS)")
 	fs.BoolVar(&c.PublishBatch, "publish-batch", c.PublishBatch, "group concurrent publishes into atomic batches; use with fsync-always JetStream (env PEAKDESK_PUBLISH_BATCH)")
 	fs.StringVar(&c.HTTPAddr, "http-addr", c.HTTPAddr, "HTTP listen address (env PEAKDESK_HTTP_ADDR)")
@@ -304,6 +369,9 @@ func parseFlags(name string, args []string, stderr io.Writer, getenv func(string
 	fs.IntVar(&c.MaxStreams, "max-streams", c.MaxStreams, "event streams one edge process holds open at most (env PEAKDESK_MAX_STREAMS)")
 	fs.IntVar(&c.MaxInFlight, "max-inflight", c.MaxInFlight, "requests one edge process handles at once; more are answered 503 (env PEAKDESK_MAX_INFLIGHT)")
 	fs.IntVar(&c.ShedWriterBatch, "shed-writer-batch", c.ShedWriterBatch, "shed answers the worker role stores per transaction (env PEAKDESK_SHED_WRITER_BATCH)")
+	fs.IntVar(&c.StreamOpens, "stream-opens", c.StreamOpens, "event stream opens set up at once; more wait their turn (env PEAKDESK_STREAM_OPENS)")
+	fs.DurationVar(&c.StreamOpenWait, "stream-open-wait", c.StreamOpenWait, "how long an event stream open may wait for its turn before 503 (env PEAKDESK_STREAM_OPEN_WAIT)")
+	fs.StringVar(&c.DevOrigins, "dev-origins", c.DevOrigins, "comma-separated web origins whose pages may call the chat API for every shop, e.g. http://localhost:3000 (env PEAKDESK_DEV_ORIGINS)")
 	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "local data directory (env PEAKDESK_DATA_DIR)")
 	fs.StringVar(&c.LLMBaseURL, "llm-base-url", c.LLMBaseURL, "OpenAI-compatible base URL; empty in dev = simulator (env PEAKDESK_LLM_BASE_URL)")
 	fs.StringVar(&c.LLMModel, "llm-model", c.LLMModel, "LLM model (env PEAKDESK_LLM_MODEL)")
@@ -315,11 +383,17 @@ func parseFlags(name string, args []string, stderr io.Writer, getenv func(string
 	fs.IntVar(&c.LLMRPM, "llm-rpm", c.LLMRPM, "LLM provider requests per minute for all workers together; 0 = unlimited (env PEAKDESK_LLM_RPM)")
 	fs.IntVar(&c.LLMTPM, "llm-tpm", c.LLMTPM, "LLM provider tokens per minute for all workers together; 0 = unlimited (env PEAKDESK_LLM_TPM)")
 	fs.IntVar(&c.RelayConcurrency, "relay-concurrency", c.RelayConcurrency, "outbox actions one relay carries out at once (env PEAKDESK_RELAY_CONCURRENCY)")
+	fs.DurationVar(&c.OrderCacheTTL, "order-cache-ttl", c.OrderCacheTTL, "how long a shop lookup's result answers further customers (env PEAKDESK_ORDER_CACHE_TTL)")
+	fs.DurationVar(&c.OrderLookupBudget, "order-lookup-budget", c.OrderLookupBudget, "longest a shop lookup may take while answering before the customer is told \"checking\" and followed up (env PEAKDESK_ORDER_LOOKUP_BUDGET)")
+	fs.DurationVar(&c.FollowUpStep, "followup-step", c.FollowUpStep, "step of the order follow-ups' linear backoff (env PEAKDESK_FOLLOWUP_STEP)")
+	fs.IntVar(&c.FollowUpMaxAttempts, "followup-max-attempts", c.FollowUpMaxAttempts, "attempts of an order follow-up before a human takes over (env PEAKDESK_FOLLOWUP_MAX_ATTEMPTS)")
 	fs.StringVar(&c.ShopAPIURL, "shop-api-url", c.ShopAPIURL, "default shop API base URL; empty in dev = simulator (env PEAKDESK_SHOP_API_URL)")
 	fs.BoolVar(&c.AllowPrivateShopURLs, "allow-private-shop-urls", c.AllowPrivateShopURLs, "let shop calls use plain http and reach loopback/private addresses; dev and tests only (env PEAKDESK_ALLOW_PRIVATE_SHOP_URLS; default on in dev)")
 	fs.IntVar(&c.StreamReplicas, "stream-replicas", c.StreamReplicas, "JetStream replicas per stream: 1, or 3 in a cluster (env PEAKDESK_STREAM_REPLICAS)")
-	fs.DurationVar(&c.AckWait, "ack-wait", c.AckWait, "JetStream AckWait of the worker consumers (env PEAKDESK_ACK_WAIT)")
-	fs.DurationVar(&c.SoftStop, "soft-stop", c.SoftStop, "how long a stopping worker lets in-flight messages finish (env PEAKDESK_SOFT_STOP)")
+	fs.DurationVar(&c.AckWait, "ack-wait", c.AckWait, "JetStream AckWait of the p1 and p2 worker consumers: how soon a dead worker's messages come back (env PEAKDESK_ACK_WAIT)")
+	fs.DurationVar(&c.AckWaitP0, "ack-wait-p0", c.AckWaitP0, "JetStream AckWait of the p0 worker consumer, at most --ack-wait (env PEAKDESK_ACK_WAIT_P0)")
+	fs.DurationVar(&c.SoftStop, "soft-stop", c.SoftStop, "how long a stopping relay lets outbox attempts in flight finish (env PEAKDESK_SOFT_STOP)")
+	fs.DurationVar(&c.WorkerSoftStop, "worker-soft-stop", c.WorkerSoftStop, "how long a stopping worker lets in-flight messages finish before it hands them back; 0 = at once (env PEAKDESK_WORKER_SOFT_STOP)")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error (env PEAKDESK_LOG_LEVEL)")
 	fs.StringVar(&c.ConsoleOrigin, "console-origin", c.ConsoleOrigin, "the operator console's public origin, e.g. https://console.example.com; https makes its cookies Secure (env PEAKDESK_CONSOLE_ORIGIN)")
 	fs.DurationVar(&c.ConsoleIdleTimeout, "console-idle-timeout", c.ConsoleIdleTimeout, "console sessions end after this long without use (env PEAKDESK_CONSOLE_IDLE_TIMEOUT)")
@@ -342,6 +416,12 @@ func (c *Config) validate() error {
 	}
 	if len(c.Roles) == 0 {
 		return errors.New("config: --roles: name at least one role")
+	}
+	if _, err := c.devOrigins(); err != nil {
+		return err
+	}
+	if c.StreamOpens < 1 || c.StreamOpenWait <= 0 {
+		return errors.New("config: PEAKDESK_STREAM_OPENS and PEAKDESK_STREAM_OPEN_WAIT must be positive")
 	}
 	for _, r := range c.Roles {
 		if !slices.Contains(allRoles, r) {
@@ -366,6 +446,9 @@ func (c *Config) validate() error {
 	}
 	if c.WorkerConcurrency < 1 {
 		return errors.New("config: --worker-concurrency must be at least 1")
+	}
+	if c.AckWait < 0 || c.AckWaitP0 < 0 || c.WorkerSoftStop < 0 {
+		return errors.New("config: PEAKDESK_ACK_WAIT, PEAKDESK_ACK_WAIT_P0 and PEAKDESK_WORKER_SOFT_STOP must not be negative")
 	}
 	if c.WorkerMinConcurrency < 0 || c.WorkerMinConcurrency > c.WorkerConcurrency {
 		return errors.New("config: --worker-min-concurrency must be within 0..--worker-concurrency")
@@ -417,6 +500,9 @@ func (c *Config) validate() error {
 	if c.RelayConcurrency < 1 {
 		return errors.New("config: --relay-concurrency must be at least 1")
 	}
+	if c.OrderCacheTTL <= 0 || c.OrderLookupBudget <= 0 || c.FollowUpStep <= 0 || c.FollowUpMaxAttempts < 1 {
+		return errors.New("config: PEAKDESK_ORDER_CACHE_TTL, PEAKDESK_ORDER_LOOKUP_BUDGET and PEAKDESK_FOLLOWUP_STEP must be positive and PEAKDESK_FOLLOWUP_MAX_ATTEMPTS at least 1")
+	}
 	if c.ShopAPIURL != "" {
 		if err := egress.CheckURL(c.ShopAPIURL, c.AllowPrivateShopURLs); err != nil {
 			return fmt.Errorf("config: PEAKDESK_SHOP_API_URL: %w", err)
@@ -428,6 +514,14 @@ func (c *Config) validate() error {
 	if c.ConsoleSampleInterval < 100*time.Millisecond {
 		return errors.New("config: --console-sample-interval must be at least 100ms")
 	}
+	if c.NATSTopology != topologyEnsure && c.NATSTopology != topologyCheck {
+		return fmt.Errorf("config: PEAKDESK_NATS_TOPOLOGY: want %s or %s, got %q", topologyEnsure, topologyCheck, c.NATSTopology)
+	}
+	if c.NATSURL != "" {
+		if err := c.natsConnect("").Validate(); err != nil {
+			return fmt.Errorf("config: %w", err)
+		}
+	}
 	if c.StreamReplicas != 1 && c.StreamReplicas != 3 && c.StreamReplicas != 5 {
 		return errors.New("config: --stream-replicas must be 1, 3 or 5")
 	}
@@ -435,6 +529,22 @@ func (c *Config) validate() error {
 }
 
 func (c *Config) hasRole(r string) bool { return slices.Contains(c.Roles, r) }
+
+// Values of PEAKDESK_NATS_TOPOLOGY.
+const (
+	topologyEnsure = "ensure"
+	topologyCheck  = "check"
+)
+
+// natsConnect is how this process reaches NATS. inbox overrides the reply
+// prefix its roles give (migrate uses the admin user's).
+func (c *Config) natsConnect(inbox string) queue.ConnectConfig {
+	return queue.ConnectConfig{
+		URL: c.NATSURL, Name: "peakdesk " + strings.Join(c.Roles, ","),
+		Creds: c.NATSCreds, CA: c.NATSCA, Cert: c.NATSTLSCert, Key: c.NATSTLSKey,
+		InboxPrefix: cmp.Or(inbox, queue.InboxPrefix(c.Roles...)),
+	}
+}
 
 // workerWeights parses WorkerWeights, "p1:p2" (e.g. "4:1").
 func (c *Config) workerWeights() (p1, p2 int, err error) {

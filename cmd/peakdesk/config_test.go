@@ -21,6 +21,9 @@ func TestMalformedEnvironmentIsRefused(t *testing.T) {
 		"PEAKDESK_MAX_INFLIGHT":          "0",
 		"PEAKDESK_SHED_FAQ_CACHE_TTL":    "-1s",
 		"PEAKDESK_SHED_WRITER_BATCH":     "lots",
+		"PEAKDESK_DEV_ORIGINS":           "http://localhost:3000,localhost:5173",
+		"PEAKDESK_STREAM_OPENS":          "0",
+		"PEAKDESK_STREAM_OPEN_WAIT":      "-1s",
 	} {
 		env := map[string]string{name: value}
 		c := envDefaults(func(k string) string { return env[k] }, true)

@@ -28,7 +28,7 @@ func runLoadtest(ctx context.Context, args []string, stdout io.Writer) error {
 		baseURL       = fs.String("url", "http://127.0.0.1:8080", "base URL of the peakdesk ingest edge")
 		secret        = fs.String("secret", "", "JWT secret of the target (default $PEAKDESK_JWT_SECRET, else the dev secret)")
 		shop          = fs.String("shop", "demo", "shop id the tokens name")
-		scenario      = fs.String("scenario", "steady", "load shape: steady, burst or ramp")
+		scenario      = fs.String("scenario", "steady", "load shape: steady, burst or ramp; push: idle event streams, live delivery and a reconnect storm")
 		rate          = fs.Float64("rate", 100, "messages per second (steady; start rate of ramp)")
 		rateEnd       = fs.Float64("rate-end", 0, "end rate of ramp (default 5 × --rate)")
 		duration      = fs.Duration("duration", 10*time.Second, "how long steady and ramp offer load")
@@ -45,6 +45,11 @@ func runLoadtest(ctx context.Context, args []string, stdout io.Writer) error {
 		htmlPath      = fs.String("html", "", "write the report as a self-contained HTML page to this file")
 		seed          = fs.Int64("seed", 1, "random seed for questions, hints and conversation choice")
 		verbose       = fs.Bool("v", false, "log progress to stderr")
+		streams       = fs.Int("streams", 1000, "push: customers holding an event stream open")
+		replies       = fs.Int("replies", 0, "push: replies delivered while every stream is open (default min(streams, 200))")
+		storm         = fs.Int("storm", 0, "push: customers that drop and reconnect at once (default streams/2)")
+		stormReplies  = fs.Int("storm-replies", 0, "push: replies the storm's customers miss while away (default min(storm, 200))")
+		metricsURL    = fs.String("metrics-url", "", "push: the edge's /metrics URL, to measure its memory per idle stream")
 	)
 	if err := fs.Parse(args); err != nil {
 		return fmt.Errorf("loadtest: %w", err)
@@ -59,6 +64,26 @@ func runLoadtest(ctx context.Context, args []string, stdout io.Writer) error {
 	level := slog.LevelWarn
 	if *verbose {
 		level = slog.LevelInfo
+	}
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	if *scenario == "push" {
+		rep, runErr := loadtest.RunPush(ctx, loadtest.PushConfig{
+			BaseURL: *baseURL, Secret: []byte(cmp.Or(*secret, os.Getenv("PEAKDESK_JWT_SECRET"), loadtestDevSecret)),
+			Shop: *shop, Streams: *streams, Replies: *replies, Storm: *storm, StormReplies: *stormReplies,
+			Concurrency: min(*concurrency, 64), MetricsURL: *metricsURL, Deadline: *deadline, Logger: logger,
+		})
+		if rep == nil {
+			return fmt.Errorf("loadtest: %w", runErr)
+		}
+		errs := []error{runErr, rep.WriteText(stdout)}
+		if *jsonPath != "" {
+			errs = append(errs, loadtestWriteFile(*jsonPath, rep.WriteJSON))
+		}
+		errs = append(errs, rep.Check())
+		if err := errors.Join(errs...); err != nil {
+			return fmt.Errorf("loadtest: %w", err)
+		}
+		return nil
 	}
 
 	rep, runErr := loadtest.RunLoad(ctx, loadtest.LoadConfig{
@@ -79,7 +104,7 @@ func runLoadtest(ctx context.Context, args []string, stdout io.Writer) error {
 		Linger:         *linger,
 		RequestTimeout: *timeout,
 		Seed:           *seed,
-		Logger:         slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
+		Logger:         logger,
 	})
 	if rep == nil {
 		return fmt.Errorf("loadtest: %w", runErr)

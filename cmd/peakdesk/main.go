@@ -43,9 +43,11 @@ Commands:
   mockllm   serve the simulated LLM provider
   mockshop  serve the simulated shop API
   loadtest  offer load to a peakdesk URL and report what happened
+  drill     orders: the order scenario with the shop API down mid-run, every role in-process
   faq       import a shop's FAQ entries (faq import --shop S FILE)
   operator  add an operator of the console (operator add --email E --role R [--shop S])
   bench     measure the performance targets side by side with their baselines
+  version   print the version, commit, build date and Go version
 
 Run "peakdesk <command> -h" for a command's flags.
 `
@@ -75,12 +77,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		return runMockShop(ctx, rest, stdout)
 	case "loadtest":
 		return runLoadtest(ctx, rest, stdout)
+	case "drill":
+		return runDrill(ctx, rest, stdout, stderr, getenv)
 	case "bench":
 		return runBench(ctx, rest, stdout, stderr, getenv)
 	case "faq":
 		return runFAQ(ctx, rest, stdout, stderr, getenv)
 	case "operator":
 		return runOperator(ctx, rest, os.Stdin, stdout, stderr, getenv)
+	case "version", "--version":
+		return runVersion(stdout)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil

@@ -27,6 +27,7 @@ import (
 	"github.com/peakdesk/peakdesk/dashboard/snapshot"
 	"github.com/peakdesk/peakdesk/ingest"
 	"github.com/peakdesk/peakdesk/ingest/token"
+	"github.com/peakdesk/peakdesk/ingest/widget"
 	"github.com/peakdesk/peakdesk/loadtest/llmsim"
 	"github.com/peakdesk/peakdesk/outbox"
 	"github.com/peakdesk/peakdesk/outbox/shopapi"
@@ -57,6 +58,7 @@ type Program struct {
 	shopSrv  *http.Server // the simulated shop API in dev
 	faq      *faq.Engine
 	shop     *shopapi.Client
+	orders   *orderAnswers // lookups, texts and tools of order answers
 	relay    *outbox.Relay
 	redactor *retention.Redactor // masks expired chat texts (relay role)
 	edge     *ingest.Edge
@@ -127,7 +129,8 @@ func (p *Program) Start(ctx context.Context) (err error) {
 	}()
 	cfg := &p.Config
 	p.registry = prometheus.NewRegistry()
-	p.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	p.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		buildInfoCollector(readBuildInfo()))
 
 	// Queue: external NATS, or in dev an embedded server.
 	natsURL := cfg.NATSURL
@@ -142,15 +145,23 @@ func (p *Program) Start(ctx context.Context) (err error) {
 		p.Log.Info("embedded NATS JetStream started", "url", natsURL, "store", filepath.Join(cfg.DataDir, "jetstream"),
 			"sync_always", cfg.NATSSyncAlways)
 	}
-	p.nc, err = nats.Connect(natsURL, nats.Name("peakdesk"), nats.MaxReconnects(-1),
-		nats.ReconnectWait(250*time.Millisecond))
-	if err != nil {
-		return fmt.Errorf("connect nats: %w", err)
+	conn := cfg.natsConnect("")
+	conn.URL = natsURL
+	if p.nc, err = queue.Connect(conn); err != nil {
+		return err
 	}
 	if p.js, err = jetstream.New(p.nc); err != nil {
 		return fmt.Errorf("jetstream: %w", err)
 	}
-	topo, err := queue.EnsureTopology(ctx, p.js, queue.Topology{AckWait: cfg.AckWait, Replicas: cfg.StreamReplicas})
+	// The streams and consumers: made here, or (per-role NATS users, which
+	// may not change them) made by `peakdesk migrate` and checked here.
+	ensure := queue.EnsureTopology
+	if cfg.NATSTopology == topologyCheck {
+		ensure = queue.CheckTopology
+	}
+	_, err = ensure(ctx, p.js, queue.Topology{
+		AckWait: cfg.AckWait, AckWaitP0: cfg.AckWaitP0, Replicas: cfg.StreamReplicas,
+	})
 	if err != nil {
 		return err
 	}
@@ -201,6 +212,9 @@ func (p *Program) Start(ctx context.Context) (err error) {
 			return err
 		}
 	}
+	if p.orders, err = p.newOrderAnswers(); err != nil {
+		return err
+	}
 	if cfg.hasRole(roleIngest) || cfg.hasRole(roleWorker) {
 		if p.faq, err = faq.New(faq.Config{DB: p.db, Logger: p.Log, Registerer: p.registry}); err != nil {
 			return err
@@ -215,13 +229,19 @@ func (p *Program) Start(ctx context.Context) (err error) {
 	mux.HandleFunc("GET /readyz", p.ready)
 
 	if cfg.hasRole(roleIngest) {
+		devOrigins, err := cfg.devOrigins()
+		if err != nil {
+			return err
+		}
 		p.edge, err = ingest.New(ingest.Config{
 			Secret: secret, PreviousSecrets: previous, Auth: auth, MaxStreams: cfg.MaxStreams,
+			StreamOpens: cfg.StreamOpens, StreamOpenWait: cfg.StreamOpenWait, DevOrigins: devOrigins,
 			DB: p.db, Redis: p.rdb, JS: p.js,
 			Logger: p.Log, Registerer: p.registry,
 			BatchPublish: cfg.PublishBatch,
 			FAQ:          edgeFAQ{p.faq}, ReplyWebhook: outbox.ReplyWebhook,
 			FAQCacheTTL: cfg.FAQCacheTTL, MaxInFlight: cfg.MaxInFlight,
+			Orders: p.orders.tools,
 			Admission: ingest.AdmissionConfig{Disabled: cfg.AdmissionDisabled, MinBacklog: int64(cfg.AdmissionMinBacklog),
 				MaxWait: map[peakdesk.Priority]time.Duration{
 					peakdesk.P0: cfg.AdmissionMaxWaitP0, peakdesk.P1: cfg.AdmissionMaxWaitP1, peakdesk.P2: cfg.AdmissionMaxWaitP2}},
@@ -233,6 +253,17 @@ func (p *Program) Start(ctx context.Context) (err error) {
 			return err
 		}
 		p.edge.Register(mux)
+		widget.Register(mux)
+		if cfg.Dev {
+			// The pretend shop page a newcomer chats on; dev only, since
+			// anyone who loads it chats as the demo customer.
+			demo := widget.Demo(widget.DemoConfig{Shop: "demo", User: demoCustomer, Order: demoOrder,
+				Token: func(shop, user string, ttl time.Duration) (string, error) {
+					return token.Sign(secret, shop, user, nil, ttl)
+				}})
+			mux.Handle("GET /demo", demo)
+			mux.Handle("GET /demo/token", demo)
+		}
 	}
 	if cfg.hasRole(roleWorker) {
 		// Every LLM HTTP call goes through the worker's transport: the
@@ -278,10 +309,7 @@ func (p *Program) Start(ctx context.Context) (err error) {
 		if err := p.answerer.Start(ctx); err != nil {
 			return err
 		}
-		tools, err := outbox.NewTools(outbox.ToolsConfig{DB: p.db, Shop: p.shop})
-		if err != nil {
-			return err
-		}
+		tools := p.orders.tools
 		p1Weight, p2Weight, _ := cfg.workerWeights() // validated
 		p.worker, err = workers.New(workers.Config{
 			JS: p.js, DB: p.db, Answerer: p.answerer, Tools: tools,
@@ -289,8 +317,7 @@ func (p *Program) Start(ctx context.Context) (err error) {
 			Logger:     p.Log,
 			Registerer: p.registry,
 			Limits:     limits,
-			AckWait:    topo.AckWait,
-			SoftStop:   cfg.SoftStop,
+			SoftStop:   cfg.WorkerSoftStop, // AckWait: the consumers'
 			// p1:p2 weights and turn gathering (issue 5).
 			P1Weight:   p1Weight,
 			P2Weight:   p2Weight,
@@ -353,8 +380,9 @@ func (p *Program) Start(ctx context.Context) (err error) {
 		p.httpSrv.RegisterOnShutdown(p.edge.CloseStreams)
 	}
 	go func() { p.serveErr <- p.httpSrv.Serve(p.listener) }()
-	p.Log.Info("peakdesk started", "addr", p.Addr(), "metrics_addr", p.MetricsAddr(),
-		"roles", strings.Join(cfg.Roles, ","), "dev", cfg.Dev)
+	b := readBuildInfo()
+	p.Log.Info("peakdesk started", "version", b.Version, "commit", b.Commit, "addr", p.Addr(),
+		"metrics_addr", p.MetricsAddr(), "roles", strings.Join(cfg.Roles, ","), "dev", cfg.Dev)
 	return nil
 }
 
@@ -468,6 +496,9 @@ func (p *Program) Stop() {
 		}
 		if p.relay != nil {
 			p.relay.Stop()
+		}
+		if p.orders != nil {
+			p.orders.lookups.Wait() // lookups whose customers stopped waiting
 		}
 		if p.redactor != nil {
 			p.redactor.Stop()

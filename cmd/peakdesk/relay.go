@@ -17,7 +17,7 @@ import (
 
 // replyPusher stores and publishes replies that answer no single message:
 // the second reply of an order follow-up, and the notice that a human takes
-// over when a follow-up is given up (DESIGN.md §8).
+// over when a follow-up is given up (docs/architecture.md).
 type replyPusher struct {
 	db *storage.DB
 	js jetstream.JetStream
@@ -60,6 +60,7 @@ func (p *Program) startRelay(ctx context.Context) error {
 	p.relay, err = outbox.NewRelay(outbox.Config{
 		DB: p.db, Shop: p.shop,
 		OnFollowUp: pusher.followUp, OnHandoff: pusher.handoff,
+		Lookups: p.orders.lookups, Texts: p.orders.texts, FollowUpStep: p.Config.FollowUpStep,
 		Logger: p.Log, Registerer: p.registry,
 		Concurrency: p.Config.RelayConcurrency,
 		SoftStop:    p.Config.SoftStop,

@@ -30,6 +30,14 @@ const shopUsage = `Usage: peakdesk shop <subcommand> [flags] [field=value ...]
                                          a new token-signing key; prints its kid
   encrypt-secrets                        seal every shop secret not yet sealed
                                          under PEAKDESK_MASTER_KEY (start does it too)
+  order-answers --shop S [llm|direct]    show or set how order questions are answered
+                                         (direct: from the shop's data, without the LLM)
+  text --shop S [--lang zh|en --key K (--file F | --delete)]
+                                         list, set or remove the shop's wording of a
+                                         customer text (order.update, order.checking, ...)
+  origins --shop S [--set https://a.example,https://b.example]
+                                         web origins whose pages may use the chat
+                                         widget and API (CORS)
 
 Fields are the JSON paths of "show", e.g. language=en limits.rate_per_second=50
 webhook.url=https://shop.example/hooks admission.max_wait_p2=20s
@@ -55,6 +63,10 @@ func runShop(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 		return runShopAdmin(ctx, args[0], args[1:], os.Stdin, stdout, stderr, getenv)
 	case "rotate-key":
 		return runShopRotateKey(ctx, args[1:], stdout, stderr, getenv)
+	case "origins":
+		return runShopOrigins(ctx, args[1:], stdout, stderr, getenv)
+	case "order-answers", "text": // shop_orders.go
+		return runShopOrders(ctx, args[0], args[1:], stdout, stderr, getenv)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, shopUsage)
 		return nil
@@ -253,5 +265,60 @@ func runShopRotateKey(ctx context.Context, args []string, stdout, stderr io.Writ
 		fmt.Fprintln(stdout, key.Secret)
 	}
 	fmt.Fprintf(stderr, "shop %s: new signing key %s; older keys expire in %s\n", *shop, key.KID, *overlap)
+	return nil
+}
+
+// runShopOrigins prints, or with --set replaces, the web origins whose
+// pages may call the chat API for a shop from a browser (CORS; the chat
+// widget on the shop's own site). --set "" allows none.
+func runShopOrigins(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
+	fs := flag.NewFlagSet("shop origins", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	shop := fs.String("shop", "", "shop id (required)")
+	set := fs.String("set", "", "comma-separated origins to allow, replacing the current ones, e.g. https://shop.example.com")
+	dbURL := databaseURLFlag(fs, getenv, "Postgres `URL` (env DATABASE_URL)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	switch {
+	case *shop == "":
+		return errors.New("shop origins: --shop is required")
+	case fs.NArg() > 0:
+		return fmt.Errorf("shop origins: unexpected argument %q", fs.Arg(0))
+	}
+	replace := false
+	fs.Visit(func(f *flag.Flag) { replace = replace || f.Name == "set" })
+	origins := []string{}
+	for o := range strings.SplitSeq(*set, ",") {
+		if o = strings.TrimSpace(o); o == "" {
+			continue
+		}
+		n, err := peakdesk.NormalizeOrigin(o)
+		if err != nil {
+			return fmt.Errorf("shop origins: --set: %w", err)
+		}
+		origins = append(origins, n)
+	}
+	db, err := storage.Open(ctx, *dbURL, 2)
+	if err != nil {
+		return fmt.Errorf("shop origins: %w", err)
+	}
+	defer db.Close()
+	if replace {
+		if err := db.SetShopAllowedOrigins(ctx, *shop, origins); errors.Is(err, storage.ErrNotFound) {
+			return fmt.Errorf("shop origins: shop %q does not exist", *shop)
+		} else if err != nil {
+			return fmt.Errorf("shop origins: %w", err)
+		}
+	}
+	s, err := db.ShopSettings(ctx, *shop)
+	if errors.Is(err, storage.ErrNotFound) {
+		return fmt.Errorf("shop origins: shop %q does not exist", *shop)
+	} else if err != nil {
+		return fmt.Errorf("shop origins: %w", err)
+	}
+	for _, o := range s.AllowedOrigins {
+		fmt.Fprintln(stdout, o)
+	}
 	return nil
 }

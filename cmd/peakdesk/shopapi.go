@@ -54,6 +54,14 @@ func (p *Program) startShopAPI(ctx context.Context) error {
 	return nil
 }
 
+// The customer the dev demo page (/demo) is signed in as, and an order of
+// the simulated shop's catalogue it owns (shopsim.CatalogueOrder: the
+// owner is "u" + the id's last digit).
+const (
+	demoCustomer = "u6"
+	demoOrder    = "1234567890123456"
+)
+
 // seedDemo gives the dev shop "demo" its FAQ (kept if already there).
 func seedDemo(ctx context.Context, db *storage.DB) error {
 	if _, err := db.ImportFAQ(ctx, "demo", faq.DemoEntries(), false); err != nil {

@@ -58,6 +58,7 @@ func (b *testBundle) startChildWorker(t *testing.T, name string, env ...string) 
 		"PEAKDESK_HTTP_ADDR=127.0.0.1:0",
 		"PEAKDESK_METRICS_ADDR=127.0.0.1:0",
 		"PEAKDESK_JWT_SECRET="+testSecret,
+		"PEAKDESK_MASTER_KEY="+testMasterKey, // the shops' secrets are sealed under it
 		"PEAKDESK_LLM_BASE_URL="+b.llmURL,
 		"PEAKDESK_SHOP_API_URL="+b.shopURL,
 		"PEAKDESK_ALLOW_PRIVATE_SHOP_URLS=true", // the simulated shop listens on loopback

@@ -1,4 +1,4 @@
-// Package shopadmin is shop administration (DESIGN.md §9.3), the one layer
+// Package shopadmin is shop administration (docs/integration.md), the one layer
 // the admin JSON API, the console's shop pages and `peakdesk shop` go
 // through: creating a shop; its request limits, keyword rules, admission
 // thresholds, language, LLM chain (each model with its own provider),

@@ -101,7 +101,7 @@ type Webhook struct {
 	Secret string `json:"secret"`
 }
 
-// Money are the shop's money policies (DESIGN.md §14), in hundredths of
+// Money are the shop's money policies (docs/policies.md), in hundredths of
 // the shop's currency.
 type Money struct {
 	CouponPerUserPerDay     int   `json:"coupon_per_user_per_day"`

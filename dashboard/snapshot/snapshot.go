@@ -46,6 +46,8 @@ var DefaultNames = []string{
 	"peakdesk_ingest_requests_total",
 	"peakdesk_ingest_accepted_total",
 	"peakdesk_outbox_relay_inflight",
+	"peakdesk_order_final_answer_seconds",
+	"peakdesk_order_lookups_total",
 }
 
 // DefaultPrefix starts the Redis keys: prefix+"p:"+process holds one

@@ -10,6 +10,7 @@ cd "$(dirname "$0")/../.."
 go build -o bin/peakdesk ./cmd/peakdesk
 work=$(mktemp -d)
 export PEAKDESK_JWT_SECRET=kill-worker-demo-secret-0123456789abcdef
+export PEAKDESK_MASTER_KEY=cafdf7ce1c8b2536a95fa46675fe56fbaed010d7e0120a1b9eae3bc88dd172a6 # the public dev-only key, as `peakdesk dev` uses: this database is dev's
 export NATS_URL=nats://127.0.0.1:4333
 export PEAKDESK_LLM_BASE_URL=http://127.0.0.1:8095/v1
 pids=()

@@ -1,5 +1,5 @@
 // Package httpjson writes peakdesk's JSON answers and its error format
-// (DESIGN.md §4): {"error":{"code","message","field"?}} with the HTTP status
+// (docs/api.md): {"error":{"code","message","field"?}} with the HTTP status
 // of each code and Retry-After where due. It is the only place error codes
 // become HTTP statuses; the edge and the operator API both answer through it.
 package httpjson
@@ -55,7 +55,7 @@ type ErrorDetail struct {
 	Field   string `json:"field,omitempty"`
 }
 
-// WriteError answers with the error format of DESIGN.md §4. Internal errors
+// WriteError answers with the error format of docs/api.md. Internal errors
 // are logged here and shown to the caller without their details.
 func WriteError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err error) {
 	code := peakdesk.ErrorCode(err)

@@ -5,12 +5,17 @@
 // Routes (JSON; the shop is named by the X-Peakdesk-Shop header, "demo" when
 // absent):
 //
+//	GET  /orders?user_id=&limit=  a customer's recent orders, newest first
+//	GET  /orders?tracking_no=     the order of a tracking number
 //	GET  /orders/{id}             the order (404 not_found if unknown or another shop's)
 //	GET  /orders/{id}/logistics   its logistics
+//	GET  /orders/{id}/refunds     its refunds (requested with POST /refunds, or AddRefund)
 //	POST /coupons                 {order_id?, user_id, amount_cents, reason} → 201 coupon
 //	POST /refunds                 {order_id, amount_cents?, reason} → 201 refund
 //	POST /webhooks/replies        reply-webhook receiver (Peakdesk-Signature verified,
 //	                              stale and replayed signatures refused)
+//	GET  /openapi.yaml            the shop API's contract (shopapi.OpenAPI), which
+//	                              every route above but /admin follows
 //	GET  /admin/faults, PUT /admin/faults, GET /admin/stats,
 //	GET  /admin/effects[?shop=&kind=], GET /admin/webhooks[?shop=], POST /admin/reset
 //
@@ -50,6 +55,8 @@ const (
 const (
 	shopKindOrder     = "order"
 	shopKindLogistics = "logistics"
+	shopKindOrders    = "orders"
+	shopKindRefunds   = "refunds"
 	shopKindCoupon    = "coupon"
 	shopKindRefund    = "refund"
 	shopKindWebhook   = "webhook"
@@ -193,9 +200,10 @@ type Sim struct {
 	effects     []Effect
 	webhooks    []Webhook
 	webhookSeen map[shopKey]bool
-	sigSeen     map[string]bool  // accepted webhook signatures, for replay refusal
-	sigQueue    []shopSeenSig    // the same, in arrival order, to forget them
-	seq         map[string]int64 // object id sequences by kind
+	sigSeen     map[string]bool          // accepted webhook signatures, for replay refusal
+	sigQueue    []shopSeenSig            // the same, in arrival order, to forget them
+	seq         map[string]int64         // object id sequences by kind
+	refunds     map[shopKey][]shopRefund // by (shop, order id)
 	stats       Stats
 }
 
@@ -213,6 +221,9 @@ func New(f Faults, secret []byte) *Sim {
 	s.resetLocked()
 	s.handle("GET /orders/{id}", shopKindOrder, s.getOrder)
 	s.handle("GET /orders/{id}/logistics", shopKindLogistics, s.getLogistics)
+	s.handle("GET /orders", shopKindOrders, s.listOrders)
+	s.handle("GET /orders/{id}/refunds", shopKindRefunds, s.listRefunds)
+	s.handle("GET /openapi.yaml", shopKindAdmin, s.getOpenAPI)
 	s.handle("POST /coupons", shopKindCoupon, func(w http.ResponseWriter, r *http.Request) {
 		s.postEffect(w, r, shopKindCoupon)
 	})
@@ -302,6 +313,7 @@ func (s *Sim) resetLocked() {
 	s.sigSeen = make(map[string]bool)
 	s.sigQueue = nil
 	s.seq = make(map[string]int64)
+	s.refunds = make(map[shopKey][]shopRefund)
 	s.stats = Stats{
 		Requests: make(map[string]map[int]int64),
 		Effects:  make(map[string]int64),

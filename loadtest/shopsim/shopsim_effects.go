@@ -66,15 +66,18 @@ type shopCoupon struct {
 
 // shopRefund is a created refund.
 type shopRefund struct {
-	ID          string    `json:"id"`
-	Object      string    `json:"object"`
-	Shop        string    `json:"shop"`
-	OrderID     string    `json:"order_id"`
-	UserID      string    `json:"user_id"`
-	AmountCents int64     `json:"amount_cents"`
-	Reason      string    `json:"reason"`
-	Status      string    `json:"status"`
-	CreatedAt   time.Time `json:"created_at"`
+	ID          string `json:"id"`
+	Object      string `json:"object"`
+	Shop        string `json:"shop"`
+	OrderID     string `json:"order_id"`
+	UserID      string `json:"user_id"`
+	AmountCents int64  `json:"amount_cents"`
+	Currency    string `json:"currency,omitempty"`
+	Reason      string `json:"reason"`
+	// Status is processing until the refund is done (simulated: never).
+	Status     string     `json:"status"`
+	CreatedAt  time.Time  `json:"created_at"`
+	ExpectedAt *time.Time `json:"expected_at,omitempty"`
 }
 
 // shopCanonicalJSON re-encodes body with sorted keys and no insignificant
@@ -291,8 +294,14 @@ func (s *Sim) refundLocked(shop string, body []byte) (any, error) {
 		return nil, &shopFieldError{code: "amount_exceeds_order",
 			msg: fmt.Sprintf("amount_cents %d exceeds the order's %d", amount, o.AmountCents), field: "amount_cents"}
 	}
-	return shopRefund{
+	now := time.Now().UTC()
+	expected := now.Add(refundDelay)
+	rf := shopRefund{
 		ID: s.nextIDLocked("re", shopKindRefund), Object: "refund", Shop: shop, OrderID: o.ID, UserID: o.UserID,
-		AmountCents: amount, Reason: req.Reason, Status: "succeeded", CreatedAt: time.Now().UTC(),
-	}, nil
+		AmountCents: amount, Currency: o.Currency, Reason: req.Reason, Status: "processing", CreatedAt: now,
+		ExpectedAt: &expected,
+	}
+	k := shopKey{shop, o.ID}
+	s.refunds[k] = append(s.refunds[k], rf)
+	return rf, nil
 }

@@ -34,7 +34,9 @@ type Logistics struct {
 	TrackingNo string `json:"tracking_no"`
 	// Status is awaiting_shipment, in_transit or delivered for catalogue
 	// orders.
-	Status string           `json:"status"`
+	Status string `json:"status"`
+	// ETA is when the carrier expects to deliver (parcels in transit).
+	ETA    *time.Time       `json:"eta,omitempty"`
 	Events []LogisticsEvent `json:"events"`
 }
 
@@ -112,6 +114,10 @@ var shopCarriers = [...]struct{ name, prefix string }{
 //     n%3 = 0..2 and tracking number carrier prefix + id.
 //   - created_at is 2025-11-11 00:00 +08:00 plus n%3600 seconds.
 //
+// Customers' ids of 17 digits starting with 9 are the exception:
+// "9" + 7 digits naming the customer + 9 more, and user_id is "u" + that
+// number (see CustomerOrders, which lists them).
+//
 // Orders added with AddOrder take precedence (see there).
 func CatalogueOrder(shop, id string) (Order, bool) {
 	if len(id) < 6 || len(id) > 32 {
@@ -123,6 +129,10 @@ func CatalogueOrder(shop, id string) (Order, bool) {
 		}
 	}
 	n, _ := strconv.ParseInt(id[max(0, len(id)-9):], 10, 64) // at most 9 digits: cannot fail
+	user := "u" + id[len(id)-1:]
+	if u, ok := customerOfID(id); ok {
+		user = u
+	}
 	last4 := id[len(id)-4:]
 	amount := (n%1000 + 1) * 100
 	created := shopCatalogueEpoch.Add(time.Duration(n%3600) * time.Second)
@@ -131,7 +141,7 @@ func CatalogueOrder(shop, id string) (Order, bool) {
 	o := Order{
 		ID:          id,
 		Shop:        shop,
-		UserID:      "u" + id[len(id)-1:],
+		UserID:      user,
 		AmountCents: amount,
 		Currency:    "CNY",
 		Items: []Item{{
@@ -151,12 +161,14 @@ func CatalogueOrder(shop, id string) (Order, bool) {
 	}
 	o.Logistics.TrackingNo = carrier.prefix + id
 	o.Logistics.Status = "in_transit"
+	eta := created.Add(72 * time.Hour)
+	o.Logistics.ETA = &eta
 	o.Logistics.Events = append(o.Logistics.Events,
 		LogisticsEvent{At: created.Add(20 * time.Hour), Status: "picked_up", Location: "Hangzhou", Description: "Parcel picked up by " + carrier.name},
 		LogisticsEvent{At: created.Add(30 * time.Hour), Status: "in_transit", Location: "Shanghai hub", Description: "Arrived at sorting centre"},
 	)
 	if stage >= 2 {
-		o.Logistics.Status = "delivered"
+		o.Logistics.Status, o.Logistics.ETA = "delivered", nil
 		o.Logistics.Events = append(o.Logistics.Events,
 			LogisticsEvent{At: created.Add(44 * time.Hour), Status: "out_for_delivery", Location: "Shanghai", Description: "Out for delivery"},
 			LogisticsEvent{At: created.Add(48 * time.Hour), Status: "delivered", Location: "Shanghai", Description: "Delivered, signed by customer"},

@@ -1,5 +1,5 @@
-// Package shopapi is the HTTP client of a shop's own systems (DESIGN.md
-// §7): orders and logistics lookups, coupons and refunds, reply webhooks
+// Package shopapi is the HTTP client of a shop's own systems
+// (openapi.yaml, docs/integration.md): orders and logistics lookups, coupons and refunds, reply webhooks
 // signed with the shop's secret. Every call goes through the egress guard
 // (https, public addresses, no redirects), carries the action's
 // Idempotency-Key and a W3C traceparent, and reads at most 64 KiB of the
@@ -376,11 +376,13 @@ type OrderItem struct {
 
 // Logistics is where an order's parcel is.
 type Logistics struct {
-	OrderID    string           `json:"order_id"`
-	Carrier    string           `json:"carrier"`
-	TrackingNo string           `json:"tracking_no"`
-	Status     string           `json:"status"`
-	Events     []LogisticsEvent `json:"events"`
+	OrderID    string `json:"order_id"`
+	Carrier    string `json:"carrier"`
+	TrackingNo string `json:"tracking_no"`
+	Status     string `json:"status"`
+	// ETA is when the carrier expects to deliver, if it says.
+	ETA    *time.Time       `json:"eta,omitempty"`
+	Events []LogisticsEvent `json:"events"`
 }
 
 // LogisticsEvent is one scan of a parcel.

@@ -34,8 +34,9 @@ func EncodeShed(m *peakdesk.Message, r *peakdesk.Reply) ([]byte, error) {
 	return b, nil
 }
 
-// DecodeShed reads a record EncodeShed wrote. The reply's shop, which its
-// JSON form leaves out, is the message's.
+// DecodeShed reads a record EncodeShed wrote. The reply's shop and
+// customer, which its JSON form leaves out, are the message's (the customer
+// routes the reply's event, see ReplyEventMsg).
 func DecodeShed(data []byte) (*ShedRecord, error) {
 	var rec ShedRecord
 	if err := json.Unmarshal(data, &rec); err != nil {
@@ -45,5 +46,6 @@ func DecodeShed(data []byte) (*ShedRecord, error) {
 		return nil, fmt.Errorf("queue: decode shed answer: message id, shop and reply id are required")
 	}
 	rec.Reply.ShopID = rec.Message.ShopID
+	rec.Reply.UserID = rec.Message.UserID
 	return &rec, nil
 }

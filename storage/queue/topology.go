@@ -1,8 +1,10 @@
-// Package queue is peakdesk's JetStream topology (DESIGN.md §5): the
+// Package queue is peakdesk's JetStream topology (docs/architecture.md): the
 // streams CHAT_IN (accepted messages, one subject per priority and shop,
-// and the edge's shed answers on their own subject, work-queue retention), CHAT_EVENTS (reply events for SSE and replay),
-// CHAT_DLQ and CHAT_ADVISORIES, the workers' durable consumers, the embedded
-// server dev mode and tests run, and the publishing of reply events.
+// and the edge's shed answers by shop on chat.shed.>; work-queue
+// retention), CHAT_EVENTS (reply events, one subject per customer, for event
+// streams and replay), CHAT_DLQ and CHAT_ADVISORIES, the workers' durable
+// consumers, the embedded server dev mode and tests run, and the publishing
+// of reply events.
 package queue
 
 import (
@@ -16,7 +18,7 @@ import (
 	"github.com/peakdesk/peakdesk"
 )
 
-// JetStream topology (DESIGN.md §5).
+// JetStream topology (docs/architecture.md).
 const (
 	// StreamIn holds accepted chat messages until a worker answers them.
 	StreamIn = "CHAT_IN"
@@ -45,11 +47,6 @@ func InSubject(p peakdesk.Priority, shop string) string {
 	return "chat.in." + string(p) + "." + shop
 }
 
-// EventSubject is the subject of reply events of one conversation.
-func EventSubject(shop, conv string) string {
-	return "chat.events." + shop + "." + conv
-}
-
 // ConsumerName is the durable consumer the workers pull priority p from.
 func ConsumerName(p peakdesk.Priority) string { return "workers-" + string(p) }
 
@@ -66,9 +63,13 @@ type Topology struct {
 	DuplicateWindow time.Duration
 	// EventsMaxAge is how long reply events stay replayable. Default 24 h.
 	EventsMaxAge time.Duration
-	// AckWait is how long a worker may hold a message without a heartbeat
-	// before it is redelivered. Default 30 s.
+	// AckWait is how long a worker may hold a p1 or p2 message without a
+	// heartbeat before it is redelivered: how long the messages of a worker
+	// that died wait. Workers send heartbeats every third of it. Default 8 s.
 	AckWait time.Duration
+	// AckWaitP0 is the same for p0 messages, at most AckWait: a dead
+	// worker's urgent messages come back sooner. Default 3 s.
+	AckWaitP0 time.Duration
 	// MaxDeliver is the number of delivery attempts per message. Default 6.
 	MaxDeliver int
 }
@@ -88,12 +89,24 @@ func (t Topology) withDefaults() Topology {
 		t.EventsMaxAge = 24 * time.Hour
 	}
 	if t.AckWait <= 0 {
-		t.AckWait = 30 * time.Second
+		t.AckWait = 8 * time.Second
 	}
+	if t.AckWaitP0 <= 0 {
+		t.AckWaitP0 = 3 * time.Second
+	}
+	t.AckWaitP0 = min(t.AckWaitP0, t.AckWait)
 	if t.MaxDeliver <= 0 {
 		t.MaxDeliver = 6
 	}
 	return t
+}
+
+// AckWaitOf is the AckWait of priority p's consumer.
+func (t Topology) AckWaitOf(p peakdesk.Priority) time.Duration {
+	if p == peakdesk.P0 {
+		return t.AckWaitP0
+	}
+	return t.AckWait
 }
 
 // EnsureTopology creates or updates the streams and the worker consumers.
@@ -115,15 +128,15 @@ func EnsureTopology(ctx context.Context, js jetstream.JetStream, t Topology) (To
 		AllowAtomicPublish: true,
 	}, {
 		Name:        StreamEvents,
-		Description: "reply events, by shop and conversation",
-		Subjects:    []string{"chat.events.>"},
+		Description: "reply events, by shop and customer",
+		Subjects:    []string{EventsFilter},
 		Retention:   jetstream.LimitsPolicy,
 		Storage:     jetstream.FileStorage,
 		Replicas:    t.Replicas,
 		MaxAge:      t.EventsMaxAge,
 		Discard:     jetstream.DiscardOld,
 		Duplicates:  2 * time.Minute,
-		// Event streams replay a conversation with direct gets by subject.
+		// Event streams replay a customer's subject with direct gets.
 		AllowDirect: true,
 	}, {
 		Name:        StreamDLQ,
@@ -181,13 +194,33 @@ func EnsureTopology(ctx context.Context, js jetstream.JetStream, t Topology) (To
 			Description:   "workers pulling " + string(p) + " messages",
 			FilterSubject: "chat.in." + string(p) + ".>",
 			AckPolicy:     jetstream.AckExplicitPolicy,
-			AckWait:       t.AckWait,
+			AckWait:       t.AckWaitOf(p),
 			MaxDeliver:    t.MaxDeliver,
 			MaxAckPending: 100_000,
 			Replicas:      t.Replicas,
 		})
 		if err != nil {
 			return t, fmt.Errorf("queue: consumer %s: %w", ConsumerName(p), err)
+		}
+	}
+	return t, nil
+}
+
+// CheckTopology is EnsureTopology for a process whose NATS user may not
+// create or change streams (deploy/k8s: the per-role users; `peakdesk
+// migrate` creates the topology with the admin user): it only checks that
+// the worker consumers exist, and returns t with the AckWait they were
+// created with, which the workers' heartbeats must beat.
+func CheckTopology(ctx context.Context, js jetstream.JetStream, t Topology) (Topology, error) {
+	t = t.withDefaults()
+	for i, p := range peakdesk.Priorities {
+		c, err := js.Consumer(ctx, StreamIn, ConsumerName(p))
+		if err != nil {
+			return t, fmt.Errorf("queue: consumer %s of %s: %w (run peakdesk migrate with NATS_URL set first)",
+				ConsumerName(p), StreamIn, err)
+		}
+		if i == 0 {
+			t.AckWait = c.CachedInfo().Config.AckWait
 		}
 	}
 	return t, nil

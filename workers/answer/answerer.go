@@ -284,6 +284,14 @@ type Request struct {
 	// and the answer goes on. ctx ends at the request's deadline. Required
 	// when Tools are offered.
 	CallTool func(ctx context.Context, name string, args json.RawMessage) (ToolOutcome, error)
+	// Orders, when set, answers the turn from the shop's order data
+	// without the LLM (see orders.go): asked first with first true (it
+	// answers then only for a shop whose order_answers is direct), and
+	// again, first false, when the model chain gave no answer, before the
+	// FAQ. ok false: it did not answer. The actions its answer promises
+	// (an order follow-up) are the caller's to store, like CallTool's. ctx
+	// ends at the request's deadline.
+	Orders func(ctx context.Context, first bool) (ans OrderAnswer, ok bool)
 }
 
 // ToolOutcome is what one tool call gave back.
@@ -299,7 +307,8 @@ type Answer struct {
 	// Text is the reply, personal data masked.
 	Text string
 	// Source is the step that answered: peakdesk.SourceLLM,
-	// SourceLLMSecondary, SourceFAQ, SourceHandoff or SourceCache.
+	// SourceLLMSecondary, SourceFAQ, SourceHandoff, SourceCache or
+	// SourceOrder.
 	Source string
 	// Model is the model that wrote the text (for cache, the original one;
 	// for a fallback after tool rounds, the last model that ran one).
@@ -390,6 +399,10 @@ type turn struct {
 // compose walks the graded fallback: each model of the shop's chain, the
 // FAQ, a handoff. It returns nil only when ctx is cancelled.
 func (a *Answerer) compose(ctx context.Context, t turn) *Answer {
+	// 0. An order question of a shop that answers them from its data.
+	if ans := a.orderAnswer(ctx, t, true); ans != nil {
+		return ans
+	}
 	route := a.settings.get(ctx, t.req.Shop, t.log)
 	var top, hints []faq.Match
 	if a.cfg.FAQContext > 0 {
@@ -466,12 +479,20 @@ func (a *Answerer) compose(ctx context.Context, t turn) *Answer {
 		StreamBroken: broken || cv.shown, Capped: cv.capped}
 	a.noteCapped(t, route, cv.capped)
 
-	// 2. The FAQ, when an entry is confident enough — unless tools ran. A
+	// 2. An order question, from the shop's data; then the FAQ, when an
+	// entry is confident enough — unless tools ran. A
 	// tool's effects (a refund requested, a coupon promised) are collected
 	// by the caller, which inserts them with the reply; a FAQ text would
 	// not say what was done, the handoff reply tells the customer a human
 	// follows up and the agent sees the actions.
 	if len(cv.called) == 0 {
+		if oa := a.orderAnswer(ctx, t, false); oa != nil {
+			oa.Model, oa.PromptTokens, oa.CompletionTokens, oa.CostMicroUSD = ans.Model, ans.PromptTokens,
+				ans.CompletionTokens, ans.CostMicroUSD
+			oa.StreamBroken, oa.Capped = ans.StreamBroken, ans.Capped
+			oa.Masked = addCounts(ans.Masked, oa.Masked)
+			return oa
+		}
 		if len(top) > 0 && top[0].Confidence >= a.faq.Threshold() {
 			ans.Text, ans.Source = top[0].Answer, peakdesk.SourceFAQ
 			return ans

@@ -276,9 +276,9 @@ var personalMarkers = []string{
 
 // coalesceKey returns the coalescing key of a general question, or false
 // when the question is personal, urgent, part of a conversation or long, or
-// offers tools (whose calls act for this customer alone).
+// offers tools (whose calls act for this customer alone) or an order answer.
 func (a *Answerer) coalesceKey(req Request, question string, masked map[string]int) (string, bool) {
-	if len(req.Tools) > 0 || req.CallTool != nil ||
+	if len(req.Tools) > 0 || req.CallTool != nil || req.Orders != nil ||
 		len(req.History) > 0 || len(masked) > 0 || req.Priority == peakdesk.P0 ||
 		utf8.RuneCountInString(question) > 200 {
 		return "", false

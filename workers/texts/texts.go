@@ -1,9 +1,9 @@
 // Package texts holds every text peakdesk itself says to a customer — the
-// handoff notices, the order follow-ups — in Chinese and English, in one
-// place. A text is chosen by the customer's language (the language of what
-// they wrote) or, when that says nothing, the shop's default. Texts are
-// text/template templates, so a shop's own wording can replace them later
-// with the same fields.
+// handoff notices, the order answers and follow-ups — in Chinese and
+// English, in one place. A text is chosen by the customer's language (the
+// language of what they wrote) or, when that says nothing, the shop's
+// default. Texts are text/template templates; a shop may replace any of
+// them with its own wording over the same fields (Library, Validate).
 package texts
 
 import (
@@ -83,14 +83,30 @@ const (
 	// HandoffOrderLookup: the shop's order system did not answer in time
 	// for a follow-up, after every retry.
 	HandoffOrderLookup Key = "handoff.order_lookup"
-	// OrderUpdate: the facts of an order, pushed after a slow lookup
-	// (data: Order).
+	// OrderUpdate: the facts of an order — status, parcel, last scan, ETA
+	// — answered directly or pushed after a slow lookup (data: Order).
 	OrderUpdate Key = "order.update"
 	// HandoffRequested: the customer asked for a human; one takes over.
 	HandoffRequested Key = "handoff.requested"
 	// HandoffWaiting: no agent took the conversation within the shop's
 	// handoff_sla; how long it may still take (data: Wait).
 	HandoffWaiting Key = "handoff.waiting"
+	// OrderChecking: the shop's order system is slow; the facts follow in
+	// this conversation (data: Order, only ID set — empty when the customer
+	// named no order).
+	OrderChecking Key = "order.checking"
+	// OrderNotFound: no such order of this customer (data: Order, ID set).
+	OrderNotFound Key = "order.not_found"
+	// OrdersNone: the customer asked without a number and has no recent
+	// orders (data: OrderList, empty).
+	OrdersNone Key = "orders.none"
+	// OrdersChoose: the customer asked without a number and has several
+	// open orders: which one? (data: OrderList).
+	OrdersChoose Key = "orders.choose"
+	// RefundStatus: where a refund of an order is (data: Refund).
+	RefundStatus Key = "refund.status"
+	// RefundNone: the order has no refund (data: Order, ID set).
+	RefundNone Key = "refund.none"
 )
 
 // Wait is what HandoffWaiting tells a waiting customer. Minutes 0 means no
@@ -110,7 +126,14 @@ var catalog = map[Lang]map[Key]string{
 		OrderUpdate: `您的订单 {{.ID}} 查到了：{{.Status}}，金额 {{.Total}}` +
 			`{{if .Items}}，商品：{{join .Items "、"}}{{end}}。` +
 			`{{if .Carrier}}{{.Carrier}}{{if .TrackingNo}} 运单号 {{.TrackingNo}}{{end}}，包裹{{.ParcelStatus}}。{{end}}` +
-			`{{if .LastScan}}最新动态：{{.LastScan}}。{{end}}`,
+			`{{if .LastScan}}最新动态：{{.LastScan}}。{{end}}{{if .ETA}}预计 {{.ETA}} 送达。{{end}}`,
+		OrderChecking: `正在为您查询{{if .ID}}订单 {{.ID}} 的{{else}}您的订单{{end}}信息，查到后会在此会话中第一时间告诉您，请稍候。`,
+		OrderNotFound: `没有查到订单 {{.ID}}，请核对订单号后再发给我们。`,
+		OrdersNone:    `没有查到您最近的订单。如果是用其他账号下的单，请把订单号发给我们。`,
+		OrdersChoose: `您最近有 {{len .Orders}} 个订单，请问您问的是哪一个？` +
+			`{{range .Orders}}` + "\n" + `· 订单 {{.ID}}：{{.Item}}，{{.Date}} 下单，{{.Status}}{{end}}` + "\n" + `请回复订单号。`,
+		RefundStatus: `订单 {{.OrderID}} 的退款 {{.Amount}}：{{.Status}}{{if .Expected}}，预计 {{.Expected}} 前到账{{end}}。`,
+		RefundNone:   `订单 {{.ID}} 目前没有退款申请。如需退款，请告诉我们原因。`,
 	},
 	EN: {
 		HandoffUnavailable: "Sorry, our assistant cannot answer right now. A human agent will get back to you shortly.",
@@ -123,17 +146,30 @@ var catalog = map[Lang]map[Key]string{
 		OrderUpdate: `Update on your order {{.ID}}: {{.Status}}, total {{.Total}}` +
 			`{{if .Items}}; items: {{join .Items ", "}}{{end}}.` +
 			`{{if .Carrier}} Parcel {{.Carrier}}{{if .TrackingNo}} {{.TrackingNo}}{{end}}: {{.ParcelStatus}}.{{end}}` +
-			`{{if .LastScan}} Latest: {{.LastScan}}.{{end}}`,
+			`{{if .LastScan}} Latest: {{.LastScan}}.{{end}}{{if .ETA}} Expected by {{.ETA}}.{{end}}`,
+		OrderChecking: `We are checking {{if .ID}}order {{.ID}}{{else}}your orders{{end}} for you and will post the details in this conversation shortly.`,
+		OrderNotFound: `We could not find order {{.ID}}. Please check the order number and send it again.`,
+		OrdersNone:    `We found no recent orders on your account. If you ordered with another account, please send us the order number.`,
+		OrdersChoose: `You have {{len .Orders}} recent orders. Which one do you mean?` +
+			`{{range .Orders}}` + "\n" + `· Order {{.ID}}: {{.Item}}, ordered {{.Date}}, {{.Status}}{{end}}` + "\n" + `Please reply with the order number.`,
+		RefundStatus: `Your refund of {{.Amount}} for order {{.OrderID}}: {{.Status}}{{if .Expected}}, expected back by {{.Expected}}{{end}}.`,
+		RefundNone:   `There is no refund request for order {{.ID}} yet. If you want one, tell us why.`,
 	},
 }
 
+// funcs are the functions templates may use (a shop's too).
+var funcs = template.FuncMap{"join": strings.Join}
+
+func parse(key Key, text string) (*template.Template, error) {
+	return template.New(string(key)).Funcs(funcs).Parse(text)
+}
+
 var templates = func() map[Lang]map[Key]*template.Template {
-	funcs := template.FuncMap{"join": strings.Join}
 	out := map[Lang]map[Key]*template.Template{}
 	for lang, texts := range catalog {
 		out[lang] = map[Key]*template.Template{}
 		for key, text := range texts {
-			out[lang][key] = template.Must(template.New(string(key)).Funcs(funcs).Parse(text))
+			out[lang][key] = template.Must(parse(key, text))
 		}
 	}
 	return out
@@ -164,6 +200,8 @@ type Order struct {
 	TrackingNo        string
 	ParcelStatus      string
 	LastScan          string
+	// ETA is the day the carrier expects to deliver, if it says.
+	ETA string
 }
 
 // OrderFacts are an order's facts as the shop API gives them.
@@ -180,6 +218,10 @@ type OrderFacts struct {
 	ParcelStatus string
 	// LastScan is the parcel's latest event, if any.
 	LastScan *Scan
+	// ETA is when the carrier expects to deliver, if it says.
+	ETA *time.Time
+	// CreatedAt is when the order was placed.
+	CreatedAt time.Time
 }
 
 // OrderItem is one line of an order.
@@ -215,7 +257,19 @@ func NewOrder(lang Lang, f OrderFacts) Order {
 		}
 		o.LastScan = strings.Join(nonEmpty(at, s.Location, s.Description), sep)
 	}
+	if f.ETA != nil {
+		o.ETA = day(lang, *f.ETA)
+	}
 	return o
+}
+
+// day is a date in China time, in lang's words.
+func day(lang Lang, t time.Time) string {
+	t = t.In(china)
+	if lang == ZH {
+		return fmt.Sprintf("%d月%d日", t.Month(), t.Day())
+	}
+	return t.Format("Jan 2")
 }
 
 // Money formats cents of currency (CNY when empty) for lang.
@@ -246,6 +300,12 @@ var statuses = map[string]map[Lang]string{
 	"cancelled":         {ZH: "已取消", EN: "canceled"},
 	"refunded":          {ZH: "已退款", EN: "refunded"},
 	"refunding":         {ZH: "退款中", EN: "refund in progress"},
+	// Refund states.
+	"requested":  {ZH: "已提交，等待商家处理", EN: "requested, waiting for the shop"},
+	"approved":   {ZH: "商家已同意，等待退款", EN: "approved, the money is on its way"},
+	"processing": {ZH: "退款处理中", EN: "being processed"},
+	"succeeded":  {ZH: "已退款到原支付账户", EN: "refunded to your original payment method"},
+	"rejected":   {ZH: "商家未同意", EN: "declined by the shop"},
 }
 
 // status translates a shop's status word; an unknown one is shown as it is.
