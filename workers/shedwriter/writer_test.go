@@ -3,6 +3,7 @@ package shedwriter_test
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -148,6 +149,22 @@ func TestShedAnswersAreStoredExactlyOnce(t *testing.T) {
 	info, err := events.Info(ctx)
 	if err != nil || info.State.Msgs != n {
 		t.Errorf("%d reply events (%v), want %d (one per reply)", info.State.Msgs, err, n)
+	}
+	// Each event is on its customer's subject (the reply's UserID comes
+	// from the record's message), where the customer's stream reads it.
+	for _, m := range msgs[:3] {
+		want := fmt.Sprintf("r%031x", mustHex(m.ID))
+		found := false
+		for seq := uint64(0); !found; {
+			ev, err := queue.NextReplyEvent(ctx, events, "shop1", m.UserID, m.ConversationID, seq)
+			if err != nil {
+				break
+			}
+			found, seq = strings.Contains(string(ev.Data), want), ev.Sequence
+		}
+		if !found {
+			t.Errorf("no reply event of %s on customer %s's subject", want, m.UserID)
+		}
 	}
 	// The second writer's copies were stored before: stored (their
 	// events again), never a second answer.
