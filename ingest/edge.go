@@ -343,10 +343,14 @@ func (e *Edge) instrument(route string, h handlerFunc) http.Handler {
 		r = r.WithContext(peakdesk.WithTrace(r.Context(), trace))
 		w.Header().Set(peakdesk.TraceHeader, trace.Parent)
 		start := time.Now()
+		// The origin check comes first, so that a 503 of a busy edge
+		// carries the CORS headers a browser needs to read it.
 		err := e.crossOrigin(w, r, route)
-		if err == nil && !bounded {
+		switch {
+		case err != nil:
+		case !bounded:
 			err = h(w, r)
-		} else if err == nil {
+		default:
 			if err = e.enter(route); err == nil {
 				func() {
 					defer func() { <-e.inflight }()

@@ -728,11 +728,12 @@ func (shedOrders) ShedOrder(_ context.Context, m *peakdesk.Message) (string, []p
 // An order question the edge sheds is told "checking" at once (200,
 // source order, follow_up) and its follow-up is stored with the answer:
 // the facts come from the relays, not from the backlog that made the edge
-// shed.
+// shed. A question the FAQ knows, shed alongside, still goes to the shed
+// writer through CHAT_IN.
 func TestShedOrderQuestionsAreFollowedUp(t *testing.T) {
 	t.Parallel()
 	b := setup(t, queue.Topology{}, func(c *Config) {
-		c.Orders, c.ReplyWebhook = shedOrders{}, outbox.ReplyWebhook
+		c.Orders, c.FAQ, c.ReplyWebhook = shedOrders{}, fixedFAQ{}, outbox.ReplyWebhook
 		c.Admission = AdmissionConfig{MinBacklog: 5, Refresh: 50 * time.Millisecond,
 			MaxWait: map[peakdesk.Priority]time.Duration{peakdesk.P0: time.Hour, peakdesk.P1: time.Second, peakdesk.P2: time.Second}}
 	})
@@ -760,5 +761,30 @@ func TestShedOrderQuestionsAreFollowedUp(t *testing.T) {
 	g := b.do(t, "GET", "/v1/messages/"+r.body["message_id"].(string), u, "")
 	if stored, _ := g.body["reply"].(map[string]any); stored["follow_up"] != true {
 		t.Errorf("the stored reply does not say a follow-up comes: %s", g.raw)
+	}
+	// Its event is on the customer's subject.
+	events, err := b.js.Stream(context.Background(), queue.StreamEvents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev, err := queue.NextReplyEvent(context.Background(), events, "shop1", b.salt+"u1", r.body["conversation_id"].(string), 0); err != nil ||
+		!strings.Contains(string(ev.Data), reply["reply_id"].(string)) {
+		t.Errorf("the order answer's event: %v", err)
+	}
+
+	faq := b.do(t, "POST", "/v1/messages", u, `{"text":"双11满减怎么算？"}`)
+	if fr, _ := faq.body["reply"].(map[string]any); faq.status != http.StatusOK || fr["source"] != peakdesk.SourceFAQ {
+		t.Fatalf("shed FAQ question: %d %s", faq.status, faq.raw)
+	}
+	in, err := b.js.Stream(context.Background(), queue.StreamIn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, err := in.GetLastMsgForSubject(context.Background(), queue.ShedSubject("shop1"))
+	if err != nil {
+		t.Fatalf("no shed record in CHAT_IN: %v", err)
+	}
+	if got, err := queue.DecodeShed(rec.Data); err != nil || got.Message.ID != faq.body["message_id"] || got.Reply.UserID != b.salt+"u1" {
+		t.Errorf("shed record %+v (%v), want message %v of the customer", got, err, faq.body["message_id"])
 	}
 }
