@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -70,14 +71,33 @@ type Config struct {
 	// MaxPending caps asynchronous publishes in flight. Default 8192.
 	MaxPending int
 	// FAQ answers shed messages instantly when it is confident; optional.
+	// Its answers are cached (FAQCacheTTL, FAQCacheSize) and its searches
+	// bounded (FAQConcurrency); the answers are published to CHAT_IN for
+	// the shed writer (workers/shedwriter) to store.
 	FAQ FAQ
+	// FAQCacheTTL is how long an FAQ answer (or the lack of one) to a
+	// normalised question is reused for shed messages. Default 2 s, so an
+	// edit of the shop's FAQ reaches shed answers as soon as it reaches
+	// the FAQ engine.
+	FAQCacheTTL time.Duration
+	// FAQCacheSize caps the cached questions. Default 20,000.
+	FAQCacheSize int
+	// FAQConcurrency caps FAQ searches running at once; more wait their
+	// turn. Default GOMAXPROCS.
+	FAQConcurrency int
 	// Orders takes shed order questions (outbox.Tools): "checking" at once
 	// and a follow-up that pushes the facts; optional.
 	Orders ShedOrders
-	// ReplyWebhook builds the webhook.deliver action of a shed message's FAQ
-	// or order answer, stored in the answer's transaction like every
-	// reply's (outbox.ReplyWebhook); required with FAQ or Orders.
+	// ReplyWebhook builds the webhook.deliver action of a shed order
+	// answer, which the edge stores itself in the answer's transaction like
+	// every reply's (outbox.ReplyWebhook); required with Orders. Shed FAQ
+	// answers are stored by the shed writer, which builds their webhooks.
 	ReplyWebhook func(*peakdesk.Reply) (peakdesk.Action, error)
+	// MaxInFlight caps the requests this process handles at once, event
+	// streams aside (MaxStreams caps those); one more is answered 503
+	// overloaded at once, so a burst never queues unbounded work here.
+	// Default 4,096.
+	MaxInFlight int
 	// MaxStreams caps the event streams open on this process at once; one
 	// more is answered 429. Default 10,000.
 	MaxStreams int
@@ -132,6 +152,10 @@ func (c *Config) setDefaults() {
 	c.MaxBatch = cmp.Or(c.MaxBatch, 256)
 	c.MaxPending = cmp.Or(c.MaxPending, 8192)
 	c.MaxStreams = cmp.Or(c.MaxStreams, 10_000)
+	c.FAQCacheTTL = cmp.Or(c.FAQCacheTTL, 2*time.Second)
+	c.FAQCacheSize = cmp.Or(c.FAQCacheSize, 20_000)
+	c.FAQConcurrency = cmp.Or(c.FAQConcurrency, runtime.GOMAXPROCS(0))
+	c.MaxInFlight = cmp.Or(c.MaxInFlight, 4096)
 	c.StreamOpens = cmp.Or(c.StreamOpens, 64)
 	c.StreamOpenWait = cmp.Or(c.StreamOpenWait, 10*time.Second)
 	c.StreamBacklog = cmp.Or(c.StreamBacklog, 256<<10)
@@ -149,6 +173,10 @@ func (c *Config) validate() error {
 		return errors.New("ingest: config: JS is required")
 	case c.MaxStreams < 0:
 		return errors.New("ingest: config: MaxStreams must not be negative")
+	case c.MaxInFlight < 0:
+		return errors.New("ingest: config: MaxInFlight must not be negative")
+	case c.FAQCacheSize < 0 || c.FAQConcurrency < 0 || c.FAQCacheTTL < 0:
+		return errors.New("ingest: config: FAQCacheTTL, FAQCacheSize and FAQConcurrency must not be negative")
 	case c.StreamOpens < 0 || c.StreamOpenWait < 0 || c.StreamBacklog < 0 || c.StreamWriteTimeout < 0 || c.StreamTokenTTL < 0:
 		return errors.New("ingest: config: StreamOpens, StreamOpenWait, StreamBacklog, StreamWriteTimeout and StreamTokenTTL must not be negative")
 	}
@@ -173,8 +201,11 @@ type Edge struct {
 	admit   *admission
 	pub     publisher
 	queuedW *queuedWriter
-	events  jetstream.Stream // CHAT_EVENTS, for replay by direct get
-	push    pushState
+	faq     *faqAnswers
+	// inflight holds a token per request being handled (MaxInFlight).
+	inflight chan struct{}
+	events   jetstream.Stream // CHAT_EVENTS, for replay by direct get
+	push     pushState
 
 	stopOnce    sync.Once
 	closeOnce   sync.Once
@@ -227,6 +258,9 @@ func New(cfg Config) (*Edge, error) {
 			origins: newOriginPolicy(cfg.DB, cfg.DevOrigins),
 		},
 
+		faq:      newFAQAnswers(cfg.FAQ, cfg.FAQCacheTTL, cfg.FAQCacheSize, cfg.FAQConcurrency, m),
+		inflight: make(chan struct{}, cfg.MaxInFlight),
+
 		userStreams: map[string]int{},
 	}, nil
 }
@@ -255,6 +289,12 @@ func (e *Edge) Start(ctx context.Context) error {
 		return fmt.Errorf("ingest: start: %w", err)
 	}
 	e.queuedW = newQueuedWriter(e.cfg.Redis, e.metrics.redisErrors)
+	if err := e.metrics.bindBounds(e.cfg.Registerer, e); err != nil {
+		e.queuedW.stop()
+		e.hub.stop()
+		e.pub.stop()
+		return fmt.Errorf("ingest: start: metrics: %w", err)
+	}
 	e.admit.start()
 	return nil
 }
@@ -296,14 +336,27 @@ func (e *Edge) Register(mux *http.ServeMux) {
 type handlerFunc func(w http.ResponseWriter, r *http.Request) error
 
 func (e *Edge) instrument(route string, h handlerFunc) http.Handler {
+	// MaxStreams bounds the event streams.
+	bounded := route != "events" && route != "conversation_events"
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		trace := peakdesk.ContinueTrace(r.Header.Get(peakdesk.TraceHeader))
 		r = r.WithContext(peakdesk.WithTrace(r.Context(), trace))
 		w.Header().Set(peakdesk.TraceHeader, trace.Parent)
 		start := time.Now()
+		// The origin check comes first, so that a 503 of a busy edge
+		// carries the CORS headers a browser needs to read it.
 		err := e.crossOrigin(w, r, route)
-		if err == nil {
+		switch {
+		case err != nil:
+		case !bounded:
 			err = h(w, r)
+		default:
+			if err = e.enter(route); err == nil {
+				func() {
+					defer func() { <-e.inflight }()
+					err = h(w, r)
+				}()
+			}
 		}
 		if err != nil {
 			httpjson.WriteError(w, r, e.log.With("trace_id", trace.ID), err)
@@ -312,6 +365,19 @@ func (e *Edge) instrument(route string, h handlerFunc) http.Handler {
 		e.metrics.requests.WithLabelValues(route, code).Inc()
 		e.metrics.duration.WithLabelValues(route).Observe(time.Since(start).Seconds())
 	})
+}
+
+// enter takes an in-flight slot for a request, or refuses it with 503 when
+// MaxInFlight requests are being handled.
+func (e *Edge) enter(route string) error {
+	select {
+	case e.inflight <- struct{}{}:
+		return nil
+	default:
+		e.metrics.inflightRefusals.WithLabelValues(route).Inc()
+		return &peakdesk.Error{Code: peakdesk.EOverloaded, RetryAfter: time.Second,
+			Message: "this server is handling too many requests, retry shortly"}
+	}
 }
 
 // accepted is the answer to POST /v1/messages.
@@ -442,27 +508,7 @@ func (e *Edge) acceptMessage(ctx context.Context, claims *token.Claims, info *sh
 	// and followed up from the shop's data, a question the FAQ knows gets
 	// its answer at once, else 429 with the time the backlog needs to drain.
 	if retry, ok := e.admit.check(prio, info.admission); !ok {
-		// A repeat of a message already accepted gets its first result, not
-		// a shed.
-		if key != "" {
-			if st, ok := e.knownMessage(ctx, m); ok {
-				return accepted{MessageID: m.ID, ConversationID: st.ConversationID, Priority: st.Priority,
-					Status: st.Status, Reply: st.Reply}, nil
-			}
-		}
-		if reply := e.answerOrderShed(ctx, m); reply != nil {
-			e.metrics.shed.WithLabelValues(string(prio), "order").Inc()
-			return accepted{MessageID: m.ID, ConversationID: conv, Priority: prio,
-				Status: peakdesk.StatusAnswered, Reply: reply}, nil
-		}
-		if reply := e.answerFromFAQ(ctx, m); reply != nil {
-			e.metrics.shed.WithLabelValues(string(prio), "faq").Inc()
-			return accepted{MessageID: m.ID, ConversationID: conv, Priority: prio,
-				Status: peakdesk.StatusAnswered, Reply: reply}, nil
-		}
-		e.metrics.shed.WithLabelValues(string(prio), "rejected").Inc()
-		return accepted{}, &peakdesk.Error{Code: peakdesk.ERateLimited, RetryAfter: retry,
-			Message: "the desk is very busy right now, retry later"}
+		return e.shed(ctx, m, key, retry)
 	}
 	// Listen for the reply before publishing, so it cannot slip past.
 	var replies <-chan *peakdesk.Reply
@@ -477,7 +523,17 @@ func (e *Edge) acceptMessage(ctx context.Context, claims *token.Claims, info *sh
 	}
 	keptP0 = !duplicate
 	e.metrics.accepted.WithLabelValues(string(prio)).Inc()
-	e.rememberQueued(ctx, m)
+	if !duplicate {
+		e.rememberQueued(ctx, m)
+	} else if st, ok := e.knownMessage(ctx, m); ok {
+		// A repeat: its first result stands — the answer it got when it
+		// was shed, too — and so does what the edge remembers of it.
+		if st.Status == peakdesk.StatusAnswered {
+			return stateResult(m.ID, st), nil
+		}
+	} else {
+		e.rememberQueued(ctx, m)
+	}
 
 	res := accepted{MessageID: m.ID, ConversationID: conv, Priority: prio, Status: peakdesk.StatusQueued}
 	if wait > 0 {
@@ -535,10 +591,18 @@ func (e *Edge) publish(ctx context.Context, m *peakdesk.Message) (duplicate bool
 	msg.Data = data
 	msg.Header.Set(peakdesk.TraceHeader, peakdesk.TraceFrom(ctx).Parent)
 	msg.Header.Set(jetstream.MsgIDHeader, m.ID)
+	return e.publishMsg(ctx, msg, m)
+}
+
+// publishMsg publishes msg, which carries message m or its shed answer, to
+// CHAT_IN and returns once JetStream has acked it.
+func (e *Edge) publishMsg(ctx context.Context, msg *nats.Msg, m *peakdesk.Message) (duplicate bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, e.cfg.PublishTimeout)
 	defer cancel()
 	start := time.Now()
+	e.metrics.publishInflight.Inc()
 	duplicate, err = e.pub.publish(ctx, msg)
+	e.metrics.publishInflight.Dec()
 	e.metrics.publish.Observe(time.Since(start).Seconds())
 	if err != nil {
 		// The message may or may not be stored; either way the client is
@@ -557,12 +621,23 @@ func (e *Edge) publish(ctx context.Context, m *peakdesk.Message) (duplicate bool
 }
 
 // queuedState is what the edge remembers in Redis about a message it
-// published, so GET can describe it before a worker stores it.
+// published, so GET can describe it before a worker stores it: the message,
+// and for a shed message the answer it got.
 type queuedState struct {
 	Shop     string            `json:"s"`
 	User     string            `json:"u"`
 	Conv     string            `json:"c"`
 	Priority peakdesk.Priority `json:"p"`
+	Reply    *peakdesk.Reply   `json:"r,omitempty"`
+}
+
+// state is the message state q describes.
+func (q queuedState) state(id string) peakdesk.MessageState {
+	st := peakdesk.MessageState{ID: id, ConversationID: q.Conv, Priority: q.Priority, Status: peakdesk.StatusQueued}
+	if q.Reply != nil {
+		st.Status, st.Reply = peakdesk.StatusAnswered, q.Reply
+	}
+	return st
 }
 
 func queuedKey(id string) string { return "pd:queued:" + id }
@@ -570,6 +645,14 @@ func queuedKey(id string) string { return "pd:queued:" + id }
 func (e *Edge) rememberQueued(_ context.Context, m *peakdesk.Message) {
 	b, _ := json.Marshal(queuedState{Shop: m.ShopID, User: m.UserID, Conv: m.ConversationID, Priority: m.Priority})
 	e.queuedW.add(queuedKey(m.ID), b)
+}
+
+// remember records shed message m's answer r, for GET until the shed
+// writer has stored it; it returns once Redis has it (or after a short
+// bound).
+func (e *Edge) remember(ctx context.Context, m *peakdesk.Message, r *peakdesk.Reply) {
+	b, _ := json.Marshal(queuedState{Shop: m.ShopID, User: m.UserID, Conv: m.ConversationID, Priority: m.Priority, Reply: r})
+	e.queuedW.addWait(ctx, queuedKey(m.ID), b)
 }
 
 // awaitReply waits up to d for the reply to message id, then looks in
@@ -619,11 +702,12 @@ func (e *Edge) getMessage(w http.ResponseWriter, r *http.Request) error {
 	case !errors.Is(err, storage.ErrNotFound):
 		return err
 	}
-	// Not stored yet: is it a message this edge queued for this caller?
+	// Not stored yet: is it a message this edge queued (or answered when
+	// shedding) for this caller?
 	state := peakdesk.MessageState{ID: id, Status: peakdesk.StatusQueued}
 	owner := claims.Subject
 	if q, ok := e.queued(ctx, id); ok && q.Shop == claims.Shop && mayRead(claims, q.User) {
-		state.ConversationID, state.Priority, owner = q.Conv, q.Priority, q.User
+		state, owner = q.state(id), q.User
 	} else if !e.ids.Valid("msg", claims.Shop, claims.Subject, id) {
 		return notFound
 	}
@@ -664,17 +748,21 @@ func (e *Edge) edgeLimits(ctx context.Context, shop string) storage.EdgeLimits {
 	return storage.DefaultEdgeLimits
 }
 
-// knownMessage returns the state of message m if this edge accepted it
-// before (stored by a worker, or remembered as queued).
+// knownMessage returns the state of message m if the edge accepted it
+// before, or answered it when shedding. It asks the queued-state cache
+// first, which knows every message an edge took (best effort), so an
+// unknown message — the common case while shedding — costs one Redis
+// read, not a Postgres query; a known one is then read from Postgres for
+// its latest state.
 func (e *Edge) knownMessage(ctx context.Context, m *peakdesk.Message) (peakdesk.MessageState, bool) {
+	q, ok := e.queued(ctx, m.ID)
+	if !ok || q.Shop != m.ShopID || q.User != m.UserID {
+		return peakdesk.MessageState{}, false
+	}
 	if rec, err := e.cfg.DB.Message(ctx, m.ShopID, m.ID); err == nil && rec.UserID == m.UserID {
 		return rec.MessageState, true
 	}
-	if q, ok := e.queued(ctx, m.ID); ok && q.Shop == m.ShopID && q.User == m.UserID {
-		return peakdesk.MessageState{ID: m.ID, ConversationID: q.Conv, Priority: q.Priority,
-			Status: peakdesk.StatusQueued}, true
-	}
-	return peakdesk.MessageState{}, false
+	return q.state(m.ID), true
 }
 
 func (e *Edge) queued(ctx context.Context, id string) (queuedState, bool) {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -26,6 +27,7 @@ import (
 	"github.com/peakdesk/peakdesk/storage"
 	"github.com/peakdesk/peakdesk/storage/queue"
 	"github.com/peakdesk/peakdesk/storage/storagetest"
+	"github.com/peakdesk/peakdesk/workers/shedwriter"
 )
 
 var testSecret = []byte("ingest-test-secret-0123456789abcdef012345")
@@ -379,13 +381,65 @@ func TestAdmissionShedsLowPriorityFirst(t *testing.T) {
 	if faq.status != http.StatusOK || faq.body["status"] != "answered" || reply["source"] != peakdesk.SourceFAQ {
 		t.Fatalf("FAQ shed: %d %s", faq.status, faq.raw)
 	}
-	if g := b.do(t, "GET", "/v1/messages/"+faq.body["message_id"].(string), u, ""); g.body["status"] != "answered" {
-		t.Errorf("the FAQ answer is not stored: %s", g.raw)
+	// GET shows the answer at once, before anything stored it in Postgres
+	// (no writer runs yet): the edge remembered it in Redis.
+	faqID := faq.body["message_id"].(string)
+	if g := b.do(t, "GET", "/v1/messages/"+faqID, u, ""); g.body["status"] != "answered" {
+		t.Errorf("GET of a shed answer before it is stored: %s", g.raw)
+	}
+	if _, err := b.db.Message(context.Background(), "shop1", faqID); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("the shed answer was stored on the request path: %v", err)
+	}
+	// A repeat gets the same answer, not a second one.
+	faqAgain := b.do(t, "POST", "/v1/messages", u, `{"text":"双11满减怎么算？","client_msg_id":"k-faq"}`)
+	faqAgain2 := b.do(t, "POST", "/v1/messages", u, `{"text":"双11满减怎么算？","client_msg_id":"k-faq"}`)
+	r1, _ := faqAgain.body["reply"].(map[string]any)
+	r2, _ := faqAgain2.body["reply"].(map[string]any)
+	if faqAgain2.status != http.StatusOK || r1 == nil || r2 == nil || r1["reply_id"] != r2["reply_id"] {
+		t.Errorf("repeat of a shed answer: %s then %s, want the same reply", faqAgain.raw, faqAgain2.raw)
+	}
+	// The shed writer stores the answers, with their webhooks, and
+	// publishes their events.
+	w, err := shedwriter.New(shedwriter.Config{JS: b.js, DB: b.db, Webhook: outbox.ReplyWebhook,
+		Logger: storagetest.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(w.Stop)
+	for _, id := range []string{faqID, faqAgain.body["message_id"].(string)} {
+		storagetest.WaitFor(t, "the shed answer stored", 10*time.Second, func() bool {
+			rec, err := b.db.Message(context.Background(), "shop1", id)
+			return err == nil && rec.Status == peakdesk.StatusAnswered
+		})
+	}
+	if rec, _ := b.db.Message(context.Background(), "shop1", faqID); rec.Reply.ID != reply["reply_id"] {
+		t.Errorf("stored reply %s, the customer got %v", rec.Reply.ID, reply["reply_id"])
 	}
 	// Like every reply, it goes to the shop's webhook through the outbox.
 	hooks, err := b.db.ListActions(context.Background(), "shop1", storage.ActionFilter{Kind: peakdesk.ActionWebhookDeliver}, 0, 10)
-	if err != nil || len(hooks) != 1 || hooks[0].ReplyID != reply["reply_id"] {
-		t.Errorf("webhook actions %+v (%v), want one for reply %v", hooks, err, reply["reply_id"])
+	if err != nil || len(hooks) != 2 {
+		t.Errorf("webhook actions %+v (%v), want one per shed answer", hooks, err)
+	}
+	events, err := b.js.Stream(context.Background(), queue.StreamEvents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The shed writer publishes on the customer's subject, like every
+	// reply event.
+	var found bool
+	for seq := uint64(0); ; {
+		ev, err := queue.NextReplyEvent(context.Background(), events, "shop1", b.salt+"u1", faq.body["conversation_id"].(string), seq)
+		if err != nil {
+			break
+		}
+		found = found || strings.Contains(string(ev.Data), reply["reply_id"].(string))
+		seq = ev.Sequence
+	}
+	if !found {
+		t.Errorf("no reply event of reply %v on the customer's subject", reply["reply_id"])
 	}
 	again := b.do(t, "POST", "/v1/messages", u, `{"text":"早就问过的问题","client_msg_id":"k-early"}`)
 	if again.status != http.StatusAccepted || again.body["message_id"] != first.body["message_id"] || again.body["status"] != "queued" {
@@ -674,11 +728,12 @@ func (shedOrders) ShedOrder(_ context.Context, m *peakdesk.Message) (string, []p
 // An order question the edge sheds is told "checking" at once (200,
 // source order, follow_up) and its follow-up is stored with the answer:
 // the facts come from the relays, not from the backlog that made the edge
-// shed.
+// shed. A question the FAQ knows, shed alongside, still goes to the shed
+// writer through CHAT_IN.
 func TestShedOrderQuestionsAreFollowedUp(t *testing.T) {
 	t.Parallel()
 	b := setup(t, queue.Topology{}, func(c *Config) {
-		c.Orders, c.ReplyWebhook = shedOrders{}, outbox.ReplyWebhook
+		c.Orders, c.FAQ, c.ReplyWebhook = shedOrders{}, fixedFAQ{}, outbox.ReplyWebhook
 		c.Admission = AdmissionConfig{MinBacklog: 5, Refresh: 50 * time.Millisecond,
 			MaxWait: map[peakdesk.Priority]time.Duration{peakdesk.P0: time.Hour, peakdesk.P1: time.Second, peakdesk.P2: time.Second}}
 	})
@@ -706,5 +761,30 @@ func TestShedOrderQuestionsAreFollowedUp(t *testing.T) {
 	g := b.do(t, "GET", "/v1/messages/"+r.body["message_id"].(string), u, "")
 	if stored, _ := g.body["reply"].(map[string]any); stored["follow_up"] != true {
 		t.Errorf("the stored reply does not say a follow-up comes: %s", g.raw)
+	}
+	// Its event is on the customer's subject.
+	events, err := b.js.Stream(context.Background(), queue.StreamEvents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev, err := queue.NextReplyEvent(context.Background(), events, "shop1", b.salt+"u1", r.body["conversation_id"].(string), 0); err != nil ||
+		!strings.Contains(string(ev.Data), reply["reply_id"].(string)) {
+		t.Errorf("the order answer's event: %v", err)
+	}
+
+	faq := b.do(t, "POST", "/v1/messages", u, `{"text":"双11满减怎么算？"}`)
+	if fr, _ := faq.body["reply"].(map[string]any); faq.status != http.StatusOK || fr["source"] != peakdesk.SourceFAQ {
+		t.Fatalf("shed FAQ question: %d %s", faq.status, faq.raw)
+	}
+	in, err := b.js.Stream(context.Background(), queue.StreamIn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, err := in.GetLastMsgForSubject(context.Background(), queue.ShedSubject("shop1"))
+	if err != nil {
+		t.Fatalf("no shed record in CHAT_IN: %v", err)
+	}
+	if got, err := queue.DecodeShed(rec.Data); err != nil || got.Message.ID != faq.body["message_id"] || got.Reply.UserID != b.salt+"u1" {
+		t.Errorf("shed record %+v (%v), want message %v of the customer", got, err, faq.body["message_id"])
 	}
 }

@@ -18,6 +18,13 @@ type edgeMetrics struct {
 	shed          *prometheus.CounterVec
 	p0Capped      prometheus.Counter
 	readRefusals  *prometheus.CounterVec
+
+	// The bounds of the paths a burst takes (see bindBounds for the rest).
+	inflightRefusals *prometheus.CounterVec
+	publishInflight  prometheus.Gauge
+	faqLookups       *prometheus.CounterVec
+	faqInflight      prometheus.Gauge
+	faqSeconds       prometheus.Histogram
 }
 
 func newEdgeMetrics(reg prometheus.Registerer) (*edgeMetrics, error) {
@@ -80,13 +87,60 @@ func newEdgeMetrics(reg prometheus.Registerer) (*edgeMetrics, error) {
 			Name: "peakdesk_ingest_read_refusals_total",
 			Help: "Reads and event streams refused with 429, by route and reason (read_limit, user_streams, process_streams).",
 		}, []string{"route", "reason"}),
+		inflightRefusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "peakdesk_ingest_inflight_refusals_total",
+			Help: "Requests answered 503 at once because MaxInFlight requests were being handled, by route.",
+		}, []string{"route"}),
+		publishInflight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "peakdesk_ingest_publish_inflight",
+			Help: "Publishes to CHAT_IN (messages and shed answers) waiting for JetStream's ack.",
+		}),
+		faqLookups: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "peakdesk_ingest_faq_lookups_total",
+			Help: "FAQ lookups for shed messages, by result: hit (cached answer or its absence), miss (searched).",
+		}, []string{"result"}),
+		faqInflight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "peakdesk_ingest_faq_searches_inflight",
+			Help: "FAQ searches for shed messages running now (bounded by FAQConcurrency).",
+		}),
+		faqSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "peakdesk_ingest_faq_search_seconds",
+			Help:    "Time of one FAQ search for a shed message (cache misses).",
+			Buckets: prometheus.ExponentialBuckets(0.00005, 2, 14),
+		}),
 	}
 	for _, c := range []prometheus.Collector{m.requests, m.duration, m.accepted, m.duplicates, m.publish,
 		m.redisErrors, m.sseStreams, m.rateFallbacks, m.rateDegraded, m.backlog, m.drain, m.shed,
-		m.p0Capped, m.readRefusals} {
+		m.p0Capped, m.readRefusals, m.inflightRefusals, m.publishInflight, m.faqLookups, m.faqInflight,
+		m.faqSeconds} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
 	}
 	return m, nil
+}
+
+// bindBounds registers the gauges read from the edge's bounded queues at
+// scrape time: requests in flight (MaxInFlight), cached FAQ answers
+// (FAQCacheSize) and queued-state cache writes waiting for Redis.
+func (m *edgeMetrics) bindBounds(reg prometheus.Registerer, e *Edge) error {
+	for _, c := range []prometheus.Collector{
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "peakdesk_ingest_inflight_requests",
+			Help: "Requests being handled now, event streams aside (bounded by MaxInFlight).",
+		}, func() float64 { return float64(len(e.inflight)) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "peakdesk_ingest_faq_cache_entries",
+			Help: "Questions whose FAQ answer (or its absence) the edge holds for shed messages (bounded by FAQCacheSize).",
+		}, func() float64 { return float64(e.faq.len()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "peakdesk_ingest_queued_cache_buffered",
+			Help: "Queued-state and shed-answer cache writes waiting for Redis (bounded; beyond it they are dropped and counted in peakdesk_ingest_redis_errors_total).",
+		}, func() float64 { return float64(e.queuedW.buffered()) }),
+	} {
+		if err := reg.Register(c); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -11,9 +11,12 @@ import (
 
 // queuedWriter records, best effort and off the request path, what the edge
 // queued (so GET can name a queued message's conversation and priority
-// before a worker stores it). Writes are pipelined in batches; if Redis is
-// slow the buffer fills and entries are dropped — GET then still answers
-// "queued" from the signed id.
+// before a worker stores it) and the answers it gave shed messages (so GET
+// shows the answer before the shed writer stores it). Writes are pipelined
+// in batches; a shed answer's request waits for its batch, briefly (see
+// addWait). If Redis is slow the buffer (bounded, its fill a metric) fills
+// and entries are dropped — GET then still answers "queued" from the signed
+// id until the message is stored.
 type queuedWriter struct {
 	rdb    *redis.Client
 	ch     chan queuedEntry
@@ -28,9 +31,13 @@ type queuedWriter struct {
 }
 
 type queuedEntry struct {
-	key string
-	val []byte
+	key  string
+	val  []byte
+	done chan struct{} // closed once the entry's batch is written; may be nil
 }
+
+// queuedWait bounds how long a request waits for its entry's batch.
+const queuedWait = 250 * time.Millisecond
 
 const queuedTTL = 24 * time.Hour
 
@@ -53,11 +60,45 @@ func (w *queuedWriter) add(key string, val []byte) {
 		return
 	}
 	select {
-	case w.ch <- queuedEntry{key, val}:
+	case w.ch <- queuedEntry{key: key, val: val}:
 	default:
 		w.errors.Inc()
 	}
 }
+
+// addWait is add for an entry that must be readable before the request
+// answers: it waits until the entry's batch is written, at most queuedWait
+// (Redis slow or down: the answer goes out anyway, and GET shows it once
+// the shed writer has stored it).
+func (w *queuedWriter) addWait(ctx context.Context, key string, val []byte) {
+	if w.rdb == nil {
+		return
+	}
+	done := make(chan struct{})
+	w.mu.RLock()
+	if w.stopped {
+		w.mu.RUnlock()
+		return
+	}
+	select {
+	case w.ch <- queuedEntry{key: key, val: val, done: done}:
+		w.mu.RUnlock()
+	default:
+		w.mu.RUnlock()
+		w.errors.Inc()
+		return
+	}
+	t := time.NewTimer(queuedWait)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}
+
+// buffered is how many entries wait for Redis.
+func (w *queuedWriter) buffered() int { return len(w.ch) }
 
 func (w *queuedWriter) stop() {
 	w.once.Do(func() {
@@ -95,5 +136,10 @@ func (w *queuedWriter) loop() {
 			w.errors.Add(float64(len(batch)))
 		}
 		cancel()
+		for _, e := range batch {
+			if e.done != nil {
+				close(e.done)
+			}
+		}
 	}
 }

@@ -348,13 +348,15 @@ type loadOffer struct {
 	errKey    string
 	messageID string
 	priority  string
-	onPost    bool // answered by the POST itself (200 answered)
+	onPost    bool   // answered by the POST itself (200 answered)
+	postReply string // the reply id the POST answered with
 
 	// Guarded by loadRun.mu.
 	answeredAt time.Time
 	source     string
 	replyIDs   []string
 	failed     bool
+	stored     bool // the answer on POST seen stored (its event, or the conversation read back)
 	missed     bool // found answered only by the final check, not by SSE
 }
 
@@ -423,6 +425,7 @@ type loadObs struct {
 	replyID string
 	source  string
 	at      time.Time
+	post    bool // the POST's own answer, not yet known to be stored
 }
 
 // loadRun is the state of one RunLoad call.
@@ -451,7 +454,9 @@ type loadRun struct {
 	pending      map[string][]loadObs
 	accepted     int
 	answered     int
-	changed      chan struct{} // signalled (non-blocking) when answered grows
+	changed      chan struct{} // signalled (non-blocking) when answered or storedOnPost grows
+	onPost       int           // accepted messages answered on their POST
+	storedOnPost int           // of those, seen stored
 	redeliveries int
 	reconnects   int
 	auditErrors  int
@@ -502,8 +507,9 @@ func RunLoad(ctx context.Context, cfg LoadConfig) (*LoadReport, error) {
 		switch cfg.Follow {
 		case LoadFollowSSE:
 			r.checkUnanswered(ctx, followEnd)
+			r.auditConversations(ctx, r.unstoredConvs())
 		case LoadFollowPoll:
-			r.auditConversations(ctx)
+			r.auditConversations(ctx, nil)
 		}
 	}
 	close(progressDone)
@@ -703,9 +709,12 @@ func (r *loadRun) offer(ctx context.Context, o *loadOffer) {
 		}
 		answered := resp.Status == "answered" && resp.Reply != nil && resp.Reply.ID != ""
 		o.onPost = answered
+		if answered {
+			o.postReply = resp.Reply.ID
+		}
 		r.register(o)
 		if answered {
-			r.observe([]string{o.messageID}, loadObs{replyID: resp.Reply.ID, source: resp.Reply.Source, at: o.doneAt})
+			r.observe([]string{o.messageID}, loadObs{replyID: resp.Reply.ID, source: resp.Reply.Source, at: o.doneAt, post: true})
 		}
 		r.follow(conv, cmp.Or(newID, convID), o, answered)
 	}
@@ -745,6 +754,9 @@ func (r *loadRun) register(o *loadOffer) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.accepted++
+	if o.onPost {
+		r.onPost++
+	}
 	r.byID[o.messageID] = o
 	obs := r.pending[o.messageID]
 	delete(r.pending, o.messageID)
@@ -767,6 +779,15 @@ func (r *loadRun) observe(messageIDs []string, ob loadObs) {
 }
 
 func (r *loadRun) applyLocked(o *loadOffer, ob loadObs) {
+	if !ob.post && o.postReply != "" && ob.replyID == o.postReply && !o.stored {
+		// The answer the edge gave on the POST (a shed message answered
+		// from the FAQ), now seen stored: its event is published, and the
+		// conversation lists it, only once it is committed.
+		r.markStoredLocked(o)
+		if slices.Contains(o.replyIDs, ob.replyID) {
+			return
+		}
+	}
 	if slices.Contains(o.replyIDs, ob.replyID) {
 		r.redeliveries++
 		return
@@ -783,14 +804,25 @@ func (r *loadRun) applyLocked(o *loadOffer, ob loadObs) {
 	}
 }
 
-// awaitAnswers waits until every accepted message is answered, the deadline
+// markStoredLocked records that o's answer on POST is stored.
+func (r *loadRun) markStoredLocked(o *loadOffer) {
+	o.stored = true
+	r.storedOnPost++
+	select {
+	case r.changed <- struct{}{}:
+	default:
+	}
+}
+
+// awaitAnswers waits until every accepted message is answered and every
+// answer given on a POST is seen stored, the deadline
 // passes or ctx ends, and returns when it stopped waiting.
 func (r *loadRun) awaitAnswers(ctx context.Context, deadline time.Time) time.Time {
 	timer := time.NewTimer(time.Until(deadline))
 	defer timer.Stop()
 	for {
 		r.mu.Lock()
-		done := r.answered >= r.accepted
+		done := r.answered >= r.accepted && r.storedOnPost >= r.onPost
 		r.mu.Unlock()
 		if done {
 			return time.Now()

@@ -269,15 +269,35 @@ func (r *loadRun) checkUnanswered(ctx context.Context, followEnd time.Time) {
 	})
 }
 
-// auditConversations reads every conversation once after a poll run: polling
-// stops at the first answer, so a second distinct reply to the same message
-// only shows in the conversation's reply list.
-func (r *loadRun) auditConversations(ctx context.Context) {
+// unstoredConvs returns the conversations with an answer on POST that no
+// event showed stored.
+func (r *loadRun) unstoredConvs() map[int]bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	convs := map[int]bool{}
+	for _, o := range r.byID {
+		if o.onPost && !o.stored {
+			convs[o.conv] = true
+		}
+	}
+	return convs
+}
+
+// auditConversations reads conversations once at the end of a run, from
+// Postgres: after a poll run every one (polling stops at the first answer,
+// so a second distinct reply to the same message only shows in the
+// conversation's reply list); after an SSE run those in only (answers given
+// on a POST whose event went by unseen are then still seen stored). A nil
+// only means every conversation; an empty one, none.
+func (r *loadRun) auditConversations(ctx context.Context, only map[int]bool) {
+	if only != nil && len(only) == 0 {
+		return
+	}
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.RequestTimeout)
 	defer cancel()
 	var convs []*loadConv
 	for _, c := range r.convs {
-		if c.conversationID() != "" {
+		if c.conversationID() != "" && (only == nil || only[c.idx]) {
 			convs = append(convs, c)
 		}
 	}
@@ -303,6 +323,9 @@ func (r *loadRun) auditConversations(ctx context.Context) {
 				o := r.byID[id]
 				if o == nil || o.answeredAt.IsZero() || rep.ID == "" {
 					continue // an unanswered message stays unanswered: its time is unknown
+				}
+				if rep.ID == o.postReply && !o.stored {
+					r.markStoredLocked(o)
 				}
 				if !slices.Contains(o.replyIDs, rep.ID) {
 					o.replyIDs = append(o.replyIDs, rep.ID)

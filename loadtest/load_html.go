@@ -107,7 +107,9 @@ concurrency {{.R.Config.Concurrency}}, {{.R.Config.Conversations}} conversations
 <tr><th class="l">questions</th><td class="l">{{.Questions}}</td></tr>
 <tr><th class="l">hints</th><td class="l">{{.Hints}}</td></tr>
 <tr><th class="l">errors</th><td class="l">{{.ErrorText}}</td></tr>
-<tr><th class="l">delayed by concurrency</th><td class="l">{{.R.DelayedByConcurrency}}</td></tr>
+<tr><th class="l">answers on POST not seen stored</th><td class="l{{if .R.ShedUnstored}} bad{{end}}">{{.R.ShedUnstored}}</td></tr>
+{{with .R.Shedding}}<tr><th class="l">offers/s while shedding</th><td class="l">{{printf "%.0f" .OffersPerS}} ({{.Offers}} offers, {{printf "%.1f" .FromS}}–{{printf "%.1f" .ToS}} s)</td></tr>
+{{end}}<tr><th class="l">delayed by concurrency</th><td class="l">{{.R.DelayedByConcurrency}}</td></tr>
 <tr><th class="l">SSE reconnects / missed</th><td class="l">{{.R.SSEReconnects}} / {{.R.SSEMissed}}</td></tr>
 <tr><th class="l">unmatched replies / audit errors</th><td class="l">{{.R.UnmatchedReplies}} / {{.R.AuditErrors}}</td></tr>
 </table>

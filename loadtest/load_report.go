@@ -24,10 +24,12 @@ import (
 //	{
 //	  "scenario": "burst", "config": {…}, "env": {"go", "os", "arch", "cpus", "hostname", "cpu_model"},
 //	  "started_at": RFC 3339, "duration_s": whole run, "offer_duration_s": first to last offer,
+//	  "offers_per_s": offered / offer_duration_s,
+//	  "shedding": {"from_s", "to_s", "offers", "offers_per_s", "answered_on_post", "rejected_429"},
 //	  "offered", "accepted", "answered", "answered_on_post",
 //	  "rejected": {"rate_limited_429", "overloaded_503"},
 //	  "errors": {"400 invalid_argument": n, "timeout": n, …},
-//	  "lost", "failed", "duplicates", "redeliveries", "unmatched_replies",
+//	  "lost", "failed", "shed_unstored", "duplicates", "redeliveries", "unmatched_replies",
 //	  "sse_missed", "sse_reconnects", "audit_errors", "delayed_by_concurrency",
 //	  "sources": {"llm": n, "faq": n, …}, "questions": {"hot": n, …}, "hints": {"p0": n, "none": n, …},
 //	  "by_priority": {"p0": {"accepted", "answered", "answered_on_post", "lost", "duplicates"}, …},
@@ -52,6 +54,10 @@ type LoadReport struct {
 	StartedAt      time.Time      `json:"started_at"`
 	DurationS      float64        `json:"duration_s"`
 	OfferDurationS float64        `json:"offer_duration_s"`
+	// OffersPerS is Offered over OfferDurationS.
+	OffersPerS float64 `json:"offers_per_s"`
+	// Shedding is the stretch in which the edge shed load, if it did.
+	Shedding *LoadShedding `json:"shedding,omitempty"`
 
 	Offered        int `json:"offered"`
 	Accepted       int `json:"accepted"`
@@ -67,6 +73,10 @@ type LoadReport struct {
 	// how many of them the server reported as failed.
 	Lost   int `json:"lost"`
 	Failed int `json:"failed"`
+	// ShedUnstored counts answers given on a POST (a shed message answered
+	// from the FAQ) never seen stored by the deadline: no reply event, and
+	// not in the conversation read back. Such an answer is lost too.
+	ShedUnstored int `json:"shed_unstored"`
 	// Duplicates counts messages answered by more than one distinct reply.
 	Duplicates int `json:"duplicates"`
 	// Redeliveries counts reply events seen again with the same reply_id.
@@ -91,6 +101,58 @@ type LoadReport struct {
 
 	LostSamples      []string `json:"lost_samples,omitempty"`
 	DuplicateSamples []string `json:"duplicate_samples,omitempty"`
+}
+
+// LoadShedding is the stretch of a run in which the edge shed load: from
+// the first to the last offer answered on its POST (200, a shed message
+// answered from the FAQ) or refused with 429 (shed without an answer, or a
+// rate limit), in seconds since the start. Offers counts every offer that
+// completed within it, whatever its outcome, so OffersPerS is how fast the
+// edge took offers while shedding.
+type LoadShedding struct {
+	FromS          float64 `json:"from_s"`
+	ToS            float64 `json:"to_s"`
+	Offers         int     `json:"offers"`
+	OffersPerS     float64 `json:"offers_per_s"`
+	AnsweredOnPost int     `json:"answered_on_post"`
+	Rejected429    int     `json:"rejected_429"`
+}
+
+// loadShedding finds the shedding stretch of offers; nil when nothing was
+// shed.
+func loadShedding(start time.Time, offers []*loadOffer) *LoadShedding {
+	var from, to time.Time
+	sh := &LoadShedding{}
+	for _, o := range offers {
+		shed := o.outcome == loadRateLimited || (o.outcome == loadAccepted && o.onPost)
+		if !shed {
+			continue
+		}
+		if o.outcome == loadRateLimited {
+			sh.Rejected429++
+		} else {
+			sh.AnsweredOnPost++
+		}
+		if from.IsZero() || o.doneAt.Before(from) {
+			from = o.doneAt
+		}
+		if o.doneAt.After(to) {
+			to = o.doneAt
+		}
+	}
+	if from.IsZero() {
+		return nil
+	}
+	for _, o := range offers {
+		if o.outcome != loadNotSent && !o.doneAt.Before(from) && !o.doneAt.After(to) {
+			sh.Offers++
+		}
+	}
+	sh.FromS, sh.ToS = loadRound(from.Sub(start).Seconds()), loadRound(to.Sub(start).Seconds())
+	if d := to.Sub(from).Seconds(); d > 0 {
+		sh.OffersPerS = loadRound(float64(sh.Offers) / d)
+	}
+	return sh
 }
 
 // LoadConfigEcho is the configuration a report was made with (no secret).
@@ -223,8 +285,9 @@ type LoadSecondLatency struct {
 // target proves nothing), so that scripts can gate on it.
 func (rep *LoadReport) Check() error {
 	switch {
-	case rep.Lost > 0 || rep.Duplicates > 0:
-		return fmt.Errorf("load check: %d lost, %d duplicates", rep.Lost, rep.Duplicates)
+	case rep.Lost > 0 || rep.Duplicates > 0 || rep.ShedUnstored > 0:
+		return fmt.Errorf("load check: %d lost, %d duplicates, %d answers on POST not stored",
+			rep.Lost, rep.Duplicates, rep.ShedUnstored)
 	case rep.Offered > 0 && rep.Accepted == 0:
 		return fmt.Errorf("load check: none of %d offered messages was accepted", rep.Offered)
 	}
@@ -267,13 +330,19 @@ func (rep *LoadReport) WriteText(w io.Writer) error {
 	p("run %.1f s (offers %.1f s) on %s %s/%s, %d CPUs %s\n\n",
 		rep.DurationS, rep.OfferDurationS, rep.Env.Go, rep.Env.OS, rep.Env.Arch, rep.Env.CPUs, rep.Env.CPUModel)
 
+	p("offers/s %.0f", rep.OffersPerS)
+	if sh := rep.Shedding; sh != nil {
+		p("; while shedding (%.1f–%.1f s) %.0f offers/s: %d offers, %d answered on POST, %d refused 429",
+			sh.FromS, sh.ToS, sh.OffersPerS, sh.Offers, sh.AnsweredOnPost, sh.Rejected429)
+	}
+	p("\n\n")
 	p("offered\taccepted\tanswered\ton POST\t429\t503\terrors\tlost\tfailed\tduplicates\tredelivered\t\n")
 	p("%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t\n\n",
 		rep.Offered, rep.Accepted, rep.Answered, rep.AnsweredOnPost, rep.Rejected.RateLimited429,
 		rep.Rejected.Overloaded503, loadSum(rep.Errors), rep.Lost, rep.Failed, rep.Duplicates, rep.Redeliveries)
 
-	p("delayed by concurrency %d, SSE reconnects %d, SSE missed %d, unmatched replies %d, audit errors %d\n",
-		rep.DelayedByConcurrency, rep.SSEReconnects, rep.SSEMissed, rep.UnmatchedReplies, rep.AuditErrors)
+	p("answers on POST not seen stored %d, delayed by concurrency %d, SSE reconnects %d, SSE missed %d, unmatched replies %d, audit errors %d\n",
+		rep.ShedUnstored, rep.DelayedByConcurrency, rep.SSEReconnects, rep.SSEMissed, rep.UnmatchedReplies, rep.AuditErrors)
 	p("sources: %s\n", loadCounts(rep.Sources))
 	p("questions: %s\n", loadCounts(rep.Questions))
 	p("hints: %s\n", loadCounts(rep.Hints))
@@ -494,6 +563,13 @@ func (r *loadRun) report(end time.Time) *LoadReport {
 		if o.onPost {
 			rep.AnsweredOnPost++
 			pc.AnsweredOnPost++
+			if !o.stored {
+				rep.ShedUnstored++
+				if len(rep.LostSamples) < 10 {
+					rep.LostSamples = append(rep.LostSamples, fmt.Sprintf("answer %s to message %s (%s, %q) not seen stored",
+						o.postReply, o.messageID, o.priority, o.text))
+				}
+			}
 		}
 		if o.missed {
 			rep.SSEMissed++
@@ -532,7 +608,11 @@ func (r *loadRun) report(end time.Time) *LoadReport {
 	}
 	if !firstSent.IsZero() {
 		rep.OfferDurationS = loadRound(lastSent.Sub(firstSent).Seconds())
+		if rep.OfferDurationS > 0 {
+			rep.OffersPerS = loadRound(float64(rep.Offered) / rep.OfferDurationS)
+		}
 	}
+	rep.Shedding = loadShedding(r.start, r.offers)
 
 	rep.Latency = LoadLatency{OfferLag: loadPercentilesOf(lag), ByPriority: map[string]LoadLatencySet{}}
 	for _, g := range slices.Collect(maps.Keys(accept)) {

@@ -27,6 +27,7 @@ type loadFakeKnobs struct {
 	answerDelay time.Duration // for every answer
 	reject      func(n int) int
 	instant     func(n int) bool // 200 answered on POST (source faq)
+	unstored    int              // answered on POST, but the answer is never stored (no event)
 	never       int              // never answered
 	double      int              // answered by two distinct replies
 	redeliver   int              // its reply event is sent twice
@@ -193,6 +194,15 @@ func (f *loadFake) post(w http.ResponseWriter, r *http.Request) {
 	}
 	f.msgs[msgID] = &loadFakeMsg{conv: convID, prio: prio}
 
+	if n == f.k.unstored {
+		// The edge's answer, which GET shows (from its cache), but which
+		// is never stored: no event, not in the conversation.
+		rep := loadFakeReply{ID: "r-" + msgID, ConversationID: convID, MessageIDs: []string{msgID},
+			Text: "answer to " + msgID, Source: "faq", CreatedAt: time.Now().UTC().Format(time.RFC3339Nano)}
+		f.msgs[msgID].reply = &rep
+		loadFakeJSON(w, 200, map[string]any{"message_id": msgID, "conversation_id": convID, "priority": prio, "status": "answered", "reply": rep})
+		return
+	}
 	if f.k.instant != nil && f.k.instant(n) {
 		rep := f.answerLocked(msgID, "r-"+msgID, "faq")
 		loadFakeJSON(w, 200, map[string]any{"message_id": msgID, "conversation_id": convID, "priority": prio, "status": "answered", "reply": rep})
@@ -823,4 +833,61 @@ func loadPath(v any, keys ...string) any {
 		v = m[k]
 	}
 	return v
+}
+
+// The shedding stretch runs from the first to the last shed offer (answered
+// on POST or refused 429) and counts every offer completed within it.
+func TestLoadShedding(t *testing.T) {
+	t.Parallel()
+	start := time.Unix(1000, 0)
+	at := func(s float64) time.Time { return start.Add(time.Duration(s * float64(time.Second))) }
+	offers := []*loadOffer{
+		{outcome: loadAccepted, doneAt: at(0.5)},             // queued before the shedding
+		{outcome: loadAccepted, onPost: true, doneAt: at(1)}, // first shed answer
+		{outcome: loadAccepted, doneAt: at(1.5)},             // p0 still queued meanwhile
+		{outcome: loadRateLimited, doneAt: at(2)},            // shed with 429
+		{outcome: loadOverloaded, doneAt: at(2.5)},           // within, counted as an offer
+		{outcome: loadAccepted, onPost: true, doneAt: at(3)}, // last shed answer
+		{outcome: loadAccepted, doneAt: at(4)},               // after
+		{outcome: loadNotSent},
+	}
+	sh := loadShedding(start, offers)
+	want := &LoadShedding{FromS: 1, ToS: 3, Offers: 5, OffersPerS: 2.5, AnsweredOnPost: 2, Rejected429: 1}
+	if sh == nil || *sh != *want {
+		t.Fatalf("shedding %+v, want %+v", sh, want)
+	}
+	if got := loadShedding(start, offers[:1]); got != nil {
+		t.Errorf("no shed offer: %+v, want nil", got)
+	}
+}
+
+// An answer given on the POST counts only once it is seen stored (its reply
+// event, or the conversation read back): one never stored is reported and
+// fails the check, in both follow modes; the stored ones are not.
+func TestLoadAnswersOnPostMustBeStored(t *testing.T) {
+	t.Parallel()
+	for _, follow := range []LoadFollow{LoadFollowSSE, LoadFollowPoll} {
+		t.Run(string(follow), func(t *testing.T) {
+			t.Parallel()
+			instant := func(n int) bool { return n%3 == 0 }
+			f := loadSetupFake(t, loadFakeKnobs{answerDelay: 10 * time.Millisecond, instant: instant, unstored: 7})
+			rep, err := RunLoad(t.Context(), f.config(LoadConfig{
+				Scenario: ScenarioBurst, Messages: 60, Within: 200 * time.Millisecond, Concurrency: 8,
+				Conversations: 6, Follow: follow, Deadline: 800 * time.Millisecond, Linger: 100 * time.Millisecond, Seed: 3,
+			}))
+			if err != nil {
+				t.Fatalf("RunLoad: %v", err)
+			}
+			if rep.AnsweredOnPost != 21 || rep.ShedUnstored != 1 || rep.Lost != 0 || rep.Answered != 60 {
+				t.Errorf("on POST %d, not stored %d, lost %d, answered %d; want 21, 1, 0, 60",
+					rep.AnsweredOnPost, rep.ShedUnstored, rep.Lost, rep.Answered)
+			}
+			if len(rep.LostSamples) != 1 || !strings.Contains(rep.LostSamples[0], "m7 ") {
+				t.Errorf("lost samples %q, want the answer to m7", rep.LostSamples)
+			}
+			if err := rep.Check(); err == nil {
+				t.Error("Check() = nil for a run with an answer never stored")
+			}
+		})
+	}
 }

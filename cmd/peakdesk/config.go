@@ -73,6 +73,13 @@ type Config struct {
 	MetricsAddr string
 	// MaxStreams caps the event streams one edge process holds open.
 	MaxStreams int
+	// MaxInFlight caps the requests one edge process handles at once (event
+	// streams aside); FAQCacheTTL is how long the edge reuses an FAQ answer
+	// to a shed question; ShedWriterBatch caps the shed answers the worker
+	// role stores per transaction.
+	MaxInFlight     int
+	FAQCacheTTL     time.Duration
+	ShedWriterBatch int
 
 	// LLMBaseURL empty in dev starts the built-in simulated LLM.
 	LLMBaseURL string
@@ -234,6 +241,10 @@ func envDefaults(getenv func(string) string, dev bool) Config {
 	c.AdmissionMaxWaitP2 = e.duration("PEAKDESK_ADMISSION_MAX_WAIT_P2", 30*time.Second)
 	c.AdmissionMinBacklog = e.int("PEAKDESK_ADMISSION_MIN_BACKLOG", 2000)
 	c.AdmissionDisabled = e.bool("PEAKDESK_ADMISSION_DISABLED", false)
+	// Shedding at the speed of accepting: the edge's bounds and the writer.
+	c.MaxInFlight = e.int("PEAKDESK_MAX_INFLIGHT", 4096)
+	c.FAQCacheTTL = e.duration("PEAKDESK_SHED_FAQ_CACHE_TTL", 2*time.Second)
+	c.ShedWriterBatch = e.int("PEAKDESK_SHED_WRITER_BATCH", 500)
 	c.ConsoleOrigin = e.str("PEAKDESK_CONSOLE_ORIGIN", "")
 	c.ConsoleIdleTimeout = e.duration("PEAKDESK_CONSOLE_IDLE_TIMEOUT", 30*time.Minute)
 	c.ConsoleLifetime = e.duration("PEAKDESK_CONSOLE_LIFETIME", 12*time.Hour)
@@ -356,6 +367,8 @@ func parseFlags(name string, args []string, stderr io.Writer, getenv func(string
 	fs.StringVar(&c.HTTPAddr, "http-addr", c.HTTPAddr, "HTTP listen address (env PEAKDESK_HTTP_ADDR)")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", c.MetricsAddr, "listen address of /metrics, apart from the API; empty: none (env PEAKDESK_METRICS_ADDR)")
 	fs.IntVar(&c.MaxStreams, "max-streams", c.MaxStreams, "event streams one edge process holds open at most (env PEAKDESK_MAX_STREAMS)")
+	fs.IntVar(&c.MaxInFlight, "max-inflight", c.MaxInFlight, "requests one edge process handles at once; more are answered 503 (env PEAKDESK_MAX_INFLIGHT)")
+	fs.IntVar(&c.ShedWriterBatch, "shed-writer-batch", c.ShedWriterBatch, "shed answers the worker role stores per transaction (env PEAKDESK_SHED_WRITER_BATCH)")
 	fs.IntVar(&c.StreamOpens, "stream-opens", c.StreamOpens, "event stream opens set up at once; more wait their turn (env PEAKDESK_STREAM_OPENS)")
 	fs.DurationVar(&c.StreamOpenWait, "stream-open-wait", c.StreamOpenWait, "how long an event stream open may wait for its turn before 503 (env PEAKDESK_STREAM_OPEN_WAIT)")
 	fs.StringVar(&c.DevOrigins, "dev-origins", c.DevOrigins, "comma-separated web origins whose pages may call the chat API for every shop, e.g. http://localhost:3000 (env PEAKDESK_DEV_ORIGINS)")
@@ -474,6 +487,15 @@ func (c *Config) validate() error {
 	}
 	if c.MaxStreams < 1 {
 		return errors.New("config: --max-streams must be at least 1")
+	}
+	if c.MaxInFlight < 1 {
+		return errors.New("config: --max-inflight (PEAKDESK_MAX_INFLIGHT) must be at least 1")
+	}
+	if c.FAQCacheTTL <= 0 {
+		return errors.New("config: PEAKDESK_SHED_FAQ_CACHE_TTL must be positive")
+	}
+	if c.ShedWriterBatch < 1 {
+		return errors.New("config: --shed-writer-batch (PEAKDESK_SHED_WRITER_BATCH) must be at least 1")
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(c.LogLevel)); err != nil {

@@ -39,6 +39,7 @@ import (
 	"github.com/peakdesk/peakdesk/workers/answer"
 	"github.com/peakdesk/peakdesk/workers/faq"
 	"github.com/peakdesk/peakdesk/workers/llm"
+	"github.com/peakdesk/peakdesk/workers/shedwriter"
 )
 
 // Program is one running peakdesk process: its connections, its roles and
@@ -62,6 +63,7 @@ type Program struct {
 	redactor *retention.Redactor // masks expired chat texts (relay role)
 	edge     *ingest.Edge
 	worker   *workers.Worker
+	shedW    *shedwriter.Writer // stores the edge's shed answers (worker role)
 	answerer *answer.Answerer
 	console  *dashboard.Console
 	reporter *snapshot.Reporter
@@ -238,6 +240,7 @@ func (p *Program) Start(ctx context.Context) (err error) {
 			Logger: p.Log, Registerer: p.registry,
 			BatchPublish: cfg.PublishBatch,
 			FAQ:          edgeFAQ{p.faq}, ReplyWebhook: outbox.ReplyWebhook,
+			FAQCacheTTL: cfg.FAQCacheTTL, MaxInFlight: cfg.MaxInFlight,
 			Orders: p.orders.tools,
 			Admission: ingest.AdmissionConfig{Disabled: cfg.AdmissionDisabled, MinBacklog: int64(cfg.AdmissionMinBacklog),
 				MaxWait: map[peakdesk.Priority]time.Duration{
@@ -324,6 +327,14 @@ func (p *Program) Start(ctx context.Context) (err error) {
 			return err
 		}
 		if err := p.worker.Start(ctx); err != nil {
+			return err
+		}
+		// The edge's shed answers, stored in batches.
+		if p.shedW, err = shedwriter.New(shedwriter.Config{JS: p.js, DB: p.db, Webhook: outbox.ReplyWebhook,
+			MaxBatch: cfg.ShedWriterBatch, Logger: p.Log, Registerer: p.registry}); err != nil {
+			return err
+		}
+		if err := p.shedW.Start(ctx); err != nil {
 			return err
 		}
 	}
@@ -476,6 +487,9 @@ func (p *Program) Stop() {
 		}
 		if p.worker != nil {
 			p.worker.Stop()
+		}
+		if p.shedW != nil {
+			p.shedW.Stop()
 		}
 		if p.answerer != nil {
 			p.answerer.Stop()

@@ -150,7 +150,7 @@ func subscribe(js jetstream.JetStream, subject string) func(context.Context) err
 
 // Each role's NATS user (deploy/k8s/nats/auth.conf) is refused what its
 // role must not do, over TLS on a 3-node cluster: a worker cannot publish a
-// customer message, the edge cannot pull or read CHAT_IN, only the edge
+// customer message or a shed answer, the edge cannot pull or read CHAT_IN, only the edge
 // reads reply events, no role but admin changes streams, and no one reads
 // another role's inbox. What each role needs, it may.
 func TestEachRoleIsRefusedWhatItMustNotDo(t *testing.T) {
@@ -189,6 +189,11 @@ func TestEachRoleIsRefusedWhatItMustNotDo(t *testing.T) {
 		})
 	}
 	allowed(t, "worker", "pull "+p0, pull(worker, queue.StreamIn, p0))
+	// Shed FAQ answers: the edge publishes them to CHAT_IN, the worker
+	// role's shed writer pulls them.
+	shed := queue.ShedSubject("demo")
+	allowed(t, "ingest", "publish "+shed, publish(ingest, shed))
+	allowed(t, "worker", "pull "+queue.ConsumerShedWriter, pull(worker, queue.StreamIn, queue.ConsumerShedWriter))
 	allowed(t, "worker", "publish reply events", publish(worker, queue.UserEventSubject("demo", "u2")))
 	allowed(t, "relay", "publish reply events", publish(relay, queue.LegacyEventSubject("demo", "c3")))
 	allowed(t, "dashboard", "re-drive into "+in, publish(dash, in))
@@ -196,6 +201,9 @@ func TestEachRoleIsRefusedWhatItMustNotDo(t *testing.T) {
 
 	// What each must not do.
 	refused(t, "worker", vWorker, in, publish(worker, in))
+	refused(t, "worker", vWorker, shed, publish(worker, shed))
+	refused(t, "ingest", vIngest, "$JS.API.CONSUMER.MSG.NEXT.CHAT_IN."+queue.ConsumerShedWriter,
+		pull(ingest, queue.StreamIn, queue.ConsumerShedWriter))
 	refused(t, "relay", vRelay, in, publish(relay, in))
 	refused(t, "ingest", vIngest, "$JS.API.CONSUMER.MSG.NEXT.CHAT_IN."+p0, pull(ingest, queue.StreamIn, p0))
 	refused(t, "dashboard", vDash, "$JS.API.CONSUMER.MSG.NEXT.CHAT_IN."+p0, pull(dash, queue.StreamIn, p0))

@@ -1,9 +1,10 @@
 // Package queue is peakdesk's JetStream topology (docs/architecture.md): the
 // streams CHAT_IN (accepted messages, one subject per priority and shop,
-// work-queue retention), CHAT_EVENTS (reply events, one subject per
-// customer, for event streams and replay), CHAT_DLQ and CHAT_ADVISORIES,
-// the workers' durable consumers, the embedded server dev mode and tests
-// run, and the publishing of reply events.
+// and the edge's shed answers by shop on chat.shed.>; work-queue
+// retention), CHAT_EVENTS (reply events, one subject per customer, for event
+// streams and replay), CHAT_DLQ and CHAT_ADVISORIES, the workers' durable
+// consumers, the embedded server dev mode and tests run, and the publishing
+// of reply events.
 package queue
 
 import (
@@ -113,8 +114,8 @@ func EnsureTopology(ctx context.Context, js jetstream.JetStream, t Topology) (To
 	t = t.withDefaults()
 	streams := []jetstream.StreamConfig{{
 		Name:        StreamIn,
-		Description: "accepted chat messages, by priority and shop",
-		Subjects:    []string{"chat.in.>"},
+		Description: "accepted chat messages, by priority and shop; shed answers, by shop",
+		Subjects:    []string{"chat.in.>", "chat.shed.>"},
 		Retention:   jetstream.WorkQueuePolicy,
 		Storage:     jetstream.FileStorage,
 		Replicas:    t.Replicas,
@@ -173,6 +174,19 @@ func EnsureTopology(ctx context.Context, js jetstream.JetStream, t Topology) (To
 	})
 	if err != nil {
 		return t, fmt.Errorf("queue: consumer %s: %w", ConsumerDeadLetters, err)
+	}
+	_, err = js.CreateOrUpdateConsumer(ctx, StreamIn, jetstream.ConsumerConfig{
+		Durable:       ConsumerShedWriter,
+		Description:   "the shed writer storing the edge's FAQ answers in batches",
+		FilterSubject: "chat.shed.>",
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       30 * time.Second,
+		MaxDeliver:    -1, // an answer the customer has is never dropped; failures retry with a delay
+		MaxAckPending: 20_000,
+		Replicas:      t.Replicas,
+	})
+	if err != nil {
+		return t, fmt.Errorf("queue: consumer %s: %w", ConsumerShedWriter, err)
 	}
 	for _, p := range peakdesk.Priorities {
 		_, err := js.CreateOrUpdateConsumer(ctx, StreamIn, jetstream.ConsumerConfig{

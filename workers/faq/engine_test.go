@@ -14,7 +14,7 @@ import (
 
 // setup returns a started engine over a fresh database with shops "s1" and
 // "s2", s1's FAQ the demo FAQ.
-func setup(t *testing.T) (*faq.Engine, *storage.DB) {
+func setup(t testing.TB) (*faq.Engine, *storage.DB) {
 	t.Helper()
 	db := storagetest.DB(t)
 	ctx := context.Background()
