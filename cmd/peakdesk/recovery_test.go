@@ -22,7 +22,8 @@ import (
 type sentMsg struct{ id, user string }
 
 // sendConversations posts perConv messages in each of convs conversations
-// (in parallel across conversations) with the given priority hint.
+// (in parallel across conversations) with the given priority hint; with
+// prio empty the server classifies them.
 func sendConversations(t *testing.T, base string, convs, perConv int, prio string) []sentMsg {
 	t.Helper()
 	var mu sync.Mutex
@@ -31,10 +32,17 @@ func sendConversations(t *testing.T, base string, convs, perConv int, prio strin
 	for c := range convs {
 		wg.Go(func() {
 			user := fmt.Sprintf("user-%s-%02d", prio, c)
-			tok := bearer(t, "demo", user, "priority:urgent")
+			var scopes []string
+			if prio != "" {
+				scopes = []string{"priority:urgent"}
+			}
+			tok := bearer(t, "demo", user, scopes...)
 			conv := ""
 			for j := range perConv {
-				req := map[string]any{"text": fmt.Sprintf("conv %d question %d: 双11满减怎么算？", c, j), "priority": prio}
+				req := map[string]any{"text": fmt.Sprintf("conv %d question %d: 双11满减怎么算？", c, j)}
+				if prio != "" {
+					req["priority"] = prio
+				}
 				if conv != "" {
 					req["conversation_id"] = conv
 				}

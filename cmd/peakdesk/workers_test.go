@@ -5,16 +5,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/jackc/pgx/v5"
 
 	"github.com/peakdesk/peakdesk/loadtest/llmsim"
 	"github.com/peakdesk/peakdesk/storage/storagetest"
@@ -131,36 +127,7 @@ func TestWorkerKilledMidCallEveryMessageAnsweredOnce(t *testing.T) {
 	// 50 conversations, 4 messages each, sent quickly: some wait for their
 	// conversation while another worker answers it.
 	const convs, perConv = 50, 4
-	type sent struct{ id, user string }
-	var mu sync.Mutex
-	var all []sent
-	var wg sync.WaitGroup
-	for c := range convs {
-		wg.Go(func() {
-			user := fmt.Sprintf("user-%02d", c)
-			tok := bearer(t, "demo", user)
-			conv := ""
-			for j := range perConv {
-				req := map[string]any{"text": fmt.Sprintf("conv %d question %d: 双11满减怎么算？", c, j)}
-				if conv != "" {
-					req["conversation_id"] = conv
-				}
-				r := call(t, "POST", base+"/v1/messages", tok, jsonBody(t, req))
-				if r.status != http.StatusAccepted {
-					t.Errorf("post: %d %s", r.status, r.raw)
-					return
-				}
-				conv = r.body["conversation_id"].(string)
-				mu.Lock()
-				all = append(all, sent{id: r.body["message_id"].(string), user: user})
-				mu.Unlock()
-			}
-		})
-	}
-	wg.Wait()
-	if t.Failed() {
-		t.FailNow()
-	}
+	all := sendConversations(t, base, convs, perConv, "")
 
 	// Kill one worker while it has calls in flight: with more calls in
 	// flight than the other two can hold (8 each), some are the victim's.
@@ -182,27 +149,7 @@ func TestWorkerKilledMidCallEveryMessageAnsweredOnce(t *testing.T) {
 		waitAnswered(t, base, bearer(t, "demo", m.user), m.id, deadline)
 	}
 
-	// Exactly once: one distinct reply per message in the event stream and
-	// in Postgres.
-	events := replyEvents(t, b.natsURL)
-	for _, m := range all {
-		if n := len(events[m.id]); n != 1 {
-			t.Errorf("message %s answered by %d distinct replies in CHAT_EVENTS, want 1", m.id, n)
-		}
-	}
-	conn, err := pgx.Connect(context.Background(), b.dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
-	var answered, linked int
-	if err := conn.QueryRow(context.Background(), `SELECT count(*) FILTER (WHERE status = 'answered'),
-		count(*) FILTER (WHERE reply_id IS NOT NULL) FROM messages`).Scan(&answered, &linked); err != nil {
-		t.Fatal(err)
-	}
-	if answered != len(all) || linked != len(all) {
-		t.Errorf("%d messages answered, %d linked to a reply; want %d", answered, linked, len(all))
-	}
+	assertAnsweredOnce(t, b, all)
 	// The kill cut calls off mid-way (the simulator saw the clients go).
 	if cut := b.llm.Stats().ByStatus[499]; cut == 0 {
 		t.Errorf("no LLM call was cut off by the kill; stats %+v", b.llm.Stats().ByStatus)
