@@ -11,15 +11,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/dashboard"
 	"github.com/peakdesk/peakdesk/ingest/token"
 	"github.com/peakdesk/peakdesk/outbox"
 	"github.com/peakdesk/peakdesk/storage"
-	"github.com/peakdesk/peakdesk/storage/queue"
 	"github.com/peakdesk/peakdesk/storage/storagetest"
 )
 
@@ -33,16 +29,7 @@ type deskServer struct {
 func newDeskServer(t *testing.T) *deskServer {
 	t.Helper()
 	ctx := context.Background()
-	ns := storagetest.NATS(t)
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, _ := jetstream.New(nc)
-	if _, err := queue.EnsureTopology(ctx, js, queue.Topology{}); err != nil {
-		t.Fatal(err)
-	}
+	js := storagetest.JetStream(t)
 	db, err := storage.Open(ctx, storagetest.DatabaseURL(t), 4)
 	if err != nil {
 		t.Fatal(err)

@@ -38,16 +38,7 @@ type dlqServer struct {
 func newDLQServer(t *testing.T) *dlqServer {
 	t.Helper()
 	ctx := context.Background()
-	ns := storagetest.NATS(t)
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, _ := jetstream.New(nc)
-	if _, err := queue.EnsureTopology(ctx, js, queue.Topology{}); err != nil {
-		t.Fatal(err)
-	}
+	js := storagetest.JetStream(t)
 	dbURL := storagetest.DatabaseURL(t)
 	db, err := storage.Open(ctx, dbURL, 4)
 	if err != nil {

@@ -18,6 +18,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/peakdesk/peakdesk/migrations"
 	"github.com/peakdesk/peakdesk/storage"
@@ -214,4 +216,23 @@ func redact(raw string) string {
 		return "(unparseable URL)"
 	}
 	return u.Redacted()
+}
+
+// JetStream starts an embedded server (NATS), connects to it and creates
+// peakdesk's default topology; the connection closes when the test ends.
+func JetStream(t testing.TB) jetstream.JetStream {
+	t.Helper()
+	nc, err := nats.Connect(NATS(t).ClientURL())
+	if err != nil {
+		t.Fatalf("storagetest: %v", err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatalf("storagetest: %v", err)
+	}
+	if _, err := queue.EnsureTopology(context.Background(), js, queue.Topology{}); err != nil {
+		t.Fatalf("storagetest: %v", err)
+	}
+	return js
 }
