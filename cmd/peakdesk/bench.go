@@ -190,6 +190,7 @@ func benchIngest(ctx context.Context, getenv func(string) string, logw io.Writer
 	cfg.MetricsAddr = "127.0.0.1:0"
 	cfg.DataDir = dir
 	cfg.JWTSecret = cmp.Or(cfg.JWTSecret, devSecret)
+	cfg.MasterKey = cmp.Or(cfg.MasterKey, devMasterKeyHex()) // the dev database's secrets (make run) are sealed with it
 	cfg.Migrate = true
 	cfg.LogLevel = "error"
 	cfg.PublishBatch = syncAlways

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -17,6 +18,10 @@ import (
 // PEAKDESK_MASTER_KEY is unset. It is public, so whoever uses it is warned,
 // and serve refuses to store secrets without a key of its own.
 var devMasterKey = sha256.Sum256([]byte("peakdesk dev-only master key; never use it in production"))
+
+// devMasterKeyHex is devMasterKey as PEAKDESK_MASTER_KEY spells it, for the
+// commands that run serve's roles against the dev database (bench).
+func devMasterKeyHex() string { return hex.EncodeToString(devMasterKey[:]) }
 
 // masterKeys parses the master key and the previous ones; a nil Box when
 // key is empty.
