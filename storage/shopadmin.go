@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -267,6 +268,9 @@ func (db *DB) readShopConfig(ctx context.Context, tx pgx.Tx, shop string, lock b
 // writeShopConfig writes c (whose shops row exists) in tx, secrets sealed.
 // created says the shop is new: it has no LLM settings row to keep.
 func (db *DB) writeShopConfig(ctx context.Context, tx pgx.Tx, c *ShopConfig, created bool) error {
+	// Zero values are the defaults, as for the other settings.
+	c.Takeover.SLA = cmp.Or(c.Takeover.SLA, DefaultHandoffSLA)
+	c.OrderAnswers = cmp.Or(c.OrderAnswers, OrderAnswersLLM)
 	takeover, err := c.Takeover.normalized()
 	if err != nil {
 		return err
