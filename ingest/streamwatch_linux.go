@@ -107,9 +107,7 @@ func (w *connWatcher) startLocked(group *goGroup) error {
 		return err
 	}
 	ev := syscall.EpollEvent{Events: syscall.EPOLLIN, Fd: wakeID}
-	if err == nil {
-		err = syscall.EpollCtl(epfd, syscall.EPOLL_CTL_ADD, p[0], &ev)
-	}
+	err = syscall.EpollCtl(epfd, syscall.EPOLL_CTL_ADD, p[0], &ev)
 	if err == nil && !group.Go(w.loop) {
 		err = errors.New("the edge is stopping")
 	}
