@@ -296,3 +296,52 @@ func TestShedMessagesGet429WhileTheEdgeDoesNotKnowWhoOwnsTheConversation(t *test
 		t.Errorf("shed message of a new conversation: %d %s; want 200 with the FAQ answer", r.status, r.raw)
 	}
 }
+
+// An order question shed in the moment between an agent's takeover and the
+// edge hearing of it is not told "checking": storing its answer finds the
+// conversation a human's, so the message is stored for the agent and the
+// customer gets 202 queued — not an FAQ answer instead either.
+func TestAShedOrderQuestionRacingATakeoverIsLeftToTheAgent(t *testing.T) {
+	t.Parallel()
+	b := setup(t, queue.Topology{}, func(c *Config) {
+		c.Orders, c.FAQ, c.ReplyWebhook = shedOrders{}, fixedFAQ{}, outbox.ReplyWebhook
+		c.Admission = AdmissionConfig{MinBacklog: 3, Refresh: 20 * time.Millisecond,
+			MaxWait: map[peakdesk.Priority]time.Duration{peakdesk.P0: time.Hour, peakdesk.P1: time.Nanosecond, peakdesk.P2: time.Nanosecond}}
+	})
+	ctx := context.Background()
+	u := tok(t, "shop1", b.salt+"u1")
+	conv := b.conversationOf(t, u)
+	if _, _, err := b.db.ClaimForAgent(ctx, storage.DeskActor{Agent: "ann", Scope: "shop1", Via: "test"}, conv); err != nil {
+		t.Fatal(err)
+	}
+	storagetest.WaitFor(t, "the edge knows the agent has the conversation", 10*time.Second, func() bool {
+		h, _ := b.edge.humans.owns("shop1", conv)
+		return h
+	})
+	// As if the edge had not heard of the takeover yet.
+	b.edge.humans.mu.Lock()
+	delete(b.edge.humans.owned, ownerKey("shop1", conv))
+	b.edge.humans.mu.Unlock()
+	// An order question is p1: a p1 backlog until the edge sheds p1.
+	other, n := tok(t, "shop1", b.salt+"u2"), 0
+	storagetest.WaitFor(t, "the edge sheds p1", 10*time.Second, func() bool {
+		n++
+		return b.do(t, "POST", "/v1/messages", other, fmt.Sprintf(`{"text":"快递到哪了 %d"}`, n)).status == http.StatusTooManyRequests
+	})
+
+	r := b.do(t, "POST", "/v1/messages", u, `{"text":"我的订单1234567满减到哪了","conversation_id":"`+conv+`"}`)
+	if r.status != http.StatusAccepted || r.body["status"] != "queued" || r.body["reply"] != nil {
+		t.Fatalf("shed order question in the agent's conversation: %d %s; want 202 queued", r.status, r.raw)
+	}
+	rec, err := b.db.Message(ctx, "shop1", r.body["message_id"].(string))
+	if err != nil || rec.Status != peakdesk.StatusQueued || rec.Reply != nil {
+		t.Errorf("message %+v %v; want stored for the agent", rec, err)
+	}
+	in, err := b.db.Inbox(ctx, "shop1", "ann", 10)
+	if err != nil || len(in.Mine) != 1 || in.Mine[0].Pending != 1 {
+		t.Errorf("agent's inbox %+v (%v); want the question pending", in, err)
+	}
+	if n := testutil.ToFloat64(b.edge.metrics.shed.WithLabelValues("p1", "human")); n != 1 {
+		t.Errorf("shed human %v, want 1", n)
+	}
+}
