@@ -695,6 +695,35 @@ type TakeoverSettings struct {
 	Keywords []string
 }
 
+// DefaultHandoffSLA is a new shop's handoff_sla.
+const DefaultHandoffSLA = 10 * time.Minute
+
+// normalized checks s — an SLA of at least one second, keywords of 1..50
+// characters, at most 100 — and returns it with blank and repeated
+// keywords dropped.
+func (s TakeoverSettings) normalized() (TakeoverSettings, error) {
+	if s.SLA < time.Second {
+		return s, peakdesk.FieldError("handoff.sla", "handoff.sla must be at least 1s")
+	}
+	keywords := []string{}
+	for _, k := range s.Keywords {
+		if k = strings.TrimSpace(k); k == "" {
+			continue
+		}
+		if n := len([]rune(k)); n > 50 {
+			return s, peakdesk.FieldError("handoff.keywords", "a handoff keyword must be at most 50 characters")
+		}
+		if !slices.Contains(keywords, k) {
+			keywords = append(keywords, k)
+		}
+	}
+	if len(keywords) > 100 {
+		return s, peakdesk.FieldError("handoff.keywords", "at most 100 handoff keywords")
+	}
+	s.Keywords = keywords
+	return s, nil
+}
+
 // ShopTakeoverSettings returns shop's takeover settings, or ErrNotFound.
 func (db *DB) ShopTakeoverSettings(ctx context.Context, shop string) (*TakeoverSettings, error) {
 	var s TakeoverSettings
@@ -714,26 +743,12 @@ func (db *DB) ShopTakeoverSettings(ctx context.Context, shop string) (*TakeoverS
 // SetShopTakeoverSettings sets shop's takeover settings: an SLA of at least
 // one second, keywords of 1..50 characters (blank ones dropped, at most 100).
 func (db *DB) SetShopTakeoverSettings(ctx context.Context, shop string, s TakeoverSettings) error {
-	if s.SLA < time.Second {
-		return peakdesk.FieldError("handoff_sla", "handoff_sla must be at least 1s")
-	}
-	keywords := []string{}
-	for _, k := range s.Keywords {
-		if k = strings.TrimSpace(k); k == "" {
-			continue
-		}
-		if n := len([]rune(k)); n > 50 {
-			return peakdesk.FieldError("handoff_keywords", "a handoff keyword must be at most 50 characters")
-		}
-		if !slices.Contains(keywords, k) {
-			keywords = append(keywords, k)
-		}
-	}
-	if len(keywords) > 100 {
-		return peakdesk.FieldError("handoff_keywords", "at most 100 handoff keywords")
+	s, err := s.normalized()
+	if err != nil {
+		return err
 	}
 	tag, err := db.pool.Exec(ctx, `UPDATE shops SET handoff_sla = $2::interval, handoff_keywords = $3 WHERE id = $1`,
-		shop, s.SLA, keywords)
+		shop, s.SLA, s.Keywords)
 	switch {
 	case err != nil:
 		return fmt.Errorf("storage: set shop takeover settings: %w", err)
