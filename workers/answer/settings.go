@@ -54,9 +54,10 @@ func (r route) at(i int) route {
 // through forget (the settings notifications); the TTL is the backstop.
 //
 // A shop's settings are read by one call at a time (one read, in one
-// transaction, however many messages of the shop arrive together): while
-// it runs, the others use the route the cache still has, or, when it has
-// none, wait for that read.
+// transaction, however many messages of the shop arrive together): the
+// others wait for that read and share its result. (They do not use an
+// expired route meanwhile: a limit lowered just before must hold for all
+// of them, even when only the TTL, not a notification, tells.)
 type settingsCache struct {
 	db  *storage.DB
 	def llm.Provider
@@ -115,9 +116,6 @@ func (c *settingsCache) get(ctx context.Context, shop string, log *slog.Logger) 
 	}
 	if rd := c.reads[shop]; rd != nil && rd.forgets == c.forgets {
 		c.mu.Unlock()
-		if ok {
-			return cached.r // expired, and being read again: good for a few more milliseconds
-		}
 		select {
 		case <-rd.done:
 			return rd.r
