@@ -157,6 +157,7 @@ type breaker struct {
 	pendingMu  sync.Mutex
 	pendingGen uint64      // the closed generation the pending successes were let in under
 	pendingOK  uint32      // successes not yet in the shared state
+	pendingBrk bool        // one of them came while a failure streak was to be seen
 	lastSync   time.Time   // of the pending successes
 	streak     atomic.Bool // the shared state was last seen with consecutive failures
 }
@@ -299,8 +300,15 @@ func (b *breaker) record(ctx context.Context, t ticket, outcome error) (open boo
 	if outcome == nil && !t.probe && t.gen != 0 {
 		// A success in the closed state: kept in the process until it is
 		// time to share it (no Redis round trip in the common case).
-		if !b.addSuccess(t.gen) || !b.dcbMu.TryLock() {
-			return false // not due, or another call of this process is writing the state
+		switch b.addSuccess(t.gen) {
+		case syncNotDue:
+			return false
+		case syncBreaksStreak:
+			b.dcbMu.Lock() // it must reach the shared state before another failure does
+		default:
+			if !b.dcbMu.TryLock() {
+				return false // another call of this process is writing the state; later
+			}
 		}
 		defer b.dcbMu.Unlock()
 		b.flushLocked(ctx)
@@ -333,15 +341,15 @@ func (b *breaker) record(ctx context.Context, t ticket, outcome error) (open boo
 	// This process's successes not yet shared go in the same update, before
 	// this outcome (they came first), if they were let in under the
 	// generation the update applies to. Not when the shared state holds
-	// failures in a row, though: those successes were let in while there
-	// was no streak to be seen (else they would have been shared at once),
-	// so they came before it, and gobreaker can add a success only after
-	// it, where it would break the streak and delay the opening. They are
-	// dropped instead, which can only make the failure ratio a little
-	// worse (by at most BreakerSync's worth of this process's successes).
+	// failures in a row that none of them came after, though: they were
+	// let in while there was no streak to be seen, so they came before it,
+	// and gobreaker can add a success only after it, where it would break
+	// the streak and delay the opening. They are dropped instead, which can
+	// only make the failure ratio a little worse (by at most BreakerSync's
+	// worth of this process's successes).
 	pending := b.takePending()
 	if !found || st.State != gobreaker.StateClosed || pending.gen != st.Generation ||
-		st.Counts.ConsecutiveFailures > 0 {
+		(st.Counts.ConsecutiveFailures > 0 && !pending.breaks) {
 		pending.n = 0
 	}
 	_, err = b.dcb.Execute(func() (struct{}, error) {
@@ -370,33 +378,46 @@ func (b *breaker) record(ctx context.Context, t ticket, outcome error) (open boo
 // pendingSuccesses are closed-state successes of one generation not yet in
 // the shared state.
 type pendingSuccesses struct {
-	gen uint64
-	n   uint32
+	gen    uint64
+	n      uint32
+	breaks bool // one came while the shared state was seen with a failure streak
 }
 
+// When the pending successes are due to be shared.
+const (
+	syncNotDue       = iota
+	syncDue          // syncEvery has passed since they were last shared
+	syncBreaksStreak // the shared state holds a failure streak, which they must break
+)
+
 // addSuccess notes a success let in under the closed generation gen and
-// reports whether the pending successes are due to be shared: syncEvery has
-// passed since they were last, or the shared state holds a failure streak
-// (which they must break before another failure lengthens it).
-func (b *breaker) addSuccess(gen uint64) (due bool) {
+// tells whether the pending successes are due to be shared.
+func (b *breaker) addSuccess(gen uint64) int {
 	b.pendingMu.Lock()
 	defer b.pendingMu.Unlock()
 	switch {
 	case gen < b.pendingGen:
-		return false // let in before the state changed: it counts for nothing, as in gobreaker
+		return syncNotDue // let in before the state changed: it counts for nothing, as in gobreaker
 	case gen > b.pendingGen:
-		b.pendingGen, b.pendingOK = gen, 0 // the earlier ones' generation is over
+		b.pendingGen, b.pendingOK, b.pendingBrk = gen, 0, false // the earlier ones' generation is over
 	}
 	b.pendingOK++
-	return b.streak.Load() || time.Since(b.lastSync) >= b.set.settings.syncEvery
+	switch {
+	case b.streak.Load():
+		b.pendingBrk = true
+		return syncBreaksStreak
+	case time.Since(b.lastSync) >= b.set.settings.syncEvery:
+		return syncDue
+	}
+	return syncNotDue
 }
 
 // takePending returns the pending successes and starts counting anew.
 func (b *breaker) takePending() pendingSuccesses {
 	b.pendingMu.Lock()
 	defer b.pendingMu.Unlock()
-	p := pendingSuccesses{gen: b.pendingGen, n: b.pendingOK}
-	b.pendingOK = 0
+	p := pendingSuccesses{gen: b.pendingGen, n: b.pendingOK, breaks: b.pendingBrk}
+	b.pendingOK, b.pendingBrk = 0, false
 	b.lastSync = time.Now()
 	return p
 }
