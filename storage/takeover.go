@@ -37,7 +37,8 @@ import (
 //
 // Each change writes its desk webhooks (conversation.handoff, .assigned,
 // .resolved, .handback, message.created) in the same transaction, for
-// shops with a webhook URL.
+// shops with a webhook URL, and a move between the bot and a human
+// notifies HumanOwnedChannel (storage/shed.go) for the shedding edges.
 
 // ErrHumanOwned is returned by SaveTurn when a human agent took the
 // conversation while the bot composed its answer: nothing was stored, and
@@ -113,6 +114,9 @@ func handOff(ctx context.Context, tx pgx.Tx, shop, conv string, h HandOff) (bool
 	case noRows(err):
 		return false, nil
 	case err != nil:
+		return false, fmt.Errorf("storage: hand off: %w", err)
+	}
+	if err := notifyHumanOwned(ctx, tx, shop, conv, true); err != nil {
 		return false, fmt.Errorf("storage: hand off: %w", err)
 	}
 	msgs, err := toHuman(ctx, tx, d, h.Announce)
@@ -352,6 +356,8 @@ func (db *DB) ClaimForAgent(ctx context.Context, a DeskActor, conv string) (d *p
 			waited = next.AssignedAt.Sub(next.WaitingSince)
 		} else if msgs, err = toHuman(ctx, tx, next, nil); err != nil {
 			return nil, err
+		} else if err := notifyHumanOwned(ctx, tx, next.ShopID, next.ConversationID, true); err != nil {
+			return nil, err
 		}
 		if err := writeDeskEvents(ctx, tx, next, peakdesk.EventConversationAssigned, msgs); err != nil {
 			return nil, err
@@ -466,6 +472,9 @@ func (db *DB) release(ctx context.Context, a DeskActor, conv string, to peakdesk
 			WHERE conversation_id = $1 AND shop_id = $2 AND reply_id IS NULL AND status = 'human'`,
 			next.ConversationID, next.ShopID)
 		if err != nil {
+			return nil, err
+		}
+		if err := notifyHumanOwned(ctx, tx, next.ShopID, next.ConversationID, false); err != nil {
 			return nil, err
 		}
 		if err := writeDeskEvents(ctx, tx, next, event, nil); err != nil {
