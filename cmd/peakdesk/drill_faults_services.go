@@ -271,7 +271,11 @@ type procStarter struct {
 // started" log line), relaying its warnings and errors to the log.
 func (s *procStarter) start(ctx context.Context, name, roles string) (*drillProc, error) {
 	cmd := s.command(roles)
-	cmd.Env = append(append(os.Environ(), s.env...),
+	base := cmd.Env // the command's own environment, if it set one
+	if base == nil {
+		base = os.Environ()
+	}
+	cmd.Env = append(append(base, s.env...),
 		"PEAKDESK_DATA_DIR="+filepath.Join(s.dataDir, name),
 		"PEAKDESK_HTTP_ADDR=127.0.0.1:0", "PEAKDESK_METRICS_ADDR=127.0.0.1:0",
 		"PEAKDESK_LOG_FORMAT=json", "PEAKDESK_LOG_LEVEL=info")

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/peakdesk/peakdesk/loadtest"
 )
 
 // The multi-process fault drill, short (about 90 s): 2 ingest, 3 worker
@@ -69,4 +71,33 @@ func (s *syncBuffer) tail() string {
 	defer s.mu.Unlock()
 	lines := strings.Split(s.b.String(), "\n")
 	return strings.Join(lines[max(0, len(lines)-60):], "\n")
+}
+
+// The fault drill fails on whatever was lost or duplicated: a message, a
+// reply, a refund request or a refund at the shop.
+func TestFaultDrillProblems(t *testing.T) {
+	ok := func() *faultsResult {
+		return &faultsResult{Load: &loadtest.LoadReport{Offered: 10, Accepted: 10, Answered: 10},
+			Refunds: refundCheck{Asked: 3, Accepted: 3, Answered: 3, Granted: 2, Actions: 2, Succeeded: 2, Effects: 2}}
+	}
+	if p := ok().problem(); p != "" {
+		t.Fatalf("a clean drill has a problem: %s", p)
+	}
+	for name, spoil := range map[string]func(r *faultsResult){
+		"nothing accepted":  func(r *faultsResult) { r.Load.Accepted, r.Load.Answered = 0, 0 },
+		"lost":              func(r *faultsResult) { r.Load.Answered, r.Load.Lost = 9, 1 },
+		"reply twice":       func(r *faultsResult) { r.Load.Duplicates = 1 },
+		"shed unstored":     func(r *faultsResult) { r.Load.ShedUnstored = 1 },
+		"refund unanswered": func(r *faultsResult) { r.Refunds.Answered, r.Refunds.Unanswered = 2, []string{"u5:m"} },
+		"action stuck":      func(r *faultsResult) { r.Refunds.Succeeded, r.Refunds.Unfinished = 1, []string{"7:retrying"} },
+		"refund twice":      func(r *faultsResult) { r.Refunds.Effects, r.Refunds.DuplicateEffects = 3, 1 },
+		"refund orphan":     func(r *faultsResult) { r.Refunds.Effects, r.Refunds.Orphans = 3, 1 },
+		"refund missing":    func(r *faultsResult) { r.Refunds.Effects = 1 },
+	} {
+		r := ok()
+		spoil(r)
+		if r.problem() == "" {
+			t.Errorf("%s: no problem found", name)
+		}
+	}
 }
