@@ -47,6 +47,8 @@ type faultsConfig struct {
 	// RefundEvery is how often a customer asks for a refund of an order of
 	// theirs (each a different customer and order).
 	RefundEvery time.Duration
+	// LLMLatency is the simulated LLM's mean latency (± a third).
+	LLMLatency time.Duration
 	// Warmup is the steady load before the first fault; Gap the load
 	// between the end of one fault and the next.
 	Warmup, Gap time.Duration
@@ -150,6 +152,9 @@ type faultsResult struct {
 	// SIGKILL to P0Window after it, over P0KillCount answers.
 	P0KillP99   float64 `json:"p0_kill_p99_ms"`
 	P0KillCount int64   `json:"p0_kill_answers"`
+	// P0Burst is what became of the p0 messages sent just before the
+	// worker SIGKILL, some of them held by the victim when it died.
+	P0Burst p0BurstResult `json:"p0_burst"`
 	// HandedBack counts the conversations the bot handed to a human that
 	// the drill's agent gave back to the bot.
 	HandedBack int `json:"handed_back"`
@@ -186,6 +191,9 @@ func (r *faultsResult) problem() string {
 		p = append(p, fmt.Sprintf("%d messages lost, %d answered twice, %d answers on POST not stored (lost: %v; twice: %v)",
 			rep.Lost, rep.Duplicates, rep.ShedUnstored, rep.LostSamples, rep.DuplicateSamples))
 	}
+	if b := r.P0Burst; b.Accepted != b.Sent || b.Answered != b.Accepted {
+		p = append(p, fmt.Sprintf("of the %d p0 messages sent at the worker SIGKILL %d were accepted, %d answered", b.Sent, b.Accepted, b.Answered))
+	}
 	if len(rf.Unanswered) > 0 {
 		p = append(p, fmt.Sprintf("%d refund requests unanswered: %v", len(rf.Unanswered), rf.Unanswered))
 	}
@@ -207,6 +215,7 @@ func runDrillFaults(ctx context.Context, args []string, stdout, stderr io.Writer
 	cfg := faultsConfig{Log: stderr}
 	fs.Float64Var(&cfg.Rate, "rate", 10, "steady load, messages per second (p0/p1/p2 mixed 1:2:2)")
 	fs.DurationVar(&cfg.RefundEvery, "refund-every", time.Second, "one refund request of a new customer this often")
+	fs.DurationVar(&cfg.LLMLatency, "llm-latency", 300*time.Millisecond, "the simulated LLM's mean latency (± a third)")
 	fs.DurationVar(&cfg.Warmup, "warmup", 20*time.Second, "steady load before the first fault")
 	fs.DurationVar(&cfg.Gap, "gap", 30*time.Second, "steady load after each fault before the next")
 	fs.DurationVar(&cfg.RestartAfter, "restart-after", 5*time.Second, "how long a SIGKILLed process stays dead")
@@ -253,8 +262,8 @@ func runDrillFaults(ctx context.Context, args []string, stdout, stderr io.Writer
 	if problem := res.problem(); problem != "" {
 		return fmt.Errorf("drill faults: %s", problem)
 	}
-	if res.P0KillP99 > float64(p0KillTarget.Milliseconds()) {
-		return fmt.Errorf("drill faults: p0 answer p99 around the worker SIGKILL %.0f ms, over the %s target", res.P0KillP99, p0KillTarget)
+	if p99 := max(res.P0KillP99, res.P0Burst.P99); p99 > float64(p0KillTarget.Milliseconds()) {
+		return fmt.Errorf("drill faults: p0 answer p99 around the worker SIGKILL %.0f ms, over the %s target", p99, p0KillTarget)
 	}
 	fmt.Fprintln(stdout, "drill passed: 0 lost, 0 duplicated replies, every refund applied once, p0 p99 around the worker SIGKILL within 5 s")
 	return nil
@@ -262,7 +271,7 @@ func runDrillFaults(ctx context.Context, args []string, stdout, stderr io.Writer
 
 // shortFaultsConfig is the bounded version `make test` runs (about 90 s).
 func shortFaultsConfig(log io.Writer) faultsConfig {
-	return faultsConfig{Rate: 6, RefundEvery: 1500 * time.Millisecond, Warmup: 6 * time.Second, Gap: 5 * time.Second,
+	return faultsConfig{Rate: 6, LLMLatency: 300 * time.Millisecond, RefundEvery: 1500 * time.Millisecond, Warmup: 6 * time.Second, Gap: 5 * time.Second,
 		RestartAfter: time.Second, RedisDown: 5 * time.Second, LLMDown: 5 * time.Second, ShopDown: 5 * time.Second,
 		P0Window: 10 * time.Second, Deadline: 90 * time.Second, Log: log}
 }
@@ -273,7 +282,7 @@ func (c *faultsConfig) validate() error {
 		return errors.New("--rate and --refund-every must be positive")
 	case c.Warmup <= 0 || c.Gap <= 0 || c.Deadline <= 0 || c.P0Window <= 0:
 		return errors.New("--warmup, --gap, --p0-window and --deadline must be positive")
-	case c.RestartAfter < 0 || c.RedisDown < 0 || c.LLMDown < 0 || c.ShopDown < 0:
+	case c.LLMLatency < 0 || c.RestartAfter < 0 || c.RedisDown < 0 || c.LLMDown < 0 || c.ShopDown < 0:
 		return errors.New("the outages must not be negative")
 	}
 	if c.Log == nil {
@@ -332,7 +341,7 @@ func drillFaults(ctx context.Context, cfg faultsConfig) (res *faultsResult, err 
 	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
 
 	// The simulated LLM and shop API.
-	llmUp := llmsim.Faults{Latency: 800 * time.Millisecond, LatencyJitter: 200 * time.Millisecond}
+	llmUp := llmsim.Faults{Latency: cfg.LLMLatency, LatencyJitter: cfg.LLMLatency / 3}
 	llm := llmsim.New(llmUp)
 	llmURL, stopLLM, err := serveLoopback(llm)
 	if err != nil {
@@ -435,6 +444,7 @@ func drillFaults(ctx context.Context, cfg faultsConfig) (res *faultsResult, err 
 	var windows []faultWindow
 	var schedErr error
 	var kill time.Time
+	var burst *p0Burst
 	schedDone := make(chan struct{})
 	go func() {
 		defer close(schedDone)
@@ -447,9 +457,22 @@ func drillFaults(ctx context.Context, cfg faultsConfig) (res *faultsResult, err 
 			procsMu.Lock()
 			p := procs[name]
 			procsMu.Unlock()
+			if roles == roleWorker {
+				// A burst of p0 messages, then the kill once the victim
+				// holds some of them (or 5 s have passed).
+				burst = startP0Burst(ctx, edgeURL, []byte(secret), drillShop, 12, cfg.Deadline)
+				for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
+					if burst.held = p.inflight(loadCtx); burst.held >= 2 {
+						break
+					}
+					if !wait(10 * time.Millisecond) {
+						return nil
+					}
+				}
+			}
 			from := time.Now()
 			p.kill()
-			if name == "worker-2" {
+			if roles == roleWorker {
 				kill = from
 			}
 			if !wait(cfg.RestartAfter) {
@@ -546,6 +569,9 @@ func drillFaults(ctx context.Context, cfg faultsConfig) (res *faultsResult, err 
 	res.Refunds, err = checkRefunds(ctx, db, shop, refunds, drillShop, time.Now().Add(cfg.Deadline))
 	if err != nil {
 		return nil, err
+	}
+	if burst != nil {
+		res.P0Burst = burst.wait()
 	}
 	stopDesk()
 	deskWG.Wait()
@@ -668,6 +694,9 @@ func (r *faultsResult) print(w io.Writer) {
 	fmt.Fprintf(w, "handed to a human\t%d conversations, handed back to the bot by the drill's agent\n", r.HandedBack)
 	fmt.Fprintf(w, "normal second\tp99 ≤ %.0f ms (twice the warmup's worst)\n", r.NormalP99)
 	fmt.Fprintf(w, "p0 around the worker SIGKILL\tp99 ≤ %.0f ms over %d answers (target ≤ %s)\n", r.P0KillP99, r.P0KillCount, p0KillTarget)
+	b := r.P0Burst
+	fmt.Fprintf(w, "p0 burst at the worker SIGKILL\t%d sent, %d answered, the victim held %d messages; answer p50 %.0f ms, p99 %.0f ms, max %.0f ms (target p99 ≤ %s)\n",
+		b.Sent, b.Answered, b.Held, b.P50, b.P99, b.Max, p0KillTarget)
 	rf := r.Refunds
 	fmt.Fprintf(w, "refunds\t%d asked, %d accepted, %d answered (%d granted); %d actions, %d succeeded; the shop applied %d (%d orders twice, %d without an action)\n",
 		rf.Asked, rf.Accepted, rf.Answered, rf.Granted, rf.Actions, rf.Succeeded, rf.Effects, rf.DuplicateEffects, rf.Orphans)
@@ -866,4 +895,95 @@ func checkRefunds(ctx context.Context, db *storage.DB, sim *shopsim.Sim, a *refu
 		}
 	}
 	return rc, nil
+}
+
+// p0Burst is a burst of p0 messages, each in a conversation of its own,
+// followed to their answers by polling (every 50 ms).
+type p0Burst struct {
+	wg   sync.WaitGroup
+	held int
+	mu   sync.Mutex
+	res  p0BurstResult
+	lat  []time.Duration
+}
+
+// p0BurstResult is what became of a p0 burst. Latencies are POST sent →
+// answer seen, in milliseconds.
+type p0BurstResult struct {
+	Sent     int `json:"sent"`
+	Accepted int `json:"accepted"`
+	Answered int `json:"answered"`
+	// Held is what the killed worker was answering when it died.
+	Held int     `json:"victim_held"`
+	P50  float64 `json:"p50_ms"`
+	P99  float64 `json:"p99_ms"`
+	Max  float64 `json:"max_ms"`
+}
+
+// startP0Burst sends n p0 messages at once and follows them for at most
+// deadline.
+func startP0Burst(ctx context.Context, base string, secret []byte, shop string, n int, deadline time.Duration) *p0Burst {
+	b := &p0Burst{}
+	a := &refundAsker{base: base, secret: secret, shop: shop, client: &http.Client{Timeout: 10 * time.Second}}
+	ctx, cancel := context.WithTimeout(ctx, deadline)
+	var all sync.WaitGroup
+	for i := range n {
+		all.Go(func() {
+			user := fmt.Sprintf("p0-burst-%d", i)
+			tok, err := token.Sign(secret, shop, user, []string{"priority:urgent"}, time.Hour)
+			if err != nil {
+				return
+			}
+			body, _ := json.Marshal(map[string]any{"priority": "p0",
+				"text": fmt.Sprintf("Hi, my parcel number %d is late and I need help urgently, what can you do?", i)})
+			sent := time.Now()
+			b.mu.Lock()
+			b.res.Sent++
+			b.mu.Unlock()
+			var out struct {
+				MessageID string `json:"message_id"`
+			}
+			if status, err := a.do(ctx, http.MethodPost, "/v1/messages", tok, body, &out); err != nil ||
+				(status != http.StatusAccepted && status != http.StatusOK) || out.MessageID == "" {
+				return
+			}
+			b.mu.Lock()
+			b.res.Accepted++
+			b.mu.Unlock()
+			for peakdesk.Sleep(ctx, 50*time.Millisecond) == nil {
+				var st struct {
+					Status string `json:"status"`
+				}
+				if status, err := a.do(ctx, http.MethodGet, "/v1/messages/"+url.PathEscape(out.MessageID), tok, nil, &st); err == nil &&
+					status == http.StatusOK && st.Status == "answered" {
+					b.mu.Lock()
+					b.res.Answered++
+					b.lat = append(b.lat, time.Since(sent))
+					b.mu.Unlock()
+					return
+				}
+			}
+		})
+	}
+	b.wg.Go(func() { all.Wait(); cancel() })
+	return b
+}
+
+// wait waits for every message of the burst and returns the figures.
+func (b *p0Burst) wait() p0BurstResult {
+	b.wg.Wait()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	r := b.res
+	r.Held = b.held
+	slices.Sort(b.lat)
+	at := func(q float64) float64 {
+		if len(b.lat) == 0 {
+			return 0
+		}
+		i := min(int(q*float64(len(b.lat))+0.999999)-1, len(b.lat)-1)
+		return float64(b.lat[max(i, 0)].Milliseconds())
+	}
+	r.P50, r.P99, r.Max = at(0.5), at(0.99), at(1)
+	return r
 }

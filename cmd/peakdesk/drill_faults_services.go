@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"os/user"
@@ -253,7 +254,9 @@ type drillProc struct {
 	roles string
 	cmd   *exec.Cmd
 	addr  string // its HTTP listener
-	done  chan struct{}
+	// metricsAddr is where it serves /metrics.
+	metricsAddr string
+	done        chan struct{}
 }
 
 // procStarter starts peakdesk processes with the drill's environment.
@@ -294,11 +297,14 @@ func (s *procStarter) start(ctx context.Context, name, roles string) (*drillProc
 		sc := bufio.NewScanner(stderr)
 		sc.Buffer(make([]byte, 1<<20), 1<<20)
 		for sc.Scan() {
-			var line struct{ Level, Msg, Addr string }
+			var line struct {
+				Level, Msg, Addr string
+				MetricsAddr      string `json:"metrics_addr"`
+			}
 			_ = json.Unmarshal(sc.Bytes(), &line)
 			if line.Msg == "peakdesk started" {
 				select {
-				case addr <- line.Addr:
+				case addr <- line.Addr + " " + line.MetricsAddr:
 				default:
 				}
 			}
@@ -312,7 +318,8 @@ func (s *procStarter) start(ctx context.Context, name, roles string) (*drillProc
 		close(p.done)
 	}()
 	select {
-	case p.addr = <-addr:
+	case a := <-addr:
+		p.addr, p.metricsAddr, _ = strings.Cut(a, " ")
 		return p, nil
 	case <-p.done:
 		return nil, fmt.Errorf("%s exited before it started (%v)", name, cmd.ProcessState)
@@ -323,6 +330,32 @@ func (s *procStarter) start(ctx context.Context, name, roles string) (*drillProc
 		p.kill()
 		return nil, fmt.Errorf("%s did not start in 60 s", name)
 	}
+}
+
+// inflight reads the process's peakdesk_worker_inflight gauge (-1 when it
+// cannot).
+func (p *drillProc) inflight(ctx context.Context) int {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+p.metricsAddr+"/metrics", nil)
+	if err != nil {
+		return -1
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "peakdesk_worker_inflight "); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			if err == nil {
+				return int(f)
+			}
+		}
+	}
+	return -1
 }
 
 // kill ends the process with SIGKILL and waits for it.

@@ -48,8 +48,8 @@ func TestFaultDrill(t *testing.T) {
 	if res.Refunds.Succeeded == 0 {
 		t.Errorf("no refund reached the shop: %+v", res.Refunds)
 	}
-	if res.P0KillCount == 0 {
-		t.Errorf("no p0 answer after the worker SIGKILL")
+	if res.P0KillCount == 0 || res.P0Burst.Answered == 0 {
+		t.Errorf("no p0 answer after the worker SIGKILL: %+v", res.P0Burst)
 	}
 }
 
@@ -93,6 +93,7 @@ func TestFaultDrillProblems(t *testing.T) {
 		"refund twice":      func(r *faultsResult) { r.Refunds.Effects, r.Refunds.DuplicateEffects = 3, 1 },
 		"refund orphan":     func(r *faultsResult) { r.Refunds.Effects, r.Refunds.Orphans = 3, 1 },
 		"refund missing":    func(r *faultsResult) { r.Refunds.Effects = 1 },
+		"p0 burst lost":     func(r *faultsResult) { r.P0Burst = p0BurstResult{Sent: 4, Accepted: 4, Answered: 3} },
 	} {
 		r := ok()
 		spoil(r)
