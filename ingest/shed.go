@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"strings"
 	"sync"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/peakdesk/peakdesk"
+	"github.com/peakdesk/peakdesk/storage"
 	"github.com/peakdesk/peakdesk/storage/queue"
 )
 
@@ -43,16 +45,7 @@ func (e *Edge) shed(ctx context.Context, m *peakdesk.Message, key string, retry 
 	}
 	text, ok := e.faq.answer(ctx, m.ShopID, m.Text)
 	if !ok {
-		// A repeat of a message accepted (or answered) before gets its
-		// first result, not a 429.
-		if key != "" {
-			if st, ok := e.knownMessage(ctx, m); ok {
-				return stateResult(m.ID, st), nil
-			}
-		}
-		e.metrics.shed.WithLabelValues(string(m.Priority), "rejected").Inc()
-		return accepted{}, &peakdesk.Error{Code: peakdesk.ERateLimited, RetryAfter: retry,
-			Message: "the desk is very busy right now, retry later"}
+		return e.refuse(ctx, m, key, retry, "rejected")
 	}
 	// UserID routes the reply's event to the customer's subject; the shed
 	// record carries it in the message (Reply.UserID is not encoded).
@@ -83,6 +76,20 @@ func (e *Edge) shed(ctx context.Context, m *peakdesk.Message, key string, retry 
 	e.remember(ctx, m, reply)
 	return accepted{MessageID: m.ID, ConversationID: m.ConversationID, Priority: m.Priority,
 		Status: peakdesk.StatusAnswered, Reply: reply}, nil
+}
+
+// refuse answers shed message m 429 with retry, counted as outcome — or,
+// for a repeat of a message accepted (or answered) before, its first
+// result.
+func (e *Edge) refuse(ctx context.Context, m *peakdesk.Message, key string, retry time.Duration, outcome string) (accepted, error) {
+	if key != "" {
+		if st, ok := e.knownMessage(ctx, m); ok {
+			return stateResult(m.ID, st), nil
+		}
+	}
+	e.metrics.shed.WithLabelValues(string(m.Priority), outcome).Inc()
+	return accepted{}, &peakdesk.Error{Code: peakdesk.ERateLimited, RetryAfter: retry,
+		Message: "the desk is very busy right now, retry later"}
 }
 
 func stateResult(id string, st peakdesk.MessageState) accepted {
@@ -116,7 +123,12 @@ func (e *Edge) answerOrderShed(ctx context.Context, m *peakdesk.Message, key str
 	}
 	reply := &peakdesk.Reply{ID: newReplyID(), ShopID: m.ShopID, ConversationID: m.ConversationID, UserID: m.UserID,
 		MessageIDs: []string{m.ID}, Text: text, Source: peakdesk.SourceOrder, FollowUp: true}
-	stored := e.storeShedAnswer(ctx, m, reply, actions...)
+	stored, human := e.storeShedAnswer(ctx, m, reply, actions...)
+	if human {
+		e.metrics.shed.WithLabelValues(string(m.Priority), "human").Inc()
+		return accepted{MessageID: m.ID, ConversationID: m.ConversationID, Priority: m.Priority,
+			Status: peakdesk.StatusQueued}, true
+	}
 	if stored == nil {
 		return accepted{}, false
 	}
@@ -127,17 +139,29 @@ func (e *Edge) answerOrderShed(ctx context.Context, m *peakdesk.Message, key str
 
 // storeShedAnswer stores m answered by reply (with the actions it
 // promises) and publishes the reply's event; nil when storing fails, or
-// when m was stored before and is still queued.
-func (e *Edge) storeShedAnswer(ctx context.Context, m *peakdesk.Message, reply *peakdesk.Reply, actions ...peakdesk.Action) *peakdesk.Reply {
+// when m was stored before and is still queued. human reports that a
+// human agent took the conversation after the edge looked: m was stored
+// for the agent (and announced), without the answer.
+func (e *Edge) storeShedAnswer(ctx context.Context, m *peakdesk.Message, reply *peakdesk.Reply, actions ...peakdesk.Action) (_ *peakdesk.Reply, human bool) {
 	// Message and answer commit together, so no worker sees the message
 	// unanswered.
 	stored, existed, err := e.cfg.DB.SaveAnsweredMessage(ctx, m, reply, e.cfg.ReplyWebhook, actions...)
 	switch {
+	case errors.Is(err, storage.ErrHumanOwned):
+		// Show it to the agents following the conversation at once, as a
+		// worker does (best effort: the stored message and its webhook are
+		// the record).
+		st := peakdesk.MessageState{ID: m.ID, ConversationID: m.ConversationID, Priority: m.Priority,
+			Status: peakdesk.StatusQueued, Text: m.Text, CreatedAt: m.AcceptedAt}
+		if err := queue.PublishDeskMessage(e.cfg.JS.Conn(), m.ShopID, &st); err != nil {
+			e.log.WarnContext(ctx, "showing a message to the agents live failed", "trace_id", peakdesk.TraceFrom(ctx).ID, "err", err)
+		}
+		return nil, true
 	case err != nil:
 		e.log.WarnContext(ctx, "storing a shed answer failed", "trace_id", peakdesk.TraceFrom(ctx).ID, "err", err)
-		return nil
+		return nil, false
 	case existed:
-		return stored // an idempotent repeat: its answer, or nil while it is still queued
+		return stored, false // an idempotent repeat: its answer, or nil while it is still queued
 	}
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
@@ -145,7 +169,7 @@ func (e *Edge) storeShedAnswer(ctx context.Context, m *peakdesk.Message, reply *
 		// The answer is stored and returned inline; only event streams miss it.
 		e.log.WarnContext(ctx, "publishing a shed answer's event failed", "trace_id", peakdesk.TraceFrom(ctx).ID, "err", err)
 	}
-	return stored
+	return stored, false
 }
 
 func newReplyID() string {
