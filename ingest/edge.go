@@ -88,11 +88,6 @@ type Config struct {
 	// Orders takes shed order questions (outbox.Tools): "checking" at once
 	// and a follow-up that pushes the facts; optional.
 	Orders ShedOrders
-	// ReplyWebhook builds the webhook.deliver action of a shed order
-	// answer, which the edge stores itself in the answer's transaction like
-	// every reply's (outbox.ReplyWebhook); required with Orders. Shed FAQ
-	// answers are stored by the shed writer, which builds their webhooks.
-	ReplyWebhook func(*peakdesk.Reply) (peakdesk.Action, error)
 	// MaxInFlight caps the requests this process handles at once, event
 	// streams aside (MaxStreams caps those); one more is answered 503
 	// overloaded at once, so a burst never queues unbounded work here.

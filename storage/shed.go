@@ -20,6 +20,10 @@ type ShedAnswer struct {
 	Reply   *peakdesk.Reply
 	// Trace is the W3C traceparent of the request, for the webhook action.
 	Trace string
+	// Actions are what the reply promises (an order question's
+	// order.followup), stored with it when it is the message's answer.
+	// Never money: a shed answer carries no grant.
+	Actions []peakdesk.Action
 }
 
 // ShedOutcome is what SaveShedAnswers made of one ShedAnswer.
@@ -60,7 +64,7 @@ func (o ShedOutcome) String() string {
 
 // SaveShedAnswers stores many shed answers in one transaction — each
 // message already answered by its reply, the reply's webhook action when
-// the shop has a webhook URL — and returns each one's outcome, in order. It
+// the shop has a webhook URL, the actions the reply promises — and returns each one's outcome, in order. It
 // is idempotent by message id and reply id: a message stored before is not
 // stored again, and an answer stored before is reported stored, so it may
 // be called more than once with the same answers (a redelivered batch).
@@ -109,6 +113,7 @@ func (db *DB) SaveShedAnswers(ctx context.Context, answers []ShedAnswer,
 		hookPayloads, hookKeys       []string
 		hookTraces                   []string
 		hookMax                      []int32
+		promised                     promisedActions
 	)
 	for j, i := range order {
 		m, r := answers[i].Message, answers[i].Reply
@@ -129,6 +134,12 @@ func (db *DB) SaveShedAnswers(ctx context.Context, answers []ShedAnswer,
 			// One row per conversation: an upsert may not touch a row twice.
 			convSeen[m.ConversationID] = true
 			convIDs, convShops, convUser = append(convIDs, m.ConversationID), append(convShops, m.ShopID), append(convUser, m.UserID)
+		}
+		for _, a := range answers[i].Actions {
+			a.ReplyID, a.ConversationID, a.Trace = r.ID, r.ConversationID, cmp.Or(a.Trace, answers[i].Trace)
+			if err := promised.add(m.ID, &a); err != nil {
+				return nil, err
+			}
 		}
 		if webhook != nil {
 			a, err := webhook(r)
@@ -217,14 +228,29 @@ func (db *DB) SaveShedAnswers(ctx context.Context, answers []ShedAnswer,
 				hookShops, hookConvs, hookReplies, hookMsgs, hookPayloads, hookKeys, hookMax, hookTraces,
 				string(peakdesk.ActionWebhookDeliver))
 		}
+		// 5b. What the answers that are their messages' promise.
+		if len(promised.keys) > 0 {
+			b.Queue(`INSERT INTO outbox_actions (shop_id, conversation_id, reply_id, kind, payload,
+					idempotency_key, max_attempts, next_attempt_at, trace)
+				SELECT t.s, t.c, t.r, t.kd, t.p::jsonb, t.k, t.mx, coalesce(t.na, now()), t.tr
+				FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+					$8::int[], $9::timestamptz[], $10::text[]) AS t(s, c, r, m, kd, p, k, mx, na, tr)
+				WHERE EXISTS (SELECT 1 FROM messages WHERE id = t.m AND shop_id = t.s AND reply_id = t.r)
+				ON CONFLICT (idempotency_key) DO NOTHING`,
+				promised.shops, promised.convs, promised.replies, promised.msgs, promised.kinds, promised.payloads,
+				promised.keys, promised.maxAttempts, promised.next, promised.traces)
+		}
 		// 6. What each message is answered by now, and its status.
 		b.Queue(`SELECT m.id, coalesce(m.reply_id, ''), m.status FROM messages m
 			JOIN unnest($1::text[], $2::text[]) AS t(m, s) ON m.id = t.m AND m.shop_id = t.s`, ids, shops)
 		br := tx.SendBatch(ctx, b)
 		defer br.Close()
-		steps := 5
-		if len(hookKeys) == 0 {
-			steps = 4
+		steps := 4
+		if len(hookKeys) > 0 {
+			steps++
+		}
+		if len(promised.keys) > 0 {
+			steps++
 		}
 		for range steps {
 			if _, err := br.Exec(); err != nil {
@@ -264,6 +290,34 @@ func (db *DB) SaveShedAnswers(ctx context.Context, answers []ShedAnswer,
 		}
 	}
 	return out, nil
+}
+
+// promisedActions are the actions of a batch of shed answers, as columns.
+type promisedActions struct {
+	shops, convs, replies, msgs, kinds, payloads, keys, traces []string
+	maxAttempts                                                []int32
+	next                                                       []*time.Time
+}
+
+// add adds a, promised by the answer to message msg.
+func (p *promisedActions) add(msg string, a *peakdesk.Action) error {
+	if err := checkNewAction(a); err != nil {
+		return err
+	}
+	if a.GrantID != 0 || a.Kind == peakdesk.ActionCouponIssue || a.Kind == peakdesk.ActionRefundRequest {
+		return fmt.Errorf("storage: save shed answers: a shed answer cannot promise %s", a.Kind)
+	}
+	p.shops, p.convs, p.replies, p.msgs = append(p.shops, a.ShopID), append(p.convs, a.ConversationID),
+		append(p.replies, a.ReplyID), append(p.msgs, msg)
+	p.kinds, p.payloads, p.keys, p.traces = append(p.kinds, string(a.Kind)), append(p.payloads, string(a.Payload)),
+		append(p.keys, a.IdempotencyKey), append(p.traces, a.Trace)
+	p.maxAttempts = append(p.maxAttempts, int32(a.MaxAttempts))
+	var next *time.Time
+	if !a.NextAttemptAt.IsZero() {
+		next = &a.NextAttemptAt
+	}
+	p.next = append(p.next, next)
+	return nil
 }
 
 // HumanOwnedChannel is the LISTEN/NOTIFY channel on which every move of a

@@ -235,3 +235,44 @@ func TestSaveShedAnswersRacingAHandBackStrandsNoMessage(t *testing.T) {
 		}
 	}
 }
+
+// A shed order answer's follow-up is stored with it, once however often the
+// batch is stored; a repeat's follow-up is not stored (its message has
+// another answer); a shed answer may not promise money.
+func TestSaveShedAnswersStoresThePromisedFollowUpOnce(t *testing.T) {
+	t.Parallel()
+	db := setupDB(t)
+	ctx := context.Background()
+	followUp := func(m *peakdesk.Message) peakdesk.Action {
+		return peakdesk.Action{ShopID: m.ShopID, Kind: peakdesk.ActionOrderFollowUp, MaxAttempts: 5,
+			Payload: []byte(`{"order_id":"1234567"}`), IdempotencyKey: "order-followup-" + m.ID}
+	}
+	conv := hexID("c", 90)
+	asked := newMessage("shop1", conv, "u1", 90)
+	queued := newMessage("shop1", conv, "u1", 91)
+	if _, err := db.ClaimMessage(ctx, queued, "w1", time.Minute, 20); err != nil {
+		t.Fatal(err)
+	}
+	a, repeat := shedAnswer(asked, "shed-90"), shedAnswer(queued, "shed-91")
+	a.Actions, repeat.Actions = []peakdesk.Action{followUp(asked)}, []peakdesk.Action{followUp(queued)}
+	for round := range 3 {
+		got, err := db.SaveShedAnswers(ctx, []storage.ShedAnswer{a, repeat}, outbox.ReplyWebhook)
+		if err != nil || got[0] != storage.ShedStored || got[1] != storage.ShedRepeat {
+			t.Fatalf("round %d: %v %v", round, got, err)
+		}
+	}
+	acts, err := db.ListActions(ctx, "shop1", storage.ActionFilter{Kind: peakdesk.ActionOrderFollowUp}, 0, 10)
+	if err != nil || len(acts) != 1 || acts[0].ReplyID != "shed-90" || acts[0].ConversationID != conv {
+		t.Fatalf("follow-ups %+v (%v); want one, of shed-90", acts, err)
+	}
+	if r, err := db.ReplyFor(ctx, "shop1", asked.ID); err != nil || !r.FollowUp {
+		t.Errorf("the stored reply %+v (%v) does not say a follow-up comes", r, err)
+	}
+
+	money := shedAnswer(newMessage("shop1", hexID("c", 92), "u3", 92), "shed-92")
+	money.Actions = []peakdesk.Action{{ShopID: "shop1", Kind: peakdesk.ActionRefundRequest, MaxAttempts: 5,
+		Payload: []byte(`{}`), IdempotencyKey: "refund-92"}}
+	if _, err := db.SaveShedAnswers(ctx, []storage.ShedAnswer{money}, nil); err == nil {
+		t.Fatal("a shed answer promising a refund was stored")
+	}
+}

@@ -240,8 +240,8 @@ func (p *Program) Start(ctx context.Context) (err error) {
 			DB: p.db, Redis: p.rdb, JS: p.js,
 			Logger: p.Log, Registerer: p.registry,
 			BatchPublish: cfg.PublishBatch,
-			FAQ:          edgeFAQ{p.faq}, ReplyWebhook: outbox.ReplyWebhook,
-			FAQCacheTTL: cfg.FAQCacheTTL, MaxInFlight: cfg.MaxInFlight,
+			FAQ:          edgeFAQ{p.faq},
+			FAQCacheTTL:  cfg.FAQCacheTTL, MaxInFlight: cfg.MaxInFlight,
 			Orders: p.orders.tools,
 			Admission: ingest.AdmissionConfig{Disabled: cfg.AdmissionDisabled, MinBacklog: int64(cfg.AdmissionMinBacklog),
 				MaxWait: map[peakdesk.Priority]time.Duration{

@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
@@ -246,7 +247,7 @@ func (w *Writer) commit(batch []jetstream.Msg) {
 		}
 		rec.Reply.MessageIDs = []string{rec.Message.ID}
 		answers = append(answers, storage.ShedAnswer{Message: &rec.Message, Reply: &rec.Reply,
-			Trace: m.Headers().Get(peakdesk.TraceHeader)})
+			Trace: m.Headers().Get(peakdesk.TraceHeader), Actions: rec.Actions})
 		msgs = append(msgs, m)
 	}
 	if len(answers) == 0 {
@@ -280,6 +281,15 @@ func (w *Writer) store(ctx context.Context, answers []storage.ShedAnswer, msgs [
 			_ = m.NakWithDelay(w.cfg.RetryDelay)
 		}
 		return
+	}
+
+	// The relays find the answers' webhooks and follow-ups when they poll;
+	// one notification for the batch brings them at once (after the
+	// commit: a NOTIFY in the transaction would serialise the commits).
+	if slices.Contains(outcomes, storage.ShedStored) {
+		if err := w.cfg.DB.NotifyRelays(ctx); err != nil {
+			w.log.Debug("waking the relays failed; they find the actions when they poll", "err", err)
+		}
 	}
 
 	// Publish the events of the answers that are their messages' (again,
