@@ -134,8 +134,11 @@ func TestToolHandoffMarksConversation(t *testing.T) {
 	if len(r) != 1 || r[0].source != peakdesk.SourceLLM {
 		t.Fatalf("replies %+v; want the LLM's answer", r)
 	}
-	if got := b.sim.Stats().ToolCalls; got["handoff_to_human"] != 1 {
-		t.Fatalf("tool calls %v, want one handoff_to_human", got)
+	// At least one call: on a loaded machine a turn whose hold expired is
+	// composed again by the next holder (its first composition is dropped,
+	// never stored), so the LLM may be asked twice; the reply stays one.
+	if got := b.sim.Stats().ToolCalls; got["handoff_to_human"] < 1 {
+		t.Fatalf("tool calls %v, want handoff_to_human", got)
 	}
 	if !b.handedOff(t, m.ConversationID) {
 		t.Fatal("conversation not marked for a human")

@@ -163,7 +163,9 @@ func TestProviderLimiterFallsBackToALocalShare(t *testing.T) {
 // Callers waiting for the budget go most urgent first.
 func TestProviderLimiterServesP0First(t *testing.T) {
 	t.Parallel()
-	l := NewProviderLimiter(ProviderLimitConfig{Redis: testRedis(t), Key: "test-" + newID(), RPM: 600}) // 10/s, burst 1
+	// 1/s, burst 1: the first caller waits a second, long enough for the
+	// others to queue behind it even on a loaded machine.
+	l := NewProviderLimiter(ProviderLimitConfig{Redis: testRedis(t), Key: "test-" + newID(), RPM: 60})
 	ctx := context.Background()
 	if _, err := l.Wait(ctx, peakdesk.P2, 0); err != nil { // spend the burst
 		t.Fatal(err)
@@ -182,13 +184,13 @@ func TestProviderLimiterServesP0First(t *testing.T) {
 		})
 	}
 	call("first", peakdesk.P2) // holds the line, waiting for the budget
-	storagetest.WaitFor(t, "the first caller to wait", 5*time.Second, func() bool {
+	storagetest.WaitFor(t, "the first caller to wait", 15*time.Second, func() bool {
 		l.mu.Lock()
 		defer l.mu.Unlock()
 		return l.busy
 	})
 	call("p2", peakdesk.P2)
-	storagetest.WaitFor(t, "the p2 caller to queue", 5*time.Second, func() bool {
+	storagetest.WaitFor(t, "the p2 caller to queue", 15*time.Second, func() bool {
 		l.mu.Lock()
 		defer l.mu.Unlock()
 		return l.line.Len() == 1
