@@ -551,69 +551,95 @@ type TurnReply struct {
 // the reply hands the conversation to a human) the hold is given up and
 // next is nil.
 func (db *DB) SaveTurn(ctx context.Context, h *Hold, tr TurnReply, lease time.Duration, maxBatch int) (next *Hold, err error) {
-	r := tr.Reply
 	err = pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
-		b := &pgx.Batch{}
 		// No NOTIFY from this transaction (it would serialise every turn's
 		// commit): the caller wakes the relays after commit (NotifyRelays).
-		b.Queue(deferRelayNotify)
-		b.Queue(`UPDATE conversations SET turn_until = now() + $4::interval, updated_at = now()
-			WHERE id = $1 AND shop_id = $2 AND turn_owner = $3
-			RETURNING state`,
-			h.ConversationID, h.ShopID, h.Owner, lease)
-		b.Queue(`INSERT INTO replies (id, shop_id, conversation_id, text, source, model,
-				prompt_tokens, completion_tokens, cost_micro_usd, event_pending)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING created_at`,
-			r.ID, r.ShopID, r.ConversationID, r.Text, r.Source, r.Model,
-			r.PromptTokens, r.CompletionTokens, r.CostMicroUSD, tr.EventPending)
-		// A message dead-lettered meanwhile (status failed; its customer was
-		// told a human takes over) is not answered here: the count below
-		// comes up short and the turn is retried without it.
-		b.Queue(`UPDATE messages
-			SET status = 'answered', reply_id = $1, answered_at = now(), last_error = NULL
-			WHERE id = ANY($2) AND shop_id = $3 AND conversation_id = $4 AND reply_id IS NULL
-				AND status IN ('waiting', 'processing')`,
-			r.ID, r.MessageIDs, r.ShopID, r.ConversationID)
-		if tr.Handoff == nil {
-			b.Queue(takeBatch, h.ConversationID, h.ShopID, h.Owner, maxBatch)
-			b.Queue(releaseIfDone, h.ConversationID, h.ShopID, h.Owner)
-		}
-		if err := saveTurnBatch(tx.SendBatch(ctx, b), h, r, &next, tr.Handoff == nil); err != nil {
-			return err
-		}
-		if tr.Handoff != nil {
-			// The reply answers the turn; whatever came meanwhile waits
-			// for the agent, and the bot's turn ends here.
-			if _, err := handOff(ctx, tx, h.ShopID, h.ConversationID, *tr.Handoff); err != nil {
-				return err
-			}
-			if _, err := tx.Exec(ctx, `UPDATE conversations SET turn_owner = NULL, turn_until = NULL
-				WHERE id = $1 AND shop_id = $2 AND turn_owner = $3`, h.ConversationID, h.ShopID, h.Owner); err != nil {
-				return err
-			}
-		}
-		if tr.InTx != nil {
-			return tr.InTx(ctx, tx, r)
-		}
-		return nil
+		next, err = saveTurnTx(ctx, tx, h, tr, lease, maxBatch, func(b *pgx.Batch) int {
+			b.Queue(deferRelayNotify)
+			return 1
+		})
+		return err
 	})
-	switch {
-	case errors.Is(err, ErrTurnLost), errors.Is(err, ErrAlreadyAnswered), errors.Is(err, ErrHumanOwned):
-		return nil, err
-	case isUniqueViolation(err):
-		return nil, ErrAlreadyAnswered
-	case err != nil:
-		return nil, fmt.Errorf("storage: save turn: %w", err)
+	if err != nil {
+		return nil, saveTurnErr(err)
 	}
 	return next, nil
 }
 
-// saveTurnBatch reads SaveTurn's batch and closes it; withNext: the batch
-// takes the next turn.
-func saveTurnBatch(br pgx.BatchResults, h *Hold, r *peakdesk.Reply, next **Hold, withNext bool) error {
-	defer br.Close()
-	if _, err := br.Exec(); err != nil { // deferRelayNotify
+// saveTurnErr is what SaveTurn returns for an error of saveTurnTx.
+func saveTurnErr(err error) error {
+	switch {
+	case errors.Is(err, ErrTurnLost), errors.Is(err, ErrAlreadyAnswered), errors.Is(err, ErrHumanOwned):
 		return err
+	case isUniqueViolation(err):
+		return ErrAlreadyAnswered
+	}
+	return fmt.Errorf("storage: save turn: %w", err)
+}
+
+// saveTurnTx stores tr in tx as SaveTurn describes, in one round trip
+// (plus the handoff's and tr.InTx's statements, if any). pre queues
+// statements ahead of the turn's own in that round trip and returns how
+// many it queued; their results are only checked for errors.
+func saveTurnTx(ctx context.Context, tx pgx.Tx, h *Hold, tr TurnReply, lease time.Duration, maxBatch int,
+	pre func(*pgx.Batch) int) (next *Hold, err error) {
+	r := tr.Reply
+	b := &pgx.Batch{}
+	npre := 0
+	if pre != nil {
+		npre = pre(b)
+	}
+	b.Queue(`UPDATE conversations SET turn_until = now() + $4::interval, updated_at = now()
+		WHERE id = $1 AND shop_id = $2 AND turn_owner = $3
+		RETURNING state`,
+		h.ConversationID, h.ShopID, h.Owner, lease)
+	b.Queue(`INSERT INTO replies (id, shop_id, conversation_id, text, source, model,
+			prompt_tokens, completion_tokens, cost_micro_usd, event_pending)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING created_at`,
+		r.ID, r.ShopID, r.ConversationID, r.Text, r.Source, r.Model,
+		r.PromptTokens, r.CompletionTokens, r.CostMicroUSD, tr.EventPending)
+	// A message dead-lettered meanwhile (status failed; its customer was
+	// told a human takes over) is not answered here: the count below
+	// comes up short and the turn is retried without it.
+	b.Queue(`UPDATE messages
+		SET status = 'answered', reply_id = $1, answered_at = now(), last_error = NULL
+		WHERE id = ANY($2) AND shop_id = $3 AND conversation_id = $4 AND reply_id IS NULL
+			AND status IN ('waiting', 'processing')`,
+		r.ID, r.MessageIDs, r.ShopID, r.ConversationID)
+	if tr.Handoff == nil {
+		b.Queue(takeBatch, h.ConversationID, h.ShopID, h.Owner, maxBatch)
+		b.Queue(releaseIfDone, h.ConversationID, h.ShopID, h.Owner)
+	}
+	if err := saveTurnBatch(tx.SendBatch(ctx, b), npre, h, r, &next, tr.Handoff == nil); err != nil {
+		return nil, err
+	}
+	if tr.Handoff != nil {
+		// The reply answers the turn; whatever came meanwhile waits
+		// for the agent, and the bot's turn ends here.
+		if _, err := handOff(ctx, tx, h.ShopID, h.ConversationID, *tr.Handoff); err != nil {
+			return nil, err
+		}
+		if _, err := tx.Exec(ctx, `UPDATE conversations SET turn_owner = NULL, turn_until = NULL
+			WHERE id = $1 AND shop_id = $2 AND turn_owner = $3`, h.ConversationID, h.ShopID, h.Owner); err != nil {
+			return nil, err
+		}
+	}
+	if tr.InTx != nil {
+		if err := tr.InTx(ctx, tx, r); err != nil {
+			return nil, err
+		}
+	}
+	return next, nil
+}
+
+// saveTurnBatch reads SaveTurn's batch and closes it: npre leading
+// statements, then the turn's; withNext: the batch takes the next turn.
+func saveTurnBatch(br pgx.BatchResults, npre int, h *Hold, r *peakdesk.Reply, next **Hold, withNext bool) error {
+	defer br.Close()
+	for range npre {
+		if _, err := br.Exec(); err != nil {
+			return err
+		}
 	}
 	var state string
 	err := br.QueryRow().Scan(&state)
