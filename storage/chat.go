@@ -45,7 +45,7 @@ func (db *DB) EnsureShop(ctx context.Context, id, name string) error {
 }
 
 // queueMessageInsert queues the upsert of m's conversation (returning its
-// shop and user, which the caller scans first) and the insert of m with
+// shop and user, and whether this inserted it, which the caller scans first) and the insert of m with
 // status unless it is stored already (status human while a human agent owns
 // the conversation). The message goes in only if the conversation is the
 // same shop's and user's.
@@ -60,7 +60,7 @@ func queueMessageInsert(b *pgx.Batch, m *peakdesk.Message, status string) {
 	}
 	b.Queue(`INSERT INTO conversations (id, shop_id, user_id) VALUES ($1, $2, $3)
 		ON CONFLICT (id) DO UPDATE SET updated_at = now()
-		RETURNING shop_id, user_id`, m.ConversationID, m.ShopID, m.UserID)
+		RETURNING shop_id, user_id, xmax = 0`, m.ConversationID, m.ShopID, m.UserID)
 	// While a human owns the conversation the message is the agent's.
 	b.Queue(`INSERT INTO messages (id, shop_id, conversation_id, user_id, text, channel, priority,
 			client_msg_id, metadata, status, accepted_at)
@@ -291,6 +291,9 @@ type Hold struct {
 	Owner string
 	// Messages are answered together by one reply, oldest first.
 	Messages []HeldMessage
+	// NewConversation: the claim that got the hold started the
+	// conversation, so it has no turns yet (see Memory.Started).
+	NewConversation bool
 }
 
 // HeldMessage is a message answered in a turn.
@@ -399,10 +402,11 @@ func (db *DB) ClaimMessage(ctx context.Context, m *peakdesk.Message, owner strin
 	var convShop, convUser, gotShop, status string
 	var replyID *string
 	var turn *Hold
+	var started bool
 	err := func() error {
 		br := db.pool.SendBatch(ctx, b)
 		defer br.Close()
-		if err := br.QueryRow().Scan(&convShop, &convUser); err != nil {
+		if err := br.QueryRow().Scan(&convShop, &convUser, &started); err != nil {
 			return err
 		}
 		for range 2 {
@@ -439,6 +443,7 @@ func (db *DB) ClaimMessage(ctx context.Context, m *peakdesk.Message, owner strin
 	case status == statusHuman:
 		return &Claim{Human: true}, nil
 	case turn != nil:
+		turn.NewConversation = started
 		return &Claim{Hold: turn}, nil
 	}
 	return &Claim{Waiting: true}, nil

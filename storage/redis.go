@@ -103,6 +103,18 @@ func (m *Memory) Load(ctx context.Context, shop, conv string, exclude []string) 
 // that is no turn (Load skips it; Append's trim drops it in time).
 const noTurns = `{}`
 
+// Started notes that conversation conv has no turns yet (its first message
+// started it): the next Load finds that in Redis, not in Postgres. Best
+// effort, as the rest of the cache.
+func (m *Memory) Started(ctx context.Context, shop, conv string) {
+	key := m.key(shop, conv)
+	pipe := m.Redis.TxPipeline()
+	pipe.Del(ctx, key)
+	pipe.RPush(ctx, key, noTurns)
+	pipe.Expire(ctx, key, m.ttl())
+	_, _ = pipe.Exec(ctx)
+}
+
 // Append adds turns to a cached conversation. An uncached conversation is
 // left alone: the next Load rebuilds it from Postgres, which already holds
 // the turns.

@@ -177,6 +177,11 @@ func (w *Worker) handle(ctx context.Context, log *slog.Logger, ka *keepAlive, ms
 		w.metrics.waited.Inc()
 		return ack(), nil
 	}
+	if claim.Hold.NewConversation {
+		// Its history is known to be empty: the turn reads it from
+		// Redis rather than Postgres.
+		w.cfg.Memory.Started(ctx, m.ShopID, m.ConversationID)
+	}
 	w.gather(ctx, log, claim.Hold)
 	end := w.turn(ctx, log, ka, claim.Hold, m.ID)
 	if end.next != nil {
