@@ -528,6 +528,47 @@ func (db *DB) RenewHold(ctx context.Context, t *Hold, lease time.Duration) error
 	return nil
 }
 
+// RenewHolds extends every hold of holds by lease from now, in one
+// statement, and returns those lost (another worker took the conversation,
+// or the hold ended). The conversations are locked in id order, as a group
+// of turns locks them (see TurnCommitter), so the two do not deadlock.
+func (db *DB) RenewHolds(ctx context.Context, holds []*Hold, lease time.Duration) (lost []*Hold, err error) {
+	if len(holds) == 0 {
+		return nil, nil
+	}
+	convs, shops, owners := make([]string, len(holds)), make([]string, len(holds)), make([]string, len(holds))
+	for i, h := range holds {
+		convs[i], shops[i], owners[i] = h.ConversationID, h.ShopID, h.Owner
+	}
+	rows, err := db.pool.Query(ctx, `WITH held AS (
+			SELECT c.id, c.turn_owner FROM conversations c
+			JOIN unnest($1::text[], $2::text[], $3::text[]) AS h(id, shop_id, owner)
+				ON c.id = h.id AND c.shop_id = h.shop_id AND c.turn_owner = h.owner
+			ORDER BY c.id FOR UPDATE OF c)
+		UPDATE conversations c SET turn_until = now() + $4::interval
+		FROM held WHERE c.id = held.id
+		RETURNING c.id, c.shop_id, held.turn_owner`, convs, shops, owners, lease)
+	if err != nil {
+		return nil, fmt.Errorf("storage: renew holds: %w", err)
+	}
+	type key struct{ conv, shop, owner string }
+	renewed := map[key]bool{}
+	var k key
+	_, err = pgx.ForEachRow(rows, []any{&k.conv, &k.shop, &k.owner}, func() error {
+		renewed[k] = true
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("storage: renew holds: %w", err)
+	}
+	for _, h := range holds {
+		if !renewed[key{h.ConversationID, h.ShopID, h.Owner}] {
+			lost = append(lost, h)
+		}
+	}
+	return lost, nil
+}
+
 // TurnReply is what SaveTurn stores.
 type TurnReply struct {
 	// Reply answers the hold's messages; its MessageIDs must be theirs.

@@ -199,3 +199,31 @@ func TestTurnCommitterNotesPublishedEvents(t *testing.T) {
 		t.Fatal("the published event is still pending")
 	}
 }
+
+// RenewHolds renews every hold in one statement and names those lost.
+func TestRenewHoldsNamesTheLostOnes(t *testing.T) {
+	t.Parallel()
+	db := setupDB(t)
+	ctx := context.Background()
+	kept, taken := claimed(t, db, 60), claimed(t, db, 61)
+	if err := db.RenewHold(ctx, taken, -time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if h, err := db.ClaimConversation(ctx, "shop1", taken.ConversationID, "thief", lease, 20); err != nil || h == nil {
+		t.Fatalf("take-over: %v %v", h, err)
+	}
+	foreign := *kept
+	foreign.ShopID = "shop2" // the same conversation named under another shop is not renewed
+	lost, err := db.RenewHolds(ctx, []*storage.Hold{kept, taken, &foreign}, -time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(lost) != 2 || lost[0] != taken || lost[1] != &foreign {
+		t.Fatalf("lost %v, want the taken hold and the foreign one", lost)
+	}
+	// The kept hold was renewed (here: to expire at once, so another
+	// worker may take it).
+	if h, err := db.ClaimConversation(ctx, "shop1", kept.ConversationID, "next", lease, 20); err != nil || h == nil {
+		t.Fatalf("the renewed lease was not applied: %v %v", h, err)
+	}
+}

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -212,6 +214,10 @@ func (c *TurnCommitter) store(group []*turnRequest, published []replyRef) {
 		}
 		return
 	}
+	// Conversations in id order, as RenewHolds locks them.
+	slices.SortFunc(group, func(a, b *turnRequest) int {
+		return strings.Compare(a.hold.ConversationID, b.hold.ConversationID)
+	})
 	alone, err := c.storeGroup(ctx, group, published)
 	if err != nil {
 		// Nothing of the group is stored: each turn again, alone.

@@ -190,6 +190,7 @@ type Worker struct {
 	tools     []llm.Tool   // Config.Tools as offered to the LLM
 	words     *handoffWords
 	commits   *storage.TurnCommitter // stores the turns' replies, grouped
+	beats     heartbeat              // keeps the handlers' messages and holds alive
 	// ackWait is the shortest AckWait of the consumers (or Config.AckWait):
 	// the lease of conversation holds; heartbeats every third of it.
 	ackWait time.Duration
@@ -242,6 +243,7 @@ func New(cfg Config) (*Worker, error) {
 		// without starting it).
 		ackWait: cmp.Or(cfg.AckWait, 30*time.Second),
 	}
+	w.beats.w = w
 	if cfg.Tools != nil {
 		for _, d := range cfg.Tools.Definitions() {
 			w.tools = append(w.tools, llm.Tool{Name: d.Name, Description: d.Description, Parameters: d.Parameters})
