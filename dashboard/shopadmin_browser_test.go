@@ -117,6 +117,9 @@ func (b *testBundle) adminShopInBrowser(t *testing.T, tab context.Context, shop,
 		chromedp.SetValue("#f-llm-chain-model-1", "deepseek-chat", chromedp.ByQuery),
 		chromedp.SetValue("#f-llm-chain-base_url-1", "https://api.deepseek.example/v1", chromedp.ByQuery),
 		chromedp.SetValue("#f-llm-chain-api_key-1", "sk-deepseek-browser-0123456789", chromedp.ByQuery),
+		chromedp.SetValue("#f-handoff-sla", "3m", chromedp.ByQuery),
+		chromedp.SetValue("#f-handoff-keywords", "找店长\n投诉经理", chromedp.ByQuery),
+		chromedp.SetValue("#f-order_answers", "direct", chromedp.ByQuery),
 		chromedp.Click("#save", chromedp.ByQuery),
 		chromedp.WaitVisible("#flash", chromedp.ByQuery),
 	)
@@ -129,7 +132,8 @@ func (b *testBundle) adminShopInBrowser(t *testing.T, tab context.Context, shop,
 	}
 	if c.Limits.RatePerSecond != 25 || c.Limits.UserRatePerMinute != 12 || c.Admission.MaxWaitP2 != 20*time.Second ||
 		c.API.WebhookURL != "https://teahouse.example/hooks" || len(c.Rules) != 2 || c.Language != "en" ||
-		c.API.WebhookSecret != once || len(c.LLM.Chain) != 2 || c.LLM.Chain[1].APIKey != "sk-deepseek-browser-0123456789" {
+		c.API.WebhookSecret != once || len(c.LLM.Chain) != 2 || c.LLM.Chain[1].APIKey != "sk-deepseek-browser-0123456789" ||
+		c.Takeover.SLA != 3*time.Minute || strings.Join(c.Takeover.Keywords, "|") != "找店长|投诉经理" || c.OrderAnswers != "direct" {
 		t.Fatalf("stored %+v", c)
 	}
 	var stored string

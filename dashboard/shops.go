@@ -89,6 +89,8 @@ type shopData struct {
 	Rows []shopadmin.Model
 	// Rules are the keywords by priority, one a line.
 	Rules map[string]string
+	// Keywords are the handoff keywords, one a line.
+	Keywords string
 	// Once is a secret shown this one time (a new shop's webhook secret).
 	Once   string
 	Notice string
@@ -111,6 +113,7 @@ func (c *Console) renderShop(w http.ResponseWriter, r *http.Request, rq *request
 	for p, words := range s.Rules {
 		d.Rules[p] = strings.Join(words, "\n")
 	}
+	d.Keywords = strings.Join(s.Handoff.Keywords, "\n")
 	c.render(w, r, rq, http.StatusOK, "shop", "", "shop.title", "shops", d)
 	return nil
 }
@@ -203,6 +206,14 @@ func formPatch(f url.Values) (shopadmin.Patch, error) {
 	r.int64("money.refund_max_cents", &p.Money.RefundMaxCents)
 	r.int64("money.llm_spend_cap_per_day_cents", &p.Money.LLMSpendCapPerDayCents)
 	r.int("money.llm_calls_per_user_per_hour", &p.Money.LLMCallsPerUserPerHour)
+
+	r.dur("handoff.sla", &p.Handoff.SLA)
+	if v, ok := f["handoff.keywords"]; ok && len(v) > 0 {
+		p.Handoff.Keywords = shopadmin.Some(strings.FieldsFunc(v[0], func(r rune) bool {
+			return r == '\n' || r == '\r' || r == ',' || r == '，'
+		}))
+	}
+	r.str("order_answers", &p.OrderAnswers)
 	return p, r.err
 }
 

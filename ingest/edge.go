@@ -88,11 +88,6 @@ type Config struct {
 	// Orders takes shed order questions (outbox.Tools): "checking" at once
 	// and a follow-up that pushes the facts; optional.
 	Orders ShedOrders
-	// ReplyWebhook builds the webhook.deliver action of a shed order
-	// answer, which the edge stores itself in the answer's transaction like
-	// every reply's (outbox.ReplyWebhook); required with Orders. Shed FAQ
-	// answers are stored by the shed writer, which builds their webhooks.
-	ReplyWebhook func(*peakdesk.Reply) (peakdesk.Action, error)
 	// MaxInFlight caps the requests this process handles at once, event
 	// streams aside (MaxStreams caps those); one more is answered 503
 	// overloaded at once, so a burst never queues unbounded work here.
@@ -202,6 +197,7 @@ type Edge struct {
 	pub     publisher
 	queuedW *queuedWriter
 	faq     *faqAnswers
+	humans  *humanOwners // conversations human agents own, for shedding
 	// inflight holds a token per request being handled (MaxInFlight).
 	inflight chan struct{}
 	events   jetstream.Stream // CHAT_EVENTS, for replay by direct get
@@ -259,6 +255,7 @@ func New(cfg Config) (*Edge, error) {
 		},
 
 		faq:      newFAQAnswers(cfg.FAQ, cfg.FAQCacheTTL, cfg.FAQCacheSize, cfg.FAQConcurrency, m),
+		humans:   newHumanOwners(cfg.DB, cfg.Logger.With("component", "ingest")),
 		inflight: make(chan struct{}, cfg.MaxInFlight),
 
 		userStreams: map[string]int{},
@@ -296,6 +293,9 @@ func (e *Edge) Start(ctx context.Context) error {
 		return fmt.Errorf("ingest: start: metrics: %w", err)
 	}
 	e.admit.start()
+	hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	e.humans.start(hctx)
+	cancel()
 	return nil
 }
 
@@ -310,6 +310,7 @@ func (e *Edge) Stop() {
 		}
 		e.hub.stop()
 		e.admit.stop()
+		e.humans.stop()
 		e.limiter.close()
 		if e.queuedW != nil {
 			e.queuedW.stop()
@@ -462,7 +463,7 @@ func (e *Edge) postingShop(ctx context.Context, claims *token.Claims) (*shopInfo
 // classification and admission control into CHAT_IN. It returns the
 // message's result — queued, or answered when a shed message got an instant
 // FAQ answer or the reply came within wait — or the coded error to answer.
-func (e *Edge) acceptMessage(ctx context.Context, claims *token.Claims, info *shopInfo, req *postRequest, key string, wait time.Duration) (accepted, error) {
+func (e *Edge) acceptMessage(ctx context.Context, claims *token.Claims, info *shopInfo, req *postRequest, key string, wait time.Duration) (_ accepted, err error) {
 	shop := claims.Shop
 	user, err := actingUser(claims, req)
 	if err != nil {
@@ -507,8 +508,29 @@ func (e *Edge) acceptMessage(ctx context.Context, claims *token.Claims, info *sh
 	// Shed load lowest priority first: an order question is told "checking"
 	// and followed up from the shop's data, a question the FAQ knows gets
 	// its answer at once, else 429 with the time the backlog needs to drain.
+	// Not in a conversation a human agent owns (see human.go): its message
+	// is queued for the agent — the bot says nothing there.
+	forAgent := false
 	if retry, ok := e.admit.check(prio, info.admission); !ok {
-		return e.shed(ctx, m, key, retry)
+		if req.ConversationID == "" {
+			return e.shed(ctx, m, key, retry) // a new conversation is the bot's
+		}
+		switch human, known := e.humans.owns(shop, conv); {
+		case !known:
+			return e.refuse(ctx, m, key, retry, "unknown_owner")
+		case !human:
+			return e.shed(ctx, m, key, retry)
+		}
+		// Queued without waiting for a reply: an agent's may take long, and
+		// the desk is overloaded.
+		forAgent, wait = true, 0
+		defer func() {
+			if err != nil && peakdesk.ErrorCode(err) == peakdesk.EOverloaded {
+				// The queue refused it too: retry later, as any shed message.
+				err = &peakdesk.Error{Code: peakdesk.ERateLimited, RetryAfter: retry,
+					Message: "the desk is very busy right now, retry later"}
+			}
+		}()
 	}
 	// Listen for the reply before publishing, so it cannot slip past.
 	var replies <-chan *peakdesk.Reply
@@ -523,6 +545,9 @@ func (e *Edge) acceptMessage(ctx context.Context, claims *token.Claims, info *sh
 	}
 	keptP0 = !duplicate
 	e.metrics.accepted.WithLabelValues(string(prio)).Inc()
+	if forAgent {
+		e.metrics.shed.WithLabelValues(string(prio), "human").Inc()
+	}
 	if !duplicate {
 		e.rememberQueued(ctx, m)
 	} else if st, ok := e.knownMessage(ctx, m); ok {

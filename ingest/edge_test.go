@@ -334,7 +334,7 @@ func (fixedFAQ) Answer(_ context.Context, _, q string) (string, bool) {
 func TestAdmissionShedsLowPriorityFirst(t *testing.T) {
 	t.Parallel()
 	b := setup(t, queue.Topology{}, func(c *Config) {
-		c.FAQ, c.ReplyWebhook = fixedFAQ{}, outbox.ReplyWebhook
+		c.FAQ = fixedFAQ{}
 		c.Admission = AdmissionConfig{MinBacklog: 5, Refresh: 50 * time.Millisecond,
 			MaxWait: map[peakdesk.Priority]time.Duration{peakdesk.P0: time.Hour, peakdesk.P1: time.Hour, peakdesk.P2: time.Second}}
 	})
@@ -726,14 +726,15 @@ func (shedOrders) ShedOrder(_ context.Context, m *peakdesk.Message) (string, []p
 }
 
 // An order question the edge sheds is told "checking" at once (200,
-// source order, follow_up) and its follow-up is stored with the answer:
-// the facts come from the relays, not from the backlog that made the edge
-// shed. A question the FAQ knows, shed alongside, still goes to the shed
-// writer through CHAT_IN.
+// source order, follow_up) and, like a FAQ answer, published to CHAT_IN
+// for the shed writer with the follow-up it promises — no Postgres
+// transaction on the request path. The writer stores the answer with its
+// follow-up: the facts come from the relays, not from the backlog that
+// made the edge shed.
 func TestShedOrderQuestionsAreFollowedUp(t *testing.T) {
 	t.Parallel()
 	b := setup(t, queue.Topology{}, func(c *Config) {
-		c.Orders, c.FAQ, c.ReplyWebhook = shedOrders{}, fixedFAQ{}, outbox.ReplyWebhook
+		c.Orders, c.FAQ = shedOrders{}, fixedFAQ{}
 		c.Admission = AdmissionConfig{MinBacklog: 5, Refresh: 50 * time.Millisecond,
 			MaxWait: map[peakdesk.Priority]time.Duration{peakdesk.P0: time.Hour, peakdesk.P1: time.Second, peakdesk.P2: time.Second}}
 	})
@@ -754,6 +755,23 @@ func TestShedOrderQuestionsAreFollowedUp(t *testing.T) {
 		!strings.Contains(reply["text"].(string), "正在为您查询") {
 		t.Fatalf("shed order question: %d %s", r.status, r.raw)
 	}
+	id := r.body["message_id"].(string)
+	if _, err := b.db.Message(context.Background(), "shop1", id); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("the shed order answer was stored on the request path: %v", err)
+	}
+	w, err := shedwriter.New(shedwriter.Config{JS: b.js, DB: b.db, Webhook: outbox.ReplyWebhook,
+		Logger: storagetest.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(w.Stop)
+	storagetest.WaitFor(t, "the shed order answer stored", 10*time.Second, func() bool {
+		rec, err := b.db.Message(context.Background(), "shop1", id)
+		return err == nil && rec.Status == peakdesk.StatusAnswered
+	})
 	acts, err := b.db.ListActions(context.Background(), "shop1", storage.ActionFilter{Kind: peakdesk.ActionOrderFollowUp}, 0, 10)
 	if err != nil || len(acts) != 1 || acts[0].ReplyID != reply["reply_id"] || acts[0].ConversationID != r.body["conversation_id"] {
 		t.Fatalf("follow-ups %+v (%v)", acts, err)

@@ -77,7 +77,7 @@ func newEdgeMetrics(reg prometheus.Registerer) (*edgeMetrics, error) {
 		}),
 		shed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "peakdesk_ingest_shed_total",
-			Help: "Messages shed by admission control, by priority and outcome (faq answer or rejected).",
+			Help: "Messages shed by admission control, by priority and outcome: faq (answered), order (checking, followed up), rejected (429), human (a human agent owns the conversation: queued for the agent, never answered by the bot), unknown_owner (429: the edge does not know whether a human owns the named conversation).",
 		}, []string{"priority", "outcome"}),
 		p0Capped: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "peakdesk_ingest_p0_capped_total",
@@ -133,6 +133,10 @@ func (m *edgeMetrics) bindBounds(reg prometheus.Registerer, e *Edge) error {
 			Name: "peakdesk_ingest_faq_cache_entries",
 			Help: "Questions whose FAQ answer (or its absence) the edge holds for shed messages (bounded by FAQCacheSize).",
 		}, func() float64 { return float64(e.faq.len()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "peakdesk_ingest_human_owned_conversations",
+			Help: "Conversations human agents own, as this edge follows them for shedding; -1 while it does not know (then a shed message naming a conversation gets 429).",
+		}, e.humans.size),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "peakdesk_ingest_queued_cache_buffered",
 			Help: "Queued-state and shed-answer cache writes waiting for Redis (bounded; beyond it they are dropped and counted in peakdesk_ingest_redis_errors_total).",

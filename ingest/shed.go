@@ -29,36 +29,41 @@ import (
 // id as Nats-Msg-Id in CHAT_IN's duplicate window, so a message is either
 // queued for the workers or answered here, never both.
 //
-// A shed order question is rarer and promises more (an order.followup
-// action), so it is stored at once, message, answer and actions in one
-// transaction (answerOrderShed), as before the shed writer.
+// A shed order question takes the same path: its "checking" answer and the
+// order.followup action it promises travel in one record, and the writer
+// stores message, answer, webhook and follow-up in its batch transaction.
 
 // shed answers message m, which admission control will not queue: an order
 // question with "checking" and a follow-up, a question the FAQ is confident
 // about with its answer (200 answered), a repeat with its first result, or
 // 429 with retry.
 func (e *Edge) shed(ctx context.Context, m *peakdesk.Message, key string, retry time.Duration) (accepted, error) {
-	if res, ok := e.answerOrderShed(ctx, m, key); ok {
-		return res, nil
+	if text, actions, ok := e.orderShed(ctx, m); ok {
+		// "Checking" now; the order.followup that the relays carry out
+		// (coalesced shop lookups, no LLM, no queue) pushes the facts on
+		// the conversation. The edge never waits on the shop.
+		reply := &peakdesk.Reply{ID: newReplyID(), ShopID: m.ShopID, ConversationID: m.ConversationID,
+			UserID: m.UserID, MessageIDs: []string{m.ID}, Text: text, Source: peakdesk.SourceOrder, FollowUp: true,
+			CreatedAt: time.Now().UTC()}
+		return e.publishShed(ctx, m, reply, "order", actions...)
 	}
 	text, ok := e.faq.answer(ctx, m.ShopID, m.Text)
 	if !ok {
-		// A repeat of a message accepted (or answered) before gets its
-		// first result, not a 429.
-		if key != "" {
-			if st, ok := e.knownMessage(ctx, m); ok {
-				return stateResult(m.ID, st), nil
-			}
-		}
-		e.metrics.shed.WithLabelValues(string(m.Priority), "rejected").Inc()
-		return accepted{}, &peakdesk.Error{Code: peakdesk.ERateLimited, RetryAfter: retry,
-			Message: "the desk is very busy right now, retry later"}
+		return e.refuse(ctx, m, key, retry, "rejected")
 	}
 	// UserID routes the reply's event to the customer's subject; the shed
 	// record carries it in the message (Reply.UserID is not encoded).
 	reply := &peakdesk.Reply{ID: newReplyID(), ShopID: m.ShopID, ConversationID: m.ConversationID, UserID: m.UserID,
 		MessageIDs: []string{m.ID}, Text: text, Source: peakdesk.SourceFAQ, CreatedAt: time.Now().UTC()}
-	data, err := queue.EncodeShed(m, reply)
+	return e.publishShed(ctx, m, reply, "faq")
+}
+
+// publishShed publishes m answered by reply (promising actions) to CHAT_IN
+// for the shed writer, which stores it; until then GET answers from the
+// queued-state cache. outcome names the answer in the shed metric.
+func (e *Edge) publishShed(ctx context.Context, m *peakdesk.Message, reply *peakdesk.Reply, outcome string,
+	actions ...peakdesk.Action) (accepted, error) {
+	data, err := queue.EncodeShed(m, reply, actions...)
 	if err != nil {
 		return accepted{}, err
 	}
@@ -79,10 +84,24 @@ func (e *Edge) shed(ctx context.Context, m *peakdesk.Message, key string, retry 
 		return accepted{MessageID: m.ID, ConversationID: m.ConversationID, Priority: m.Priority,
 			Status: peakdesk.StatusQueued}, nil
 	}
-	e.metrics.shed.WithLabelValues(string(m.Priority), "faq").Inc()
+	e.metrics.shed.WithLabelValues(string(m.Priority), outcome).Inc()
 	e.remember(ctx, m, reply)
 	return accepted{MessageID: m.ID, ConversationID: m.ConversationID, Priority: m.Priority,
 		Status: peakdesk.StatusAnswered, Reply: reply}, nil
+}
+
+// refuse answers shed message m 429 with retry, counted as outcome — or,
+// for a repeat of a message accepted (or answered) before, its first
+// result.
+func (e *Edge) refuse(ctx context.Context, m *peakdesk.Message, key string, retry time.Duration, outcome string) (accepted, error) {
+	if key != "" {
+		if st, ok := e.knownMessage(ctx, m); ok {
+			return stateResult(m.ID, st), nil
+		}
+	}
+	e.metrics.shed.WithLabelValues(string(m.Priority), outcome).Inc()
+	return accepted{}, &peakdesk.Error{Code: peakdesk.ERateLimited, RetryAfter: retry,
+		Message: "the desk is very busy right now, retry later"}
 }
 
 func stateResult(id string, st peakdesk.MessageState) accepted {
@@ -90,62 +109,20 @@ func stateResult(id string, st peakdesk.MessageState) accepted {
 		Status: st.Status, Reply: st.Reply}
 }
 
-// answerOrderShed answers a shed order question: "checking" now, and an
-// order.followup that the relays carry out (coalesced shop lookups, no LLM,
-// no queue) pushes the facts on the conversation. The edge never waits on
-// the shop, and the customer does not wait behind the backlog that made the
-// edge shed. ok is false when m is not an order question or storing fails
-// (the caller goes on shedding).
-func (e *Edge) answerOrderShed(ctx context.Context, m *peakdesk.Message, key string) (accepted, bool) {
-	if e.cfg.Orders == nil || e.cfg.ReplyWebhook == nil {
-		return accepted{}, false
+// orderShed is the answer to m when it is an order question: the
+// "checking" text and the order.followup it promises. ok is false when m
+// is not one, or the follow-up cannot be built (the caller goes on
+// shedding).
+func (e *Edge) orderShed(ctx context.Context, m *peakdesk.Message) (text string, actions []peakdesk.Action, ok bool) {
+	if e.cfg.Orders == nil {
+		return "", nil, false
 	}
 	text, actions, ok, err := e.cfg.Orders.ShedOrder(ctx, m)
 	if err != nil {
 		e.log.WarnContext(ctx, "a shed order question could not be followed up", "trace_id", peakdesk.TraceFrom(ctx).ID, "err", err)
+		return "", nil, false
 	}
-	if !ok || err != nil {
-		return accepted{}, false
-	}
-	// A repeat of a message accepted (or answered) before gets its first
-	// result, not a second answer.
-	if key != "" {
-		if st, ok := e.knownMessage(ctx, m); ok {
-			return stateResult(m.ID, st), true
-		}
-	}
-	reply := &peakdesk.Reply{ID: newReplyID(), ShopID: m.ShopID, ConversationID: m.ConversationID, UserID: m.UserID,
-		MessageIDs: []string{m.ID}, Text: text, Source: peakdesk.SourceOrder, FollowUp: true}
-	stored := e.storeShedAnswer(ctx, m, reply, actions...)
-	if stored == nil {
-		return accepted{}, false
-	}
-	e.metrics.shed.WithLabelValues(string(m.Priority), "order").Inc()
-	return accepted{MessageID: m.ID, ConversationID: m.ConversationID, Priority: m.Priority,
-		Status: peakdesk.StatusAnswered, Reply: stored}, true
-}
-
-// storeShedAnswer stores m answered by reply (with the actions it
-// promises) and publishes the reply's event; nil when storing fails, or
-// when m was stored before and is still queued.
-func (e *Edge) storeShedAnswer(ctx context.Context, m *peakdesk.Message, reply *peakdesk.Reply, actions ...peakdesk.Action) *peakdesk.Reply {
-	// Message and answer commit together, so no worker sees the message
-	// unanswered.
-	stored, existed, err := e.cfg.DB.SaveAnsweredMessage(ctx, m, reply, e.cfg.ReplyWebhook, actions...)
-	switch {
-	case err != nil:
-		e.log.WarnContext(ctx, "storing a shed answer failed", "trace_id", peakdesk.TraceFrom(ctx).ID, "err", err)
-		return nil
-	case existed:
-		return stored // an idempotent repeat: its answer, or nil while it is still queued
-	}
-	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-	defer cancel()
-	if err := queue.PublishReplyEvent(pctx, e.cfg.JS, stored); err != nil {
-		// The answer is stored and returned inline; only event streams miss it.
-		e.log.WarnContext(ctx, "publishing a shed answer's event failed", "trace_id", peakdesk.TraceFrom(ctx).ID, "err", err)
-	}
-	return stored
+	return text, actions, ok
 }
 
 func newReplyID() string {

@@ -9,12 +9,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/outbox"
+	"github.com/peakdesk/peakdesk/storage"
 	"github.com/peakdesk/peakdesk/storage/queue"
 	"github.com/peakdesk/peakdesk/storage/storagetest"
+	"github.com/peakdesk/peakdesk/workers/shedwriter"
 )
 
 // A message answered from the FAQ while the edge shed keeps that answer:
@@ -24,7 +28,7 @@ import (
 func TestRepeatOfAShedAnswerGetsTheSameAnswerAfterTheShedding(t *testing.T) {
 	t.Parallel()
 	b := setup(t, queue.Topology{}, func(c *Config) {
-		c.FAQ, c.ReplyWebhook = fixedFAQ{}, outbox.ReplyWebhook
+		c.FAQ = fixedFAQ{}
 		c.Admission = AdmissionConfig{MinBacklog: 3, Refresh: 20 * time.Millisecond,
 			MaxWait: map[peakdesk.Priority]time.Duration{peakdesk.P0: time.Hour, peakdesk.P1: time.Hour, peakdesk.P2: time.Nanosecond}}
 	})
@@ -151,5 +155,210 @@ func TestFAQAnswersAreCachedAndBounded(t *testing.T) {
 		if n := c.len(); n > 10 {
 			t.Fatalf("%d cached questions, more than the bound 10", n)
 		}
+	}
+}
+
+// conversationOf posts a first message for user u (before any shedding),
+// stores it answered as a worker would and returns its conversation.
+func (b *testBundle) conversationOf(t *testing.T, u string) string {
+	t.Helper()
+	r := b.do(t, "POST", "/v1/messages", u, `{"text":"你好"}`)
+	if r.status != http.StatusAccepted {
+		t.Fatalf("first message: %d %s", r.status, r.raw)
+	}
+	m, _ := b.takeMessage(t, peakdesk.P2)
+	b.answer(t, m, "您好")
+	return m.ConversationID
+}
+
+// shedP2 fills p2's backlog until the edge sheds p2.
+func (b *testBundle) shedP2(t *testing.T, u string) {
+	t.Helper()
+	n := 0
+	storagetest.WaitFor(t, "the edge sheds p2", 10*time.Second, func() bool {
+		n++
+		return b.do(t, "POST", "/v1/messages", u, fmt.Sprintf(`{"text":"随便问问 %d"}`, n)).status == http.StatusTooManyRequests
+	})
+}
+
+// shedCount is the edge's count of shed p2 messages with outcome.
+func (b *testBundle) shedCount(outcome string) float64 {
+	return testutil.ToFloat64(b.edge.metrics.shed.WithLabelValues("p2", outcome))
+}
+
+// While the edge sheds, a message in a conversation a human agent owns is
+// queued for the agent (202, on the p2 subject for the workers, who store
+// it for the agent) — never answered from the FAQ, never a shed record —
+// while one in a bot conversation gets its FAQ answer as ever; once the
+// agent hands the conversation back, its messages are shed like any.
+func TestShedMessagesOfAConversationAHumanOwnsAreQueuedForTheAgent(t *testing.T) {
+	t.Parallel()
+	b := setup(t, queue.Topology{}, func(c *Config) {
+		c.FAQ = fixedFAQ{}
+		c.Admission = AdmissionConfig{MinBacklog: 3, Refresh: 20 * time.Millisecond,
+			MaxWait: map[peakdesk.Priority]time.Duration{peakdesk.P0: time.Hour, peakdesk.P1: time.Hour, peakdesk.P2: time.Nanosecond}}
+	})
+	ctx := context.Background()
+	human, bot := tok(t, "shop1", b.salt+"u1"), tok(t, "shop1", b.salt+"u2")
+	humanConv, botConv := b.conversationOf(t, human), b.conversationOf(t, bot)
+	ann := storage.DeskActor{Agent: "ann", Scope: "shop1", Via: "test"}
+	if _, _, err := b.db.ClaimForAgent(ctx, ann, humanConv); err != nil {
+		t.Fatal(err)
+	}
+	storagetest.WaitFor(t, "the edge knows the agent has the conversation", 10*time.Second, func() bool {
+		h, known := b.edge.humans.owns("shop1", humanConv)
+		return h && known
+	})
+	b.shedP2(t, bot)
+	in, err := b.js.Stream(ctx, queue.StreamIn)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	const question = `{"text":"双11满减怎么算？","conversation_id":%q}`
+	r := b.do(t, "POST", "/v1/messages?wait=2s", human, fmt.Sprintf(question, humanConv))
+	if r.status != http.StatusAccepted || r.body["status"] != "queued" || r.body["reply"] != nil {
+		t.Fatalf("shed message of the agent's conversation: %d %s; want 202 queued, no answer", r.status, r.raw)
+	}
+	last, err := in.GetLastMsgForSubject(ctx, queue.InSubject(peakdesk.P2, "shop1"))
+	if err != nil || !strings.Contains(string(last.Data), r.body["message_id"].(string)) {
+		t.Errorf("the message is not the last on the p2 subject: %v", err)
+	}
+	if _, err := in.GetLastMsgForSubject(ctx, queue.ShedSubject("shop1")); err == nil {
+		t.Errorf("a shed record was published for the agent's conversation")
+	}
+	if n := b.shedCount("human"); n != 1 {
+		t.Errorf("shed human %v, want 1", n)
+	}
+
+	r = b.do(t, "POST", "/v1/messages", bot, fmt.Sprintf(question, botConv))
+	if r.status != http.StatusOK || r.body["reply"] == nil {
+		t.Fatalf("shed message of the bot's conversation: %d %s; want 200 with the FAQ answer", r.status, r.raw)
+	}
+
+	if _, err := b.db.HandBack(ctx, ann, humanConv); err != nil {
+		t.Fatal(err)
+	}
+	storagetest.WaitFor(t, "the edge knows the bot has the conversation again", 10*time.Second, func() bool {
+		h, known := b.edge.humans.owns("shop1", humanConv)
+		return !h && known
+	})
+	r = b.do(t, "POST", "/v1/messages", human, `{"text":"满减还有吗","conversation_id":"`+humanConv+`"}`)
+	if r.status != http.StatusOK || r.body["reply"] == nil {
+		t.Errorf("shed message after the handback: %d %s; want 200 with the FAQ answer", r.status, r.raw)
+	}
+}
+
+// While the edge does not know which conversations humans own (its
+// listening connection lost), a shed message naming a conversation gets
+// 429, never an FAQ answer; a new conversation's is answered as ever.
+func TestShedMessagesGet429WhileTheEdgeDoesNotKnowWhoOwnsTheConversation(t *testing.T) {
+	t.Parallel()
+	b := setup(t, queue.Topology{}, func(c *Config) {
+		c.FAQ = fixedFAQ{}
+		c.Admission = AdmissionConfig{MinBacklog: 3, Refresh: 20 * time.Millisecond,
+			MaxWait: map[peakdesk.Priority]time.Duration{peakdesk.P0: time.Hour, peakdesk.P1: time.Hour, peakdesk.P2: time.Nanosecond}}
+	})
+	ctx := context.Background()
+	u := tok(t, "shop1", b.salt+"u1")
+	conv := b.conversationOf(t, u)
+	b.shedP2(t, u)
+	if _, known := b.edge.humans.owns("shop1", conv); !known {
+		t.Fatal("the edge does not follow the takeover state after starting")
+	}
+	// Lose the listening connection, and do not come back within the test.
+	b.edge.humans.mu.Lock()
+	b.edge.humans.retry = time.Hour
+	b.edge.humans.mu.Unlock()
+	if err := b.db.Tx(ctx, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+			WHERE datname = current_database() AND query LIKE 'SELECT shop_id, id FROM conversations WHERE state IN%'
+			AND pid <> pg_backend_pid()`)
+		if err == nil && tag.RowsAffected() != 1 {
+			err = fmt.Errorf("terminated %d listeners, want 1", tag.RowsAffected())
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	storagetest.WaitFor(t, "the edge knows it does not know", 10*time.Second, func() bool {
+		_, known := b.edge.humans.owns("shop1", conv)
+		return !known
+	})
+	r := b.do(t, "POST", "/v1/messages", u, `{"text":"双11满减怎么算？","conversation_id":"`+conv+`"}`)
+	if r.status != http.StatusTooManyRequests {
+		t.Errorf("shed message naming a conversation: %d %s; want 429", r.status, r.raw)
+	}
+	if n := b.shedCount("unknown_owner"); n != 1 {
+		t.Errorf("shed unknown_owner %v, want 1", n)
+	}
+	r = b.do(t, "POST", "/v1/messages", u, `{"text":"双11满减怎么算？"}`)
+	if r.status != http.StatusOK || r.body["reply"] == nil {
+		t.Errorf("shed message of a new conversation: %d %s; want 200 with the FAQ answer", r.status, r.raw)
+	}
+}
+
+// An order question shed in the moment between an agent's takeover and the
+// edge hearing of it is told "checking" (the edge did not know), but the
+// shed writer finds the conversation a human's: the message is stored for
+// the agent, and neither the answer nor its follow-up is — the facts are
+// not pushed into a human's conversation.
+func TestAShedOrderQuestionRacingATakeoverIsLeftToTheAgent(t *testing.T) {
+	t.Parallel()
+	b := setup(t, queue.Topology{}, func(c *Config) {
+		c.Orders, c.FAQ = shedOrders{}, fixedFAQ{}
+		c.Admission = AdmissionConfig{MinBacklog: 3, Refresh: 20 * time.Millisecond,
+			MaxWait: map[peakdesk.Priority]time.Duration{peakdesk.P0: time.Hour, peakdesk.P1: time.Nanosecond, peakdesk.P2: time.Nanosecond}}
+	})
+	ctx := context.Background()
+	u := tok(t, "shop1", b.salt+"u1")
+	conv := b.conversationOf(t, u)
+	if _, _, err := b.db.ClaimForAgent(ctx, storage.DeskActor{Agent: "ann", Scope: "shop1", Via: "test"}, conv); err != nil {
+		t.Fatal(err)
+	}
+	storagetest.WaitFor(t, "the edge knows the agent has the conversation", 10*time.Second, func() bool {
+		h, _ := b.edge.humans.owns("shop1", conv)
+		return h
+	})
+	// As if the edge had not heard of the takeover yet.
+	b.edge.humans.mu.Lock()
+	delete(b.edge.humans.owned, ownerKey("shop1", conv))
+	b.edge.humans.mu.Unlock()
+	// An order question is p1: a p1 backlog until the edge sheds p1.
+	other, n := tok(t, "shop1", b.salt+"u2"), 0
+	storagetest.WaitFor(t, "the edge sheds p1", 10*time.Second, func() bool {
+		n++
+		return b.do(t, "POST", "/v1/messages", other, fmt.Sprintf(`{"text":"快递到哪了 %d"}`, n)).status == http.StatusTooManyRequests
+	})
+
+	r := b.do(t, "POST", "/v1/messages", u, `{"text":"我的订单1234567满减到哪了","conversation_id":"`+conv+`"}`)
+	if r.status != http.StatusOK || r.body["status"] != "answered" {
+		t.Fatalf("shed order question the edge thinks the bot's: %d %s; want 200 checking", r.status, r.raw)
+	}
+	w, err := shedwriter.New(shedwriter.Config{JS: b.js, DB: b.db, Webhook: outbox.ReplyWebhook,
+		Logger: storagetest.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(w.Stop)
+	id := r.body["message_id"].(string)
+	storagetest.WaitFor(t, "the writer stores the message", 10*time.Second, func() bool {
+		_, err := b.db.Message(ctx, "shop1", id)
+		return err == nil
+	})
+	rec, err := b.db.Message(ctx, "shop1", id)
+	if err != nil || rec.Status != peakdesk.StatusQueued || rec.Reply != nil {
+		t.Errorf("message %+v %v; want stored for the agent, unanswered", rec, err)
+	}
+	in, err := b.db.Inbox(ctx, "shop1", "ann", 10)
+	if err != nil || len(in.Mine) != 1 || in.Mine[0].Pending != 1 {
+		t.Errorf("agent's inbox %+v (%v); want the question pending", in, err)
+	}
+	acts, err := b.db.ListActions(ctx, "shop1", storage.ActionFilter{Kind: peakdesk.ActionOrderFollowUp}, 0, 10)
+	if err != nil || len(acts) != 0 {
+		t.Errorf("follow-ups %+v (%v); want none in a human's conversation", acts, err)
 	}
 }

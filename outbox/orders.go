@@ -170,6 +170,10 @@ type orderAnswer struct {
 	// about one.
 	order     *shopapi.Order
 	logistics *shopapi.Logistics
+	// general: the data says nothing of an order of the customer's that
+	// the question named — no recent orders, or no refund on the one
+	// order — so a general answer may serve the question better.
+	general bool
 }
 
 // orderDesk answers order questions from lookups, in the shop's words.
@@ -225,6 +229,7 @@ func (d *orderDesk) answer(ctx context.Context, shop, user string, lang texts.La
 		}
 		switch {
 		case candidates == 0:
+			a.general = true
 			return d.render(ctx, shop, lang, texts.OrdersNone, texts.NewOrderList(lang, nil), nil, a)
 		case candidates > 1:
 			facts := make([]texts.OrderFacts, len(open))
@@ -256,7 +261,9 @@ func (d *orderDesk) answer(ctx context.Context, shop, user string, lang texts.La
 			return a, err
 		}
 		key, data = texts.RefundNone, texts.NewOrder(lang, texts.OrderFacts{ID: orderID})
+		a.general = q.OrderID == "" && q.TrackingNo == "" // "how long do refunds take?", no refund asked for
 		if found && len(refunds) > 0 {
+			a.general = false
 			r := refunds[len(refunds)-1]
 			key, data = texts.RefundStatus, texts.NewRefund(lang, texts.RefundFacts{OrderID: orderID,
 				AmountCents: r.AmountCents, Currency: cmp.Or(r.Currency, f.Order.Currency), Status: r.Status,
@@ -294,6 +301,11 @@ type DirectAnswer struct {
 	Actions []peakdesk.Action
 	// FollowUp means Text says "checking" and the facts follow.
 	FollowUp bool
+	// General means the data says nothing of an order the customer named
+	// (no recent orders; no refund on their order, asked without a
+	// number): a general question that only looked like an order question
+	// ("退款多久能到账？") is better answered by a confident FAQ entry.
+	General bool
 }
 
 // DirectCall is an order question to answer directly.
@@ -325,7 +337,7 @@ func (t *Tools) AnswerOrder(ctx context.Context, c DirectCall) (DirectAnswer, er
 	a, err := t.desk.answer(lctx, c.Shop, c.User, c.Lang, c.Question)
 	if err == nil {
 		t.metrics.final.WithLabelValues(finalDirect).Observe(sinceAsked(c.AskedAt))
-		return DirectAnswer{Text: a.text, Masked: a.masked}, nil
+		return DirectAnswer{Text: a.text, Masked: a.masked, General: a.general}, nil
 	}
 	if errors.Is(ctx.Err(), context.Canceled) {
 		return DirectAnswer{}, ctx.Err()

@@ -33,11 +33,19 @@ func (db *DB) ShopOrderAnswers(ctx context.Context, shop string) (string, error)
 	return mode, nil
 }
 
+// validOrderAnswers checks an order_answers setting.
+func validOrderAnswers(mode string) error {
+	if mode != OrderAnswersLLM && mode != OrderAnswersDirect {
+		return peakdesk.FieldError("order_answers", "order_answers must be %s or %s", OrderAnswersLLM, OrderAnswersDirect)
+	}
+	return nil
+}
+
 // SetShopOrderAnswers sets shop's order_answers setting: OrderAnswersLLM or
 // OrderAnswersDirect (else invalid_argument); ErrNotFound for no such shop.
 func (db *DB) SetShopOrderAnswers(ctx context.Context, shop, mode string) error {
-	if mode != OrderAnswersLLM && mode != OrderAnswersDirect {
-		return peakdesk.FieldError("order_answers", "order_answers must be %s or %s", OrderAnswersLLM, OrderAnswersDirect)
+	if err := validOrderAnswers(mode); err != nil {
+		return err
 	}
 	tag, err := db.pool.Exec(ctx, `UPDATE shops SET order_answers = $2 WHERE id = $1`, shop, mode)
 	switch {

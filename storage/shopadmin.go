@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -47,6 +48,11 @@ type ShopConfig struct {
 	// API is how peakdesk reaches the shop's systems and webhook.
 	API     ShopAPISettings
 	Coupons CouponPolicy
+	// Takeover is when and how customers reach a human agent.
+	Takeover TakeoverSettings
+	// OrderAnswers is how order questions are answered: OrderAnswersLLM or
+	// OrderAnswersDirect.
+	OrderAnswers string
 }
 
 // ShopLimits are a shop's request limits at the edge (Redis GCRA); zero =
@@ -187,12 +193,14 @@ func shopConfigError(op string, err error) error {
 func (db *DB) readShopConfig(ctx context.Context, tx pgx.Tx, shop string, lock bool) (*ShopConfig, error) {
 	c := &ShopConfig{ID: shop}
 	var rate, burst, userRate, userBurst, p0, p1, p2, minBacklog *int
+	var slaSecs float64
 	q := `SELECT name, language, currency, retention_days, created_at,
 			rate_per_second, rate_burst, user_rate_per_minute, user_rate_burst,
 			p0_per_user_per_hour, read_per_user_per_minute, sse_streams_per_user,
 			admission_max_wait_p0_ms, admission_max_wait_p1_ms, admission_max_wait_p2_ms, admission_min_backlog,
 			llm_max_tokens, llm_spend_cap_per_day_cents, llm_calls_per_user_per_hour,
-			coupon_per_user_per_day, coupon_budget_per_day_cents
+			coupon_per_user_per_day, coupon_budget_per_day_cents,
+			extract(epoch FROM handoff_sla)::float8, handoff_keywords, order_answers
 		FROM shops WHERE id = $1`
 	if lock {
 		q += ` FOR UPDATE`
@@ -202,7 +210,8 @@ func (db *DB) readShopConfig(ctx context.Context, tx pgx.Tx, shop string, lock b
 		&c.Edge.P0PerUserPerHour, &c.Edge.ReadPerUserPerMinute, &c.Edge.SSEStreamsPerUser,
 		&p0, &p1, &p2, &minBacklog,
 		&c.LLMLimits.MaxTokens, &c.LLMLimits.SpendCapPerDayCents, &c.LLMLimits.CallsPerUserPerHour,
-		&c.Coupons.PerUserPerDay, &c.Coupons.BudgetPerDayCents)
+		&c.Coupons.PerUserPerDay, &c.Coupons.BudgetPerDayCents,
+		&slaSecs, &c.Takeover.Keywords, &c.OrderAnswers)
 	if noRows(err) {
 		return nil, notFound("shop")
 	}
@@ -210,6 +219,7 @@ func (db *DB) readShopConfig(ctx context.Context, tx pgx.Tx, shop string, lock b
 		return nil, err
 	}
 	c.LLMLimits.ShopID, c.LLMLimits.Currency = shop, c.Currency
+	c.Takeover.SLA = time.Duration(slaSecs * float64(time.Second))
 	c.Limits = ShopLimits{RatePerSecond: deref(rate), RateBurst: deref(burst), UserRatePerMinute: deref(userRate),
 		UserRateBurst: deref(userBurst)}
 	c.Admission = ShopAdmission{MaxWaitP0: millis(p0), MaxWaitP1: millis(p1), MaxWaitP2: millis(p2),
@@ -258,6 +268,17 @@ func (db *DB) readShopConfig(ctx context.Context, tx pgx.Tx, shop string, lock b
 // writeShopConfig writes c (whose shops row exists) in tx, secrets sealed.
 // created says the shop is new: it has no LLM settings row to keep.
 func (db *DB) writeShopConfig(ctx context.Context, tx pgx.Tx, c *ShopConfig, created bool) error {
+	// Zero values are the defaults, as for the other settings.
+	c.Takeover.SLA = cmp.Or(c.Takeover.SLA, DefaultHandoffSLA)
+	c.OrderAnswers = cmp.Or(c.OrderAnswers, OrderAnswersLLM)
+	takeover, err := c.Takeover.normalized()
+	if err != nil {
+		return err
+	}
+	c.Takeover = takeover
+	if err := validOrderAnswers(c.OrderAnswers); err != nil {
+		return err
+	}
 	nullable := func(v int) *int {
 		if v <= 0 {
 			return nil
@@ -271,13 +292,14 @@ func (db *DB) writeShopConfig(ctx context.Context, tx pgx.Tx, c *ShopConfig, cre
 		v := int(d.Milliseconds())
 		return &v
 	}
-	_, err := tx.Exec(ctx, `UPDATE shops SET name = $2, language = $3, currency = $4, retention_days = $5,
+	_, err = tx.Exec(ctx, `UPDATE shops SET name = $2, language = $3, currency = $4, retention_days = $5,
 			rate_per_second = $6, rate_burst = $7, user_rate_per_minute = $8, user_rate_burst = $9,
 			p0_per_user_per_hour = $10, read_per_user_per_minute = $11, sse_streams_per_user = $12,
 			admission_max_wait_p0_ms = $13, admission_max_wait_p1_ms = $14, admission_max_wait_p2_ms = $15,
 			admission_min_backlog = $16,
 			llm_max_tokens = $17, llm_spend_cap_per_day_cents = $18, llm_calls_per_user_per_hour = $19,
-			coupon_per_user_per_day = $20, coupon_budget_per_day_cents = $21
+			coupon_per_user_per_day = $20, coupon_budget_per_day_cents = $21,
+			handoff_sla = $22::interval, handoff_keywords = $23, order_answers = $24
 		WHERE id = $1`,
 		c.ID, c.Name, c.Language, c.Currency, c.RetentionDays,
 		nullable(c.Limits.RatePerSecond), nullable(c.Limits.RateBurst), nullable(c.Limits.UserRatePerMinute),
@@ -285,7 +307,8 @@ func (db *DB) writeShopConfig(ctx context.Context, tx pgx.Tx, c *ShopConfig, cre
 		c.Edge.P0PerUserPerHour, c.Edge.ReadPerUserPerMinute, c.Edge.SSEStreamsPerUser,
 		ms(c.Admission.MaxWaitP0), ms(c.Admission.MaxWaitP1), ms(c.Admission.MaxWaitP2), nullable(c.Admission.MinBacklog),
 		c.LLMLimits.MaxTokens, c.LLMLimits.SpendCapPerDayCents, c.LLMLimits.CallsPerUserPerHour,
-		c.Coupons.PerUserPerDay, c.Coupons.BudgetPerDayCents)
+		c.Coupons.PerUserPerDay, c.Coupons.BudgetPerDayCents,
+		c.Takeover.SLA, c.Takeover.Keywords, c.OrderAnswers)
 	if err != nil {
 		return err
 	}

@@ -37,7 +37,8 @@ import (
 //
 // Each change writes its desk webhooks (conversation.handoff, .assigned,
 // .resolved, .handback, message.created) in the same transaction, for
-// shops with a webhook URL.
+// shops with a webhook URL, and a move between the bot and a human
+// notifies HumanOwnedChannel (storage/shed.go) for the shedding edges.
 
 // ErrHumanOwned is returned by SaveTurn when a human agent took the
 // conversation while the bot composed its answer: nothing was stored, and
@@ -113,6 +114,9 @@ func handOff(ctx context.Context, tx pgx.Tx, shop, conv string, h HandOff) (bool
 	case noRows(err):
 		return false, nil
 	case err != nil:
+		return false, fmt.Errorf("storage: hand off: %w", err)
+	}
+	if err := notifyHumanOwned(ctx, tx, shop, conv, true); err != nil {
 		return false, fmt.Errorf("storage: hand off: %w", err)
 	}
 	msgs, err := toHuman(ctx, tx, d, h.Announce)
@@ -352,6 +356,8 @@ func (db *DB) ClaimForAgent(ctx context.Context, a DeskActor, conv string) (d *p
 			waited = next.AssignedAt.Sub(next.WaitingSince)
 		} else if msgs, err = toHuman(ctx, tx, next, nil); err != nil {
 			return nil, err
+		} else if err := notifyHumanOwned(ctx, tx, next.ShopID, next.ConversationID, true); err != nil {
+			return nil, err
 		}
 		if err := writeDeskEvents(ctx, tx, next, peakdesk.EventConversationAssigned, msgs); err != nil {
 			return nil, err
@@ -466,6 +472,9 @@ func (db *DB) release(ctx context.Context, a DeskActor, conv string, to peakdesk
 			WHERE conversation_id = $1 AND shop_id = $2 AND reply_id IS NULL AND status = 'human'`,
 			next.ConversationID, next.ShopID)
 		if err != nil {
+			return nil, err
+		}
+		if err := notifyHumanOwned(ctx, tx, next.ShopID, next.ConversationID, false); err != nil {
 			return nil, err
 		}
 		if err := writeDeskEvents(ctx, tx, next, event, nil); err != nil {
@@ -686,6 +695,35 @@ type TakeoverSettings struct {
 	Keywords []string
 }
 
+// DefaultHandoffSLA is a new shop's handoff_sla.
+const DefaultHandoffSLA = 10 * time.Minute
+
+// normalized checks s — an SLA of at least one second, keywords of 1..50
+// characters, at most 100 — and returns it with blank and repeated
+// keywords dropped.
+func (s TakeoverSettings) normalized() (TakeoverSettings, error) {
+	if s.SLA < time.Second {
+		return s, peakdesk.FieldError("handoff.sla", "handoff.sla must be at least 1s")
+	}
+	keywords := []string{}
+	for _, k := range s.Keywords {
+		if k = strings.TrimSpace(k); k == "" {
+			continue
+		}
+		if n := len([]rune(k)); n > 50 {
+			return s, peakdesk.FieldError("handoff.keywords", "a handoff keyword must be at most 50 characters")
+		}
+		if !slices.Contains(keywords, k) {
+			keywords = append(keywords, k)
+		}
+	}
+	if len(keywords) > 100 {
+		return s, peakdesk.FieldError("handoff.keywords", "at most 100 handoff keywords")
+	}
+	s.Keywords = keywords
+	return s, nil
+}
+
 // ShopTakeoverSettings returns shop's takeover settings, or ErrNotFound.
 func (db *DB) ShopTakeoverSettings(ctx context.Context, shop string) (*TakeoverSettings, error) {
 	var s TakeoverSettings
@@ -705,26 +743,12 @@ func (db *DB) ShopTakeoverSettings(ctx context.Context, shop string) (*TakeoverS
 // SetShopTakeoverSettings sets shop's takeover settings: an SLA of at least
 // one second, keywords of 1..50 characters (blank ones dropped, at most 100).
 func (db *DB) SetShopTakeoverSettings(ctx context.Context, shop string, s TakeoverSettings) error {
-	if s.SLA < time.Second {
-		return peakdesk.FieldError("handoff_sla", "handoff_sla must be at least 1s")
-	}
-	keywords := []string{}
-	for _, k := range s.Keywords {
-		if k = strings.TrimSpace(k); k == "" {
-			continue
-		}
-		if n := len([]rune(k)); n > 50 {
-			return peakdesk.FieldError("handoff_keywords", "a handoff keyword must be at most 50 characters")
-		}
-		if !slices.Contains(keywords, k) {
-			keywords = append(keywords, k)
-		}
-	}
-	if len(keywords) > 100 {
-		return peakdesk.FieldError("handoff_keywords", "at most 100 handoff keywords")
+	s, err := s.normalized()
+	if err != nil {
+		return err
 	}
 	tag, err := db.pool.Exec(ctx, `UPDATE shops SET handoff_sla = $2::interval, handoff_keywords = $3 WHERE id = $1`,
-		shop, s.SLA, keywords)
+		shop, s.SLA, s.Keywords)
 	switch {
 	case err != nil:
 		return fmt.Errorf("storage: set shop takeover settings: %w", err)

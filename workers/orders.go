@@ -26,7 +26,7 @@ func (a *turnAnswer) orders(tools *outbox.Tools, call outbox.DirectCall, log *sl
 		a.mu.Lock()
 		a.actions = append(a.actions, d.Actions...)
 		a.mu.Unlock()
-		return answer.OrderAnswer{Text: d.Text, Masked: d.Masked}, true
+		return answer.OrderAnswer{Text: d.Text, Masked: d.Masked, General: d.General}, true
 	}
 }
 

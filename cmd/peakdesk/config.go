@@ -71,6 +71,9 @@ type Config struct {
 	// MetricsAddr is where /metrics (and /healthz) are served, apart from
 	// the API; empty: nowhere.
 	MetricsAddr string
+	// Pprof serves Go's profiles (/debug/pprof/) beside /metrics on
+	// MetricsAddr (PEAKDESK_PPROF; off by default).
+	Pprof bool
 	// MaxStreams caps the event streams one edge process holds open.
 	MaxStreams int
 	// MaxInFlight caps the requests one edge process handles at once (event
@@ -193,6 +196,7 @@ func envDefaults(getenv func(string) string, dev bool) Config {
 		DataDir:           e.str("PEAKDESK_DATA_DIR", ".peakdesk"),
 		JWTSecret:         e.str("PEAKDESK_JWT_SECRET", ""),
 		MetricsAddr:       e.str("PEAKDESK_METRICS_ADDR", "127.0.0.1:9090"),
+		Pprof:             e.bool("PEAKDESK_PPROF", false),
 		MaxStreams:        e.int("PEAKDESK_MAX_STREAMS", 10_000),
 		LLMBaseURL:        e.str("PEAKDESK_LLM_BASE_URL", ""),
 		LLMAPIKey:         e.str("PEAKDESK_LLM_API_KEY", ""),
@@ -366,6 +370,7 @@ func parseFlags(name string, args []string, stderr io.Writer, getenv func(string
 	fs.BoolVar(&c.PublishBatch, "publish-batch", c.PublishBatch, "group concurrent publishes into atomic batches; use with fsync-always JetStream (env PEAKDESK_PUBLISH_BATCH)")
 	fs.StringVar(&c.HTTPAddr, "http-addr", c.HTTPAddr, "HTTP listen address (env PEAKDESK_HTTP_ADDR)")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", c.MetricsAddr, "listen address of /metrics, apart from the API; empty: none (env PEAKDESK_METRICS_ADDR)")
+	fs.BoolVar(&c.Pprof, "pprof", c.Pprof, "also serve Go's profiles at /debug/pprof/ on the metrics address (env PEAKDESK_PPROF)")
 	fs.IntVar(&c.MaxStreams, "max-streams", c.MaxStreams, "event streams one edge process holds open at most (env PEAKDESK_MAX_STREAMS)")
 	fs.IntVar(&c.MaxInFlight, "max-inflight", c.MaxInFlight, "requests one edge process handles at once; more are answered 503 (env PEAKDESK_MAX_INFLIGHT)")
 	fs.IntVar(&c.ShedWriterBatch, "shed-writer-batch", c.ShedWriterBatch, "shed answers the worker role stores per transaction (env PEAKDESK_SHED_WRITER_BATCH)")

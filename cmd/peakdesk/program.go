@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"strings"
@@ -239,8 +240,8 @@ func (p *Program) Start(ctx context.Context) (err error) {
 			DB: p.db, Redis: p.rdb, JS: p.js,
 			Logger: p.Log, Registerer: p.registry,
 			BatchPublish: cfg.PublishBatch,
-			FAQ:          edgeFAQ{p.faq}, ReplyWebhook: outbox.ReplyWebhook,
-			FAQCacheTTL: cfg.FAQCacheTTL, MaxInFlight: cfg.MaxInFlight,
+			FAQ:          edgeFAQ{p.faq},
+			FAQCacheTTL:  cfg.FAQCacheTTL, MaxInFlight: cfg.MaxInFlight,
 			Orders: p.orders.tools,
 			Admission: ingest.AdmissionConfig{Disabled: cfg.AdmissionDisabled, MinBacklog: int64(cfg.AdmissionMinBacklog),
 				MaxWait: map[peakdesk.Priority]time.Duration{
@@ -401,11 +402,23 @@ func (p *Program) startMetrics() error {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(p.registry, promhttp.HandlerOpts{Registry: p.registry}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	if p.Config.Pprof {
+		// Profiles on the metrics listener only: never on the API port.
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	}
+	writeTimeout := 30 * time.Second
+	if p.Config.Pprof {
+		writeTimeout = 5 * time.Minute // a CPU profile or trace takes ?seconds= to write
+	}
 	p.metricsSrv = &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       10 * time.Second,
-		WriteTimeout:      30 * time.Second,
+		WriteTimeout:      writeTimeout,
 		ErrorLog:          slog.NewLogLogger(p.Log.Handler(), slog.LevelWarn),
 	}
 	go func() { p.serveErr <- p.metricsSrv.Serve(ln) }()

@@ -40,7 +40,8 @@ const shopUsage = `Usage: peakdesk shop <subcommand> [flags] [field=value ...]
                                          widget and API (CORS)
 
 Fields are the JSON paths of "show", e.g. language=en limits.rate_per_second=50
-webhook.url=https://shop.example/hooks admission.max_wait_p2=20s
+webhook.url=https://shop.example/hooks admission.max_wait_p2=20s handoff.sla=5m
+handoff.keywords='["找店长"]' order_answers=direct
 llm.chain='[{"model":"qwen-max","base_url":"https://a.example/v1"},{"model":"deepseek-chat","base_url":"https://b.example/v1"}]'
 money.coupon_max_cents=null. A value that parses as JSON (a number, true,
 null, [...], {...}, "quoted") is that; anything else is a string; @FILE reads

@@ -168,10 +168,12 @@ func defaults(id, name string) *storage.ShopConfig {
 	calls := storage.DefaultLLMCallsPerUserHour
 	return &storage.ShopConfig{ID: id, Name: name, Language: "zh", Currency: storage.DefaultCurrency,
 		RetentionDays: storage.DefaultRetentionDays, Edge: storage.DefaultEdgeLimits,
-		LLM:       storage.LLMSettings{ShopID: id},
-		LLMLimits: storage.LLMLimits{ShopID: id, MaxTokens: storage.DefaultLLMMaxTokens, CallsPerUserPerHour: &calls},
-		API:       storage.ShopAPISettings{ShopID: id},
-		Coupons:   storage.CouponPolicy{PerUserPerDay: 1, BudgetPerDayCents: 50_000}}
+		LLM:          storage.LLMSettings{ShopID: id},
+		LLMLimits:    storage.LLMLimits{ShopID: id, MaxTokens: storage.DefaultLLMMaxTokens, CallsPerUserPerHour: &calls},
+		API:          storage.ShopAPISettings{ShopID: id},
+		Coupons:      storage.CouponPolicy{PerUserPerDay: 1, BudgetPerDayCents: 50_000},
+		Takeover:     storage.TakeoverSettings{SLA: storage.DefaultHandoffSLA, Keywords: []string{}},
+		OrderAnswers: storage.OrderAnswersLLM}
 }
 
 // Update changes shop's settings by p, in one transaction with its audit

@@ -283,3 +283,56 @@ func TestTheFAQIsUploadedEditedAndTriedAsTheWorkersWouldSearchIt(t *testing.T) {
 		t.Errorf("audit %s", got)
 	}
 }
+
+// The handoff settings and order_answers are set like any other setting and
+// are what the relay (handoff_sla notices), the edge and workers (handoff
+// keywords) and the order tools (order_answers) read.
+func TestHandoffSettingsAndOrderAnswersAreShopSettings(t *testing.T) {
+	t.Parallel()
+	a, db := setup(t, false)
+	ctx := context.Background()
+	created, err := a.Create(ctx, platform, "desk", "Desk", shopadmin.Patch{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := created.Shop; time_(s.Handoff.SLA) != "10m0s" || len(s.Handoff.Keywords) != 0 || s.OrderAnswers != "llm" {
+		t.Fatalf("a new shop's defaults: %+v, order_answers %q", s.Handoff, s.OrderAnswers)
+	}
+	s, err := a.Update(ctx, platform, "desk", patch(t,
+		`{"handoff":{"sla":"90s","keywords":["找店长"," 投诉经理 ","","找店长"]},"order_answers":"direct"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if time_(s.Handoff.SLA) != "1m30s" || strings.Join(s.Handoff.Keywords, "|") != "找店长|投诉经理" || s.OrderAnswers != "direct" {
+		t.Fatalf("updated: %+v, order_answers %q", s.Handoff, s.OrderAnswers)
+	}
+	ts, err := db.ShopTakeoverSettings(ctx, "desk")
+	if err != nil || ts.SLA.String() != "1m30s" || strings.Join(ts.Keywords, "|") != "找店长|投诉经理" {
+		t.Fatalf("stored takeover settings %+v, %v", ts, err)
+	}
+	if mode, err := db.ShopOrderAnswers(ctx, "desk"); err != nil || mode != "direct" {
+		t.Fatalf("stored order_answers %q, %v", mode, err)
+	}
+	// Changing another setting keeps them.
+	if s, err = a.Update(ctx, platform, "desk", patch(t, `{"language":"en"}`)); err != nil ||
+		s.OrderAnswers != "direct" || len(s.Handoff.Keywords) != 2 {
+		t.Fatalf("after another change: %+v, %v", s, err)
+	}
+
+	for _, bad := range []struct{ js, field string }{
+		{`{"handoff":{"sla":"500ms"}}`, "handoff.sla"},
+		{`{"handoff":{"keywords":["` + strings.Repeat("长", 51) + `"]}}`, "handoff.keywords"},
+		{`{"order_answers":"sometimes"}`, "order_answers"},
+	} {
+		_, err := a.Update(ctx, platform, "desk", patch(t, bad.js))
+		var pe *peakdesk.Error
+		if !errors.As(err, &pe) || pe.Code != peakdesk.EInvalid || pe.Field != bad.field {
+			t.Errorf("%s: %v, want invalid %s", bad.js, err, bad.field)
+		}
+	}
+	// null puts them back to their defaults.
+	if s, err = a.Update(ctx, platform, "desk", patch(t, `{"handoff":{"sla":null,"keywords":null},"order_answers":null}`)); err != nil ||
+		time_(s.Handoff.SLA) != "10m0s" || len(s.Handoff.Keywords) != 0 || s.OrderAnswers != "llm" {
+		t.Fatalf("null: %+v, %v", s, err)
+	}
+}

@@ -33,6 +33,21 @@ type Shop struct {
 	ShopAPI ShopAPI             `json:"shop_api"`
 	Webhook Webhook             `json:"webhook"`
 	Money   Money               `json:"money"`
+	Handoff Handoff             `json:"handoff"`
+	// OrderAnswers is how order questions are answered: "llm" (the LLM
+	// with its tools; the shop's data directly when the LLM cannot) or
+	// "direct" (from the shop's data always, without the LLM).
+	OrderAnswers string `json:"order_answers"`
+}
+
+// Handoff is when and how customers reach a human agent.
+type Handoff struct {
+	// SLA is how long a customer waits for an agent before being told the
+	// expected wait.
+	SLA Duration `json:"sla"`
+	// Keywords are the shop's own words with which a customer asks for a
+	// human, besides the built-in ones ("人工", "agent", ...).
+	Keywords []string `json:"keywords"`
 }
 
 // Limits are a shop's request and abuse limits at the edge.
@@ -178,6 +193,8 @@ func view(c *storage.ShopConfig) *Shop {
 		Money: Money{CouponPerUserPerDay: c.Coupons.PerUserPerDay, CouponBudgetPerDayCents: c.Coupons.BudgetPerDayCents,
 			CouponMaxCents: c.API.CouponMaxCents, RefundMaxCents: c.API.RefundMaxCents,
 			LLMSpendCapPerDayCents: c.LLMLimits.SpendCapPerDayCents, LLMCallsPerUserPerHour: c.LLMLimits.CallsPerUserPerHour},
+		Handoff:      Handoff{SLA: Duration(c.Takeover.SLA), Keywords: append([]string{}, c.Takeover.Keywords...)},
+		OrderAnswers: c.OrderAnswers,
 	}
 	for _, r := range c.Rules {
 		s.Rules[string(r.Priority)] = append(s.Rules[string(r.Priority)], r.Keyword)
@@ -203,6 +220,14 @@ type Patch struct {
 	ShopAPI       ShopAPIPatch `json:"shop_api"`
 	Webhook       WebhookPatch `json:"webhook"`
 	Money         MoneyPatch   `json:"money"`
+	Handoff       HandoffPatch `json:"handoff"`
+	OrderAnswers  Opt[string]  `json:"order_answers"`
+}
+
+// HandoffPatch changes Handoff; the keywords replace the keywords.
+type HandoffPatch struct {
+	SLA      Opt[Duration] `json:"sla"`
+	Keywords Opt[[]string] `json:"keywords"`
 }
 
 // Rules are keywords by priority.
@@ -408,6 +433,13 @@ func (p *Patch) apply(c *storage.ShopConfig, checkURL func(field, url string) er
 	setPtr(&c.LLMLimits.SpendCapPerDayCents, p.Money.LLMSpendCapPerDayCents)
 	setPtr(&c.LLMLimits.CallsPerUserPerHour, p.Money.LLMCallsPerUserPerHour)
 
+	sla := Duration(c.Takeover.SLA)
+	set(&sla, p.Handoff.SLA, Duration(storage.DefaultHandoffSLA))
+	c.Takeover.SLA = time.Duration(sla)
+	set(&c.Takeover.Keywords, p.Handoff.Keywords, []string{})
+	set(&c.OrderAnswers, p.OrderAnswers, storage.OrderAnswersLLM)
+	c.OrderAnswers = strings.TrimSpace(c.OrderAnswers)
+
 	if err := check(c); err != nil {
 		return err
 	}
@@ -566,6 +598,12 @@ func check(c *storage.ShopConfig) error {
 		if w.d > 0 && (w.d < time.Second || w.d > 24*time.Hour) {
 			return peakdesk.FieldError(w.field, "must be within 1s..24h (or empty for the process setting)")
 		}
+	}
+	if c.Takeover.SLA < time.Second || c.Takeover.SLA > 7*24*time.Hour {
+		return peakdesk.FieldError("handoff.sla", "must be within 1s..168h")
+	}
+	if c.OrderAnswers != storage.OrderAnswersLLM && c.OrderAnswers != storage.OrderAnswersDirect {
+		return peakdesk.FieldError("order_answers", "must be %s or %s", storage.OrderAnswersLLM, storage.OrderAnswersDirect)
 	}
 	return nil
 }

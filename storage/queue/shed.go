@@ -18,16 +18,19 @@ const ConsumerShedWriter = "shed-writer"
 // is either queued for the workers or answered at the edge, never both.
 func ShedSubject(shop string) string { return "chat.shed." + shop }
 
-// ShedRecord is what the edge publishes for a shed answer: the message and
-// the reply the customer got.
+// ShedRecord is what the edge publishes for a shed answer: the message, the
+// reply the customer got and what the reply promises (an order question's
+// order.followup; never money).
 type ShedRecord struct {
-	Message peakdesk.Message `json:"message"`
-	Reply   peakdesk.Reply   `json:"reply"`
+	Message peakdesk.Message  `json:"message"`
+	Reply   peakdesk.Reply    `json:"reply"`
+	Actions []peakdesk.Action `json:"actions,omitempty"`
 }
 
-// EncodeShed returns the record of message m answered by r.
-func EncodeShed(m *peakdesk.Message, r *peakdesk.Reply) ([]byte, error) {
-	b, err := json.Marshal(ShedRecord{Message: *m, Reply: *r})
+// EncodeShed returns the record of message m answered by r, which promises
+// actions.
+func EncodeShed(m *peakdesk.Message, r *peakdesk.Reply, actions ...peakdesk.Action) ([]byte, error) {
+	b, err := json.Marshal(ShedRecord{Message: *m, Reply: *r, Actions: actions})
 	if err != nil {
 		return nil, fmt.Errorf("queue: encode shed answer: %w", err)
 	}

@@ -400,7 +400,7 @@ type turn struct {
 // FAQ, a handoff. It returns nil only when ctx is cancelled.
 func (a *Answerer) compose(ctx context.Context, t turn) *Answer {
 	// 0. An order question of a shop that answers them from its data.
-	if ans := a.orderAnswer(ctx, t, true); ans != nil {
+	if ans, _ := a.orderAnswer(ctx, t, true); ans != nil {
 		return ans
 	}
 	route := a.settings.get(ctx, t.req.Shop, t.log)
@@ -486,13 +486,13 @@ func (a *Answerer) compose(ctx context.Context, t turn) *Answer {
 	// not say what was done, the handoff reply tells the customer a human
 	// follows up and the agent sees the actions.
 	if len(cv.called) == 0 {
-		if oa := a.orderAnswer(ctx, t, false); oa != nil {
-			oa.Model, oa.PromptTokens, oa.CompletionTokens, oa.CostMicroUSD = ans.Model, ans.PromptTokens,
-				ans.CompletionTokens, ans.CostMicroUSD
-			oa.StreamBroken, oa.Capped = ans.StreamBroken, ans.Capped
-			oa.Masked = addCounts(ans.Masked, oa.Masked)
-			return oa
+		oa, general := a.orderAnswer(ctx, t, false)
+		if oa != nil && !general {
+			return withCosts(oa, ans)
 		}
+		// No order answer, or one that says only "no orders" / "no refund"
+		// to what may be a general question ("退款多久能到账？"): a
+		// confident FAQ entry first.
 		if len(top) > 0 && top[0].Confidence >= a.faq.Threshold() {
 			ans.Text, ans.Source = top[0].Answer, peakdesk.SourceFAQ
 			return ans
@@ -503,11 +503,24 @@ func (a *Answerer) compose(ctx context.Context, t turn) *Answer {
 				return ans
 			}
 		}
+		if oa != nil {
+			return withCosts(oa, ans)
+		}
 	}
 
 	// 3. A human.
 	ans.Text, ans.Source, ans.Handoff = handoffText(t.req.Question, route.lang), peakdesk.SourceHandoff, true
 	return ans
+}
+
+// withCosts gives the order answer oa what the model chain cost and did
+// before it (ans).
+func withCosts(oa, ans *Answer) *Answer {
+	oa.Model, oa.PromptTokens, oa.CompletionTokens, oa.CostMicroUSD = ans.Model, ans.PromptTokens,
+		ans.CompletionTokens, ans.CostMicroUSD
+	oa.StreamBroken, oa.Capped = ans.StreamBroken, ans.Capped
+	oa.Masked = addCounts(ans.Masked, oa.Masked)
+	return oa
 }
 
 // prompt builds the turns sent to the LLM: the system message (the shop's

@@ -24,13 +24,17 @@ type OrderAnswer struct {
 	Text string
 	// Masked counts what was masked in it, by kind.
 	Masked map[string]int
+	// General: the data says nothing of an order the customer named (no
+	// recent orders, no refund asked for); a confident FAQ entry answers
+	// instead, when there is one.
+	General bool
 }
 
 // orderAnswer asks req.Orders (first: before the model chain) and returns
 // its answer, or nil.
-func (a *Answerer) orderAnswer(ctx context.Context, t turn, first bool) *Answer {
+func (a *Answerer) orderAnswer(ctx context.Context, t turn, first bool) (ans *Answer, general bool) {
 	if t.req.Orders == nil {
-		return nil
+		return nil, false
 	}
 	// Past the deadline the order desk still says "checking" (and follows
 	// up) rather than nothing.
@@ -41,7 +45,7 @@ func (a *Answerer) orderAnswer(ctx context.Context, t turn, first bool) *Answer 
 	}
 	oa, ok := t.req.Orders(ctx, first)
 	if !ok {
-		return nil
+		return nil, false
 	}
-	return &Answer{Text: oa.Text, Source: peakdesk.SourceOrder, Masked: oa.Masked}
+	return &Answer{Text: oa.Text, Source: peakdesk.SourceOrder, Masked: oa.Masked}, oa.General
 }

@@ -14,7 +14,7 @@ func newMetrics(reg prometheus.Registerer, buffered func() float64) (*metrics, e
 		records: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "peakdesk_shed_writer_records_total",
 			Help: "Shed answers the writer settled, by outcome: stored, repeat (the message was stored already), " +
-				"foreign (another user's conversation), malformed, retried (the batch or the event failed).",
+				"foreign (another user's conversation), human (kept for the agent who owns the conversation, the answer not stored), malformed, retried (the batch, the event or the announcement failed).",
 		}, []string{"outcome"}),
 		batch: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "peakdesk_shed_writer_batch_size",

@@ -7,7 +7,9 @@
 // (durable consumer shed-writer) and group-commits them: message, reply and
 // webhook action per record, idempotent by message and reply id
 // (storage.SaveShedAnswers); then it publishes each stored reply's event
-// to CHAT_EVENTS (deduplicated by reply id) and only then acks. A writer
+// to CHAT_EVENTS (deduplicated by reply id) and only then acks. A message
+// whose conversation a human agent owns is stored for the agent without
+// the answer, and announced to the agents instead. A writer
 // that dies anywhere leaves its records unacked, to be redelivered and
 // stored once. It runs in the worker role; many may run.
 package shedwriter
@@ -19,6 +21,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
@@ -244,7 +247,7 @@ func (w *Writer) commit(batch []jetstream.Msg) {
 		}
 		rec.Reply.MessageIDs = []string{rec.Message.ID}
 		answers = append(answers, storage.ShedAnswer{Message: &rec.Message, Reply: &rec.Reply,
-			Trace: m.Headers().Get(peakdesk.TraceHeader)})
+			Trace: m.Headers().Get(peakdesk.TraceHeader), Actions: rec.Actions})
 		msgs = append(msgs, m)
 	}
 	if len(answers) == 0 {
@@ -280,6 +283,15 @@ func (w *Writer) store(ctx context.Context, answers []storage.ShedAnswer, msgs [
 		return
 	}
 
+	// The relays find the answers' webhooks and follow-ups when they poll;
+	// one notification for the batch brings them at once (after the
+	// commit: a NOTIFY in the transaction would serialise the commits).
+	if slices.Contains(outcomes, storage.ShedStored) {
+		if err := w.cfg.DB.NotifyRelays(ctx); err != nil {
+			w.log.Debug("waking the relays failed; they find the actions when they poll", "err", err)
+		}
+	}
+
 	// Publish the events of the answers that are their messages' (again,
 	// for a redelivered record: CHAT_EVENTS drops the repeat by reply id).
 	futures := make([]jetstream.PubAckFuture, len(answers))
@@ -298,6 +310,18 @@ func (w *Writer) store(ctx context.Context, answers []storage.ShedAnswer, msgs [
 	for i, a := range answers {
 		m := msgs[i]
 		switch outcomes[i] {
+		case storage.ShedHuman:
+			// A human agent took the conversation after the edge looked
+			// (storage.SaveShedAnswers says why the answer the edge gave
+			// is not stored): the message is the agent's. Tell the agents,
+			// as a worker does for a message it stores for them; no reply
+			// event. A failed announcement is retried with the record
+			// (storing it again is a no-op, announcing it again too).
+			if !w.announce(ctx, a.Message) {
+				w.metrics.records.WithLabelValues("retried").Inc()
+				_ = m.NakWithDelay(w.cfg.RetryDelay)
+				continue
+			}
 		case storage.ShedRepeat:
 			// The message was queued or answered before: its own answer stands.
 			w.log.Info("a shed answer's message was stored already; the answer is not stored",
@@ -314,6 +338,25 @@ func (w *Writer) store(ctx context.Context, answers []storage.ShedAnswer, msgs [
 		w.metrics.records.WithLabelValues(outcomes[i].String()).Inc()
 		_ = m.Ack()
 	}
+}
+
+// announce tells the agents of m, kept for them: its message.created
+// webhook and the conversation's waiting priority (durable, idempotent),
+// then, best effort, the agents following the conversation live.
+func (w *Writer) announce(ctx context.Context, m *peakdesk.Message) bool {
+	if err := w.cfg.DB.AnnounceHumanMessage(ctx, m); err != nil {
+		w.log.Warn("announcing a shed message to the agents failed; it is retried", "shop", m.ShopID,
+			"message_id", m.ID, "err", err)
+		return false
+	}
+	w.log.Info("a shed message's conversation is a human agent's; the message is theirs, the FAQ answer is not stored",
+		"shop", m.ShopID, "message_id", m.ID, "conversation_id", m.ConversationID)
+	st := peakdesk.MessageState{ID: m.ID, ConversationID: m.ConversationID, Priority: m.Priority,
+		Status: peakdesk.StatusQueued, Text: m.Text, CreatedAt: m.AcceptedAt}
+	if err := queue.PublishDeskMessage(w.cfg.JS.Conn(), m.ShopID, &st); err != nil {
+		w.log.Warn("showing a message to the agents live failed", "shop", m.ShopID, "message_id", m.ID, "err", err)
+	}
+	return true
 }
 
 // refused reports whether err is the database's (or the batch's own) rather

@@ -237,3 +237,115 @@ func TestAShedAnswerThatCannotBeStoredHoldsBackNoOther(t *testing.T) {
 	}
 	storagetest.WaitFor(t, "only the poison record left", 10*time.Second, func() bool { return b.pending(t) == 1 })
 }
+
+// publishRecord publishes the shed record of m answered by r, with no
+// Nats-Msg-Id (so each call is another copy, as a redelivery).
+func (b *testBundle) publishRecord(t *testing.T, m *peakdesk.Message, r *peakdesk.Reply) {
+	t.Helper()
+	data, err := queue.EncodeShed(m, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := nats.NewMsg(queue.ShedSubject(m.ShopID))
+	msg.Data = data
+	if _, err := b.js.PublishMsg(context.Background(), msg); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A shed message on a conversation a human agent took over after the edge
+// answered it goes to the agent, once however many copies come: in the
+// agent's inbox, announced (message.created webhook, live desk message),
+// its FAQ answer neither stored nor published. A bot conversation's shed
+// answer is stored as ever.
+func TestAShedMessageOnAConversationAHumanOwnsGoesToTheAgent(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	conv := fmt.Sprintf("cafe%028x", 1)
+	now := time.Now().UTC()
+	msg := func(n int, text string) (*peakdesk.Message, *peakdesk.Reply) {
+		m := &peakdesk.Message{ID: fmt.Sprintf("%032x", 5000+n), ShopID: "shop1", ConversationID: conv, UserID: "uh",
+			Text: text, Priority: peakdesk.P2, AcceptedAt: now}
+		return m, &peakdesk.Reply{ID: fmt.Sprintf("r%031x", 5000+n), ShopID: "shop1", ConversationID: conv,
+			MessageIDs: []string{m.ID}, Text: "满300减50", Source: peakdesk.SourceFAQ, CreatedAt: now}
+	}
+	// The bot's conversation, then an agent takes it over.
+	first, firstReply := msg(1, "双11满减怎么算？")
+	if _, err := b.db.SaveShedAnswers(ctx, []storage.ShedAnswer{{Message: first, Reply: firstReply}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := b.db.ClaimForAgent(ctx, storage.DeskActor{Agent: "ann", Scope: "shop1", Via: "test"}, conv); err != nil {
+		t.Fatal(err)
+	}
+	live, err := b.js.Conn().SubscribeSync(queue.DeskSubject("shop1", conv))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, r := msg(2, "满减能和优惠券一起用吗")
+	b.publishRecord(t, m, r)
+	b.publishRecord(t, m, r) // a copy, as a redelivered record
+	other := b.publish(t, 3, true)
+
+	reg := prometheus.NewRegistry()
+	b.start(t, reg, 16)
+	storagetest.WaitFor(t, "every record settled", 20*time.Second, func() bool { return b.pending(t) == 0 })
+
+	rec, err := b.db.Message(ctx, "shop1", m.ID)
+	if err != nil || rec.Status != peakdesk.StatusQueued || rec.Reply != nil {
+		t.Fatalf("message %+v, %v; want queued for the agent", rec, err)
+	}
+	in, err := b.db.Inbox(ctx, "shop1", "ann", 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(in.Mine) != 1 || in.Mine[0].ConversationID != conv || in.Mine[0].Pending != 1 || in.Mine[0].LastText != m.Text {
+		t.Errorf("agent's inbox %+v; want the conversation with the shed message pending", in.Mine)
+	}
+	c, err := b.db.Conversation(ctx, "shop1", conv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Replies) != 1 || c.Replies[0].ID != firstReply.ID {
+		t.Errorf("conversation replies %+v; want only the answer given before the takeover", c.Replies)
+	}
+	events, err := b.js.Stream(ctx, queue.StreamEvents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	evs, err := queue.ConversationEvents(ctx, events, "shop1", conv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ev := range evs {
+		if strings.Contains(string(ev.Data), r.ID) {
+			t.Errorf("the unstored answer's event was published: %s", ev.Data)
+		}
+	}
+	hooks, err := b.db.ListActions(ctx, "shop1", storage.ActionFilter{Kind: peakdesk.ActionWebhookDeliver}, 0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	created := 0
+	for _, h := range hooks {
+		if h.ReplyID == r.ID {
+			t.Errorf("a webhook of the unstored answer: %s", h.Payload)
+		}
+		if strings.Contains(string(h.Payload), `"message.created"`) && strings.Contains(string(h.Payload), m.ID) {
+			created++
+		}
+	}
+	if created != 1 {
+		t.Errorf("%d message.created webhooks of the shed message, want 1", created)
+	}
+	got, err := live.NextMsg(5 * time.Second)
+	if err != nil || !strings.Contains(string(got.Data), m.ID) {
+		t.Errorf("live desk message: %v %v; want the shed message", got, err)
+	}
+	if n := testutil.ToFloat64(mustCounter(t, reg, "human")); n != 2 {
+		t.Errorf("%v records settled human, want both copies", n)
+	}
+	if rec, err := b.db.Message(ctx, "shop1", other.ID); err != nil || rec.Status != peakdesk.StatusAnswered {
+		t.Errorf("the bot conversation's shed answer: %+v, %v; want answered", rec, err)
+	}
+}
