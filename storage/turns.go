@@ -41,7 +41,8 @@ type TurnCommitterConfig struct {
 	// every backend's visibility checks get slower).
 	MaxTurns int
 	// Committers is how many groups may be stored at the same time (each
-	// on a connection of its own). Default 4.
+	// on a connection of its own). Default 2: the fewer, the more turns
+	// share a transaction once saves pile up.
 	Committers int
 	// Timeout bounds one group's transaction. Default 15 s.
 	Timeout time.Duration
@@ -51,7 +52,7 @@ type TurnCommitterConfig struct {
 
 func (c *TurnCommitterConfig) setDefaults() {
 	c.MaxTurns = cmp.Or(c.MaxTurns, 32)
-	c.Committers = cmp.Or(c.Committers, 4)
+	c.Committers = cmp.Or(c.Committers, 2)
 	c.Timeout = cmp.Or(c.Timeout, 15*time.Second)
 	c.Logger = cmp.Or(c.Logger, slog.Default())
 }
