@@ -3,7 +3,7 @@ SHELL := /bin/bash
 GO    ?= go
 PKGS  ?= ./...
 
-.PHONY: run test bench bench-short services build image drill drill-orders drill-cluster vet fmt nats clean
+.PHONY: run test bench bench-short services build image drill drill-orders drill-cluster drill-faults vet fmt nats clean
 
 ## run: start Postgres and Redis, then every role in one process (dev mode).
 ## The binary runs in place of the shell, so Ctrl-C stops it cleanly.
@@ -33,7 +33,7 @@ bench-short:
 	$(MAKE) bench BENCH_FLAGS=--short
 
 ## drill: every long fault drill, each bounded and stopping by itself.
-drill: drill-orders drill-cluster
+drill: drill-orders drill-cluster drill-faults
 
 ## drill-orders: the order drill, twice: customers ask
 ## about their orders for 4 minutes while the shop API is down from minute 1
@@ -44,6 +44,19 @@ DRILL_FLAGS ?= --rate 5 --duration 4m --outage-at 1m --outage-for 2m
 drill-orders: services
 	$(GO) run ./cmd/peakdesk drill orders $(DRILL_FLAGS)
 	$(GO) run ./cmd/peakdesk drill orders $(DRILL_FLAGS) --llm-down
+
+## drill-faults: the multi-process fault drill: 2 ingest, 3 worker and 2
+## relay processes on a Postgres and a Redis of the drill's own (free
+## loopback ports, a temporary directory), a standalone JetStream, the
+## simulated LLM and shop, steady load (p0/p1/p2) and refund requests,
+## while a worker and a relay are SIGKILLed, Postgres restarts, Redis, the
+## LLM and the shop API are down for a minute each. Bounded (about 7
+## minutes, then at most 3 of draining); fails on a lost or duplicated
+## reply or refund, or a p0 answer p99 over 5 s around the worker SIGKILL.
+## `make test` runs the short version (TestFaultDrill, about 90 s).
+FAULTS_FLAGS ?= --rate 10 --warmup 20s --gap 30s --redis-down 1m --llm-down 1m --shop-down 1m
+drill-faults: services
+	$(GO) run ./cmd/peakdesk drill faults $(FAULTS_FLAGS)
 
 ## services: install (Debian packages) and start Postgres and Redis; idempotent.
 services:

@@ -314,25 +314,16 @@ func (e *Edge) acceptSSE(w http.ResponseWriter, r *http.Request) (out streamOut,
 		switch {
 		case err == nil:
 			_ = conn.SetDeadline(time.Time{}) // the server's read timeout no longer applies
-			c := &sseConn{conn: conn, timeout: e.cfg.StreamWriteTimeout}
+			c := &sseConn{conn: conn, timeout: e.cfg.StreamWriteTimeout, watcher: &e.push.watcher}
 			if err := c.writeRaw(sseHead(w.Header())); err != nil {
 				_ = conn.Close()
 				return nil, nil, nil, errStreamGone
 			}
 			startReader = func(s *pushStream) {
-				started := e.hub.goroutines.Go(func() {
-					// A client sends nothing after its request: a read
-					// returns when the connection ends.
-					var b [64]byte
-					for {
-						if _, err := conn.Read(b[:]); err != nil {
-							s.close(closeClient)
-							return
-						}
-					}
-				})
-				if !started {
-					s.close(closeShutdown) // the edge is stopping
+				// No goroutine per stream: the watcher notices the client
+				// leaving.
+				if !c.watch(&e.hub.goroutines, func() { s.close(closeClient) }) {
+					s.close(closeShutdown) // closed meanwhile, or the edge is stopping
 				}
 			}
 			return c, startReader, nil, nil
@@ -405,4 +396,6 @@ type pushState struct {
 	owners  *ownerCache
 	tokens  streamTokens
 	origins *originPolicy
+	// watcher notices the clients of taken-over SSE streams leaving.
+	watcher connWatcher
 }

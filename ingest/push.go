@@ -285,11 +285,36 @@ func reconnectHint() []byte {
 
 // sseConn is server-sent events on a connection taken over from the HTTP
 // server (hijacked): after the response head, no goroutine or buffer of
-// net/http stays behind for it.
+// net/http stays behind for it, and none of its own while idle — the
+// edge's connWatcher notices the client leaving; writes (events, and
+// keep-alives that also find dead peers) borrow a pooled buffer.
 type sseConn struct {
 	mu      sync.Mutex // one writer at a time
 	conn    net.Conn
 	timeout time.Duration
+
+	// The watcher notices the client leaving (see watch).
+	watcher *connWatcher
+	wmu     sync.Mutex
+	watchID uint64
+	watched bool
+	closed  bool
+}
+
+// watch has the watcher call gone when the client goes away; false when
+// the connection is closed already or cannot be watched.
+func (c *sseConn) watch(group *goGroup, gone func()) bool {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.closed {
+		return false
+	}
+	id, err := c.watcher.watch(group, c.conn, gone)
+	if err != nil {
+		return false
+	}
+	c.watchID, c.watched = id, true
+	return true
 }
 
 func (c *sseConn) write(evs []hubEvent, beat bool) error {
@@ -308,6 +333,13 @@ func (c *sseConn) writeRaw(p []byte) error {
 }
 
 func (c *sseConn) close(reason closeReason, idle bool) {
+	c.wmu.Lock()
+	c.closed = true
+	if c.watched {
+		c.watcher.unwatch(c.conn, c.watchID)
+		c.watched = false
+	}
+	c.wmu.Unlock()
 	if reason == closeShutdown && idle && c.mu.TryLock() {
 		_ = c.conn.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
 		_, _ = c.conn.Write(reconnectHint())

@@ -413,6 +413,10 @@ func TestSlowClientIsCutAndResumes(t *testing.T) {
 	if len(got) == len(want) {
 		t.Fatalf("the cut stream delivered all %d events", len(got))
 	}
+	// Nothing of the cut stream stays behind.
+	storagetest.WaitFor(t, "the cut stream to be gone", 10*time.Second, func() bool {
+		return b.edge.push.watcher.watching() == 0 && b.userStreams("shop1", alice) == 0
+	})
 	resumed, _ := b.openSSE(t, "/v1/events", append(bearerHeader(aliceTok), "Last-Event-ID", last)...)
 	for len(got) < len(want) {
 		_, r := nextReply(t, resumed)

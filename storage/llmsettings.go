@@ -237,6 +237,51 @@ func (db *DB) ShopLLMLimits(ctx context.Context, shop string) (*LLMLimits, error
 	return l, nil
 }
 
+// AnswerSettings are what the answerer reads of a shop: its LLM provider
+// settings, its LLM limits and its language, read together.
+type AnswerSettings struct {
+	// LLM is nil when the shop uses the default provider settings.
+	LLM    *LLMSettings
+	Limits LLMLimits
+	// Language is the shop's default language of customer texts.
+	Language string
+}
+
+// ShopAnswerSettings returns shop's LLM settings, LLM limits and language in
+// one read-only transaction (one read of shops instead of one per field
+// group), or ErrNotFound when there is no such shop.
+func (db *DB) ShopAnswerSettings(ctx context.Context, shop string) (*AnswerSettings, error) {
+	var a *AnswerSettings
+	err := pgx.BeginTxFunc(ctx, db.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly},
+		func(tx pgx.Tx) error {
+			r := &AnswerSettings{Limits: LLMLimits{ShopID: shop}}
+			l := &r.Limits
+			err := tx.QueryRow(ctx, `SELECT currency, llm_max_tokens, llm_spend_cap_per_day_cents,
+					llm_calls_per_user_per_hour, language
+				FROM shops WHERE id = $1`, shop).
+				Scan(&l.Currency, &l.MaxTokens, &l.SpendCapPerDayCents, &l.CallsPerUserPerHour, &r.Language)
+			switch {
+			case noRows(err):
+				return notFound("shop")
+			case err != nil:
+				return err
+			}
+			r.LLM, err = db.llmSettings(ctx, tx, shop)
+			if err != nil && !errors.Is(err, ErrNotFound) {
+				return err
+			}
+			a = r
+			return nil
+		})
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return nil, err
+	case err != nil:
+		return nil, fmt.Errorf("storage: shop answer settings: %w", err)
+	}
+	return a, nil
+}
+
 // SetShopLLMLimits stores l for the shop l.ShopID (which must exist: else
 // ErrNotFound). Every field is written: nil caps remove the caps, an empty
 // Currency or a zero MaxTokens restores the default.

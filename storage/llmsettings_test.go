@@ -129,3 +129,61 @@ func TestShopLLMLimitsDefaultsRoundTripAndValidation(t *testing.T) {
 		t.Errorf("unknown shop: %v, want ErrNotFound", err)
 	}
 }
+
+// ShopAnswerSettings reads a shop's LLM settings, limits and language
+// together, each as its own read returns it.
+func TestShopAnswerSettingsReadsSettingsLimitsAndLanguage(t *testing.T) {
+	t.Parallel()
+	db := llmDB(t)
+	ctx := context.Background()
+	if _, err := db.ShopAnswerSettings(ctx, "nowhere"); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("no shop: err = %v, want ErrNotFound", err)
+	}
+	if err := db.EnsureShop(ctx, "as1", "as1"); err != nil {
+		t.Fatal(err)
+	}
+	a, err := db.ShopAnswerSettings(ctx, "as1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.LLM != nil || a.Limits.MaxTokens != storage.DefaultLLMMaxTokens || a.Limits.Currency != storage.DefaultCurrency ||
+		a.Language == "" {
+		t.Fatalf("a new shop: %+v, want no LLM settings, the default limits and a language", a)
+	}
+	spendCap := int64(500)
+	if err := db.SetShopLLMLimits(ctx, storage.LLMLimits{ShopID: "as1", Currency: "USD", MaxTokens: 99,
+		SpendCapPerDayCents: &spendCap}); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.SetShopLLMSettings(ctx, storage.LLMSettings{ShopID: "as1", APIKey: "k-as1",
+		Chain: []storage.LLMModel{{Model: "m1"}, {Model: "m2", BaseURL: "https://other.example/v1", APIKey: "k2"}}}); err != nil {
+		t.Fatal(err)
+	}
+	a, err = db.ShopAnswerSettings(ctx, "as1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantLLM, err := db.ShopLLMSettings(ctx, "as1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantLimits, err := db.ShopLLMLimits(ctx, "as1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantLang, err := db.ShopLanguage(ctx, "as1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.LLM == nil || a.LLM.APIKey != "k-as1" || !slices.Equal(a.LLM.Chain, wantLLM.Chain) ||
+		!slices.Equal(a.LLM.Models, wantLLM.Models) {
+		t.Errorf("LLM settings %+v, want %+v", a.LLM, wantLLM)
+	}
+	if a.Limits.Currency != "USD" || a.Limits.MaxTokens != 99 || a.Limits.SpendCapPerDayCents == nil ||
+		*a.Limits.SpendCapPerDayCents != 500 || a.Limits.Currency != wantLimits.Currency {
+		t.Errorf("limits %+v, want %+v", a.Limits, wantLimits)
+	}
+	if a.Language != wantLang {
+		t.Errorf("language %q, want %q", a.Language, wantLang)
+	}
+}

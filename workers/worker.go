@@ -311,15 +311,17 @@ func (w *Worker) Stop() {
 		w.bg.Wait()
 		done := make(chan struct{})
 		go func() { w.inflight.Wait(); close(done) }()
-		soft := time.NewTimer(w.cfg.SoftStop)
-		defer soft.Stop()
-		select {
-		case <-done:
-		case <-soft.C:
-			w.log.Warn("soft stop timed out; releasing in-flight messages for redelivery")
-			w.workCancel()
-			<-done
+		if w.cfg.SoftStop > 0 {
+			soft := time.NewTimer(w.cfg.SoftStop)
+			defer soft.Stop()
+			select {
+			case <-done:
+			case <-soft.C:
+				w.log.Warn("soft stop timed out; releasing in-flight messages for redelivery")
+				w.workCancel()
+			}
 		}
+		<-done
 		w.workCancel()
 		w.commits.Wait() // the notes of published events
 		close(w.relayStop)

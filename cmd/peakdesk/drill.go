@@ -77,8 +77,11 @@ func runDrill(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 	if len(args) > 0 && isHelpArg(args[0]) {
 		args = []string{"orders", "-h"}
 	}
+	if len(args) > 0 && args[0] == "faults" {
+		return runDrillFaults(ctx, args[1:], stdout, stderr)
+	}
 	if len(args) == 0 || args[0] != "orders" {
-		return errors.New("usage: peakdesk drill orders [--rate 5 --duration 4m --outage-at 1m --outage-for 2m --llm-down --json FILE]")
+		return errors.New("usage: peakdesk drill faults [--short | flags] | peakdesk drill orders [--rate 5 --duration 4m --outage-at 1m --outage-for 2m --llm-down --json FILE]")
 	}
 	fs := flag.NewFlagSet("drill orders", flag.ContinueOnError)
 	fs.SetOutput(stderr)

@@ -27,7 +27,7 @@ var commands = []command{
 	{"mockllm", "serve the simulated OpenAI-compatible LLM provider (fault injection)", "[flags]"},
 	{"mockshop", "serve the simulated shop API (fault injection)", "[flags]"},
 	{"loadtest", "offer load to a peakdesk URL and report what happened", "[flags]"},
-	{"drill", "the order scenario with the shop API down mid-run, every role in-process", "orders [flags]"},
+	{"drill", "orders: the order scenario with the shop API down mid-run; faults: the multi-process fault drill", "orders|faults [flags]"},
 	{"bench", "measure the performance targets side by side with their baselines", "[flags]"},
 	{"version", "print the version, commit, build date and Go version", "(no flags)"},
 	{"help", "print this usage, or a command's help (help <command>)", "[command]"},

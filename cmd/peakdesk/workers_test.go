@@ -21,12 +21,12 @@ import (
 const childEnv = "PEAKDESK_TEST_CHILD"
 
 func TestMain(m *testing.M) {
-	if os.Getenv(childEnv) == "worker" {
+	if roles := os.Getenv(childEnv); roles != "" { // "worker", or the roles of a fault drill's process
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-		err := run(ctx, []string{"serve", "--roles", roleWorker}, os.Stdout, os.Stderr, os.Getenv)
+		err := run(ctx, []string{"serve", "--roles", roles}, os.Stdout, os.Stderr, os.Getenv)
 		stop()
 		if err != nil {
-			fmt.Fprintln(os.Stderr, "worker:", err)
+			fmt.Fprintln(os.Stderr, roles+":", err)
 			os.Exit(1)
 		}
 		os.Exit(0)

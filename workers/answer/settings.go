@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/peakdesk/peakdesk/storage"
@@ -51,6 +52,12 @@ func (r route) at(i int) route {
 // settingsCache keeps each shop's route for a while, so that a message costs
 // no Postgres read for it. A change of a shop's settings reaches it at once
 // through forget (the settings notifications); the TTL is the backstop.
+//
+// A shop's settings are read by one call at a time (one read, in one
+// transaction, however many messages of the shop arrive together): the
+// others wait for that read and share its result. (They do not use an
+// expired route meanwhile: a limit lowered just before must hold for all
+// of them, even when only the TTL, not a notification, tells.)
 type settingsCache struct {
 	db  *storage.DB
 	def llm.Provider
@@ -58,7 +65,10 @@ type settingsCache struct {
 
 	mu      sync.Mutex
 	m       map[string]cachedRoute
-	forgets uint64 // calls of forget: a read begun before one is not cached
+	reads   map[string]*routeRead // the read of a shop's settings in flight
+	forgets uint64                // calls of forget: a read begun before one is not cached
+
+	fetches atomic.Int64 // reads of Postgres, for tests
 }
 
 type cachedRoute struct {
@@ -66,8 +76,16 @@ type cachedRoute struct {
 	expires time.Time
 }
 
+// routeRead is one read of a shop's settings, shared by the calls that need
+// it.
+type routeRead struct {
+	done    chan struct{}
+	r       route
+	forgets uint64 // c.forgets when it began
+}
+
 func newSettingsCache(db *storage.DB, def llm.Provider, ttl time.Duration) *settingsCache {
-	return &settingsCache{db: db, def: def, ttl: ttl, m: map[string]cachedRoute{}}
+	return &settingsCache{db: db, def: def, ttl: ttl, m: map[string]cachedRoute{}, reads: map[string]*routeRead{}}
 }
 
 // defaultRoute is the route of a shop without settings of its own.
@@ -92,53 +110,77 @@ func (c *settingsCache) get(ctx context.Context, shop string, log *slog.Logger) 
 	now := time.Now()
 	c.mu.Lock()
 	cached, ok := c.m[shop]
-	forgets := c.forgets
-	c.mu.Unlock()
 	if ok && now.Before(cached.expires) {
+		c.mu.Unlock()
 		return cached.r
 	}
-	r := c.defaultRoute(shop)
-	if ok {
-		r = cached.r
-	}
-	failed := false
-	s, err := c.db.ShopLLMSettings(ctx, shop)
-	switch {
-	case errors.Is(err, storage.ErrNotFound):
-		d := c.defaultRoute(shop)
-		r.Provider, r.ownKey, r.chain, r.systemPrompt, r.temperature = d.Provider, false, d.chain, "", nil
-	case err != nil:
-		log.Warn("shop llm settings unavailable; using the last known or default", "err", err)
-		failed = true
-	default:
-		c.apply(&r, s)
-	}
-	l, err := c.db.ShopLLMLimits(ctx, shop)
-	switch {
-	case errors.Is(err, storage.ErrNotFound):
-		r.limits = storage.DefaultLLMLimits(shop)
-	case err != nil:
-		log.Warn("shop llm limits unavailable; using the last known or default", "err", err)
-		failed = true
-	default:
-		r.limits = *l
-	}
-	lang, err := c.db.ShopLanguage(ctx, shop)
-	switch {
-	case err == nil:
-		if l, ok := texts.ParseLang(lang); ok {
-			r.lang = l
+	if rd := c.reads[shop]; rd != nil && rd.forgets == c.forgets {
+		c.mu.Unlock()
+		select {
+		case <-rd.done:
+			return rd.r
+		case <-ctx.Done():
+			return c.defaultRoute(shop)
 		}
-	case !errors.Is(err, storage.ErrNotFound):
-		failed = true
 	}
+	rd := &routeRead{done: make(chan struct{}), forgets: c.forgets}
+	c.reads[shop] = rd
+	c.mu.Unlock()
+
+	prev := c.defaultRoute(shop)
+	if ok {
+		prev = cached.r
+	}
+	// The read serves the calls waiting for it too: its own cancellation
+	// alone does not end it.
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settingsReadTimeout)
+	r, failed := c.read(rctx, shop, prev, log)
+	cancel()
 	expires := now.Add(c.ttl)
 	if failed {
 		// Try again soon, not at every message.
 		expires = now.Add(min(c.ttl, 5*time.Second))
 	}
-	c.put(shop, r, expires, forgets)
+	rd.r = r
+	c.mu.Lock()
+	if c.forgets == rd.forgets {
+		c.m[shop] = cachedRoute{r: r, expires: expires}
+	}
+	if c.reads[shop] == rd {
+		delete(c.reads, shop)
+	}
+	c.mu.Unlock()
+	close(rd.done)
 	return r
+}
+
+// settingsReadTimeout bounds one read of a shop's settings.
+const settingsReadTimeout = 5 * time.Second
+
+// read reads shop's route from Postgres, starting from prev (what the cache
+// had, or the defaults), which it keeps should the read fail.
+func (c *settingsCache) read(ctx context.Context, shop string, prev route, log *slog.Logger) (r route, failed bool) {
+	r = prev
+	c.fetches.Add(1)
+	a, err := c.db.ShopAnswerSettings(ctx, shop)
+	switch {
+	case errors.Is(err, storage.ErrNotFound):
+		return c.defaultRoute(shop), false
+	case err != nil:
+		log.Warn("shop llm settings unavailable; using the last known or default", "err", err)
+		return r, true
+	}
+	if a.LLM == nil {
+		d := c.defaultRoute(shop)
+		r.Provider, r.ownKey, r.chain, r.systemPrompt, r.temperature = d.Provider, false, d.chain, "", nil
+	} else {
+		c.apply(&r, a.LLM)
+	}
+	r.limits = a.Limits
+	if l, ok := texts.ParseLang(a.Language); ok {
+		r.lang = l
+	}
+	return r, false
 }
 
 // apply sets r's provider and chain from the shop's settings s.
@@ -170,14 +212,6 @@ func (c *settingsCache) apply(r *route, s *storage.LLMSettings) {
 		r.Models[i] = st.model
 	}
 	r.systemPrompt, r.temperature = s.SystemPrompt, s.Temperature
-}
-
-func (c *settingsCache) put(shop string, r route, expires time.Time, forgets uint64) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.forgets == forgets {
-		c.m[shop] = cachedRoute{r: r, expires: expires}
-	}
 }
 
 // forget drops shop's route (every shop's for "").

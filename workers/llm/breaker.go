@@ -1,6 +1,7 @@
 package llm
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -33,6 +34,7 @@ type breakerSettings struct {
 	probes     uint32        // calls let through while half-open
 	probeTTL   time.Duration // a probe slot is given back after this even if its caller vanished
 	degradeFor time.Duration // how long to use the local breaker after Redis failed
+	syncEvery  time.Duration // how long a process may keep closed-state successes to itself
 }
 
 // The credential label of peakdesk_llm_breaker_state. A label per key
@@ -92,7 +94,7 @@ func (bs *breakers) get(provider, apiKey, model string, own bool) *breaker {
 		return b
 	}
 	b := &breaker{set: bs, name: name, key: "llm:" + name, model: model, provider: providerLabel(provider),
-		fingerprint: fp, credential: credentialDefault}
+		fingerprint: fp, credential: credentialDefault, lastSync: time.Now()}
 	if own {
 		b.credential = credentialShop
 	}
@@ -147,6 +149,17 @@ type breaker struct {
 	// creation.
 	dcbMu sync.Mutex
 	dcb   *gobreaker.DistributedCircuitBreaker[struct{}]
+
+	// The successes of closed-state calls are kept in the process and
+	// written to the shared state in one update (see record): every
+	// syncEvery, with this process's next failure, or at once while the
+	// shared state holds a failure streak they must break.
+	pendingMu  sync.Mutex
+	pendingGen uint64      // the closed generation the pending successes were let in under
+	pendingOK  uint32      // successes not yet in the shared state
+	pendingBrk bool        // one of them came while a failure streak was to be seen
+	lastSync   time.Time   // of the pending successes
+	streak     atomic.Bool // the shared state was last seen with consecutive failures
 }
 
 func (b *breaker) gobreakerSettings() gobreaker.Settings {
@@ -217,6 +230,7 @@ func (b *breaker) allow(ctx context.Context) (ticket, error) {
 	switch {
 	case st.State == gobreaker.StateClosed:
 		b.observe(gobreaker.StateClosed)
+		b.streak.Store(st.Counts.ConsecutiveFailures > 0)
 		return ticket{gen: st.Generation}, nil
 	case st.State == gobreaker.StateOpen && now.Before(st.Expiry):
 		b.observe(gobreaker.StateOpen)
@@ -283,6 +297,23 @@ func (b *breaker) record(ctx context.Context, t ticket, outcome error) (open boo
 	if !t.probe && errors.Is(outcome, errExcluded) {
 		return false // counts for nothing outside a probe: spare Redis the write
 	}
+	if outcome == nil && !t.probe && t.gen != 0 {
+		// A success in the closed state: kept in the process until it is
+		// time to share it (no Redis round trip in the common case).
+		switch b.addSuccess(t.gen) {
+		case syncNotDue:
+			return false
+		case syncBreaksStreak:
+			b.dcbMu.Lock() // it must reach the shared state before another failure does
+		default:
+			if !b.dcbMu.TryLock() {
+				return false // another call of this process is writing the state; later
+			}
+		}
+		defer b.dcbMu.Unlock()
+		b.flushLocked(ctx)
+		return false
+	}
 	b.dcbMu.Lock()
 	defer b.dcbMu.Unlock()
 	st, found, err := b.sharedStateLocked(ctx)
@@ -307,11 +338,29 @@ func (b *breaker) record(ctx context.Context, t ticket, outcome error) (open boo
 			return false
 		}
 	}
-	_, err = b.dcb.Execute(func() (struct{}, error) { return struct{}{}, outcome })
+	// This process's successes not yet shared go in the same update, before
+	// this outcome (they came first), if they were let in under the
+	// generation the update applies to. Not when the shared state holds
+	// failures in a row that none of them came after, though: they were
+	// let in while there was no streak to be seen, so they came before it,
+	// and gobreaker can add a success only after it, where it would break
+	// the streak and delay the opening. They are dropped instead, which can
+	// only make the failure ratio a little worse (by at most BreakerSync's
+	// worth of this process's successes).
+	pending := b.takePending()
+	if !found || st.State != gobreaker.StateClosed || pending.gen != st.Generation ||
+		(st.Counts.ConsecutiveFailures > 0 && !pending.breaks) {
+		pending.n = 0
+	}
+	_, err = b.dcb.Execute(func() (struct{}, error) {
+		b.applySuccessesLocked(pending.n)
+		return struct{}{}, outcome
+	})
 	if err != nil && !errors.Is(err, outcome) && !errors.Is(err, gobreaker.ErrOpenState) &&
 		!errors.Is(err, gobreaker.ErrTooManyRequests) {
 		b.degrade(err)
 	}
+	b.streak.Store(b.dcb.CircuitBreaker.Counts().ConsecutiveFailures > 0)
 	b.releaseProbe(ctx, t, outcome)
 	// The embedded breaker holds the state just written.
 	if b.dcb.CircuitBreaker.State() != gobreaker.StateOpen {
@@ -324,6 +373,93 @@ func (b *breaker) record(ctx context.Context, t ticket, outcome error) (open boo
 	}
 	b.openUntil.Store(until.UnixNano())
 	return true
+}
+
+// pendingSuccesses are closed-state successes of one generation not yet in
+// the shared state.
+type pendingSuccesses struct {
+	gen    uint64
+	n      uint32
+	breaks bool // one came while the shared state was seen with a failure streak
+}
+
+// When the pending successes are due to be shared.
+const (
+	syncNotDue       = iota
+	syncDue          // syncEvery has passed since they were last shared
+	syncBreaksStreak // the shared state holds a failure streak, which they must break
+)
+
+// addSuccess notes a success let in under the closed generation gen and
+// tells whether the pending successes are due to be shared.
+func (b *breaker) addSuccess(gen uint64) int {
+	b.pendingMu.Lock()
+	defer b.pendingMu.Unlock()
+	switch {
+	case gen < b.pendingGen:
+		return syncNotDue // let in before the state changed: it counts for nothing, as in gobreaker
+	case gen > b.pendingGen:
+		b.pendingGen, b.pendingOK, b.pendingBrk = gen, 0, false // the earlier ones' generation is over
+	}
+	b.pendingOK++
+	switch {
+	case b.streak.Load():
+		b.pendingBrk = true
+		return syncBreaksStreak
+	case time.Since(b.lastSync) >= b.set.settings.syncEvery:
+		return syncDue
+	}
+	return syncNotDue
+}
+
+// takePending returns the pending successes and starts counting anew.
+func (b *breaker) takePending() pendingSuccesses {
+	b.pendingMu.Lock()
+	defer b.pendingMu.Unlock()
+	p := pendingSuccesses{gen: b.pendingGen, n: b.pendingOK, breaks: b.pendingBrk}
+	b.pendingOK, b.pendingBrk = 0, false
+	b.lastSync = time.Now()
+	return p
+}
+
+// flushLocked writes the pending successes to the shared state in one
+// update: a lock, a read and a write however many they are. Those let in
+// under a generation that is over count for nothing. dcbMu must be held.
+func (b *breaker) flushLocked(ctx context.Context) {
+	p := b.takePending()
+	if p.n == 0 {
+		return
+	}
+	st, found, err := b.sharedStateLocked(ctx)
+	switch {
+	case err != nil:
+		b.degrade(err)
+		return
+	case !found || st.State != gobreaker.StateClosed || st.Generation != p.gen:
+		return
+	}
+	_, err = b.dcb.Execute(func() (struct{}, error) {
+		b.applySuccessesLocked(p.n - 1)
+		return struct{}{}, nil // the last one
+	})
+	if err != nil && !errors.Is(err, gobreaker.ErrOpenState) && !errors.Is(err, gobreaker.ErrTooManyRequests) {
+		b.degrade(err)
+	}
+	b.streak.Store(b.dcb.CircuitBreaker.Counts().ConsecutiveFailures > 0)
+}
+
+// applySuccessesLocked counts n successes in the breaker's state as
+// DistributedCircuitBreaker.Execute has just read it from Redis: called from
+// within Execute's request, under the shared state's lock, so that they go
+// to Redis with the update Execute makes, by gobreaker's own rules (a
+// success in an open state is refused and counts for nothing). dcbMu must be
+// held.
+func (b *breaker) applySuccessesLocked(n uint32) {
+	for range n {
+		if _, err := b.dcb.CircuitBreaker.Execute(func() (struct{}, error) { return struct{}{}, nil }); err != nil {
+			return
+		}
+	}
 }
 
 // releaseProbe gives a probe slot back when its call told nothing about the
@@ -401,6 +537,17 @@ type redisStore struct {
 	held      map[string]*redislock.Lock // lock name -> the lock this process holds
 	lockLost  bool                       // Redis failed when Lock was called: SetData must not write
 	stateName string                     // the data name gobreaker uses, once seen
+	reading   *stateRead                 // the read of the state in flight, joined by concurrent readers
+	lastRaw   []byte                     // the state as last read ...
+	lastState gobreaker.SharedState      // ... and decoded
+}
+
+// stateRead is one read of the shared state that concurrent calls share.
+type stateRead struct {
+	done  chan struct{}
+	st    gobreaker.SharedState
+	found bool
+	err   error
 }
 
 const (
@@ -504,22 +651,50 @@ func (s *redisStore) get(ctx context.Context, name string) ([]byte, error) {
 
 // state reads the shared state gobreaker stored last, without its lock;
 // found is false when there is none, or gobreaker has not used the store
-// yet.
-func (s *redisStore) state(ctx context.Context) (st gobreaker.SharedState, found bool, err error) {
+// yet. Calls while a read is in flight share its answer (a GET's worth
+// older at most), and a state that did not change is not decoded again.
+func (s *redisStore) state(ctx context.Context) (gobreaker.SharedState, bool, error) {
 	s.mu.Lock()
 	name := s.stateName
-	s.mu.Unlock()
 	if name == "" {
-		return st, false, nil
+		s.mu.Unlock()
+		return gobreaker.SharedState{}, false, nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, storeOpTimeout)
-	defer cancel()
-	b, err := s.get(ctx, name)
-	if err != nil || b == nil {
-		return st, false, err
+	if r := s.reading; r != nil {
+		s.mu.Unlock()
+		select {
+		case <-r.done:
+			return r.st, r.found, r.err
+		case <-ctx.Done():
+			return gobreaker.SharedState{}, false, ctx.Err()
+		}
 	}
-	if err := json.Unmarshal(b, &st); err != nil {
-		return st, false, fmt.Errorf("decode breaker state: %w", err)
+	r := &stateRead{done: make(chan struct{})}
+	s.reading = r
+	s.mu.Unlock()
+
+	// The read serves other calls too: only its own timeout ends it.
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), storeOpTimeout)
+	b, err := s.get(rctx, name)
+	cancel()
+	s.mu.Lock()
+	switch {
+	case err != nil:
+		r.err = err
+	case b == nil:
+	case bytes.Equal(b, s.lastRaw):
+		r.st, r.found = s.lastState, true
+	default:
+		var st gobreaker.SharedState
+		if err := json.Unmarshal(b, &st); err != nil {
+			r.err = fmt.Errorf("decode breaker state: %w", err)
+			break
+		}
+		s.lastRaw, s.lastState = b, st
+		r.st, r.found = st, true
 	}
-	return st, true, nil
+	s.reading = nil
+	s.mu.Unlock()
+	close(r.done)
+	return r.st, r.found, r.err
 }

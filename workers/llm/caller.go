@@ -64,6 +64,15 @@ type CallerConfig struct {
 	// BreakerProbes calls through (half-open). Defaults 10 s and 1.
 	BreakerOpen   time.Duration
 	BreakerProbes uint32
+	// BreakerSync is how long a process may keep the successes of calls in
+	// a breaker's closed state to itself before it adds them to the shared
+	// state in Redis (one update for all of them). A failure is shared at
+	// once, together with the successes before it, and successes are
+	// shared at once while the shared state holds consecutive failures, so
+	// the breaker still opens after BreakerFailures failures in a row
+	// across processes; only the failure ratio may lag by this much of
+	// other processes' successes. Default 1 s.
+	BreakerSync time.Duration
 }
 
 func (c *CallerConfig) setDefaults() {
@@ -90,6 +99,7 @@ func (c *CallerConfig) setDefaults() {
 	c.BreakerWindow = cmp.Or(c.BreakerWindow, time.Minute)
 	c.BreakerOpen = cmp.Or(c.BreakerOpen, 10*time.Second)
 	c.BreakerProbes = cmp.Or(c.BreakerProbes, 1)
+	c.BreakerSync = cmp.Or(c.BreakerSync, time.Second)
 }
 
 func (c *CallerConfig) validate() error {
@@ -108,6 +118,8 @@ func (c *CallerConfig) validate() error {
 		return errors.New("llm: config: BreakerWindow is too short")
 	case c.BreakerOpen < 0:
 		return errors.New("llm: config: BreakerOpen must not be negative")
+	case c.BreakerSync < 0:
+		return errors.New("llm: config: BreakerSync must not be negative")
 	}
 	return nil
 }
@@ -139,7 +151,7 @@ func NewCaller(cfg CallerConfig) (*Caller, error) {
 	s := breakerSettings{
 		failures: cfg.BreakerFailures, ratio: cfg.BreakerRatio, minCalls: cfg.BreakerMinCalls,
 		window: cfg.BreakerWindow, openFor: cfg.BreakerOpen, probes: cfg.BreakerProbes,
-		probeTTL: cfg.CallTimeout + time.Second, degradeFor: 5 * time.Second,
+		probeTTL: cfg.CallTimeout + time.Second, degradeFor: 5 * time.Second, syncEvery: cfg.BreakerSync,
 	}
 	return &Caller{
 		cfg:      cfg,

@@ -21,6 +21,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/openai/openai-go/v3"
@@ -48,7 +50,18 @@ type Config struct {
 type Client struct {
 	cfg    Config
 	client openai.Client
+	// tools caches each offered tool as the openai-go parameter it becomes
+	// (its JSON schema decoded), by its name, description and schema: the
+	// same few tools go with every call.
+	tools  sync.Map     // toolKey -> openai.ChatCompletionToolUnionParam
+	ntools atomic.Int32 // entries of tools, at most maxCachedTools
 }
+
+// maxCachedTools bounds the tool cache of a Client, should tools vary.
+const maxCachedTools = 256
+
+// toolKey is what a converted tool is cached by: the whole tool.
+type toolKey struct{ name, description, parameters string }
 
 // New returns a Client for cfg.
 func New(cfg Config) (*Client, error) {
@@ -203,7 +216,7 @@ func (c *Client) Do(ctx context.Context, req Request) (*Completion, error) {
 	if model == "" {
 		return nil, errors.New("llm: no model named")
 	}
-	tools, err := toolParams(req.Tools)
+	tools, err := c.toolParams(req.Tools)
 	if err != nil {
 		return nil, fmt.Errorf("llm: %s: %w", model, err)
 	}
@@ -384,25 +397,46 @@ func messages(turns []Turn) []openai.ChatCompletionMessageParamUnion {
 	return msgs
 }
 
-// toolParams turns tools into OpenAI function tools.
-func toolParams(tools []Tool) ([]openai.ChatCompletionToolUnionParam, error) {
+// toolParams turns tools into OpenAI function tools, each converted once
+// (the parameters are only read when a request is encoded, so one
+// conversion serves concurrent calls).
+func (c *Client) toolParams(tools []Tool) ([]openai.ChatCompletionToolUnionParam, error) {
 	if len(tools) == 0 {
 		return nil, nil
 	}
 	out := make([]openai.ChatCompletionToolUnionParam, 0, len(tools))
 	for _, t := range tools {
-		def := shared.FunctionDefinitionParam{Name: t.Name}
-		if t.Description != "" {
-			def.Description = openai.String(t.Description)
+		key := toolKey{t.Name, t.Description, string(t.Parameters)}
+		if p, ok := c.tools.Load(key); ok {
+			out = append(out, p.(openai.ChatCompletionToolUnionParam))
+			continue
 		}
-		if len(bytes.TrimSpace(t.Parameters)) > 0 {
-			if err := json.Unmarshal(t.Parameters, &def.Parameters); err != nil {
-				return nil, fmt.Errorf("%w: tool %s: parameters: %w", errBadRequest, t.Name, err)
+		p, err := toolParam(t)
+		if err != nil {
+			return nil, err
+		}
+		if c.ntools.Load() < maxCachedTools {
+			if _, loaded := c.tools.LoadOrStore(key, p); !loaded {
+				c.ntools.Add(1)
 			}
 		}
-		out = append(out, openai.ChatCompletionFunctionTool(def))
+		out = append(out, p)
 	}
 	return out, nil
+}
+
+// toolParam turns t into an OpenAI function tool.
+func toolParam(t Tool) (openai.ChatCompletionToolUnionParam, error) {
+	def := shared.FunctionDefinitionParam{Name: t.Name}
+	if t.Description != "" {
+		def.Description = openai.String(t.Description)
+	}
+	if len(bytes.TrimSpace(t.Parameters)) > 0 {
+		if err := json.Unmarshal(t.Parameters, &def.Parameters); err != nil {
+			return openai.ChatCompletionToolUnionParam{}, fmt.Errorf("%w: tool %s: parameters: %w", errBadRequest, t.Name, err)
+		}
+	}
+	return openai.ChatCompletionFunctionTool(def), nil
 }
 
 // toolCalls returns the function calls among calls (custom tools are never
