@@ -45,7 +45,7 @@ func (db *DB) EnsureShop(ctx context.Context, id, name string) error {
 }
 
 // queueMessageInsert queues the upsert of m's conversation (returning its
-// shop and user, which the caller scans first) and the insert of m with
+// shop and user, and whether this inserted it, which the caller scans first) and the insert of m with
 // status unless it is stored already (status human while a human agent owns
 // the conversation). The message goes in only if the conversation is the
 // same shop's and user's.
@@ -60,7 +60,7 @@ func queueMessageInsert(b *pgx.Batch, m *peakdesk.Message, status string) {
 	}
 	b.Queue(`INSERT INTO conversations (id, shop_id, user_id) VALUES ($1, $2, $3)
 		ON CONFLICT (id) DO UPDATE SET updated_at = now()
-		RETURNING shop_id, user_id`, m.ConversationID, m.ShopID, m.UserID)
+		RETURNING shop_id, user_id, xmax = 0`, m.ConversationID, m.ShopID, m.UserID)
 	// While a human owns the conversation the message is the agent's.
 	b.Queue(`INSERT INTO messages (id, shop_id, conversation_id, user_id, text, channel, priority,
 			client_msg_id, metadata, status, accepted_at)
@@ -291,6 +291,9 @@ type Hold struct {
 	Owner string
 	// Messages are answered together by one reply, oldest first.
 	Messages []HeldMessage
+	// NewConversation: the claim that got the hold started the
+	// conversation, so it has no turns yet (see Memory.Started).
+	NewConversation bool
 }
 
 // HeldMessage is a message answered in a turn.
@@ -399,10 +402,11 @@ func (db *DB) ClaimMessage(ctx context.Context, m *peakdesk.Message, owner strin
 	var convShop, convUser, gotShop, status string
 	var replyID *string
 	var turn *Hold
+	var started bool
 	err := func() error {
 		br := db.pool.SendBatch(ctx, b)
 		defer br.Close()
-		if err := br.QueryRow().Scan(&convShop, &convUser); err != nil {
+		if err := br.QueryRow().Scan(&convShop, &convUser, &started); err != nil {
 			return err
 		}
 		for range 2 {
@@ -439,6 +443,7 @@ func (db *DB) ClaimMessage(ctx context.Context, m *peakdesk.Message, owner strin
 	case status == statusHuman:
 		return &Claim{Human: true}, nil
 	case turn != nil:
+		turn.NewConversation = started
 		return &Claim{Hold: turn}, nil
 	}
 	return &Claim{Waiting: true}, nil
@@ -523,6 +528,47 @@ func (db *DB) RenewHold(ctx context.Context, t *Hold, lease time.Duration) error
 	return nil
 }
 
+// RenewHolds extends every hold of holds by lease from now, in one
+// statement, and returns those lost (another worker took the conversation,
+// or the hold ended). The conversations are locked in id order, as a group
+// of turns locks them (see TurnCommitter), so the two do not deadlock.
+func (db *DB) RenewHolds(ctx context.Context, holds []*Hold, lease time.Duration) (lost []*Hold, err error) {
+	if len(holds) == 0 {
+		return nil, nil
+	}
+	convs, shops, owners := make([]string, len(holds)), make([]string, len(holds)), make([]string, len(holds))
+	for i, h := range holds {
+		convs[i], shops[i], owners[i] = h.ConversationID, h.ShopID, h.Owner
+	}
+	rows, err := db.pool.Query(ctx, `WITH held AS (
+			SELECT c.id, c.turn_owner FROM conversations c
+			JOIN unnest($1::text[], $2::text[], $3::text[]) AS h(id, shop_id, owner)
+				ON c.id = h.id AND c.shop_id = h.shop_id AND c.turn_owner = h.owner
+			ORDER BY c.id FOR UPDATE OF c)
+		UPDATE conversations c SET turn_until = now() + $4::interval
+		FROM held WHERE c.id = held.id
+		RETURNING c.id, c.shop_id, held.turn_owner`, convs, shops, owners, lease)
+	if err != nil {
+		return nil, fmt.Errorf("storage: renew holds: %w", err)
+	}
+	type key struct{ conv, shop, owner string }
+	renewed := map[key]bool{}
+	var k key
+	_, err = pgx.ForEachRow(rows, []any{&k.conv, &k.shop, &k.owner}, func() error {
+		renewed[k] = true
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("storage: renew holds: %w", err)
+	}
+	for _, h := range holds {
+		if !renewed[key{h.ConversationID, h.ShopID, h.Owner}] {
+			lost = append(lost, h)
+		}
+	}
+	return lost, nil
+}
+
 // TurnReply is what SaveTurn stores.
 type TurnReply struct {
 	// Reply answers the hold's messages; its MessageIDs must be theirs.
@@ -551,69 +597,95 @@ type TurnReply struct {
 // the reply hands the conversation to a human) the hold is given up and
 // next is nil.
 func (db *DB) SaveTurn(ctx context.Context, h *Hold, tr TurnReply, lease time.Duration, maxBatch int) (next *Hold, err error) {
-	r := tr.Reply
 	err = pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
-		b := &pgx.Batch{}
 		// No NOTIFY from this transaction (it would serialise every turn's
 		// commit): the caller wakes the relays after commit (NotifyRelays).
-		b.Queue(deferRelayNotify)
-		b.Queue(`UPDATE conversations SET turn_until = now() + $4::interval, updated_at = now()
-			WHERE id = $1 AND shop_id = $2 AND turn_owner = $3
-			RETURNING state`,
-			h.ConversationID, h.ShopID, h.Owner, lease)
-		b.Queue(`INSERT INTO replies (id, shop_id, conversation_id, text, source, model,
-				prompt_tokens, completion_tokens, cost_micro_usd, event_pending)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING created_at`,
-			r.ID, r.ShopID, r.ConversationID, r.Text, r.Source, r.Model,
-			r.PromptTokens, r.CompletionTokens, r.CostMicroUSD, tr.EventPending)
-		// A message dead-lettered meanwhile (status failed; its customer was
-		// told a human takes over) is not answered here: the count below
-		// comes up short and the turn is retried without it.
-		b.Queue(`UPDATE messages
-			SET status = 'answered', reply_id = $1, answered_at = now(), last_error = NULL
-			WHERE id = ANY($2) AND shop_id = $3 AND conversation_id = $4 AND reply_id IS NULL
-				AND status IN ('waiting', 'processing')`,
-			r.ID, r.MessageIDs, r.ShopID, r.ConversationID)
-		if tr.Handoff == nil {
-			b.Queue(takeBatch, h.ConversationID, h.ShopID, h.Owner, maxBatch)
-			b.Queue(releaseIfDone, h.ConversationID, h.ShopID, h.Owner)
-		}
-		if err := saveTurnBatch(tx.SendBatch(ctx, b), h, r, &next, tr.Handoff == nil); err != nil {
-			return err
-		}
-		if tr.Handoff != nil {
-			// The reply answers the turn; whatever came meanwhile waits
-			// for the agent, and the bot's turn ends here.
-			if _, err := handOff(ctx, tx, h.ShopID, h.ConversationID, *tr.Handoff); err != nil {
-				return err
-			}
-			if _, err := tx.Exec(ctx, `UPDATE conversations SET turn_owner = NULL, turn_until = NULL
-				WHERE id = $1 AND shop_id = $2 AND turn_owner = $3`, h.ConversationID, h.ShopID, h.Owner); err != nil {
-				return err
-			}
-		}
-		if tr.InTx != nil {
-			return tr.InTx(ctx, tx, r)
-		}
-		return nil
+		next, err = saveTurnTx(ctx, tx, h, tr, lease, maxBatch, func(b *pgx.Batch) int {
+			b.Queue(deferRelayNotify)
+			return 1
+		})
+		return err
 	})
-	switch {
-	case errors.Is(err, ErrTurnLost), errors.Is(err, ErrAlreadyAnswered), errors.Is(err, ErrHumanOwned):
-		return nil, err
-	case isUniqueViolation(err):
-		return nil, ErrAlreadyAnswered
-	case err != nil:
-		return nil, fmt.Errorf("storage: save turn: %w", err)
+	if err != nil {
+		return nil, saveTurnErr(err)
 	}
 	return next, nil
 }
 
-// saveTurnBatch reads SaveTurn's batch and closes it; withNext: the batch
-// takes the next turn.
-func saveTurnBatch(br pgx.BatchResults, h *Hold, r *peakdesk.Reply, next **Hold, withNext bool) error {
-	defer br.Close()
-	if _, err := br.Exec(); err != nil { // deferRelayNotify
+// saveTurnErr is what SaveTurn returns for an error of saveTurnTx.
+func saveTurnErr(err error) error {
+	switch {
+	case errors.Is(err, ErrTurnLost), errors.Is(err, ErrAlreadyAnswered), errors.Is(err, ErrHumanOwned):
 		return err
+	case isUniqueViolation(err):
+		return ErrAlreadyAnswered
+	}
+	return fmt.Errorf("storage: save turn: %w", err)
+}
+
+// saveTurnTx stores tr in tx as SaveTurn describes, in one round trip
+// (plus the handoff's and tr.InTx's statements, if any). pre queues
+// statements ahead of the turn's own in that round trip and returns how
+// many it queued; their results are only checked for errors.
+func saveTurnTx(ctx context.Context, tx pgx.Tx, h *Hold, tr TurnReply, lease time.Duration, maxBatch int,
+	pre func(*pgx.Batch) int) (next *Hold, err error) {
+	r := tr.Reply
+	b := &pgx.Batch{}
+	npre := 0
+	if pre != nil {
+		npre = pre(b)
+	}
+	b.Queue(`UPDATE conversations SET turn_until = now() + $4::interval, updated_at = now()
+		WHERE id = $1 AND shop_id = $2 AND turn_owner = $3
+		RETURNING state`,
+		h.ConversationID, h.ShopID, h.Owner, lease)
+	b.Queue(`INSERT INTO replies (id, shop_id, conversation_id, text, source, model,
+			prompt_tokens, completion_tokens, cost_micro_usd, event_pending)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING created_at`,
+		r.ID, r.ShopID, r.ConversationID, r.Text, r.Source, r.Model,
+		r.PromptTokens, r.CompletionTokens, r.CostMicroUSD, tr.EventPending)
+	// A message dead-lettered meanwhile (status failed; its customer was
+	// told a human takes over) is not answered here: the count below
+	// comes up short and the turn is retried without it.
+	b.Queue(`UPDATE messages
+		SET status = 'answered', reply_id = $1, answered_at = now(), last_error = NULL
+		WHERE id = ANY($2) AND shop_id = $3 AND conversation_id = $4 AND reply_id IS NULL
+			AND status IN ('waiting', 'processing')`,
+		r.ID, r.MessageIDs, r.ShopID, r.ConversationID)
+	if tr.Handoff == nil {
+		b.Queue(takeBatch, h.ConversationID, h.ShopID, h.Owner, maxBatch)
+		b.Queue(releaseIfDone, h.ConversationID, h.ShopID, h.Owner)
+	}
+	if err := saveTurnBatch(tx.SendBatch(ctx, b), npre, h, r, &next, tr.Handoff == nil); err != nil {
+		return nil, err
+	}
+	if tr.Handoff != nil {
+		// The reply answers the turn; whatever came meanwhile waits
+		// for the agent, and the bot's turn ends here.
+		if _, err := handOff(ctx, tx, h.ShopID, h.ConversationID, *tr.Handoff); err != nil {
+			return nil, err
+		}
+		if _, err := tx.Exec(ctx, `UPDATE conversations SET turn_owner = NULL, turn_until = NULL
+			WHERE id = $1 AND shop_id = $2 AND turn_owner = $3`, h.ConversationID, h.ShopID, h.Owner); err != nil {
+			return nil, err
+		}
+	}
+	if tr.InTx != nil {
+		if err := tr.InTx(ctx, tx, r); err != nil {
+			return nil, err
+		}
+	}
+	return next, nil
+}
+
+// saveTurnBatch reads SaveTurn's batch and closes it: npre leading
+// statements, then the turn's; withNext: the batch takes the next turn.
+func saveTurnBatch(br pgx.BatchResults, npre int, h *Hold, r *peakdesk.Reply, next **Hold, withNext bool) error {
+	defer br.Close()
+	for range npre {
+		if _, err := br.Exec(); err != nil {
+			return err
+		}
 	}
 	var state string
 	err := br.QueryRow().Scan(&state)

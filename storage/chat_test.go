@@ -145,3 +145,34 @@ func TestSaveAnsweredMessageIsAtomicAndIdempotent(t *testing.T) {
 		t.Fatalf("intruder: %v", err)
 	}
 }
+
+// A conversation without turns is cached too: its first turn, appended,
+// is what the next Load finds, without Postgres.
+func TestMemoryCachesAConversationWithoutTurns(t *testing.T) {
+	t.Parallel()
+	db := setupDB(t)
+	rdb, err := storage.OpenRedis(storagetest.RedisURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rdb.Close() })
+	ctx := context.Background()
+	conv := fmt.Sprintf("%032x", time.Now().UnixNano()+1)
+	mem := &storage.Memory{DB: db, Redis: rdb, Turns: 3}
+	t.Cleanup(func() { rdb.Del(context.Background(), "pd:mem:shop1:"+conv) })
+	turns, err := mem.Load(ctx, "shop1", conv, nil)
+	if err != nil || len(turns) != 0 {
+		t.Fatalf("new conversation: %+v %v", turns, err)
+	}
+	mem.Append(ctx, "shop1", conv, storage.Turn{Role: "user", Text: "q1"}, storage.Turn{Role: "assistant", Text: "a1"})
+	// Postgres holds no turn of it: these come from Redis.
+	turns, err = mem.Load(ctx, "shop1", conv, nil)
+	if err != nil || len(turns) != 2 || turns[0].Text != "q1" || turns[1].Text != "a1" {
+		t.Fatalf("after the first turn: %+v %v", turns, err)
+	}
+	mem.Append(ctx, "shop1", conv, storage.Turn{Role: "user", Text: "q2"}, storage.Turn{Role: "assistant", Text: "a2"})
+	turns, err = mem.Load(ctx, "shop1", conv, nil)
+	if err != nil || len(turns) != 3 || turns[0].Text != "a1" || turns[2].Text != "a2" {
+		t.Fatalf("after the second turn (keep 3): %+v %v", turns, err)
+	}
+}

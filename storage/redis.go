@@ -69,7 +69,7 @@ func (m *Memory) Load(ctx context.Context, shop, conv string, exclude []string) 
 		turns := make([]Turn, 0, len(raw))
 		for _, s := range raw {
 			var t Turn
-			if json.Unmarshal([]byte(s), &t) == nil {
+			if json.Unmarshal([]byte(s), &t) == nil && t.Role != "" { // not noTurns
 				turns = append(turns, t)
 			}
 		}
@@ -79,20 +79,40 @@ func (m *Memory) Load(ctx context.Context, shop, conv string, exclude []string) 
 	if err != nil {
 		return nil, err
 	}
+	// A conversation without turns yet (most are new) is cached too, as
+	// the marker noTurns: Append then adds the turn being answered, and
+	// its next message finds it in Redis rather than in Postgres.
+	vals := []any{noTurns}
 	if len(turns) > 0 {
-		vals := make([]any, len(turns))
+		vals = make([]any, len(turns))
 		for i, t := range turns {
 			b, _ := json.Marshal(t)
 			vals[i] = b
 		}
-		// Best effort: a failed write only costs a rebuild next time.
-		pipe := m.Redis.TxPipeline()
-		pipe.Del(ctx, key)
-		pipe.RPush(ctx, key, vals...)
-		pipe.Expire(ctx, key, m.ttl())
-		_, _ = pipe.Exec(ctx)
 	}
+	// Best effort: a failed write only costs a rebuild next time.
+	pipe := m.Redis.TxPipeline()
+	pipe.Del(ctx, key)
+	pipe.RPush(ctx, key, vals...)
+	pipe.Expire(ctx, key, m.ttl())
+	_, _ = pipe.Exec(ctx)
 	return turns, nil
+}
+
+// noTurns is the cached list of a conversation without turns: an element
+// that is no turn (Load skips it; Append's trim drops it in time).
+const noTurns = `{}`
+
+// Started notes that conversation conv has no turns yet (its first message
+// started it): the next Load finds that in Redis, not in Postgres. Best
+// effort, as the rest of the cache.
+func (m *Memory) Started(ctx context.Context, shop, conv string) {
+	key := m.key(shop, conv)
+	pipe := m.Redis.TxPipeline()
+	pipe.Del(ctx, key)
+	pipe.RPush(ctx, key, noTurns)
+	pipe.Expire(ctx, key, m.ttl())
+	_, _ = pipe.Exec(ctx)
 }
 
 // Append adds turns to a cached conversation. An uncached conversation is

@@ -177,6 +177,11 @@ func (w *Worker) handle(ctx context.Context, log *slog.Logger, ka *keepAlive, ms
 		w.metrics.waited.Inc()
 		return ack(), nil
 	}
+	if claim.Hold.NewConversation {
+		// Its history is known to be empty: the turn reads it from
+		// Redis rather than Postgres.
+		w.cfg.Memory.Started(ctx, m.ShopID, m.ConversationID)
+	}
 	w.gather(ctx, log, claim.Hold)
 	end := w.turn(ctx, log, ka, claim.Hold, m.ID)
 	if end.next != nil {
@@ -230,7 +235,8 @@ func (w *Worker) runTurns(ctx context.Context, log *slog.Logger, ka *keepAlive, 
 
 // turn answers hold's messages with one reply, stores it (with what it
 // promises, in one transaction that also takes the conversation's next
-// turn), records it and publishes its event. headID is the queued message
+// turn; the transaction is shared with the other turns ready at the same
+// time, see storage.TurnCommitter), records it and publishes its event. headID is the queued message
 // that got the hold ("" for none); the turn's end tells its fate.
 func (w *Worker) turn(ctx context.Context, log *slog.Logger, ka *keepAlive, hold *storage.Hold, headID string) turnEnd {
 	turnCtx := ka.hold(ctx, hold)
@@ -248,7 +254,7 @@ func (w *Worker) turn(ctx context.Context, log *slog.Logger, ka *keepAlive, hold
 		// asked to stop.
 		reply = ans.Reply
 		saveCtx, cancel := context.WithTimeout(context.WithoutCancel(turnCtx), 10*time.Second)
-		next, err = w.cfg.DB.SaveTurn(saveCtx, hold, storage.TurnReply{
+		next, err = w.commits.SaveTurn(saveCtx, hold, storage.TurnReply{
 			Reply: reply, EventPending: eventPending, InTx: ans.inTx(), Handoff: ans.Handoff,
 		}, w.ackWait, w.cfg.MaxBatch)
 		cancel()
@@ -261,10 +267,12 @@ func (w *Worker) turn(ctx context.Context, log *slog.Logger, ka *keepAlive, hold
 	w.answered(ctx, hold, reply)
 	pubCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	err = w.publishEvent(pubCtx, reply)
-	if err == nil && eventPending {
-		err = w.cfg.DB.EventPublished(pubCtx, reply.ShopID, reply.ID)
-	}
 	cancel()
+	if err == nil && eventPending {
+		// Noted in the next group's transaction (the sweeper publishes
+		// the event again should the note be lost).
+		w.commits.EventPublished(reply.ShopID, reply.ID)
+	}
 	end := turnEnd{head: ack(), next: next}
 	if err != nil {
 		log.Warn("publishing a reply event failed; it will be re-published", "reply_id", reply.ID, "err", err)

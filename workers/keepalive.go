@@ -2,7 +2,6 @@ package workers
 
 import (
 	"context"
-	"errors"
 	"sync"
 	"time"
 
@@ -16,56 +15,20 @@ import (
 // consumers', so 1 s by default), so a long LLM call is not redelivered
 // elsewhere, and the conversation hold renewed as often; if the
 // hold is lost (renewal found another owner) the turn's context is
-// cancelled with ErrTurnLost.
+// cancelled with ErrTurnLost. The worker's heartbeat does it for all its
+// handlers at once: one statement renews every hold.
 type keepAlive struct {
 	w    *Worker
 	mu   sync.Mutex
 	msg  jetstream.Msg
 	cur  *storage.Hold
 	lost context.CancelCauseFunc
-	done chan struct{}
-	wg   sync.WaitGroup
 }
 
-func (w *Worker) keepAlive(ctx context.Context, msg jetstream.Msg) *keepAlive {
-	ka := &keepAlive{w: w, msg: msg, done: make(chan struct{})}
-	ka.wg.Add(1)
-	go func() {
-		defer ka.wg.Done()
-		t := time.NewTicker(w.ackWait / 3)
-		defer t.Stop()
-		for {
-			select {
-			case <-t.C:
-				ka.beat(ctx)
-			case <-ka.done:
-				return
-			}
-		}
-	}()
+func (w *Worker) keepAlive(_ context.Context, msg jetstream.Msg) *keepAlive {
+	ka := &keepAlive{w: w, msg: msg}
+	w.beats.add(ka)
 	return ka
-}
-
-func (ka *keepAlive) beat(ctx context.Context) {
-	ka.mu.Lock()
-	msg, hold, lost := ka.msg, ka.cur, ka.lost
-	ka.mu.Unlock()
-	// The hold first: should the worker die, its hold must run out no later
-	// than the message's AckWait, so that the redelivery finds the
-	// conversation free (and answers it) rather than held (and waits for
-	// the sweeper).
-	if hold != nil {
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ka.w.ackWait/3)
-		if err := ka.w.cfg.DB.RenewHold(rctx, hold, ka.w.ackWait); errors.Is(err, storage.ErrTurnLost) {
-			lost(storage.ErrTurnLost)
-		} else if err != nil {
-			ka.w.log.Warn("renewing a conversation hold failed", "conversation_id", hold.ConversationID, "err", err)
-		}
-		cancel()
-	}
-	if msg != nil {
-		ka.w.settle(ka.w.log, msg, inProgress())
-	}
 }
 
 // hold starts keeping h alive and returns the context its turn runs in;
@@ -94,6 +57,87 @@ func (ka *keepAlive) message(msg jetstream.Msg) {
 
 func (ka *keepAlive) stop() {
 	ka.hold(context.Background(), nil)
-	close(ka.done)
-	ka.wg.Wait()
+	ka.w.beats.remove(ka)
+}
+
+// heartbeat beats for a worker's keepAlives every third of its AckWait
+// while it has any (it needs no starting).
+type heartbeat struct {
+	w       *Worker
+	mu      sync.Mutex
+	kas     map[*keepAlive]struct{}
+	running bool
+}
+
+func (hb *heartbeat) add(ka *keepAlive) {
+	hb.mu.Lock()
+	defer hb.mu.Unlock()
+	if hb.kas == nil {
+		hb.kas = map[*keepAlive]struct{}{}
+	}
+	hb.kas[ka] = struct{}{}
+	if !hb.running {
+		hb.running = true
+		go hb.run()
+	}
+}
+
+func (hb *heartbeat) remove(ka *keepAlive) {
+	hb.mu.Lock()
+	delete(hb.kas, ka)
+	hb.mu.Unlock()
+}
+
+func (hb *heartbeat) run() {
+	t := time.NewTicker(hb.w.ackWait / 3)
+	defer t.Stop()
+	for range t.C {
+		hb.mu.Lock()
+		if len(hb.kas) == 0 {
+			hb.running = false
+			hb.mu.Unlock()
+			return
+		}
+		kas := make([]*keepAlive, 0, len(hb.kas))
+		for ka := range hb.kas {
+			kas = append(kas, ka)
+		}
+		hb.mu.Unlock()
+		hb.beat(kas)
+	}
+}
+
+// beat renews the holds first: should the worker die, its holds must run
+// out no later than its messages' AckWait, so that a redelivery finds the
+// conversation free (and answers it) rather than held (and waits for the
+// sweeper).
+func (hb *heartbeat) beat(kas []*keepAlive) {
+	var holds []*storage.Hold
+	lostOf := map[*storage.Hold]context.CancelCauseFunc{}
+	msgs := make([]jetstream.Msg, 0, len(kas))
+	for _, ka := range kas {
+		ka.mu.Lock()
+		if ka.cur != nil {
+			holds = append(holds, ka.cur)
+			lostOf[ka.cur] = ka.lost
+		}
+		if ka.msg != nil {
+			msgs = append(msgs, ka.msg)
+		}
+		ka.mu.Unlock()
+	}
+	if len(holds) > 0 {
+		rctx, cancel := context.WithTimeout(context.Background(), hb.w.ackWait/3)
+		lost, err := hb.w.cfg.DB.RenewHolds(rctx, holds, hb.w.ackWait)
+		cancel()
+		if err != nil {
+			hb.w.log.Warn("renewing the conversation holds failed", "holds", len(holds), "err", err)
+		}
+		for _, h := range lost {
+			lostOf[h](storage.ErrTurnLost)
+		}
+	}
+	for _, msg := range msgs {
+		hb.w.settle(hb.w.log, msg, inProgress())
+	}
 }

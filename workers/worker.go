@@ -112,6 +112,11 @@ type Config struct {
 	// SweepGrace is how old such a message or reply must be before the
 	// sweeper takes it. Default 2 s (a dead worker's conversations come back soon).
 	SweepGrace time.Duration
+	// CommitGroup is the most turns whose replies are stored in one
+	// transaction (group commit: the turns ready at the same time share
+	// it, each under a savepoint of its own; see storage.TurnCommitter).
+	// Default 32, at most 60; 1 stores each turn in a transaction of its own.
+	CommitGroup int
 }
 
 func (c *Config) setDefaults() {
@@ -127,6 +132,7 @@ func (c *Config) setDefaults() {
 	c.GatherWait = cmp.Or(c.GatherWait, 50*time.Millisecond)
 	c.SweepInterval = cmp.Or(c.SweepInterval, time.Second)
 	c.SweepGrace = cmp.Or(c.SweepGrace, 2*time.Second)
+	c.CommitGroup = cmp.Or(c.CommitGroup, 32)
 	budgets := map[peakdesk.Priority]time.Duration{
 		peakdesk.P0: 15 * time.Second, peakdesk.P1: 25 * time.Second, peakdesk.P2: 40 * time.Second,
 	}
@@ -156,6 +162,8 @@ func (c *Config) validate() error {
 		return errors.New("workers: config: MaxBatch must be at least 1")
 	case c.AckWait < 0 || c.SoftStop < 0:
 		return errors.New("workers: config: AckWait and SoftStop must not be negative")
+	case c.CommitGroup < 1 || c.CommitGroup > 60:
+		return errors.New("workers: config: CommitGroup must be 1 to 60")
 	}
 	for p, d := range c.Budgets {
 		if _, err := peakdesk.ParsePriority(string(p)); err != nil {
@@ -181,6 +189,8 @@ type Worker struct {
 	pulls     atomic.Int64 // pull requests sent to the priority consumers
 	tools     []llm.Tool   // Config.Tools as offered to the LLM
 	words     *handoffWords
+	commits   *storage.TurnCommitter // stores the turns' replies, grouped
+	beats     heartbeat              // keeps the handlers' messages and holds alive
 	// ackWait is the shortest AckWait of the consumers (or Config.AckWait):
 	// the lease of conversation holds; heartbeats every third of it.
 	ackWait time.Duration
@@ -212,7 +222,13 @@ func New(cfg Config) (*Worker, error) {
 			return nil, err
 		}
 	}
+	commits, err := storage.NewTurnCommitter(storage.TurnCommitterConfig{DB: cfg.DB, MaxTurns: cfg.CommitGroup,
+		Logger: cfg.Logger})
+	if err != nil {
+		return nil, fmt.Errorf("workers: %w", err)
+	}
 	w := &Worker{
+		commits:   commits,
 		cfg:       cfg,
 		log:       cfg.Logger.With("component", "worker"),
 		metrics:   m,
@@ -227,6 +243,7 @@ func New(cfg Config) (*Worker, error) {
 		// without starting it).
 		ackWait: cmp.Or(cfg.AckWait, 30*time.Second),
 	}
+	w.beats.w = w
 	if cfg.Tools != nil {
 		for _, d := range cfg.Tools.Definitions() {
 			w.tools = append(w.tools, llm.Tool{Name: d.Name, Description: d.Description, Parameters: d.Parameters})
@@ -306,6 +323,7 @@ func (w *Worker) Stop() {
 		}
 		<-done
 		w.workCancel()
+		w.commits.Wait() // the notes of published events
 		close(w.relayStop)
 		<-w.relayDone
 	})

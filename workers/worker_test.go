@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -60,6 +61,8 @@ type bundleOpts struct {
 	// transport puts each worker's LLM calls on its own LLMTransport, as
 	// in production (the provider budget and the adaptive limit).
 	transport bool
+	// tracer, when set, sees every query of the workers' pool.
+	tracer pgx.QueryTracer
 }
 
 // testPrices prices the simulator's model, so that replies have a cost.
@@ -85,7 +88,12 @@ func setup(t testing.TB, o bundleOpts) *testBundle {
 		t.Fatal(err)
 	}
 	dbURL := storagetest.DatabaseURL(t)
-	db, err := storage.Open(ctx, dbURL, max(o.dbConns, 16))
+	var db *storage.DB
+	if o.tracer != nil {
+		db, err = storage.OpenTraced(ctx, dbURL, max(o.dbConns, 16), o.tracer)
+	} else {
+		db, err = storage.Open(ctx, dbURL, max(o.dbConns, 16))
+	}
 	if err != nil {
 		t.Fatal(err)
 	}

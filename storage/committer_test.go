@@ -1,0 +1,229 @@
+package storage_test
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/peakdesk/peakdesk"
+	"github.com/peakdesk/peakdesk/storage"
+	"github.com/peakdesk/peakdesk/storage/storagetest"
+)
+
+// claimed claims a message of a new conversation n for owner and returns the
+// hold.
+func claimed(t *testing.T, db *storage.DB, n int) *storage.Hold {
+	t.Helper()
+	m := newMessage("shop1", hexID("cc", n), "u1", 1000+n)
+	c, err := db.ClaimMessage(context.Background(), m, hexID("0b", n), lease, 20)
+	if err != nil || c.Hold == nil {
+		t.Fatalf("claim %d: %+v %v", n, c, err)
+	}
+	return c.Hold
+}
+
+// Turns that are ready while the committer is busy are stored in one
+// transaction, and each gets its own outcome: a lost hold, a conversation
+// a human took, a reply stored already, a failing InTx fail alone (nothing
+// of theirs is stored), the others are stored with what came with them,
+// and a turn with messages waiting meanwhile gets its next turn.
+func TestTurnCommitterGroupsTurnsEachWithItsOwnOutcome(t *testing.T) {
+	t.Parallel()
+	db := takeoverDB(t)
+	ctx := context.Background()
+	c, err := storage.NewTurnCommitter(storage.TurnCommitterConfig{DB: db, Committers: 1,
+		Logger: storagetest.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// The first turn holds the only committer until the others queue up.
+	const others = 7
+	first := claimed(t, db, 0)
+	release := make(chan struct{})
+	firstDone := make(chan error, 1)
+	go func() {
+		_, err := c.SaveTurn(ctx, first, storage.TurnReply{Reply: turnReply(first, hexID("ee", 0)),
+			InTx: func(context.Context, pgx.Tx, *peakdesk.Reply) error { <-release; return nil }}, lease, 20)
+		firstDone <- err
+	}()
+
+	holds := make([]*storage.Hold, others)
+	for i := range holds {
+		holds[i] = claimed(t, db, i+1)
+	}
+	// 1: its hold was lost (expired and taken by another worker).
+	if err := db.RenewHold(ctx, holds[1], -time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if h, err := db.ClaimConversation(ctx, "shop1", holds[1].ConversationID, "thief", lease, 20); err != nil || h == nil {
+		t.Fatalf("take-over: %v %v", h, err)
+	}
+	// 2: an agent took the conversation.
+	if _, _, err := db.ClaimForAgent(ctx, agentOf("shop1", "ann"), holds[2].ConversationID); err != nil {
+		t.Fatal(err)
+	}
+	// 3: its reply id is taken (a unique violation).
+	answered(t, db, newMessage("shop1", hexID("cd", 3), "u1", 2003), hexID("ee", 3), "taken")
+	// 4: what comes with the reply fails.
+	boom := errors.New("boom")
+	// 5: another message waits for the conversation meanwhile.
+	waiting := newMessage("shop1", holds[5].ConversationID, "u1", 3005)
+	if cl, err := db.ClaimMessage(ctx, waiting, "other", lease, 20); err != nil || !cl.Waiting {
+		t.Fatalf("waiting claim: %+v %v", cl, err)
+	}
+
+	type outcome struct {
+		next *storage.Hold
+		err  error
+	}
+	outcomes := make([]outcome, others)
+	var wg sync.WaitGroup
+	for i, h := range holds {
+		tr := storage.TurnReply{Reply: turnReply(h, hexID("ee", i+1))}
+		if i == 3 {
+			tr.Reply.ID = hexID("ee", 3)
+		}
+		if i == 4 {
+			tr.InTx = func(context.Context, pgx.Tx, *peakdesk.Reply) error { return boom }
+		} else {
+			tr.InTx = func(ctx context.Context, tx pgx.Tx, r *peakdesk.Reply) error {
+				_, err := storage.InsertReplyWebhook(ctx, tx, peakdesk.Action{ShopID: r.ShopID,
+					ConversationID: r.ConversationID, ReplyID: r.ID, Kind: peakdesk.ActionWebhookDeliver,
+					Payload: []byte(`{}`), IdempotencyKey: "wh-" + r.ID, MaxAttempts: 3})
+				return err
+			}
+		}
+		wg.Go(func() {
+			next, err := c.SaveTurn(ctx, h, tr, lease, 20)
+			outcomes[i] = outcome{next, err}
+		})
+	}
+	storagetest.WaitFor(t, "the other turns queued", 10*time.Second, func() bool { return c.Queued() == others })
+	close(release)
+	wg.Wait()
+	if err := <-firstDone; err != nil {
+		t.Fatalf("first turn: %v", err)
+	}
+	if groups, turns := c.Groups(); groups != 1 || turns != others {
+		t.Fatalf("%d groups with %d turns; want the %d others in one", groups, turns, others)
+	}
+
+	for i, o := range outcomes {
+		var want error
+		switch i {
+		case 1:
+			want = storage.ErrTurnLost
+		case 2:
+			want = storage.ErrHumanOwned
+		case 3:
+			want = storage.ErrAlreadyAnswered
+		case 4:
+			want = boom
+		}
+		if !errors.Is(o.err, want) || (want == nil && o.err != nil) {
+			t.Errorf("turn %d: %v, want %v", i, o.err, want)
+		}
+		h := holds[i]
+		r, err := db.ReplyFor(ctx, "shop1", h.Messages[0].ID)
+		switch {
+		case want == nil && (err != nil || r.ID != hexID("ee", i+1)):
+			t.Errorf("turn %d: reply %+v %v, want it stored", i, r, err)
+		case want != nil && err == nil:
+			t.Errorf("turn %d failed but its message is answered by %s", i, r.ID)
+		}
+		if want == nil && !hasWebhook(t, db, hexID("ee", i+1)) {
+			t.Errorf("turn %d: its webhook was not stored with it", i)
+		}
+	}
+	if hasWebhook(t, db, hexID("ee", 4+1)) {
+		t.Error("the failed turn's webhook was stored")
+	}
+	if n := outcomes[5].next; n == nil || !slices.Equal(n.MessageIDs(), []string{waiting.ID}) {
+		t.Errorf("turn 5's next turn %+v, want the waiting message", n)
+	}
+	for i, o := range outcomes {
+		if i != 5 && o.next != nil {
+			t.Errorf("turn %d got a next turn %+v", i, o.next)
+		}
+	}
+}
+
+func hasWebhook(t *testing.T, db *storage.DB, replyID string) bool {
+	t.Helper()
+	actions, err := db.ListActions(context.Background(), "shop1", storage.ActionFilter{Q: "wh-" + replyID}, 0, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(actions) > 0
+}
+
+// A published event's note clears the reply's pending mark, in a
+// transaction of its own when no turn is waiting.
+func TestTurnCommitterNotesPublishedEvents(t *testing.T) {
+	t.Parallel()
+	db := setupDB(t)
+	ctx := context.Background()
+	c, err := storage.NewTurnCommitter(storage.TurnCommitterConfig{DB: db, Logger: storagetest.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := claimed(t, db, 50)
+	r := turnReply(h, hexID("ee", 50))
+	if _, err := c.SaveTurn(ctx, h, storage.TurnReply{Reply: r, EventPending: true}, lease, 20); err != nil {
+		t.Fatal(err)
+	}
+	pending := func() bool {
+		rs, err := db.PendingEvents(ctx, -time.Hour, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return slices.ContainsFunc(rs, func(p *peakdesk.Reply) bool { return p.ID == r.ID })
+	}
+	if !pending() {
+		t.Fatal("the reply's event is not pending")
+	}
+	c.EventPublished("shop2", r.ID) // another shop's reply of that id: nothing
+	c.Wait()
+	if !pending() {
+		t.Fatal("a note of another shop cleared the reply's pending event")
+	}
+	c.EventPublished("shop1", r.ID)
+	c.Wait()
+	if pending() {
+		t.Fatal("the published event is still pending")
+	}
+}
+
+// RenewHolds renews every hold in one statement and names those lost.
+func TestRenewHoldsNamesTheLostOnes(t *testing.T) {
+	t.Parallel()
+	db := setupDB(t)
+	ctx := context.Background()
+	kept, taken := claimed(t, db, 60), claimed(t, db, 61)
+	if err := db.RenewHold(ctx, taken, -time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if h, err := db.ClaimConversation(ctx, "shop1", taken.ConversationID, "thief", lease, 20); err != nil || h == nil {
+		t.Fatalf("take-over: %v %v", h, err)
+	}
+	foreign := *kept
+	foreign.ShopID = "shop2" // the same conversation named under another shop is not renewed
+	lost, err := db.RenewHolds(ctx, []*storage.Hold{kept, taken, &foreign}, -time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(lost) != 2 || lost[0] != taken || lost[1] != &foreign {
+		t.Fatalf("lost %v, want the taken hold and the foreign one", lost)
+	}
+	// The kept hold was renewed (here: to expire at once, so another
+	// worker may take it).
+	if h, err := db.ClaimConversation(ctx, "shop1", kept.ConversationID, "next", lease, 20); err != nil || h == nil {
+		t.Fatalf("the renewed lease was not applied: %v %v", h, err)
+	}
+}
