@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -38,18 +37,7 @@ func setupDesk(t *testing.T) *deskEnv {
 		WebhookURL: e.url + "/webhooks/replies", WebhookSecret: testWebhookSecret}); err != nil {
 		t.Fatal(err)
 	}
-	nc, err := nats.Connect(storagetest.NATS(t).ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := queue.EnsureTopology(ctx, js, queue.Topology{}); err != nil {
-		t.Fatal(err)
-	}
+	js := storagetest.JetStream(t)
 	reg := prometheus.NewRegistry()
 	desk, err := outbox.NewDesk(outbox.DeskConfig{DB: e.db, JS: js, Logger: storagetest.Logger(t), Registerer: reg})
 	if err != nil {

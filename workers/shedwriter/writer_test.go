@@ -28,19 +28,7 @@ type testBundle struct {
 func setup(t *testing.T) *testBundle {
 	t.Helper()
 	ctx := context.Background()
-	ns := storagetest.NATS(t)
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := queue.EnsureTopology(ctx, js, queue.Topology{}); err != nil {
-		t.Fatal(err)
-	}
+	js := storagetest.JetStream(t)
 	db := storagetest.DB(t)
 	if err := db.EnsureShop(ctx, "shop1", "shop1"); err != nil {
 		t.Fatal(err)
