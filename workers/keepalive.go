@@ -67,6 +67,9 @@ type heartbeat struct {
 	mu      sync.Mutex
 	kas     map[*keepAlive]struct{}
 	running bool
+	stopped bool
+	quit    chan struct{}  // closed by stop
+	wg      sync.WaitGroup // the running beat goroutine
 }
 
 func (hb *heartbeat) add(ka *keepAlive) {
@@ -76,10 +79,28 @@ func (hb *heartbeat) add(ka *keepAlive) {
 		hb.kas = map[*keepAlive]struct{}{}
 	}
 	hb.kas[ka] = struct{}{}
-	if !hb.running {
+	if !hb.running && !hb.stopped {
+		if hb.quit == nil {
+			hb.quit = make(chan struct{})
+		}
 		hb.running = true
+		hb.wg.Add(1)
 		go hb.run()
 	}
+}
+
+// stop ends the beats and waits for the running one, if any. The worker
+// calls it once its handlers are done.
+func (hb *heartbeat) stop() {
+	hb.mu.Lock()
+	if !hb.stopped {
+		hb.stopped = true
+		if hb.quit != nil {
+			close(hb.quit)
+		}
+	}
+	hb.mu.Unlock()
+	hb.wg.Wait()
 }
 
 func (hb *heartbeat) remove(ka *keepAlive) {
@@ -89,9 +110,18 @@ func (hb *heartbeat) remove(ka *keepAlive) {
 }
 
 func (hb *heartbeat) run() {
+	defer hb.wg.Done()
 	t := time.NewTicker(hb.w.ackWait / 3)
 	defer t.Stop()
-	for range t.C {
+	for {
+		select {
+		case <-t.C:
+		case <-hb.quit:
+			hb.mu.Lock()
+			hb.running = false
+			hb.mu.Unlock()
+			return
+		}
 		hb.mu.Lock()
 		if len(hb.kas) == 0 {
 			hb.running = false

@@ -322,6 +322,7 @@ func (w *Worker) Stop() {
 			}
 		}
 		<-done
+		w.beats.stop()
 		w.workCancel()
 		w.commits.Wait() // the notes of published events
 		close(w.relayStop)
