@@ -545,7 +545,7 @@ func (e *Edge) acceptMessage(ctx context.Context, claims *token.Claims, info *sh
 	}
 	keptP0 = !duplicate
 	e.metrics.accepted.WithLabelValues(string(prio)).Inc()
-	if forAgent {
+	if forAgent && !duplicate {
 		e.metrics.shed.WithLabelValues(string(prio), "human").Inc()
 	}
 	if !duplicate {

@@ -136,9 +136,10 @@ func (db *DB) SaveShedAnswers(ctx context.Context, answers []ShedAnswer,
 			convIDs, convShops, convUser = append(convIDs, m.ConversationID), append(convShops, m.ShopID), append(convUser, m.UserID)
 		}
 		for _, a := range answers[i].Actions {
-			a.ReplyID, a.ConversationID, a.Trace = r.ID, r.ConversationID, cmp.Or(a.Trace, answers[i].Trace)
+			// The answer's own shop and conversation, whatever the record says.
+			a.ShopID, a.ReplyID, a.ConversationID, a.Trace = m.ShopID, r.ID, r.ConversationID, cmp.Or(a.Trace, answers[i].Trace)
 			if err := promised.add(m.ID, &a); err != nil {
-				return nil, err
+				return nil, fmt.Errorf("storage: save shed answers: message %s: %w", m.ID, err)
 			}
 		}
 		if webhook != nil {
