@@ -46,13 +46,16 @@ import (
 //go:embed templates/*.html
 var templateFS embed.FS
 
-// staticFS holds the console's own console.css and console.js and two
+// staticFS holds the console's own console.css and console.js and three
 // libraries from the npm registry, pinned and committed minified: htmx.org
-// 2.0.11 (htmx.min.js) and uplot 1.6.32 (uPlot.iife.min.js, uPlot.min.css),
-// with their licenses. To update them:
+// 2.0.11 (htmx.min.js), idiomorph 0.8.0 (idiomorph-ext.min.js: htmx's
+// "morph" swap, so a live region that is polled keeps its buttons and
+// fields as the same elements and a click is never lost to a swap) and
+// uplot 1.6.32 (uPlot.iife.min.js, uPlot.min.css), with their licenses.
+// To update them:
 //
-//	npm pack htmx.org@VERSION uplot@VERSION
-//	tar xzf htmx.org-VERSION.tgz package/dist/htmx.min.js  # and uplot's dist/uPlot.iife.min.js, dist/uPlot.min.css
+//	npm pack htmx.org@VERSION idiomorph@VERSION uplot@VERSION
+//	tar xzf htmx.org-VERSION.tgz package/dist/htmx.min.js  # idiomorph's dist/idiomorph-ext.min.js, uplot's dist/uPlot.iife.min.js, dist/uPlot.min.css
 //
 // copy the files over the ones here, run the browser tests, and note the
 // versions here and in the README. Nothing is fetched at run time.
