@@ -37,7 +37,19 @@ import (
 // question with "checking" and a follow-up, a question the FAQ is confident
 // about with its answer (200 answered), a repeat with its first result, or
 // 429 with retry.
+//
+// A message with a key may be a client's retry of one the edge took
+// before. Within CHAT_IN's duplicate window the publish says so; after it
+// the publish goes through, and the shed writer, finding the message
+// stored, drops the new answer — which the client would have been given,
+// though it is stored nowhere. So a keyed message's first result is looked
+// up before it is answered: one Redis read while it is new (knownMessage).
 func (e *Edge) shed(ctx context.Context, m *peakdesk.Message, key string, retry time.Duration) (accepted, error) {
+	if key != "" {
+		if st, ok := e.knownMessage(ctx, m); ok {
+			return stateResult(m.ID, st), nil
+		}
+	}
 	if text, actions, ok := e.orderShed(ctx, m); ok {
 		// "Checking" now; the order.followup that the relays carry out
 		// (coalesced shop lookups, no LLM, no queue) pushes the facts on
@@ -49,7 +61,7 @@ func (e *Edge) shed(ctx context.Context, m *peakdesk.Message, key string, retry 
 	}
 	text, ok := e.faq.answer(ctx, m.ShopID, m.Text)
 	if !ok {
-		return e.refuse(ctx, m, key, retry, "rejected")
+		return e.refused(m, retry, "rejected") // a repeat was looked up above
 	}
 	// UserID routes the reply's event to the customer's subject; the shed
 	// record carries it in the message (Reply.UserID is not encoded).
@@ -99,6 +111,11 @@ func (e *Edge) refuse(ctx context.Context, m *peakdesk.Message, key string, retr
 			return stateResult(m.ID, st), nil
 		}
 	}
+	return e.refused(m, retry, outcome)
+}
+
+// refused answers shed message m 429 with retry, counted as outcome.
+func (e *Edge) refused(m *peakdesk.Message, retry time.Duration, outcome string) (accepted, error) {
 	e.metrics.shed.WithLabelValues(string(m.Priority), outcome).Inc()
 	return accepted{}, &peakdesk.Error{Code: peakdesk.ERateLimited, RetryAfter: retry,
 		Message: "the desk is very busy right now, retry later"}

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -361,4 +363,108 @@ func TestAShedOrderQuestionRacingATakeoverIsLeftToTheAgent(t *testing.T) {
 	if err != nil || len(acts) != 0 {
 		t.Errorf("follow-ups %+v (%v); want none in a human's conversation", acts, err)
 	}
+}
+
+// A shed message retried with its key after CHAT_IN's duplicate window —
+// when JetStream no longer knows the id — gets the answer it got and that
+// the shed writer stored (same reply id and text), not a new one the
+// writer would drop as a repeat; exactly one reply is stored and no second
+// shed record is published.
+func TestAKeyedRetryOfAShedAnswerAfterTheDuplicateWindowGetsTheStoredAnswer(t *testing.T) {
+	t.Parallel()
+	const window = time.Second
+	b := setup(t, queue.Topology{DuplicateWindow: window}, func(c *Config) {
+		c.FAQ = fixedFAQ{}
+		c.Admission = AdmissionConfig{MinBacklog: 3, Refresh: 20 * time.Millisecond,
+			MaxWait: map[peakdesk.Priority]time.Duration{peakdesk.P0: time.Hour, peakdesk.P1: time.Hour, peakdesk.P2: time.Nanosecond}}
+	})
+	ctx := context.Background()
+	u := tok(t, "shop1", b.salt+"u1")
+	b.shedP2(t, u)
+	reg := prometheus.NewRegistry()
+	w, err := shedwriter.New(shedwriter.Config{JS: b.js, DB: b.db, Webhook: outbox.ReplyWebhook,
+		Logger: storagetest.Logger(t), Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(w.Stop)
+
+	const question = `{"text":"双11满减怎么算？","client_msg_id":"k-late"}`
+	first := b.do(t, "POST", "/v1/messages", u, question)
+	reply, _ := first.body["reply"].(map[string]any)
+	if first.status != http.StatusOK || reply == nil {
+		t.Fatalf("shed FAQ question: %d %s", first.status, first.raw)
+	}
+	id := first.body["message_id"].(string)
+	storagetest.WaitFor(t, "the writer stores the answer", 10*time.Second, func() bool {
+		r, err := b.db.ReplyFor(ctx, "shop1", id)
+		return err == nil && r.ID == reply["reply_id"]
+	})
+	// Past the window: a probe published with the first one's time is no
+	// longer a duplicate (JetStream forgets ids a little after the window).
+	probe := func() bool {
+		msg := nats.NewMsg(queue.InSubject(peakdesk.P0, "probe"))
+		msg.Header.Set(jetstream.MsgIDHeader, "probe-"+id)
+		ack, err := b.js.PublishMsg(ctx, msg)
+		return err == nil && !ack.Duplicate
+	}
+	if !probe() {
+		t.Fatal("the probe's first publish was a duplicate")
+	}
+	storagetest.WaitFor(t, "CHAT_IN's duplicate window passes", 20*window, probe)
+
+	again := b.do(t, "POST", "/v1/messages", u, question)
+	againReply, _ := again.body["reply"].(map[string]any)
+	if again.status != http.StatusOK || again.body["message_id"] != id || againReply == nil ||
+		againReply["reply_id"] != reply["reply_id"] || againReply["text"] != reply["text"] {
+		t.Errorf("retry after the window: %d %s; want 200 with reply %v %q", again.status, again.raw,
+			reply["reply_id"], reply["text"])
+	}
+	// Whatever was published is settled by the writer before the counts.
+	c, err := b.js.Consumer(ctx, queue.StreamIn, queue.ConsumerShedWriter)
+	if err != nil {
+		t.Fatal(err)
+	}
+	storagetest.WaitFor(t, "the writer is done", 10*time.Second, func() bool {
+		ci, err := c.Info(ctx)
+		return err == nil && ci.NumPending == 0 && ci.NumAckPending == 0
+	})
+	if got := writerRecords(t, reg); got != "stored=1" {
+		t.Errorf("shed records the writer settled: %s, want stored=1 (one shed record)", got)
+	}
+	var replies int
+	if err := b.db.Tx(ctx, func(tx pgx.Tx) error {
+		return tx.QueryRow(ctx, `SELECT count(*) FROM replies WHERE shop_id = 'shop1' AND conversation_id = $1`,
+			first.body["conversation_id"]).Scan(&replies)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if replies != 1 {
+		t.Errorf("%d replies stored, want 1", replies)
+	}
+	if g := b.do(t, "GET", "/v1/messages/"+id, u, ""); g.body["status"] != "answered" {
+		t.Errorf("GET after the retry: %s, want answered", g.raw)
+	}
+}
+
+// writerRecords lists the shed writer's settled records by outcome.
+func writerRecords(t *testing.T, reg *prometheus.Registry) string {
+	t.Helper()
+	fams, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, f := range fams {
+		if f.GetName() != "peakdesk_shed_writer_records_total" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			out = append(out, fmt.Sprintf("%s=%v", m.GetLabel()[0].GetValue(), m.GetCounter().GetValue()))
+		}
+	}
+	return strings.Join(out, " ")
 }
