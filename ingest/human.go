@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/storage"
 )
 
@@ -31,25 +32,43 @@ import (
 // speak in a human's conversation, and not a queued message either, since
 // the desk is overloaded and most conversations are the bot's.
 
-// humanOwnedRetry is how long the edge waits before connecting again.
-const humanOwnedRetry = time.Second
+// The listening connection is checked when it has been quiet for
+// humanOwnedIdle (storage.HumanOwnedListener.Next): a connection dead
+// without a reset leaves the edge stale at most that long plus a ping's
+// wait, after which it reconnects and loads the full set again. While
+// Postgres is away the edge tries again on the project's back-off (1 s
+// more each time, jittered, at most 30 s) and says so once when it loses
+// track, at most once a minute while that lasts, and once when it is back.
+const (
+	humanOwnedIdle     = 30 * time.Second
+	humanOwnedLogEvery = time.Minute
+	// humanOwnedSteady is how long a connection must have lasted for the
+	// back-off to start again from its first step; a connection that keeps
+	// breaking at once is retried ever more slowly, and logged as seldom.
+	humanOwnedSteady = time.Minute
+)
 
 // humanOwners keeps which conversations human agents own.
 type humanOwners struct {
 	db  *storage.DB
 	log *slog.Logger
 
-	mu    sync.RWMutex
-	retry time.Duration       // wait before connecting again
-	known bool                // following the moves
-	owned map[string]struct{} // shop \x00 conversation
+	// Set before start; tests shorten them.
+	idle     time.Duration // quiet time before the connection is checked
+	logEvery time.Duration // at most one "still cannot" log per logEvery
+
+	mu      sync.RWMutex
+	backoff peakdesk.LinearBackOff // wait before connecting again
+	known   bool                   // following the moves
+	owned   map[string]struct{}    // shop \x00 conversation
 
 	cancel context.CancelFunc
 	done   chan struct{}
 }
 
 func newHumanOwners(db *storage.DB, log *slog.Logger) *humanOwners {
-	return &humanOwners{db: db, log: log, retry: humanOwnedRetry}
+	return &humanOwners{db: db, log: log, idle: humanOwnedIdle, logEvery: humanOwnedLogEvery,
+		backoff: peakdesk.LinearBackOff{Step: time.Second, Max: 30 * time.Second, Jitter: 0.2}}
 }
 
 func ownerKey(shop, conv string) string { return shop + "\x00" + conv }
@@ -76,11 +95,26 @@ func (h *humanOwners) size() float64 {
 	return float64(len(h.owned))
 }
 
+// up is 1 while the edge follows the moves (listening, the set loaded),
+// else 0.
+func (h *humanOwners) up() float64 {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	if h.known {
+		return 1
+	}
+	return 0
+}
+
 // start follows the moves in the background. It connects once first,
 // within ctx, so that an edge started with Postgres up knows from its
 // first request.
 func (h *humanOwners) start(ctx context.Context) {
-	l := h.connect(ctx)
+	l, err := h.connect(ctx)
+	if err != nil && ctx.Err() == nil {
+		h.log.Warn("cannot follow which conversations human agents own; shed messages naming a conversation get 429 until it can",
+			"err", err)
+	}
 	runCtx, cancel := context.WithCancel(context.Background())
 	h.cancel, h.done = cancel, make(chan struct{})
 	go h.run(runCtx, l)
@@ -93,16 +127,11 @@ func (h *humanOwners) stop() {
 	}
 }
 
-// connect listens and loads the conversations humans own; nil when it
-// cannot.
-func (h *humanOwners) connect(ctx context.Context) *storage.HumanOwnedListener {
+// connect listens and loads the conversations humans own.
+func (h *humanOwners) connect(ctx context.Context) (*storage.HumanOwnedListener, error) {
 	l, owned, err := h.db.ListenHumanOwned(ctx)
 	if err != nil {
-		if ctx.Err() == nil {
-			h.log.Warn("cannot follow which conversations human agents own; shed messages naming a conversation get 429",
-				"err", err)
-		}
-		return nil
+		return nil, err
 	}
 	m := make(map[string]struct{}, len(owned))
 	for _, o := range owned {
@@ -111,28 +140,47 @@ func (h *humanOwners) connect(ctx context.Context) *storage.HumanOwnedListener {
 	h.mu.Lock()
 	h.owned, h.known = m, true
 	h.mu.Unlock()
-	return l
+	return l, nil
+}
+
+// nextWait is the wait before the next connection attempt.
+func (h *humanOwners) nextWait() time.Duration {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.backoff.NextBackOff()
 }
 
 func (h *humanOwners) run(ctx context.Context, l *storage.HumanOwnedListener) {
 	defer close(h.done)
+	// lost is when the edge stopped following the moves; logged when it
+	// last said it still cannot; failed counts attempts since.
+	lost, logged, failed := time.Now(), time.Now(), 0
 	for {
 		for l == nil {
-			h.mu.RLock()
-			t := time.NewTimer(h.retry)
-			h.mu.RUnlock()
-			select {
-			case <-t.C:
-			case <-ctx.Done():
-				t.Stop()
+			if peakdesk.Sleep(ctx, h.nextWait()) != nil {
 				return
 			}
-			l = h.connect(ctx)
+			var err error
+			if l, err = h.connect(ctx); err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				failed++
+				if time.Since(logged) >= h.logEvery {
+					h.log.Warn("still cannot follow which conversations human agents own; shed messages naming a conversation get 429",
+						"for", time.Since(lost).Round(time.Second), "attempts", failed, "err", err)
+					logged = time.Now()
+				}
+				continue
+			}
+			h.log.Info("following which conversations human agents own again",
+				"after", time.Since(lost).Round(time.Millisecond), "attempts", failed+1)
 		}
+		connected := time.Now()
 		var err error
 		for {
 			var o storage.HumanOwnership
-			if o, err = l.Next(ctx); err != nil {
+			if o, err = l.Next(ctx, h.idle); err != nil {
 				break
 			}
 			h.mu.Lock()
@@ -145,13 +193,19 @@ func (h *humanOwners) run(ctx context.Context, l *storage.HumanOwnedListener) {
 		}
 		l.Close()
 		l = nil
-		// Moves made until the next connection would be missed: unknown.
+		// Moves made until the next connection would be missed: unknown,
+		// and the next connection loads the full set again.
 		h.mu.Lock()
 		h.owned, h.known = nil, false
+		if time.Since(connected) >= humanOwnedSteady {
+			h.backoff.Reset()
+		}
 		h.mu.Unlock()
 		if ctx.Err() != nil {
 			return
 		}
-		h.log.Warn("lost track of which conversations human agents own; reconnecting", "err", err)
+		lost, logged, failed = time.Now(), time.Now(), 0
+		h.log.Warn("lost track of which conversations human agents own; shed messages naming a conversation get 429 until the edge reconnects",
+			"err", err)
 	}
 }

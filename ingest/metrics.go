@@ -138,6 +138,10 @@ func (m *edgeMetrics) bindBounds(reg prometheus.Registerer, e *Edge) error {
 			Help: "Conversations human agents own, as this edge follows them for shedding; -1 while it does not know (then a shed message naming a conversation gets 429).",
 		}, e.humans.size),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "peakdesk_ingest_human_owned_listener_up",
+			Help: "1 while this edge follows which conversations human agents own (listening on Postgres, the set loaded), 0 while it reconnects.",
+		}, e.humans.up),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "peakdesk_ingest_queued_cache_buffered",
 			Help: "Queued-state and shed-answer cache writes waiting for Redis (bounded; beyond it they are dropped and counted in peakdesk_ingest_redis_errors_total).",
 		}, func() float64 { return float64(e.queuedW.buffered()) }),

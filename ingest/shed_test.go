@@ -270,7 +270,7 @@ func TestShedMessagesGet429WhileTheEdgeDoesNotKnowWhoOwnsTheConversation(t *test
 	}
 	// Lose the listening connection, and do not come back within the test.
 	b.edge.humans.mu.Lock()
-	b.edge.humans.retry = time.Hour
+	b.edge.humans.backoff = peakdesk.LinearBackOff{Step: time.Hour}
 	b.edge.humans.mu.Unlock()
 	if err := b.db.Tx(ctx, func(tx pgx.Tx) error {
 		tag, err := tx.Exec(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity

@@ -3,12 +3,14 @@ package storage
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/peakdesk/peakdesk"
 )
@@ -383,16 +385,55 @@ func (db *DB) ListenHumanOwned(ctx context.Context) (*HumanOwnedListener, []Huma
 
 // Next returns the next move. It fails when ctx ends or the connection
 // does (then Close it and listen again: what moved meanwhile was missed).
-func (l *HumanOwnedListener) Next(ctx context.Context) (HumanOwnership, error) {
+//
+// A connection can die without a word — a NAT or a proxy drops it, a
+// failover moves the server, and no reset ever arrives — and a listener
+// waiting on it would wait for good while moves go by. So after idle
+// without a notification Next pings the server (a round trip, answered
+// within min(idle, 5 s)) and fails if it does not answer. idle ≤ 0 waits
+// without checking.
+func (l *HumanOwnedListener) Next(ctx context.Context, idle time.Duration) (HumanOwnership, error) {
 	for {
-		n, err := l.conn.WaitForNotification(ctx)
+		n, err := l.wait(ctx, idle)
 		if err != nil {
-			return HumanOwnership{}, fmt.Errorf("storage: wait for human owned: %w", err)
+			return HumanOwnership{}, err
 		}
 		flag, rest, ok1 := strings.Cut(n.Payload, " ")
 		conv, shop, ok2 := strings.Cut(rest, " ")
 		if ok1 && ok2 && (flag == "0" || flag == "1") {
 			return HumanOwnership{ShopID: shop, ConversationID: conv, Human: flag == "1"}, nil
+		}
+	}
+}
+
+// wait returns the next notification, checking the connection after each
+// idle period without one.
+func (l *HumanOwnedListener) wait(ctx context.Context, idle time.Duration) (*pgconn.Notification, error) {
+	if idle <= 0 {
+		n, err := l.conn.WaitForNotification(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("storage: wait for human owned: %w", err)
+		}
+		return n, nil
+	}
+	for {
+		// A wait cut by its deadline leaves the connection usable (pgx
+		// only sets a read deadline); a notification that arrives during
+		// the ping is kept for the next wait.
+		wctx, cancel := context.WithTimeout(ctx, idle)
+		n, err := l.conn.WaitForNotification(wctx)
+		cancel()
+		if err == nil {
+			return n, nil
+		}
+		if ctx.Err() != nil || !errors.Is(wctx.Err(), context.DeadlineExceeded) {
+			return nil, fmt.Errorf("storage: wait for human owned: %w", err)
+		}
+		pctx, cancel := context.WithTimeout(ctx, min(idle, 5*time.Second))
+		err = l.conn.Ping(pctx)
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("storage: wait for human owned: no answer to a ping after %s without a notification: %w", idle, err)
 		}
 	}
 }
