@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"strconv"
 	"sync"
 	"syscall"
 	"testing"
@@ -82,9 +83,13 @@ func TestShedAnswersStoredExactlyOnceAcrossShedWriterKill(t *testing.T) {
 	var mu sync.Mutex
 	var all []answered
 	var wg sync.WaitGroup
+	// Users of this run only: Redis outlives the test's database, and the
+	// edge looks a keyed message up there before it answers it (a retry
+	// of an earlier run's message id would get that run's answer).
+	run := strconv.FormatInt(time.Now().UnixNano(), 36)
 	for u := range users {
 		wg.Go(func() {
-			user := fmt.Sprintf("shed-user-%03d", u)
+			user := fmt.Sprintf("shed-user-%s-%03d", run, u)
 			tok := bearer(t, "demo", user)
 			conv := ""
 			for j := range perUser {
