@@ -80,7 +80,7 @@ func benchAnswers(ctx context.Context, getenv func(string) string, logw io.Write
 	cfg.MetricsAddr = "127.0.0.1:0"
 	cfg.DataDir = dir
 	cfg.JWTSecret = cmp.Or(cfg.JWTSecret, devSecret)
-	cfg.MasterKey = cmp.Or(cfg.MasterKey, devMasterKeyHex()) // the dev database's secrets (make run) are sealed with it
+	cfg.MasterKey = cmp.Or(cfg.MasterKey, devMasterKeyHex()) // a key is required; the scratch database holds no sealed secrets
 	cfg.LLMBaseURL = llmURL + "/v1"
 	cfg.ShopAPIURL = shopURL
 	cfg.AllowPrivateShopURLs = true
