@@ -293,12 +293,12 @@ func benchBarePath(ctx context.Context, p *Program, shop string, n, conc int) (f
 					return
 				}
 				for msg := range batch.Messages() {
-					var key struct {
-						ID   string `json:"id"`
-						Shop string `json:"shop"`
+					var m peakdesk.Message
+					if err := json.Unmarshal(msg.Data(), &m); err != nil || m.ID == "" {
+						errOnce.Do(func() { firstErr = fmt.Errorf("a message without its id: %v", err) })
+						return
 					}
-					_ = json.Unmarshal(msg.Data(), &key)
-					if err := bare.Insert(ctx, key.Shop, key.ID, msg.Data()); err != nil {
+					if err := bare.Insert(ctx, m.ShopID, m.ID, msg.Data()); err != nil {
 						errOnce.Do(func() { firstErr = err })
 						return
 					}
@@ -312,10 +312,15 @@ func benchBarePath(ctx context.Context, p *Program, shop string, n, conc int) (f
 		})
 	}
 	wg.Wait()
+	elapsed := time.Since(start)
 	if firstErr != nil {
 		return 0, fmt.Errorf("bench: bare path: %w", firstErr)
 	}
-	return float64(n) / time.Since(start).Seconds(), nil
+	// One row per message, or the floor measured was something else.
+	if rows, err := bare.Rows(ctx); err != nil || rows != n {
+		return 0, fmt.Errorf("bench: bare path wrote %d rows for %d messages (%v)", rows, n, err)
+	}
+	return float64(n) / elapsed.Seconds(), nil
 }
 
 // procMeter measures the CPU time by process: this one, the Postgres
