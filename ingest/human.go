@@ -35,7 +35,7 @@ import (
 // The listening connection is checked when it has been quiet for
 // humanOwnedIdle (storage.HumanOwnedListener.Next): a connection dead
 // without a reset leaves the edge stale at most that long plus a ping's
-// wait, after which it reconnects and loads the full set again. While
+// wait (5 s), after which it reconnects and loads the full set again. While
 // Postgres is away the edge tries again on the project's back-off (1 s
 // more each time, jittered, at most 30 s) and says so once when it loses
 // track, at most once a minute while that lasts, and once when it is back.
@@ -44,7 +44,7 @@ const (
 	humanOwnedLogEvery = time.Minute
 	// humanOwnedSteady is how long a connection must have lasted for the
 	// back-off to start again from its first step; a connection that keeps
-	// breaking at once is retried ever more slowly, and logged as seldom.
+	// breaking at once is retried ever more slowly, so logged ever more seldom.
 	humanOwnedSteady = time.Minute
 )
 
