@@ -151,6 +151,12 @@ func (s *pushStream) drain() {
 			s.close(closeWrite)
 			return
 		}
+		now := time.Now()
+		for _, ev := range evs {
+			if !ev.at.IsZero() {
+				s.hub.metrics.toWire.Observe(now.Sub(ev.at).Seconds())
+			}
+		}
 	}
 }
 

@@ -89,8 +89,11 @@ func (g *goGroup) Wait() {
 // agent (desk, shown only to those who read for others); the last two have
 // no sequence and are not replayable.
 type hubEvent struct {
-	seq     uint64
-	data    []byte
+	seq  uint64
+	data []byte
+	// at is when the event was stored in CHAT_EVENTS (zero for partials
+	// and desk messages): the start of its delivery time.
+	at      time.Time
 	conv    string
 	partial bool
 	desk    bool
@@ -198,7 +201,8 @@ func (h *replyHub) onEvent(msg jetstream.Msg) {
 	if !ok {
 		return
 	}
-	ev := hubEvent{seq: meta.Sequence.Stream, data: msg.Data(), conv: rt.Conversation}
+	ev := hubEvent{seq: meta.Sequence.Stream, data: msg.Data(), conv: rt.Conversation, at: meta.Timestamp}
+	h.metrics.toHub.Observe(time.Since(ev.at).Seconds())
 
 	h.mu.Lock()
 	defer h.mu.Unlock()
