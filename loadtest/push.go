@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	mrand "math/rand/v2"
 	"net"
 	"net/http"
@@ -163,6 +164,15 @@ type PushDelivery struct {
 	// (from MetricsURL; 0 without). With `peakdesk dev` that process holds
 	// the workers, JetStream and the simulators too.
 	EdgeCPUSeconds float64 `json:"edge_cpu_seconds"`
+	// EdgeWire is the edge's own share, from its
+	// peakdesk_ingest_reply_delivery_seconds{stage="wire"} over the phase:
+	// from the reply event's store in CHAT_EVENTS to its write on a live
+	// stream (MetricsURL; zero without). Bucket bounds, so "at most".
+	EdgeWire struct {
+		Events    int     `json:"events"`
+		P50AtMost float64 `json:"p50_at_most_ms"`
+		P99AtMost float64 `json:"p99_at_most_ms"`
+	} `json:"edge_wire"`
 	// Seconds is the phase's length: questions asked until all arrived.
 	Seconds float64 `json:"seconds"`
 }
@@ -212,6 +222,10 @@ func (rep *PushReport) WriteText(w io.Writer) error {
 			"", d.Latency.P50, d.Latency.P99, d.Latency.Max)
 		fmt.Fprintf(&b, "  %-10s question POST→client  p50 %.1f ms, p99 %.1f ms, max %.1f ms (includes the answer)\n",
 			"", d.FromQuestion.P50, d.FromQuestion.P99, d.FromQuestion.Max)
+		if d.EdgeWire.Events > 0 {
+			fmt.Fprintf(&b, "  %-10s of which the edge (event stored in CHAT_EVENTS→written to the stream): p50 ≤ %.0f ms, p99 ≤ %.0f ms over %d events\n",
+				"", d.EdgeWire.P50AtMost, d.EdgeWire.P99AtMost, d.EdgeWire.Events)
+		}
 		if d.EdgeCPUSeconds > 0 {
 			fmt.Fprintf(&b, "  %-10s edge process CPU %.2f s over the phase (%.0f %% of one core)\n",
 				"", d.EdgeCPUSeconds, 100*d.EdgeCPUSeconds/max(d.Seconds, 0.001))
@@ -306,10 +320,10 @@ func RunPush(ctx context.Context, cfg PushConfig) (*PushReport, error) {
 
 	// 2. Live delivery to open streams: the last Replies customers (not
 	// the storm's first ones) ask a question each.
-	cpu0, t0 := r.metric(ctx, "process_cpu_seconds_total"), time.Now()
+	cpu0, wire0, t0 := r.metric(ctx, "process_cpu_seconds_total"), r.wireBuckets(ctx), time.Now()
 	live, failed := r.ask(ctx, r.clients[len(r.clients)-cfg.Replies:])
 	rep.Live = r.await(ctx, live, failed)
-	r.phase(ctx, &rep.Live, cpu0, t0)
+	r.phase(ctx, &rep.Live, cpu0, wire0, t0)
 	log.Info("live delivery", "delivered", rep.Live.Delivered, "p99_ms", rep.Live.Latency.P99)
 
 	// 3. The storm drops, gets replies while away, and comes back at once
@@ -318,12 +332,12 @@ func RunPush(ctx context.Context, cfg PushConfig) (*PushReport, error) {
 	for _, c := range storm {
 		c.drop()
 	}
-	cpu0, t0 = r.metric(ctx, "process_cpu_seconds_total"), time.Now()
+	cpu0, wire0, t0 = r.metric(ctx, "process_cpu_seconds_total"), r.wireBuckets(ctx), time.Now()
 	missed, failed := r.ask(ctx, storm[:cfg.StormReplies])
 	log.Info("reconnect storm", "clients", len(storm))
 	rep.Reconnect = r.openWave(ctx, storm)
 	rep.StormDelivery = r.await(ctx, missed, failed)
-	r.phase(ctx, &rep.StormDelivery, cpu0, t0)
+	r.phase(ctx, &rep.StormDelivery, cpu0, wire0, t0)
 
 	// Anything arriving twice shows up now or not at all: every reply is
 	// committed, and the storm has replayed.
@@ -331,13 +345,73 @@ func RunPush(ctx context.Context, cfg PushConfig) (*PushReport, error) {
 	return rep, ctx.Err()
 }
 
-// phase notes a delivery phase's length and the edge's CPU over it, from
-// cpu0 and t0 read at its start.
-func (r *pushRun) phase(ctx context.Context, d *PushDelivery, cpu0 float64, t0 time.Time) {
+// phase notes a delivery phase's length, the edge's CPU and its share of
+// delivery over it, from cpu0, wire0 and t0 read at its start.
+func (r *pushRun) phase(ctx context.Context, d *PushDelivery, cpu0 float64, wire0 []pushBucket, t0 time.Time) {
 	d.Seconds = loadRound(time.Since(t0).Seconds())
 	if cpu0 > 0 {
 		d.EdgeCPUSeconds = loadRound(r.metric(ctx, "process_cpu_seconds_total") - cpu0)
 	}
+	wire := r.wireBuckets(ctx)
+	if len(wire) == 0 || len(wire) != len(wire0) {
+		return
+	}
+	for i := range wire {
+		wire[i].count -= wire0[i].count
+	}
+	total := wire[len(wire)-1].count // le="+Inf"
+	atMost := func(q float64) float64 {
+		for _, b := range wire {
+			if float64(b.count) >= q*float64(total) {
+				return b.le * 1000
+			}
+		}
+		return math.Inf(1)
+	}
+	if total > 0 {
+		d.EdgeWire.Events = int(total)
+		d.EdgeWire.P50AtMost, d.EdgeWire.P99AtMost = atMost(0.5), atMost(0.99)
+	}
+}
+
+// pushBucket is one cumulative bucket of a histogram on /metrics.
+type pushBucket struct {
+	le    float64
+	count int64
+}
+
+// wireBuckets reads the edge's delivery histogram, stage wire (nil when it
+// cannot).
+func (r *pushRun) wireBuckets(ctx context.Context) []pushBucket {
+	if r.cfg.MetricsURL == "" {
+		return nil
+	}
+	req, _ := http.NewRequestWithContext(ctx, "GET", r.cfg.MetricsURL, nil)
+	resp, err := r.post.Do(req)
+	if err != nil {
+		return nil
+	}
+	defer resp.Body.Close()
+	const prefix = `peakdesk_ingest_reply_delivery_seconds_bucket{stage="wire",le="`
+	var out []pushBucket
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		rest, ok := strings.CutPrefix(sc.Text(), prefix)
+		if !ok {
+			continue
+		}
+		le, count, ok := strings.Cut(rest, `"} `)
+		if !ok {
+			continue
+		}
+		l, err1 := strconv.ParseFloat(le, 64)
+		c, err2 := strconv.ParseFloat(count, 64)
+		if err1 != nil || err2 != nil {
+			continue
+		}
+		out = append(out, pushBucket{le: l, count: int64(c)})
+	}
+	return out
 }
 
 // metric reads an unlabelled metric of the edge (its process's resident
