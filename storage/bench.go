@@ -35,6 +35,15 @@ func (b *BenchBare) Insert(ctx context.Context, shop, id string, body []byte) er
 	return nil
 }
 
+// Rows returns how many rows the table holds.
+func (b *BenchBare) Rows(ctx context.Context) (int, error) {
+	var n int
+	if err := b.db.pool.QueryRow(ctx, `SELECT count(*) FROM bench_bare_rows`).Scan(&n); err != nil {
+		return 0, fmt.Errorf("storage: bench bare rows: %w", err)
+	}
+	return n, nil
+}
+
 // Close drops the scratch table.
 func (b *BenchBare) Close(ctx context.Context) error {
 	if _, err := b.db.pool.Exec(ctx, `DROP TABLE IF EXISTS bench_bare_rows`); err != nil {

@@ -530,8 +530,11 @@ func (db *DB) RenewHold(ctx context.Context, t *Hold, lease time.Duration) error
 
 // RenewHolds extends every hold of holds by lease from now, in one
 // statement, and returns those lost (another worker took the conversation,
-// or the hold ended). The conversations are locked in id order, as a group
-// of turns locks them (see TurnCommitter), so the two do not deadlock.
+// or the hold ended). It waits for no lock: a conversation another
+// transaction has locked — most often the hold's own turn being stored,
+// which renews the hold itself — is skipped this time and counts as lost
+// only if, as last committed, another owner has it. A heartbeat must not
+// queue behind a group of turns being committed (nor deadlock with one).
 func (db *DB) RenewHolds(ctx context.Context, holds []*Hold, lease time.Duration) (lost []*Hold, err error) {
 	if len(holds) == 0 {
 		return nil, nil
@@ -540,29 +543,37 @@ func (db *DB) RenewHolds(ctx context.Context, holds []*Hold, lease time.Duration
 	for i, h := range holds {
 		convs[i], shops[i], owners[i] = h.ConversationID, h.ShopID, h.Owner
 	}
-	rows, err := db.pool.Query(ctx, `WITH held AS (
-			SELECT c.id, c.turn_owner FROM conversations c
-			JOIN unnest($1::text[], $2::text[], $3::text[]) AS h(id, shop_id, owner)
-				ON c.id = h.id AND c.shop_id = h.shop_id AND c.turn_owner = h.owner
-			ORDER BY c.id FOR UPDATE OF c)
-		UPDATE conversations c SET turn_until = now() + $4::interval
-		FROM held WHERE c.id = held.id
-		RETURNING c.id, c.shop_id, held.turn_owner`, convs, shops, owners, lease)
+	rows, err := db.pool.Query(ctx, `WITH h AS (
+			SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) AS h(id, shop_id, owner)),
+		held AS (
+			SELECT c.id FROM conversations c
+			JOIN h ON c.id = h.id AND c.shop_id = h.shop_id AND c.turn_owner = h.owner
+			FOR UPDATE OF c SKIP LOCKED),
+		renewed AS (
+			UPDATE conversations c SET turn_until = now() + $4::interval
+			FROM held WHERE c.id = held.id
+			RETURNING c.id, c.shop_id, c.turn_owner)
+		SELECT h.id, h.shop_id, h.owner FROM h
+		WHERE NOT EXISTS (SELECT 1 FROM renewed r
+				WHERE r.id = h.id AND r.shop_id = h.shop_id AND r.turn_owner = h.owner)
+			AND NOT EXISTS (SELECT 1 FROM conversations c
+				WHERE c.id = h.id AND c.shop_id = h.shop_id AND c.turn_owner = h.owner)`,
+		convs, shops, owners, lease)
 	if err != nil {
 		return nil, fmt.Errorf("storage: renew holds: %w", err)
 	}
 	type key struct{ conv, shop, owner string }
-	renewed := map[key]bool{}
+	gone := map[key]bool{}
 	var k key
 	_, err = pgx.ForEachRow(rows, []any{&k.conv, &k.shop, &k.owner}, func() error {
-		renewed[k] = true
+		gone[k] = true
 		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("storage: renew holds: %w", err)
 	}
 	for _, h := range holds {
-		if !renewed[key{h.ConversationID, h.ShopID, h.Owner}] {
+		if gone[key{h.ConversationID, h.ShopID, h.Owner}] {
 			lost = append(lost, h)
 		}
 	}

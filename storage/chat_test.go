@@ -176,3 +176,43 @@ func TestMemoryCachesAConversationWithoutTurns(t *testing.T) {
 		t.Fatalf("after the second turn (keep 3): %+v %v", turns, err)
 	}
 }
+
+// Started caches a new conversation as having no turns, but never wipes a
+// list that is there: another worker that took the conversation over while
+// the first one stalled may have cached its turn already.
+func TestMemoryStartedKeepsTurnsCachedMeanwhile(t *testing.T) {
+	t.Parallel()
+	db := setupDB(t)
+	rdb, err := storage.OpenRedis(storagetest.RedisURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rdb.Close() })
+	ctx := context.Background()
+	mem := &storage.Memory{DB: db, Redis: rdb, Turns: 3}
+	conv := fmt.Sprintf("%032x", time.Now().UnixNano()+7)
+	t.Cleanup(func() { rdb.Del(context.Background(), "pd:mem:shop1:"+conv) })
+
+	// The other worker's Load (nothing in Postgres) and its turn.
+	if _, err := mem.Load(ctx, "shop1", conv, nil); err != nil {
+		t.Fatal(err)
+	}
+	mem.Append(ctx, "shop1", conv, storage.Turn{Role: "user", Text: "q1"}, storage.Turn{Role: "assistant", Text: "a1"})
+	// The stalled first worker notes the conversation as new.
+	mem.Started(ctx, "shop1", conv)
+	turns, err := mem.Load(ctx, "shop1", conv, nil)
+	if err != nil || len(turns) != 2 || turns[1].Text != "a1" {
+		t.Fatalf("after a late Started: %+v %v; want the cached turn kept", turns, err)
+	}
+
+	// A conversation nobody cached: Started makes its next Load a Redis hit.
+	fresh := fmt.Sprintf("%032x", time.Now().UnixNano()+8)
+	t.Cleanup(func() { rdb.Del(context.Background(), "pd:mem:shop1:"+fresh) })
+	mem.Started(ctx, "shop1", fresh)
+	if n, err := rdb.LLen(ctx, "pd:mem:shop1:"+fresh).Result(); err != nil || n != 1 {
+		t.Fatalf("Started cached %d elements (%v); want the no-turns marker", n, err)
+	}
+	if ttl, err := rdb.PTTL(ctx, "pd:mem:shop1:"+fresh).Result(); err != nil || ttl <= 0 {
+		t.Fatalf("Started's key has TTL %v (%v); want one", ttl, err)
+	}
+}

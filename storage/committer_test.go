@@ -227,3 +227,54 @@ func TestRenewHoldsNamesTheLostOnes(t *testing.T) {
 		t.Fatalf("the renewed lease was not applied: %v %v", h, err)
 	}
 }
+
+// RenewHolds does not wait for a conversation another transaction has
+// locked (a group of turns being stored): it skips it, and does not call
+// the hold lost while it is, as last committed, still the hold's.
+func TestRenewHoldsSkipsALockedConversationWithoutLosingIt(t *testing.T) {
+	t.Parallel()
+	url := storagetest.DatabaseURL(t)
+	ctx := context.Background()
+	db, err := storage.Open(ctx, url, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(db.Close)
+	if err := db.EnsureShop(ctx, "shop1", "shop1"); err != nil {
+		t.Fatal(err)
+	}
+	free, locked := claimed(t, db, 70), claimed(t, db, 71)
+	raw, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = raw.Close(context.Background()) })
+	tx, err := raw.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE`, locked.ConversationID); err != nil {
+		t.Fatal(err)
+	}
+	// Were it to wait for the lock, it would wait for this deadline.
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	lost, err := db.RenewHolds(rctx, []*storage.Hold{free, locked}, -time.Second)
+	if err != nil {
+		t.Fatalf("renew holds waited for the locked conversation: %v", err)
+	}
+	if len(lost) != 0 {
+		t.Fatalf("lost %v; the locked conversation is still the hold's", lost)
+	}
+	// The free one was renewed (to expire at once); the locked one not.
+	if h, err := db.ClaimConversation(ctx, "shop1", free.ConversationID, "next", lease, 20); err != nil || h == nil {
+		t.Fatalf("the free hold was not renewed: %v %v", h, err)
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if h, err := db.ClaimConversation(ctx, "shop1", locked.ConversationID, "next", lease, 20); err != nil || h != nil {
+		t.Fatalf("the skipped hold was renewed or lost: %v %v", h, err)
+	}
+}

@@ -104,16 +104,22 @@ func (m *Memory) Load(ctx context.Context, shop, conv string, exclude []string) 
 const noTurns = `{}`
 
 // Started notes that conversation conv has no turns yet (its first message
-// started it): the next Load finds that in Redis, not in Postgres. Best
-// effort, as the rest of the cache.
+// started it): the next Load finds that in Redis, not in Postgres. A list
+// there already is left alone: it can only be newer — a worker that took
+// the conversation over while this one stalled, and cached its turn —
+// and must not be wiped. Best effort, as the rest of the cache.
 func (m *Memory) Started(ctx context.Context, shop, conv string) {
-	key := m.key(shop, conv)
-	pipe := m.Redis.TxPipeline()
-	pipe.Del(ctx, key)
-	pipe.RPush(ctx, key, noTurns)
-	pipe.Expire(ctx, key, m.ttl())
-	_, _ = pipe.Exec(ctx)
+	_ = startedScript.Run(ctx, m.Redis, []string{m.key(shop, conv)}, noTurns, m.ttl().Milliseconds()).Err()
 }
+
+// startedScript creates the list KEYS[1] = [ARGV[1]] with a TTL of ARGV[2]
+// ms unless it exists.
+var startedScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[1]) == 0 then
+	redis.call('RPUSH', KEYS[1], ARGV[1])
+	redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0`)
 
 // Append adds turns to a cached conversation. An uncached conversation is
 // left alone: the next Load rebuilds it from Postgres, which already holds

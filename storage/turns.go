@@ -82,7 +82,7 @@ type TurnCommitter struct {
 	queue     []*turnRequest
 	published []replyRef
 	running   int
-	idle      sync.WaitGroup
+	idle      *sync.Cond // on mu: broadcast when a committer stops
 
 	groups, grouped atomic.Int64 // for tests and metrics
 }
@@ -109,7 +109,9 @@ func NewTurnCommitter(cfg TurnCommitterConfig) (*TurnCommitter, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	return &TurnCommitter{cfg: cfg, log: cfg.Logger.With("component", "turn_committer")}, nil
+	c := &TurnCommitter{cfg: cfg, log: cfg.Logger.With("component", "turn_committer")}
+	c.idle = sync.NewCond(&c.mu)
+	return c, nil
 }
 
 // SaveTurn is DB.SaveTurn, stored with the turns that are ready at the same
@@ -146,8 +148,15 @@ func (c *TurnCommitter) EventPublished(shop, id string) {
 	c.mu.Unlock()
 }
 
-// Wait waits until the committers have stored everything queued so far.
-func (c *TurnCommitter) Wait() { c.idle.Wait() }
+// Wait waits until the committers have stored everything queued so far
+// (a committer stops only once nothing is queued).
+func (c *TurnCommitter) Wait() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for c.running > 0 {
+		c.idle.Wait()
+	}
+}
 
 // Groups returns how many transactions stored more than one turn, and how
 // many turns they stored.
@@ -156,14 +165,12 @@ func (c *TurnCommitter) Groups() (groups, turns int64) { return c.groups.Load(),
 func (c *TurnCommitter) wakeLocked() {
 	if c.running < c.cfg.Committers {
 		c.running++
-		c.idle.Add(1)
 		go c.run()
 	}
 }
 
 // run stores groups until nothing is queued.
 func (c *TurnCommitter) run() {
-	defer c.idle.Done()
 	for {
 		c.mu.Lock()
 		var group []*turnRequest
@@ -182,6 +189,7 @@ func (c *TurnCommitter) run() {
 		c.published = nil
 		if len(group) == 0 && len(published) == 0 {
 			c.running--
+			c.idle.Broadcast()
 			c.mu.Unlock()
 			return
 		}
@@ -190,13 +198,10 @@ func (c *TurnCommitter) run() {
 	}
 }
 
-// store stores group (and notes published) and tells each turn its outcome.
+// store stores group (and notes published) and tells each turn its outcome
+// as soon as it is known: the turns the group's transaction stored once it
+// committed, a turn stored again alone once that is done.
 func (c *TurnCommitter) store(group []*turnRequest, published []replyRef) {
-	defer func() {
-		for _, req := range group {
-			close(req.done)
-		}
-	}()
 	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.Timeout)
 	defer cancel()
 	switch len(group) {
@@ -206,8 +211,7 @@ func (c *TurnCommitter) store(group []*turnRequest, published []replyRef) {
 		}
 		return
 	case 1:
-		req := group[0]
-		req.next, req.err = c.cfg.DB.SaveTurn(turnContext{ctx, req.ctx}, req.hold, req.tr, req.lease, req.maxBatch)
+		c.storeAlone(ctx, group[0])
 		if len(published) > 0 {
 			if err := c.cfg.DB.eventsPublished(ctx, published); err != nil {
 				c.log.Warn("noting published reply events failed; the sweeper publishes them again", "err", err)
@@ -215,7 +219,7 @@ func (c *TurnCommitter) store(group []*turnRequest, published []replyRef) {
 		}
 		return
 	}
-	// Conversations in id order, as RenewHolds locks them.
+	// Conversations in id order: two groups lock theirs in the same order.
 	slices.SortFunc(group, func(a, b *turnRequest) int {
 		return strings.Compare(a.hold.ConversationID, b.hold.ConversationID)
 	})
@@ -225,9 +229,23 @@ func (c *TurnCommitter) store(group []*turnRequest, published []replyRef) {
 		c.log.Warn("storing a group of turns failed; storing them one by one", "turns", len(group), "err", err)
 		alone = group
 	}
-	for _, req := range alone {
-		req.next, req.err = c.cfg.DB.SaveTurn(turnContext{ctx, req.ctx}, req.hold, req.tr, req.lease, req.maxBatch)
+	for _, req := range group {
+		if !slices.Contains(alone, req) {
+			close(req.done)
+		}
 	}
+	for _, req := range alone {
+		c.storeAlone(ctx, req)
+	}
+}
+
+// storeAlone stores req in a transaction of its own (DB.SaveTurn) and tells
+// its caller.
+func (c *TurnCommitter) storeAlone(ctx context.Context, req *turnRequest) {
+	tctx, cancel := turnContext(ctx, req.ctx)
+	req.next, req.err = c.cfg.DB.SaveTurn(tctx, req.hold, req.tr, req.lease, req.maxBatch)
+	cancel()
+	close(req.done)
 }
 
 // storeGroup stores group in one transaction, a savepoint per turn, and
@@ -263,16 +281,17 @@ func (c *TurnCommitter) storeGroup(ctx context.Context, group []*turnRequest, pu
 			b.Queue(`SAVEPOINT ` + sp)
 			return n + 1
 		}
-		next, terr := saveTurnTx(turnContext{ctx, req.ctx}, tx, req.hold, req.tr, req.lease, req.maxBatch, pre)
+		tctx, cancel := turnContext(ctx, req.ctx)
+		next, terr := saveTurnTx(tctx, tx, req.hold, req.tr, req.lease, req.maxBatch, pre)
+		cancel()
 		if terr == nil {
 			req.next = next
 			stored = append(stored, req)
 			continue
 		}
-		if i == 0 && !turnError(terr) {
-			// The statements before the savepoint may have failed.
-			return nil, terr
-		}
+		// Should the first turn's statements before its savepoint have
+		// failed (the group's own), there is no savepoint to go back to:
+		// the rollback fails, and so does the group.
 		if _, err := tx.Exec(ctx, `ROLLBACK TO SAVEPOINT `+sp); err != nil {
 			return nil, fmt.Errorf("rollback to savepoint: %w (after %w)", err, terr)
 		}
@@ -300,12 +319,6 @@ func (c *TurnCommitter) storeGroup(ctx context.Context, group []*turnRequest, pu
 	return alone, nil
 }
 
-// turnError reports whether err is a turn's own outcome found by
-// saveTurnTx's checks, not a statement's error.
-func turnError(err error) bool {
-	return errors.Is(err, ErrTurnLost) || errors.Is(err, ErrHumanOwned) || errors.Is(err, ErrAlreadyAnswered)
-}
-
 // lockConflict reports whether err is a deadlock or serialization failure,
 // which a transaction of its own would likely not meet.
 func lockConflict(err error) bool {
@@ -313,14 +326,15 @@ func lockConflict(err error) bool {
 	return errors.As(err, &pgErr) && (pgErr.Code == "40P01" || pgErr.Code == "40001" || pgErr.Code == "55P03")
 }
 
-// turnContext is a group's context (its deadline, its cancellation) with the
-// values of one turn's (its trace).
-type turnContext struct {
-	context.Context
-	values context.Context
+// turnContext returns a context with the values of a turn's (its trace) and
+// the deadline of its group's.
+func turnContext(group, turn context.Context) (context.Context, context.CancelFunc) {
+	ctx := context.WithoutCancel(turn)
+	if d, ok := group.Deadline(); ok {
+		return context.WithDeadline(ctx, d)
+	}
+	return context.WithCancel(ctx)
 }
-
-func (c turnContext) Value(key any) any { return c.values.Value(key) }
 
 // queueEventsPublished queues the note that refs' events are published.
 func queueEventsPublished(b *pgx.Batch, refs []replyRef) {

@@ -93,6 +93,11 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer, gete
 		n, naiveN, mode = 5_000, 1_000, "short"
 	}
 	rep := benchReport{Date: time.Now().UTC().Format(time.RFC3339), Machine: machine(), Mode: mode}
+	getenv, dropDB, err := benchDatabase(ctx, getenv, stderr)
+	if err != nil {
+		return err
+	}
+	defer dropDB()
 
 	for _, syncAlways := range []bool{false, true} {
 		if *only == "answers" {
@@ -190,7 +195,7 @@ func benchIngest(ctx context.Context, getenv func(string) string, logw io.Writer
 	cfg.MetricsAddr = "127.0.0.1:0"
 	cfg.DataDir = dir
 	cfg.JWTSecret = cmp.Or(cfg.JWTSecret, devSecret)
-	cfg.MasterKey = cmp.Or(cfg.MasterKey, devMasterKeyHex()) // the dev database's secrets (make run) are sealed with it
+	cfg.MasterKey = cmp.Or(cfg.MasterKey, devMasterKeyHex()) // a key is required; the scratch database holds no sealed secrets
 	cfg.Migrate = true
 	cfg.LogLevel = "error"
 	cfg.PublishBatch = syncAlways

@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -24,7 +25,6 @@ import (
 
 	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/loadtest"
-	"github.com/peakdesk/peakdesk/loadtest/llmsim"
 	"github.com/peakdesk/peakdesk/loadtest/shopsim"
 	"github.com/peakdesk/peakdesk/storage"
 	"github.com/peakdesk/peakdesk/storage/queue"
@@ -61,8 +61,9 @@ func benchAnswers(ctx context.Context, getenv func(string) string, logw io.Write
 	}
 	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
 
-	// The simulated LLM at 0 ms and the simulated shop API.
-	llmURL, stopLLM, err := benchServe(llmsim.New(llmsim.Faults{}))
+	// The simulated LLM at 0 ms, in a process of its own (the provider is
+	// not peakdesk: its CPU is counted apart), and the simulated shop API.
+	llmURL, llmPid, stopLLM, err := benchLLMProcess(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -80,7 +81,7 @@ func benchAnswers(ctx context.Context, getenv func(string) string, logw io.Write
 	cfg.MetricsAddr = "127.0.0.1:0"
 	cfg.DataDir = dir
 	cfg.JWTSecret = cmp.Or(cfg.JWTSecret, devSecret)
-	cfg.MasterKey = cmp.Or(cfg.MasterKey, devMasterKeyHex()) // the dev database's secrets (make run) are sealed with it
+	cfg.MasterKey = cmp.Or(cfg.MasterKey, devMasterKeyHex()) // a key is required; the scratch database holds no sealed secrets
 	cfg.LLMBaseURL = llmURL + "/v1"
 	cfg.ShopAPIURL = shopURL
 	cfg.AllowPrivateShopURLs = true
@@ -103,6 +104,7 @@ func benchAnswers(ctx context.Context, getenv func(string) string, logw io.Write
 		return nil, err
 	}
 	meter := newProcMeter(p, cfg.DatabaseURL)
+	meter.llmPid = llmPid
 
 	// End to end.
 	meter.start(ctx)
@@ -293,12 +295,12 @@ func benchBarePath(ctx context.Context, p *Program, shop string, n, conc int) (f
 					return
 				}
 				for msg := range batch.Messages() {
-					var key struct {
-						ID   string `json:"id"`
-						Shop string `json:"shop"`
+					var m peakdesk.Message
+					if err := json.Unmarshal(msg.Data(), &m); err != nil || m.ID == "" {
+						errOnce.Do(func() { firstErr = fmt.Errorf("a message without its id: %v", err) })
+						return
 					}
-					_ = json.Unmarshal(msg.Data(), &key)
-					if err := bare.Insert(ctx, key.Shop, key.ID, msg.Data()); err != nil {
+					if err := bare.Insert(ctx, m.ShopID, m.ID, msg.Data()); err != nil {
 						errOnce.Do(func() { firstErr = err })
 						return
 					}
@@ -312,10 +314,15 @@ func benchBarePath(ctx context.Context, p *Program, shop string, n, conc int) (f
 		})
 	}
 	wg.Wait()
+	elapsed := time.Since(start)
 	if firstErr != nil {
 		return 0, fmt.Errorf("bench: bare path: %w", firstErr)
 	}
-	return float64(n) / time.Since(start).Seconds(), nil
+	// One row per message, or the floor measured was something else.
+	if rows, err := bare.Rows(ctx); err != nil || rows != n {
+		return 0, fmt.Errorf("bench: bare path wrote %d rows for %d messages (%v)", rows, n, err)
+	}
+	return float64(n) / elapsed.Seconds(), nil
 }
 
 // procMeter measures the CPU time by process: this one, the Postgres
@@ -327,17 +334,24 @@ type procMeter struct {
 	self    time.Duration
 	pg      map[int]float64
 	redis   float64
+	llmPid  int // the LLM simulator's process, 0 for none
+	llm     float64
 	clkTck  float64
 	started time.Time
 }
 
 // cpuSplit is CPU µs per message by process.
-type cpuSplit struct{ peakdesk, postgres, redis, client float64 }
+type cpuSplit struct{ peakdesk, postgres, redis, llm, client float64 }
 
-func (s cpuSplit) total() float64 { return s.peakdesk + s.postgres + s.redis + s.client }
+// total is the whole box's CPU per message, the simulators' and the load
+// client's included (they share the box).
+func (s cpuSplit) total() float64 { return s.peakdesk + s.postgres + s.redis + s.llm + s.client }
 
 func (s cpuSplit) String() string {
 	out := fmt.Sprintf("peakdesk %.0f, postgres %.0f, redis %.0f", s.peakdesk, s.postgres, s.redis)
+	if s.llm > 0 {
+		out += fmt.Sprintf(", llm simulator %.0f", s.llm)
+	}
 	if s.client > 0 {
 		out += fmt.Sprintf(", load client %.0f", s.client)
 	}
@@ -354,6 +368,9 @@ func newProcMeter(p *Program, dbURL string) *procMeter {
 
 func (m *procMeter) start(ctx context.Context) {
 	m.self, m.pg, m.redis = processCPU(), postgresCPU(m.dbName, m.clkTck), redisCPU(ctx, m.p.rdb)
+	if m.llmPid > 0 {
+		m.llm, _ = pidCPU(m.llmPid, m.clkTck)
+	}
 }
 
 func (m *procMeter) perMsg(ctx context.Context, n int) cpuSplit {
@@ -362,10 +379,88 @@ func (m *procMeter) perMsg(ctx context.Context, n int) cpuSplit {
 	for pid, sec := range postgresCPU(m.dbName, m.clkTck) {
 		pg += sec - m.pg[pid] // a backend new since start counts from 0
 	}
+	var llm float64
+	if m.llmPid > 0 {
+		if sec, ok := pidCPU(m.llmPid, m.clkTck); ok {
+			llm = sec - m.llm
+		}
+	}
 	return cpuSplit{
 		peakdesk: per((processCPU() - m.self).Seconds()),
 		postgres: per(pg),
 		redis:    per(redisCPU(ctx, m.p.rdb) - m.redis),
+		llm:      per(llm),
+	}
+}
+
+// pidCPU returns the CPU seconds so far of process pid, from /proc.
+func pidCPU(pid int, clkTck float64) (float64, bool) {
+	stat, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return 0, false
+	}
+	s := string(stat)
+	closing := strings.LastIndexByte(s, ')')
+	if closing < 0 {
+		return 0, false
+	}
+	fields := strings.Fields(s[closing+1:])
+	if len(fields) < 13 {
+		return 0, false
+	}
+	ut, _ := strconv.ParseFloat(fields[11], 64)
+	st, _ := strconv.ParseFloat(fields[12], 64)
+	return (ut + st) / clkTck, true
+}
+
+// benchLLMProcess starts the LLM simulator (peakdesk mockllm, 0 ms) as a
+// child process on a free loopback port and waits until it answers.
+func benchLLMProcess(ctx context.Context) (base string, pid int, stop func(), err error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return "", 0, nil, err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", 0, nil, err
+	}
+	addr := ln.Addr().String()
+	_ = ln.Close()
+	cmd := exec.Command(exe, "mockllm", "--addr", addr)
+	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
+	if err := cmd.Start(); err != nil {
+		return "", 0, nil, fmt.Errorf("bench: start the LLM simulator: %w", err)
+	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	stop = func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(5 * time.Second):
+			_ = cmd.Process.Kill()
+			<-exited
+		}
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		c, derr := net.DialTimeout("tcp", addr, time.Second)
+		if derr == nil {
+			_ = c.Close()
+			return "http://" + addr, cmd.Process.Pid, stop, nil
+		}
+		select {
+		case <-exited:
+			return "", 0, nil, fmt.Errorf("bench: the LLM simulator exited at start (port %s taken?)", addr)
+		case <-ctx.Done():
+			stop()
+			return "", 0, nil, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			stop()
+			return "", 0, nil, fmt.Errorf("bench: the LLM simulator did not listen on %s within 15 s", addr)
+		}
 	}
 }
 

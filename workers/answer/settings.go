@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"github.com/peakdesk/peakdesk/storage"
 	"github.com/peakdesk/peakdesk/workers/llm"
 	"github.com/peakdesk/peakdesk/workers/texts"
+	"golang.org/x/sync/singleflight"
 )
 
 // route is what a shop's answers go by: its provider and model chain, and
@@ -65,8 +67,10 @@ type settingsCache struct {
 
 	mu      sync.Mutex
 	m       map[string]cachedRoute
-	reads   map[string]*routeRead // the read of a shop's settings in flight
-	forgets uint64                // calls of forget: a read begun before one is not cached
+	forgets uint64 // calls of forget: a read begun before one is not cached
+	// reads shares a shop's read among the calls that need it, keyed by
+	// shop and forgets: a call after a forget starts a read of its own.
+	reads singleflight.Group
 
 	fetches atomic.Int64 // reads of Postgres, for tests
 }
@@ -76,16 +80,8 @@ type cachedRoute struct {
 	expires time.Time
 }
 
-// routeRead is one read of a shop's settings, shared by the calls that need
-// it.
-type routeRead struct {
-	done    chan struct{}
-	r       route
-	forgets uint64 // c.forgets when it began
-}
-
 func newSettingsCache(db *storage.DB, def llm.Provider, ttl time.Duration) *settingsCache {
-	return &settingsCache{db: db, def: def, ttl: ttl, m: map[string]cachedRoute{}, reads: map[string]*routeRead{}}
+	return &settingsCache{db: db, def: def, ttl: ttl, m: map[string]cachedRoute{}}
 }
 
 // defaultRoute is the route of a shop without settings of its own.
@@ -114,44 +110,37 @@ func (c *settingsCache) get(ctx context.Context, shop string, log *slog.Logger) 
 		c.mu.Unlock()
 		return cached.r
 	}
-	if rd := c.reads[shop]; rd != nil && rd.forgets == c.forgets {
-		c.mu.Unlock()
-		select {
-		case <-rd.done:
-			return rd.r
-		case <-ctx.Done():
-			return c.defaultRoute(shop)
-		}
-	}
-	rd := &routeRead{done: make(chan struct{}), forgets: c.forgets}
-	c.reads[shop] = rd
+	forgets := c.forgets
 	c.mu.Unlock()
 
 	prev := c.defaultRoute(shop)
 	if ok {
 		prev = cached.r
 	}
-	// The read serves the calls waiting for it too: its own cancellation
-	// alone does not end it.
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settingsReadTimeout)
-	r, failed := c.read(rctx, shop, prev, log)
-	cancel()
-	expires := now.Add(c.ttl)
-	if failed {
-		// Try again soon, not at every message.
-		expires = now.Add(min(c.ttl, 5*time.Second))
+	ch := c.reads.DoChan(shop+"\x00"+strconv.FormatUint(forgets, 10), func() (any, error) {
+		// The read serves the calls waiting for it too: the cancellation
+		// of the call that started it does not end it.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settingsReadTimeout)
+		r, failed := c.read(rctx, shop, prev, log)
+		cancel()
+		expires := now.Add(c.ttl)
+		if failed {
+			// Try again soon, not at every message.
+			expires = now.Add(min(c.ttl, 5*time.Second))
+		}
+		c.mu.Lock()
+		if c.forgets == forgets {
+			c.m[shop] = cachedRoute{r: r, expires: expires}
+		}
+		c.mu.Unlock()
+		return r, nil
+	})
+	select {
+	case res := <-ch:
+		return res.Val.(route)
+	case <-ctx.Done():
+		return c.defaultRoute(shop)
 	}
-	rd.r = r
-	c.mu.Lock()
-	if c.forgets == rd.forgets {
-		c.m[shop] = cachedRoute{r: r, expires: expires}
-	}
-	if c.reads[shop] == rd {
-		delete(c.reads, shop)
-	}
-	c.mu.Unlock()
-	close(rd.done)
-	return r
 }
 
 // settingsReadTimeout bounds one read of a shop's settings.
