@@ -215,9 +215,9 @@ func (rep *PushReport) WriteText(w io.Writer) error {
 			fmt.Fprintf(&b, "  %-10s failed attempts: %s\n", "", loadCounts(o.Errors))
 		}
 	}
-	delivery := func(name string, d PushDelivery) {
-		fmt.Fprintf(&b, "  %-10s %d/%d delivered, %d lost, %d questions failed in %.2f s\n",
-			name, d.Delivered, d.Replies, d.Lost, d.Failed, d.Seconds)
+	delivery := func(name, note string, d PushDelivery) {
+		fmt.Fprintf(&b, "  %-10s %d/%d delivered, %d lost, %d questions failed in %.2f s%s\n",
+			name, d.Delivered, d.Replies, d.Lost, d.Failed, d.Seconds, note)
 		fmt.Fprintf(&b, "  %-10s reply written→client p50 %.1f ms, p99 %.1f ms, max %.1f ms (includes the rest of its transaction)\n",
 			"", d.Latency.P50, d.Latency.P99, d.Latency.Max)
 		fmt.Fprintf(&b, "  %-10s question POST→client  p50 %.1f ms, p99 %.1f ms, max %.1f ms (includes the answer)\n",
@@ -236,9 +236,9 @@ func (rep *PushReport) WriteText(w io.Writer) error {
 		fmt.Fprintf(&b, "  %-10s edge RSS %.1f MB → %.1f MB: %.1f KB per idle stream\n", "memory",
 			float64(rep.RSS.BaselineBytes)/1e6, float64(rep.RSS.OpenBytes)/1e6, rep.RSS.BytesPerStream/1024)
 	}
-	delivery("live", rep.Live)
+	delivery("live", "", rep.Live)
 	opens("reconnect", rep.Reconnect)
-	delivery("missed", rep.StormDelivery)
+	delivery("missed", " (latencies include the clients' absence and reconnect: not delivery)", rep.StormDelivery)
 	fmt.Fprintf(&b, "  %-10s %d\n", "duplicates", rep.Duplicates)
 	_, err := io.WriteString(w, b.String())
 	return err
