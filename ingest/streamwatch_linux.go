@@ -42,8 +42,10 @@ type connWatcher struct {
 	group   *goGroup              // where the loop runs, and fallback readers
 	// readers counts the fallback readers running.
 	readers atomic.Int64
-	// ctl is epoll_ctl; tests replace it to make the epoll watch fail.
-	ctl func(epfd, op, fd int, ev *syscall.EpollEvent) error
+	// ctl and wait are epoll_ctl and epoll_wait; tests replace them to
+	// make the epoll watch fail.
+	ctl  func(epfd, op, fd int, ev *syscall.EpollEvent) error
+	wait func(epfd int, events []syscall.EpollEvent, msec int) (int, error)
 }
 
 // watchEntry is a watched connection and what to do when its peer leaves.
@@ -179,12 +181,15 @@ func (w *connWatcher) idleLocked() {
 // by startLocked's caller, so it reads epfd after taking it.
 func (w *connWatcher) loop() {
 	w.mu.Lock()
-	epfd, wake, group := w.epfd, w.wake, w.group
+	epfd, wake, group, wait := w.epfd, w.wake, w.group, w.wait
 	w.mu.Unlock()
+	if wait == nil {
+		wait = syscall.EpollWait
+	}
 	events := make([]syscall.EpollEvent, 128)
 	var gone []func()
 	for {
-		n, err := syscall.EpollWait(epfd, events, -1)
+		n, err := wait(epfd, events, -1)
 		if err != nil && err != syscall.EINTR {
 			// Cannot happen with a valid set; stop using it rather than
 			// spin: every watched connection gets a reader of its own (or

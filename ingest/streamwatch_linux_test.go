@@ -238,3 +238,46 @@ func TestStreamWatchFallsBackToReader(t *testing.T) {
 		t.Fatalf("fallbacks counted %v after shutdown, want still %d", got, n)
 	}
 }
+
+// When waiting on the epoll set fails, every stream it watched gets a
+// reader of its own: none is cut, each still ends when its client goes.
+func TestStreamWatchFallsBackWhenEpollWaitFails(t *testing.T) {
+	t.Parallel()
+	b := setup(t, queue.Topology{}, nil)
+	w := &b.edge.push.watcher
+	fail := make(chan struct{})
+	w.mu.Lock()
+	w.wait = func(epfd int, events []syscall.EpollEvent, msec int) (int, error) {
+		<-fail
+		return 0, syscall.EBADF
+	}
+	w.mu.Unlock()
+
+	const n = 2
+	users := make([]string, n)
+	streams := make([]*rawStream, n)
+	for i := range n {
+		users[i] = fmt.Sprintf("%sw%d", b.salt, i)
+		streams[i] = b.openRaw(t, tok(t, "shop1", users[i]))
+	}
+	storagetest.WaitFor(t, "every stream watched by epoll", 10*time.Second, func() bool {
+		return w.watching() == n && w.readers.Load() == 0
+	})
+	close(fail)
+	storagetest.WaitFor(t, "every stream handed to a reader", 10*time.Second, func() bool {
+		return w.readers.Load() == n && w.watching() == n &&
+			testutil.ToFloat64(b.edge.push.metrics.watchFallbacks) == n
+	})
+	if c := testutil.ToFloat64(b.edge.push.metrics.closed.WithLabelValues("client")); c != 0 {
+		t.Fatalf("%v streams cut", c)
+	}
+	conv := b.edge.ids.New("conv", "shop1", users[0], "")
+	want := b.publishReply(t, "shop1", users[0], conv, "还在").ID
+	if _, r := nextReply(t, streams[0].rd); r.ID != want {
+		t.Fatalf("got reply %s, want %s", r.ID, want)
+	}
+	streams[1].conn.Close()
+	storagetest.WaitFor(t, "the gone client's stream to end", 10*time.Second, func() bool {
+		return w.readers.Load() == n-1 && b.userStreams("shop1", users[1]) == 0
+	})
+}
