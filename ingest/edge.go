@@ -252,6 +252,7 @@ func New(cfg Config) (*Edge, error) {
 			owners:  &ownerCache{db: cfg.DB, max: 100_000, m: map[string]string{}},
 			tokens:  newStreamTokens(cfg.StreamTokenTTL, cfg.Secret, cfg.PreviousSecrets...),
 			origins: newOriginPolicy(cfg.DB, cfg.DevOrigins),
+			watcher: connWatcher{fallbacks: pm.watchFallbacks},
 		},
 
 		faq:      newFAQAnswers(cfg.FAQ, cfg.FAQCacheTTL, cfg.FAQCacheSize, cfg.FAQConcurrency, m),

@@ -163,6 +163,15 @@ type pushMetrics struct {
 	openRefused *prometheus.CounterVec
 	closed      *prometheus.CounterVec
 	replayed    prometheus.Counter
+	// delivery is how long a reply event took from its store in
+	// CHAT_EVENTS to the edge's hub (stage hub) and to a live stream's
+	// connection (stage wire).
+	delivery *prometheus.HistogramVec
+	// toHub and toWire are delivery's two series.
+	toHub, toWire prometheus.Observer
+	// watchFallbacks counts taken-over streams whose epoll watch could not
+	// be set up: a reader goroutine watches them instead.
+	watchFallbacks prometheus.Counter
 }
 
 func newPushMetrics(reg prometheus.Registerer) (*pushMetrics, error) {
@@ -192,8 +201,19 @@ func newPushMetrics(reg prometheus.Registerer) (*pushMetrics, error) {
 			Name: "peakdesk_ingest_stream_replayed_events_total",
 			Help: "Reply events replayed from JetStream to reopened event streams.",
 		}),
+		delivery: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "peakdesk_ingest_reply_delivery_seconds",
+			Help:    "Live reply events from their store in CHAT_EVENTS to the edge (stage hub) and to an open stream's connection (stage wire; replays aside).",
+			Buckets: []float64{0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5},
+		}, []string{"stage"}),
+		watchFallbacks: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "peakdesk_ingest_stream_watch_fallbacks_total",
+			Help: "Taken-over event streams the epoll watcher could not watch: a reader goroutine notices their client leaving instead.",
+		}),
 	}
-	for _, c := range []prometheus.Collector{m.opens, m.openQueue, m.openWait, m.openRefused, m.closed, m.replayed} {
+	m.toHub, m.toWire = m.delivery.WithLabelValues("hub"), m.delivery.WithLabelValues("wire")
+	for _, c := range []prometheus.Collector{m.opens, m.openQueue, m.openWait, m.openRefused, m.closed, m.replayed,
+		m.delivery, m.watchFallbacks} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

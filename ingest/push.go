@@ -37,6 +37,9 @@ type pushStream struct {
 
 	// prev and next link the streams of one key; guarded by hub.mu.
 	prev, next *pushStream
+	// beatAt is the stream's place in its heartbeat slice's list
+	// (hub.beatLists); guarded by hub.mu.
+	beatAt int
 
 	mu    sync.Mutex
 	queue []hubEvent // events to write, nil when there are none
@@ -151,11 +154,18 @@ func (s *pushStream) drain() {
 			s.close(closeWrite)
 			return
 		}
+		now := time.Now()
+		for _, ev := range evs {
+			if !ev.at.IsZero() {
+				s.hub.metrics.toWire.Observe(now.Sub(ev.at).Seconds())
+			}
+		}
 	}
 }
 
 // heartbeat asks for a keep-alive if nothing was written since the last
-// call. The hub calls it with hub.mu held.
+// call. The hub calls it without hub.mu: a delivery does not wait for the
+// heartbeat's walk.
 func (s *pushStream) heartbeat() {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -37,10 +37,17 @@ type replyHub struct {
 	nwaiters atomic.Int64
 	byUser   map[string]*pushStream // customers' streams, by shop and customer: list heads
 	byConv   map[string]*pushStream // conversations' streams, by shop and conversation
-	streams  int
-	nextID   uint64
-	closing  bool // CloseStreams: new streams are closed at once
-	seen     seenEvents
+	// beatLists lists every stream by heartbeat slice (its id modulo
+	// heartbeatSlices), each at its beatAt: the heartbeat walks one list
+	// a tick, a chunk at a time.
+	beatLists [heartbeatSlices][]*pushStream
+	// afterChunk, when set (tests), runs after each chunk of a heartbeat
+	// walk, without hub.mu.
+	afterChunk func(slice uint64)
+	streams    int
+	nextID     uint64
+	closing    bool // CloseStreams: new streams are closed at once
+	seen       seenEvents
 	// legacyUntil (unix nanos) is until when CHAT_EVENTS may hold events on
 	// the per-conversation subjects of before (queue.LegacyEventSubject):
 	// conversation streams replay those too until then.
@@ -89,8 +96,11 @@ func (g *goGroup) Wait() {
 // agent (desk, shown only to those who read for others); the last two have
 // no sequence and are not replayable.
 type hubEvent struct {
-	seq     uint64
-	data    []byte
+	seq  uint64
+	data []byte
+	// at is when the event was stored in CHAT_EVENTS (zero for partials
+	// and desk messages): the start of its delivery time.
+	at      time.Time
 	conv    string
 	partial bool
 	desk    bool
@@ -198,7 +208,16 @@ func (h *replyHub) onEvent(msg jetstream.Msg) {
 	if !ok {
 		return
 	}
-	ev := hubEvent{seq: meta.Sequence.Stream, data: msg.Data(), conv: rt.Conversation}
+	ev := hubEvent{seq: meta.Sequence.Stream, data: msg.Data(), conv: rt.Conversation, at: meta.Timestamp}
+	h.metrics.toHub.Observe(time.Since(ev.at).Seconds())
+	// The reply, for the ?wait= requests, is read before the lock.
+	var r *peakdesk.Reply
+	if h.nwaiters.Load() > 0 {
+		r = new(peakdesk.Reply)
+		if json.Unmarshal(ev.data, r) != nil {
+			r = nil
+		}
+	}
 
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -215,17 +234,13 @@ func (h *replyHub) onEvent(msg jetstream.Msg) {
 	for s := h.byConv[userKey(rt.Shop, rt.Conversation)]; s != nil; s = s.next {
 		s.push(ev)
 	}
-	if h.nwaiters.Load() == 0 {
-		return
-	}
-	var r peakdesk.Reply
-	if json.Unmarshal(ev.data, &r) != nil {
+	if r == nil {
 		return
 	}
 	for _, id := range r.MessageIDs {
 		for _, ch := range h.waiters[id] {
 			select {
-			case ch <- &r:
+			case ch <- r:
 			default:
 			}
 		}
@@ -319,6 +334,9 @@ func (h *replyHub) register(s *pushStream) (replay bool, err error) {
 		s.next = head
 	}
 	index[s.key] = s
+	slice := s.id % heartbeatSlices
+	s.beatAt = len(h.beatLists[slice])
+	h.beatLists[slice] = append(h.beatLists[slice], s)
 	h.streams++
 	replay = !h.seen.covers(userKey(s.shop, s.user), s.sent) || (s.conv != "" && h.legacyActive())
 	return replay, nil
@@ -347,6 +365,12 @@ func (h *replyHub) remove(s *pushStream) {
 		s.next.prev = s.prev
 	}
 	s.prev, s.next = nil, nil
+	// Out of its heartbeat list: the last of the list takes its place.
+	list := h.beatLists[s.id%heartbeatSlices]
+	last := list[len(list)-1]
+	list[s.beatAt], last.beatAt = last, s.beatAt
+	list[len(list)-1] = nil
+	h.beatLists[s.id%heartbeatSlices] = list[:len(list)-1]
 	h.streams--
 }
 
@@ -371,8 +395,14 @@ func (h *replyHub) closeAll() {
 
 // heartbeatSlices is how many parts the heartbeat interval is cut into:
 // each tick looks at one slice of the streams, so keep-alives go out
-// spread over the interval, not all at once.
-const heartbeatSlices = 8
+// spread over the interval, not all at once (19,000 streams: about 600 a
+// tick, a tick every 470 ms at the default 15 s).
+const heartbeatSlices = 32
+
+// beatChunk is how many streams the heartbeat takes from its list under
+// hub.mu at a time: a delivery waits for at most one chunk's copy, never
+// for the walk.
+const beatChunk = 256
 
 // beat sends keep-alives to the streams that have been quiet for a
 // heartbeat interval; writing them also finds connections that died
@@ -380,24 +410,43 @@ const heartbeatSlices = 8
 func (h *replyHub) beat() {
 	t := time.NewTicker(h.heartbeat / heartbeatSlices)
 	defer t.Stop()
+	chunk := make([]*pushStream, 0, beatChunk)
 	for tick := uint64(0); ; tick++ {
 		select {
 		case <-t.C:
 		case <-h.stopBeat:
 			return
 		}
-		h.mu.Lock()
-		for _, index := range []map[string]*pushStream{h.byUser, h.byConv} {
-			for _, head := range index {
-				for s := head; s != nil; s = s.next {
-					if s.id%heartbeatSlices == tick%heartbeatSlices {
-						s.heartbeat()
-					}
-				}
-			}
-		}
-		h.mu.Unlock()
+		h.beatSlice(tick%heartbeatSlices, chunk)
 	}
+}
+
+// beatSlice calls heartbeat on every stream of one heartbeat slice,
+// taking them from its list a chunk at a time, from the end: a stream
+// removed meanwhile is replaced by the list's last, which is either
+// visited already (it may be visited twice: harmless) or still ahead, so
+// every stream listed throughout the walk is visited; streams added
+// meanwhile (at the end) wait for the next round, like new ones should.
+func (h *replyHub) beatSlice(slice uint64, chunk []*pushStream) {
+	h.mu.Lock()
+	hi := len(h.beatLists[slice])
+	h.mu.Unlock()
+	for hi > 0 {
+		h.mu.Lock()
+		list := h.beatLists[slice]
+		hi = min(hi, len(list))
+		lo := max(hi-cap(chunk), 0)
+		chunk = append(chunk[:0], list[lo:hi]...)
+		h.mu.Unlock()
+		for _, s := range chunk {
+			s.heartbeat()
+		}
+		if h.afterChunk != nil {
+			h.afterChunk(slice)
+		}
+		hi = lo
+	}
+	clear(chunk[:cap(chunk)])
 }
 
 // seenEvents remembers the last event sequence of each customer the hub has

@@ -6,7 +6,10 @@ import (
 	"errors"
 	"net"
 	"sync"
+	"sync/atomic"
 	"syscall"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // connWatcher notices the clients of taken-over (hijacked) event streams
@@ -19,13 +22,36 @@ import (
 // connection stays an ordinary net.Conn for the stream's writes. Data a
 // client sends is not waited for (clients have nothing to say); it stays
 // unread until the connection closes.
+//
+// A connection the epoll set cannot take (the set cannot be created, the
+// descriptor cannot be added), and every watched one if waiting on the set
+// fails, is watched the plain way instead: a reader goroutine of its own
+// (watchByReader), counted in fallbacks. The stream still ends when its
+// client goes away; it only costs a goroutine more.
 type connWatcher struct {
+	// fallbacks counts connections watched by a reader goroutine instead
+	// (nil: not counted). Set before the first watch.
+	fallbacks prometheus.Counter
+
 	mu      sync.Mutex
 	running bool
 	epfd    int
 	wake    [2]int // a pipe in the epoll set: a byte makes the loop look again
 	nextID  uint64
-	gone    map[uint64]func() // by watch id: what to do when the peer leaves
+	gone    map[uint64]watchEntry // by watch id
+	group   *goGroup              // where the loop runs, and fallback readers
+	// readers counts the fallback readers running.
+	readers atomic.Int64
+	// ctl and wait are epoll_ctl and epoll_wait; tests replace them to
+	// make the epoll watch fail.
+	ctl  func(epfd, op, fd int, ev *syscall.EpollEvent) error
+	wait func(epfd int, events []syscall.EpollEvent, msec int) (int, error)
+}
+
+// watchEntry is a watched connection and what to do when its peer leaves.
+type watchEntry struct {
+	conn net.Conn
+	gone func()
 }
 
 // wakeID is the epoll data of the wake pipe; watch ids start at 1.
@@ -33,8 +59,25 @@ const wakeID = 0
 
 // watch calls gone once, from the watcher's goroutine (started in group),
 // when the peer of conn closes or resets it, unless unwatch comes first.
-// It returns the id to unwatch with.
+// It returns the id to unwatch with. When the epoll set cannot take conn,
+// a reader goroutine in group watches it instead (id 0; closing conn ends
+// it). It fails only when the edge is stopping (errWatchStopping).
 func (w *connWatcher) watch(group *goGroup, conn net.Conn, gone func()) (uint64, error) {
+	id, err := w.watchEpoll(group, conn, gone)
+	if err == nil {
+		return id, nil
+	}
+	if errors.Is(err, errWatchStopping) || !watchByReader(group, conn, gone, &w.readers) {
+		return 0, errWatchStopping
+	}
+	if w.fallbacks != nil {
+		w.fallbacks.Inc()
+	}
+	return 0, nil
+}
+
+// watchEpoll adds conn to the epoll set.
+func (w *connWatcher) watchEpoll(group *goGroup, conn net.Conn, gone func()) (uint64, error) {
 	sc, ok := conn.(syscall.Conn)
 	if !ok {
 		return 0, errors.New("connection without a file descriptor")
@@ -54,9 +97,13 @@ func (w *connWatcher) watch(group *goGroup, conn net.Conn, gone func()) (uint64,
 	id := w.nextID
 	ev := syscall.EpollEvent{Events: syscall.EPOLLRDHUP | syscall.EPOLLONESHOT,
 		Fd: int32(uint32(id)), Pad: int32(uint32(id >> 32))}
+	ctl := w.ctl
+	if ctl == nil {
+		ctl = syscall.EpollCtl
+	}
 	var addErr error
 	if err := rc.Control(func(fd uintptr) {
-		addErr = syscall.EpollCtl(w.epfd, syscall.EPOLL_CTL_ADD, int(fd), &ev)
+		addErr = ctl(w.epfd, syscall.EPOLL_CTL_ADD, int(fd), &ev)
 	}); err != nil {
 		addErr = err
 	}
@@ -65,9 +112,9 @@ func (w *connWatcher) watch(group *goGroup, conn net.Conn, gone func()) (uint64,
 		return 0, addErr
 	}
 	if w.gone == nil {
-		w.gone = map[uint64]func(){}
+		w.gone = map[uint64]watchEntry{}
 	}
-	w.gone[id] = gone
+	w.gone[id] = watchEntry{conn: conn, gone: gone}
 	return id, nil
 }
 
@@ -88,11 +135,12 @@ func (w *connWatcher) unwatch(conn net.Conn, id uint64) {
 	w.idleLocked()
 }
 
-// watching is how many connections are watched.
+// watching is how many connections are watched, by the epoll set or by
+// fallback readers.
 func (w *connWatcher) watching() int {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return len(w.gone)
+	return len(w.gone) + int(w.readers.Load())
 }
 
 // startLocked creates the epoll set and starts the loop.
@@ -109,7 +157,7 @@ func (w *connWatcher) startLocked(group *goGroup) error {
 	ev := syscall.EpollEvent{Events: syscall.EPOLLIN, Fd: wakeID}
 	err = syscall.EpollCtl(epfd, syscall.EPOLL_CTL_ADD, p[0], &ev)
 	if err == nil && !group.Go(w.loop) {
-		err = errors.New("the edge is stopping")
+		err = errWatchStopping
 	}
 	if err != nil {
 		_ = syscall.Close(epfd)
@@ -117,7 +165,7 @@ func (w *connWatcher) startLocked(group *goGroup) error {
 		_ = syscall.Close(p[1])
 		return err
 	}
-	w.epfd, w.wake, w.running = epfd, p, true
+	w.epfd, w.wake, w.running, w.group = epfd, p, true, group
 	return nil
 }
 
@@ -133,20 +181,28 @@ func (w *connWatcher) idleLocked() {
 // by startLocked's caller, so it reads epfd after taking it.
 func (w *connWatcher) loop() {
 	w.mu.Lock()
-	epfd, wake := w.epfd, w.wake
+	epfd, wake, group, wait := w.epfd, w.wake, w.group, w.wait
 	w.mu.Unlock()
+	if wait == nil {
+		wait = syscall.EpollWait
+	}
 	events := make([]syscall.EpollEvent, 128)
 	var gone []func()
 	for {
-		n, err := syscall.EpollWait(epfd, events, -1)
+		n, err := wait(epfd, events, -1)
 		if err != nil && err != syscall.EINTR {
-			// Cannot happen with a valid set; stop watching rather than spin:
-			// every watched stream ends, its client reconnects.
+			// Cannot happen with a valid set; stop using it rather than
+			// spin: every watched connection gets a reader of its own (or
+			// ends, when the edge is stopping).
 			n = 0
 			w.mu.Lock()
-			for id, f := range w.gone {
+			for id, e := range w.gone {
 				delete(w.gone, id)
-				gone = append(gone, f)
+				if !watchByReader(group, e.conn, e.gone, &w.readers) {
+					gone = append(gone, e.gone)
+				} else if w.fallbacks != nil {
+					w.fallbacks.Inc()
+				}
 			}
 			w.mu.Unlock()
 		}
@@ -162,9 +218,9 @@ func (w *connWatcher) loop() {
 				}
 				continue
 			}
-			if f, ok := w.gone[id]; ok {
+			if e, ok := w.gone[id]; ok {
 				delete(w.gone, id) // one-shot: the descriptor stays in the set, disarmed, until it closes
-				gone = append(gone, f)
+				gone = append(gone, e.gone)
 			}
 		}
 		w.mu.Unlock()

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -169,4 +170,114 @@ func TestShutdownClosesTakenOverStreams(t *testing.T) {
 	if got := testutil.ToFloat64(b.edge.push.metrics.closed.WithLabelValues("shutdown")); got != 3 {
 		t.Fatalf("%v streams closed for shutdown, want 3", got)
 	}
+}
+
+// A stream the epoll set cannot take is watched by a reader goroutine of
+// its own, counted: it still gets its replies, still ends when its client
+// goes away, and shutdown ends its reader.
+func TestStreamWatchFallsBackToReader(t *testing.T) {
+	t.Parallel()
+	b := setup(t, queue.Topology{}, nil)
+	w := &b.edge.push.watcher
+	w.mu.Lock()
+	w.ctl = func(epfd, op, fd int, ev *syscall.EpollEvent) error {
+		if op == syscall.EPOLL_CTL_ADD {
+			return syscall.ENOSPC // as when max_user_watches is reached
+		}
+		return syscall.EpollCtl(epfd, op, fd, ev)
+	}
+	w.mu.Unlock()
+	fallbacks := func() float64 { return testutil.ToFloat64(b.edge.push.metrics.watchFallbacks) }
+
+	const n = 3
+	users := make([]string, n)
+	streams := make([]*rawStream, n)
+	for i := range n {
+		users[i] = fmt.Sprintf("%sf%d", b.salt, i)
+		streams[i] = b.openRaw(t, tok(t, "shop1", users[i]))
+	}
+	storagetest.WaitFor(t, "every stream watched by a reader", 10*time.Second, func() bool {
+		return w.readers.Load() == n && w.watching() == n
+	})
+	if got := fallbacks(); got != n {
+		t.Fatalf("fallbacks counted %v, want %d", got, n)
+	}
+
+	// A reply arrives on a stream watched the plain way.
+	conv := b.edge.ids.New("conv", "shop1", users[1], "")
+	want := b.publishReply(t, "shop1", users[1], conv, "到了").ID
+	if _, r := nextReply(t, streams[1].rd); r.ID != want {
+		t.Fatalf("got reply %s, want %s", r.ID, want)
+	}
+
+	// Its client goes away: the stream ends, its reader with it.
+	closedBefore := testutil.ToFloat64(b.edge.push.metrics.closed.WithLabelValues("client"))
+	streams[0].conn.Close()
+	storagetest.WaitFor(t, "the gone client's stream to end", 10*time.Second, func() bool {
+		return w.readers.Load() == n-1 && b.userStreams("shop1", users[0]) == 0 &&
+			testutil.ToFloat64(b.edge.push.metrics.closed.WithLabelValues("client"))-closedBefore == 1
+	})
+
+	// Shutdown ends the others and their readers.
+	b.edge.CloseStreams()
+	if r := w.readers.Load(); r != 0 {
+		t.Fatalf("%d readers left after shutdown", r)
+	}
+	for i := 1; i < n; i++ {
+		_ = streams[i].conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		for {
+			if _, err := streams[i].rd.Next(); err != nil {
+				if err != io.EOF {
+					t.Fatalf("stream %d after shutdown: %v, want its end", i, err)
+				}
+				break
+			}
+		}
+	}
+	if got := fallbacks(); got != n {
+		t.Fatalf("fallbacks counted %v after shutdown, want still %d", got, n)
+	}
+}
+
+// When waiting on the epoll set fails, every stream it watched gets a
+// reader of its own: none is cut, each still ends when its client goes.
+func TestStreamWatchFallsBackWhenEpollWaitFails(t *testing.T) {
+	t.Parallel()
+	b := setup(t, queue.Topology{}, nil)
+	w := &b.edge.push.watcher
+	fail := make(chan struct{})
+	w.mu.Lock()
+	w.wait = func(epfd int, events []syscall.EpollEvent, msec int) (int, error) {
+		<-fail
+		return 0, syscall.EBADF
+	}
+	w.mu.Unlock()
+
+	const n = 2
+	users := make([]string, n)
+	streams := make([]*rawStream, n)
+	for i := range n {
+		users[i] = fmt.Sprintf("%sw%d", b.salt, i)
+		streams[i] = b.openRaw(t, tok(t, "shop1", users[i]))
+	}
+	storagetest.WaitFor(t, "every stream watched by epoll", 10*time.Second, func() bool {
+		return w.watching() == n && w.readers.Load() == 0
+	})
+	close(fail)
+	storagetest.WaitFor(t, "every stream handed to a reader", 10*time.Second, func() bool {
+		return w.readers.Load() == n && w.watching() == n &&
+			testutil.ToFloat64(b.edge.push.metrics.watchFallbacks) == n
+	})
+	if c := testutil.ToFloat64(b.edge.push.metrics.closed.WithLabelValues("client")); c != 0 {
+		t.Fatalf("%v streams cut", c)
+	}
+	conv := b.edge.ids.New("conv", "shop1", users[0], "")
+	want := b.publishReply(t, "shop1", users[0], conv, "还在").ID
+	if _, r := nextReply(t, streams[0].rd); r.ID != want {
+		t.Fatalf("got reply %s, want %s", r.ID, want)
+	}
+	streams[1].conn.Close()
+	storagetest.WaitFor(t, "the gone client's stream to end", 10*time.Second, func() bool {
+		return w.readers.Load() == n-1 && b.userStreams("shop1", users[1]) == 0
+	})
 }

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	mrand "math/rand/v2"
 	"net"
 	"net/http"
@@ -30,8 +31,10 @@ import (
 // The push scenario measures reply delivery at midnight scale: Streams
 // customers each hold one idle event stream (GET /v1/events) open, all
 // opened at once; Replies of them ask a question while every stream is
-// open, and the time from a reply's commit (its created_at) to its arrival
-// is the live delivery latency; then Storm of them drop their connection
+// open, and the time from the reply's write (its created_at: the moment its
+// row was written, in the transaction that stores it) to its arrival on the
+// stream is the live delivery latency — reported beside the time from the
+// question's POST to the arrival, which adds the answer's own work; then Storm of them drop their connection
 // at once, get a reply while away, and reconnect at once with their
 // Last-Event-ID — every missed reply must arrive once, and no reply of the
 // whole run twice. With MetricsURL the edge's resident memory is read
@@ -64,7 +67,8 @@ type PushConfig struct {
 	// Concurrency caps the generator's POSTs in flight. Default 64.
 	Concurrency int
 	// MetricsURL is the edge's /metrics; when set, its
-	// process_resident_memory_bytes is read before and after the opens.
+	// process_resident_memory_bytes is read before and after the opens, and
+	// its process_cpu_seconds_total before and after each delivery phase.
 	MetricsURL string
 	// Deadline bounds each phase. Default 60 s.
 	Deadline time.Duration
@@ -147,8 +151,30 @@ type PushDelivery struct {
 	Lost      int `json:"lost"`
 	// Failed counts questions not accepted and answered in time.
 	Failed int `json:"failed"`
-	// Latency is from the reply's commit (created_at) to its arrival.
+	// Latency is from the reply's write to its first arrival on its
+	// customer's stream: the reply's created_at is the moment its row was
+	// written (clock_timestamp()), so it still holds the rest of its
+	// transaction (the other turns of a group commit after it, and the
+	// commit), then the event's publication and the edge's delivery.
 	Latency LoadPercentiles `json:"latency_ms"`
+	// FromQuestion is from sending the question (the POST) to the reply's
+	// arrival on the stream: everything the customer waits, answer included.
+	FromQuestion LoadPercentiles `json:"question_latency_ms"`
+	// EdgeCPUSeconds is the CPU the edge's process used during the phase
+	// (from MetricsURL; 0 without). With `peakdesk dev` that process holds
+	// the workers, JetStream and the simulators too.
+	EdgeCPUSeconds float64 `json:"edge_cpu_seconds"`
+	// EdgeWire is the edge's own share, from its
+	// peakdesk_ingest_reply_delivery_seconds{stage="wire"} over the phase:
+	// from the reply event's store in CHAT_EVENTS to its write on a live
+	// stream (MetricsURL; zero without). Bucket bounds, so "at most".
+	EdgeWire struct {
+		Events    int     `json:"events"`
+		P50AtMost float64 `json:"p50_at_most_ms"`
+		P99AtMost float64 `json:"p99_at_most_ms"`
+	} `json:"edge_wire"`
+	// Seconds is the phase's length: questions asked until all arrived.
+	Seconds float64 `json:"seconds"`
 }
 
 // Check fails a run that lost or duplicated a reply, or left a stream
@@ -189,18 +215,30 @@ func (rep *PushReport) WriteText(w io.Writer) error {
 			fmt.Fprintf(&b, "  %-10s failed attempts: %s\n", "", loadCounts(o.Errors))
 		}
 	}
-	delivery := func(name string, d PushDelivery) {
-		fmt.Fprintf(&b, "  %-10s %d/%d delivered, %d lost, %d questions failed; commit→client p50 %.1f ms, p99 %.1f ms, max %.1f ms\n",
-			name, d.Delivered, d.Replies, d.Lost, d.Failed, d.Latency.P50, d.Latency.P99, d.Latency.Max)
+	delivery := func(name, note string, d PushDelivery) {
+		fmt.Fprintf(&b, "  %-10s %d/%d delivered, %d lost, %d questions failed in %.2f s%s\n",
+			name, d.Delivered, d.Replies, d.Lost, d.Failed, d.Seconds, note)
+		fmt.Fprintf(&b, "  %-10s reply written→client p50 %.1f ms, p99 %.1f ms, max %.1f ms (includes the rest of its transaction)\n",
+			"", d.Latency.P50, d.Latency.P99, d.Latency.Max)
+		fmt.Fprintf(&b, "  %-10s question POST→client  p50 %.1f ms, p99 %.1f ms, max %.1f ms (includes the answer)\n",
+			"", d.FromQuestion.P50, d.FromQuestion.P99, d.FromQuestion.Max)
+		if d.EdgeWire.Events > 0 {
+			fmt.Fprintf(&b, "  %-10s of which the edge (event stored in CHAT_EVENTS→written to the stream): p50 ≤ %.0f ms, p99 ≤ %.0f ms over %d events\n",
+				"", d.EdgeWire.P50AtMost, d.EdgeWire.P99AtMost, d.EdgeWire.Events)
+		}
+		if d.EdgeCPUSeconds > 0 {
+			fmt.Fprintf(&b, "  %-10s edge process CPU %.2f s over the phase (%.0f %% of one core)\n",
+				"", d.EdgeCPUSeconds, 100*d.EdgeCPUSeconds/max(d.Seconds, 0.001))
+		}
 	}
 	opens("open", rep.Open)
 	if rep.RSS.OpenBytes > 0 {
 		fmt.Fprintf(&b, "  %-10s edge RSS %.1f MB → %.1f MB: %.1f KB per idle stream\n", "memory",
 			float64(rep.RSS.BaselineBytes)/1e6, float64(rep.RSS.OpenBytes)/1e6, rep.RSS.BytesPerStream/1024)
 	}
-	delivery("live", rep.Live)
+	delivery("live", "", rep.Live)
 	opens("reconnect", rep.Reconnect)
-	delivery("missed", rep.StormDelivery)
+	delivery("missed", " (latencies include the clients' absence and reconnect: not delivery)", rep.StormDelivery)
 	fmt.Fprintf(&b, "  %-10s %d\n", "duplicates", rep.Duplicates)
 	_, err := io.WriteString(w, b.String())
 	return err
@@ -268,11 +306,11 @@ func RunPush(ctx context.Context, cfg PushConfig) (*PushReport, error) {
 	log := cfg.Logger
 
 	// 1. Every stream opens at once.
-	rep.RSS.BaselineBytes = r.rss(ctx)
+	rep.RSS.BaselineBytes = int64(r.metric(ctx, "process_resident_memory_bytes"))
 	log.Info("opening streams", "streams", cfg.Streams)
 	rep.Open = r.openWave(ctx, r.clients)
 	if rep.RSS.BaselineBytes > 0 {
-		rep.RSS.OpenBytes = r.rss(ctx)
+		rep.RSS.OpenBytes = int64(r.metric(ctx, "process_resident_memory_bytes"))
 		rep.RSS.BytesPerStream = float64(rep.RSS.OpenBytes-rep.RSS.BaselineBytes) / float64(max(rep.Open.Opened, 1))
 	}
 	log.Info("streams open", "opened", rep.Open.Opened, "seconds", rep.Open.AllOpenSeconds)
@@ -282,8 +320,10 @@ func RunPush(ctx context.Context, cfg PushConfig) (*PushReport, error) {
 
 	// 2. Live delivery to open streams: the last Replies customers (not
 	// the storm's first ones) ask a question each.
+	cpu0, wire0, t0 := r.metric(ctx, "process_cpu_seconds_total"), r.wireBuckets(ctx), time.Now()
 	live, failed := r.ask(ctx, r.clients[len(r.clients)-cfg.Replies:])
 	rep.Live = r.await(ctx, live, failed)
+	r.phase(ctx, &rep.Live, cpu0, wire0, t0)
 	log.Info("live delivery", "delivered", rep.Live.Delivered, "p99_ms", rep.Live.Latency.P99)
 
 	// 3. The storm drops, gets replies while away, and comes back at once
@@ -292,10 +332,12 @@ func RunPush(ctx context.Context, cfg PushConfig) (*PushReport, error) {
 	for _, c := range storm {
 		c.drop()
 	}
+	cpu0, wire0, t0 = r.metric(ctx, "process_cpu_seconds_total"), r.wireBuckets(ctx), time.Now()
 	missed, failed := r.ask(ctx, storm[:cfg.StormReplies])
 	log.Info("reconnect storm", "clients", len(storm))
 	rep.Reconnect = r.openWave(ctx, storm)
 	rep.StormDelivery = r.await(ctx, missed, failed)
+	r.phase(ctx, &rep.StormDelivery, cpu0, wire0, t0)
 
 	// Anything arriving twice shows up now or not at all: every reply is
 	// committed, and the storm has replayed.
@@ -303,8 +345,78 @@ func RunPush(ctx context.Context, cfg PushConfig) (*PushReport, error) {
 	return rep, ctx.Err()
 }
 
-// rss reads the edge's resident memory from its metrics, 0 when it cannot.
-func (r *pushRun) rss(ctx context.Context) int64 {
+// phase notes a delivery phase's length, the edge's CPU and its share of
+// delivery over it, from cpu0, wire0 and t0 read at its start.
+func (r *pushRun) phase(ctx context.Context, d *PushDelivery, cpu0 float64, wire0 []pushBucket, t0 time.Time) {
+	d.Seconds = loadRound(time.Since(t0).Seconds())
+	if cpu0 > 0 {
+		d.EdgeCPUSeconds = loadRound(r.metric(ctx, "process_cpu_seconds_total") - cpu0)
+	}
+	wire := r.wireBuckets(ctx)
+	if len(wire) == 0 || len(wire) != len(wire0) {
+		return
+	}
+	for i := range wire {
+		wire[i].count -= wire0[i].count
+	}
+	total := wire[len(wire)-1].count // le="+Inf"
+	atMost := func(q float64) float64 {
+		for _, b := range wire {
+			if float64(b.count) >= q*float64(total) {
+				return b.le * 1000
+			}
+		}
+		return math.Inf(1)
+	}
+	if total > 0 {
+		d.EdgeWire.Events = int(total)
+		d.EdgeWire.P50AtMost, d.EdgeWire.P99AtMost = atMost(0.5), atMost(0.99)
+	}
+}
+
+// pushBucket is one cumulative bucket of a histogram on /metrics.
+type pushBucket struct {
+	le    float64
+	count int64
+}
+
+// wireBuckets reads the edge's delivery histogram, stage wire (nil when it
+// cannot).
+func (r *pushRun) wireBuckets(ctx context.Context) []pushBucket {
+	if r.cfg.MetricsURL == "" {
+		return nil
+	}
+	req, _ := http.NewRequestWithContext(ctx, "GET", r.cfg.MetricsURL, nil)
+	resp, err := r.post.Do(req)
+	if err != nil {
+		return nil
+	}
+	defer resp.Body.Close()
+	const prefix = `peakdesk_ingest_reply_delivery_seconds_bucket{stage="wire",le="`
+	var out []pushBucket
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		rest, ok := strings.CutPrefix(sc.Text(), prefix)
+		if !ok {
+			continue
+		}
+		le, count, ok := strings.Cut(rest, `"} `)
+		if !ok {
+			continue
+		}
+		l, err1 := strconv.ParseFloat(le, 64)
+		c, err2 := strconv.ParseFloat(count, 64)
+		if err1 != nil || err2 != nil {
+			continue
+		}
+		out = append(out, pushBucket{le: l, count: int64(c)})
+	}
+	return out
+}
+
+// metric reads an unlabelled metric of the edge (its process's resident
+// memory, its CPU seconds), 0 when it cannot.
+func (r *pushRun) metric(ctx context.Context, name string) float64 {
 	if r.cfg.MetricsURL == "" {
 		return 0
 	}
@@ -316,9 +428,9 @@ func (r *pushRun) rss(ctx context.Context) int64 {
 	defer resp.Body.Close()
 	sc := bufio.NewScanner(resp.Body)
 	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "process_resident_memory_bytes "); ok {
+		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
 			f, _ := strconv.ParseFloat(v, 64)
-			return int64(f)
+			return f
 		}
 	}
 	return 0
@@ -496,9 +608,11 @@ func (r *pushRun) closeAll() {
 
 // pushReply is a reply the run expects on a client's stream.
 type pushReply struct {
-	client    *pushClient
-	id        string
-	createdAt time.Time
+	client *pushClient
+	id     string
+	// asked is when the question was sent, createdAt when the reply's row
+	// was written.
+	asked, createdAt time.Time
 }
 
 // ask has each of clients ask one question, answered within the request
@@ -535,6 +649,7 @@ func (r *pushRun) question(ctx context.Context, c *pushClient, i int) (pushReply
 	req, _ := http.NewRequestWithContext(ctx, "POST", r.base+"/v1/messages?wait=10s", bytes.NewReader(body))
 	req.Header.Set("Authorization", "Bearer "+c.token)
 	req.Header.Set("Content-Type", "application/json")
+	asked := time.Now()
 	resp, err := r.post.Do(req)
 	if err != nil {
 		return pushReply{}, err
@@ -550,14 +665,15 @@ func (r *pushRun) question(ctx context.Context, c *pushClient, i int) (pushReply
 	if resp.StatusCode != http.StatusOK || res.Reply == nil {
 		return pushReply{}, fmt.Errorf("POST /v1/messages: %d, status %q: not answered within the request", resp.StatusCode, res.Status)
 	}
-	return pushReply{client: c, id: res.Reply.ID, createdAt: res.Reply.CreatedAt}, nil
+	return pushReply{client: c, id: res.Reply.ID, asked: asked, createdAt: res.Reply.CreatedAt}, nil
 }
 
 // pushQuestions are answered by the simulated LLM (or the FAQ) at once.
 var pushQuestions = []string{"双11满减怎么算？", "How long does shipping take?", "有什么优惠券？", "Can I change my address?"}
 
 // await waits until every one of replies has arrived on its client's
-// stream, or the phase deadline passes, and measures commit→arrival.
+// stream, or the phase deadline passes, and measures write→arrival and
+// question→arrival.
 func (r *pushRun) await(ctx context.Context, replies []pushReply, failed int) PushDelivery {
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.Deadline)
 	defer cancel()
@@ -583,7 +699,7 @@ func (r *pushRun) await(ctx context.Context, replies []pushReply, failed int) Pu
 			break
 		}
 	}
-	h := loadNewHist()
+	h, hq := loadNewHist(), loadNewHist()
 	r.mu.Lock()
 	for _, p := range replies {
 		at, ok := r.arrivals[p.id]
@@ -593,9 +709,10 @@ func (r *pushRun) await(ctx context.Context, replies []pushReply, failed int) Pu
 		}
 		d.Delivered++
 		loadRecord(h, max(at.Sub(p.createdAt), 0))
+		loadRecord(hq, max(at.Sub(p.asked), 0))
 	}
 	r.mu.Unlock()
-	d.Latency = loadPercentilesOf(h)
+	d.Latency, d.FromQuestion = loadPercentilesOf(h), loadPercentilesOf(hq)
 	return d
 }
 

@@ -650,9 +650,13 @@ func saveTurnTx(ctx context.Context, tx pgx.Tx, h *Hold, tr TurnReply, lease tim
 		WHERE id = $1 AND shop_id = $2 AND turn_owner = $3
 		RETURNING state`,
 		h.ConversationID, h.ShopID, h.Owner, lease)
+	// created_at is the moment the row is written, not now() (the
+	// transaction's start): a group commit stores many turns one after
+	// another, and each reply's time (its order in the conversation, the
+	// start of its delivery latency) is its own.
 	b.Queue(`INSERT INTO replies (id, shop_id, conversation_id, text, source, model,
-			prompt_tokens, completion_tokens, cost_micro_usd, event_pending)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING created_at`,
+			prompt_tokens, completion_tokens, cost_micro_usd, event_pending, created_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, clock_timestamp()) RETURNING created_at`,
 		r.ID, r.ShopID, r.ConversationID, r.Text, r.Source, r.Model,
 		r.PromptTokens, r.CompletionTokens, r.CostMicroUSD, tr.EventPending)
 	// A message dead-lettered meanwhile (status failed; its customer was
