@@ -646,7 +646,7 @@ func saveTurnTx(ctx context.Context, tx pgx.Tx, h *Hold, tr TurnReply, lease tim
 	if pre != nil {
 		npre = pre(b)
 	}
-	b.Queue(`UPDATE conversations SET turn_until = now() + $4::interval, updated_at = now()
+	b.Queue(`UPDATE conversations SET turn_until = clock_timestamp() + $4::interval, updated_at = now()
 		WHERE id = $1 AND shop_id = $2 AND turn_owner = $3
 		RETURNING state`,
 		h.ConversationID, h.ShopID, h.Owner, lease)

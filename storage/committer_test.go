@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -276,5 +277,61 @@ func TestRenewHoldsSkipsALockedConversationWithoutLosingIt(t *testing.T) {
 	}
 	if h, err := db.ClaimConversation(ctx, "shop1", locked.ConversationID, "next", lease, 20); err != nil || h != nil {
 		t.Fatalf("the skipped hold was renewed or lost: %v %v", h, err)
+	}
+}
+
+// A group whose first turn (in conversation order) fails on its own still
+// commits the others together: the failed turn alone is rolled back to its
+// savepoint, and nobody is stored twice or told a wrong outcome.
+func TestTurnCommitterGroupSurvivesItsFirstTurnFailing(t *testing.T) {
+	t.Parallel()
+	db := setupDB(t)
+	ctx := context.Background()
+	c, err := storage.NewTurnCommitter(storage.TurnCommitterConfig{DB: db, Committers: 1,
+		Logger: storagetest.Logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := claimed(t, db, 80)
+	release := make(chan struct{})
+	firstDone := make(chan error, 1)
+	go func() {
+		_, err := c.SaveTurn(ctx, first, storage.TurnReply{Reply: turnReply(first, hexID("ef", 80)),
+			InTx: func(context.Context, pgx.Tx, *peakdesk.Reply) error { <-release; return nil }}, lease, 20)
+		firstDone <- err
+	}()
+	holds := []*storage.Hold{claimed(t, db, 81), claimed(t, db, 82), claimed(t, db, 83)}
+	slices.SortFunc(holds, func(a, b *storage.Hold) int { return strings.Compare(a.ConversationID, b.ConversationID) })
+	// The group's first turn fails on a statement: its reply id is taken
+	// (a unique violation, which aborts the transaction to the savepoint).
+	answered(t, db, newMessage("shop1", hexID("cd", 84), "u1", 2084), hexID("ef", 84), "taken")
+	errs := make([]error, len(holds))
+	var wg sync.WaitGroup
+	for i, h := range holds {
+		id := hexID("ef", 81+i)
+		if i == 0 {
+			id = hexID("ef", 84)
+		}
+		wg.Go(func() {
+			_, errs[i] = c.SaveTurn(ctx, h, storage.TurnReply{Reply: turnReply(h, id)}, lease, 20)
+		})
+	}
+	storagetest.WaitFor(t, "the turns queued", 10*time.Second, func() bool { return c.Queued() == len(holds) })
+	close(release)
+	wg.Wait()
+	if err := <-firstDone; err != nil {
+		t.Fatalf("the blocking turn: %v", err)
+	}
+	if errs[0] == nil || errs[1] != nil || errs[2] != nil {
+		t.Fatalf("outcomes %v; want the first failed, the others stored", errs)
+	}
+	if groups, turns := c.Groups(); groups != 1 || turns != int64(len(holds)) {
+		t.Fatalf("%d groups with %d turns; want one group of %d", groups, turns, len(holds))
+	}
+	for i, h := range holds {
+		_, err := db.ReplyFor(ctx, "shop1", h.Messages[0].ID)
+		if stored := err == nil; stored != (i > 0) {
+			t.Fatalf("turn %d: reply stored %v (%v)", i, stored, err)
+		}
 	}
 }

@@ -282,30 +282,31 @@ func benchBarePath(ctx context.Context, p *Program, shop string, n, conc int) (f
 	defer func() { _ = bare.Close(context.WithoutCancel(ctx)) }()
 
 	var done atomic.Int64
+	var failed atomic.Bool // the first error ends every consumer
 	var firstErr error
 	var errOnce sync.Once
 	var wg sync.WaitGroup
 	start := time.Now()
 	for range conc {
 		wg.Go(func() {
-			for done.Load() < int64(n) && ctx.Err() == nil {
+			for done.Load() < int64(n) && ctx.Err() == nil && !failed.Load() {
 				batch, err := cons.Fetch(8, jetstream.FetchMaxWait(200*time.Millisecond))
 				if err != nil {
-					errOnce.Do(func() { firstErr = err })
+					errOnce.Do(func() { firstErr = err; failed.Store(true) })
 					return
 				}
 				for msg := range batch.Messages() {
 					var m peakdesk.Message
 					if err := json.Unmarshal(msg.Data(), &m); err != nil || m.ID == "" {
-						errOnce.Do(func() { firstErr = fmt.Errorf("a message without its id: %v", err) })
+						errOnce.Do(func() { firstErr = fmt.Errorf("a message without its id: %v", err); failed.Store(true) })
 						return
 					}
 					if err := bare.Insert(ctx, m.ShopID, m.ID, msg.Data()); err != nil {
-						errOnce.Do(func() { firstErr = err })
+						errOnce.Do(func() { firstErr = err; failed.Store(true) })
 						return
 					}
 					if err := msg.Ack(); err != nil {
-						errOnce.Do(func() { firstErr = err })
+						errOnce.Do(func() { firstErr = err; failed.Store(true) })
 						return
 					}
 					done.Add(1)
@@ -428,6 +429,7 @@ func benchLLMProcess(ctx context.Context) (base string, pid int, stop func(), er
 	_ = ln.Close()
 	cmd := exec.Command(exe, "mockllm", "--addr", addr)
 	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
+	cmd.SysProcAttr = childProcAttr() // dies with the bench, even a SIGKILLed one
 	if err := cmd.Start(); err != nil {
 		return "", 0, nil, fmt.Errorf("bench: start the LLM simulator: %w", err)
 	}

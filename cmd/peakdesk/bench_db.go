@@ -3,6 +3,7 @@ package main
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/url"
@@ -26,15 +27,17 @@ import (
 func benchDatabase(ctx context.Context, getenv func(string) string, logw io.Writer) (func(string) string, func(), error) {
 	base := cmp.Or(getenv("DATABASE_URL"), defaultDatabaseURL)
 	u, err := url.Parse(base)
-	if err != nil {
-		return nil, nil, fmt.Errorf("bench: DATABASE_URL: %w", err)
+	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
+		return nil, nil, errors.New("bench: DATABASE_URL must be a postgres:// URL (the bench makes a scratch database beside the one it names)")
 	}
-	name := "peakdesk_bench_" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	now := time.Now()
+	name := benchDBPrefix + strconv.FormatInt(now.UnixNano(), 36)
 	admin, err := pgx.Connect(ctx, base)
 	if err != nil {
 		return nil, nil, fmt.Errorf("bench: connect to create a scratch database: %w", err)
 	}
 	defer admin.Close(ctx)
+	dropStaleBenchDatabases(ctx, admin, now, logw)
 	if _, err := admin.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
 		return nil, nil, fmt.Errorf("bench: create the scratch database (the role needs CREATEDB): %w", err)
 	}
@@ -62,4 +65,29 @@ func benchDatabase(ctx context.Context, getenv func(string) string, logw io.Writ
 		}
 	}
 	return env, drop, nil
+}
+
+const benchDBPrefix = "peakdesk_bench_"
+
+// dropStaleBenchDatabases drops the scratch databases of bench runs that
+// began more than six hours ago (their name holds their start) and never
+// dropped theirs: a run killed with SIGKILL.
+func dropStaleBenchDatabases(ctx context.Context, c *pgx.Conn, now time.Time, logw io.Writer) {
+	rows, err := c.Query(ctx, `SELECT datname FROM pg_database WHERE datname LIKE 'peakdesk\_bench\_%'`)
+	if err != nil {
+		return
+	}
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return
+	}
+	for _, n := range names {
+		ns, err := strconv.ParseInt(strings.TrimPrefix(n, benchDBPrefix), 36, 64)
+		if err != nil || now.Sub(time.Unix(0, ns)) < 6*time.Hour {
+			continue
+		}
+		if _, err := c.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{n}.Sanitize()+" WITH (FORCE)"); err == nil {
+			fmt.Fprintf(logw, "bench: dropped %s, left by an earlier run\n", n)
+		}
+	}
 }

@@ -118,6 +118,14 @@ func (c *settingsCache) get(ctx context.Context, shop string, log *slog.Logger) 
 		prev = cached.r
 	}
 	ch := c.reads.DoChan(shop+"\x00"+strconv.FormatUint(forgets, 10), func() (any, error) {
+		// A read that ended between this call's look at the cache and
+		// here has cached a fresh route: use it, do not read again.
+		c.mu.Lock()
+		if cached, ok := c.m[shop]; ok && c.forgets == forgets && time.Now().Before(cached.expires) {
+			c.mu.Unlock()
+			return cached.r, nil
+		}
+		c.mu.Unlock()
 		// The read serves the calls waiting for it too: the cancellation
 		// of the call that started it does not end it.
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settingsReadTimeout)
