@@ -118,6 +118,10 @@ type Config struct {
 	// WorkerGather is how long a worker gathers a conversation's quick
 	// successive messages before answering them together.
 	WorkerGather time.Duration
+	// CommitGroup is the most turns a worker stores in one transaction
+	// (group commit): more per commit, more answers/s per Postgres core;
+	// fewer, less wait for a reply behind the others of its group.
+	CommitGroup int
 	// LLMRPM and LLMTPM are the provider's limits for all workers together.
 	LLMRPM, LLMTPM int
 	// StreamReplicas is the JetStream replication of every stream (3 in a
@@ -217,6 +221,7 @@ func envDefaults(getenv func(string) string, dev bool) Config {
 	c.WorkerMinConcurrency = e.int("PEAKDESK_WORKER_MIN_CONCURRENCY", 0)
 	c.WorkerWeights = e.str("PEAKDESK_WORKER_WEIGHTS", "4:1")
 	c.WorkerGather = e.duration("PEAKDESK_WORKER_GATHER", 50*time.Millisecond)
+	c.CommitGroup = e.int("PEAKDESK_COMMIT_GROUP", 4)
 	c.LLMRPM = e.int("PEAKDESK_LLM_RPM", 0)
 	c.LLMTPM = e.int("PEAKDESK_LLM_TPM", 0)
 	c.StreamReplicas = e.int("PEAKDESK_STREAM_REPLICAS", 1)
@@ -384,6 +389,7 @@ func parseFlags(name string, args []string, stderr io.Writer, getenv func(string
 	fs.IntVar(&c.WorkerConcurrency, "worker-concurrency", c.WorkerConcurrency, "messages one worker process answers at once (env PEAKDESK_WORKER_CONCURRENCY)")
 	fs.IntVar(&c.WorkerMinConcurrency, "worker-min-concurrency", c.WorkerMinConcurrency, "floor of the adaptive concurrency limit; 0 = 1/8 of --worker-concurrency (env PEAKDESK_WORKER_MIN_CONCURRENCY)")
 	fs.StringVar(&c.WorkerWeights, "worker-weights", c.WorkerWeights, "p1:p2 share of the slots p0 leaves when both are backlogged (env PEAKDESK_WORKER_WEIGHTS)")
+	fs.IntVar(&c.CommitGroup, "commit-group", c.CommitGroup, "most turns a worker stores in one Postgres transaction, 1..60 (env PEAKDESK_COMMIT_GROUP)")
 	fs.DurationVar(&c.WorkerGather, "worker-gather", c.WorkerGather, "how long a worker gathers a conversation's quick successive messages to answer them together (env PEAKDESK_WORKER_GATHER)")
 	fs.IntVar(&c.LLMRPM, "llm-rpm", c.LLMRPM, "LLM provider requests per minute for all workers together; 0 = unlimited (env PEAKDESK_LLM_RPM)")
 	fs.IntVar(&c.LLMTPM, "llm-tpm", c.LLMTPM, "LLM provider tokens per minute for all workers together; 0 = unlimited (env PEAKDESK_LLM_TPM)")
@@ -467,6 +473,9 @@ func (c *Config) validate() error {
 	}
 	if c.WorkerConcurrency < 1 {
 		return errors.New("config: --worker-concurrency must be at least 1")
+	}
+	if c.CommitGroup < 1 || c.CommitGroup > 60 {
+		return errors.New("config: --commit-group (PEAKDESK_COMMIT_GROUP) must be 1 to 60")
 	}
 	if c.AckWait < 0 || c.AckWaitP0 < 0 || c.WorkerSoftStop < 0 {
 		return errors.New("config: PEAKDESK_ACK_WAIT, PEAKDESK_ACK_WAIT_P0 and PEAKDESK_WORKER_SOFT_STOP must not be negative")

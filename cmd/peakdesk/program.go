@@ -322,7 +322,7 @@ func (p *Program) Start(ctx context.Context) (err error) {
 			// p1:p2 weights and turn gathering (issue 5).
 			P1Weight:   p1Weight,
 			P2Weight:   p2Weight,
-			GatherWait: cfg.WorkerGather,
+			GatherWait: cfg.WorkerGather, CommitGroup: cfg.CommitGroup,
 		})
 		if err != nil {
 			return err
