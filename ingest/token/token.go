@@ -433,10 +433,17 @@ func (a *Authenticator) loadKey(ctx context.Context, kid string) (*storage.ShopK
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
-	a.keyReads.Add(1)
 	a.mu.Lock()
 	forgets := a.forgets
+	// A load that ended between the caller's look at the cache and this
+	// one's start has cached the key: no second read.
+	if ent, ok := a.keys[kid]; ok && a.cfg.Now().Sub(ent.fetched) < a.entryTTL(ent) {
+		a.mu.Unlock()
+		<-a.loadSem
+		return ent.key, nil
+	}
 	a.mu.Unlock()
+	a.keyReads.Add(1)
 	k, err := a.cfg.DB.ShopKeyByID(ctx, kid)
 	<-a.loadSem
 	if errors.Is(err, storage.ErrNotFound) {
