@@ -10,6 +10,7 @@ import (
 	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/storage"
 	"github.com/peakdesk/peakdesk/storage/storagetest"
+	"github.com/redis/go-redis/v9"
 )
 
 func hexID(prefix string, n int) string { return fmt.Sprintf("%s%0*x", prefix, 32-len(prefix), n) }
@@ -74,12 +75,7 @@ func TestReadsAreScopedByShop(t *testing.T) {
 
 func TestMemoryRebuildsFromPostgresAndAppends(t *testing.T) {
 	t.Parallel()
-	db := setupDB(t)
-	rdb, err := storage.OpenRedis(storagetest.RedisURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { rdb.Close() })
+	db, rdb := memoryDeps(t)
 	ctx := context.Background()
 	conv := fmt.Sprintf("%032x", time.Now().UnixNano())
 	mem := &storage.Memory{DB: db, Redis: rdb, Turns: 3}
@@ -150,12 +146,7 @@ func TestSaveAnsweredMessageIsAtomicAndIdempotent(t *testing.T) {
 // is what the next Load finds, without Postgres.
 func TestMemoryCachesAConversationWithoutTurns(t *testing.T) {
 	t.Parallel()
-	db := setupDB(t)
-	rdb, err := storage.OpenRedis(storagetest.RedisURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { rdb.Close() })
+	db, rdb := memoryDeps(t)
 	ctx := context.Background()
 	conv := fmt.Sprintf("%032x", time.Now().UnixNano()+1)
 	mem := &storage.Memory{DB: db, Redis: rdb, Turns: 3}
@@ -182,12 +173,7 @@ func TestMemoryCachesAConversationWithoutTurns(t *testing.T) {
 // the first one stalled may have cached its turn already.
 func TestMemoryStartedKeepsTurnsCachedMeanwhile(t *testing.T) {
 	t.Parallel()
-	db := setupDB(t)
-	rdb, err := storage.OpenRedis(storagetest.RedisURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { rdb.Close() })
+	db, rdb := memoryDeps(t)
 	ctx := context.Background()
 	mem := &storage.Memory{DB: db, Redis: rdb, Turns: 3}
 	conv := fmt.Sprintf("%032x", time.Now().UnixNano()+7)
@@ -215,4 +201,17 @@ func TestMemoryStartedKeepsTurnsCachedMeanwhile(t *testing.T) {
 	if ttl, err := rdb.PTTL(ctx, "pd:mem:shop1:"+fresh).Result(); err != nil || ttl <= 0 {
 		t.Fatalf("Started's key has TTL %v (%v); want one", ttl, err)
 	}
+}
+
+// memoryDeps returns a database with shop1 and shop2 and a Redis client,
+// for the conversation memory's tests.
+func memoryDeps(t *testing.T) (*storage.DB, *redis.Client) {
+	t.Helper()
+	db := setupDB(t)
+	rdb, err := storage.OpenRedis(storagetest.RedisURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rdb.Close() })
+	return db, rdb
 }
