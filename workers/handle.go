@@ -286,6 +286,7 @@ func (w *Worker) turn(ctx context.Context, log *slog.Logger, ka *keepAlive, hold
 // answered records a stored reply in the metrics and the conversation memory.
 func (w *Worker) answered(ctx context.Context, hold *storage.Hold, reply *peakdesk.Reply) {
 	w.metrics.turnSize.Observe(float64(len(hold.Messages)))
+	w.nAnswered.Add(int64(len(hold.Messages)))
 	turns := make([]storage.Turn, 0, len(hold.Messages)+1)
 	for _, m := range hold.Messages {
 		w.metrics.answers.WithLabelValues(string(m.Priority), reply.Source).Inc()

@@ -191,6 +191,7 @@ type Worker struct {
 	slots     *slots // limits.slots: how many messages may start now
 	claims    claimLine
 	pulls     atomic.Int64 // pull requests sent to the priority consumers
+	nAnswered atomic.Int64 // messages answered by this worker
 	tools     []llm.Tool   // Config.Tools as offered to the LLM
 	words     *handoffWords
 	commits   *storage.TurnCommitter // stores the turns' replies, grouped
@@ -209,6 +210,10 @@ type Worker struct {
 	relayStop           chan struct{}
 	relayDone           chan struct{}
 }
+
+// Answered returns how many messages this worker has answered since it was
+// made (the sum of peakdesk_answers_total, without gathering the registry).
+func (w *Worker) Answered() int64 { return w.nAnswered.Load() }
 
 // New returns a Worker for cfg.
 func New(cfg Config) (*Worker, error) {

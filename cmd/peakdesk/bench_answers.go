@@ -21,7 +21,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/loadtest"
@@ -177,7 +176,7 @@ func benchEndToEnd(ctx context.Context, p *Program, cfg Config, shop string, n i
 		"--conversations", strconv.Itoa(max(n/2, 1)), "--concurrency", "256", "--deadline", "90s",
 		"--linger", "500ms", "--json", reportPath)
 	cmd.Stdout, cmd.Stderr = io.Discard, os.Stderr
-	before := answersSoFar(p.registry)
+	before := p.worker.Answered()
 	var answered atomic.Int64
 	var lastChange atomic.Int64 // unix nanos of the last sample that saw a new answer
 	stop := make(chan struct{})
@@ -190,7 +189,7 @@ func benchEndToEnd(ctx context.Context, p *Program, cfg Config, shop string, n i
 			case <-stop:
 				return
 			case now := <-t.C:
-				if a := int64(answersSoFar(p.registry) - before); a != answered.Load() {
+				if a := p.worker.Answered() - before; a != answered.Load() {
 					answered.Store(a)
 					lastChange.Store(now.UnixNano())
 				}
@@ -218,24 +217,6 @@ func benchEndToEnd(ctx context.Context, p *Program, cfg Config, shop string, n i
 		return res, fmt.Errorf("bench: load test accepted nothing (%v)", runErr)
 	}
 	return res, nil
-}
-
-// answersSoFar sums the worker's answers counter: messages answered.
-func answersSoFar(g prometheus.Gatherer) float64 {
-	mfs, err := g.Gather()
-	if err != nil {
-		return 0
-	}
-	var total float64
-	for _, mf := range mfs {
-		if mf.GetName() != "peakdesk_answers_total" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			total += m.GetCounter().GetValue()
-		}
-	}
-	return total
 }
 
 // benchBarePath publishes n message payloads to a stream of its own (not
