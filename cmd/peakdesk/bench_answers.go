@@ -1,9 +1,11 @@
 package main
 
 import (
+	"bufio"
 	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -424,26 +426,42 @@ func pidCPU(pid int, clkTck float64) (float64, bool) {
 }
 
 // benchLLMProcess starts the LLM simulator (peakdesk mockllm, 0 ms) as a
-// child process on a free loopback port and waits until it answers.
+// child process on a port the kernel picks, and returns its base URL once
+// it listens (it says where on its first line of output).
 func benchLLMProcess(ctx context.Context) (base string, pid int, stop func(), err error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return "", 0, nil, err
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	cmd := exec.Command(exe, "mockllm", "--addr", "127.0.0.1:0")
+	out, err := cmd.StdoutPipe()
 	if err != nil {
 		return "", 0, nil, err
 	}
-	addr := ln.Addr().String()
-	_ = ln.Close()
-	cmd := exec.Command(exe, "mockllm", "--addr", addr)
-	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
+	cmd.Stderr = io.Discard
 	cmd.SysProcAttr = childProcAttr() // dies with the bench, even a SIGKILLed one
 	if err := cmd.Start(); err != nil {
 		return "", 0, nil, fmt.Errorf("bench: start the LLM simulator: %w", err)
 	}
+	const prefix = "mockllm listening on "
+	listening := make(chan string, 1)
 	exited := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(exited) }()
+	go func() {
+		// Read everything it writes (a full pipe would block it), then
+		// reap it: Wait closes the pipe, so it comes after the reading.
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			if line, ok := strings.CutPrefix(sc.Text(), prefix); ok {
+				select {
+				case listening <- strings.TrimSpace(line):
+				default:
+				}
+			}
+		}
+		_, _ = io.Copy(io.Discard, out)
+		_ = cmd.Wait()
+		close(exited)
+	}()
 	stop = func() {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		select {
@@ -453,25 +471,17 @@ func benchLLMProcess(ctx context.Context) (base string, pid int, stop func(), er
 			<-exited
 		}
 	}
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		c, derr := net.DialTimeout("tcp", addr, time.Second)
-		if derr == nil {
-			_ = c.Close()
-			return "http://" + addr, cmd.Process.Pid, stop, nil
-		}
-		select {
-		case <-exited:
-			return "", 0, nil, fmt.Errorf("bench: the LLM simulator exited at start (port %s taken?)", addr)
-		case <-ctx.Done():
-			stop()
-			return "", 0, nil, ctx.Err()
-		case <-time.After(50 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			stop()
-			return "", 0, nil, fmt.Errorf("bench: the LLM simulator did not listen on %s within 15 s", addr)
-		}
+	select {
+	case base := <-listening:
+		return base, cmd.Process.Pid, stop, nil
+	case <-exited:
+		return "", 0, nil, errors.New("bench: the LLM simulator exited at start")
+	case <-ctx.Done():
+		stop()
+		return "", 0, nil, ctx.Err()
+	case <-time.After(15 * time.Second):
+		stop()
+		return "", 0, nil, errors.New("bench: the LLM simulator did not listen within 15 s")
 	}
 }
 
