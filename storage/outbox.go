@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -502,23 +503,70 @@ type ActionCount struct {
 	Count int64
 }
 
-// ActionCounts counts the actions by state and kind, for metrics.
+// SucceededCountEvery is how often ActionCounts counts the succeeded
+// actions again; between two counts it reports the last one.
+const SucceededCountEvery = 5 * time.Minute
+
+// succeededCount is the last count of succeeded actions by kind.
+type succeededCount struct {
+	mu     sync.Mutex
+	at     time.Time
+	counts []ActionCount
+	every  time.Duration // SucceededCountEvery; tests shorten it
+}
+
+// ActionCounts counts the actions by state and kind, for metrics. Every
+// state but succeeded is counted on each call: an index range over those
+// actions only, which are few (what is in flight, and what operators have
+// to look at). Succeeded actions are never deleted and only grow with the
+// shop's history, so counting them is a scan of most of the table: it is
+// done at most every SucceededCountEvery per process, shared by callers.
 func (db *DB) ActionCounts(ctx context.Context) ([]ActionCount, error) {
-	rows, err := db.pool.Query(ctx, `SELECT state, kind, count(*) FROM outbox_actions GROUP BY state, kind`)
+	rows, err := db.pool.Query(ctx, `SELECT state, kind, count(*) FROM outbox_actions
+		WHERE state IN ('pending', 'running', 'retrying', 'dead', 'canceled')
+		GROUP BY state, kind`)
 	if err != nil {
 		return nil, fmt.Errorf("storage: action counts: %w", err)
 	}
-	counts, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (ActionCount, error) {
-		var c ActionCount
-		var state, kind string
-		err := row.Scan(&state, &kind, &c.Count)
-		c.State, c.Kind = peakdesk.ActionState(state), peakdesk.ActionKind(kind)
-		return c, err
-	})
+	counts, err := pgx.CollectRows(rows, scanActionCount)
 	if err != nil {
 		return nil, fmt.Errorf("storage: action counts: %w", err)
 	}
+	succeeded, err := db.succeededCounts(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return append(counts, succeeded...), nil
+}
+
+// succeededCounts returns the succeeded actions by kind as last counted,
+// counting again when that is SucceededCountEvery ago.
+func (db *DB) succeededCounts(ctx context.Context) ([]ActionCount, error) {
+	c := &db.succeeded
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.at.IsZero() && time.Since(c.at) < cmp.Or(c.every, SucceededCountEvery) {
+		return c.counts, nil
+	}
+	rows, err := db.pool.Query(ctx, `SELECT state, kind, count(*) FROM outbox_actions
+		WHERE state = 'succeeded' GROUP BY state, kind`)
+	if err != nil {
+		return nil, fmt.Errorf("storage: succeeded action counts: %w", err)
+	}
+	counts, err := pgx.CollectRows(rows, scanActionCount)
+	if err != nil {
+		return nil, fmt.Errorf("storage: succeeded action counts: %w", err)
+	}
+	c.at, c.counts = time.Now(), counts
 	return counts, nil
+}
+
+func scanActionCount(row pgx.CollectableRow) (ActionCount, error) {
+	var c ActionCount
+	var state, kind string
+	err := row.Scan(&state, &kind, &c.Count)
+	c.State, c.Kind = peakdesk.ActionState(state), peakdesk.ActionKind(kind)
+	return c, err
 }
 
 // OldestDue returns the due time of the longest-waiting action that is due

@@ -242,6 +242,54 @@ func TestExpiredLeaseIsReclaimedAndTheLateResultIsNotApplied(t *testing.T) {
 	}
 }
 
+func TestActionCountsAreExactButForSucceededWhichIsRecountedRarely(t *testing.T) {
+	t.Parallel()
+	db := setupDB(t)
+	ctx := context.Background()
+	enqueue(t, db, newAction("shop1", peakdesk.ActionCouponIssue, "k1", `{}`),
+		newAction("shop1", peakdesk.ActionCouponIssue, "k2", `{}`),
+		newAction("shop1", peakdesk.ActionRefundRequest, "k3", `{}`))
+	t0 := time.Now()
+	claimed, err := db.ClaimActions(ctx, "relay", t0, time.Minute, 2)
+	if err != nil || len(claimed) != 2 {
+		t.Fatalf("claim: %v, %v", claimed, err)
+	}
+	succeed := func(a peakdesk.Action) {
+		t.Helper()
+		res := storage.AttemptResult{ActionID: a.ID, N: 1, Owner: "relay", State: peakdesk.ActionSucceeded,
+			Outcome: peakdesk.AttemptSucceeded, HTTPStatus: 201, EndedAt: t0.Add(time.Second)}
+		if applied, err := db.FinishAttempt(ctx, res); err != nil || !applied {
+			t.Fatalf("finish: applied %v, %v", applied, err)
+		}
+	}
+	counts := func() map[string]int64 {
+		t.Helper()
+		cs, err := db.ActionCounts(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]int64{}
+		for _, c := range cs {
+			out[string(c.State)] += c.Count
+		}
+		return out
+	}
+	succeed(claimed[0])
+	if got := counts(); got["pending"] != 1 || got["running"] != 1 || got["succeeded"] != 1 {
+		t.Fatalf("counts: %v; want pending 1, running 1, succeeded 1", got)
+	}
+	// The other one succeeds: it leaves running at once; the succeeded
+	// count is the last one until it is due again.
+	succeed(claimed[1])
+	if got := counts(); got["pending"] != 1 || got["running"] != 0 || got["succeeded"] != 1 {
+		t.Fatalf("counts: %v; want pending 1, running 0, succeeded still 1", got)
+	}
+	db.SetSucceededCountEvery(time.Nanosecond)
+	if got := counts(); got["pending"] != 1 || got["running"] != 0 || got["succeeded"] != 2 {
+		t.Fatalf("counts: %v; want pending 1, running 0, succeeded 2 once recounted", got)
+	}
+}
+
 func TestOperatorUpdatesAndSearch(t *testing.T) {
 	t.Parallel()
 	db := setupDB(t)

@@ -23,6 +23,8 @@ type DB struct {
 	pool *pgxpool.Pool
 	// secrets seals and opens the shops' secrets (see UseSecrets).
 	secrets secretsPolicy
+	// succeeded is the last count of succeeded outbox actions (ActionCounts).
+	succeeded succeededCount
 }
 
 // Open connects to Postgres at url. maxConns ≤ 0 keeps pgxpool's default.
