@@ -161,7 +161,7 @@ func (s *sampler) sampleOnce(ctx context.Context) {
 }
 
 func (s *sampler) sampleSlow(ctx context.Context, smp *Sample, now time.Time) {
-	if counts, err := s.cfg.DB.ActionCounts(ctx); err == nil {
+	if counts, err := s.cfg.DB.ActionCounts(ctx, storage.SucceededCountEvery); err == nil {
 		smp.Outbox, smp.FollowUps = map[string]int64{}, 0
 		for _, c := range counts {
 			smp.Outbox[string(c.State)] += c.Count

@@ -137,6 +137,7 @@ func (e *testEnv) relayConfig(t testing.TB) outbox.Config {
 		PollInterval: 10 * time.Millisecond,
 		Step:         10 * time.Second, FollowUpStep: 5 * time.Second, Jitter: 0.1,
 		Lease: time.Minute, AttemptTimeout: 10 * time.Second,
+		SucceededCountEvery: time.Nanosecond, // the gauges exact, for the tests
 		OnFollowUp: func(context.Context, peakdesk.Action, outbox.FollowUpResult) error {
 			t.Error("unexpected follow-up")
 			return nil

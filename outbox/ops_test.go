@@ -68,7 +68,7 @@ func TestBulkRetryOfTenThousandDeadActions(t *testing.T) {
 	if err != nil || got != n {
 		t.Fatalf("bulk retry: %d, %v; want %d", got, err, n)
 	}
-	counts, err := e.db.ActionCounts(ctx)
+	counts, err := e.db.ActionCounts(ctx, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

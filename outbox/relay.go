@@ -117,6 +117,10 @@ type Config struct {
 	// MetricsInterval is how often the action gauges are refreshed from
 	// Postgres. Default 15 s.
 	MetricsInterval time.Duration
+	// SucceededCountEvery is how often the gauge of succeeded actions is
+	// counted again: they grow with history, and counting them reads most
+	// of the table (see storage.DB.ActionCounts). Default 5 min.
+	SucceededCountEvery time.Duration
 	// Now is the clock of schedules and leases. Default time.Now.
 	Now func() time.Time
 	// Rand returns a number in [0, 1) for jitter. Default math/rand/v2.
@@ -144,6 +148,7 @@ func (c *Config) setDefaults() {
 	c.MaxDelay = cmp.Or(c.MaxDelay, 10*time.Minute)
 	c.SoftStop = cmp.Or(c.SoftStop, 10*time.Second)
 	c.MetricsInterval = cmp.Or(c.MetricsInterval, 15*time.Second)
+	c.SucceededCountEvery = cmp.Or(c.SucceededCountEvery, storage.SucceededCountEvery)
 	if c.Now == nil {
 		c.Now = time.Now
 	}
@@ -167,6 +172,8 @@ func (c *Config) validate() error {
 		return errors.New("outbox: relay config: Jitter must be within 0..1")
 	case c.Step < 0 || c.FollowUpStep < 0 || c.MaxDelay < 0:
 		return errors.New("outbox: relay config: Step, FollowUpStep and MaxDelay must not be negative")
+	case c.SucceededCountEvery < 0:
+		return errors.New("outbox: relay config: SucceededCountEvery must not be negative")
 	case len(c.ID) > 200:
 		return errors.New("outbox: relay config: ID must be at most 200 bytes")
 	}
@@ -700,7 +707,7 @@ func (r *Relay) refreshMetrics(ctx context.Context) {
 }
 
 func (r *Relay) updateGauges(ctx context.Context) error {
-	counts, err := r.cfg.DB.ActionCounts(ctx)
+	counts, err := r.cfg.DB.ActionCounts(ctx, r.cfg.SucceededCountEvery)
 	if err != nil {
 		return err
 	}

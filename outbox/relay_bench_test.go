@@ -44,7 +44,7 @@ func BenchmarkRelay(b *testing.B) {
 			// wait for the last results to be recorded.
 			storagetest.WaitFor(b, "every effect applied", 10*time.Minute, func() bool { return len(e.sim.Effects()) >= b.N })
 			storagetest.WaitFor(b, "every action succeeded", time.Minute, func() bool {
-				counts, err := e.db.ActionCounts(ctx)
+				counts, err := e.db.ActionCounts(ctx, 0)
 				if err != nil {
 					b.Fatal(err)
 				}

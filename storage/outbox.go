@@ -503,25 +503,35 @@ type ActionCount struct {
 	Count int64
 }
 
-// SucceededCountEvery is how often ActionCounts counts the succeeded
-// actions again; between two counts it reports the last one.
+// SucceededCountEvery is the default maxAge of ActionCounts' succeeded
+// counts.
 const SucceededCountEvery = 5 * time.Minute
 
 // succeededCount is the last count of succeeded actions by kind.
 type succeededCount struct {
-	mu     sync.Mutex
-	at     time.Time
-	counts []ActionCount
-	every  time.Duration // SucceededCountEvery; tests shorten it
+	counting sync.Mutex // held by the caller counting them again
+	mu       sync.Mutex // guards at and counts
+	at       time.Time
+	counts   []ActionCount
+}
+
+func (c *succeededCount) last() ([]ActionCount, time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.counts, c.at
 }
 
 // ActionCounts counts the actions by state and kind, for metrics. Every
-// state but succeeded is counted on each call: an index range over those
-// actions only, which are few (what is in flight, and what operators have
-// to look at). Succeeded actions are never deleted and only grow with the
-// shop's history, so counting them is a scan of most of the table: it is
-// done at most every SucceededCountEvery per process, shared by callers.
-func (db *DB) ActionCounts(ctx context.Context) ([]ActionCount, error) {
+// state but succeeded is counted on each call, a range of the (state, kind,
+// id) index over those actions only: what is in flight, and what operators
+// have to look at. Succeeded actions are never deleted and grow with the
+// shops' history, so counting them reads most of the table: they are
+// counted again only when the last count is maxAge old, by one caller of
+// the process while the others get the last count, and a failed recount
+// keeps the last one (the next call tries again). The two counts are not
+// one snapshot: around a recount an action that just succeeded may be in
+// neither or both.
+func (db *DB) ActionCounts(ctx context.Context, maxAge time.Duration) ([]ActionCount, error) {
 	rows, err := db.pool.Query(ctx, `SELECT state, kind, count(*) FROM outbox_actions
 		WHERE state IN ('pending', 'running', 'retrying', 'dead', 'canceled')
 		GROUP BY state, kind`)
@@ -532,7 +542,7 @@ func (db *DB) ActionCounts(ctx context.Context) ([]ActionCount, error) {
 	if err != nil {
 		return nil, fmt.Errorf("storage: action counts: %w", err)
 	}
-	succeeded, err := db.succeededCounts(ctx)
+	succeeded, err := db.succeededCounts(ctx, maxAge)
 	if err != nil {
 		return nil, err
 	}
@@ -540,24 +550,37 @@ func (db *DB) ActionCounts(ctx context.Context) ([]ActionCount, error) {
 }
 
 // succeededCounts returns the succeeded actions by kind as last counted,
-// counting again when that is SucceededCountEvery ago.
-func (db *DB) succeededCounts(ctx context.Context) ([]ActionCount, error) {
+// counting them again when that count is maxAge old (see ActionCounts).
+func (db *DB) succeededCounts(ctx context.Context, maxAge time.Duration) ([]ActionCount, error) {
 	c := &db.succeeded
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if !c.at.IsZero() && time.Since(c.at) < cmp.Or(c.every, SucceededCountEvery) {
-		return c.counts, nil
+	last, at := c.last()
+	switch {
+	case !at.IsZero() && time.Since(at) < maxAge:
+		return last, nil
+	case at.IsZero():
+		c.counting.Lock() // nothing to give meanwhile: wait for the first count
+	case !c.counting.TryLock():
+		return last, nil // another caller is counting
+	}
+	defer c.counting.Unlock()
+	if last, at = c.last(); !at.IsZero() && time.Since(at) < maxAge {
+		return last, nil // counted while this caller waited
 	}
 	rows, err := db.pool.Query(ctx, `SELECT state, kind, count(*) FROM outbox_actions
 		WHERE state = 'succeeded' GROUP BY state, kind`)
-	if err != nil {
-		return nil, fmt.Errorf("storage: succeeded action counts: %w", err)
+	var counts []ActionCount
+	if err == nil {
+		counts, err = pgx.CollectRows(rows, scanActionCount)
 	}
-	counts, err := pgx.CollectRows(rows, scanActionCount)
-	if err != nil {
+	switch {
+	case err != nil && at.IsZero():
 		return nil, fmt.Errorf("storage: succeeded action counts: %w", err)
+	case err != nil:
+		return last, nil
 	}
+	c.mu.Lock()
 	c.at, c.counts = time.Now(), counts
+	c.mu.Unlock()
 	return counts, nil
 }
 

@@ -145,7 +145,8 @@ func benchAnswers(ctx context.Context, getenv func(string) string, logw io.Write
 		tools = append(tools, llm.Tool{Name: d.Name, Description: d.Description, Parameters: d.Parameters})
 	}
 	callsPerAnswer := float64(calls1-calls0) / float64(max(e2e.answered, 1))
-	llmCall, err := benchLLMClient(ctx, llmURL, cfg.LLMModel, tools, max(int(calls1-calls0), 100), cfg.WorkerConcurrency)
+	llmCall, err := benchLLMClient(ctx, llmURL, llm.ParseModels(cfg.LLMModel)[0], tools, max(int(calls1-calls0), 100),
+		cfg.WorkerConcurrency)
 	if err != nil {
 		return nil, err
 	}
@@ -166,10 +167,10 @@ func benchAnswers(ctx context.Context, getenv func(string) string, logw io.Write
 	// What 1,000 answers/s leaves per answer on this machine, against what
 	// the parts no pipeline can do without cost here, each measured apart.
 	floor := e2eCPU.client + e2eCPU.llm + bareCPU.total() + llmCall*callsPerAnswer
-	rows[1].Split = fmt.Sprintf("1,000 answers/s on %d CPUs leaves %.0f µs of CPU per answer; measured apart in this run: "+
+	rows[1].Split = fmt.Sprintf("%.0f answers/s on %d CPUs leaves %.0f µs of CPU per answer; measured apart in this run: "+
 		"load client %.0f + LLM simulator %.0f + bare path %.0f + LLM client %.0f µs/call × %.2f calls/answer = %.0f µs "+
 		"before the edge (HTTP, auth, rate limit, publish), the claim, the reply and its delivery",
-		runtime.NumCPU(), float64(runtime.NumCPU())*1e6/1000, e2eCPU.client, e2eCPU.llm, bareCPU.total(), llmCall, callsPerAnswer, floor)
+		rows[1].Base, runtime.NumCPU(), float64(runtime.NumCPU())*1e6/rows[1].Base, e2eCPU.client, e2eCPU.llm, bareCPU.total(), llmCall, callsPerAnswer, floor)
 	return rows, nil
 }
 
@@ -433,7 +434,7 @@ func benchLLMProcess(ctx context.Context) (base string, pid int, stop func(), er
 	if err != nil {
 		return "", 0, nil, err
 	}
-	cmd := exec.Command(exe, "mockllm", "--addr", "127.0.0.1:0")
+	cmd := exec.Command(exe, "mockllm", "--http-addr", "127.0.0.1:0")
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		return "", 0, nil, err
@@ -443,7 +444,6 @@ func benchLLMProcess(ctx context.Context) (base string, pid int, stop func(), er
 	if err := cmd.Start(); err != nil {
 		return "", 0, nil, fmt.Errorf("bench: start the LLM simulator: %w", err)
 	}
-	const prefix = "mockllm listening on "
 	listening := make(chan string, 1)
 	exited := make(chan struct{})
 	go func() {
@@ -451,7 +451,7 @@ func benchLLMProcess(ctx context.Context) (base string, pid int, stop func(), er
 		// reap it: Wait closes the pipe, so it comes after the reading.
 		sc := bufio.NewScanner(out)
 		for sc.Scan() {
-			if line, ok := strings.CutPrefix(sc.Text(), prefix); ok {
+			if line, ok := strings.CutPrefix(sc.Text(), mockLLMListening); ok {
 				select {
 				case listening <- strings.TrimSpace(line):
 				default:

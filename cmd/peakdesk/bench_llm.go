@@ -5,12 +5,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/peakdesk/peakdesk/loadtest/llmsim"
 	"github.com/peakdesk/peakdesk/workers/llm"
+	"golang.org/x/sync/errgroup"
 )
 
 // llmRequests returns how many chat completions the LLM simulator at base
@@ -37,13 +37,16 @@ func llmRequests(ctx context.Context, base string) (int64, error) {
 	return st.Requests, nil
 }
 
-// benchLLMClient times n streamed calls, conc at a time, of the workers'
-// LLM client (openai-go) to the simulator at base with the worker's tools
-// and a prompt of the worker's shape, and returns the CPU this process
-// spent per call: the provider client's own share of an answer, measured
-// while the rest of the process idles.
+// benchLLMClient times n streamed single-turn calls, conc at a time, of the
+// workers' LLM client (openai-go) to the simulator at base — a system
+// prompt, a customer's question and the worker's tools, the shape of a
+// worker's first call — and returns the CPU this process spent per call:
+// the provider client's own share of an answer. The rest of the process is
+// idle meanwhile but for its background work (heartbeats, metrics).
 func benchLLMClient(ctx context.Context, base, model string, tools []llm.Tool, n, conc int) (float64, error) {
-	c, err := llm.New(llm.Config{BaseURL: base + "/v1", Model: model})
+	hc := llm.NewHTTPClient()
+	defer hc.CloseIdleConnections()
+	c, err := llm.New(llm.Config{BaseURL: base + "/v1", Model: model, HTTPClient: hc})
 	if err != nil {
 		return 0, err
 	}
@@ -54,16 +57,14 @@ func benchLLMClient(ctx context.Context, base, model string, tools []llm.Tool, n
 		"Can I change the size after I paid?",
 	}
 	var next atomic.Int64
-	var mu sync.Mutex
-	var firstErr error
 	t0 := processCPU()
-	var wg sync.WaitGroup
+	g, ctx := errgroup.WithContext(ctx)
 	for range conc {
-		wg.Go(func() {
+		g.Go(func() error {
 			for {
 				i := next.Add(1) - 1
-				if i >= int64(n) {
-					return
+				if i >= int64(n) || ctx.Err() != nil {
+					return nil
 				}
 				_, err := c.Do(ctx, llm.Request{
 					Turns: []llm.Turn{
@@ -76,19 +77,13 @@ func benchLLMClient(ctx context.Context, base, model string, tools []llm.Tool, n
 					OnDelta: func(string) {},
 				})
 				if err != nil {
-					mu.Lock()
-					if firstErr == nil {
-						firstErr = err
-					}
-					mu.Unlock()
-					return
+					return fmt.Errorf("bench: LLM client: %w", err)
 				}
 			}
 		})
 	}
-	wg.Wait()
-	if firstErr != nil {
-		return 0, fmt.Errorf("bench: LLM client: %w", firstErr)
+	if err := g.Wait(); err != nil {
+		return 0, err
 	}
 	return (processCPU() - t0).Seconds() * 1e6 / float64(n), nil
 }

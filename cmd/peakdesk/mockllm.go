@@ -63,7 +63,7 @@ func runMockLLM(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		Handler:           llmsim.New(f),
 		ReadHeaderTimeout: 5 * time.Second,
 	}
-	fmt.Fprintf(stdout, "mockllm listening on http://%s\n", ln.Addr())
+	fmt.Fprintf(stdout, "%shttp://%s\n", mockLLMListening, ln.Addr())
 
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
@@ -99,6 +99,10 @@ them at run time.
 
 // httpAddrFlag defines --http-addr, the listen address of every command
 // that serves HTTP, with --addr as its hidden deprecated alias.
+// mockLLMListening starts the line mockllm prints once it listens, before
+// its base URL (the bench reads it).
+const mockLLMListening = "mockllm listening on "
+
 func httpAddrFlag(fs *flag.FlagSet, def string) *string {
 	addr := fs.String("http-addr", def, "HTTP listen address (`host:port`; port 0 picks a free one)")
 	fs.StringVar(addr, "addr", def, "deprecated: use --http-addr")

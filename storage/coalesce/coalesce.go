@@ -21,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/bsm/redislock"
@@ -78,6 +79,10 @@ type Group struct {
 	mu   sync.Mutex
 	idle *sync.Cond
 	runs int
+
+	// callers counts the callers of Do that have joined a run and wait for
+	// its result (tests).
+	callers atomic.Int32
 }
 
 // New returns a Group for cfg.
@@ -138,6 +143,8 @@ func (g *Group) Do(ctx context.Context, key string, fn Func) ([]byte, string, er
 		defer cancel()
 		return g.acrossProcesses(rctx, key, fn), nil
 	})
+	g.callers.Add(1)
+	defer g.callers.Add(-1)
 	select {
 	case res := <-ch:
 		r := res.Val.(result)

@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -165,27 +164,18 @@ func TestWithoutRedisOneProcessStillShares(t *testing.T) {
 			return []byte("v"), time.Minute, nil
 		}
 		var wg sync.WaitGroup
-		var entered atomic.Int32
 		for range 10 {
 			wg.Go(func() {
-				entered.Add(1)
 				if v, _, err := g.Do(context.Background(), "k", fn); err != nil || string(v) != "v" {
 					t.Errorf("%s: %q %v", name, v, err)
 				}
 			})
 		}
-		// The run ends only once every caller is on its way into Do (a
-		// caller still being scheduled when the run ended would rightly
-		// start one of its own), and once a yield more for the last ones
-		// to reach it.
-		deadline := time.Now().Add(10 * time.Second)
-		for (calls.Load() == 0 || entered.Load() < 10) && time.Now().Before(deadline) {
-			time.Sleep(time.Millisecond)
-		}
-		for range 10 {
-			runtime.Gosched()
-			time.Sleep(time.Millisecond)
-		}
+		// The run ends only once every caller has joined it (a caller
+		// still being scheduled when it ended would rightly start its own).
+		storagetest.WaitFor(t, name+": 10 callers in one run", 10*time.Second, func() bool {
+			return calls.Load() == 1 && g.Callers() == 10
+		})
 		close(release)
 		wg.Wait()
 		if calls.Load() != 1 {

@@ -520,8 +520,9 @@ func TestNewValidatesTheConfig(t *testing.T) {
 
 func TestFollowersAnswerThemselvesWhenTheLeaderGivesUp(t *testing.T) {
 	t.Parallel()
-	// Followers would wait up to 30 s for a leader that never answers.
-	a1, b := setup(t, llmsim.Faults{Latency: 2 * time.Second},
+	// Followers would wait up to 30 s for a leader that never answers; the
+	// leader's call would take a minute (it is cut short by its customer).
+	a1, b := setup(t, llmsim.Faults{Latency: time.Minute},
 		func(c *answer.Config) { c.CoalesceWait = 30 * time.Second })
 	reg := prometheus.NewRegistry()
 	cfg := b.cfg
@@ -541,12 +542,12 @@ func TestFollowersAnswerThemselvesWhenTheLeaderGivesUp(t *testing.T) {
 			t.Error("the cancelled leader answered")
 		}
 	}()
-	storagetest.WaitFor(t, "the leader key", 5*time.Second, func() bool {
+	storagetest.WaitFor(t, "the leader key", 30*time.Second, func() bool {
 		keys, _ := rdb.Keys(context.Background(), b.prefix+"ans:lead:*").Result()
 		return len(keys) == 1
 	})
 	// Mid-call: the leader's call has reached the provider.
-	storagetest.WaitFor(t, "the leader's call", 5*time.Second, func() bool { return b.sim.Stats().Requests == 1 })
+	storagetest.WaitFor(t, "the leader's call", 30*time.Second, func() bool { return b.sim.Stats().Requests == 1 })
 
 	// The follower learns that the leader gave up and answers itself,
 	// without waiting CoalesceWait out.
@@ -561,7 +562,8 @@ func TestFollowersAnswerThemselvesWhenTheLeaderGivesUp(t *testing.T) {
 		ans, err := a2.Answer(context.Background(), req)
 		answered <- result{ans, err}
 	}()
-	storagetest.WaitFor(t, "a follower", 5*time.Second, func() bool { return coalesceCount(t, reg, "follower") == 1 })
+	storagetest.WaitFor(t, "a follower", 30*time.Second, func() bool { return coalesceCount(t, reg, "follower") == 1 })
+	b.sim.SetFaults(llmsim.Faults{}) // the follower's own call is quick
 	leave()
 	res := <-answered
 	if res.err != nil {
