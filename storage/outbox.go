@@ -576,6 +576,8 @@ func (db *DB) succeededCounts(ctx context.Context, maxAge time.Duration) ([]Acti
 	case err != nil && at.IsZero():
 		return nil, fmt.Errorf("storage: succeeded action counts: %w", err)
 	case err != nil:
+		// The cheap counts stand; the next call counts these again.
+		slog.Warn("counting succeeded outbox actions failed; keeping the last count", "err", err)
 		return last, nil
 	}
 	c.mu.Lock()

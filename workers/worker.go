@@ -215,6 +215,9 @@ type Worker struct {
 // made (the sum of peakdesk_answers_total, without gathering the registry).
 func (w *Worker) Answered() int64 { return w.nAnswered.Load() }
 
+// Tools returns the tools the worker offers the LLM (Config.Tools).
+func (w *Worker) Tools() []llm.Tool { return w.tools }
+
 // New returns a Worker for cfg.
 func New(cfg Config) (*Worker, error) {
 	cfg.setDefaults()

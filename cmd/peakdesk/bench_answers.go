@@ -140,12 +140,8 @@ func benchAnswers(ctx context.Context, getenv func(string) string, logw io.Write
 	bareCPU := meter.perMsg(ctx, e2e.answered)
 
 	// The LLM client alone, as many calls as the answers made.
-	var tools []llm.Tool
-	for _, d := range p.orders.tools.Definitions() {
-		tools = append(tools, llm.Tool{Name: d.Name, Description: d.Description, Parameters: d.Parameters})
-	}
 	callsPerAnswer := float64(calls1-calls0) / float64(max(e2e.answered, 1))
-	llmCall, err := benchLLMClient(ctx, llmURL, llm.ParseModels(cfg.LLMModel)[0], tools, max(int(calls1-calls0), 100),
+	llmCall, err := benchLLMClient(ctx, llmURL, llm.ParseModels(cfg.LLMModel)[0], p.worker.Tools(), max(int(calls1-calls0), 100),
 		cfg.WorkerConcurrency)
 	if err != nil {
 		return nil, err

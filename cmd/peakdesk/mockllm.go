@@ -97,12 +97,12 @@ requests that fail and --error-statuses their weighted statuses. /admin/faults c
 them at run time.
 `
 
-// httpAddrFlag defines --http-addr, the listen address of every command
-// that serves HTTP, with --addr as its hidden deprecated alias.
 // mockLLMListening starts the line mockllm prints once it listens, before
 // its base URL (the bench reads it).
 const mockLLMListening = "mockllm listening on "
 
+// httpAddrFlag defines --http-addr, the listen address of every command
+// that serves HTTP, with --addr as its hidden deprecated alias.
 func httpAddrFlag(fs *flag.FlagSet, def string) *string {
 	addr := fs.String("http-addr", def, "HTTP listen address (`host:port`; port 0 picks a free one)")
 	fs.StringVar(addr, "addr", def, "deprecated: use --http-addr")
