@@ -2,7 +2,9 @@ package storage
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 
@@ -54,17 +56,98 @@ func (db *DB) SetShopRetention(ctx context.Context, shop string, days int) error
 	return nil
 }
 
-// RedactTable names a table whose texts expire: messages or replies.
+// RedactTable names a table whose texts expire.
 type RedactTable string
 
 // Tables with texts that expire.
 const (
 	RedactMessages RedactTable = "messages"
 	RedactReplies  RedactTable = "replies"
+	// RedactWebhooks is the outbox's webhook deliveries (webhook.deliver):
+	// a reply.created event carries its reply, a desk event the customer's
+	// message, as written. Every JSON member named "text" in the payload
+	// is masked.
+	RedactWebhooks RedactTable = "outbox_actions"
 )
 
 // RedactTables lists every table RedactExpired works on.
-var RedactTables = []RedactTable{RedactMessages, RedactReplies}
+var RedactTables = []RedactTable{RedactMessages, RedactReplies, RedactWebhooks}
+
+// redactSQL is how RedactExpired reads the text of a table's expired rows
+// and writes its masked form back; $1 is the shop, $2 the days, $3 the
+// limit; the update's $2 and $3 are the ids and the masked texts.
+type redactSQL struct {
+	sel, upd string
+	// mask turns what sel reads into what upd writes.
+	mask func(text string, mask func(string) string) (string, error)
+}
+
+func maskText(text string, mask func(string) string) (string, error) { return mask(text), nil }
+
+var redactSQLs = map[RedactTable]redactSQL{
+	RedactMessages: {sel: `SELECT id, text FROM messages
+			WHERE shop_id = $1 AND redacted_at IS NULL AND created_at < now() - make_interval(days => $2)
+			ORDER BY created_at LIMIT $3
+			FOR NO KEY UPDATE SKIP LOCKED`,
+		upd: `UPDATE messages t SET text = u.text, redacted_at = now()
+			FROM unnest($2::text[], $3::text[]) AS u(id, text)
+			WHERE t.id = u.id AND t.shop_id = $1 AND t.redacted_at IS NULL`,
+		mask: maskText},
+	RedactReplies: {sel: `SELECT id, text FROM replies
+			WHERE shop_id = $1 AND redacted_at IS NULL AND created_at < now() - make_interval(days => $2)
+			ORDER BY created_at LIMIT $3
+			FOR NO KEY UPDATE SKIP LOCKED`,
+		upd: `UPDATE replies t SET text = u.text, redacted_at = now()
+			FROM unnest($2::text[], $3::text[]) AS u(id, text)
+			WHERE t.id = u.id AND t.shop_id = $1 AND t.redacted_at IS NULL`,
+		mask: maskText},
+	// A relay may be delivering the action: it read the payload when it
+	// claimed it and finishes by id and lease, so the new payload does not
+	// disturb it; a later attempt sends the masked texts.
+	RedactWebhooks: {sel: `SELECT id::text, payload::text FROM outbox_actions
+			WHERE shop_id = $1 AND kind = 'webhook.deliver' AND redacted_at IS NULL
+				AND created_at < now() - make_interval(days => $2)
+			ORDER BY created_at LIMIT $3
+			FOR NO KEY UPDATE SKIP LOCKED`,
+		upd: `UPDATE outbox_actions t SET payload = u.payload::jsonb, redacted_at = now()
+			FROM unnest($2::text[], $3::text[]) AS u(id, payload)
+			WHERE t.id = u.id::bigint AND t.shop_id = $1 AND t.redacted_at IS NULL`,
+		mask: maskPayloadTexts},
+}
+
+// maskPayloadTexts masks every string member named "text" of JSON
+// document payload, at any depth.
+func maskPayloadTexts(payload string, mask func(string) string) (string, error) {
+	d := json.NewDecoder(strings.NewReader(payload))
+	d.UseNumber() // numbers stay as written
+	var v any
+	if err := d.Decode(&v); err != nil {
+		return "", fmt.Errorf("payload: %w", err)
+	}
+	var walk func(any)
+	walk = func(v any) {
+		switch v := v.(type) {
+		case map[string]any:
+			for k, m := range v {
+				if s, ok := m.(string); ok && k == "text" {
+					v[k] = mask(s)
+					continue
+				}
+				walk(m)
+			}
+		case []any:
+			for _, m := range v {
+				walk(m)
+			}
+		}
+	}
+	walk(v)
+	b, err := json.Marshal(v)
+	if err != nil {
+		return "", fmt.Errorf("payload: %w", err)
+	}
+	return string(b), nil
+}
 
 // RedactExpired replaces the text of up to limit rows of table t of shop that
 // were stored more than days ago and are not yet redacted with mask(text),
@@ -74,20 +157,17 @@ var RedactTables = []RedactTable{RedactMessages, RedactReplies}
 // work without doing it twice. It returns how many rows it redacted: fewer
 // than limit means nothing more is due now that this caller may take.
 //
-// mask must be a pure function of the text; it is called once per row.
+// mask must be a pure function of the text; it is called once per text.
 func (db *DB) RedactExpired(ctx context.Context, t RedactTable, shop string, days, limit int, mask func(string) string) (int, error) {
-	if t != RedactMessages && t != RedactReplies {
+	q, ok := redactSQLs[t]
+	if !ok {
 		return 0, fmt.Errorf("storage: redact: unknown table %q", t)
 	}
-	table := pgx.Identifier{string(t)}.Sanitize()
 	var n int
 	err := pgx.BeginFunc(ctx, db.pool, func(tx pgx.Tx) error {
 		// FOR NO KEY UPDATE: a worker linking a message to its reply (a
 		// KEY SHARE lock on the reply) is not held up.
-		rows, err := tx.Query(ctx, `SELECT id, text FROM `+table+`
-			WHERE shop_id = $1 AND redacted_at IS NULL AND created_at < now() - make_interval(days => $2)
-			ORDER BY created_at LIMIT $3
-			FOR NO KEY UPDATE SKIP LOCKED`, shop, days, limit)
+		rows, err := tx.Query(ctx, q.sel, shop, days, limit)
 		if err != nil {
 			return err
 		}
@@ -98,7 +178,12 @@ func (db *DB) RedactExpired(ctx context.Context, t RedactTable, shop string, day
 				rows.Close()
 				return err
 			}
-			ids, texts = append(ids, id), append(texts, mask(text))
+			masked, err := q.mask(text, mask)
+			if err != nil {
+				rows.Close()
+				return fmt.Errorf("row %s: %w", id, err)
+			}
+			ids, texts = append(ids, id), append(texts, masked)
 		}
 		if err := rows.Err(); err != nil {
 			return err
@@ -106,9 +191,7 @@ func (db *DB) RedactExpired(ctx context.Context, t RedactTable, shop string, day
 		if len(ids) == 0 {
 			return nil
 		}
-		tag, err := tx.Exec(ctx, `UPDATE `+table+` t SET text = u.text, redacted_at = now()
-			FROM unnest($2::text[], $3::text[]) AS u(id, text)
-			WHERE t.id = u.id AND t.shop_id = $1 AND t.redacted_at IS NULL`, shop, ids, texts)
+		tag, err := tx.Exec(ctx, q.upd, shop, ids, texts)
 		n = int(tag.RowsAffected())
 		return err
 	})

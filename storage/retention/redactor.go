@@ -2,7 +2,9 @@
 // shop allows. Once a message or a reply is older than its shop's retention
 // (shops.retention_days, default 30), its text is replaced by its masked form
 // (workers/pii: phone, ID-card and card numbers, e-mail addresses), once: the
-// row is marked redacted and never read again.
+// row is marked redacted and never read again. The copies of those texts
+// in the outbox's webhook deliveries (a reply.created event's reply, a desk
+// event's customer message) are masked with them.
 //
 // A Redactor runs in the relay role every Interval. It reads a batch of a
 // shop's expired rows, masks them in Go and writes them back in the same
@@ -86,7 +88,7 @@ func New(cfg Config) (*Redactor, error) {
 		log: cfg.Logger.With("component", "retention"),
 		redacted: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "peakdesk_retention_redacted_total",
-			Help: "Messages and replies whose text was replaced by its masked form after the shop's retention, by table.",
+			Help: "Messages, replies and webhook deliveries (outbox_actions) whose texts were replaced by their masked form after the shop's retention, by table.",
 		}, []string{"table"}),
 		runs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "peakdesk_retention_runs_total",
@@ -152,14 +154,16 @@ func (r *Redactor) loop(ctx context.Context) {
 	}
 }
 
-// Result counts the rows one run redacted.
+// Result counts the rows one run redacted: messages, replies and the
+// outbox's webhook deliveries (whose payloads copy their texts).
 type Result struct {
-	Messages, Replies int
+	Messages, Replies, Webhooks int
 }
 
-// RunOnce redacts every shop's expired messages and replies, batch by
-// batch, until none is left that this Redactor may take. It may be called
-// while the job runs (concurrent runs share the work).
+// RunOnce redacts every shop's expired messages, replies and webhook
+// deliveries, batch by batch, until none is left that this Redactor may
+// take. It may be called while the job runs (concurrent runs share the
+// work).
 func (r *Redactor) RunOnce(ctx context.Context) (Result, error) {
 	var res Result
 	err := r.run(ctx, &res)
@@ -168,8 +172,9 @@ func (r *Redactor) RunOnce(ctx context.Context) (Result, error) {
 		outcome = "failed"
 	}
 	r.runs.WithLabelValues(outcome).Inc()
-	if res.Messages+res.Replies > 0 {
-		r.log.Info("retention: expired texts masked", "messages", res.Messages, "replies", res.Replies)
+	if res.Messages+res.Replies+res.Webhooks > 0 {
+		r.log.Info("retention: expired texts masked", "messages", res.Messages, "replies", res.Replies,
+			"webhooks", res.Webhooks)
 	}
 	return res, err
 }
@@ -187,10 +192,13 @@ func (r *Redactor) run(ctx context.Context, res *Result) error {
 					return fmt.Errorf("retention: shop %s: %w", s.ShopID, err)
 				}
 				r.redacted.WithLabelValues(string(t)).Add(float64(n))
-				if t == storage.RedactMessages {
+				switch t {
+				case storage.RedactMessages:
 					res.Messages += n
-				} else {
+				case storage.RedactReplies:
 					res.Replies += n
+				case storage.RedactWebhooks:
+					res.Webhooks += n
 				}
 				if n < r.cfg.BatchSize {
 					break

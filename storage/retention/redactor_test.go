@@ -2,6 +2,7 @@ package retention_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/peakdesk/peakdesk"
+	"github.com/peakdesk/peakdesk/outbox"
 	"github.com/peakdesk/peakdesk/storage"
 	"github.com/peakdesk/peakdesk/storage/retention"
 	"github.com/peakdesk/peakdesk/storage/storagetest"
@@ -175,6 +177,119 @@ func TestExpiredTextsAreMaskedOnceByShopRetention(t *testing.T) {
 	}
 	if after := b.row(t, "messages", oldMsg); after != before {
 		t.Errorf("second run changed %+v to %+v", before, after)
+	}
+}
+
+// action stores an outbox action of shop created age ago and returns its id.
+func (b *testBundle) action(t *testing.T, a peakdesk.Action, age time.Duration) int64 {
+	t.Helper()
+	ctx := context.Background()
+	if n, err := b.db.EnqueueActions(ctx, []peakdesk.Action{a}); err != nil || n != 1 {
+		t.Fatalf("enqueue %s: n=%d err=%v", a.Kind, n, err)
+	}
+	var id int64
+	if err := b.pool.QueryRow(ctx, `UPDATE outbox_actions SET created_at = now() - $2::interval
+		WHERE idempotency_key = $1 RETURNING id`, a.IdempotencyKey, age).Scan(&id); err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+// payload returns an action's payload and whether it was redacted.
+func (b *testBundle) payload(t *testing.T, id int64) (map[string]any, bool) {
+	t.Helper()
+	var p map[string]any
+	var at *time.Time
+	if err := b.pool.QueryRow(context.Background(), `SELECT payload, redacted_at FROM outbox_actions WHERE id = $1`, id).
+		Scan(&p, &at); err != nil {
+		t.Fatal(err)
+	}
+	return p, at != nil
+}
+
+// The outbox's webhook deliveries copy the texts they announce: a
+// reply.created event its reply, a desk event the customer's message. They
+// are masked with the messages and replies, once; the rest of the event,
+// younger deliveries and other actions (a coupon's reason is the shop's
+// record of a money promise) are left as they are.
+func TestExpiredWebhookPayloadsAreMasked(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	const (
+		question = "我的手机13812345678，快递到了吗"
+		answer   = "好的，我们会致电13812345678"
+	)
+	msgID, replyID := b.chat(t, "short", 31*day, question, answer)
+	reply := &peakdesk.Reply{ID: replyID, ShopID: "short", ConversationID: "c1", MessageIDs: []string{msgID},
+		Text: answer, Source: peakdesk.SourceLLM, CreatedAt: time.Now().Add(-31 * day)}
+	hook, err := outbox.ReplyWebhook(reply)
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldHook := b.action(t, hook, 31*day)
+	young := *reply
+	young.ID = "reply-young"
+	youngAction, err := outbox.ReplyWebhook(&young)
+	if err != nil {
+		t.Fatal(err)
+	}
+	youngHook := b.action(t, youngAction, 29*day)
+	desk, err := json.Marshal(peakdesk.DeskEvent{EventID: "pd_desk_1", Type: peakdesk.EventMessageCreated,
+		Shop: "short", ConversationID: "c1", Message: &peakdesk.MessageState{ID: msgID, ConversationID: "c1",
+			Priority: peakdesk.P1, Status: peakdesk.StatusQueued, Text: question,
+			Reply: &peakdesk.Reply{ID: replyID, Text: answer}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	deskHook := b.action(t, peakdesk.Action{ShopID: "short", ConversationID: "c1", Kind: peakdesk.ActionWebhookDeliver,
+		Payload: desk, IdempotencyKey: "pd_desk_1", MaxAttempts: 3}, 40*day)
+	coupon, err := json.Marshal(outbox.CouponPayload{UserID: "u1", AmountCents: 500, Reason: "call 13812345678"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	couponAction := b.action(t, peakdesk.Action{ShopID: "short", ConversationID: "c1", Kind: peakdesk.ActionCouponIssue,
+		Payload: coupon, IdempotencyKey: "pd_cpn_1", MaxAttempts: 3}, 40*day)
+
+	reg := prometheus.NewRegistry()
+	res, err := newRedactor(t, b, retention.Config{Registerer: reg}).RunOnce(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res != (retention.Result{Messages: 1, Replies: 1, Webhooks: 2}) {
+		t.Errorf("run %+v, want 1 message, 1 reply, 2 webhooks", res)
+	}
+	if got := counter(t, reg, "peakdesk_retention_redacted_total", "outbox_actions"); got != 2 {
+		t.Errorf("redacted webhooks metric %v, want 2", got)
+	}
+	const maskedAnswer, maskedQuestion = "好的，我们会致电138****5678", "我的手机138****5678，快递到了吗"
+	p, redacted := b.payload(t, oldHook)
+	r, _ := p["reply"].(map[string]any)
+	if !redacted || r["text"] != maskedAnswer || r["reply_id"] != replyID || p["event_id"] != hook.IdempotencyKey ||
+		p["type"] != outbox.EventReplyCreated {
+		t.Errorf("expired reply webhook: redacted=%v payload %v", redacted, p)
+	}
+	if ids, _ := r["message_ids"].([]any); len(ids) != 1 || ids[0] != msgID {
+		t.Errorf("expired reply webhook lost its message ids: %v", r["message_ids"])
+	}
+	p, redacted = b.payload(t, deskHook)
+	m, _ := p["message"].(map[string]any)
+	mr, _ := m["reply"].(map[string]any)
+	if !redacted || m["text"] != maskedQuestion || mr["text"] != maskedAnswer || m["message_id"] != msgID {
+		t.Errorf("expired desk event: redacted=%v payload %v", redacted, p)
+	}
+	p, redacted = b.payload(t, youngHook)
+	if r, _ := p["reply"].(map[string]any); redacted || r["text"] != answer {
+		t.Errorf("reply webhook within its retention: redacted=%v payload %v, want it untouched", redacted, p)
+	}
+	p, redacted = b.payload(t, couponAction)
+	if redacted || p["reason"] != "call 13812345678" {
+		t.Errorf("coupon action: redacted=%v payload %v, want it untouched", redacted, p)
+	}
+
+	// A second run finds nothing.
+	if res, err := newRedactor(t, b, retention.Config{}).RunOnce(ctx); err != nil || res != (retention.Result{}) {
+		t.Fatalf("second run %+v %v, want nothing done", res, err)
 	}
 }
 
