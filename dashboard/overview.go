@@ -27,8 +27,10 @@ type liveView struct {
 	OldestDueSeconds float64
 }
 
-// shopCounts caches a shop operator's outbox and DLQ counts for a few
-// seconds, so many open overviews cost one query each.
+// shopCounts caches a shop operator's outbox and DLQ counts for a poll
+// interval, so many open overviews cost one query each. The shop's
+// succeeded actions, which grow with its history, are counted again only
+// every storage.SucceededCountEvery (ShopActionCounts).
 type shopCounts struct {
 	mu sync.Mutex
 	m  map[string]shopCount
@@ -102,7 +104,7 @@ func (c *Console) shopCounts(r *http.Request, shop string) (shopCount, error) {
 	if sc, ok := c.counts.m[shop]; ok && now.Sub(sc.at) < c.cfg.PollInterval {
 		return sc, nil
 	}
-	outbox, err := c.cfg.DB.ActionStateCounts(r.Context(), shop, storage.ActionFilter{})
+	outbox, err := c.cfg.DB.ShopActionCounts(r.Context(), shop, storage.SucceededCountEvery)
 	if err != nil {
 		return shopCount{}, err
 	}

@@ -503,11 +503,40 @@ type ActionCount struct {
 	Count int64
 }
 
-// SucceededCountEvery is the default maxAge of ActionCounts' succeeded
-// counts.
+// SucceededCountEvery is the default maxAge of the succeeded counts of
+// ActionCounts and ShopActionCounts.
 const SucceededCountEvery = 5 * time.Minute
 
-// succeededCount is the last count of succeeded actions by kind.
+// liveStates are the action states counted exactly on every call: what is
+// in flight, and what operators have to look at. Succeeded actions are
+// never deleted and grow with the shops' history (a webhook delivery per
+// answer): counting them reads most of a shop's rows, so they are counted
+// again only every so often (succeededCount).
+const liveStates = `('pending', 'running', 'retrying', 'dead', 'canceled')`
+
+// succeededCounts holds the last count of succeeded actions of each scope
+// (AllShops or one shop) a caller asked for.
+type succeededCounts struct {
+	mu sync.Mutex
+	m  map[string]*succeededCount
+}
+
+func (s *succeededCounts) of(scope string) *succeededCount {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := s.m[scope]
+	if c == nil {
+		if s.m == nil {
+			s.m = map[string]*succeededCount{}
+		}
+		c = &succeededCount{}
+		s.m[scope] = c
+	}
+	return c
+}
+
+// succeededCount is the last count of one scope's succeeded actions by
+// kind.
 type succeededCount struct {
 	counting sync.Mutex // held by the caller counting them again
 	mu       sync.Mutex // guards at and counts
@@ -521,20 +550,17 @@ func (c *succeededCount) last() ([]ActionCount, time.Time) {
 	return c.counts, c.at
 }
 
-// ActionCounts counts the actions by state and kind, for metrics. Every
-// state but succeeded is counted on each call, a range of the (state, kind,
-// id) index over those actions only: what is in flight, and what operators
-// have to look at. Succeeded actions are never deleted and grow with the
-// shops' history, so counting them reads most of the table: they are
-// counted again only when the last count is maxAge old, by one caller of
-// the process while the others get the last count, and a failed recount
-// keeps the last one (the next call tries again). The two counts are not
-// one snapshot: around a recount an action that just succeeded may be in
-// neither or both.
+// ActionCounts counts the actions of all shops by state and kind, for
+// metrics. Every state but succeeded is counted on each call, a range of
+// the (state, kind, id) index over those actions only. Succeeded actions
+// are counted again only when the last count is maxAge old, by one caller
+// of the process while the others get the last count, and a failed
+// recount keeps the last one (the next call tries again). The two counts
+// are not one snapshot: around a recount an action that just succeeded may
+// be in neither or both.
 func (db *DB) ActionCounts(ctx context.Context, maxAge time.Duration) ([]ActionCount, error) {
 	rows, err := db.pool.Query(ctx, `SELECT state, kind, count(*) FROM outbox_actions
-		WHERE state IN ('pending', 'running', 'retrying', 'dead', 'canceled')
-		GROUP BY state, kind`)
+		WHERE state IN `+liveStates+` GROUP BY state, kind`)
 	if err != nil {
 		return nil, fmt.Errorf("storage: action counts: %w", err)
 	}
@@ -542,17 +568,45 @@ func (db *DB) ActionCounts(ctx context.Context, maxAge time.Duration) ([]ActionC
 	if err != nil {
 		return nil, fmt.Errorf("storage: action counts: %w", err)
 	}
-	succeeded, err := db.succeededCounts(ctx, maxAge)
+	succeeded, err := db.succeededCounts(ctx, AllShops, maxAge)
 	if err != nil {
 		return nil, err
 	}
 	return append(counts, succeeded...), nil
 }
 
-// succeededCounts returns the succeeded actions by kind as last counted,
-// counting them again when that count is maxAge old (see ActionCounts).
-func (db *DB) succeededCounts(ctx context.Context, maxAge time.Duration) ([]ActionCount, error) {
-	c := &db.succeeded
+// ShopActionCounts counts shop's actions by state, for its operators'
+// overview, like ActionCounts: succeeded ones as last counted, at most
+// maxAge ago (per shop and process), the others exactly.
+func (db *DB) ShopActionCounts(ctx context.Context, shop string, maxAge time.Duration) (map[peakdesk.ActionState]int64, error) {
+	if shop == "" || shop == AllShops {
+		return nil, fmt.Errorf("storage: shop action counts: a shop is required")
+	}
+	rows, err := db.pool.Query(ctx, `SELECT state, kind, count(*) FROM outbox_actions
+		WHERE shop_id = $1 AND state IN `+liveStates+` GROUP BY state, kind`, shop)
+	if err != nil {
+		return nil, fmt.Errorf("storage: shop action counts: %w", err)
+	}
+	counts, err := pgx.CollectRows(rows, scanActionCount)
+	if err != nil {
+		return nil, fmt.Errorf("storage: shop action counts: %w", err)
+	}
+	succeeded, err := db.succeededCounts(ctx, shop, maxAge)
+	if err != nil {
+		return nil, err
+	}
+	out := map[peakdesk.ActionState]int64{}
+	for _, c := range append(counts, succeeded...) {
+		out[c.State] += c.Count
+	}
+	return out, nil
+}
+
+// succeededCounts returns the succeeded actions of scope (AllShops or a
+// shop) by kind as last counted, counting them again when that count is
+// maxAge old (see ActionCounts).
+func (db *DB) succeededCounts(ctx context.Context, scope string, maxAge time.Duration) ([]ActionCount, error) {
+	c := db.succeeded.of(scope)
 	last, at := c.last()
 	switch {
 	case !at.IsZero() && time.Since(at) < maxAge:
@@ -566,8 +620,17 @@ func (db *DB) succeededCounts(ctx context.Context, maxAge time.Duration) ([]Acti
 	if last, at = c.last(); !at.IsZero() && time.Since(at) < maxAge {
 		return last, nil // counted while this caller waited
 	}
-	rows, err := db.pool.Query(ctx, `SELECT state, kind, count(*) FROM outbox_actions
-		WHERE state = 'succeeded' GROUP BY state, kind`)
+	// Two statements, so that each has its plan: the (state, kind, id)
+	// index for all shops, the (shop_id, state, kind, id) one for a shop.
+	var rows pgx.Rows
+	var err error
+	if scope == AllShops {
+		rows, err = db.pool.Query(ctx, `SELECT state, kind, count(*) FROM outbox_actions
+			WHERE state = 'succeeded' GROUP BY state, kind`)
+	} else {
+		rows, err = db.pool.Query(ctx, `SELECT state, kind, count(*) FROM outbox_actions
+			WHERE shop_id = $1 AND state = 'succeeded' GROUP BY state, kind`, scope)
+	}
 	var counts []ActionCount
 	if err == nil {
 		counts, err = pgx.CollectRows(rows, scanActionCount)
@@ -577,7 +640,7 @@ func (db *DB) succeededCounts(ctx context.Context, maxAge time.Duration) ([]Acti
 		return nil, fmt.Errorf("storage: succeeded action counts: %w", err)
 	case err != nil:
 		// The cheap counts stand; the next call counts these again.
-		slog.Warn("counting succeeded outbox actions failed; keeping the last count", "err", err)
+		slog.Warn("counting succeeded outbox actions failed; keeping the last count", "scope", scope, "err", err)
 		return last, nil
 	}
 	c.mu.Lock()

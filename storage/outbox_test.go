@@ -291,6 +291,63 @@ func TestActionCountsAreExactButForSucceededWhichIsRecountedRarely(t *testing.T)
 	}
 }
 
+// A shop operator's overview counts the shop's actions the same way, each
+// shop's succeeded actions recounted on their own clock.
+func TestShopActionCountsAreScopedAndRecountSucceededRarely(t *testing.T) {
+	t.Parallel()
+	db := setupDB(t)
+	ctx := context.Background()
+	enqueue(t, db, newAction("shop1", peakdesk.ActionCouponIssue, "k1", `{}`),
+		newAction("shop1", peakdesk.ActionRefundRequest, "k2", `{}`),
+		newAction("shop2", peakdesk.ActionCouponIssue, "k3", `{}`))
+	t0 := time.Now()
+	claimed, err := db.ClaimActions(ctx, "relay", t0, time.Minute, 3)
+	if err != nil || len(claimed) != 3 {
+		t.Fatalf("claim: %v, %v", claimed, err)
+	}
+	byKey := map[string]peakdesk.Action{}
+	for _, a := range claimed {
+		byKey[a.IdempotencyKey] = a
+	}
+	succeed := func(key string) {
+		t.Helper()
+		res := storage.AttemptResult{ActionID: byKey[key].ID, N: 1, Owner: "relay", State: peakdesk.ActionSucceeded,
+			Outcome: peakdesk.AttemptSucceeded, HTTPStatus: 201, EndedAt: t0.Add(time.Second)}
+		if applied, err := db.FinishAttempt(ctx, res); err != nil || !applied {
+			t.Fatalf("finish %s: applied %v, %v", key, applied, err)
+		}
+	}
+	counts := func(shop string, maxAge time.Duration) map[peakdesk.ActionState]int64 {
+		t.Helper()
+		got, err := db.ShopActionCounts(ctx, shop, maxAge)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	succeed("k1")
+	if got := counts("shop1", time.Hour); got[peakdesk.ActionRunning] != 1 || got[peakdesk.ActionSucceeded] != 1 ||
+		len(got) != 2 {
+		t.Fatalf("shop1: %v; want running 1, succeeded 1", got)
+	}
+	succeed("k2")
+	succeed("k3")
+	// shop1's succeeded count is the last one until it is due; shop2's is
+	// its own, counted now.
+	if got := counts("shop1", time.Hour); got[peakdesk.ActionRunning] != 0 || got[peakdesk.ActionSucceeded] != 1 {
+		t.Fatalf("shop1: %v; want running 0, succeeded still 1", got)
+	}
+	if got := counts("shop2", time.Hour); got[peakdesk.ActionSucceeded] != 1 || got[peakdesk.ActionRunning] != 0 {
+		t.Fatalf("shop2: %v; want succeeded 1", got)
+	}
+	if got := counts("shop1", 0); got[peakdesk.ActionSucceeded] != 2 {
+		t.Fatalf("shop1: %v; want succeeded 2 once recounted", got)
+	}
+	if _, err := db.ShopActionCounts(ctx, storage.AllShops, 0); err == nil {
+		t.Fatal("counts of all shops as a shop's: no error")
+	}
+}
+
 func TestOperatorUpdatesAndSearch(t *testing.T) {
 	t.Parallel()
 	db := setupDB(t)

@@ -23,8 +23,9 @@ type DB struct {
 	pool *pgxpool.Pool
 	// secrets seals and opens the shops' secrets (see UseSecrets).
 	secrets secretsPolicy
-	// succeeded is the last count of succeeded outbox actions (ActionCounts).
-	succeeded succeededCount
+	// succeeded is the last count of succeeded outbox actions by scope
+	// (AllShops or a shop; ActionCounts, ShopActionCounts).
+	succeeded succeededCounts
 }
 
 // Open connects to Postgres at url. maxConns ≤ 0 keeps pgxpool's default.
