@@ -24,7 +24,8 @@ import (
 //	GET  /v1/ops/actions?state=&kind=&shop=&q=&cursor=&limit=
 //	GET  /v1/ops/actions/{id}                 the action with every attempt
 //	POST /v1/ops/actions/{id}/retry, /cancel
-//	POST /v1/ops/actions/bulk                 {"filter":{…},"op":"retry|cancel"} → {"affected":N}
+//	POST /v1/ops/actions/bulk                 {"filter":{…},"op":"retry|cancel"} → {"bulk_id":B,"affected":N}
+//	GET  /v1/ops/actions/bulk/{id}            the actions bulk operation B changed, by state now
 //	GET  /v1/ops/dlq?shop=&state=&cursor=&limit=
 //	POST /v1/ops/dlq/{id}/redrive, /discard
 
@@ -53,6 +54,7 @@ func RegisterAPI(mux *http.ServeMux, cfg APIConfig) {
 		return h.changeAction(w, r, h.cfg.Ops.Cancel)
 	}))
 	mux.Handle("POST /v1/ops/actions/bulk", h.handle(h.bulkActions))
+	mux.Handle("GET /v1/ops/actions/bulk/{id}", h.handle(h.bulkProgress))
 	mux.Handle("GET /v1/ops/dlq", h.handle(h.listDLQ))
 	mux.Handle("POST /v1/ops/dlq/{id}/redrive", h.handle(func(w http.ResponseWriter, r *http.Request) error {
 		return h.changeDLQ(w, r, h.cfg.DLQ.Redrive)
@@ -178,8 +180,17 @@ type bulkRequest struct {
 }
 
 type bulkResponse struct {
-	Op       string `json:"op"`
-	Affected int64  `json:"affected"`
+	Op string `json:"op"`
+	outbox.BulkResult
+}
+
+// bulkProgress is the body of GET /v1/ops/actions/bulk/{id}.
+type bulkProgress struct {
+	BulkID int64 `json:"bulk_id"`
+	// States counts the actions the operation changed by their state now.
+	States map[peakdesk.ActionState]int64 `json:"states"`
+	// Settled: none of them is pending, running or retrying.
+	Settled bool `json:"settled"`
 }
 
 func (h *api) bulkActions(w http.ResponseWriter, r *http.Request) error {
@@ -191,11 +202,33 @@ func (h *api) bulkActions(w http.ResponseWriter, r *http.Request) error {
 	if err := httpjson.DecodeObject(r, maxAPIBody, &req); err != nil {
 		return err
 	}
-	n, err := h.cfg.Ops.Bulk(r.Context(), op, req.Filter, req.Op)
+	res, err := h.cfg.Ops.Bulk(r.Context(), op, req.Filter, req.Op)
 	if err != nil {
 		return err
 	}
-	httpjson.WriteJSON(w, http.StatusOK, bulkResponse{Op: req.Op, Affected: n})
+	httpjson.WriteJSON(w, http.StatusOK, bulkResponse{Op: req.Op, BulkResult: res})
+	return nil
+}
+
+func (h *api) bulkProgress(w http.ResponseWriter, r *http.Request) error {
+	op, err := h.operator(r, false)
+	if err != nil {
+		return err
+	}
+	id, err := strconv.ParseInt(r.PathValue("id"), 10, 64)
+	if err != nil || id <= 0 {
+		return peakdesk.FieldError("id", "id must be a bulk operation's id")
+	}
+	counts, err := h.cfg.Ops.BulkProgress(r.Context(), op, id)
+	if err != nil {
+		return err
+	}
+	p := bulkProgress{BulkID: id, States: map[peakdesk.ActionState]int64{}}
+	for _, s := range peakdesk.ActionStates {
+		p.States[s] = counts[s]
+	}
+	p.Settled = counts[peakdesk.ActionPending]+counts[peakdesk.ActionRunning]+counts[peakdesk.ActionRetrying] == 0
+	httpjson.WriteJSON(w, http.StatusOK, p)
 	return nil
 }
 

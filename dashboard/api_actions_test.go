@@ -164,8 +164,19 @@ func TestOpsActionsAuth(t *testing.T) {
 
 	// The shop operator's bulk cancel touches their own shop only.
 	r := s.do("POST", "/v1/ops/actions/bulk", demoWriter, `{"filter":{"state":"pending"},"op":"cancel"}`)
-	if r.status != 200 || r.body["affected"] != float64(5) {
+	if r.status != 200 || r.body["affected"] != float64(5) || r.body["bulk_id"] == nil {
 		t.Fatalf("bulk cancel: %d %s", r.status, r.raw)
+	}
+	progress := fmt.Sprintf("/v1/ops/actions/bulk/%v", r.body["bulk_id"])
+	for who, tok := range map[string]string{"its operator": demoWriter, "a platform viewer": platformViewer} {
+		p := s.do("GET", progress, tok, "")
+		states, _ := p.body["states"].(map[string]any)
+		if p.status != 200 || p.body["settled"] != true || states["canceled"] != float64(5) || states["pending"] != float64(0) {
+			t.Fatalf("bulk progress seen by %s: %d %s", who, p.status, p.raw)
+		}
+	}
+	if p := s.do("GET", "/v1/ops/actions/bulk/0", demoWriter, ""); p.status != 400 {
+		t.Fatalf("progress of bulk 0: %d %s", p.status, p.raw)
 	}
 	if a, _ := s.db.Action(context.Background(), storage.AllShops, s.ids["other-1"]); a.State != peakdesk.ActionPending {
 		t.Fatalf("another shop's action was touched: %+v", a)

@@ -271,6 +271,19 @@ func TestBulkRetryConfirmsTheCountAndActsOnEveryMatch(t *testing.T) {
 	if len(audit) != 1 || audit[0].Actor != email || !strings.Contains(string(audit[0].Details), `"affected": 120`) {
 		t.Fatalf("audit: %+v %s", audit, audit[0].Details)
 	}
+	// The live panel counts the actions it retried, not every refund: one
+	// that comes later is not among them.
+	b.seedActions(t, "demo", peakdesk.ActionRefundRequest, 1, peakdesk.ActionPending, "")
+	progress := fmt.Sprintf("/console/outbox/progress?bulk=%d", audit[0].ID)
+	if !strings.Contains(p.body, `hx-get="`+progress+`"`) {
+		t.Fatalf("the panel does not poll %s: %s", progress, p.body)
+	}
+	if p := c.get(progress, "HX-Request", "true"); p.status != http.StatusOK || !strings.Contains(p.body, `id="progress-pending">120<`) {
+		t.Fatalf("progress: %d %s", p.status, p.body)
+	}
+	if p := c.get("/console/outbox/progress?bulk=x", "HX-Request", "true"); p.status != http.StatusBadRequest {
+		t.Fatalf("progress of no bulk operation: %d", p.status)
+	}
 	// Without a filter nothing is offered and nothing happens.
 	if p := c.get("/console/outbox/bulk?op=retry"); p.status != http.StatusBadRequest {
 		t.Fatalf("bulk without a filter: %d", p.status)

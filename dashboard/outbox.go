@@ -240,7 +240,7 @@ type doneData struct {
 }
 
 // outboxBulk acts on every match of the filter and shows how many it
-// changed, then how the matching actions get on.
+// changed, then how those actions get on.
 func (c *Console) outboxBulk(w http.ResponseWriter, r *http.Request, rq *request) error {
 	op, err := readBulkOp(r)
 	if err != nil {
@@ -250,7 +250,7 @@ func (c *Console) outboxBulk(w http.ResponseWriter, r *http.Request, rq *request
 	if err != nil {
 		return err
 	}
-	n, err := c.ops.Bulk(r.Context(), rq.who(), f, op)
+	res, err := c.ops.Bulk(r.Context(), rq.who(), f, op)
 	if err != nil {
 		if errors.Is(err, storage.ErrActionState) {
 			return peakdesk.FieldError("filter",
@@ -258,19 +258,18 @@ func (c *Console) outboxBulk(w http.ResponseWriter, r *http.Request, rq *request
 		}
 		return err
 	}
-	progress := ff
-	progress.State = ""
-	d := &doneData{Result: rq.t("bulk.done."+op, num(n)), Back: Prefix + "/outbox?" + ff.query(),
-		ProgressURL: Prefix + "/outbox/progress?" + progress.query()}
-	if err := c.fillProgress(r, rq, f, d); err != nil {
+	d := &doneData{Result: rq.t("bulk.done."+op, num(res.Affected)), Back: Prefix + "/outbox?" + ff.query(),
+		ProgressURL: Prefix + "/outbox/progress?bulk=" + strconv.FormatInt(res.ID, 10)}
+	if err := c.fillProgress(r, rq, res.ID, d); err != nil {
 		return err
 	}
 	c.render(w, r, rq, http.StatusOK, "bulk_done", "", "bulk.title", "outbox", d)
 	return nil
 }
 
-func (c *Console) fillProgress(r *http.Request, rq *request, f storage.ActionFilter, d *doneData) error {
-	counts, err := c.cfg.DB.ActionStateCounts(r.Context(), rq.op.Scope(), f)
+// fillProgress counts the actions bulk operation id changed, by state.
+func (c *Console) fillProgress(r *http.Request, rq *request, id int64, d *doneData) error {
+	counts, err := c.ops.BulkProgress(r.Context(), rq.who(), id)
 	if err != nil {
 		return err
 	}
@@ -284,12 +283,12 @@ func (c *Console) fillProgress(r *http.Request, rq *request, f storage.ActionFil
 
 // outboxProgress is the live progress panel of a bulk operation.
 func (c *Console) outboxProgress(w http.ResponseWriter, r *http.Request, rq *request) error {
-	ff, f, err := readFilter(r, rq)
-	if err != nil {
-		return err
+	id, err := strconv.ParseInt(r.FormValue("bulk"), 10, 64)
+	if err != nil || id <= 0 {
+		return peakdesk.FieldError("bulk", "bulk must be a bulk operation's id")
 	}
-	d := &doneData{ProgressURL: Prefix + "/outbox/progress?" + ff.query()}
-	if err := c.fillProgress(r, rq, f, d); err != nil {
+	d := &doneData{ProgressURL: Prefix + "/outbox/progress?bulk=" + strconv.FormatInt(id, 10)}
+	if err := c.fillProgress(r, rq, id, d); err != nil {
 		return err
 	}
 	c.render(w, r, rq, http.StatusOK, "bulk_done", "progress", "bulk.title", "outbox", d)

@@ -100,6 +100,7 @@ func consolePages(n int) []string {
 		"/console/outbox?q=" + deadOrder,
 		"/console/outbox?from=2020-01-01T00%3A00&to=2020-01-02T00%3A00",
 		"/console/outbox/bulk?op=retry&state=dead&kind=refund.request",
+		"/console/outbox/progress?bulk=1",
 		"/console/outbox/500",
 		"/console/dlq",
 		"/console/dlq?state=",

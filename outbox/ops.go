@@ -237,48 +237,79 @@ const (
 	BulkCancel = "cancel"
 )
 
+// BulkResult is what a bulk operation did.
+type BulkResult struct {
+	// ID is the operation's audit entry; its progress (Ops.BulkProgress)
+	// counts the actions it changed.
+	ID       int64 `json:"bulk_id"`
+	Affected int64 `json:"affected"`
+}
+
 // Bulk retries or cancels every action that matches f (not a page: all of
 // them, in one statement) and returns how many it changed. Actions whose
 // state does not allow the operation are left alone. f must name at least
 // one criterion, so that "everything" is never one click away.
-func (o *Ops) Bulk(ctx context.Context, op Operator, f storage.ActionFilter, operation string) (int64, error) {
+func (o *Ops) Bulk(ctx context.Context, op Operator, f storage.ActionFilter, operation string) (BulkResult, error) {
 	if err := op.check(); err != nil {
-		return 0, err
+		return BulkResult{}, err
 	}
 	if err := op.checkFilter(&f); err != nil {
-		return 0, err
+		return BulkResult{}, err
 	}
 	if f.Empty() {
-		return 0, peakdesk.FieldError("filter", "filter must name at least one of state, kind, shop, q, from, to")
+		return BulkResult{}, peakdesk.FieldError("filter", "filter must name at least one of state, kind, shop, q, from, to")
 	}
-	var bulk func(ctx context.Context, tx pgx.Tx, scope string, f storage.ActionFilter, now time.Time) (int64, error)
+	var bulk func(ctx context.Context, tx pgx.Tx, scope string, f storage.ActionFilter, now time.Time, bulkOp int64) (int64, error)
 	switch operation {
 	case BulkRetry:
 		bulk = storage.BulkRetryActions
 	case BulkCancel:
 		bulk = storage.BulkCancelActions
 	default:
-		return 0, peakdesk.FieldError("op", "op must be retry or cancel")
+		return BulkResult{}, peakdesk.FieldError("op", "op must be retry or cancel")
 	}
 	shop := f.Shop
 	if op.Shop != storage.AllShops {
 		shop = op.Shop
 	}
-	var n int64
+	var res BulkResult
 	err := o.cfg.DB.Tx(ctx, func(tx pgx.Tx) error {
-		var err error
-		if n, err = bulk(ctx, tx, op.Shop, f, o.cfg.Now()); err != nil {
+		// The audit entry first: its id marks what the operation changes.
+		e := &storage.AuditEntry{Actor: op.ID, Scope: op.Shop, Shop: shop, Action: "outbox.bulk_" + operation,
+			Target: "filter"}
+		if err := storage.InsertAudit(ctx, tx, e); err != nil {
 			return err
 		}
-		details, _ := json.Marshal(map[string]any{"filter": f, "affected": n})
-		return storage.InsertAudit(ctx, tx, &storage.AuditEntry{Actor: op.ID, Scope: op.Shop, Shop: shop,
-			Action: "outbox.bulk_" + operation, Target: "filter", Details: details})
+		n, err := bulk(ctx, tx, op.Shop, f, o.cfg.Now(), e.ID)
+		if err != nil {
+			return err
+		}
+		res = BulkResult{ID: e.ID, Affected: n}
+		details, err := json.Marshal(map[string]any{"filter": f, "affected": n})
+		if err != nil {
+			return err
+		}
+		return storage.SetAuditDetails(ctx, tx, e.ID, details)
 	})
 	if err != nil {
-		return 0, fmt.Errorf("outbox: bulk %s: %w", operation, err)
+		return BulkResult{}, fmt.Errorf("outbox: bulk %s: %w", operation, err)
 	}
 	// The search text may hold customer data: it is in the audit log, not here.
 	o.log.InfoContext(ctx, "operator outbox.bulk_"+operation, "operator", op.ID, "scope", op.Shop,
-		"state", string(f.State), "kind", string(f.Kind), "shop", f.Shop, "has_q", f.Q != "", "affected", n)
-	return n, nil
+		"state", string(f.State), "kind", string(f.Kind), "shop", f.Shop, "has_q", f.Q != "", "affected", res.Affected,
+		"bulk_id", res.ID)
+	return res, nil
+}
+
+// BulkProgress counts by state the actions bulk operation id changed, of
+// the operator's scope: how its retries get on. A later bulk operation on
+// an action takes it over.
+func (o *Ops) BulkProgress(ctx context.Context, op Operator, id int64) (map[peakdesk.ActionState]int64, error) {
+	if err := op.check(); err != nil {
+		return nil, err
+	}
+	if id <= 0 {
+		return nil, peakdesk.FieldError("bulk", "bulk must be a bulk operation's id")
+	}
+	return o.cfg.DB.BulkProgress(ctx, op.Shop, id)
 }

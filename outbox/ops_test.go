@@ -65,8 +65,8 @@ func TestBulkRetryOfTenThousandDeadActions(t *testing.T) {
 	platform := outbox.Operator{ID: "dave", Shop: "*"}
 	got, err := ops.Bulk(ctx, platform, storage.ActionFilter{State: peakdesk.ActionDead, Kind: peakdesk.ActionCouponIssue,
 		Shop: "demo", Q: "503"}, outbox.BulkRetry)
-	if err != nil || got != n {
-		t.Fatalf("bulk retry: %d, %v; want %d", got, err, n)
+	if err != nil || got.Affected != n || got.ID <= 0 {
+		t.Fatalf("bulk retry: %+v, %v; want %d affected", got, err, n)
 	}
 	counts, err := e.db.ActionCounts(ctx, 0)
 	if err != nil {
@@ -99,14 +99,46 @@ func TestBulkRetryOfTenThousandDeadActions(t *testing.T) {
 	var details struct {
 		Affected int64 `json:"affected"`
 	}
-	if err := json.Unmarshal(audit[0].Details, &details); err != nil || details.Affected != n {
-		t.Fatalf("audit details %s: %v", audit[0].Details, err)
+	if err := json.Unmarshal(audit[0].Details, &details); err != nil || details.Affected != n || audit[0].ID != got.ID {
+		t.Fatalf("audit entry %d details %s: %v; want entry %d", audit[0].ID, audit[0].Details, err, got.ID)
+	}
+	// Its progress: the n it retried, pending; none of the dead ones it
+	// did not match. Another shop's operator sees none of them.
+	progress := func(op outbox.Operator, id int64) map[peakdesk.ActionState]int64 {
+		t.Helper()
+		p, err := ops.BulkProgress(ctx, op, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	if p := progress(platform, got.ID); p[peakdesk.ActionPending] != n || len(p) != 1 {
+		t.Fatalf("progress of the bulk retry: %v; want %d pending", p, n)
+	}
+	if p := progress(shopOp, got.ID); len(p) != 0 {
+		t.Fatalf("progress of demo's bulk retry seen by other's operator: %v", p)
 	}
 
 	// A shop's operator cancels all of their dead coupons: only theirs.
-	got, err = ops.Bulk(ctx, shopOp, storage.ActionFilter{Kind: peakdesk.ActionCouponIssue}, outbox.BulkCancel)
-	if err != nil || got != 10 {
-		t.Fatalf("bulk cancel: %d, %v; want 10", got, err)
+	cancel, err := ops.Bulk(ctx, shopOp, storage.ActionFilter{Kind: peakdesk.ActionCouponIssue}, outbox.BulkCancel)
+	if err != nil || cancel.Affected != 10 {
+		t.Fatalf("bulk cancel: %+v, %v; want 10", cancel, err)
+	}
+	// A later operation takes over what it changes: the platform cancels
+	// the retried coupons again.
+	again, err := ops.Bulk(ctx, platform, storage.ActionFilter{Kind: peakdesk.ActionCouponIssue, Shop: "demo",
+		State: peakdesk.ActionPending}, outbox.BulkCancel)
+	if err != nil || again.Affected != n {
+		t.Fatalf("second bulk cancel: %+v, %v; want %d", again, err, n)
+	}
+	if p := progress(platform, got.ID); len(p) != 0 {
+		t.Fatalf("progress of the first bulk retry after the second took its actions: %v", p)
+	}
+	if p := progress(platform, again.ID); p[peakdesk.ActionCanceled] != n || len(p) != 1 {
+		t.Fatalf("progress of the second: %v; want %d canceled", p, n)
+	}
+	if _, err := ops.BulkProgress(ctx, platform, 0); code(err) != peakdesk.EInvalid {
+		t.Fatalf("progress of bulk 0: %v", err)
 	}
 }
 

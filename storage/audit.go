@@ -47,6 +47,20 @@ func InsertAudit(ctx context.Context, tx pgx.Tx, e *AuditEntry) error {
 	return nil
 }
 
+// SetAuditDetails replaces the details of audit entry id in tx: for an
+// operation that needs its entry's id before it knows its outcome (a bulk
+// operation marks what it changes with it).
+func SetAuditDetails(ctx context.Context, tx pgx.Tx, id int64, details json.RawMessage) error {
+	tag, err := tx.Exec(ctx, `UPDATE operator_audit SET details = $2 WHERE id = $1`, id, details)
+	if err != nil {
+		return fmt.Errorf("storage: set audit details: %w", err)
+	}
+	if tag.RowsAffected() != 1 {
+		return fmt.Errorf("storage: set audit details: no entry %d", id)
+	}
+	return nil
+}
+
 // Audit writes e on its own, for operations that do not change Postgres
 // (e.g. a JetStream re-drive).
 func (db *DB) Audit(ctx context.Context, e *AuditEntry) error {

@@ -38,29 +38,6 @@ func (db *DB) CountActions(ctx context.Context, scope string, f ActionFilter, st
 	return n, nil
 }
 
-// ActionStateCounts counts the actions of scope that match f, ignoring its
-// state, by state: how a bulk retry is getting on.
-func (db *DB) ActionStateCounts(ctx context.Context, scope string, f ActionFilter) (map[peakdesk.ActionState]int64, error) {
-	f.State = ""
-	var args []any
-	where := f.where(scope, &args)
-	rows, err := db.pool.Query(ctx, `SELECT state, count(*) FROM outbox_actions WHERE `+where+` GROUP BY state`, args...)
-	if err != nil {
-		return nil, fmt.Errorf("storage: action state counts: %w", err)
-	}
-	counts := map[peakdesk.ActionState]int64{}
-	var state string
-	var n int64
-	_, err = pgx.ForEachRow(rows, []any{&state, &n}, func() error {
-		counts[peakdesk.ActionState(state)] = n
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("storage: action state counts: %w", err)
-	}
-	return counts, nil
-}
-
 // --- dead letters ---------------------------------------------------------------
 
 // DLQEntry returns dead letter id if it is in scope, or ErrNotFound.

@@ -221,7 +221,7 @@ func TestDeadRefundReleasesItsOrder(t *testing.T) {
 	// A bulk retry leaves it alone too.
 	err = db.Tx(ctx, func(tx pgx.Tx) error {
 		n, err := storage.BulkRetryActions(ctx, tx, storage.AllShops,
-			storage.ActionFilter{State: peakdesk.ActionCanceled}, time.Now())
+			storage.ActionFilter{State: peakdesk.ActionCanceled}, time.Now(), 1)
 		if err == nil && n != 0 {
 			err = fmt.Errorf("bulk retry retried %d", n)
 		}

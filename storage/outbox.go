@@ -859,11 +859,12 @@ func updateAction(ctx context.Context, tx pgx.Tx, scope string, id int64, now ti
 }
 
 // BulkRetryActions retries, in one statement in tx, every action of scope
-// matching f that can be retried, and returns how many it retried.
-// A dead or canceled coupon or refund whose order has another live one by
-// now is left as it is.
-func BulkRetryActions(ctx context.Context, tx pgx.Tx, scope string, f ActionFilter, now time.Time) (int64, error) {
-	n, err := bulkUpdate(ctx, tx, scope, f, now, retrySetStatement, retryableStates+` AND NOT EXISTS (
+// matching f that can be retried, marks them as bulk operation bulkOp's
+// (the operation's audit entry; BulkProgress) and returns how many it
+// retried. A dead or canceled coupon or refund whose order has another
+// live one by now is left as it is.
+func BulkRetryActions(ctx context.Context, tx pgx.Tx, scope string, f ActionFilter, now time.Time, bulkOp int64) (int64, error) {
+	n, err := bulkUpdate(ctx, tx, scope, f, now, bulkOp, retrySetStatement, retryableStates+` AND NOT EXISTS (
 		SELECT 1 FROM money_grants mine JOIN money_grants live ON live.shop_id = mine.shop_id
 			AND live.kind = mine.kind AND live.order_id = mine.order_id AND live.order_id <> ''
 			AND live.released_at IS NULL AND live.id <> mine.id
@@ -875,15 +876,19 @@ func BulkRetryActions(ctx context.Context, tx pgx.Tx, scope string, f ActionFilt
 }
 
 // BulkCancelActions cancels, in one statement in tx, every action of scope
-// matching f that can be canceled, and returns how many it canceled.
-func BulkCancelActions(ctx context.Context, tx pgx.Tx, scope string, f ActionFilter, now time.Time) (int64, error) {
-	return bulkUpdate(ctx, tx, scope, f, now, cancelSetStatement, cancelableStates)
+// matching f that can be canceled, marks them as bulk operation bulkOp's
+// and returns how many it canceled.
+func BulkCancelActions(ctx context.Context, tx pgx.Tx, scope string, f ActionFilter, now time.Time, bulkOp int64) (int64, error) {
+	return bulkUpdate(ctx, tx, scope, f, now, bulkOp, cancelSetStatement, cancelableStates)
 }
 
-func bulkUpdate(ctx context.Context, tx pgx.Tx, scope string, f ActionFilter, now time.Time, set, states string) (int64, error) {
-	args := []any{now}
+func bulkUpdate(ctx context.Context, tx pgx.Tx, scope string, f ActionFilter, now time.Time, bulkOp int64, set, states string) (int64, error) {
+	if bulkOp <= 0 {
+		return 0, errors.New("storage: bulk update actions: the bulk operation's audit entry is required")
+	}
+	args := []any{now, bulkOp}
 	where := f.where(scope, &args)
-	tag, err := tx.Exec(ctx, `UPDATE outbox_actions SET `+set+` WHERE `+where+` AND state IN `+states, args...)
+	tag, err := tx.Exec(ctx, `UPDATE outbox_actions SET `+set+`, bulk_op = $2 WHERE `+where+` AND state IN `+states, args...)
 	if isUniqueViolation(err) {
 		return 0, actionStateError("two of the matching coupons or refunds are for the same order; retry them one by one")
 	}
@@ -891,6 +896,26 @@ func bulkUpdate(ctx context.Context, tx pgx.Tx, scope string, f ActionFilter, no
 		return 0, fmt.Errorf("storage: bulk update actions: %w", err)
 	}
 	return tag.RowsAffected(), nil
+}
+
+// BulkProgress counts by state the actions of scope that bulk operation
+// bulkOp (its audit entry's id) changed and no later one took over.
+func (db *DB) BulkProgress(ctx context.Context, scope string, bulkOp int64) (map[peakdesk.ActionState]int64, error) {
+	rows, err := db.pool.Query(ctx, `SELECT state, count(*) FROM outbox_actions
+		WHERE bulk_op = $1 AND ($2 = '*' OR shop_id = $2) GROUP BY state`, bulkOp, scope)
+	if err != nil {
+		return nil, fmt.Errorf("storage: bulk progress: %w", err)
+	}
+	counts := map[peakdesk.ActionState]int64{}
+	var state string
+	var n int64
+	if _, err := pgx.ForEachRow(rows, []any{&state, &n}, func() error {
+		counts[peakdesk.ActionState(state)] = n
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("storage: bulk progress: %w", err)
+	}
+	return counts, nil
 }
 
 // deferRelayNotify, queued in a transaction, keeps the outbox trigger from

@@ -446,7 +446,7 @@ func TestOperatorUpdatesAndSearch(t *testing.T) {
 	var n int64
 	err = db.Tx(ctx, func(tx pgx.Tx) error {
 		var err error
-		n, err = storage.BulkCancelActions(ctx, tx, "shop1", storage.ActionFilter{Kind: peakdesk.ActionRefundRequest}, now)
+		n, err = storage.BulkCancelActions(ctx, tx, "shop1", storage.ActionFilter{Kind: peakdesk.ActionRefundRequest}, now, 7)
 		return err
 	})
 	if err != nil || n != 1 {
@@ -454,6 +454,20 @@ func TestOperatorUpdatesAndSearch(t *testing.T) {
 	}
 	if a, _ := db.Action(ctx, storage.AllShops, byKey["r2"].ID); a.State != peakdesk.ActionRetrying {
 		t.Fatalf("another shop's action was canceled: %+v", a)
+	}
+	// Its progress counts what it changed, within the asker's scope.
+	for scope, want := range map[string]int64{"shop1": 1, storage.AllShops: 1, "shop2": 0} {
+		got, err := db.BulkProgress(ctx, scope, 7)
+		if err != nil || got[peakdesk.ActionCanceled] != want || len(got) > 1 {
+			t.Fatalf("progress of the bulk cancel seen by %s: %v, %v; want canceled %d", scope, got, err, want)
+		}
+	}
+	err = db.Tx(ctx, func(tx pgx.Tx) error {
+		_, err := storage.BulkCancelActions(ctx, tx, "shop1", storage.ActionFilter{Kind: peakdesk.ActionRefundRequest}, now, 0)
+		return err
+	})
+	if err == nil {
+		t.Fatal("a bulk update without its audit entry: no error")
 	}
 }
 
