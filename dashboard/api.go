@@ -215,9 +215,9 @@ func (h *api) bulkProgress(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	id, err := strconv.ParseInt(r.PathValue("id"), 10, 64)
-	if err != nil || id <= 0 {
-		return peakdesk.FieldError("id", "id must be a bulk operation's id")
+	id, err := apiID(r, "bulk operation")
+	if err != nil {
+		return err
 	}
 	counts, err := h.cfg.Ops.BulkProgress(r.Context(), op, id)
 	if err != nil {

@@ -175,8 +175,14 @@ func TestOpsActionsAuth(t *testing.T) {
 			t.Fatalf("bulk progress seen by %s: %d %s", who, p.status, p.raw)
 		}
 	}
-	if p := s.do("GET", "/v1/ops/actions/bulk/0", demoWriter, ""); p.status != 400 {
-		t.Fatalf("progress of bulk 0: %d %s", p.status, p.raw)
+	for _, bad := range []struct{ path, tok string }{
+		{"/v1/ops/actions/bulk/0", demoWriter},
+		{"/v1/ops/actions/bulk/x", demoWriter},
+		{progress, s.token("other", token.ScopeOps)},
+	} {
+		if p := s.do("GET", bad.path, bad.tok, ""); p.status != 404 || p.code() != peakdesk.ENotFound {
+			t.Fatalf("%s: %d %s, want not_found", bad.path, p.status, p.raw)
+		}
 	}
 	if a, _ := s.db.Action(context.Background(), storage.AllShops, s.ids["other-1"]); a.State != peakdesk.ActionPending {
 		t.Fatalf("another shop's action was touched: %+v", a)

@@ -281,8 +281,15 @@ func TestBulkRetryConfirmsTheCountAndActsOnEveryMatch(t *testing.T) {
 	if p := c.get(progress, "HX-Request", "true"); p.status != http.StatusOK || !strings.Contains(p.body, `id="progress-pending">120<`) {
 		t.Fatalf("progress: %d %s", p.status, p.body)
 	}
-	if p := c.get("/console/outbox/progress?bulk=x", "HX-Request", "true"); p.status != http.StatusBadRequest {
-		t.Fatalf("progress of no bulk operation: %d", p.status)
+	for _, bad := range []string{"x", "0", strconv.FormatInt(audit[0].ID+1000, 10)} {
+		if p := c.get("/console/outbox/progress?bulk="+bad, "HX-Request", "true"); p.status != http.StatusNotFound {
+			t.Fatalf("progress of bulk operation %q: %d", bad, p.status)
+		}
+	}
+	// Another shop's operator does not see it.
+	other, _ := b.loggedIn(t, storage.RoleOperator, "other")
+	if p := other.get(progress, "HX-Request", "true"); p.status != http.StatusNotFound {
+		t.Fatalf("progress of a platform bulk operation seen by another shop's operator: %d %s", p.status, p.body)
 	}
 	// Without a filter nothing is offered and nothing happens.
 	if p := c.get("/console/outbox/bulk?op=retry"); p.status != http.StatusBadRequest {

@@ -63,12 +63,12 @@ var textEN = map[string]string{
 	"flash.retried": "Action #%d is due again.", "flash.canceled": "Action #%d is canceled.",
 
 	"bulk.title": "Bulk operation", "bulk.retryall": "Retry all matching…", "bulk.cancelall": "Cancel all matching…",
-	"bulk.back": "Back", "bulk.working": "Working…", "bulk.progress": "The actions it changed, by state now",
+	"bulk.back": "Back", "bulk.working": "Working…", "bulk.progress": "Actions this operation changed, by current state",
 	"bulk.settled": "Nothing is waiting or running any more.",
 	"bulk.q.retry": "Retry %s %s actions?", "bulk.q.cancel": "Cancel %s %s actions?",
 	"bulk.b.retry": "Retry %s actions", "bulk.b.cancel": "Cancel %s actions",
 	"bulk.done.retry": "%s actions retried.", "bulk.done.cancel": "%s actions canceled.",
-	"bulk.note":    "An action a later bulk operation changes counts there, not here.",
+	"bulk.note":    "Actions changed again by a later bulk operation are counted under that one, not here.",
 	"bulk.nothing": "No action matches: nothing to do.",
 
 	"dlq.title": "Chat dead-letter queue", "dlq.none": "No dead letter matches.", "dlq.entry": "Dead letter",

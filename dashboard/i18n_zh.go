@@ -63,12 +63,12 @@ var textZH = map[string]string{
 	"flash.retried": "操作 #%d 已重新排期。", "flash.canceled": "操作 #%d 已取消。",
 
 	"bulk.title": "批量操作", "bulk.retryall": "重试全部匹配项…", "bulk.cancelall": "取消全部匹配项…",
-	"bulk.back": "返回", "bulk.working": "处理中…", "bulk.progress": "本次批量处理涉及的操作，按当前状态",
+	"bulk.back": "返回", "bulk.working": "处理中…", "bulk.progress": "本次批量处理改动的操作（按当前状态）",
 	"bulk.settled": "已没有等待或执行中的操作。",
 	"bulk.q.retry": "重试 %s 个%s操作？", "bulk.q.cancel": "取消 %s 个%s操作？",
 	"bulk.b.retry": "重试 %s 个操作", "bulk.b.cancel": "取消 %s 个操作",
 	"bulk.done.retry": "已重试 %s 个操作。", "bulk.done.cancel": "已取消 %s 个操作。",
-	"bulk.note":    "之后被另一次批量处理改动的操作计入那一次，不再计入这里。",
+	"bulk.note":    "之后又被另一次批量处理改动的操作计入那一次，不再计入这里。",
 	"bulk.nothing": "没有匹配的操作，无需处理。",
 
 	"dlq.title": "消息死信队列", "dlq.none": "没有符合条件的死信。", "dlq.entry": "死信",

@@ -285,7 +285,7 @@ func (c *Console) fillProgress(r *http.Request, rq *request, id int64, d *doneDa
 func (c *Console) outboxProgress(w http.ResponseWriter, r *http.Request, rq *request) error {
 	id, err := strconv.ParseInt(r.FormValue("bulk"), 10, 64)
 	if err != nil || id <= 0 {
-		return peakdesk.FieldError("bulk", "bulk must be a bulk operation's id")
+		return peakdesk.Errorf(peakdesk.ENotFound, "bulk operation not found")
 	}
 	d := &doneData{ProgressURL: Prefix + "/outbox/progress?bulk=" + strconv.FormatInt(id, 10)}
 	if err := c.fillProgress(r, rq, id, d); err != nil {

@@ -1,12 +1,15 @@
 package dashboard
 
 import (
+	"context"
 	"encoding/json"
 	"math"
 	"net/http"
 	"sort"
 	"sync"
 	"time"
+
+	"golang.org/x/sync/singleflight"
 
 	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/storage"
@@ -28,12 +31,15 @@ type liveView struct {
 }
 
 // shopCounts caches a shop operator's outbox and DLQ counts for a poll
-// interval, so many open overviews cost one query each. The shop's
-// succeeded actions, which grow with its history, are counted again only
-// every storage.SucceededCountEvery (ShopActionCounts).
+// interval, so many open overviews cost one count each. Past it, the last
+// counts are served while one refresh per shop runs (singleflight): a
+// shop's overview waits for Postgres only the first time the process shows
+// it. The shop's succeeded actions, which grow with its history, are
+// counted again only every storage.SucceededCountEvery (ShopActionCounts).
 type shopCounts struct {
-	mu sync.Mutex
-	m  map[string]shopCount
+	mu      sync.Mutex
+	m       map[string]shopCount
+	refresh singleflight.Group
 }
 
 type shopCount struct {
@@ -41,6 +47,10 @@ type shopCount struct {
 	outbox map[peakdesk.ActionState]int64
 	dlq    int64
 }
+
+// shopCountTimeout bounds a refresh, which outlives the request that
+// started it.
+const shopCountTimeout = 30 * time.Second
 
 func (c *Console) live(r *http.Request, rq *request) (*liveView, error) {
 	smp := c.sampler.last()
@@ -99,25 +109,52 @@ func sortedValues(m map[string]float64) []namedValue {
 
 func (c *Console) shopCounts(r *http.Request, shop string) (shopCount, error) {
 	c.counts.mu.Lock()
-	defer c.counts.mu.Unlock()
-	now := c.cfg.Now()
-	if sc, ok := c.counts.m[shop]; ok && now.Sub(sc.at) < c.cfg.PollInterval {
+	last, ok := c.counts.m[shop]
+	c.counts.mu.Unlock()
+	if ok && c.cfg.Now().Sub(last.at) < c.cfg.PollInterval {
+		return last, nil
+	}
+	ctx := r.Context()
+	done := c.counts.refresh.DoChan(shop, func() (any, error) {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shopCountTimeout)
+		defer cancel()
+		sc, err := c.countShop(ctx, shop)
+		if err != nil {
+			c.log.WarnContext(ctx, "counting a shop's outbox and dead letters failed", "shop", shop, "err", err)
+			return nil, err
+		}
+		c.counts.mu.Lock()
+		defer c.counts.mu.Unlock()
+		if c.counts.m == nil {
+			c.counts.m = map[string]shopCount{}
+		}
+		c.counts.m[shop] = sc
 		return sc, nil
+	})
+	if ok {
+		return last, nil // while they are counted again
 	}
-	outbox, err := c.cfg.DB.ShopActionCounts(r.Context(), shop, storage.SucceededCountEvery)
+	select {
+	case res := <-done:
+		if res.Err != nil {
+			return shopCount{}, res.Err
+		}
+		return res.Val.(shopCount), nil
+	case <-ctx.Done():
+		return shopCount{}, ctx.Err()
+	}
+}
+
+func (c *Console) countShop(ctx context.Context, shop string) (shopCount, error) {
+	outbox, err := c.cfg.DB.ShopActionCounts(ctx, shop, storage.SucceededCountEvery)
 	if err != nil {
 		return shopCount{}, err
 	}
-	dlq, err := c.cfg.DB.CountDLQ(r.Context(), storage.DLQFilter{Scope: shop, State: storage.DLQDead})
+	dlq, err := c.cfg.DB.CountDLQ(ctx, storage.DLQFilter{Scope: shop, State: storage.DLQDead})
 	if err != nil {
 		return shopCount{}, err
 	}
-	if c.counts.m == nil {
-		c.counts.m = map[string]shopCount{}
-	}
-	sc := shopCount{at: now, outbox: outbox, dlq: dlq}
-	c.counts.m[shop] = sc
-	return sc, nil
+	return shopCount{at: c.cfg.Now(), outbox: outbox, dlq: dlq}, nil
 }
 
 func (c *Console) overview(w http.ResponseWriter, r *http.Request, rq *request) error {

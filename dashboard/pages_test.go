@@ -152,6 +152,38 @@ func TestConversationFoundEveryWayShowsItsTimeline(t *testing.T) {
 	}
 }
 
+// A shop's overview waits for Postgres only the first time it is shown:
+// within a poll interval its counts are reused, past it the last counts are
+// served while they are counted again.
+func TestShopOverviewServesTheLastCountsWhileItCountsAgain(t *testing.T) {
+	t.Parallel()
+	b := setup(t, bundleOptions{clock: true})
+	b.seedActions(t, "demo", peakdesk.ActionCouponIssue, 3, peakdesk.ActionDead, "boom")
+	c, _ := b.loggedIn(t, storage.RoleViewer, "demo")
+	deadTile := regexp.MustCompile(`id="outbox-dead">(\d+)<`)
+	dead := func() string {
+		t.Helper()
+		p := c.get("/console/overview/live", "HX-Request", "true")
+		m := deadTile.FindStringSubmatch(p.body)
+		if p.status != http.StatusOK || m == nil {
+			t.Fatalf("overview: %d %s", p.status, p.body)
+		}
+		return m[1]
+	}
+	if got := dead(); got != "3" {
+		t.Fatalf("first view: %s dead, want 3", got)
+	}
+	b.seedActions(t, "demo", peakdesk.ActionCouponIssue, 2, peakdesk.ActionDead, "boom")
+	if got := dead(); got != "3" {
+		t.Fatalf("within the poll interval: %s dead, want the counted 3", got)
+	}
+	b.clock.Advance(4 * time.Second) // past the default 3 s
+	if got := dead(); got != "3" {
+		t.Fatalf("past the poll interval: %s dead, want the last 3 while it counts again", got)
+	}
+	storagetest.WaitFor(t, "the overview to show the new count", 10*time.Second, func() bool { return dead() == "5" })
+}
+
 // The overview adds up what worker processes publish and what it reads
 // from Postgres; the chart data covers the samples it took.
 func TestOverviewShowsWhatProcessesPublish(t *testing.T) {

@@ -20,7 +20,8 @@ import (
 )
 
 // seedScale fills the database the way a busy desk would: n outbox
-// actions (1 % dead with an error, a few retrying), n messages in n/10
+// actions (1 % dead with an error, a few retrying, the retrying coupons
+// retried by bulk operation 1), n messages in n/10
 // conversations, n/2 replies and n/10 dead letters, a tenth of it all in
 // shop "other". It uses generate_series, so a million rows take a minute
 // or two rather than an hour.
@@ -69,6 +70,11 @@ func seedScale(t testing.TB, conn *pgx.Conn, n int) {
 			waiting_priority = (ARRAY['p0','p1','p2'])[get_byte(decode(right(id, 2), 'hex'), 0) % 3 + 1],
 			waiting_since = updated_at, assigned_at = CASE WHEN right(id, 1) < '8' THEN NULL ELSE updated_at END
 		WHERE left(id, 2) IN ('00', 'ff') AND $1 > 0`,
+		// Bulk operation 1 retried the retrying coupons.
+		`INSERT INTO operator_audit (id, actor, scope, shop, action, target, details)
+		OVERRIDING SYSTEM VALUE VALUES (1, 'scale@example.com', '*', '', 'outbox.bulk_retry', 'filter', '{}')`,
+		`SELECT setval(pg_get_serial_sequence('operator_audit', 'id'), (SELECT max(id) FROM operator_audit))`,
+		`UPDATE outbox_actions SET bulk_op = 1 WHERE state = 'retrying' AND kind = 'coupon.issue' AND $1 > 0`,
 		`ANALYZE`,
 	} {
 		var args []any

@@ -303,13 +303,14 @@ func (o *Ops) Bulk(ctx context.Context, op Operator, f storage.ActionFilter, ope
 
 // BulkProgress counts by state the actions bulk operation id changed, of
 // the operator's scope: how its retries get on. A later bulk operation on
-// an action takes it over.
+// an action takes it over. A bulk operation the operator's scope does not
+// see in the audit log is not found.
 func (o *Ops) BulkProgress(ctx context.Context, op Operator, id int64) (map[peakdesk.ActionState]int64, error) {
 	if err := op.check(); err != nil {
 		return nil, err
 	}
 	if id <= 0 {
-		return nil, peakdesk.FieldError("bulk", "bulk must be a bulk operation's id")
+		return nil, peakdesk.Errorf(peakdesk.ENotFound, "bulk operation not found")
 	}
 	return o.cfg.DB.BulkProgress(ctx, op.Shop, id)
 }

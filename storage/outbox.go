@@ -899,8 +899,19 @@ func bulkUpdate(ctx context.Context, tx pgx.Tx, scope string, f ActionFilter, no
 }
 
 // BulkProgress counts by state the actions of scope that bulk operation
-// bulkOp (its audit entry's id) changed and no later one took over.
+// bulkOp (its audit entry's id) changed and no later one took over. It
+// returns ErrNotFound unless bulkOp is an outbox bulk operation whose audit
+// entry scope sees (a shop sees those that touched it).
 func (db *DB) BulkProgress(ctx context.Context, scope string, bulkOp int64) (map[peakdesk.ActionState]int64, error) {
+	var known bool
+	if err := db.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM operator_audit WHERE id = $1
+			AND action IN ('outbox.bulk_retry', 'outbox.bulk_cancel') AND ($2 = '*' OR shop = $2))`,
+		bulkOp, scope).Scan(&known); err != nil {
+		return nil, fmt.Errorf("storage: bulk progress: %w", err)
+	}
+	if !known {
+		return nil, notFound("bulk operation")
+	}
 	rows, err := db.pool.Query(ctx, `SELECT state, count(*) FROM outbox_actions
 		WHERE bulk_op = $1 AND ($2 = '*' OR shop_id = $2) GROUP BY state`, bulkOp, scope)
 	if err != nil {

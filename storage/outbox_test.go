@@ -444,9 +444,13 @@ func TestOperatorUpdatesAndSearch(t *testing.T) {
 
 	// Bulk: cancel every retrying refund of shop1 only.
 	var n int64
+	bulk := &storage.AuditEntry{Actor: "op", Scope: "shop1", Shop: "shop1", Action: "outbox.bulk_cancel", Target: "filter"}
 	err = db.Tx(ctx, func(tx pgx.Tx) error {
+		if err := storage.InsertAudit(ctx, tx, bulk); err != nil {
+			return err
+		}
 		var err error
-		n, err = storage.BulkCancelActions(ctx, tx, "shop1", storage.ActionFilter{Kind: peakdesk.ActionRefundRequest}, now, 7)
+		n, err = storage.BulkCancelActions(ctx, tx, "shop1", storage.ActionFilter{Kind: peakdesk.ActionRefundRequest}, now, bulk.ID)
 		return err
 	})
 	if err != nil || n != 1 {
@@ -455,12 +459,19 @@ func TestOperatorUpdatesAndSearch(t *testing.T) {
 	if a, _ := db.Action(ctx, storage.AllShops, byKey["r2"].ID); a.State != peakdesk.ActionRetrying {
 		t.Fatalf("another shop's action was canceled: %+v", a)
 	}
-	// Its progress counts what it changed, within the asker's scope.
-	for scope, want := range map[string]int64{"shop1": 1, storage.AllShops: 1, "shop2": 0} {
-		got, err := db.BulkProgress(ctx, scope, 7)
-		if err != nil || got[peakdesk.ActionCanceled] != want || len(got) > 1 {
-			t.Fatalf("progress of the bulk cancel seen by %s: %v, %v; want canceled %d", scope, got, err, want)
+	// Its progress counts what it changed, for the scopes that see it in
+	// the audit log.
+	for _, scope := range []string{"shop1", storage.AllShops} {
+		got, err := db.BulkProgress(ctx, scope, bulk.ID)
+		if err != nil || got[peakdesk.ActionCanceled] != 1 || len(got) != 1 {
+			t.Fatalf("progress of the bulk cancel seen by %s: %v, %v; want canceled 1", scope, got, err)
 		}
+	}
+	if _, err := db.BulkProgress(ctx, "shop2", bulk.ID); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("progress of shop1's bulk cancel seen by shop2: %v, want ErrNotFound", err)
+	}
+	if _, err := db.BulkProgress(ctx, storage.AllShops, bulk.ID+1000); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("progress of no bulk operation: %v, want ErrNotFound", err)
 	}
 	err = db.Tx(ctx, func(tx pgx.Tx) error {
 		_, err := storage.BulkCancelActions(ctx, tx, "shop1", storage.ActionFilter{Kind: peakdesk.ActionRefundRequest}, now, 0)

@@ -66,6 +66,7 @@ const (
 	// RedactWebhooks is the outbox's webhook deliveries (webhook.deliver):
 	// a reply.created event carries its reply, a desk event the customer's
 	// message, as written. Every JSON member named "text" in the payload
+	// of a delivery the relays are done with (succeeded, dead, canceled)
 	// is masked.
 	RedactWebhooks RedactTable = "outbox_actions"
 )
@@ -101,12 +102,15 @@ var redactSQLs = map[RedactTable]redactSQL{
 			FROM unnest($2::text[], $3::text[]) AS u(id, text)
 			WHERE t.id = u.id AND t.shop_id = $1 AND t.redacted_at IS NULL`,
 		mask: maskText},
-	// A relay may be delivering the action: it read the payload when it
-	// claimed it and finishes by id and lease, so the new payload does not
-	// disturb it; a later attempt sends the masked texts.
+	// Only deliveries the relays are done with: one still due or being
+	// delivered (its shop's endpoint down for longer than the retention)
+	// goes out as written first, and its row is not held up under a relay
+	// finishing an attempt. An operator's retry of a dead one sends the
+	// masked texts.
 	RedactWebhooks: {sel: `SELECT id::text, payload::text FROM outbox_actions
 			WHERE shop_id = $1 AND kind = 'webhook.deliver' AND redacted_at IS NULL
 				AND created_at < now() - make_interval(days => $2)
+				AND state IN ('succeeded', 'dead', 'canceled')
 			ORDER BY created_at LIMIT $3
 			FOR NO KEY UPDATE SKIP LOCKED`,
 		upd: `UPDATE outbox_actions t SET payload = u.payload::jsonb, redacted_at = now()

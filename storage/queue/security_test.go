@@ -98,17 +98,23 @@ func refused(t *testing.T, who string, v *violations, subject string, op func(ct
 	}
 }
 
-// allowed runs op and checks that it succeeds. "No responders" is a stream
-// or consumer leader moving in the fresh R3 cluster, not a refusal (a
-// refused request is dropped by the server and times out), so op is tried
-// again until the deadline.
+// allowed runs op and checks that it succeeds. "No responders" (a publish
+// reports it as no response from the stream, once its own retries are
+// spent) is a stream or consumer leader moving in the fresh R3 cluster,
+// not a refusal: a refused request is dropped by the server and times out.
+// So op is tried again, until the deadline.
 func allowed(t *testing.T, who, what string, op func(ctx context.Context) error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	err := op(ctx)
-	for errors.Is(err, nats.ErrNoResponders) && ctx.Err() == nil {
-		time.Sleep(50 * time.Millisecond)
+	for errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse) {
+		select {
+		case <-ctx.Done():
+			t.Errorf("%s: %s refused: %v (until the deadline)", who, what, err)
+			return
+		case <-time.After(50 * time.Millisecond):
+		}
 		err = op(ctx)
 	}
 	if err != nil {

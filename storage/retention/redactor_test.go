@@ -180,16 +180,18 @@ func TestExpiredTextsAreMaskedOnceByShopRetention(t *testing.T) {
 	}
 }
 
-// action stores an outbox action of shop created age ago and returns its id.
-func (b *testBundle) action(t *testing.T, a peakdesk.Action, age time.Duration) int64 {
+// action stores an outbox action created age ago, in state, and returns
+// its id.
+func (b *testBundle) action(t *testing.T, a peakdesk.Action, age time.Duration, state peakdesk.ActionState) int64 {
 	t.Helper()
 	ctx := context.Background()
 	if n, err := b.db.EnqueueActions(ctx, []peakdesk.Action{a}); err != nil || n != 1 {
 		t.Fatalf("enqueue %s: n=%d err=%v", a.Kind, n, err)
 	}
 	var id int64
-	if err := b.pool.QueryRow(ctx, `UPDATE outbox_actions SET created_at = now() - $2::interval
-		WHERE idempotency_key = $1 RETURNING id`, a.IdempotencyKey, age).Scan(&id); err != nil {
+	if err := b.pool.QueryRow(ctx, `UPDATE outbox_actions SET created_at = now() - $2::interval, state = $3,
+			completed_at = CASE WHEN $3 IN ('succeeded', 'dead', 'canceled') THEN now() END
+		WHERE idempotency_key = $1 RETURNING id`, a.IdempotencyKey, age, string(state)).Scan(&id); err != nil {
 		t.Fatal(err)
 	}
 	return id
@@ -208,9 +210,11 @@ func (b *testBundle) payload(t *testing.T, id int64) (map[string]any, bool) {
 }
 
 // The outbox's webhook deliveries copy the texts they announce: a
-// reply.created event its reply, a desk event the customer's message. They
-// are masked with the messages and replies, once; the rest of the event,
-// younger deliveries and other actions (a coupon's reason is the shop's
+// reply.created event its reply, a desk event the customer's message. Once
+// the relays are done with them they are masked with the messages and
+// replies, once, the rest of the event as it was. A delivery still due
+// goes out as written first; younger deliveries, those of a shop with a
+// longer retention and other actions (a coupon's reason is the shop's
 // record of a money promise) are left as they are.
 func TestExpiredWebhookPayloadsAreMasked(t *testing.T) {
 	t.Parallel()
@@ -219,22 +223,25 @@ func TestExpiredWebhookPayloadsAreMasked(t *testing.T) {
 	const (
 		question = "我的手机13812345678，快递到了吗"
 		answer   = "好的，我们会致电13812345678"
+		cost     = 9007199254740993 // 2^53 + 1: a float64 would round it
 	)
 	msgID, replyID := b.chat(t, "short", 31*day, question, answer)
-	reply := &peakdesk.Reply{ID: replyID, ShopID: "short", ConversationID: "c1", MessageIDs: []string{msgID},
-		Text: answer, Source: peakdesk.SourceLLM, CreatedAt: time.Now().Add(-31 * day)}
-	hook, err := outbox.ReplyWebhook(reply)
-	if err != nil {
-		t.Fatal(err)
+	webhook := func(shop, id string) peakdesk.Action {
+		t.Helper()
+		r := &peakdesk.Reply{ID: id, ShopID: shop, ConversationID: "c1", MessageIDs: []string{msgID},
+			Text: answer, Source: peakdesk.SourceLLM, CostMicroUSD: cost, CreatedAt: time.Now().Add(-31 * day)}
+		a, err := outbox.ReplyWebhook(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a
 	}
-	oldHook := b.action(t, hook, 31*day)
-	young := *reply
-	young.ID = "reply-young"
-	youngAction, err := outbox.ReplyWebhook(&young)
-	if err != nil {
-		t.Fatal(err)
-	}
-	youngHook := b.action(t, youngAction, 29*day)
+	hook := webhook("short", replyID)
+	oldHook := b.action(t, hook, 31*day, peakdesk.ActionSucceeded)
+	deadHook := b.action(t, webhook("short", "reply-dead"), 31*day, peakdesk.ActionDead)
+	dueHook := b.action(t, webhook("short", "reply-due"), 31*day, peakdesk.ActionRetrying)
+	youngHook := b.action(t, webhook("short", "reply-young"), 29*day, peakdesk.ActionSucceeded)
+	longHook := b.action(t, webhook("long", "reply-long"), 31*day, peakdesk.ActionSucceeded)
 	desk, err := json.Marshal(peakdesk.DeskEvent{EventID: "pd_desk_1", Type: peakdesk.EventMessageCreated,
 		Shop: "short", ConversationID: "c1", Message: &peakdesk.MessageState{ID: msgID, ConversationID: "c1",
 			Priority: peakdesk.P1, Status: peakdesk.StatusQueued, Text: question,
@@ -243,44 +250,58 @@ func TestExpiredWebhookPayloadsAreMasked(t *testing.T) {
 		t.Fatal(err)
 	}
 	deskHook := b.action(t, peakdesk.Action{ShopID: "short", ConversationID: "c1", Kind: peakdesk.ActionWebhookDeliver,
-		Payload: desk, IdempotencyKey: "pd_desk_1", MaxAttempts: 3}, 40*day)
+		Payload: desk, IdempotencyKey: "pd_desk_1", MaxAttempts: 3}, 40*day, peakdesk.ActionCanceled)
 	coupon, err := json.Marshal(outbox.CouponPayload{UserID: "u1", AmountCents: 500, Reason: "call 13812345678"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	couponAction := b.action(t, peakdesk.Action{ShopID: "short", ConversationID: "c1", Kind: peakdesk.ActionCouponIssue,
-		Payload: coupon, IdempotencyKey: "pd_cpn_1", MaxAttempts: 3}, 40*day)
+		Payload: coupon, IdempotencyKey: "pd_cpn_1", MaxAttempts: 3}, 40*day, peakdesk.ActionSucceeded)
 
 	reg := prometheus.NewRegistry()
 	res, err := newRedactor(t, b, retention.Config{Registerer: reg}).RunOnce(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res != (retention.Result{Messages: 1, Replies: 1, Webhooks: 2}) {
-		t.Errorf("run %+v, want 1 message, 1 reply, 2 webhooks", res)
+	if res != (retention.Result{Messages: 1, Replies: 1, Webhooks: 3}) {
+		t.Errorf("run %+v, want 1 message, 1 reply, 3 webhooks", res)
 	}
-	if got := counter(t, reg, "peakdesk_retention_redacted_total", "outbox_actions"); got != 2 {
-		t.Errorf("redacted webhooks metric %v, want 2", got)
+	if got := counter(t, reg, "peakdesk_retention_redacted_total", "outbox_actions"); got != 3 {
+		t.Errorf("redacted webhooks metric %v, want 3", got)
 	}
 	const maskedAnswer, maskedQuestion = "好的，我们会致电138****5678", "我的手机138****5678，快递到了吗"
-	p, redacted := b.payload(t, oldHook)
+	for _, id := range []int64{oldHook, deadHook} {
+		p, redacted := b.payload(t, id)
+		r, _ := p["reply"].(map[string]any)
+		if !redacted || r["text"] != maskedAnswer || p["type"] != outbox.EventReplyCreated {
+			t.Errorf("expired reply webhook %d: redacted=%v payload %v", id, redacted, p)
+		}
+	}
+	p, _ := b.payload(t, oldHook)
 	r, _ := p["reply"].(map[string]any)
-	if !redacted || r["text"] != maskedAnswer || r["reply_id"] != replyID || p["event_id"] != hook.IdempotencyKey ||
-		p["type"] != outbox.EventReplyCreated {
-		t.Errorf("expired reply webhook: redacted=%v payload %v", redacted, p)
+	if r["reply_id"] != replyID || p["event_id"] != hook.IdempotencyKey {
+		t.Errorf("expired reply webhook lost its ids: %v", p)
 	}
 	if ids, _ := r["message_ids"].([]any); len(ids) != 1 || ids[0] != msgID {
 		t.Errorf("expired reply webhook lost its message ids: %v", r["message_ids"])
 	}
-	p, redacted = b.payload(t, deskHook)
+	var costText string
+	if err := b.pool.QueryRow(ctx, `SELECT payload->'reply'->>'cost_micro_usd' FROM outbox_actions WHERE id = $1`,
+		oldHook).Scan(&costText); err != nil || costText != "9007199254740993" {
+		t.Errorf("cost after masking %q (%v), want 9007199254740993", costText, err)
+	}
+	p, redacted := b.payload(t, deskHook)
 	m, _ := p["message"].(map[string]any)
 	mr, _ := m["reply"].(map[string]any)
 	if !redacted || m["text"] != maskedQuestion || mr["text"] != maskedAnswer || m["message_id"] != msgID {
 		t.Errorf("expired desk event: redacted=%v payload %v", redacted, p)
 	}
-	p, redacted = b.payload(t, youngHook)
-	if r, _ := p["reply"].(map[string]any); redacted || r["text"] != answer {
-		t.Errorf("reply webhook within its retention: redacted=%v payload %v, want it untouched", redacted, p)
+	for name, id := range map[string]int64{"still due": dueHook, "within its retention": youngHook,
+		"of a shop with a longer retention": longHook} {
+		p, redacted := b.payload(t, id)
+		if r, _ := p["reply"].(map[string]any); redacted || r["text"] != answer {
+			t.Errorf("reply webhook %s: redacted=%v payload %v, want it untouched", name, redacted, p)
+		}
 	}
 	p, redacted = b.payload(t, couponAction)
 	if redacted || p["reason"] != "call 13812345678" {

@@ -1,0 +1,54 @@
+package migrations_test
+
+import (
+	"context"
+	"database/sql"
+	"os"
+	"testing"
+
+	"github.com/pressly/goose/v3"
+
+	"github.com/peakdesk/peakdesk/migrations"
+	"github.com/peakdesk/peakdesk/storage/storagetest"
+)
+
+// Every migration goes down and up again: a release can be rolled back,
+// and the migrations that build their indexes CONCURRENTLY, outside a
+// transaction, apply on a database that has their earlier ones.
+func TestMigrationsGoDownAndUpAgain(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	sqldb, err := sql.Open("pgx", storagetest.DatabaseURL(t)) // migrated
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sqldb.Close()
+	p, err := goose.NewProvider(goose.DialectPostgres, sqldb, os.DirFS("."))
+	if err != nil {
+		t.Fatal(err)
+	}
+	latest, err := p.GetDBVersion(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.DownTo(ctx, 0); err != nil {
+		t.Fatalf("down: %v", err)
+	}
+	if v, err := p.GetDBVersion(ctx); err != nil || v != 0 {
+		t.Fatalf("version after down %d, %v; want 0", v, err)
+	}
+	if err := migrations.Up(ctx, sqldb); err != nil {
+		t.Fatalf("up again: %v", err)
+	}
+	if v, err := p.GetDBVersion(ctx); err != nil || v != latest {
+		t.Fatalf("version after up %d, %v; want %d", v, err, latest)
+	}
+	var indexes int
+	if err := sqldb.QueryRowContext(ctx, `SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+		WHERE c.relname IN ('outbox_actions_unredacted', 'outbox_actions_bulk_op') AND i.indisvalid`).Scan(&indexes); err != nil {
+		t.Fatal(err)
+	}
+	if indexes != 2 {
+		t.Fatalf("%d of the concurrently built indexes are valid, want 2", indexes)
+	}
+}
