@@ -2,14 +2,9 @@ package migrations_test
 
 import (
 	"context"
-	"database/sql"
-	"os"
 	"testing"
 
-	"github.com/pressly/goose/v3"
-
 	"github.com/peakdesk/peakdesk/migrations"
-	"github.com/peakdesk/peakdesk/storage/storagetest"
 )
 
 // Every migration goes down and up again: a release can be rolled back,
@@ -18,15 +13,7 @@ import (
 func TestMigrationsGoDownAndUpAgain(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	sqldb, err := sql.Open("pgx", storagetest.DatabaseURL(t)) // migrated
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sqldb.Close()
-	p, err := goose.NewProvider(goose.DialectPostgres, sqldb, os.DirFS("."))
-	if err != nil {
-		t.Fatal(err)
-	}
+	sqldb, p := migrated(t)
 	latest, err := p.GetDBVersion(ctx)
 	if err != nil {
 		t.Fatal(err)

@@ -2,15 +2,10 @@ package migrations_test
 
 import (
 	"context"
-	"database/sql"
-	"os"
 	"strings"
 	"testing"
 
-	"github.com/pressly/goose/v3"
-
 	"github.com/peakdesk/peakdesk/migrations"
-	"github.com/peakdesk/peakdesk/storage/storagetest"
 )
 
 // Migrations apply strictly in order: a database that ran a later migration
@@ -19,20 +14,12 @@ import (
 func TestMigrationsApplyInStrictOrder(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	sqldb, err := sql.Open("pgx", storagetest.DatabaseURL(t)) // migrated
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sqldb.Close()
-	p, err := goose.NewProvider(goose.DialectPostgres, sqldb, os.DirFS("."))
-	if err != nil {
-		t.Fatal(err)
-	}
+	sqldb, p := migrated(t)
 	// As if 00011 were new, below versions the database already ran.
 	if _, err := p.ApplyVersion(ctx, 11, false); err != nil {
 		t.Fatal(err)
 	}
-	err = migrations.Up(ctx, sqldb)
+	err := migrations.Up(ctx, sqldb)
 	if err == nil || !strings.Contains(err.Error(), "missing") {
 		t.Fatalf("Up over a missing earlier migration: %v, want it refused", err)
 	}

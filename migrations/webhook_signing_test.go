@@ -2,14 +2,9 @@ package migrations_test
 
 import (
 	"context"
-	"database/sql"
-	"os"
 	"testing"
 
 	_ "github.com/jackc/pgx/v5/stdlib" // the "pgx" database/sql driver
-	"github.com/pressly/goose/v3"
-
-	"github.com/peakdesk/peakdesk/storage/storagetest"
 )
 
 // Shops from before 00010 get a webhook secret each: those with settings
@@ -17,15 +12,7 @@ import (
 func TestWebhookSigningBackfillsSecrets(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	sqldb, err := sql.Open("pgx", storagetest.DatabaseURL(t)) // migrated
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sqldb.Close()
-	p, err := goose.NewProvider(goose.DialectPostgres, sqldb, os.DirFS("."))
-	if err != nil {
-		t.Fatal(err)
-	}
+	sqldb, p := migrated(t)
 	if _, err := p.ApplyVersion(ctx, 10, false); err != nil {
 		t.Fatal(err)
 	}

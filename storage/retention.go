@@ -83,25 +83,21 @@ type redactSQL struct {
 	mask func(text string, mask func(string) string) (string, error)
 }
 
-func maskText(text string, mask func(string) string) (string, error) { return mask(text), nil }
+// textRedaction redacts the text column of table (messages, replies).
+func textRedaction(table string) redactSQL {
+	return redactSQL{sel: `SELECT id, text FROM ` + table + `
+			WHERE shop_id = $1 AND redacted_at IS NULL AND created_at < now() - make_interval(days => $2)
+			ORDER BY created_at LIMIT $3
+			FOR NO KEY UPDATE SKIP LOCKED`,
+		upd: `UPDATE ` + table + ` t SET text = u.text, redacted_at = now()
+			FROM unnest($2::text[], $3::text[]) AS u(id, text)
+			WHERE t.id = u.id AND t.shop_id = $1 AND t.redacted_at IS NULL`,
+		mask: func(text string, mask func(string) string) (string, error) { return mask(text), nil }}
+}
 
 var redactSQLs = map[RedactTable]redactSQL{
-	RedactMessages: {sel: `SELECT id, text FROM messages
-			WHERE shop_id = $1 AND redacted_at IS NULL AND created_at < now() - make_interval(days => $2)
-			ORDER BY created_at LIMIT $3
-			FOR NO KEY UPDATE SKIP LOCKED`,
-		upd: `UPDATE messages t SET text = u.text, redacted_at = now()
-			FROM unnest($2::text[], $3::text[]) AS u(id, text)
-			WHERE t.id = u.id AND t.shop_id = $1 AND t.redacted_at IS NULL`,
-		mask: maskText},
-	RedactReplies: {sel: `SELECT id, text FROM replies
-			WHERE shop_id = $1 AND redacted_at IS NULL AND created_at < now() - make_interval(days => $2)
-			ORDER BY created_at LIMIT $3
-			FOR NO KEY UPDATE SKIP LOCKED`,
-		upd: `UPDATE replies t SET text = u.text, redacted_at = now()
-			FROM unnest($2::text[], $3::text[]) AS u(id, text)
-			WHERE t.id = u.id AND t.shop_id = $1 AND t.redacted_at IS NULL`,
-		mask: maskText},
+	RedactMessages: textRedaction("messages"),
+	RedactReplies:  textRedaction("replies"),
 	// Only deliveries the relays are done with: one still due or being
 	// delivered (its shop's endpoint down for longer than the retention)
 	// goes out as written first, and its row is not held up under a relay
