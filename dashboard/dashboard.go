@@ -173,6 +173,13 @@ type Console struct {
 	stop     context.CancelFunc
 	wg       sync.WaitGroup
 	stopOnce sync.Once
+	// bg is the context of work a request starts and does not wait for
+	// (a shop's counts refreshed in the background); Stop cancels it and
+	// waits for that work (background).
+	bg       context.Context
+	bgCancel context.CancelFunc
+	bgMu     sync.Mutex
+	stopped  bool
 }
 
 // New returns the console for cfg.
@@ -182,6 +189,7 @@ func New(cfg Config) (*Console, error) {
 		return nil, err
 	}
 	c := &Console{cfg: cfg, log: cfg.Logger.With("component", "dashboard"), limiter: redis_rate.NewLimiter(cfg.Redis)}
+	c.bg, c.bgCancel = context.WithCancel(context.Background())
 	var err error
 	if c.ops, err = outbox.NewOps(outbox.OpsConfig{DB: cfg.DB, Logger: cfg.Logger, Now: cfg.Now}); err != nil {
 		return nil, err
@@ -237,15 +245,37 @@ func (c *Console) Start(ctx context.Context) error {
 	return nil
 }
 
-// Stop stops sampling and waits for it. Idempotent.
+// Stop stops sampling and the work requests left running, and waits for
+// them. Idempotent.
 func (c *Console) Stop() {
 	c.stopOnce.Do(func() {
+		c.bgMu.Lock()
+		c.stopped = true
+		c.bgMu.Unlock()
+		c.bgCancel()
 		if c.stop != nil {
 			c.stop()
 		}
 		c.wg.Wait()
 	})
 }
+
+// background runs fn, for work a request starts and does not wait for, with
+// a context Stop cancels; Stop waits for it. After Stop it runs nothing and
+// returns errStopped.
+func (c *Console) background(fn func(ctx context.Context) error) error {
+	c.bgMu.Lock()
+	if c.stopped {
+		c.bgMu.Unlock()
+		return errStopped
+	}
+	c.wg.Add(1)
+	c.bgMu.Unlock()
+	defer c.wg.Done()
+	return fn(c.bg)
+}
+
+var errStopped = errors.New("dashboard: the console is stopping")
 
 // Handler serves everything under Prefix.
 func (c *Console) Handler() http.Handler { return c.handler }

@@ -32,9 +32,10 @@ type liveView struct {
 
 // shopCounts caches a shop operator's outbox and DLQ counts for a poll
 // interval, so many open overviews cost one count each. Past it, the last
-// counts are served while one refresh per shop runs (singleflight): a
-// shop's overview waits for Postgres only the first time the process shows
-// it. The shop's succeeded actions, which grow with its history, are
+// counts are served while one refresh per shop runs (singleflight, in the
+// background Console.Stop waits for): a shop's overview waits for Postgres
+// only the first time the process shows it, or when its counts are older
+// than shopCountsStale (refreshes failing). The shop's succeeded actions, which grow with its history, are
 // counted again only every storage.SucceededCountEvery (ShopActionCounts).
 type shopCounts struct {
 	mu      sync.Mutex
@@ -49,8 +50,12 @@ type shopCount struct {
 }
 
 // shopCountTimeout bounds a refresh, which outlives the request that
-// started it.
-const shopCountTimeout = 30 * time.Second
+// started it. Counts older than shopCountsStale are not served: the page
+// waits for the refresh, and says so if it fails (Postgres down).
+const (
+	shopCountTimeout = 30 * time.Second
+	shopCountsStale  = time.Minute
+)
 
 func (c *Console) live(r *http.Request, rq *request) (*liveView, error) {
 	smp := c.sampler.last()
@@ -111,29 +116,36 @@ func (c *Console) shopCounts(r *http.Request, shop string) (shopCount, error) {
 	c.counts.mu.Lock()
 	last, ok := c.counts.m[shop]
 	c.counts.mu.Unlock()
-	if ok && c.cfg.Now().Sub(last.at) < c.cfg.PollInterval {
+	age := c.cfg.Now().Sub(last.at)
+	if ok && age < c.cfg.PollInterval {
 		return last, nil
 	}
-	ctx := r.Context()
 	done := c.counts.refresh.DoChan(shop, func() (any, error) {
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shopCountTimeout)
-		defer cancel()
-		sc, err := c.countShop(ctx, shop)
-		if err != nil {
-			c.log.WarnContext(ctx, "counting a shop's outbox and dead letters failed", "shop", shop, "err", err)
-			return nil, err
-		}
-		c.counts.mu.Lock()
-		defer c.counts.mu.Unlock()
-		if c.counts.m == nil {
-			c.counts.m = map[string]shopCount{}
-		}
-		c.counts.m[shop] = sc
-		return sc, nil
+		var sc shopCount
+		err := c.background(func(ctx context.Context) error {
+			ctx, cancel := context.WithTimeout(ctx, shopCountTimeout)
+			defer cancel()
+			var err error
+			if sc, err = c.countShop(ctx, shop); err != nil {
+				if ctx.Err() == nil {
+					c.log.WarnContext(ctx, "counting a shop's outbox and dead letters failed", "shop", shop, "err", err)
+				}
+				return err
+			}
+			c.counts.mu.Lock()
+			defer c.counts.mu.Unlock()
+			if c.counts.m == nil {
+				c.counts.m = map[string]shopCount{}
+			}
+			c.counts.m[shop] = sc
+			return nil
+		})
+		return sc, err
 	})
-	if ok {
+	if ok && age < shopCountsStale {
 		return last, nil // while they are counted again
 	}
+	ctx := r.Context()
 	select {
 	case res := <-done:
 		if res.Err != nil {

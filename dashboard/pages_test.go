@@ -154,7 +154,7 @@ func TestConversationFoundEveryWayShowsItsTimeline(t *testing.T) {
 
 // A shop's overview waits for Postgres only the first time it is shown:
 // within a poll interval its counts are reused, past it the last counts are
-// served while they are counted again.
+// served while they are counted again — unless they are a minute old.
 func TestShopOverviewServesTheLastCountsWhileItCountsAgain(t *testing.T) {
 	t.Parallel()
 	b := setup(t, bundleOptions{clock: true})
@@ -182,6 +182,12 @@ func TestShopOverviewServesTheLastCountsWhileItCountsAgain(t *testing.T) {
 		t.Fatalf("past the poll interval: %s dead, want the last 3 while it counts again", got)
 	}
 	storagetest.WaitFor(t, "the overview to show the new count", 10*time.Second, func() bool { return dead() == "5" })
+	// Counts a minute old are not served: the page waits for new ones.
+	b.seedActions(t, "demo", peakdesk.ActionCouponIssue, 1, peakdesk.ActionDead, "boom")
+	b.clock.Advance(2 * time.Minute)
+	if got := dead(); got != "6" {
+		t.Fatalf("counts a minute old: %s dead, want the new 6", got)
+	}
 }
 
 // The overview adds up what worker processes publish and what it reads

@@ -15,6 +15,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/peakdesk/peakdesk"
 	"github.com/peakdesk/peakdesk/storage"
 	"github.com/peakdesk/peakdesk/storage/storagetest"
 )
@@ -279,6 +280,56 @@ func BenchmarkConsolePages(b *testing.B) {
 				}
 			}
 			b.ReportMetric(float64(b.Elapsed().Milliseconds())/float64(b.N), "ms/page")
+		})
+	}
+}
+
+// BenchmarkOutboxCounts measures the counts behind a shop operator's
+// overview and a bulk operation's progress on the seeded database (the
+// shop "demo" holds 90 % of it): counting every state at once, as a
+// refresh did before the succeeded count was kept apart; a refresh now
+// (every state but succeeded, which is recounted every
+// storage.SucceededCountEvery); the progress of bulk operation 1, and what
+// its panel counted before.
+//
+//	PEAKDESK_BENCH_ROWS=1000000 go test -run '^$' -bench OutboxCounts -benchtime 20x ./dashboard/
+func BenchmarkOutboxCounts(b *testing.B) {
+	n := 1_000_000
+	if s := os.Getenv("PEAKDESK_BENCH_ROWS"); s != "" {
+		n, _ = strconv.Atoi(s)
+	}
+	bundle := setup(b, bundleOptions{sampleInterval: time.Hour, dbURL: storagetest.DatabaseURL(b)})
+	seedScale(b, bundle.conn, n)
+	ctx := context.Background()
+	for _, bm := range []struct {
+		name string
+		run  func() error
+	}{
+		{"shop-every-state", func() error { _, err := bundle.db.ShopActionCounts(ctx, "demo", 0); return err }},
+		{"shop-refresh", func() error {
+			_, err := bundle.db.ShopActionCounts(ctx, "demo", storage.SucceededCountEvery)
+			return err
+		}},
+		{"bulk-progress", func() error { _, err := bundle.db.BulkProgress(ctx, storage.AllShops, 1); return err }},
+		// What the progress panel counted before: every action of the
+		// filter's kind.
+		{"kind-every-state", func() error {
+			_, err := bundle.db.CountActions(ctx, storage.AllShops, storage.ActionFilter{Kind: peakdesk.ActionCouponIssue},
+				peakdesk.ActionStates)
+			return err
+		}},
+	} {
+		b.Run(bm.name, func(b *testing.B) {
+			if err := bm.run(); err != nil { // warm
+				b.Fatal(err)
+			}
+			b.ResetTimer()
+			for range b.N {
+				if err := bm.run(); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Microseconds())/1000/float64(b.N), "ms/count")
 		})
 	}
 }

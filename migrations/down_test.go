@@ -2,6 +2,8 @@ package migrations_test
 
 import (
 	"context"
+	"errors"
+	"sync"
 	"testing"
 
 	"github.com/peakdesk/peakdesk/migrations"
@@ -9,7 +11,8 @@ import (
 
 // Every migration goes down and up again: a release can be rolled back,
 // and the migrations that build their indexes CONCURRENTLY, outside a
-// transaction, apply on a database that has their earlier ones.
+// transaction, apply on a database that has their earlier ones — once,
+// with two migrators at it.
 func TestMigrationsGoDownAndUpAgain(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -24,8 +27,24 @@ func TestMigrationsGoDownAndUpAgain(t *testing.T) {
 	if v, err := p.GetDBVersion(ctx); err != nil || v != 0 {
 		t.Fatalf("version after down %d, %v; want 0", v, err)
 	}
-	if err := migrations.Up(ctx, sqldb); err != nil {
+	// Two migrators at once (overlapping migrate Jobs) take turns: each
+	// migration runs once.
+	var wg sync.WaitGroup
+	errs := make([]error, 2)
+	for i := range errs {
+		wg.Go(func() { errs[i] = migrations.Up(ctx, sqldb) })
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
 		t.Fatalf("up again: %v", err)
+	}
+	var runs, versions int
+	if err := sqldb.QueryRowContext(ctx, `SELECT count(*), count(DISTINCT version_id) FROM goose_db_version
+		WHERE version_id > 0 AND is_applied`).Scan(&runs, &versions); err != nil {
+		t.Fatal(err)
+	}
+	if runs != versions {
+		t.Fatalf("%d runs of %d migrations after two migrators", runs, versions)
 	}
 	if v, err := p.GetDBVersion(ctx); err != nil || v != latest {
 		t.Fatalf("version after up %d, %v; want %d", v, err, latest)

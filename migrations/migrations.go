@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/pressly/goose/v3"
+	"github.com/pressly/goose/v3/lock"
 )
 
 //go:embed *.sql
@@ -26,7 +27,15 @@ func Up(ctx context.Context, db *sql.DB) error {
 	// reports it missing), so a schema is always the one the numbers say.
 	// Branches that add migrations in parallel take their numbers when they
 	// merge, after the last one on main.
-	p, err := goose.NewProvider(goose.DialectPostgres, db, files)
+	// Two migrators at once (overlapping migrate Jobs) take turns on a
+	// Postgres advisory lock of the session: the migrations that build
+	// indexes CONCURRENTLY run outside a transaction, so nothing else would
+	// keep the second from building them again.
+	locker, err := lock.NewPostgresSessionLocker()
+	if err != nil {
+		return fmt.Errorf("migrations: %w", err)
+	}
+	p, err := goose.NewProvider(goose.DialectPostgres, db, files, goose.WithSessionLocker(locker))
 	if err != nil {
 		return fmt.Errorf("migrations: %w", err)
 	}
