@@ -184,15 +184,6 @@ type bulkResponse struct {
 	outbox.BulkResult
 }
 
-// bulkProgress is the body of GET /v1/ops/actions/bulk/{id}.
-type bulkProgress struct {
-	BulkID int64 `json:"bulk_id"`
-	// States counts the actions the operation changed by their state now.
-	States map[peakdesk.ActionState]int64 `json:"states"`
-	// Settled: none of them is pending, running or retrying.
-	Settled bool `json:"settled"`
-}
-
 func (h *api) bulkActions(w http.ResponseWriter, r *http.Request) error {
 	op, err := h.operator(r, true)
 	if err != nil {
@@ -219,15 +210,10 @@ func (h *api) bulkProgress(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	counts, err := h.cfg.Ops.BulkProgress(r.Context(), op, id)
+	p, err := h.cfg.Ops.BulkProgress(r.Context(), op, id)
 	if err != nil {
 		return err
 	}
-	p := bulkProgress{BulkID: id, States: map[peakdesk.ActionState]int64{}}
-	for _, s := range peakdesk.ActionStates {
-		p.States[s] = counts[s]
-	}
-	p.Settled = counts[peakdesk.ActionPending]+counts[peakdesk.ActionRunning]+counts[peakdesk.ActionRetrying] == 0
 	httpjson.WriteJSON(w, http.StatusOK, p)
 	return nil
 }

@@ -269,15 +269,15 @@ func (c *Console) outboxBulk(w http.ResponseWriter, r *http.Request, rq *request
 
 // fillProgress counts the actions bulk operation id changed, by state.
 func (c *Console) fillProgress(r *http.Request, rq *request, id int64, d *doneData) error {
-	counts, err := c.ops.BulkProgress(r.Context(), rq.who(), id)
+	p, err := c.ops.BulkProgress(r.Context(), rq.who(), id)
 	if err != nil {
 		return err
 	}
 	d.Counts = d.Counts[:0]
 	for _, s := range peakdesk.ActionStates {
-		d.Counts = append(d.Counts, namedValue{Name: string(s), Value: float64(counts[s])})
+		d.Counts = append(d.Counts, namedValue{Name: string(s), Value: float64(p.States[s])})
 	}
-	d.Settled = counts[peakdesk.ActionPending]+counts[peakdesk.ActionRunning]+counts[peakdesk.ActionRetrying] == 0
+	d.Settled = p.Settled
 	return nil
 }
 

@@ -35,8 +35,9 @@ type liveView struct {
 // counts are served while one refresh per shop runs (singleflight, in the
 // background Console.Stop waits for): a shop's overview waits for Postgres
 // only the first time the process shows it, or when its counts are older
-// than shopCountsStale (refreshes failing). The shop's succeeded actions, which grow with its history, are
-// counted again only every storage.SucceededCountEvery (ShopActionCounts).
+// than shopCountsStale (refreshes failing). The shop's succeeded actions,
+// which grow with its history, are counted again only every
+// storage.SucceededCountEvery (ShopActionCounts).
 type shopCounts struct {
 	mu      sync.Mutex
 	m       map[string]shopCount

@@ -198,7 +198,7 @@ func TestPageQueriesUseIndexesNotSeqScans(t *testing.T) {
 		// The recount of a shop's succeeded actions reads most of its rows
 		// whatever the plan; it runs once per shop every
 		// storage.SucceededCountEvery, not per page.
-		if strings.Contains(q.sql, "shop_id = $1 AND state = 'succeeded' GROUP BY") {
+		if strings.Contains(q.sql, "shop_id = $1 AND state IN ('succeeded') GROUP BY") {
 			continue
 		}
 		var plan []byte

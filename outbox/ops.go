@@ -301,16 +301,36 @@ func (o *Ops) Bulk(ctx context.Context, op Operator, f storage.ActionFilter, ope
 	return res, nil
 }
 
+// BulkProgress is how the actions a bulk operation changed get on.
+type BulkProgress struct {
+	ID int64 `json:"bulk_id"`
+	// States counts them by their state now, every state named.
+	States map[peakdesk.ActionState]int64 `json:"states"`
+	// Settled: none of them is pending, running or retrying.
+	Settled bool `json:"settled"`
+}
+
 // BulkProgress counts by state the actions bulk operation id changed, of
 // the operator's scope: how its retries get on. A later bulk operation on
 // an action takes it over. A bulk operation the operator's scope does not
 // see in the audit log is not found.
-func (o *Ops) BulkProgress(ctx context.Context, op Operator, id int64) (map[peakdesk.ActionState]int64, error) {
+func (o *Ops) BulkProgress(ctx context.Context, op Operator, id int64) (BulkProgress, error) {
 	if err := op.check(); err != nil {
-		return nil, err
+		return BulkProgress{}, err
 	}
 	if id <= 0 {
-		return nil, peakdesk.Errorf(peakdesk.ENotFound, "bulk operation not found")
+		return BulkProgress{}, peakdesk.Errorf(peakdesk.ENotFound, "bulk operation not found")
 	}
-	return o.cfg.DB.BulkProgress(ctx, op.Shop, id)
+	counts, err := o.cfg.DB.BulkProgress(ctx, op.Shop, id)
+	if err != nil {
+		return BulkProgress{}, err
+	}
+	p := BulkProgress{ID: id, States: map[peakdesk.ActionState]int64{}, Settled: true}
+	for _, s := range peakdesk.ActionStates {
+		p.States[s] = counts[s]
+		if !s.Final() && counts[s] > 0 {
+			p.Settled = false
+		}
+	}
+	return p, nil
 }

@@ -104,16 +104,24 @@ func TestBulkRetryOfTenThousandDeadActions(t *testing.T) {
 	}
 	// Its progress: the n it retried, pending; none of the dead ones it
 	// did not match. Another shop's operator sees none of them.
-	progress := func(op outbox.Operator, id int64) map[peakdesk.ActionState]int64 {
+	// progress returns the operation's actions by state (those it has)
+	// and whether they are settled.
+	progress := func(op outbox.Operator, id int64) (map[peakdesk.ActionState]int64, bool) {
 		t.Helper()
 		p, err := ops.BulkProgress(ctx, op, id)
-		if err != nil {
-			t.Fatal(err)
+		if err != nil || p.ID != id || len(p.States) != len(peakdesk.ActionStates) {
+			t.Fatalf("progress of %d: %+v, %v", id, p, err)
 		}
-		return p
+		has := map[peakdesk.ActionState]int64{}
+		for s, n := range p.States {
+			if n > 0 {
+				has[s] = n
+			}
+		}
+		return has, p.Settled
 	}
-	if p := progress(platform, got.ID); p[peakdesk.ActionPending] != n || len(p) != 1 {
-		t.Fatalf("progress of the bulk retry: %v; want %d pending", p, n)
+	if p, settled := progress(platform, got.ID); p[peakdesk.ActionPending] != n || len(p) != 1 || settled {
+		t.Fatalf("progress of the bulk retry: %v settled=%v; want %d pending", p, settled, n)
 	}
 	if _, err := ops.BulkProgress(ctx, shopOp, got.ID); code(err) != peakdesk.ENotFound {
 		t.Fatalf("progress of demo's bulk retry seen by other's operator: %v, want not found", err)
@@ -131,11 +139,11 @@ func TestBulkRetryOfTenThousandDeadActions(t *testing.T) {
 	if err != nil || again.Affected != n {
 		t.Fatalf("second bulk cancel: %+v, %v; want %d", again, err, n)
 	}
-	if p := progress(platform, got.ID); len(p) != 0 {
-		t.Fatalf("progress of the first bulk retry after the second took its actions: %v", p)
+	if p, settled := progress(platform, got.ID); len(p) != 0 || !settled {
+		t.Fatalf("progress of the first bulk retry after the second took its actions: %v settled=%v", p, settled)
 	}
-	if p := progress(platform, again.ID); p[peakdesk.ActionCanceled] != n || len(p) != 1 {
-		t.Fatalf("progress of the second: %v; want %d canceled", p, n)
+	if p, settled := progress(platform, again.ID); p[peakdesk.ActionCanceled] != n || len(p) != 1 || !settled {
+		t.Fatalf("progress of the second: %v settled=%v; want %d canceled", p, settled, n)
 	}
 	if _, err := ops.BulkProgress(ctx, platform, 0); code(err) != peakdesk.ENotFound {
 		t.Fatalf("progress of bulk 0: %v", err)

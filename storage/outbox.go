@@ -559,20 +559,7 @@ func (c *succeededCount) last() ([]ActionCount, time.Time) {
 // are not one snapshot: around a recount an action that just succeeded may
 // be in neither or both.
 func (db *DB) ActionCounts(ctx context.Context, maxAge time.Duration) ([]ActionCount, error) {
-	rows, err := db.pool.Query(ctx, `SELECT state, kind, count(*) FROM outbox_actions
-		WHERE state IN `+liveStates+` GROUP BY state, kind`)
-	if err != nil {
-		return nil, fmt.Errorf("storage: action counts: %w", err)
-	}
-	counts, err := pgx.CollectRows(rows, scanActionCount)
-	if err != nil {
-		return nil, fmt.Errorf("storage: action counts: %w", err)
-	}
-	succeeded, err := db.succeededCounts(ctx, AllShops, maxAge)
-	if err != nil {
-		return nil, err
-	}
-	return append(counts, succeeded...), nil
+	return db.actionCounts(ctx, AllShops, maxAge)
 }
 
 // ShopActionCounts counts shop's actions by state, for its operators'
@@ -582,24 +569,46 @@ func (db *DB) ShopActionCounts(ctx context.Context, shop string, maxAge time.Dur
 	if shop == "" || shop == AllShops {
 		return nil, fmt.Errorf("storage: shop action counts: a shop is required")
 	}
-	rows, err := db.pool.Query(ctx, `SELECT state, kind, count(*) FROM outbox_actions
-		WHERE shop_id = $1 AND state IN `+liveStates+` GROUP BY state, kind`, shop)
-	if err != nil {
-		return nil, fmt.Errorf("storage: shop action counts: %w", err)
-	}
-	counts, err := pgx.CollectRows(rows, scanActionCount)
-	if err != nil {
-		return nil, fmt.Errorf("storage: shop action counts: %w", err)
-	}
-	succeeded, err := db.succeededCounts(ctx, shop, maxAge)
+	counts, err := db.actionCounts(ctx, shop, maxAge)
 	if err != nil {
 		return nil, err
 	}
 	out := map[peakdesk.ActionState]int64{}
-	for _, c := range append(counts, succeeded...) {
+	for _, c := range counts {
 		out[c.State] += c.Count
 	}
 	return out, nil
+}
+
+func (db *DB) actionCounts(ctx context.Context, scope string, maxAge time.Duration) ([]ActionCount, error) {
+	counts, err := db.countActions(ctx, scope, liveStates)
+	if err != nil {
+		return nil, fmt.Errorf("storage: action counts: %w", err)
+	}
+	succeeded, err := db.succeededCounts(ctx, scope, maxAge)
+	if err != nil {
+		return nil, err
+	}
+	return append(counts, succeeded...), nil
+}
+
+// countActions counts scope's actions in states (an SQL list) by state and
+// kind. Two statements, so that each has its plan: the (state, kind, id)
+// index for all shops, the (shop_id, state, kind, id) one for a shop.
+func (db *DB) countActions(ctx context.Context, scope, states string) ([]ActionCount, error) {
+	var rows pgx.Rows
+	var err error
+	if scope == AllShops {
+		rows, err = db.pool.Query(ctx, `SELECT state, kind, count(*) FROM outbox_actions
+			WHERE state IN `+states+` GROUP BY state, kind`)
+	} else {
+		rows, err = db.pool.Query(ctx, `SELECT state, kind, count(*) FROM outbox_actions
+			WHERE shop_id = $1 AND state IN `+states+` GROUP BY state, kind`, scope)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, scanActionCount)
 }
 
 // succeededCounts returns the succeeded actions of scope (AllShops or a
@@ -620,21 +629,7 @@ func (db *DB) succeededCounts(ctx context.Context, scope string, maxAge time.Dur
 	if last, at = c.last(); !at.IsZero() && time.Since(at) < maxAge {
 		return last, nil // counted while this caller waited
 	}
-	// Two statements, so that each has its plan: the (state, kind, id)
-	// index for all shops, the (shop_id, state, kind, id) one for a shop.
-	var rows pgx.Rows
-	var err error
-	if scope == AllShops {
-		rows, err = db.pool.Query(ctx, `SELECT state, kind, count(*) FROM outbox_actions
-			WHERE state = 'succeeded' GROUP BY state, kind`)
-	} else {
-		rows, err = db.pool.Query(ctx, `SELECT state, kind, count(*) FROM outbox_actions
-			WHERE shop_id = $1 AND state = 'succeeded' GROUP BY state, kind`, scope)
-	}
-	var counts []ActionCount
-	if err == nil {
-		counts, err = pgx.CollectRows(rows, scanActionCount)
-	}
+	counts, err := db.countActions(ctx, scope, `('succeeded')`)
 	switch {
 	case err != nil && at.IsZero():
 		return nil, fmt.Errorf("storage: succeeded action counts: %w", err)

@@ -79,8 +79,9 @@ var RedactTables = []RedactTable{RedactMessages, RedactReplies, RedactWebhooks}
 // limit; the update's $2 and $3 are the ids and the masked texts.
 type redactSQL struct {
 	sel, upd string
-	// mask turns what sel reads into what upd writes.
-	mask func(text string, mask func(string) string) (string, error)
+	// json: what sel reads is a JSON document whose "text" members are
+	// masked (maskPayloadTexts), not one text.
+	json bool
 }
 
 // textRedaction redacts the text column of table (messages, replies).
@@ -91,8 +92,7 @@ func textRedaction(table string) redactSQL {
 			FOR NO KEY UPDATE SKIP LOCKED`,
 		upd: `UPDATE ` + table + ` t SET text = u.text, redacted_at = now()
 			FROM unnest($2::text[], $3::text[]) AS u(id, text)
-			WHERE t.id = u.id AND t.shop_id = $1 AND t.redacted_at IS NULL`,
-		mask: func(text string, mask func(string) string) (string, error) { return mask(text), nil }}
+			WHERE t.id = u.id AND t.shop_id = $1 AND t.redacted_at IS NULL`}
 }
 
 var redactSQLs = map[RedactTable]redactSQL{
@@ -112,7 +112,7 @@ var redactSQLs = map[RedactTable]redactSQL{
 		upd: `UPDATE outbox_actions t SET payload = u.payload::jsonb, redacted_at = now()
 			FROM unnest($2::text[], $3::text[]) AS u(id, payload)
 			WHERE t.id = u.id::bigint AND t.shop_id = $1 AND t.redacted_at IS NULL`,
-		mask: maskPayloadTexts},
+		json: true},
 }
 
 // maskPayloadTexts masks every string member named "text" of JSON
@@ -178,12 +178,15 @@ func (db *DB) RedactExpired(ctx context.Context, t RedactTable, shop string, day
 				rows.Close()
 				return err
 			}
-			masked, err := q.mask(text, mask)
-			if err != nil {
-				rows.Close()
-				return fmt.Errorf("row %s: %w", id, err)
+			if q.json {
+				if text, err = maskPayloadTexts(text, mask); err != nil {
+					rows.Close()
+					return fmt.Errorf("row %s: %w", id, err)
+				}
+			} else {
+				text = mask(text)
 			}
-			ids, texts = append(ids, id), append(texts, masked)
+			ids, texts = append(ids, id), append(texts, text)
 		}
 		if err := rows.Err(); err != nil {
 			return err
