@@ -133,6 +133,10 @@ func (g *Group) Do(ctx context.Context, key string, fn Func) ([]byte, string, er
 		g.runs++
 		g.mu.Unlock()
 		defer func() {
+			// A caller that comes once the run is over (after Wait, too)
+			// starts its own, which finds the stored result, instead of
+			// joining this one.
+			g.sf.Forget(key)
 			g.mu.Lock()
 			if g.runs--; g.runs == 0 {
 				g.idle.Broadcast()
